@@ -1,0 +1,77 @@
+"""Pieces every training loop shares: resumable checkpoints, batching, learning-rate schedule.
+
+A run that writes the bundle ``OUT`` keeps its checkpoint next to it in ``OUT.ckpt`` (a file
+saved with ``torch.save`` and read back with ``weights_only=True``, so no pickle code runs). The
+checkpoint is removed once the bundle is written; ``--resume`` continues from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def checkpoint_path(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    return out.with_name(out.name + ".ckpt")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same sentence
+        raise ValueError(
+            f"The checkpoint {path} cannot be read ({type(exc).__name__}); delete it to start over."
+        ) from exc
+
+
+def prepare_output(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
+    """Check the output directory before hours of training, not after."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} already exists; choose another --out or pass --overwrite.")
+    if not resume and checkpoint_path(out).exists():
+        raise ValueError(
+            f"A checkpoint {checkpoint_path(out)} exists from an earlier run; pass --resume to "
+            "continue it or delete it to start over."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def batches(
+    n: int, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False
+) -> list[torch.Tensor]:
+    """Index batches over ``range(n)``, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    chunks = list(order.split(batch_size))
+    if drop_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
+        chunks.pop()
+    return chunks
+
+
+def cosine_lr(step: int, total: int, base_lr: float, warmup: int = 0) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    if warmup and step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
