@@ -1,0 +1,575 @@
+"""Model bundles: one directory per trained model, saved and loaded safely.
+
+A bundle holds
+
+- ``config.json`` — ``kind``, ``format_version``, ``created`` (UTC, ISO 8601), ``versions`` (library
+  versions that wrote it) and the caller's own sections (backbone reference, data spec, hyper-parameters,
+  metrics, ...);
+- ``weights.safetensors`` — the model's tensors (safetensors: no pickle, nothing executes on load);
+- optionally ``arrays.safetensors`` (numeric arrays) and ``arrays.json`` (string arrays, name -> list of
+  str): cached results for the dashboard such as database codes, concept vectors, latents, 2-D UMAP, labels,
+  image ids.
+
+Writes are atomic: everything goes into a ``.tmp-`` sibling directory, is fsynced, then renamed into place,
+so a crash never leaves a half-written bundle at the target path. Loading validates kind, format version and
+files and raises :class:`BundleError` with one sentence naming the bundle and what is wrong.
+
+Rule for ``config.json`` values (strict JSON): numpy scalars become Python numbers, numpy arrays and tensors
+become (nested) lists, tuples become lists, paths become strings, and non-finite floats (NaN, +inf, -inf)
+become ``null`` — strict JSON has no spelling for them, and a metric that could not be computed has no
+value. Dictionary keys must be strings; any other type is rejected with :class:`BundleError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.numpy as st_numpy
+import safetensors.torch as st_torch
+import torch
+from safetensors import SafetensorError
+
+from core import __version__
+
+FORMAT_VERSION = 1
+KINDS = ("clip", "concepthash", "ceir")
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+ARRAYS_FILE = "arrays.safetensors"
+STRINGS_FILE = "arrays.json"
+
+_RESERVED_KEYS = ("kind", "format_version")
+_WRITTEN_KEYS = ("created", "versions")
+_NUMERIC_KINDS = "biuf"  # numpy dtype kinds safetensors can hold: bool, int, unsigned, float
+_LOAD_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
+_MAX_LISTED = 8
+_MADE_BY = "`conceptlens train ...`"
+
+
+class BundleError(ValueError):
+    """A bundle cannot be written or read; the message names the bundle and what to do."""
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its path, the whole parsed ``config.json``, weights and cached arrays."""
+
+    path: Path
+    config: dict
+    weights: dict[str, torch.Tensor] = field(repr=False)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """The model kind, one of :data:`KINDS`."""
+        return self.config["kind"]
+
+    def section(self, name: str) -> dict:
+        """Return ``config[name]``, a JSON object, or raise BundleError saying it is absent."""
+        value = self.config.get(name)
+        if value is None:
+            raise BundleError(f"Bundle {self.path} has no '{name}' section in its {CONFIG_FILE}.")
+        if not isinstance(value, dict):
+            raise BundleError(
+                f"Bundle {self.path} has a '{name}' entry in its {CONFIG_FILE} that is a "
+                f"{type(value).__name__}, not a section (a JSON object)."
+            )
+        return value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------------------
+
+
+def save_bundle(
+    path: str | os.PathLike,
+    *,
+    kind: str,
+    config: dict,
+    weights: dict[str, torch.Tensor],
+    arrays: dict[str, np.ndarray] | None = None,
+    half: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle directory atomically and return its path.
+
+    ``config`` holds the caller's sections; ``kind`` and ``format_version`` are written by this function, so a
+    caller value for them is rejected unless it equals what would be written (that lets a loaded config be
+    saved again). ``created`` and ``versions`` always describe this write and replace any caller value.
+    ``half=True`` stores floating weights as float16 (loading returns float32). An existing bundle at ``path``
+    is replaced only with ``overwrite=True``; a file or a non-bundle folder with contents is never replaced.
+    """
+    path = Path(path)
+    if kind not in KINDS:
+        raise _cannot_save(path, f"kind '{kind}' is unknown; use one of {', '.join(KINDS)}")
+    full_config = _full_config(path, kind, config)
+    tensors = _prepare_weights(path, weights, half)
+    numeric, strings = _split_arrays(path, arrays or {})
+    _check_target(path, overwrite)
+
+    def write(tmp: Path) -> None:
+        _write_json(tmp / CONFIG_FILE, full_config)
+        st_torch.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        _fsync_file(tmp / WEIGHTS_FILE)
+        _write_arrays(tmp, numeric, strings)
+
+    _atomic_write(path, write, overwrite=overwrite)
+    return path
+
+
+def update_bundle_arrays(
+    path: str | os.PathLike, arrays: dict[str, np.ndarray], metrics: dict | None = None
+) -> None:
+    """Add or replace cached arrays (and merge ``metrics`` into ``config["metrics"]``) atomically.
+
+    Everything else in the bundle — weights (byte for byte), other config sections, other files — is kept.
+    """
+    path = Path(path)
+    config = read_bundle_config(path)
+    _split_arrays(path, arrays)  # validate the new arrays before reading anything large
+    numeric, strings = _split_arrays(path, {**_load_arrays(path), **arrays})
+    if metrics is not None:
+        if not isinstance(metrics, Mapping):
+            raise _cannot_save(path, f"metrics must be a dict, not {type(metrics).__name__}")
+        old_metrics = config.get("metrics", {})
+        if not isinstance(old_metrics, dict):
+            raise BundleError(f"Bundle {path} has a 'metrics' entry that is not a JSON object to merge into.")
+        config["metrics"] = {**old_metrics, **_to_json(path, metrics, "metrics")}
+
+    def write(tmp: Path) -> None:
+        _copy_other_entries(path, tmp)
+        _write_json(tmp / CONFIG_FILE, config)
+        _write_arrays(tmp, numeric, strings)
+
+    _atomic_write(path, write, overwrite=True)
+
+
+def _cannot_save(path: Path, reason: str) -> BundleError:
+    return BundleError(f"Cannot save bundle {path}: {reason}.")
+
+
+def _full_config(path: Path, kind: str, config: Mapping[str, Any]) -> dict:
+    """Build the config.json content: reserved keys first, then the caller's sections made strict JSON."""
+    if not isinstance(config, Mapping):
+        raise _cannot_save(path, f"config must be a dict, not {type(config).__name__}")
+    written = {"kind": kind, "format_version": FORMAT_VERSION}
+    for key in _RESERVED_KEYS:
+        if key in config and config[key] != written[key]:
+            raise _cannot_save(
+                path,
+                f"config sets '{key}' to {config[key]!r}, but save_bundle writes '{key}' itself "
+                f"({written[key]!r}); remove it from config",
+            )
+    full: dict[str, Any] = {
+        **written,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
+    for key, value in config.items():
+        if key in _RESERVED_KEYS or key in _WRITTEN_KEYS:
+            continue
+        if not isinstance(key, str):
+            raise _cannot_save(path, f"config key {key!r} is not a string")
+        full[key] = _to_json(path, value, key)
+    return full
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that matter for reading a bundle back (open_clip only when installed)."""
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "safetensors": _dist_version("safetensors"),
+    }
+    if importlib.util.find_spec("open_clip") is not None:
+        versions["open_clip"] = _dist_version("open_clip_torch")
+    versions["conceptlens"] = __version__
+    return versions
+
+
+def _dist_version(distribution: str) -> str:
+    """Installed version of a distribution, without importing it (open_clip is slow to import)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _to_json(path: Path, value: Any, where: str) -> Any:
+    """Convert ``value`` to strict-JSON-ready Python objects (see the module docstring for the rule)."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _cannot_save(path, f"config key {key!r} in '{where}' is not a string")
+            out[key] = _to_json(path, item, f"{where}.{key}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_to_json(path, item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise _cannot_save(path, f"config value '{where}' is a {type(value).__name__}, which JSON cannot hold")
+
+
+def _prepare_weights(path: Path, weights: Mapping[str, torch.Tensor], half: bool) -> dict[str, torch.Tensor]:
+    """Contiguous CPU clones (so tensors sharing memory save fine), floating ones as float16 if ``half``."""
+    if not isinstance(weights, Mapping):
+        raise _cannot_save(path, f"weights must be a dict of tensors, not {type(weights).__name__}")
+    prepared = {}
+    for name, tensor in weights.items():
+        if not isinstance(name, str) or not name:
+            raise _cannot_save(path, f"weight name {name!r} is not a non-empty string")
+        if not isinstance(tensor, torch.Tensor):
+            raise _cannot_save(path, f"weights '{name}' is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().to("cpu")
+        if half and tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        prepared[name] = tensor.clone().contiguous()
+    return prepared
+
+
+def _split_arrays(
+    path: Path, arrays: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """Split cached arrays into numeric ones (safetensors) and 1-D string ones (JSON lists); reject others."""
+    if not isinstance(arrays, Mapping):
+        raise _cannot_save(path, f"arrays must be a dict of numpy arrays, not {type(arrays).__name__}")
+    numeric: dict[str, np.ndarray] = {}
+    strings: dict[str, list] = {}
+    for name, array in arrays.items():
+        if not isinstance(name, str) or not name or name.startswith("__"):
+            raise _cannot_save(path, f"array name {name!r} must be a non-empty string not starting with '__'")
+        if not isinstance(array, np.ndarray):
+            raise _cannot_save(path, f"array '{name}' is a {type(array).__name__}, not a numpy array")
+        if array.dtype.kind == "U":
+            if array.ndim != 1:
+                raise _cannot_save(path, f"string array '{name}' has shape {array.shape}; only 1-D is stored")
+            strings[name] = [str(item) for item in array.tolist()]
+        elif array.dtype.kind in _NUMERIC_KINDS:
+            numeric[name] = np.ascontiguousarray(array)
+        else:
+            hint = " (an object array may hold anything, so it cannot be stored safely)"
+            raise _cannot_save(
+                path,
+                f"array '{name}' has dtype {array.dtype}{hint if array.dtype.kind == 'O' else ''}; use a "
+                "numeric dtype or a numpy str array (np.asarray(values, dtype=str))",
+            )
+    return numeric, strings
+
+
+def _write_arrays(directory: Path, numeric: dict[str, np.ndarray], strings: dict[str, list]) -> None:
+    """Write the array files that have content (none at all when there are no arrays)."""
+    if numeric:
+        st_numpy.save_file(numeric, str(directory / ARRAYS_FILE))
+        _fsync_file(directory / ARRAYS_FILE)
+    if strings:
+        _write_json(directory / STRINGS_FILE, strings)
+
+
+def _write_json(file: Path, content: Any) -> None:
+    """Write strict JSON (NaN refused) and fsync it."""
+    text = json.dumps(content, indent=2, ensure_ascii=False, allow_nan=False)
+    with open(file, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_file(file: Path) -> None:
+    with open(file, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames durable; not every platform can open a directory, which is harmless to skip."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _copy_other_entries(source: Path, target: Path) -> None:
+    """Copy everything in a bundle except the files that update_bundle_arrays rewrites."""
+    rewritten = {CONFIG_FILE, ARRAYS_FILE, STRINGS_FILE}
+    for entry in source.iterdir():
+        if entry.name in rewritten:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, target / entry.name)
+        else:
+            shutil.copy2(entry, target / entry.name)
+            _fsync_file(target / entry.name)
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    """Refuse to write over a file, a non-empty foreign folder, or (without overwrite) an existing bundle."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not path.is_dir():
+        raise _cannot_save(path, "a file is in the way, but a bundle is a directory")
+    is_bundle = (path / CONFIG_FILE).is_file()
+    if not is_bundle:
+        if any(path.iterdir()):
+            raise _cannot_save(path, "that folder holds other files and is not a bundle; choose another path")
+        return  # an empty folder is simply filled
+    if not overwrite:
+        raise _cannot_save(path, "a bundle already exists there; pass overwrite=True to replace it")
+
+
+def _sibling(path: Path, prefix: str) -> Path:
+    return path.parent / f"{prefix}{path.name}-{uuid.uuid4().hex[:12]}"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool) -> None:
+    """Run ``write(tmp)`` in a fresh ``.tmp-`` sibling, then move it to ``path``; on failure remove it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, ".tmp-")
+    tmp.mkdir()
+    try:
+        write(tmp)
+        _fsync_dir(tmp)
+        _install(tmp, path, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _install(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``path``; an old bundle moves to a ``.old-`` sibling first and is deleted after."""
+    _check_target(path, overwrite)
+    if path.exists() or path.is_symlink():
+        old = _sibling(path, ".old-")
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def read_bundle_config(path: str | os.PathLike) -> dict:
+    """Read and validate ``config.json`` only (kind known, version readable); cheap enough for listings."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"Bundle {path} does not exist.")
+    if not path.is_dir():
+        raise BundleError(f"Bundle {path} is a file, but a bundle is a directory made by {_MADE_BY}.")
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise BundleError(
+            f"{path} is not a bundle: it has no {CONFIG_FILE} (a bundle is a directory made by {_MADE_BY})."
+        )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise BundleError(f"Bundle {path} has an invalid {CONFIG_FILE} ({error}).") from error
+    if not isinstance(config, dict):
+        raise BundleError(f"Bundle {path} has an invalid {CONFIG_FILE}: it is not a JSON object.")
+    _validate_config(path, config)
+    return config
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def _validate_config(path: Path, config: dict) -> None:
+    for key in _RESERVED_KEYS:
+        if key not in config:
+            raise BundleError(
+                f"Bundle {path} has no '{key}' in its {CONFIG_FILE}, so it was not written by ConceptLens."
+            )
+    version = config["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BundleError(f"Bundle {path} has an invalid format_version {version!r} in its {CONFIG_FILE}.")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"Bundle {path} has format version {version}, made by a newer ConceptLens (this one reads up to "
+            f"{FORMAT_VERSION}); upgrade ConceptLens to load it."
+        )
+    kind = config["kind"]
+    if kind not in KINDS:
+        raise BundleError(f"Bundle {path} has unknown kind {kind!r}; known kinds are {', '.join(KINDS)}.")
+
+
+def load_bundle(
+    path: str | os.PathLike,
+    *,
+    kind: str | Sequence[str] | None = None,
+    load_arrays: bool = True,
+) -> Bundle:
+    """Load and validate a bundle; ``kind`` (one or several) says which kinds the caller can use."""
+    path = Path(path)
+    wanted = _wanted_kinds(kind)
+    config = read_bundle_config(path)
+    if wanted is not None and config["kind"] not in wanted:
+        needed = " or ".join(f"'{k}'" for k in wanted)
+        raise BundleError(f"Bundle {path} is a '{config['kind']}' bundle, but a {needed} bundle is needed.")
+    weights = _load_weights(path)
+    arrays = _load_arrays(path) if load_arrays else {}
+    return Bundle(path=path, config=config, weights=weights, arrays=arrays)
+
+
+def _wanted_kinds(kind: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    if kind is None:
+        return None
+    wanted = (kind,) if isinstance(kind, str) else tuple(kind)
+    unknown = [k for k in wanted if k not in KINDS]
+    if unknown or not wanted:
+        raise ValueError(f"kind must be one or more of {', '.join(KINDS)}, got {kind!r}.")
+    return wanted
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Load weights on CPU; floating tensors come back as float32 whatever their stored precision."""
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        raise BundleError(
+            f"Bundle {path} is missing {WEIGHTS_FILE} (saving was interrupted or the file was removed); "
+            "train or save the bundle again."
+        )
+    try:
+        loaded = st_torch.load_file(str(file), device="cpu")
+    except _LOAD_ERRORS as error:
+        raise BundleError(
+            f"Bundle {path} has a corrupt or truncated {WEIGHTS_FILE} ({error}); save it again."
+        ) from error
+    return {name: t.float() if t.is_floating_point() else t for name, t in loaded.items()}
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Load cached arrays: numeric ones from safetensors, string ones from JSON (dtype '<U..')."""
+    arrays: dict[str, np.ndarray] = {}
+    numeric_file = path / ARRAYS_FILE
+    if numeric_file.is_file():
+        try:
+            arrays.update(st_numpy.load_file(str(numeric_file)))
+        except _LOAD_ERRORS as error:
+            raise BundleError(
+                f"Bundle {path} has a corrupt or truncated {ARRAYS_FILE} ({error}); save it again."
+            ) from error
+    for name, values in _read_string_arrays(path).items():
+        if name in arrays:
+            raise BundleError(f"Bundle {path} stores array '{name}' twice ({ARRAYS_FILE}, {STRINGS_FILE}).")
+        arrays[name] = np.array(values, dtype=str) if values else np.zeros(0, dtype="<U1")
+    return arrays
+
+
+def _read_string_arrays(path: Path) -> dict[str, list[str]]:
+    file = path / STRINGS_FILE
+    if not file.is_file():
+        return {}
+    try:
+        content = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise BundleError(f"Bundle {path} has a corrupt {STRINGS_FILE} ({error}); save it again.") from error
+    valid = isinstance(content, dict) and all(
+        isinstance(values, list) and all(isinstance(v, str) for v in values) for values in content.values()
+    )
+    if not valid:
+        raise BundleError(f"Bundle {path} has a corrupt {STRINGS_FILE}: it must map names to string lists.")
+    return content
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Listing and checking
+# ----------------------------------------------------------------------------------------------------------
+
+
+def find_bundles(root: str | os.PathLike) -> list[Path]:
+    """Bundles at ``root`` or up to two levels below it, sorted; hidden, unreadable and foreign dirs skipped.
+
+    A missing ``root`` gives an empty list (a runs folder may not exist yet).
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise BundleError(f"Cannot look for bundles in {root}: it is a file, not a folder.")
+    return sorted(_walk_bundles(root, depth=0))
+
+
+def _walk_bundles(directory: Path, depth: int) -> Iterator[Path]:
+    if (directory / CONFIG_FILE).is_file():
+        try:
+            read_bundle_config(directory)
+        except (BundleError, OSError):
+            return
+        yield directory
+        return
+    if depth >= 2:
+        return
+    try:
+        children = sorted(directory.iterdir())
+    except OSError:
+        return
+    for child in children:
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        yield from _walk_bundles(child, depth + 1)
+
+
+def check_shapes(
+    weights: Mapping[str, torch.Tensor],
+    expected: Mapping[str, Sequence[int]],
+    *,
+    path: str | os.PathLike | None = None,
+) -> None:
+    """Raise BundleError listing missing keys, unexpected keys and shape mismatches (weights vs model)."""
+    problems = []
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    if missing:
+        problems.append(f"missing weights {_name_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected weights {_name_list(unexpected)}")
+    mismatched = [
+        f"weights '{name}' has shape {tuple(weights[name].shape)} but the model expects {tuple(shape)}"
+        for name, shape in ((n, tuple(int(s) for s in expected[n])) for n in expected if n in weights)
+        if tuple(weights[name].shape) != shape
+    ]
+    problems.extend(mismatched[:_MAX_LISTED])
+    if len(mismatched) > _MAX_LISTED:
+        problems.append(f"{len(mismatched) - _MAX_LISTED} more shape mismatches")
+    if problems:
+        where = f"Bundle {path} does not fit" if path is not None else "The weights do not fit"
+        raise BundleError(f"{where} the model: {'; '.join(problems)}.")
+
+
+def _name_list(names: list[str]) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:_MAX_LISTED])
+    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
