@@ -1,0 +1,286 @@
+"""One loader for every CLIP backbone ConceptLens uses.
+
+A backbone is referenced by a short string (the command line's ``--backbone``):
+
+* ``NAME:TAG``  — an open_clip model and pretrained tag, e.g. ``ViT-B-32-quickgelu:openai``
+  (downloads on first use, so only on a machine with internet);
+* ``NAME:/path/to/checkpoint.pt`` — an open_clip model with weights from a local file;
+* ``NAME:random`` — random initialisation (tests, benchmarks); ``NAME`` is an open_clip model
+  or one of ConceptLens' own small configs in ``configs/`` (e.g. ``toyclip-s``);
+* a directory — a ConceptLens ``clip`` bundle, e.g. the ToyBirds CLIP in ``pretrained/toybirds-clip``.
+
+Every backbone comes back with its own preprocessing and tokenizer (one source of truth for
+transforms), like ``open_clip.create_model_and_transforms``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transform import image_transform
+from open_clip.transformer import text_global_pool
+from PIL import Image
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+RANDOM_TAGS = ("random", "none", "")
+
+
+class BackboneError(ValueError):
+    """A backbone reference that cannot be resolved; the message says why and what to do."""
+
+
+@cache
+def list_toy_configs() -> tuple[str, ...]:
+    """Names of ConceptLens' own CLIP configs (``core/backbones/configs/*.json``)."""
+    return tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+
+
+def get_toy_config(name: str) -> dict[str, Any]:
+    """The ``{"model_cfg": ..., "preprocess_cfg": ...}`` dict of a ConceptLens config."""
+    path = CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        raise BackboneError(
+            f"Unknown ConceptLens CLIP config '{name}'; known: {', '.join(list_toy_configs())}."
+        )
+    return json.loads(path.read_text())
+
+
+@dataclass
+class Backbone:
+    """A CLIP model in eval mode with its own preprocessing and tokenizer.
+
+    ``reference`` is what a dependent bundle stores to find this backbone again.
+    """
+
+    model: CLIP
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    tokenizer: Callable[[Sequence[str]], torch.Tensor]
+    reference: dict[str, Any]
+    preprocess_cfg: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def visual(self) -> torch.nn.Module:
+        return self.model.visual
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.visual.image_size[0])
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.model.visual.grid_size)
+
+    @property
+    def width(self) -> int:
+        """Hidden width of the vision transformer (the size of concept tokens)."""
+        return int(self.model.visual.class_embedding.shape[0])
+
+    @property
+    def embed_dim(self) -> int:
+        """Size of the joint image-text embedding."""
+        return int(self.model.visual.output_dim)
+
+    @property
+    def text_width(self) -> int:
+        """Size of the pooled text feature before the projection."""
+        return int(self.model.ln_final.normalized_shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.visual.class_embedding.device
+
+    def describe(self) -> str:
+        ref = self.reference
+        if "bundle" in ref:
+            return f"bundle {ref['bundle']}"
+        return f"{ref['name']}:{ref.get('pretrained') or 'random'}"
+
+    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> a normalised batch on the backbone's device."""
+        return torch.stack([self.preprocess(im) for im in images]).to(self.device)
+
+    def preprocess_split(
+        self,
+        split: Any,
+        indices: Sequence[int] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Preprocess the images of a data split (all, or ``indices``) into one CPU tensor."""
+        order = range(len(split)) if indices is None else indices
+        out = []
+        for n, i in enumerate(order, 1):
+            out.append(self.preprocess(split.image(i)))
+            if progress is not None and (n % 64 == 0 or n == len(order)):
+                progress(n, len(order))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def encode_images(
+        self, pixels: torch.Tensor, normalize: bool = True, batch_size: int = 256
+    ) -> torch.Tensor:
+        """Projected image embeddings for a preprocessed batch."""
+        chunks = [
+            self.model.encode_image(pixels[i : i + batch_size].to(self.device))
+            for i in range(0, len(pixels), batch_size)
+        ]
+        out = torch.cat(chunks)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    @torch.no_grad()
+    def encode_texts(
+        self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256
+    ) -> torch.Tensor:
+        """Projected text embeddings."""
+        chunks = [
+            self.model.encode_text(self.tokenizer(list(texts[i : i + batch_size])).to(self.device))
+            for i in range(0, len(texts), batch_size)
+        ]
+        out = torch.cat(chunks)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    @torch.no_grad()
+    def text_features_before_projection(self, texts: Sequence[str]) -> torch.Tensor:
+        """Pooled text-tower features *before* ``text_projection`` (ConceptHash's class-centre input)."""
+        return pooled_text_features(self.model, self.tokenizer(list(texts)).to(self.device))
+
+
+def pooled_text_features(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """``encode_text`` without the final projection: ln_final, then pool at the end-of-text token."""
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding.to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    return text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+
+
+def build_clip(config: dict[str, Any]) -> tuple[CLIP, Callable, Callable]:
+    """Model (random init), eval preprocessing and tokenizer from a ``{model_cfg, preprocess_cfg}`` dict."""
+    model_cfg = dict(config["model_cfg"])
+    model = CLIP(**model_cfg)
+    pre = config.get("preprocess_cfg", {})
+    image_size = model_cfg["vision_cfg"]["image_size"]
+    preprocess = image_transform(image_size, is_train=False, mean=pre.get("mean"), std=pre.get("std"))
+    tokenizer = SimpleTokenizer(context_length=model_cfg["text_cfg"]["context_length"])
+    return model, preprocess, tokenizer
+
+
+def parse_backbone_spec(spec: str) -> dict[str, Any]:
+    """Turn a ``--backbone`` string into a reference dict (see the module docstring)."""
+    spec = spec.strip()
+    if not spec:
+        raise BackboneError(
+            "The backbone is empty; give e.g. 'pretrained/toybirds-clip' or 'ViT-B-32-quickgelu:openai'."
+        )
+    if Path(spec).is_dir():
+        return {"bundle": str(Path(spec))}
+    name, _, tag = spec.partition(":")
+    if Path(spec).suffix in {".json", ".safetensors"} or spec.startswith(("/", "./", "../")):
+        raise BackboneError(
+            f"Backbone '{spec}' is neither a bundle directory nor NAME:TAG; no such directory exists."
+        )
+    return {"name": name, "pretrained": tag or None}
+
+
+def load_backbone(
+    spec: str | dict[str, Any], *, device: str | torch.device = "cpu", relative_to: str | Path | None = None
+) -> Backbone:
+    """Load a backbone from a spec string or a stored reference dict.
+
+    ``relative_to`` is the directory of a bundle that stored the reference; a bundle path that
+    does not exist as given is also looked up relative to that directory's parent, so a
+    folder of bundles can be moved as a whole.
+    """
+    ref = parse_backbone_spec(spec) if isinstance(spec, str) else dict(spec)
+    if "bundle" in ref:
+        backbone = _load_bundle_backbone(_resolve_bundle_path(ref["bundle"], relative_to))
+    else:
+        backbone = _load_named_backbone(ref["name"], ref.get("pretrained"))
+    backbone.model.to(device).eval()
+    for p in backbone.model.parameters():
+        p.requires_grad_(False)
+    return backbone
+
+
+def _resolve_bundle_path(path: str, relative_to: str | Path | None) -> Path:
+    candidates = [Path(path)]
+    if relative_to is not None and not Path(path).is_absolute():
+        base = Path(relative_to)
+        candidates += [base.parent / Path(path).name, base.parent / path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise BackboneError(
+        f"The backbone bundle '{path}' was not found; pass --backbone with the directory of a "
+        "'clip' bundle (e.g. pretrained/toybirds-clip)."
+    )
+
+
+def _load_bundle_backbone(path: Path) -> Backbone:
+    from core.bundle import load_bundle
+
+    bundle = load_bundle(path, kind="clip", load_arrays=False)
+    config = bundle.section("backbone")
+    model, preprocess, tokenizer = build_clip(config)
+    missing, unexpected = model.load_state_dict(bundle.weights, strict=False)
+    if missing or unexpected:
+        raise BackboneError(
+            f"The CLIP bundle {path} does not fit its config: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}."
+        )
+    return Backbone(model, preprocess, tokenizer, {"bundle": str(path)}, config.get("preprocess_cfg", {}))
+
+
+def _load_named_backbone(name: str, pretrained: str | None) -> Backbone:
+    random_init = pretrained is None or pretrained.lower() in RANDOM_TAGS
+    if name in list_toy_configs():
+        if not random_init:
+            raise BackboneError(
+                f"'{name}' is a ConceptLens config; use '{name}:random' or a trained bundle directory."
+            )
+        config = get_toy_config(name)
+        model, preprocess, tokenizer = build_clip(config)
+        return Backbone(
+            model, preprocess, tokenizer, {"name": name, "pretrained": None}, config["preprocess_cfg"]
+        )
+    return _load_open_clip(name, None if random_init else pretrained)
+
+
+def _load_open_clip(name: str, pretrained: str | None) -> Backbone:
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise BackboneError(
+            f"Unknown backbone '{name}': not an open_clip model, a ConceptLens config "
+            f"({', '.join(list_toy_configs())}) or a bundle directory."
+        )
+    if pretrained is not None and not Path(pretrained).is_file():
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise BackboneError(
+                f"'{pretrained}' is neither a checkpoint file nor a known tag for {name} "
+                f"(known: {', '.join(tags) or 'none'})."
+            )
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+    except (OSError, RuntimeError) as exc:
+        where = "the checkpoint file" if pretrained and Path(pretrained).is_file() else "the download"
+        raise BackboneError(
+            f"Could not load {name}:{pretrained} — {where} failed ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Downloads need internet on first use."
+        ) from exc
+    tokenizer = open_clip.get_tokenizer(name)
+    visual = model.visual
+    pre = {
+        "mean": list(getattr(visual, "image_mean", ()) or ()),
+        "std": list(getattr(visual, "image_std", ()) or ()),
+    }
+    return Backbone(model, preprocess, tokenizer, {"name": name, "pretrained": pretrained}, pre)

@@ -1,0 +1,150 @@
+"""A vision-transformer forward that accepts extra tokens and returns attention.
+
+ConceptHash appends M learned concept tokens *after* the positional embedding (they get no
+position of their own) and runs them through every block with full attention. This module
+re-implements open_clip's ``VisionTransformer`` forward from its public parts so that it can
+
+* append extra tokens after the patch tokens: sequence = [CLS, patches..., extras...];
+* add a parallel adapter to every block (``x + mlp(ln_2(x)) + adapter(x)``);
+* return every layer's attention probabilities (B, heads, T, T) and hidden states.
+
+With no extra tokens and no adapters the pooled output equals ``model.encode_image``
+(``tests/test_backbones.py`` checks this to float tolerance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch import nn
+
+AttentionLayers = Literal["none", "last", "all"]
+
+
+@dataclass
+class ViTOutput:
+    """What :func:`vit_forward` returns.
+
+    ``tokens`` are the final hidden states after ``ln_post`` for the whole sequence
+    [CLS, patches, extras]; ``extra`` is the slice of the extra tokens.
+    ``attentions[i]`` is (B, heads, T, T) for the i-th requested layer.
+    """
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    extra: torch.Tensor
+    n_patches: int
+    attentions: list[torch.Tensor] = field(default_factory=list)
+    hidden_states: list[torch.Tensor] = field(default_factory=list)
+
+
+def check_supported(visual: nn.Module) -> None:
+    """Raise a clear error for vision towers this forward does not reproduce."""
+    if not isinstance(visual, VisionTransformer):
+        raise ValueError(
+            f"ConceptLens needs an open_clip VisionTransformer image tower, not {type(visual).__name__} "
+            "(ResNet and timm towers have no tokens to extend)."
+        )
+    if visual.attn_pool is not None:
+        raise ValueError("Vision towers with an attentional pooler are not supported.")
+    for block in visual.transformer.resblocks:
+        if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, nn.MultiheadAttention):
+            raise ValueError("Only plain attention blocks (nn.MultiheadAttention) are supported.")
+
+
+def patch_embeddings(visual: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """[CLS, patches] with positional embedding and ln_pre, as open_clip computes them."""
+    x = visual.conv1(images.to(visual.conv1.weight.dtype))
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    x = visual.patch_dropout(x)
+    return visual.ln_pre(x)
+
+
+def block_forward(
+    block: ResidualAttentionBlock,
+    x: torch.Tensor,
+    adapter: nn.Module | None = None,
+    need_attention: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One pre-norm block, optionally returning its attention probabilities (head-resolved)."""
+    mha: nn.MultiheadAttention = block.attn
+    batch, length, width = x.shape
+    heads = mha.num_heads
+    h = block.ln_1(x)
+    qkv = F.linear(h, mha.in_proj_weight, mha.in_proj_bias)
+    q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    if need_attention:
+        probs = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(width // heads), dim=-1)
+        context = probs @ v
+    else:
+        probs = None
+        context = F.scaled_dot_product_attention(q, k, v)
+    context = context.transpose(1, 2).reshape(batch, length, width)
+    x = x + block.ls_1(mha.out_proj(context))
+    out = x + block.ls_2(block.mlp(block.ln_2(x)))
+    if adapter is not None:
+        out = out + adapter(x)
+    return out, probs
+
+
+def vit_forward(
+    visual: VisionTransformer,
+    images: torch.Tensor,
+    extra_tokens: torch.Tensor | None = None,
+    adapters: Sequence[nn.Module] | None = None,
+    attention_layers: AttentionLayers = "none",
+    return_hidden_states: bool = False,
+) -> ViTOutput:
+    """Run the vision tower with optional extra tokens (B, M, width) or (M, width) and adapters."""
+    check_supported(visual)
+    blocks = visual.transformer.resblocks
+    if adapters is not None and len(adapters) != len(blocks):
+        raise ValueError(f"Got {len(adapters)} adapters for {len(blocks)} blocks.")
+    x = patch_embeddings(visual, images)
+    n_patches = x.shape[1] - 1
+    if extra_tokens is not None:
+        extra = (
+            extra_tokens if extra_tokens.dim() == 3 else extra_tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
+        )
+        x = torch.cat([x, extra.to(x.dtype)], dim=1)
+    attentions, hidden = [], []
+    for i, block in enumerate(blocks):
+        want = attention_layers == "all" or (attention_layers == "last" and i == len(blocks) - 1)
+        x, probs = block_forward(block, x, adapters[i] if adapters is not None else None, want)
+        if probs is not None:
+            attentions.append(probs)
+        if return_hidden_states:
+            hidden.append(x)
+    tokens = visual.ln_post(x)
+    image_part = tokens[:, : n_patches + 1]
+    if visual.final_ln_after_pool:
+        raw = x[:, : n_patches + 1]
+        pooled = visual.ln_post(raw[:, 0] if visual.pool_type == "tok" else raw[:, 1:].mean(dim=1))
+    else:
+        pooled = image_part[:, 0] if visual.pool_type == "tok" else image_part[:, 1:].mean(dim=1)
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return ViTOutput(pooled, tokens, tokens[:, n_patches + 1 :], n_patches, attentions, hidden)
+
+
+def attention_rollout(attentions: Sequence[torch.Tensor], residual_weight: float = 0.5) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020): head-averaged attention with the residual
+    path added, row-normalised and multiplied through the layers. Returns (B, T, T)."""
+    rollout = None
+    for probs in attentions:
+        a = probs.mean(dim=1)
+        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        a = residual_weight * eye + (1.0 - residual_weight) * a
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    if rollout is None:
+        raise ValueError("Attention rollout needs at least one layer of attention.")
+    return rollout

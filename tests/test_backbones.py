@@ -1,0 +1,129 @@
+"""Backbone loading and the token-extended ViT forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.backbones.clip import BackboneError, list_toy_configs, load_backbone, parse_backbone_spec
+from core.backbones.vit import attention_rollout, vit_forward
+from core.bundle import save_bundle
+from core.concepthash.model import ParallelAdapter
+
+SPECS = [f"{name}:random" for name in list_toy_configs()] + ["ViT-B-32-quickgelu:random"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return load_backbone("toyclip-tiny:random")
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_zero_extra_tokens_match_open_clip_encode_image(spec):
+    torch.manual_seed(0)
+    backbone = load_backbone(spec)
+    pixels = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    expected = backbone.model.encode_image(pixels)
+    out = vit_forward(backbone.visual, pixels, attention_layers="all", return_hidden_states=True)
+    torch.testing.assert_close(out.pooled, expected, rtol=1e-4, atol=1e-5)
+    layers = len(backbone.visual.transformer.resblocks)
+    assert len(out.attentions) == len(out.hidden_states) == layers
+    tokens = 1 + backbone.grid_size[0] * backbone.grid_size[1]
+    assert out.attentions[0].shape[-2:] == (tokens, tokens)
+    torch.testing.assert_close(out.attentions[-1].sum(-1), torch.ones_like(out.attentions[-1].sum(-1)))
+
+
+def test_extra_tokens_are_appended_and_attended(tiny):
+    pixels = torch.randn(3, 3, tiny.image_size, tiny.image_size)
+    extra = torch.randn(4, tiny.width)
+    plain = vit_forward(tiny.visual, pixels)
+    out = vit_forward(tiny.visual, pixels, extra_tokens=extra, attention_layers="last")
+    n_patches = tiny.grid_size[0] * tiny.grid_size[1]
+    assert out.extra.shape == (3, 4, tiny.width)
+    assert out.tokens.shape == (3, 1 + n_patches + 4, tiny.width)
+    assert out.attentions[0].shape[-1] == 1 + n_patches + 4
+    # full attention: CLS sees the extra tokens, so its output moves
+    assert not torch.allclose(out.pooled, plain.pooled)
+
+
+def test_zero_initialised_adapters_leave_the_forward_unchanged(tiny):
+    pixels = torch.randn(2, 3, tiny.image_size, tiny.image_size)
+    adapters = [ParallelAdapter(tiny.width, 8, 0.1) for _ in tiny.visual.transformer.resblocks]
+    torch.testing.assert_close(
+        vit_forward(tiny.visual, pixels, adapters=adapters).pooled, tiny.model.encode_image(pixels)
+    )
+    with torch.no_grad():
+        adapters[0].up.weight.normal_()
+    assert not torch.allclose(
+        vit_forward(tiny.visual, pixels, adapters=adapters).pooled, tiny.model.encode_image(pixels)
+    )
+
+
+def test_text_features_before_projection_project_to_encode_text(tiny):
+    texts = ["a photo of a red finch.", "a blue wing"]
+    pooled = tiny.text_features_before_projection(texts)
+    assert pooled.shape == (2, tiny.text_width)
+    torch.testing.assert_close(pooled @ tiny.model.text_projection, tiny.encode_texts(texts, normalize=False))
+
+
+def test_attention_rollout_matches_hand_computation():
+    a1 = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]])  # (B=1, H=1, 2, 2)
+    a2 = torch.tensor([[[[0.5, 0.5], [0.5, 0.5]]]])
+    r1 = 0.5 * torch.eye(2) + 0.5 * a1[0, 0]  # [[.5,.5],[.5,.5]]
+    r2 = 0.5 * torch.eye(2) + 0.5 * a2[0, 0]  # [[.75,.25],[.25,.75]]
+    torch.testing.assert_close(attention_rollout([a1, a2])[0], r2 @ r1)
+
+
+def test_clip_bundle_round_trip(tmp_path, tiny):
+    from core.backbones.clip import get_toy_config
+
+    path = save_bundle(
+        tmp_path / "clip",
+        kind="clip",
+        config={"backbone": {"name": "toyclip-tiny", **get_toy_config("toyclip-tiny")}},
+        weights=tiny.model.state_dict(),
+    )
+    loaded = load_backbone(str(path))
+    pixels = torch.randn(2, 3, tiny.image_size, tiny.image_size)
+    torch.testing.assert_close(loaded.model.encode_image(pixels), tiny.model.encode_image(pixels))
+    assert loaded.reference == {"bundle": str(path)}
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("", "empty"),
+        ("no-such-model:random", "Unknown backbone 'no-such-model'"),
+        ("toyclip-tiny:openai", "use 'toyclip-tiny:random'"),
+        ("ViT-B-32-quickgelu:not-a-tag", "'not-a-tag' is neither a checkpoint file nor a known tag"),
+        ("./missing/bundle", "no such directory"),
+    ],
+)
+def test_bad_backbone_specs_get_one_clear_sentence(spec, message):
+    with pytest.raises(BackboneError, match=message):
+        load_backbone(spec)
+
+
+def test_parse_backbone_spec_forms(tmp_path):
+    assert parse_backbone_spec("ViT-B-32-quickgelu:openai") == {
+        "name": "ViT-B-32-quickgelu",
+        "pretrained": "openai",
+    }
+    assert parse_backbone_spec(str(tmp_path)) == {"bundle": str(tmp_path)}
+    assert parse_backbone_spec("toyclip-s") == {"name": "toyclip-s", "pretrained": None}
+
+
+def test_stored_bundle_reference_is_found_relative_to_a_moved_folder(tmp_path, tiny):
+    from core.backbones.clip import get_toy_config
+
+    save_bundle(
+        tmp_path / "models" / "clip",
+        kind="clip",
+        config={"backbone": {"name": "toyclip-tiny", **get_toy_config("toyclip-tiny")}},
+        weights=tiny.model.state_dict(),
+    )
+    # a dependent bundle stored "elsewhere/clip"; it now lives in models/ beside the clip bundle
+    loaded = load_backbone({"bundle": "elsewhere/clip"}, relative_to=tmp_path / "models" / "hash")
+    assert loaded.reference["bundle"].endswith("clip")
