@@ -106,6 +106,18 @@ def test_bad_backbone_specs_get_one_clear_sentence(spec, message):
         load_backbone(spec)
 
 
+def test_random_backbones_are_reproducible():
+    first, second = (
+        load_backbone("toyclip-tiny:random"),
+        load_backbone({"name": "toyclip-tiny", "init_seed": 0}),
+    )
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert first.reference == {"name": "toyclip-tiny", "pretrained": None, "init_seed": 0}
+    other = load_backbone({"name": "toyclip-tiny", "init_seed": 1})
+    assert not torch.equal(other.model.visual.proj, first.model.visual.proj)
+
+
 def test_parse_backbone_spec_forms(tmp_path):
     assert parse_backbone_spec("ViT-B-32-quickgelu:openai") == {
         "name": "ViT-B-32-quickgelu",

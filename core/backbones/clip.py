@@ -203,7 +203,7 @@ def load_backbone(
     if "bundle" in ref:
         backbone = _load_bundle_backbone(_resolve_bundle_path(ref["bundle"], relative_to))
     else:
-        backbone = _load_named_backbone(ref["name"], ref.get("pretrained"))
+        backbone = _load_named_backbone(ref["name"], ref.get("pretrained"), int(ref.get("init_seed", 0)))
     backbone.model.to(device).eval()
     for p in backbone.model.parameters():
         p.requires_grad_(False)
@@ -239,19 +239,26 @@ def _load_bundle_backbone(path: Path) -> Backbone:
     return Backbone(model, preprocess, tokenizer, {"bundle": str(path)}, config.get("preprocess_cfg", {}))
 
 
-def _load_named_backbone(name: str, pretrained: str | None) -> Backbone:
+def _load_named_backbone(name: str, pretrained: str | None, init_seed: int = 0) -> Backbone:
     random_init = pretrained is None or pretrained.lower() in RANDOM_TAGS
-    if name in list_toy_configs():
-        if not random_init:
-            raise BackboneError(
-                f"'{name}' is a ConceptLens config; use '{name}:random' or a trained bundle directory."
-            )
-        config = get_toy_config(name)
-        model, preprocess, tokenizer = build_clip(config)
-        return Backbone(
-            model, preprocess, tokenizer, {"name": name, "pretrained": None}, config["preprocess_cfg"]
+    if not random_init and name in list_toy_configs():
+        raise BackboneError(
+            f"'{name}' is a ConceptLens config; use '{name}:random' or a trained bundle directory."
         )
-    return _load_open_clip(name, None if random_init else pretrained)
+    if not random_init:
+        return _load_open_clip(name, pretrained)
+    # Random weights are drawn from a fixed seed, so a bundle trained on a random backbone
+    # finds exactly the same backbone again when it is loaded.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        if name in list_toy_configs():
+            config = get_toy_config(name)
+            model, preprocess, tokenizer = build_clip(config)
+            backbone = Backbone(model, preprocess, tokenizer, {}, config["preprocess_cfg"])
+        else:
+            backbone = _load_open_clip(name, None)
+    backbone.reference = {"name": name, "pretrained": None, "init_seed": init_seed}
+    return backbone
 
 
 def _load_open_clip(name: str, pretrained: str | None) -> Backbone:

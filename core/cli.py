@@ -1,0 +1,286 @@
+"""The ``conceptlens`` command line (also ``python -m core``).
+
+    conceptlens toybirds render --out DIR [--split train --count 240 --seed 0 --image-size 64]
+    conceptlens toybirds species
+    conceptlens train clip --data toybirds --out DIR
+    conceptlens train concepthash --backbone B --data D --bits K --concepts M --csd-weight W --out DIR
+    conceptlens eval BUNDLE [--json] [--seed S]
+
+Every user mistake (bad flag value, missing directory, wrong bundle) ends in one sentence on
+stderr and exit status 2; logs and progress go to stderr so ``--json`` output stays clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.progress import TqdmProgress
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "toybirds") -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        default=default,
+        required=default is None,
+        help="toybirds, cub200:ROOT, folder:ROOT, cifar10:ROOT or cifar100:ROOT",
+    )
+    group.add_argument("--train-per-class", type=positive_int, help="ToyBirds training images per species")
+    group.add_argument("--test-per-class", type=positive_int, help="ToyBirds test images per species")
+    group.add_argument("--data-seed", type=int, help="ToyBirds sample seed (species never change)")
+    group.add_argument("--image-size", type=positive_int, help="ToyBirds image size in pixels")
+    group.add_argument("--download", action="store_true", help="allow torchvision to download CIFAR")
+
+
+def data_spec_from(args: argparse.Namespace):
+    from core.data.spec import DataSpec
+
+    return DataSpec.parse(
+        args.data,
+        train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class,
+        seed=args.data_seed,
+        image_size=args.image_size,
+        download=args.download or None,
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--out", required=True, type=Path, help="bundle directory to write")
+    group.add_argument("--epochs", type=positive_int, default=epochs)
+    group.add_argument("--batch-size", type=positive_int, default=batch_size)
+    group.add_argument("--lr", type=non_negative_float, default=lr)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    group.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    group.add_argument("--half", action="store_true", help="store weights as float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conceptlens", description="Train, evaluate and explain ConceptHash and CEIR."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    birds = commands.add_parser("toybirds", help="the procedural ToyBirds world")
+    birds_commands = birds.add_subparsers(dest="toybirds_command", required=True)
+    render = birds_commands.add_parser(
+        "render", help="render images, part masks and metadata.csv to a folder"
+    )
+    render.add_argument("--out", required=True, type=Path)
+    render.add_argument("--split", default="train")
+    render.add_argument("--count", type=positive_int, default=240)
+    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--image-size", type=positive_int, default=64)
+    render.add_argument("--overwrite", action="store_true")
+    birds_commands.add_parser("species", help="list the species and their part attributes")
+
+    train = commands.add_parser("train", help="train a model into a bundle")
+    train_commands = train.add_subparsers(dest="model", required=True)
+    clip = train_commands.add_parser("clip", help="a small CLIP from scratch on ToyBirds")
+    add_data_arguments(clip)
+    add_run_arguments(clip, epochs=20, batch_size=128, lr=5e-4)
+    clip.add_argument(
+        "--config", default="toyclip-s", help="ConceptLens CLIP config (core/backbones/configs)"
+    )
+
+    hashing = train_commands.add_parser("concepthash", help="ConceptHash on a frozen CLIP backbone")
+    hashing.add_argument(
+        "--backbone",
+        required=True,
+        help="a clip bundle directory, NAME:TAG (e.g. ViT-B-32-quickgelu:openai) or NAME:random",
+    )
+    add_data_arguments(hashing)
+    add_run_arguments(hashing, epochs=30, batch_size=64, lr=1e-3)
+    model = hashing.add_argument_group("model")
+    model.add_argument("--bits", type=positive_int, default=12)
+    model.add_argument("--concepts", type=positive_int, default=3)
+    model.add_argument("--csd-weight", type=non_negative_float, default=1.0, help="weight of L_csd (0 = off)")
+    model.add_argument("--clf-weight", type=non_negative_float, default=1.0)
+    model.add_argument("--quan-weight", type=non_negative_float, default=0.5)
+    model.add_argument("--cd-weight", type=non_negative_float, default=1.0)
+    model.add_argument(
+        "--no-language-guidance",
+        action="store_true",
+        help="ablation: class centres from random vectors instead of class-name text",
+    )
+    model.add_argument(
+        "--mode",
+        choices=("concepts", "cls"),
+        default="concepts",
+        help="'cls' is the baseline that hashes the CLS embedding with the same losses",
+    )
+
+    evaluate = commands.add_parser("eval", help="evaluate a bundle (any kind)")
+    evaluate.add_argument("bundle", type=Path)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--seed", type=int, help="score on fresh ToyBirds samples drawn with this seed")
+    evaluate.add_argument("--device", default="auto")
+    return parser
+
+
+def cmd_toybirds(args: argparse.Namespace) -> int:
+    from core.data import toybirds
+
+    if args.toybirds_command == "species":
+        for species in toybirds.SPECIES:
+            parts = "; ".join(f"{part}: {species.part_label(part)}" for part in toybirds.PARTS)
+            print(f"{species.id:3d}  {species.family:<10} {species.name:<40} {parts}")
+        return 0
+    out = toybirds.render_to_disk(
+        args.out,
+        args.split,
+        args.count,
+        seed=args.seed,
+        image_size=args.image_size,
+        progress=TqdmProgress("render"),
+        overwrite=args.overwrite,
+    )
+    log(f"Wrote {args.count} {args.split} images with part masks and metadata.csv to {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    data = data_spec_from(args)
+    if args.model == "clip":
+        from core.backbones.train_clip import ClipTrainConfig, train_clip
+
+        config = ClipTrainConfig(
+            config_name=args.config,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            half=args.half,
+        )
+        out = train_clip(
+            data,
+            config,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=TqdmProgress("train clip"),
+            log=log,
+        )
+    else:
+        from core.concepthash.model import ConceptHashConfig
+        from core.concepthash.train import TrainConfig, train_concepthash
+
+        model_config = ConceptHashConfig(
+            bits=args.bits,
+            n_concepts=args.concepts,
+            csd_weight=args.csd_weight,
+            clf_weight=args.clf_weight,
+            quan_weight=args.quan_weight,
+            cd_weight=args.cd_weight,
+            language_guidance=not args.no_language_guidance,
+            mode=args.mode,
+        )
+        train_config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            half=args.half,
+        )
+        out = train_concepthash(
+            args.backbone,
+            data,
+            model_config,
+            train_config,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=TqdmProgress("train concepthash"),
+            log=log,
+        )
+    log(f"Saved bundle {out}")
+    return 0
+
+
+def evaluate_any(bundle: Path, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
+    """Evaluate a bundle of any kind; the kind is read from the bundle."""
+    from core.bundle import read_bundle_config
+
+    kind = read_bundle_config(bundle)["kind"]
+    if kind == "clip":
+        from core.backbones.train_clip import evaluate_clip_bundle
+
+        return evaluate_clip_bundle(str(bundle), seed=seed, device=device)
+    if kind == "concepthash":
+        from core.concepthash.evaluate import evaluate_bundle
+
+        return evaluate_bundle(str(bundle), seed=seed, device=device)
+    raise ValueError(f"Evaluating '{kind}' bundles is not available in this version of ConceptLens.")
+
+
+def print_summary(result: dict[str, Any], indent: str = "") -> None:
+    for key, value in result.items():
+        if isinstance(value, dict):
+            print(f"{indent}{key}:")
+            print_summary(value, indent + "  ")
+        elif isinstance(value, float):
+            print(f"{indent}{key}: {value:.4f}")
+        else:
+            print(f"{indent}{key}: {value}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    result = evaluate_any(args.bundle, seed=args.seed, device=args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_summary(result)
+    return 0
+
+
+COMMANDS = {"toybirds": cmd_toybirds, "train": cmd_train, "eval": cmd_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as exc:  # every user-input error in core is a ValueError with one sentence
+        log(f"conceptlens: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        log("conceptlens: interrupted; a training run can continue with --resume.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Where each concept looks: per-concept attention heatmaps for any image.
+
+Two readings of the same model:
+
+* ``last``: the last block's attention from each concept token to the patch tokens, averaged
+  over heads (the map L_csd acts on);
+* ``rollout``: attention rollout through every block (residual path included), which also
+  counts how patches reached the concept token through earlier layers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.backbones.vit import attention_rollout
+from core.concepthash.model import ConceptHash
+
+HeatmapMethod = Literal["last", "rollout"]
+
+
+@torch.no_grad()
+def concept_attention_maps(
+    model: ConceptHash, pixels: torch.Tensor, method: HeatmapMethod = "last"
+) -> torch.Tensor:
+    """(B, M, gh, gw) attention of each concept token over the patch grid (rows sum to 1 for ``last``)."""
+    if method not in ("last", "rollout"):
+        raise ValueError(f"Heatmap method must be 'last' or 'rollout', not {method!r}.")
+    model.eval()
+    out = model(pixels.to(model.backbone.device), attention_layers="last" if method == "last" else "all")
+    gh, gw = model.backbone.grid_size
+    n_patches = gh * gw
+    if method == "last":
+        maps = out.concept_attention
+    else:
+        rollout = attention_rollout(out.attentions)
+        rows = slice(n_patches + 1, None) if model.config.mode == "concepts" else slice(0, 1)
+        maps = rollout[:, rows, 1 : n_patches + 1]
+    return maps.reshape(maps.shape[0], maps.shape[1], gh, gw).cpu()
+
+
+def upsample_maps(maps: torch.Tensor, size: int | tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of (B, M, gh, gw) maps to image size, each map min-max scaled to [0, 1]."""
+    size = (size, size) if isinstance(size, int) else size
+    up = F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
+    flat = up.flatten(2)
+    low = flat.min(dim=-1, keepdim=True).values
+    high = flat.max(dim=-1, keepdim=True).values
+    scaled = (flat - low) / (high - low).clamp_min(1e-12)
+    return scaled.reshape(up.shape).numpy()
+
+
+def concept_heatmaps(
+    model: ConceptHash,
+    pixels: torch.Tensor,
+    method: HeatmapMethod = "last",
+    size: int | tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Per-concept heatmaps (B, M, H, W) in [0, 1] to overlay on images (default size: the model input)."""
+    maps = concept_attention_maps(model, pixels, method)
+    return upsample_maps(maps, size or model.backbone.image_size)

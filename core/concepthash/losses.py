@@ -1,0 +1,73 @@
+"""ConceptHash losses, named as in the paper.
+
+All classification-style terms use a margin cosine softmax (CosFace): logits are
+``scale * (cos(x, w_c) - margin * [c == y])`` followed by cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cosine_logits(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """cos(x_i, w_c) for every row i and class c: (B, D) x (C, D) -> (B, C)."""
+    return F.normalize(x, dim=-1) @ F.normalize(weights, dim=-1).t()
+
+
+def margin_cosine_loss(
+    cosines: torch.Tensor, labels: torch.Tensor, scale: float = 8.0, margin: float = 0.2
+) -> torch.Tensor:
+    """Cross-entropy over ``scale * (cos - margin * onehot(labels))``."""
+    onehot = F.one_hot(labels, cosines.shape[-1]).to(cosines.dtype)
+    return F.cross_entropy(scale * (cosines - margin * onehot), labels)
+
+
+def clf_loss(
+    u: torch.Tensor, hash_centers: torch.Tensor, labels: torch.Tensor, scale: float = 8.0, margin: float = 0.2
+) -> torch.Tensor:
+    """L_clf: continuous codes u against the (language-guided) class centres o_c."""
+    return margin_cosine_loss(cosine_logits(u, hash_centers), labels, scale, margin)
+
+
+def quan_loss(
+    u: torch.Tensor, hash_centers: torch.Tensor, labels: torch.Tensor, scale: float = 8.0, margin: float = 0.2
+) -> torch.Tensor:
+    """L_quan: u against the *binarised* centres sign(o_c), pulling codes towards binary targets."""
+    return margin_cosine_loss(cosine_logits(u, torch.sign(hash_centers)), labels, scale, margin)
+
+
+def cd_loss(
+    concept_features: torch.Tensor,
+    concept_positions: torch.Tensor,
+    class_centroids: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float = 8.0,
+    margin: float = 0.2,
+) -> torch.Tensor:
+    """L_cd: every concept alone must tell the class.
+
+    ``concept_features`` Z (B, M, D), ``concept_positions`` P (M, D), ``class_centroids`` w (C, D)
+    shared by all concepts; mean over concepts of the margin cosine loss of Z_m + P_m.
+    """
+    z = concept_features + concept_positions.unsqueeze(0)
+    batch, n_concepts, _ = z.shape
+    cos = cosine_logits(z.reshape(batch * n_concepts, -1), class_centroids)
+    return margin_cosine_loss(cos, labels.repeat_interleave(n_concepts), scale, margin)
+
+
+def csd_loss(concept_attention: torch.Tensor) -> torch.Tensor:
+    """L_csd, concept spatial diversity: mean pairwise cosine between concepts' attention maps.
+
+    ``concept_attention`` (B, M, P): head-averaged last-layer attention from each concept token
+    to the patch tokens. Maps are L2-normalised; the mean is over the M(M-1) ordered pairs
+    m != n and over the batch. 0 when concepts look at disjoint patches, 1 when they all look
+    at the same pattern.
+    """
+    maps = F.normalize(concept_attention, dim=-1)
+    gram = maps @ maps.transpose(1, 2)
+    n = gram.shape[-1]
+    if n < 2:
+        return gram.new_zeros(())
+    off_diagonal = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=-1)
+    return (off_diagonal / (n * (n - 1))).mean()

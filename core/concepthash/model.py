@@ -1,0 +1,247 @@
+"""The ConceptHash model: concept tokens -> sub-codes, one per concept.
+
+Layout (names follow the paper):
+
+* ``concept_tokens``: a small generator (learned queries -> one self-attention + FFN layer ->
+  linear to the backbone width) makes M tokens that are appended after the positional
+  embedding of a *frozen* CLIP ViT and attend with full attention in every block;
+* ``adapters``: trainable parallel adapters, one per block (LayerNorm -> down -> GELU ->
+  zero-initialised up, times a scalar), so the frozen backbone can be steered;
+* ``hash_head``: ONE shared bias-free linear h (width -> K/M) applied to Z_m + E_m, with
+  learned concept-specificity embeddings E_m; the M sub-codes are concatenated and
+  batch-normalised into u; the binary code is sign(u);
+* ``hash_centers``: class centres o_c from the text tower ("a photo of a {class}"), the pooled
+  feature before the projection, signed, then a learnable MLP -> K dims. With language
+  guidance off, the text features are replaced by fixed random Gaussian vectors (the ablation);
+* ``concept_positions`` P and ``class_centroids`` w for the concept-discrimination loss L_cd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.backbones.clip import Backbone
+from core.backbones.vit import vit_forward
+from core.concepthash import losses
+
+
+@dataclass
+class ConceptHashConfig:
+    """Hyper-parameters of the model and its losses (defaults follow the reference where known)."""
+
+    bits: int = 12
+    n_concepts: int = 3
+    generator_dim: int = 128
+    generator_heads: int = 4
+    adapter_dim: int = 32
+    adapter_scale: float = 0.1
+    center_hidden: int = 256
+    language_guidance: bool = True
+    class_template: str = "a photo of a {}."
+    scale: float = 8.0
+    margin: float = 0.2
+    clf_weight: float = 1.0
+    quan_weight: float = 0.5
+    cd_weight: float = 1.0
+    csd_weight: float = 1.0
+    mode: str = "concepts"  # "concepts" (ConceptHash) or "cls" (baseline: hash the CLS embedding)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("concepts", "cls"):
+            raise ValueError(f"mode must be 'concepts' or 'cls', not {self.mode!r}.")
+        if self.bits < 1 or self.n_concepts < 1:
+            raise ValueError("bits and concepts must be positive.")
+        if self.bits % self.n_concepts:
+            raise ValueError(
+                f"{self.bits} bits cannot be split evenly over {self.n_concepts} concepts; "
+                "choose bits divisible by the number of concepts."
+            )
+
+    @property
+    def bits_per_concept(self) -> int:
+        return self.bits // self.n_concepts
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConceptHashConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ConceptTokenGenerator(nn.Module):
+    """Learned queries -> one transformer layer (self-attention + FFN) -> linear to ``width``."""
+
+    def __init__(self, n_concepts: int, dim: int, heads: int, width: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(n_concepts, dim) * dim**-0.5)
+        self.layer = nn.TransformerEncoderLayer(
+            dim,
+            heads,
+            dim_feedforward=4 * dim,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.to_width = nn.Linear(dim, width)
+
+    def forward(self) -> torch.Tensor:
+        return self.to_width(self.layer(self.queries.unsqueeze(0))).squeeze(0)
+
+
+class ParallelAdapter(nn.Module):
+    """LayerNorm -> down -> GELU -> up (zero-initialised) times a scalar; starts as the identity's zero."""
+
+    def __init__(self, width: int, bottleneck: int, scale: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.down = nn.Linear(width, bottleneck)
+        self.act = nn.GELU()
+        self.up = nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(self.act(self.down(self.norm(x))))
+
+
+@dataclass
+class ConceptHashOutput:
+    """Continuous codes ``u`` (B, K), concept features Z (B, M, D) and concept->patch attention (B, M, P)."""
+
+    u: torch.Tensor
+    concept_features: torch.Tensor
+    concept_attention: torch.Tensor | None
+    attentions: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """Binary codes in {-1, +1} (sign with 0 -> +1)."""
+        return torch.where(self.u >= 0, 1.0, -1.0)
+
+
+class ConceptHash(nn.Module):
+    """ConceptHash on a frozen CLIP backbone.
+
+    The backbone is held as a plain attribute, not a sub-module, so ``parameters()`` and
+    ``state_dict()`` cover exactly what ConceptHash adds and trains; bundles store the backbone
+    by reference.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        class_names: list[str],
+        config: ConceptHashConfig,
+        text_features: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.class_names = list(class_names)
+        width, n_classes = backbone.width, len(class_names)
+        n_blocks = len(backbone.visual.transformer.resblocks)
+        m = config.n_concepts if config.mode == "concepts" else 1
+        self.concept_tokens = (
+            ConceptTokenGenerator(m, config.generator_dim, config.generator_heads, width)
+            if config.mode == "concepts"
+            else None
+        )
+        self.adapters = nn.ModuleList(
+            ParallelAdapter(width, config.adapter_dim, config.adapter_scale) for _ in range(n_blocks)
+        )
+        self.specificity = nn.Parameter(torch.zeros(m, width))
+        self.hash_head = nn.Linear(width, config.bits // m, bias=False)
+        self.bn = nn.BatchNorm1d(config.bits)
+        self.concept_positions = nn.Parameter(torch.zeros(m, width))
+        self.class_centroids = nn.Parameter(torch.randn(n_classes, width) * width**-0.5)
+        if text_features is None:
+            text_features = self.class_text_features(backbone, self.class_names, config)
+        self.register_buffer("text_features", text_features.float())
+        self.center_mlp = nn.Sequential(
+            nn.Linear(text_features.shape[1], config.center_hidden),
+            nn.ReLU(),
+            nn.Linear(config.center_hidden, config.bits),
+        )
+
+    @staticmethod
+    def class_text_features(
+        backbone: Backbone, class_names: list[str], config: ConceptHashConfig
+    ) -> torch.Tensor:
+        """Signed pooled text features of "a photo of a {class}" (random ones without language guidance)."""
+        if config.language_guidance:
+            prompts = [config.class_template.format(name) for name in class_names]
+            return torch.sign(backbone.text_features_before_projection(prompts)).cpu()
+        generator = torch.Generator().manual_seed(len(class_names))
+        return torch.sign(torch.randn(len(class_names), backbone.text_width, generator=generator))
+
+    @property
+    def n_concepts(self) -> int:
+        return self.specificity.shape[0]
+
+    def hash_centers(self) -> torch.Tensor:
+        """o_c for every class: (C, K)."""
+        return self.center_mlp(self.text_features)
+
+    def train(self, mode: bool = True) -> ConceptHash:
+        super().train(mode)
+        self.backbone.model.eval()
+        return self
+
+    def forward(self, pixels: torch.Tensor, attention_layers: str = "last") -> ConceptHashOutput:
+        tokens = self.concept_tokens() if self.concept_tokens is not None else None
+        out = vit_forward(
+            self.backbone.visual,
+            pixels,
+            extra_tokens=tokens,
+            adapters=self.adapters,
+            attention_layers=attention_layers,
+        )
+        n_patches = out.n_patches
+        z = out.extra if self.config.mode == "concepts" else out.tokens[:, :1]
+        sub_codes = self.hash_head(z + self.specificity.unsqueeze(0))
+        u = self.bn(sub_codes.flatten(1))
+        last = out.attentions[-1] if out.attentions else None
+        concept_attention = None
+        if last is not None:
+            rows = slice(n_patches + 1, None) if self.config.mode == "concepts" else slice(0, 1)
+            concept_attention = last.mean(dim=1)[:, rows, 1 : n_patches + 1]
+        return ConceptHashOutput(u, z, concept_attention, out.attentions)
+
+    def loss(self, output: ConceptHashOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every loss term and the weighted total."""
+        cfg = self.config
+        centers = self.hash_centers()
+        terms = {
+            "clf": losses.clf_loss(output.u, centers, labels, cfg.scale, cfg.margin),
+            "quan": losses.quan_loss(output.u, centers, labels, cfg.scale, cfg.margin),
+            "cd": losses.cd_loss(
+                output.concept_features,
+                self.concept_positions,
+                self.class_centroids,
+                labels,
+                cfg.scale,
+                cfg.margin,
+            ),
+        }
+        if output.concept_attention is not None:
+            terms["csd"] = losses.csd_loss(output.concept_attention)
+        weights = {"clf": cfg.clf_weight, "quan": cfg.quan_weight, "cd": cfg.cd_weight, "csd": cfg.csd_weight}
+        terms["total"] = sum(weights[name] * value for name, value in terms.items())
+        return terms
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        """Continuous codes u for a batch (eval mode; call ``.eval()`` first)."""
+        chunks = [
+            self.forward(pixels[i : i + batch_size].to(self.backbone.device), attention_layers="none").u
+            for i in range(0, len(pixels), batch_size)
+        ]
+        return torch.cat(chunks).cpu()

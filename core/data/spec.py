@@ -1,0 +1,153 @@
+"""Data specifications: which images a model trains and is evaluated on.
+
+``--data`` on the command line is ``toybirds`` or ``KIND:ROOT`` with KIND one of ``cub200``,
+``folder`` (class-per-folder) or ``cifar10``/``cifar100``. The resolved spec is stored in every
+bundle, so evaluation can rebuild exactly the same splits (or fresh ToyBirds samples with
+another seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from core.data import toybirds
+
+DATA_KINDS = ("toybirds", "cub200", "folder", "cifar10", "cifar100")
+
+
+class ImageSplit(Protocol):
+    """What every split offers: labels, class names, images by index, stable ids."""
+
+    name: str
+    split: str
+    classes: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+    def image(self, i: int) -> Image.Image: ...
+    def image_id(self, i: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A data set and, for ToyBirds, how many images per species and which seed."""
+
+    kind: str = "toybirds"
+    root: str | None = None
+    image_size: int = 64
+    train_per_class: int = 40
+    test_per_class: int = 10
+    seed: int = 0
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"Unknown data set '{self.kind}'; use one of: {', '.join(DATA_KINDS)}.")
+        if self.kind != "toybirds" and not self.root:
+            raise ValueError(
+                f"Data set '{self.kind}' needs a root directory: --data {self.kind}:/path/to/data."
+            )
+        if self.kind == "toybirds" and (self.train_per_class < 1 or self.test_per_class < 1):
+            raise ValueError("ToyBirds needs at least one train and one test image per species.")
+        if self.image_size < 16:
+            raise ValueError(f"Image size {self.image_size} is too small; use at least 16 pixels.")
+
+    @classmethod
+    def parse(cls, text: str, **overrides: Any) -> DataSpec:
+        """``toybirds`` or ``KIND:ROOT``; keyword overrides set the other fields."""
+        kind, _, root = text.strip().partition(":")
+        return cls(
+            kind=kind.lower(), root=root or None, **{k: v for k, v in overrides.items() if v is not None}
+        )
+
+    @property
+    def has_parts(self) -> bool:
+        return self.kind == "toybirds"
+
+    def with_seed(self, seed: int) -> DataSpec:
+        if self.kind != "toybirds":
+            raise ValueError("--seed regenerates ToyBirds samples; it has no meaning for a fixed data set.")
+        return replace(self, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataSpec:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class ToyBirdsSplit:
+    """A ToyBirds split, rendered on demand: ``per_class`` images of every species."""
+
+    name = "toybirds"
+
+    def __init__(self, split: str, per_class: int, seed: int, image_size: int) -> None:
+        self.split, self.seed, self.image_size = split, seed, image_size
+        self.classes = [s.name for s in toybirds.SPECIES]
+        count = per_class * len(self.classes)
+        self.labels = np.array([toybirds.species_of_index(i) for i in range(count)], dtype=np.int64)
+        self._sample = lru_cache(maxsize=4096)(self._render)
+
+    def _render(self, i: int) -> toybirds.ToyBirdSample:
+        return toybirds.render_sample(self.split, i, seed=self.seed, image_size=self.image_size)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def sample(self, i: int) -> toybirds.ToyBirdSample:
+        return self._sample(int(i))
+
+    def image(self, i: int) -> Image.Image:
+        return self.sample(i).image
+
+    def image_id(self, i: int) -> str:
+        return f"toybirds/{self.split}/seed{self.seed}/{int(i):06d}"
+
+    def caption(self, i: int) -> str:
+        return self.sample(i).caption
+
+    def part_labels(self, part: str) -> list[str]:
+        """The attribute label of ``part`` for every image (species-level ground truth)."""
+        return [toybirds.SPECIES[label].part_label(part) for label in self.labels]
+
+
+class FileSplit:
+    """Adapter giving the readers' ``LabeledImages`` the ``ImageSplit`` interface."""
+
+    def __init__(self, images: Any) -> None:
+        self._images = images
+        self.name, self.split = images.name, images.split
+        self.classes, self.labels = list(images.classes), np.asarray(images.labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> Image.Image:
+        return self._images.image(int(i))
+
+    def image_id(self, i: int) -> str:
+        if self._images.paths:
+            return str(self._images.paths[int(i)])
+        return f"{self.name}/{self.split}/{int(i):06d}"
+
+
+def open_split(spec: DataSpec, split: str) -> ImageSplit:
+    """The ``train`` (retrieval database) or ``test`` (queries) split of a data spec."""
+    if split not in ("train", "test"):
+        raise ValueError(f"Split must be 'train' or 'test', not {split!r}.")
+    if spec.kind == "toybirds":
+        per_class = spec.train_per_class if split == "train" else spec.test_per_class
+        return ToyBirdsSplit(split, per_class, spec.seed, spec.image_size)
+    from core.data import readers
+
+    if spec.kind == "cub200":
+        return FileSplit(readers.read_cub200(spec.root, split))
+    if spec.kind == "folder":
+        return FileSplit(readers.read_image_folder(spec.root, split, seed=spec.seed))
+    return FileSplit(readers.read_cifar(spec.root, spec.kind, split, download=spec.download))

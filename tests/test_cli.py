@@ -1,0 +1,196 @@
+"""The ``conceptlens`` command line, end to end on tiny models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from core.cli import main
+from core.data.toybirds import PARTS, SPECIES
+
+TINY = [
+    "--data",
+    "toybirds",
+    "--train-per-class",
+    "2",
+    "--test-per-class",
+    "1",
+    "--image-size",
+    "32",
+    "--device",
+    "cpu",
+]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_toybirds_render_writes_images_masks_and_metadata(tmp_path, capsys):
+    code, _, err = run(
+        capsys,
+        "toybirds",
+        "render",
+        "--out",
+        str(tmp_path / "birds"),
+        "--count",
+        "5",
+        "--split",
+        "test",
+        "--seed",
+        "2",
+        "--image-size",
+        "32",
+    )
+    assert code == 0, err
+    with open(tmp_path / "birds" / "metadata.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["index"]) for r in rows] == list(range(5))
+    assert all(r["split"] == "test" and r["seed"] == "2" for r in rows)
+    assert len(list((tmp_path / "birds" / "images").iterdir())) == 5
+    assert len(list((tmp_path / "birds" / "masks").iterdir())) == 5 * len(PARTS)
+    code, _, err = run(capsys, "toybirds", "render", "--out", str(tmp_path / "birds"), "--count", "5")
+    assert code == 2 and "birds" in err and err.count("\n") == 1
+
+
+def test_toybirds_species_lists_every_species(capsys):
+    code, out, _ = run(capsys, "toybirds", "species")
+    assert code == 0
+    assert len(out.strip().splitlines()) == len(SPECIES)
+    assert SPECIES[5].name in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "concepthash", "--backbone", "toyclip-tiny:random", "--out", "x", "--bits", "0"],
+            "positive",
+        ),
+        (
+            ["train", "concepthash", "--backbone", "toyclip-tiny:random", "--out", "x", "--csd-weight", "-1"],
+            ">= 0",
+        ),
+        (
+            [
+                "train",
+                "concepthash",
+                "--backbone",
+                "toyclip-tiny:random",
+                "--out",
+                "x",
+                "--csd-weight",
+                "nan",
+            ],
+            ">= 0",
+        ),
+        (["train", "concepthash", "--out", "x"], "--backbone"),
+        (["eval"], "bundle"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--bits", "10", "--concepts", "3"], "cannot be split evenly"),
+        (["--data", "cub200"], "needs a root directory"),
+        (["--data", "imagenet:/x"], "Unknown data set 'imagenet'"),
+        (["--backbone", "nope:random"], "Unknown backbone 'nope'"),
+    ],
+)
+def test_bad_values_get_one_sentence_and_write_nothing(tmp_path, capsys, argv, message):
+    args = [
+        "train",
+        "concepthash",
+        "--backbone",
+        "toyclip-tiny:random",
+        "--out",
+        str(tmp_path / "out"),
+        *TINY,
+    ]
+    for i in range(0, len(argv), 2):  # later flags override earlier ones
+        args += argv[i : i + 2]
+    code, _, err = run(capsys, *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_of_a_folder_that_is_not_a_bundle(tmp_path, capsys):
+    code, _, err = run(capsys, "eval", str(tmp_path))
+    assert code == 2 and "config.json" in err
+
+
+def test_train_and_eval_concepthash_and_clip(tmp_path, capsys):
+    clip_dir = tmp_path / "clip"
+    code, _, err = run(
+        capsys,
+        "train",
+        "clip",
+        "--config",
+        "toyclip-tiny",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--out",
+        str(clip_dir),
+        *TINY,
+    )
+    assert code == 0, err
+    code, out, err = run(capsys, "eval", str(clip_dir), "--json")
+    assert code == 0, err
+    clip_result = json.loads(out)
+    assert clip_result["kind"] == "clip" and 0 <= clip_result["zero_shot_accuracy"] <= 1
+
+    hash_dir = tmp_path / "hash"
+    code, _, err = run(
+        capsys,
+        "train",
+        "concepthash",
+        "--backbone",
+        str(clip_dir),
+        "--bits",
+        "6",
+        "--concepts",
+        "3",
+        "--csd-weight",
+        "0.5",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--out",
+        str(hash_dir),
+        *TINY,
+    )
+    assert code == 0, err
+    code, out, err = run(capsys, "eval", str(hash_dir), "--json", "--seed", "5")
+    assert code == 0, err
+    result = json.loads(out)  # stdout is exactly one JSON object
+    assert {"map", "precision_at", "localization", "diversity", "subcode_part_nmi"} <= set(result)
+    assert result["data"]["seed"] == 5
+    assert len(result["subcode_part_nmi"]["matrix"]) == 3
+    assert all(len(row) == len(PARTS) for row in result["subcode_part_nmi"]["matrix"])
+    loc = result["localization"]
+    assert 0 <= loc["random_baseline"] <= 1 and 0 <= loc["mean_hit_rate"] <= 1
+    assert {c["part"] for c in loc["concepts"]} <= set(PARTS)
+
+
+def test_python_dash_m_core_is_the_cli():
+    proc = subprocess.run(
+        [sys.executable, "-m", "core", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "conceptlens" in proc.stdout and "train" in proc.stdout

@@ -1,0 +1,293 @@
+"""ConceptHash: losses against hand-computed values, the model, training, evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core.backbones.clip import load_backbone
+from core.concepthash import losses
+from core.concepthash.attention import concept_heatmaps
+from core.concepthash.evaluate import interpretability_metrics, subcode_values
+from core.concepthash.model import ConceptHash, ConceptHashConfig
+from core.data.spec import DataSpec, ToyBirdsSplit
+from core.data.toybirds import PARTS, SPECIES
+
+CLASSES = ["red finch", "blue finch", "green finch"]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    return load_backbone("toyclip-tiny:random")
+
+
+def make_model(backbone, **overrides):
+    torch.manual_seed(1)
+    return ConceptHash(backbone, CLASSES, ConceptHashConfig(**({"bits": 6, "n_concepts": 3} | overrides)))
+
+
+# ---- losses -----------------------------------------------------------------------------------
+
+
+def test_margin_cosine_loss_hand_computed():
+    cos = torch.tensor([[0.5, 0.1]])
+    # logits = 8 * ([0.5, 0.1] - [0.2, 0]) = [2.4, 0.8]; CE = log(1 + e^(0.8 - 2.4))
+    expected = math.log(1 + math.exp(-1.6))
+    assert losses.margin_cosine_loss(cos, torch.tensor([0]), scale=8, margin=0.2).item() == pytest.approx(
+        expected
+    )
+
+
+def test_clf_and_quan_losses_use_centres_and_signed_centres():
+    u = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    centers = torch.tensor([[0.3, 0.4], [-2.0, 0.1]])
+    labels = torch.tensor([0, 1])
+    # cos(u, o): row0 = [0.6, -2/sqrt(4.01)], row1 = [0.8, 0.1/sqrt(4.01)]
+    n = math.sqrt(4.01)
+    cos = torch.tensor([[0.6, -2 / n], [0.8, 0.1 / n]])
+    assert losses.clf_loss(u, centers, labels).item() == pytest.approx(
+        losses.margin_cosine_loss(cos, labels).item()
+    )
+    # sign(o) = [[1, 1], [-1, 1]]: cos row0 = [1/sqrt2, -1/sqrt2], row1 = [1/sqrt2, 1/sqrt2]
+    r = 1 / math.sqrt(2)
+    signed = torch.tensor([[r, -r], [r, r]])
+    assert losses.quan_loss(u, centers, labels).item() == pytest.approx(
+        losses.margin_cosine_loss(signed, labels).item()
+    )
+
+
+def test_cd_loss_is_the_mean_of_per_concept_losses():
+    torch.manual_seed(0)
+    z, p, w = torch.randn(4, 3, 5), torch.randn(3, 5), torch.randn(2, 5)
+    labels = torch.tensor([0, 1, 1, 0])
+    per_concept = [losses.clf_loss(z[:, m] + p[m], w, labels) for m in range(3)]
+    assert losses.cd_loss(z, p, w, labels).item() == pytest.approx(
+        torch.stack(per_concept).mean().item(), rel=1e-6
+    )
+
+
+def test_csd_loss_hand_computed():
+    same = torch.tensor([[[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]])
+    assert losses.csd_loss(same).item() == pytest.approx(1.0)
+    disjoint = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]])
+    assert losses.csd_loss(disjoint).item() == pytest.approx(0.0)
+    # three concepts: a=[1,0], b=[1,1]/sqrt2, c=[0,1] -> pairs ab=bc=1/sqrt2, ac=0 -> mean = sqrt2/3
+    three = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
+    assert losses.csd_loss(three).item() == pytest.approx(math.sqrt(2) / 3)
+
+
+# ---- model ------------------------------------------------------------------------------------
+
+
+def test_config_rejects_uneven_split():
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        ConceptHashConfig(bits=10, n_concepts=3)
+
+
+def test_forward_shapes_and_codes(backbone):
+    model = make_model(backbone).eval()
+    pixels = torch.randn(5, 3, backbone.image_size, backbone.image_size)
+    out = model(pixels)
+    n_patches = backbone.grid_size[0] * backbone.grid_size[1]
+    assert out.u.shape == (5, 6)
+    assert out.concept_features.shape == (5, 3, backbone.width)
+    assert out.concept_attention.shape == (5, 3, n_patches)
+    assert set(out.codes.unique().tolist()) <= {-1.0, 1.0}
+    assert model.hash_centers().shape == (3, 6)
+    # attention to the patches is part of a softmax row, so it sums to at most 1
+    assert float(out.concept_attention.detach().sum(-1).max()) <= 1.0 + 1e-5
+
+
+def test_shared_hash_head_and_specificity(backbone):
+    model = make_model(backbone, bits=12, n_concepts=4)
+    assert model.hash_head.weight.shape == (3, backbone.width)  # ONE head: width -> K/M
+    assert model.hash_head.bias is None
+    assert model.specificity.shape == (4, backbone.width)
+
+
+def test_gradient_reaches_only_the_trainable_parts(backbone):
+    model = make_model(backbone).train()
+    pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size)
+    labels = torch.tensor([0, 1, 2, 0])
+    model.loss(model(pixels), labels)["total"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in backbone.model.parameters())
+    assert not any(name.startswith("backbone") for name in model.state_dict())
+
+    def silent():
+        return {n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0}
+
+    # zero-initialised up-projections: at the first step only `up` of each adapter gets gradient
+    assert silent() == {n for n, _ in model.named_parameters()
+                        if n.startswith("adapters.") and (".norm." in n or ".down." in n)}
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    model.zero_grad()
+    model.loss(model(pixels), labels)["total"].backward()
+    assert silent() == set()
+
+
+def test_language_guidance_switch(backbone):
+    guided = make_model(backbone)
+    expected = torch.sign(backbone.text_features_before_projection([f"a photo of a {c}." for c in CLASSES]))
+    torch.testing.assert_close(guided.text_features, expected)
+    unguided = make_model(backbone, language_guidance=False)
+    assert not torch.equal(unguided.text_features, guided.text_features)
+    assert set(unguided.text_features.unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_cls_baseline_hashes_the_cls_token(backbone):
+    model = make_model(backbone, mode="cls").eval()
+    out = model(torch.randn(2, 3, backbone.image_size, backbone.image_size))
+    assert model.concept_tokens is None
+    assert out.concept_features.shape == (2, 1, backbone.width)
+    assert model.hash_head.weight.shape == (6, backbone.width)
+
+
+def test_csd_weight_changes_the_total(backbone):
+    pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size)
+    labels = torch.tensor([0, 1, 2, 0])
+    with_csd, without = make_model(backbone, csd_weight=1.0), make_model(backbone, csd_weight=0.0)
+    t1, t0 = with_csd.loss(with_csd(pixels), labels), without.loss(without(pixels), labels)
+    assert t1["total"].item() - t0["total"].item() == pytest.approx(t1["csd"].item(), rel=1e-4)
+
+
+def test_heatmaps(backbone):
+    model = make_model(backbone)
+    pixels = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    last, rollout = (
+        concept_heatmaps(model, pixels, "last"),
+        concept_heatmaps(model, pixels, "rollout", size=40),
+    )
+    assert last.shape == (2, 3, backbone.image_size, backbone.image_size)
+    assert rollout.shape == (2, 3, 40, 40)
+    assert last.min() >= 0 and last.max() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="'last' or 'rollout'"):
+        concept_heatmaps(model, pixels, "gradcam")
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+
+
+def test_subcode_values_read_bits_little_endian():
+    codes = np.array([[1, -1, -1, 1], [1, 1, -1, -1]])
+    np.testing.assert_array_equal(subcode_values(codes, 2), [[1, 2], [3, 0]])
+
+
+def test_localisation_finds_a_concept_that_points_at_the_head():
+    split = ToyBirdsSplit("test", per_class=1, seed=3, image_size=64)
+    grid = (8, 8)
+    n = 24
+    attention = np.full((n, 2, 64), 1 / 64)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        mask = split.sample(i).masks["head"]
+        centres = mask[4::8, 4::8].reshape(-1)
+        if centres.any():
+            attention[i, 0, np.flatnonzero(centres)[0]] = 1.0  # concept 0 points at a head patch
+        attention[i, 1, rng.integers(64)] = 1.0  # concept 1 points anywhere
+    codes = np.ones((n, 4), dtype=np.int8)
+    result = interpretability_metrics(attention, codes, split, grid, n_concepts=2)
+    head = next(c for c in result["localization"]["concepts"] if c["concept"] == 0)
+    assert head["part"] == "head"
+    heads_visible = np.mean([split.sample(i).masks["head"][4::8, 4::8].any() for i in range(n)])
+    assert head["hit_rate"] == pytest.approx(heads_visible)
+    assert head["random"] < 0.2 < head["hit_rate"]
+    assert len(result["subcode_part_nmi"]["matrix"]) == 2
+    assert len(result["subcode_part_nmi"]["matrix"][0]) == len(PARTS)
+
+
+def test_subcode_part_nmi_is_one_for_a_code_that_spells_the_part():
+    split = ToyBirdsSplit("test", per_class=2, seed=0, image_size=32)
+    labels = split.part_labels("wing")
+    values = {v: k for k, v in enumerate(sorted(set(labels)))}
+    assert len(values) <= 16
+    bits = np.array([[(values[label] >> b) & 1 for b in range(4)] for label in labels]) * 2 - 1
+    attention = np.full((len(split), 1, 16), 1 / 16)
+    result = interpretability_metrics(attention, bits, split, (4, 4), n_concepts=1)
+    row = dict(zip(result["subcode_part_nmi"]["parts"], result["subcode_part_nmi"]["matrix"][0], strict=True))
+    assert row["wing"] == pytest.approx(1.0)
+    assert max(row["head"], row["body"], row["tail"]) < 1.0
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+TINY_DATA = DataSpec(image_size=32, train_per_class=2, test_per_class=1)
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_bundle(tmp_path):
+    from core.concepthash.evaluate import evaluate_bundle
+    from core.concepthash.train import TrainConfig, load_concepthash, train_concepthash
+
+    out = train_concepthash(
+        "toyclip-tiny:random",
+        TINY_DATA,
+        ConceptHashConfig(bits=6, n_concepts=3),
+        TrainConfig(epochs=6, batch_size=16, lr=3e-3, device="cpu"),
+        tmp_path / "hash",
+        log=lambda *_: None,
+    )
+    loaded = load_concepthash(out, device="cpu")
+    history = loaded.config["train"]["history"]
+    assert history[-1]["total"] < history[0]["total"]
+    assert loaded.arrays["db_codes"].shape == (len(SPECIES) * 2, 6)
+    assert set(np.unique(loaded.arrays["db_codes"])) <= {-1, 1}
+    metrics = loaded.metrics
+    assert 0.0 <= metrics["map"] <= 1.0
+    assert set(metrics["precision_at"]) == {"1", "5", "10"}
+    assert len(metrics["localization"]["concepts"]) == 3
+    # the reloaded model reproduces the stored database codes exactly
+    from core.concepthash.evaluate import sign_codes
+    from core.data.spec import open_split
+
+    pixels = loaded.backbone.preprocess_split(open_split(loaded.data, "train"))
+    np.testing.assert_array_equal(sign_codes(loaded.model.encode(pixels)), loaded.arrays["db_codes"])
+    again = evaluate_bundle(str(out), device="cpu")
+    assert again["map"] == pytest.approx(metrics["map"])
+    fresh = evaluate_bundle(str(out), seed=7, device="cpu")
+    assert fresh["data"]["seed"] == 7
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from core.concepthash import train as train_module
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(train_module, "save_bundle", crash)
+    config = train_module.TrainConfig(epochs=2, batch_size=16, device="cpu")
+    with pytest.raises(RuntimeError):
+        train_module.train_concepthash(
+            "toyclip-tiny:random",
+            TINY_DATA,
+            ConceptHashConfig(bits=6),
+            config,
+            tmp_path / "hash",
+            log=lambda *_: None,
+        )
+    assert (tmp_path / "hash.ckpt").is_file() and not (tmp_path / "hash").exists()
+    with pytest.raises(ValueError, match="pass --resume"):
+        train_module.train_concepthash(
+            "toyclip-tiny:random",
+            TINY_DATA,
+            ConceptHashConfig(bits=6),
+            config,
+            tmp_path / "hash",
+            log=lambda *_: None,
+        )
+    monkeypatch.undo()
+    messages = []
+    out = train_module.train_concepthash(
+        "toyclip-tiny:random",
+        TINY_DATA,
+        ConceptHashConfig(bits=6),
+        config,
+        tmp_path / "hash",
+        resume=True,
+        log=messages.append,
+    )
+    assert any("Resuming" in m and "epoch 2" in m for m in messages)
+    assert not any(m.startswith("epoch ") for m in messages)  # nothing left to train
+    assert out.is_dir() and not (tmp_path / "hash.ckpt").exists()
