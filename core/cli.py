@@ -4,7 +4,9 @@
     conceptlens toybirds species
     conceptlens train clip --data toybirds --out DIR
     conceptlens train concepthash --backbone B --data D --bits K --concepts M --csd-weight W --out DIR
+    conceptlens train ceir --backbone B --data D --concepts BANK --out DIR
     conceptlens eval BUNDLE [--json] [--seed S]
+    conceptlens label BUNDLE PATH... [--top K] [--json] [--concepts BANK]
 
 Every user mistake (bad flag value, missing directory, wrong bundle) ends in one sentence on
 stderr and exit status 2; logs and progress go to stderr so ``--json`` output stays clean.
@@ -142,11 +144,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="'cls' is the baseline that hashes the CLS embedding with the same losses",
     )
 
+    ceir = train_commands.add_parser("ceir", help="CEIR: concept bottleneck, VAE, clusters")
+    ceir.add_argument("--backbone", required=True, help="a clip bundle directory, NAME:TAG or NAME:random")
+    ceir.add_argument(
+        "--concepts", required=True, help="a shipped bank (toybirds, cifar10, cub200, general) or a file"
+    )
+    add_data_arguments(ceir)
+    add_run_arguments(ceir, epochs=100, batch_size=256, lr=1e-3)
+    ceir_model = ceir.add_argument_group("model")
+    ceir_model.add_argument("--latent-dim", type=positive_int, default=32)
+    ceir_model.add_argument("--beta", type=non_negative_float, default=0.01, help="weight of the KL term")
+    ceir_model.add_argument(
+        "--clusters", type=positive_int, help="k for k-means (default: number of classes)"
+    )
+    ceir_model.add_argument("--projection-steps", type=positive_int, default=2000)
+    ceir_model.add_argument("--fidelity-cutoff", type=float, default=0.45)
+    ceir_model.add_argument(
+        "--class-name-threshold",
+        type=non_negative_float,
+        help="drop concepts this close to a class name (off by default)",
+    )
+
     evaluate = commands.add_parser("eval", help="evaluate a bundle (any kind)")
     evaluate.add_argument("bundle", type=Path)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--seed", type=int, help="score on fresh ToyBirds samples drawn with this seed")
     evaluate.add_argument("--device", default="auto")
+
+    label = commands.add_parser("label", help="concept labels for images or folders with a CEIR bundle")
+    label.add_argument("bundle", type=Path, help="a ceir bundle")
+    label.add_argument(
+        "paths", nargs="+", type=Path, help="image files and/or folders (searched recursively)"
+    )
+    label.add_argument("--top", type=positive_int, default=5, help="labels per image")
+    label.add_argument("--concepts", help="another concept bank (scored by CLIP similarity, no retraining)")
+    label.add_argument("--json", action="store_true", help="print one JSON object")
+    label.add_argument("--device", default="auto")
     return parser
 
 
@@ -192,6 +225,40 @@ def cmd_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             progress=TqdmProgress("train clip"),
+            log=log,
+        )
+    elif args.model == "ceir":
+        from core.ceir.bottleneck import ProjectionConfig
+        from core.ceir.train import CEIRConfig, train_ceir
+        from core.ceir.vae import VAEConfig
+
+        config = CEIRConfig(
+            projection=ProjectionConfig(
+                steps=args.projection_steps, fidelity_cutoff=args.fidelity_cutoff, seed=args.seed
+            ),
+            vae=VAEConfig(
+                latent_dim=args.latent_dim,
+                beta=args.beta,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+            ),
+            n_clusters=args.clusters,
+            class_name_threshold=args.class_name_threshold,
+            seed=args.seed,
+            device=args.device,
+            half=args.half,
+        )
+        out = train_ceir(
+            args.backbone,
+            data,
+            args.concepts,
+            config,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=TqdmProgress("train ceir"),
             log=log,
         )
     else:
@@ -244,6 +311,10 @@ def evaluate_any(bundle: Path, seed: int | None = None, device: str = "auto") ->
         from core.concepthash.evaluate import evaluate_bundle
 
         return evaluate_bundle(str(bundle), seed=seed, device=device)
+    if kind == "ceir":
+        from core.ceir.train import evaluate_bundle as evaluate_ceir
+
+        return evaluate_ceir(str(bundle), seed=seed, device=device)
     raise ValueError(f"Evaluating '{kind}' bundles is not available in this version of ConceptLens.")
 
 
@@ -267,7 +338,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"toybirds": cmd_toybirds, "train": cmd_train, "eval": cmd_eval}
+def cmd_label(args: argparse.Namespace) -> int:
+    from core.ceir.concept_bank import load_bank
+    from core.ceir.labels import label_paths
+    from core.ceir.train import load_ceir
+
+    bank = load_bank(args.concepts) if args.concepts else None
+    loaded = load_ceir(args.bundle, device=args.device)
+    report = label_paths(loaded, args.paths, top_k=args.top, bank=bank, progress=TqdmProgress("label"))
+    for failure in report.failed:
+        log(f"skipped: {failure['error']}")
+    if args.json:
+        print(json.dumps({"bundle": str(loaded.path), **report.to_dict()}))
+    else:
+        meaning = (
+            "CLIP image-text cosine; the trained projection does not cover this bank"
+            if bank
+            else "contribution to the image's cluster"
+        )
+        print(f"# scores: {report.scoring} ({meaning}); bank: {report.bank}")
+        for image in report.images:
+            print(f"{image.file}: " + ", ".join(f"{x.concept} ({x.score:.3f})" for x in image.labels))
+        if len(report.images) > 1:
+            print(
+                "candidate labels: "
+                + ", ".join(f"{c['concept']} ({c['count']})" for c in report.candidate_labels())
+            )
+    return 1 if report.failed else 0
+
+
+COMMANDS = {"toybirds": cmd_toybirds, "train": cmd_train, "eval": cmd_eval, "label": cmd_label}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,162 @@
+"""Open-world concept labels for new images, with no fine-tuning.
+
+With the bundle's own concept bank, an image's labels are the concepts that contribute most
+to its cluster (Integrated Gradients, see :mod:`core.ceir.explain`) among those it actually
+shows (activation above the train mean); the score is the contribution. With another bank
+(``concepts=``) the trained projection does not apply, so the score is the CLIP similarity
+between the image and the concept text, and the report says so. Over a set of images, how often
+each concept appears among the per-image labels gives the candidate labels for the set.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.ceir.concept_bank import ConceptBank
+from core.ceir.explain import explain
+from core.ceir.train import LoadedCEIR
+from core.data.images import ImageLoadError, list_image_files, load_image
+from core.progress import Progress, no_progress
+
+SCORING_CONTRIBUTION = "ceir-contribution"
+SCORING_SIMILARITY = "clip-similarity"
+
+
+@dataclass
+class ConceptScore:
+    concept: str
+    score: float
+
+
+@dataclass
+class ImageLabels:
+    file: str
+    labels: list[ConceptScore]
+    cluster: int | None = None
+
+
+@dataclass
+class LabelReport:
+    scoring: str
+    bank: str
+    images: list[ImageLabels] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def candidate_labels(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Concepts ranked by how many images carry them as a label."""
+        counts = Counter(label.concept for image in self.images for label in image.labels)
+        total = max(1, len(self.images))
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        return [{"concept": c, "count": n, "share": n / total} for c, n in ranked]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scoring": self.scoring,
+            "bank": self.bank,
+            "images": [asdict(i) for i in self.images],
+            "candidate_labels": self.candidate_labels(),
+            "failed": self.failed,
+        }
+
+
+@torch.no_grad()
+def _embed(loaded: LoadedCEIR, images: list[Image.Image]) -> torch.Tensor:
+    return loaded.backbone.encode_images(loaded.backbone.preprocess_images(images)).cpu()
+
+
+def labels_from_contributions(
+    loaded: LoadedCEIR, embeddings: torch.Tensor, top_k: int
+) -> list[tuple[list[ConceptScore], int]]:
+    """Per image: the top-k present concepts by contribution to its cluster, and the cluster."""
+    model = loaded.model
+    with torch.no_grad():
+        vectors = model.concept_vectors(embeddings)
+    contributions, clusters = explain(model, vectors)
+    result = []
+    for vector, contribution, cluster in zip(
+        vectors.numpy(), contributions.numpy(), clusters.tolist(), strict=True
+    ):
+        eligible = [
+            i for i in np.argsort(-contribution, kind="stable") if vector[i] > 0 and contribution[i] > 0
+        ]
+        result.append(
+            ([ConceptScore(model.concepts[i], float(contribution[i])) for i in eligible[:top_k]], cluster)
+        )
+    return result
+
+
+def labels_from_similarity(
+    loaded: LoadedCEIR, embeddings: torch.Tensor, bank: ConceptBank, top_k: int
+) -> list[list[ConceptScore]]:
+    """Per image: the top-k concepts of another bank by CLIP image-text cosine."""
+    text = loaded.backbone.encode_texts(bank.concepts).cpu()
+    similarity = (embeddings @ text.t()).numpy()
+    return [
+        [ConceptScore(bank.concepts[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:top_k]]
+        for row in similarity
+    ]
+
+
+def label_images(
+    loaded: LoadedCEIR,
+    named_images: list[tuple[str, Image.Image]],
+    top_k: int = 5,
+    bank: ConceptBank | None = None,
+    report: LabelReport | None = None,
+    batch_size: int = 64,
+) -> LabelReport:
+    """Label already-loaded images (e.g. uploads in the dashboard)."""
+    if top_k < 1:
+        raise ValueError(f"--top must be at least 1, not {top_k}.")
+    if report is None:
+        report = LabelReport(
+            SCORING_SIMILARITY if bank else SCORING_CONTRIBUTION,
+            bank.source if bank else str(loaded.config.get("concept_bank", {}).get("source", "")),
+        )
+    for start in range(0, len(named_images), batch_size):
+        chunk = named_images[start : start + batch_size]
+        embeddings = _embed(loaded, [image for _, image in chunk])
+        if bank is None:
+            for (name, _), (labels, cluster) in zip(
+                chunk, labels_from_contributions(loaded, embeddings, top_k), strict=True
+            ):
+                report.images.append(ImageLabels(name, labels, cluster))
+        else:
+            for (name, _), labels in zip(
+                chunk, labels_from_similarity(loaded, embeddings, bank, top_k), strict=True
+            ):
+                report.images.append(ImageLabels(name, labels))
+    return report
+
+
+def label_paths(
+    loaded: LoadedCEIR,
+    paths: list[str | Path],
+    top_k: int = 5,
+    bank: ConceptBank | None = None,
+    progress: Progress = no_progress,
+) -> LabelReport:
+    """Label image files and folders (recursively). Files that fail to load are reported and skipped."""
+    files = list_image_files(paths)
+    report = LabelReport(
+        SCORING_SIMILARITY if bank else SCORING_CONTRIBUTION,
+        bank.source if bank else str(loaded.config.get("concept_bank", {}).get("source", "")),
+    )
+    good: list[tuple[str, Image.Image]] = []
+    for n, path in enumerate(files, 1):
+        try:
+            good.append((str(path), load_image(path)))
+        except ImageLoadError as exc:
+            report.failed.append({"file": str(path), "error": str(exc)})
+        if len(good) == 64 or n == len(files):
+            label_images(loaded, good, top_k, bank, report)
+            good = []
+        progress(n, len(files))
+    return report

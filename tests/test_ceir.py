@@ -1,0 +1,197 @@
+"""CEIR: the cos^3 bottleneck, the trained pipeline, explanations, interventions and labels."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.ceir.bottleneck import ProjectionConfig, cos3_loss, cos3_similarity, train_projection
+from core.ceir.explain import concept_label, explain, integrated_gradients, intervene, top_contributions
+from core.ceir.labels import SCORING_CONTRIBUTION, SCORING_SIMILARITY, label_paths
+from core.ceir.train import CEIRConfig, evaluate_bundle, load_ceir, train_ceir
+from core.ceir.vae import VAEConfig
+from core.cli import main
+from core.data.spec import DataSpec
+
+TINY_DATA = DataSpec(image_size=32, train_per_class=3, test_per_class=1)
+TINY_CONFIG = CEIRConfig(projection=ProjectionConfig(steps=150, eval_every=25),
+                         vae=VAEConfig(epochs=4, latent_dim=6, hidden_dims=(32, 16), batch_size=16), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ceir") / "bundle"
+    return train_ceir("toyclip-tiny:random", TINY_DATA, "toybirds", TINY_CONFIG, out, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def loaded(bundle):
+    return load_ceir(bundle, device="cpu")
+
+
+# ---- bottleneck ---------------------------------------------------------------------------------
+
+def test_cos3_similarity_hand_computed():
+    student = torch.tensor([[1.0], [2.0], [3.0]])
+    teacher = torch.tensor([[1.0], [2.0], [4.0]])
+    # student centred: [-1, 0, 1] -> cubed [-1, 0, 1] -> / sqrt(2)
+    # teacher centred: [-4/3, -1/3, 5/3] -> cubed [-64, -1, 125] / 27 -> / (sqrt(19722) / 27)
+    # dot = (64 + 125) / (sqrt(2) * sqrt(19722))
+    expected = 189 / math.sqrt(2 * 19722)
+    assert cos3_similarity(student, teacher).item() == pytest.approx(expected, rel=1e-6)
+    assert cos3_loss(student, teacher).item() == pytest.approx(-expected, rel=1e-6)
+    # invariant to shifting and positively scaling the student, flipped by negating it
+    assert cos3_similarity(3 * student + 7, teacher).item() == pytest.approx(expected, rel=1e-5)
+    assert cos3_similarity(-student, teacher).item() == pytest.approx(-expected, rel=1e-5)
+
+
+def test_projection_recovers_a_known_linear_map():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 16, generator=generator)
+    true_map = torch.randn(5, 16, generator=generator)
+    teacher = x @ true_map.t()
+    result = train_projection(x, teacher, ProjectionConfig(steps=600, lr=1e-2, eval_every=50, patience=100))
+    with torch.no_grad():
+        learned = result.projection(x)
+    for c in range(5):
+        corr = np.corrcoef(learned[:, c].numpy(), teacher[:, c].numpy())[0, 1]
+        assert corr > 0.99
+    assert result.fidelity.min() > 0.95
+    assert result.projection.bias is None
+
+
+# ---- the trained pipeline -------------------------------------------------------------------------
+
+def test_pipeline_bundle_has_metrics_baselines_and_arrays(loaded):
+    metrics = loaded.metrics
+    for key in ("acc", "nmi", "ari"):
+        assert -1 <= metrics[key] <= 1
+        for baseline in ("clip_embedding", "concepts"):
+            assert key in metrics["baselines"][baseline]
+    assert 0 <= metrics["concept_precision_at_5"] <= 1
+    n_train = len(loaded.arrays["train_labels"])
+    assert loaded.arrays["train_concepts"].shape == (n_train, len(loaded.concepts))
+    assert loaded.arrays["train_latents"].shape == (n_train, 6)
+    # train z-scores are centred with unit spread
+    np.testing.assert_allclose(loaded.arrays["train_concepts"].mean(axis=0), 0, atol=1e-4)
+    removed = loaded.config["concept_bank"]["removed"]
+    assert len(loaded.concepts) + len(removed) == loaded.config["concept_bank"]["n_input"]
+    assert loaded.model.n_clusters == len(loaded.config["classes"])
+
+
+def test_eval_reproduces_the_stored_metrics_and_takes_a_seed(bundle, loaded):
+    again = evaluate_bundle(str(bundle), device="cpu")
+    assert again["acc"] == pytest.approx(loaded.metrics["acc"])
+    assert again["baselines"]["concepts"]["nmi"] == pytest.approx(loaded.metrics["baselines"]["concepts"]["nmi"])
+    assert evaluate_bundle(str(bundle), seed=9, device="cpu")["data"]["seed"] == 9
+
+
+# ---- explanations ---------------------------------------------------------------------------------
+
+def test_contributions_sum_to_the_score_difference(loaded):
+    model = loaded.model
+    x = torch.from_numpy(loaded.arrays["train_concepts"][:4])
+    clusters = torch.tensor([0, 1, 2, 0])
+    contributions = integrated_gradients(model, x, clusters, steps=512)
+    with torch.no_grad():
+        at_x = model.cluster_scores(model.latent(x)).gather(1, clusters.view(-1, 1)).squeeze(1)
+        at_zero = model.cluster_scores(model.latent(torch.zeros_like(x))).gather(1, clusters.view(-1, 1)).squeeze(1)
+    np.testing.assert_allclose(contributions.sum(dim=1).numpy(), (at_x - at_zero).numpy(), rtol=0.02, atol=0.02)
+
+
+def test_a_concept_at_the_train_mean_contributes_nothing_and_absent_concepts_read_not(loaded):
+    model = loaded.model
+    x = torch.from_numpy(loaded.arrays["train_concepts"][:1]).clone()
+    x[0, 0] = 0.0
+    x[0, 1] = -2.0
+    contributions, clusters = explain(model, x)
+    assert contributions[0, 0].item() == 0.0
+    assert int(clusters[0]) == int(model.assign(model.latent(x))[0])
+    top = top_contributions(model.concepts, x[0].numpy(), contributions[0].numpy(), k=len(model.concepts))
+    assert {t.concept for t in top} == set(model.concepts)
+    by_concept = {t.concept: t for t in top}
+    assert by_concept[model.concepts[1]].label == f"NOT {model.concepts[1]}"
+    assert concept_label("red head", 0.3) == "red head"
+    assert [abs(t.contribution) for t in top] == sorted((abs(t.contribution) for t in top), reverse=True)
+
+
+def test_intervention_moves_the_latent_and_reports_the_nearest_cluster(loaded):
+    model = loaded.model
+    x = torch.from_numpy(loaded.arrays["train_concepts"][0])
+    unchanged = intervene(model, x, {})
+    np.testing.assert_allclose(unchanged.latent, model.latent(x.view(1, -1))[0].detach().numpy(), atol=1e-6)
+    moved = intervene(model, x, {model.concepts[0]: 8.0, 1: -8.0})
+    assert np.linalg.norm(moved.latent - unchanged.latent) > 1e-3
+    assert moved.concept_vector[0] == 8.0 and moved.concept_vector[1] == -8.0
+    assert moved.cluster == int(np.argmin(moved.distances))
+    with pytest.raises(ValueError, match="not one of this model's concepts"):
+        intervene(model, x, {"a purple elephant": 1.0})
+
+
+# ---- open-world labels ----------------------------------------------------------------------------
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    from skimage import data
+
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    Image.fromarray(data.chelsea()).save(folder / "cat.png")
+    Image.fromarray(data.coffee()).save(folder / "nested" / "coffee.jpg")
+    (folder / "notes.png").write_text("this is not an image")
+    buffer = io.BytesIO()
+    Image.fromarray(data.rocket()).save(buffer, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(buffer.getvalue()[:400])
+    return folder
+
+
+def test_label_a_folder_with_good_and_broken_images(loaded, mixed_folder):
+    report = label_paths(loaded, [mixed_folder], top_k=3)
+    assert report.scoring == SCORING_CONTRIBUTION
+    assert sorted(image.file.rsplit("/", 1)[-1] for image in report.images) == ["cat.png", "coffee.jpg"]
+    assert sorted(f["file"].rsplit("/", 1)[-1] for f in report.failed) == ["notes.png", "truncated.jpg"]
+    assert all("notes.png" in f["error"] or "truncated.jpg" in f["error"] for f in report.failed)
+    for image in report.images:
+        assert len(image.labels) <= 3
+        assert all(label.concept in loaded.concepts and label.score > 0 for label in image.labels)
+    counts = {c["concept"]: c["count"] for c in report.candidate_labels()}
+    assert sum(counts.values()) == sum(len(image.labels) for image in report.images)
+
+
+def test_label_with_another_bank_uses_clip_similarity(loaded, mixed_folder):
+    from core.ceir.concept_bank import parse_concepts
+
+    bank = parse_concepts("cat\ncoffee cup\nrocket\nsnow\n", source="inline")
+    report = label_paths(loaded, [mixed_folder / "cat.png"], top_k=2, bank=bank)
+    assert report.scoring == SCORING_SIMILARITY
+    labels = report.images[0].labels
+    assert len(labels) == 2 and {label.concept for label in labels} <= set(bank.concepts)
+    assert labels[0].score >= labels[1].score
+
+
+def test_label_cli_reports_failures_and_exits_non_zero(bundle, mixed_folder, capsys):
+    code = main(["label", str(bundle), str(mixed_folder), "--json", "--top", "2", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    result = json.loads(out)
+    assert len(result["images"]) == 2 and len(result["failed"]) == 2
+    assert err.count("skipped:") == 2
+    code = main(["label", str(bundle), str(mixed_folder / "cat.png"), "--device", "cpu"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "cat.png:" in out and "contribution" in out
+
+
+def test_train_ceir_cli_rejects_a_bad_bank(tmp_path, capsys):
+    bank = tmp_path / "empty.txt"
+    bank.write_text("# nothing here\n\n")
+    code = main(["train", "ceir", "--backbone", "toyclip-tiny:random", "--concepts", str(bank),
+                 "--out", str(tmp_path / "out"), "--image-size", "32", "--train-per-class", "2"])
+    assert code == 2
+    assert "no concepts" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
