@@ -20,8 +20,11 @@ from core.cli import main
 from core.data.spec import DataSpec
 
 TINY_DATA = DataSpec(image_size=32, train_per_class=3, test_per_class=1)
-TINY_CONFIG = CEIRConfig(projection=ProjectionConfig(steps=150, eval_every=25),
-                         vae=VAEConfig(epochs=4, latent_dim=6, hidden_dims=(32, 16), batch_size=16), device="cpu")
+TINY_CONFIG = CEIRConfig(
+    projection=ProjectionConfig(steps=150, eval_every=25),
+    vae=VAEConfig(epochs=4, latent_dim=6, hidden_dims=(32, 16), batch_size=16),
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,7 @@ def loaded(bundle):
 
 
 # ---- bottleneck ---------------------------------------------------------------------------------
+
 
 def test_cos3_similarity_hand_computed():
     student = torch.tensor([[1.0], [2.0], [3.0]])
@@ -68,6 +72,7 @@ def test_projection_recovers_a_known_linear_map():
 
 # ---- the trained pipeline -------------------------------------------------------------------------
 
+
 def test_pipeline_bundle_has_metrics_baselines_and_arrays(loaded):
     metrics = loaded.metrics
     for key in ("acc", "nmi", "ari"):
@@ -88,11 +93,14 @@ def test_pipeline_bundle_has_metrics_baselines_and_arrays(loaded):
 def test_eval_reproduces_the_stored_metrics_and_takes_a_seed(bundle, loaded):
     again = evaluate_bundle(str(bundle), device="cpu")
     assert again["acc"] == pytest.approx(loaded.metrics["acc"])
-    assert again["baselines"]["concepts"]["nmi"] == pytest.approx(loaded.metrics["baselines"]["concepts"]["nmi"])
+    assert again["baselines"]["concepts"]["nmi"] == pytest.approx(
+        loaded.metrics["baselines"]["concepts"]["nmi"]
+    )
     assert evaluate_bundle(str(bundle), seed=9, device="cpu")["data"]["seed"] == 9
 
 
 # ---- explanations ---------------------------------------------------------------------------------
+
 
 def test_contributions_sum_to_the_score_difference(loaded):
     model = loaded.model
@@ -101,8 +109,12 @@ def test_contributions_sum_to_the_score_difference(loaded):
     contributions = integrated_gradients(model, x, clusters, steps=512)
     with torch.no_grad():
         at_x = model.cluster_scores(model.latent(x)).gather(1, clusters.view(-1, 1)).squeeze(1)
-        at_zero = model.cluster_scores(model.latent(torch.zeros_like(x))).gather(1, clusters.view(-1, 1)).squeeze(1)
-    np.testing.assert_allclose(contributions.sum(dim=1).numpy(), (at_x - at_zero).numpy(), rtol=0.02, atol=0.02)
+        at_zero = (
+            model.cluster_scores(model.latent(torch.zeros_like(x))).gather(1, clusters.view(-1, 1)).squeeze(1)
+        )
+    np.testing.assert_allclose(
+        contributions.sum(dim=1).numpy(), (at_x - at_zero).numpy(), rtol=0.02, atol=0.02
+    )
 
 
 def test_a_concept_at_the_train_mean_contributes_nothing_and_absent_concepts_read_not(loaded):
@@ -135,6 +147,7 @@ def test_intervention_moves_the_latent_and_reports_the_nearest_cluster(loaded):
 
 
 # ---- open-world labels ----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def mixed_folder(tmp_path):
@@ -190,8 +203,22 @@ def test_label_cli_reports_failures_and_exits_non_zero(bundle, mixed_folder, cap
 def test_train_ceir_cli_rejects_a_bad_bank(tmp_path, capsys):
     bank = tmp_path / "empty.txt"
     bank.write_text("# nothing here\n\n")
-    code = main(["train", "ceir", "--backbone", "toyclip-tiny:random", "--concepts", str(bank),
-                 "--out", str(tmp_path / "out"), "--image-size", "32", "--train-per-class", "2"])
+    code = main(
+        [
+            "train",
+            "ceir",
+            "--backbone",
+            "toyclip-tiny:random",
+            "--concepts",
+            str(bank),
+            "--out",
+            str(tmp_path / "out"),
+            "--image-size",
+            "32",
+            "--train-per-class",
+            "2",
+        ]
+    )
     assert code == 2
     assert "no concepts" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
