@@ -7,6 +7,7 @@
     conceptlens train ceir --backbone B --data D --concepts BANK --out DIR
     conceptlens eval BUNDLE [--json] [--seed S]
     conceptlens label BUNDLE PATH... [--top K] [--json] [--concepts BANK]
+    conceptlens concepts show BANK | conceptlens concepts generate --classes FILE --out BANK
 
 Every user mistake (bad flag value, missing directory, wrong bundle) ends in one sentence on
 stderr and exit status 2; logs and progress go to stderr so ``--json`` output stays clean.
@@ -164,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
         help="drop concepts this close to a class name (off by default)",
     )
+
+    concepts = commands.add_parser("concepts", help="concept banks for CEIR")
+    concept_commands = concepts.add_subparsers(dest="concepts_command", required=True)
+    show = concept_commands.add_parser("show", help="list a bank's concepts and what parsing reported")
+    show.add_argument("bank", help="a shipped bank (toybirds, cifar10, cub200, general) or a file")
+    generate = concept_commands.add_parser(
+        "generate",
+        help="ask an OpenAI-compatible chat endpoint for concepts per class "
+        "(CONCEPTLENS_LLM_URL, CONCEPTLENS_LLM_MODEL, optional CONCEPTLENS_LLM_KEY)",
+    )
+    generate.add_argument("--classes", required=True, help="a text file with one class name per line")
+    generate.add_argument("--out", required=True, type=Path, help="the bank file to write")
 
     evaluate = commands.add_parser("eval", help="evaluate a bundle (any kind)")
     evaluate.add_argument("bundle", type=Path)
@@ -367,7 +380,32 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-COMMANDS = {"toybirds": cmd_toybirds, "train": cmd_train, "eval": cmd_eval, "label": cmd_label}
+def cmd_concepts(args: argparse.Namespace) -> int:
+    from core.ceir.concept_bank import load_bank, read_concept_file
+
+    if args.concepts_command == "show":
+        bank = load_bank(args.bank)
+        for issue in bank.issues:
+            log(f"note: {issue}")
+        print("\n".join(bank.concepts))
+        log(f"{len(bank)} concepts from {bank.source}")
+        return 0
+    from core.ceir.llm import generate_bank, settings_from_env
+
+    settings = settings_from_env()
+    classes = read_concept_file(args.classes).concepts  # same format: one name per line, '#' comments
+    bank = generate_bank(settings, classes, args.out, progress=TqdmProgress("ask"))
+    log(f"Wrote {len(bank)} concepts for {len(classes)} classes to {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "toybirds": cmd_toybirds,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "label": cmd_label,
+    "concepts": cmd_concepts,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -222,3 +222,20 @@ def test_train_ceir_cli_rejects_a_bad_bank(tmp_path, capsys):
     assert code == 2
     assert "no concepts" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cluster_top_concepts_aggregate_member_contributions():
+    from core.ceir.explain import cluster_top_concepts
+
+    concepts = ["red head", "blue wings", "forked tail"]
+    activations = np.array([[1.0, -1.0, 0.5], [2.0, -3.0, 0.5], [0.1, 1.0, -2.0]])
+    contributions = np.array([[0.5, 0.2, -0.1], [0.3, 0.6, -0.3], [0.0, 0.9, 0.4]])
+    result = cluster_top_concepts(concepts, activations, contributions, np.array([0, 0, 1]), k=2)
+    # cluster 0: mean contributions [0.4, 0.4, -0.2] -> the two positive ones, ties kept in bank order;
+    # mean activation of "blue wings" is -2, so it reads as its absence
+    assert [(c.label, round(c.contribution, 6)) for c in result[0]] == [
+        ("red head", 0.4),
+        ("NOT blue wings", 0.4),
+    ]
+    assert [c.concept for c in result[1]] == ["blue wings", "forked tail"]
+    assert result[1][1].label == "NOT forked tail"

@@ -303,3 +303,18 @@ def test_generate_bank_rejects_empty_class_list(server, tmp_path):
     with pytest.raises(ValueError, match="class_names"):
         generate_bank(settings_for(server), [], tmp_path / "x.txt")
     assert server.requests == []
+
+
+def test_concepts_generate_command_uses_the_environment(server, tmp_path, monkeypatch, capsys):
+    from core.cli import main
+
+    settings = settings_for(server)
+    monkeypatch.setenv("CONCEPTLENS_LLM_URL", settings.url)
+    monkeypatch.setenv("CONCEPTLENS_LLM_MODEL", settings.model)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("# two classes\ncat\ndog\n")
+    out = tmp_path / "bank.txt"
+    assert main(["concepts", "generate", "--classes", str(classes), "--out", str(out)]) == 0
+    assert "whiskers" in read_concept_file(out).concepts
+    assert main(["concepts", "show", str(out)]) == 0
+    assert "whiskers" in capsys.readouterr().out.splitlines()
