@@ -1,13 +1,28 @@
-"""ConceptLens dashboard entry point (placeholder until the dashboard pages land)."""
+"""ConceptLens dashboard: ``streamlit run dashboard/Home.py``.
+
+The entry point draws the shared sidebar (bundle folder and model pickers) and the navigation;
+each page lives in ``pages/`` and only calls ``core``'s public functions.
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="ConceptLens", layout="wide")
-st.title("ConceptLens")
-st.write(
-    "ConceptLens looks inside two interpretable image models: **ConceptHash**, whose hash bits come from "
-    "learned concept tokens with attention maps, and **CEIR**, which explains images through human-readable "
-    "concepts. The interactive views are being built; train and evaluate models with the "
-    "`conceptlens` command."
-)
-st.code("conceptlens train concepthash --help\nconceptlens eval BUNDLE --json", language="bash")
+from lens.bundles import render_sidebar
+
+st.set_page_config(page_title="ConceptLens", page_icon="🔍", layout="wide")
+
+PAGES = {
+    "": [st.Page("pages/home.py", title="Home", icon="🏠", default=True)],
+    "Hashing": [
+        st.Page("pages/hash_codes.py", title="Hash codes, bit by bit", icon="🧮"),
+        st.Page("pages/concept_attention.py", title="Concept attention", icon="🎯"),
+        st.Page("pages/retrieval.py", title="Retrieval: with vs without L_csd", icon="🔎"),
+    ],
+    "Concepts": [
+        st.Page("pages/ceir_concepts.py", title="CEIR concepts and clusters", icon="🧩"),
+        st.Page("pages/open_world.py", title="Open-world concept labels", icon="🏷️"),
+    ],
+}
+
+navigation = st.navigation(PAGES)
+render_sidebar()
+navigation.run()

@@ -1,0 +1,177 @@
+"""Finding, describing, choosing and loading bundles — shared by every page.
+
+Bundles are searched in the folders named by the ``CONCEPTLENS_BUNDLES`` environment variable
+(several separated by ``os.pathsep``), else in the repository's ``pretrained/``. The sidebar
+(drawn by ``Home.py`` on every page) lets a person add a folder and pick one bundle per kind;
+pages read the choice from ``st.session_state``. Models are loaded once per process
+(``st.cache_resource``) keyed on path and modification time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core.bundle import find_bundles, read_bundle_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_ROOT = REPO_ROOT / "pretrained"
+ENV_VAR = "CONCEPTLENS_BUNDLES"
+STATE_KEYS = {"concepthash": "bundle_concepthash", "ceir": "bundle_ceir", "clip": "bundle_clip"}
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    path: str
+    kind: str
+    name: str
+    summary: str
+    metrics: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    config: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def mtime(self) -> float:
+        return bundle_mtime(self.path)
+
+
+def bundle_mtime(path: str) -> float:
+    """Newest modification time of the bundle's files (cache key: a rewritten bundle reloads)."""
+    try:
+        return max(p.stat().st_mtime for p in Path(path).iterdir())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def bundle_roots(extra: str | None = None) -> list[Path]:
+    """Folders to search: the sidebar's extra folder, then $CONCEPTLENS_BUNDLES, else pretrained/."""
+    roots = [Path(p).expanduser() for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
+    if not roots:
+        roots = [DEFAULT_ROOT]
+    if extra and extra.strip():
+        roots.insert(0, Path(extra.strip()).expanduser())
+    return roots
+
+
+def backbone_label(reference: dict[str, Any]) -> str:
+    if "bundle" in reference:
+        return Path(reference["bundle"]).name
+    return f"{reference.get('name')}:{reference.get('pretrained') or 'random'}"
+
+
+def describe_bundle(path: Path, config: dict[str, Any]) -> BundleInfo:
+    """One-line summary and headline metrics of a bundle, from its config only."""
+    kind = config["kind"]
+    data = config.get("data", {})
+    metrics = config.get("metrics", {})
+    data_label = data.get("kind", "?")
+    if data_label == "toybirds":
+        data_label += f" (seed {data.get('seed')})"
+    if kind == "concepthash":
+        model = config.get("model", {})
+        lcsd = f"L_csd×{model.get('csd_weight')}"
+        mode = "CLS baseline" if model.get("mode") == "cls" else f"{model.get('n_concepts')} concepts"
+        summary = (f"{model.get('bits')} bits, {mode}, {lcsd}, "
+                   f"{'language-guided' if model.get('language_guidance', True) else 'no language'}")
+        headline = {"mAP": metrics.get("map"), "P@1": metrics.get("precision_at", {}).get("1")}
+    elif kind == "ceir":
+        summary = f"{len(config.get('concepts', []))} concepts, k={config.get('ceir', {}).get('n_clusters')}"
+        headline = {"ACC": metrics.get("acc"), "NMI": metrics.get("nmi")}
+    else:
+        summary = f"CLIP {config.get('backbone', {}).get('name', '')}"
+        headline = {"zero-shot acc": metrics.get("zero_shot_accuracy")}
+    backbone = backbone_label(config.get("backbone", {})) if kind != "clip" else "—"
+    summary = f"{summary}; backbone {backbone}; data {data_label}"
+    headline = {k: v for k, v in headline.items() if isinstance(v, int | float)}
+    return BundleInfo(str(path), kind, path.name, summary, headline, config)
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def list_bundles(roots: tuple[str, ...]) -> list[BundleInfo]:
+    found: dict[str, BundleInfo] = {}
+    for root in roots:
+        for path in find_bundles(root) if Path(root).is_dir() else []:
+            try:
+                found.setdefault(str(path.resolve()), describe_bundle(path, read_bundle_config(path)))
+            except ValueError:
+                continue  # find_bundles already skips broken ones; a race with a writer lands here
+    return sorted(found.values(), key=lambda b: (b.kind, b.name))
+
+
+def available(kind: str) -> list[BundleInfo]:
+    roots = tuple(str(r) for r in bundle_roots(st.session_state.get("extra_bundle_root")))
+    return [b for b in list_bundles(roots) if b.kind == kind]
+
+
+def selected(kind: str) -> BundleInfo | None:
+    """The bundle of this kind chosen in the sidebar (or the first one found)."""
+    choices = available(kind)
+    wanted = st.session_state.get(STATE_KEYS[kind])
+    for info in choices:
+        if info.path == wanted:
+            return info
+    return choices[0] if choices else None
+
+
+def render_sidebar() -> None:
+    """Bundle folder and one picker per kind; drawn by Home.py so every page shares it."""
+    with st.sidebar:
+        st.text_input("Extra bundle folder", key="extra_bundle_root",
+                      help=f"Also searched: ${ENV_VAR} (folders separated by '{os.pathsep}') or pretrained/.")
+        extra = st.session_state.get("extra_bundle_root")
+        if extra and not Path(extra).expanduser().is_dir():
+            st.error(f"The folder '{extra}' does not exist.")
+        for kind, label in (("concepthash", "ConceptHash model"), ("ceir", "CEIR model")):
+            choices = available(kind)
+            if not choices:
+                continue
+            paths = [b.path for b in choices]
+            current = st.session_state.get(STATE_KEYS[kind])
+            st.selectbox(label, paths, index=paths.index(current) if current in paths else 0,
+                         format_func=lambda p: Path(p).name, key=STATE_KEYS[kind])
+
+
+def no_bundle_message(kind: str) -> None:
+    roots = ", ".join(str(r) for r in bundle_roots(st.session_state.get("extra_bundle_root")))
+    command = {"concepthash": "conceptlens train concepthash ...", "ceir": "conceptlens train ceir ..."}[kind]
+    st.warning(f"No {kind} bundle was found in {roots}. Train one with `{command} --out DIR` and add its "
+               f"folder in the sidebar, or set {ENV_VAR}.")
+
+
+@st.cache_resource(show_spinner="Loading the ConceptHash model ...", max_entries=6)
+def _load_concepthash(path: str, mtime: float):
+    from core.concepthash import load_concepthash
+
+    return load_concepthash(path, device="cpu")
+
+
+@st.cache_resource(show_spinner="Loading the CEIR model ...", max_entries=4)
+def _load_ceir(path: str, mtime: float):
+    from core.ceir import load_ceir
+
+    return load_ceir(path, device="cpu")
+
+
+def load_model(info: BundleInfo):
+    """The loaded model of a bundle, or None after one st.error sentence saying what is wrong."""
+    loader = {"concepthash": _load_concepthash, "ceir": _load_ceir}.get(info.kind)
+    if loader is None:
+        st.error(f"'{info.name}' is a {info.kind} bundle; this page needs a ConceptHash or CEIR model.")
+        return None
+    try:
+        return loader(info.path, info.mtime)
+    except (ValueError, OSError) as exc:
+        st.error(f"The bundle '{info.name}' could not be loaded: {exc}")
+        return None
+
+
+def require(kind: str):
+    """Selected bundle of ``kind`` and its loaded model, or (None, None) with a message on the page."""
+    info = selected(kind)
+    if info is None:
+        no_bundle_message(kind)
+        return None, None
+    return info, load_model(info)

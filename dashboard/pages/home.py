@@ -1,0 +1,37 @@
+"""Home: what ConceptLens is, which bundles were found, where to go next."""
+
+import pandas as pd
+import streamlit as st
+
+from lens.bundles import ENV_VAR, available, bundle_roots
+from lens.figures import download_table
+
+st.title("ConceptLens")
+st.markdown(
+    "ConceptLens looks inside two interpretable image models. **ConceptHash** builds each group of "
+    "hash bits from one learned concept token of a vision transformer, so bits stand for parts and "
+    "their attention maps show where they look. **CEIR** turns an image into a vector of "
+    "human-readable concepts, learns a latent space from it, and explains clusters and labels by "
+    "those concepts."
+)
+
+bundles = [b for kind in ("concepthash", "ceir", "clip") for b in available(kind)]
+roots = ", ".join(f"`{r}`" for r in bundle_roots(st.session_state.get("extra_bundle_root")))
+if not bundles:
+    st.warning(f"No bundles were found in {roots}. Train some with `conceptlens train ...`, then add their "
+               f"folder in the sidebar or set `{ENV_VAR}`.")
+else:
+    st.subheader("Bundles found")
+    st.caption(f"Searched: {roots}. Pick the model each page uses in the sidebar.")
+    rows = [{"kind": b.kind, "bundle": b.name, "details": b.summary,
+             **{k: round(v, 4) for k, v in b.metrics.items()}} for b in bundles]
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True, use_container_width=True)
+    download_table(table, "bundles")
+
+st.subheader("Where to go next")
+st.page_link("pages/hash_codes.py", label="Hash codes, bit by bit — which images turn a bit on", icon="🧮")
+st.page_link("pages/concept_attention.py", label="Concept attention — where each concept looks", icon="🎯")
+st.page_link("pages/retrieval.py", label="Retrieval — a model with vs without L_csd", icon="🔎")
+st.page_link("pages/ceir_concepts.py", label="CEIR — concept vectors, clusters, interventions", icon="🧩")
+st.page_link("pages/open_world.py", label="Open-world labels — concepts for your own images", icon="🏷️")

@@ -1,0 +1,36 @@
+"""Every dashboard page renders without an exception on tiny bundles, and with no bundles at all."""
+
+from __future__ import annotations
+
+import pytest
+
+PAGES = [None, "home", "hash_codes", "concept_attention", "retrieval", "ceir_concepts", "open_world"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_without_exception(dashboard, page):
+    app = dashboard(page)
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.title, "every page has a title"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_without_any_bundle_explains_what_to_do(tmp_path, monkeypatch, page):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import HOME
+
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tmp_path))
+    app = AppTest.from_file(str(HOME), default_timeout=60).run()
+    if page:
+        app.switch_page(f"pages/{page}.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error or all("Traceback" not in e.value for e in app.error)
+
+
+def test_home_lists_the_bundles_found(dashboard):
+    app = dashboard()
+    table = app.dataframe[0].value
+    assert set(table["bundle"]) == {"toy-clip", "toy-hash-csd", "toy-hash-nocsd", "toy-ceir"}
+    assert set(table["kind"]) == {"clip", "concepthash", "ceir"}
+    assert any("L_csd×0.0" in details for details in table["details"])
