@@ -24,14 +24,14 @@ else:
     st.subheader("Bundles found")
     st.caption(f"Searched: {roots}. Pick the model each page uses in the sidebar.")
     rows = [{"kind": b.kind, "bundle": b.name, "details": b.summary,
-             **{k: round(v, 4) for k, v in b.metrics.items()}} for b in bundles]
+             "headline metrics": " · ".join(f"{k} {v:.3f}" for k, v in b.metrics.items())} for b in bundles]
     table = pd.DataFrame(rows)
     st.dataframe(table, hide_index=True, use_container_width=True)
     download_table(table, "bundles")
 
 st.subheader("Where to go next")
-st.page_link("pages/hash_codes.py", label="Hash codes, bit by bit — which images turn a bit on", icon="🧮")
-st.page_link("pages/concept_attention.py", label="Concept attention — where each concept looks", icon="🎯")
-st.page_link("pages/retrieval.py", label="Retrieval — a model with vs without L_csd", icon="🔎")
-st.page_link("pages/ceir_concepts.py", label="CEIR — concept vectors, clusters, interventions", icon="🧩")
-st.page_link("pages/open_world.py", label="Open-world labels — concepts for your own images", icon="🏷️")
+st.page_link("pages/hash_codes.py", label="Hash codes, bit by bit — which images turn a bit on", icon=":material/grid_on:")
+st.page_link("pages/concept_attention.py", label="Concept attention — where each concept looks", icon=":material/center_focus_strong:")
+st.page_link("pages/retrieval.py", label="Retrieval — a model with vs without L_csd", icon=":material/compare:")
+st.page_link("pages/ceir_concepts.py", label="CEIR — concept vectors, clusters, interventions", icon=":material/hub:")
+st.page_link("pages/open_world.py", label="Open-world labels — concepts for your own images", icon=":material/label:")

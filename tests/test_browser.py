@@ -1,0 +1,153 @@
+"""A real browser session: `streamlit run dashboard/Home.py` driven by headless Chromium.
+
+Starts the app on a free localhost port with the tiny bundles, waits for ``/_stcore/health``,
+opens every page, uploads a photo on the open-world page and checks that labels appear. One
+screenshot per page lands in ``test-artifacts/browser/``. Without Chromium or playwright the
+test is skipped with the reason, except under ``CI=true``, where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HOME, ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CONCEPTLENS_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# (url path, text that proves the page rendered)
+PAGES = [
+    ("", "ConceptLens"),
+    ("hash_codes", "Hash codes"),
+    ("concept_attention", "Concept attention"),
+    ("retrieval", "Retrieval"),
+    ("ceir_concepts", "CEIR"),
+    ("open_world", "Open-world"),
+]
+
+
+def require_browser() -> None:
+    problems = []
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        problems.append(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problems.append("the playwright package is not installed (pip install playwright)")
+    if problems:
+        reason = "; ".join(problems)
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Browser test required under CI=true: {reason}.")
+        pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited early with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url}/_stcore/health did not answer within {timeout} s")
+
+
+@pytest.fixture
+def app_url(tiny_bundles):
+    require_browser()
+    port = free_port()
+    env = os.environ | {"CONCEPTLENS_BUNDLES": str(tiny_bundles), "PYTHONPATH": str(ROOT)}
+    log = ARTIFACTS / "streamlit.log"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(HOME),
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_health(url, process)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_every_page_opens_and_an_upload_gets_labels(app_url, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+    from skimage import data
+
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(photo)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            for path, marker in PAGES:
+                page.goto(f"{app_url}/{path}", wait_until="domcontentloaded")
+                heading = page.locator("h1").filter(has_text=marker).first
+                expect(heading).to_be_visible(timeout=60_000)
+                page.wait_for_timeout(1500)  # let charts and images settle before the screenshot
+                expect(page.locator("[data-testid='stException']")).to_have_count(0)
+                page.screenshot(path=str(ARTIFACTS / f"{path or 'home'}.png"), full_page=True)
+
+            page.goto(f"{app_url}/open_world", wait_until="domcontentloaded")
+            expect(page.locator("h1").filter(has_text="Open-world").first).to_be_visible(timeout=60_000)
+            page.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(
+                str(photo)
+            )
+            expect(page.get_by_text("Concept labels").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("chelsea.png").first).to_be_visible(timeout=60_000)
+            expect(page.locator("[data-testid='stException']")).to_have_count(0)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(ARTIFACTS / "open_world_upload.png"), full_page=True)
+        finally:
+            browser.close()
