@@ -1,6 +1,141 @@
-"""Placeholder: this view is being built."""
+"""Concept attention: where each concept token of a ConceptHash model looks in one image."""
 
+import hashlib
+import json
+
+import numpy as np
 import streamlit as st
 
-st.title("concept_attention")
-st.info("This view is being built.")
+from core.data.spec import DataSpec, open_split
+from core.data.toybirds import PARTS
+from lens.bundles import require
+from lens.figures import image_grid, mask_overlay, overlay, png_bytes
+from lens.hashing import (
+    METHODS,
+    bits_per_concept,
+    center_square,
+    code_groups,
+    concept_parts,
+    display_image,
+    encode_images,
+    format_code,
+    heatmaps_for,
+    image_strip,
+    resize_mask,
+)
+from lens.uploads import IMAGE_TYPES, read_uploads, show_errors
+
+SHOWN = 192  # display size (px) of the image and its overlays
+ALL = "All classes"
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def database(data_json: str):
+    """The bundle's database split (ToyBirds renders on demand and keeps what it rendered)."""
+    return open_split(DataSpec.from_dict(json.loads(data_json)), "train")
+
+
+@st.cache_data(show_spinner="Computing attention maps ...", max_entries=256)
+def image_heatmaps(_loaded, _image, path: str, mtime: float, image_key: str, method: str) -> np.ndarray:
+    """(M, H, W) heatmaps of one image, cached per bundle version, image and method."""
+    return heatmaps_for(_loaded, [_image], method)[0]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def upload_code(_loaded, _image, path: str, mtime: float, image_key: str) -> np.ndarray:
+    """The code of an uploaded image (database codes come from the bundle)."""
+    return encode_images(_loaded, [_image])[0]
+
+
+def reset_index() -> None:
+    """A new class starts at its first image (the old index may not belong to it)."""
+    st.session_state.pop("attn_index", None)
+
+
+st.title("Concept attention")
+info, loaded = require("concepthash")
+if loaded is None:
+    st.stop()
+
+codes, labels = loaded.arrays["db_codes"], loaded.arrays["db_labels"]
+n_concepts = loaded.model.n_concepts
+per = bits_per_concept(codes.shape[1], n_concepts)
+class_names = list(loaded.config.get("classes") or [])
+parts = concept_parts(loaded.metrics)
+
+source = st.radio("Image", ["Database image", "Upload"], horizontal=True, key="attn_source")
+image, code, masks, key, title = None, None, None, "", ""
+if source == "Database image":
+    try:
+        split = database(json.dumps(loaded.data.to_dict(), sort_keys=True))
+    except (ValueError, OSError) as exc:
+        st.error(f"The database images of '{info.name}' cannot be opened: {exc}")
+        st.stop()
+    left, right = st.columns([1, 2])
+    chosen = left.selectbox("Class", [ALL, *class_names], key="attn_class", on_change=reset_index)
+    in_class = labels == class_names.index(chosen) if chosen != ALL else np.ones(len(codes), dtype=bool)
+    candidates = np.flatnonzero(in_class)
+    if len(candidates) == 0:
+        st.warning(f"The database has no image of class '{chosen}'.")
+        st.stop()
+    index = int(right.select_slider("Database image", [int(i) for i in candidates], key="attn_index",
+                                    format_func=lambda i: f"#{i}"))
+    image, code, key = split.image(index), codes[index], f"db-{index}"
+    label = labels[index]
+    title = f"#{index} · {class_names[label] if label < len(class_names) else label}"
+    if loaded.data.has_parts and hasattr(split, "sample"):
+        masks = split.sample(index).masks
+else:
+    upload = st.file_uploader("Upload an image", type=IMAGE_TYPES, key="attn_upload",
+                              help="The model sees the central square, resized to its input size.")
+    images, errors = read_uploads(upload)
+    show_errors(errors)
+    if not images:
+        if not errors:
+            st.info("Upload a JPEG, PNG, WebP, BMP, GIF or TIFF image to see where each concept looks.")
+        st.stop()
+    name, full = images[0]
+    image = center_square(full)
+    key = "upload-" + hashlib.sha1(image.tobytes() + str(image.size).encode()).hexdigest()
+    title = name
+    try:
+        code = upload_code(loaded, image, info.path, info.mtime, key)
+    except (ValueError, RuntimeError) as exc:
+        st.error(f"The model could not encode '{name}': {exc}")
+        st.stop()
+
+controls = st.columns([1, 1, 2])
+method_label = controls[0].radio("Attention", list(METHODS), horizontal=True, key="attn_method",
+                                 help="Last layer: the concept token's attention in the final block (what "
+                                      "L_csd acts on). Rollout: attention propagated through every block.")
+opacity = controls[1].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="attn_opacity")
+try:
+    heat = image_heatmaps(loaded, image, info.path, info.mtime, key, METHODS[method_label])
+except (ValueError, RuntimeError) as exc:
+    st.error(f"The attention maps of '{title}' could not be computed: {exc}")
+    st.stop()
+
+shown = display_image(image, 2 * SHOWN)  # twice the shown size: crisp on high-density screens
+st.markdown(f"**{title}** — code `{format_code(code, n_concepts)}`")
+groups = code_groups(code, n_concepts)
+overlays = [overlay(shown, heat[m], opacity) for m in range(n_concepts)]
+items = [("image", shown)]
+for m, overlaid in enumerate(overlays):
+    part = f" · matched to {parts[m]}" if m in parts else ""
+    items.append((f"concept {m} = {groups[m]}{part}", overlaid))
+image_grid(items, columns=min(len(items), 6), width=SHOWN)
+st.caption(f"{method_label} attention of each concept token (bright = attended), with its sub-code bits "
+           f"b0…b{per - 1}" + ("; 'matched to' names the part the concept localises on the test images."
+                              if parts else "."))
+
+if masks is not None:
+    st.markdown("**Part masks** (ToyBirds ground truth; the rest of the image is faded)")
+    # Fade everything outside the part: a tint alone vanishes on a part of the same colour.
+    part_items = [(part, mask_overlay(shown, ~resize_mask(masks[part], shown.size), (255, 255, 255), 0.8))
+                  for part in PARTS if part in masks]
+    image_grid(part_items, columns=min(len(items), 6), width=SHOWN)
+
+stem = title.rsplit(".", 1)[0].replace("#", "").replace(" · ", "-").replace(" ", "_")
+st.download_button("Download the overlays (PNG)", png_bytes(image_strip([shown, *overlays])),
+                   file_name=f"concept-attention-{stem}-{METHODS[method_label]}.png", mime="image/png",
+                   key="attn_download")

@@ -1,0 +1,280 @@
+"""Plain helpers for the two ConceptHash views: ordering and sampling codes, naming bits, heatmaps.
+
+Conventions shared with ``core.concepthash.evaluate``: a code row holds K bits in {-1, +1}; bit
+``j`` of concept ``m`` is column ``m * K/M + j`` and is *on* when it is +1; a sub-code's value
+reads its bits little-endian (``b0`` is the least significant). Bit strings shown to people list
+the bits in column order ``b0 b1 ...`` with 1 for +1, so ``c0·b1`` is the second character of
+``c0``'s group. Nothing here imports Streamlit; the pages add the caching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from PIL import Image
+
+from core.concepthash.attention import concept_heatmaps
+from core.concepthash.evaluate import sign_codes, subcode_values
+
+SORT_MODES = ("class", "code", "original")
+METHODS = {"Last layer": "last", "Rollout": "rollout"}
+
+
+def bits_per_concept(n_bits: int, n_concepts: int) -> int:
+    """K/M, with one sentence when the bits do not split evenly over the concepts."""
+    if n_concepts < 1 or n_bits % n_concepts:
+        raise ValueError(f"{n_bits} bits cannot be split evenly over {n_concepts} concepts.")
+    return n_bits // n_concepts
+
+
+def bit_labels(n_bits: int, n_concepts: int) -> list[str]:
+    """One label per code column: ``c0·b0, c0·b1, ..., c1·b0, ...``."""
+    per = bits_per_concept(n_bits, n_concepts)
+    return [f"c{k // per}·b{k % per}" for k in range(n_bits)]
+
+
+def _check_codes(codes: np.ndarray) -> np.ndarray:
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"Codes must be a 2-D (images, bits) array, not shape {codes.shape}.")
+    return codes
+
+
+def bit_matrix_order(codes: np.ndarray, labels: np.ndarray, mode: str) -> np.ndarray:
+    """Row order of the bit matrix.
+
+    ``original``: database order; ``code``: lexicographic by the bits (first column most
+    significant, -1 before +1); ``class``: by class, and by code within a class, so images of
+    one class that share a code sit together. Ties keep database order (the sort is stable).
+    """
+    codes = _check_codes(codes)
+    labels = np.asarray(labels)
+    if len(labels) != len(codes):
+        raise ValueError(f"There are {len(codes)} codes but {len(labels)} labels.")
+    if mode not in SORT_MODES:
+        raise ValueError(f"Sort mode must be one of {', '.join(SORT_MODES)}, not {mode!r}.")
+    if mode == "original":
+        return np.arange(len(codes))
+    keys = [np.arange(len(codes))] + [codes[:, k] for k in range(codes.shape[1] - 1, -1, -1)]
+    if mode == "class":
+        keys.append(labels)
+    return np.lexsort(keys)
+
+
+def balanced_sample(indices: np.ndarray, labels: np.ndarray | None, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` of ``indices``, spread over classes: one random image per class in turn.
+
+    Classes are visited in a random order each round, so a small sample does not always favour
+    the same classes. ``labels`` is indexed by image index; without labels the sample is uniform.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    if n <= 0 or len(indices) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if labels is None:
+        return rng.permutation(indices)[:n]
+    labels = np.asarray(labels)
+    groups = [rng.permutation(indices[labels[indices] == c]).tolist() for c in np.unique(labels[indices])]
+    picked: list[int] = []
+    while len(picked) < n and any(groups):
+        for g in rng.permutation(len(groups)):
+            if groups[g] and len(picked) < n:
+                picked.append(groups[g].pop())
+    return np.array(picked, dtype=np.int64)
+
+
+def images_by_bit(
+    codes: np.ndarray, bit: int, n: int = 12, seed: int = 0, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A sample of up to ``n`` images with the bit on (+1) and up to ``n`` with it off (-1)."""
+    codes = _check_codes(codes)
+    if not 0 <= bit < codes.shape[1]:
+        raise ValueError(f"Bit {bit} does not exist; the codes have bits 0 to {codes.shape[1] - 1}.")
+    on = codes[:, bit] > 0
+    return (
+        balanced_sample(np.flatnonzero(on), labels, n, seed),
+        balanced_sample(np.flatnonzero(~on), labels, n, seed),
+    )
+
+
+def images_by_subcode(codes: np.ndarray, concept: int, n_concepts: int) -> dict[int, np.ndarray]:
+    """Every image index grouped by the value of one concept's sub-code (values present, ascending)."""
+    codes = _check_codes(codes)
+    bits_per_concept(codes.shape[1], n_concepts)
+    if not 0 <= concept < n_concepts:
+        raise ValueError(f"Concept {concept} does not exist; the model has concepts 0 to {n_concepts - 1}.")
+    values = subcode_values(codes, n_concepts)[:, concept]
+    return {int(v): np.flatnonzero(values == v) for v in np.unique(values)}
+
+
+def subcode_bits(value: int, per: int) -> str:
+    """The bit string (``b0`` first) of a sub-code value: 2 with two bits -> ``"01"``."""
+    if not 0 <= value < 2**per:
+        raise ValueError(f"Sub-code value {value} does not fit in {per} bits.")
+    return "".join(str((value >> j) & 1) for j in range(per))
+
+
+def code_groups(code_row: np.ndarray, n_concepts: int) -> list[str]:
+    """One bit string per concept (1 for +1, bits in column order): ``["0110", "1010"]``."""
+    row = np.asarray(code_row).reshape(-1)
+    per = bits_per_concept(len(row), n_concepts)
+    return ["".join("1" if b > 0 else "0" for b in row[m * per : (m + 1) * per]) for m in range(n_concepts)]
+
+
+def format_code(code_row: np.ndarray, n_concepts: int) -> str:
+    """A code as ``"c0: 0110  c1: 1010"``: one group per concept."""
+    return "  ".join(f"c{m}: {bits}" for m, bits in enumerate(code_groups(code_row, n_concepts)))
+
+
+def heatmaps_for(loaded: Any, images: Sequence[Image.Image], method: str, batch_size: int = 32) -> np.ndarray:
+    """(B, M, H, W) concept heatmaps in [0, 1] of PIL images, at the model's input size.
+
+    ``method`` is ``"last"`` or ``"rollout"`` (see ``core.concepthash.attention``). Each image
+    is preprocessed the model's way (shortest side resized, centre crop), so the maps line up
+    with :func:`center_square` of the image.
+    """
+    if not images:
+        m = loaded.model.n_concepts
+        size = loaded.backbone.image_size
+        return np.zeros((0, m, size, size), dtype=np.float32)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        pixels = loaded.backbone.preprocess_images(list(images[start : start + batch_size]))
+        chunks.append(concept_heatmaps(loaded.model, pixels, method).astype(np.float32))
+    return np.concatenate(chunks)
+
+
+def encode_images(loaded: Any, images: Sequence[Image.Image]) -> np.ndarray:
+    """{-1, +1} int8 codes (B, K) of PIL images (for uploads; database codes are in the bundle)."""
+    pixels = loaded.backbone.preprocess_images(list(images))
+    return sign_codes(loaded.model.encode(pixels))
+
+
+def center_square(image: Image.Image) -> Image.Image:
+    """The central square of an image: the region the model sees after its resize and centre crop."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def display_image(image: Image.Image, side: int = 192) -> Image.Image:
+    """The image scaled so its shorter side is ``side`` pixels: ToyBirds (32-64 px) grow, photos shrink."""
+    if side < 1:
+        raise ValueError(f"A display size must be at least 1 pixel, not {side}.")
+    factor = side / min(image.size)
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    if size == image.size:
+        return image.copy()
+    resample = Image.Resampling.BICUBIC if factor > 1 else Image.Resampling.LANCZOS
+    return image.resize(size, resample)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A boolean mask resized (nearest neighbour) to ``size`` = (width, height), to tint an enlarged image."""
+    small = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
+    return np.asarray(small.resize(size, Image.Resampling.NEAREST)) > 127
+
+
+def image_strip(images: Sequence[Image.Image], gap: int = 4) -> Image.Image:
+    """Images side by side on white (all scaled to the first one's height), for one PNG download."""
+    if not images:
+        raise ValueError("There are no images to put in a strip.")
+    height = images[0].height
+    scaled = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height))
+              for im in images]
+    strip = Image.new("RGB", (sum(im.width for im in scaled) + gap * (len(scaled) - 1), height), "white")
+    x = 0
+    for im in scaled:
+        strip.paste(im, (x, 0))
+        x += im.width + gap
+    return strip
+
+
+def concept_parts(metrics: dict[str, Any]) -> dict[int, str]:
+    """Concept -> the ToyBirds part it was matched to by the localisation metric (empty without parts)."""
+    concepts = metrics.get("localization", {}).get("concepts", [])
+    return {int(c["concept"]): str(c["part"]) for c in concepts}
+
+
+def nmi_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
+    """The ``subcode_part_nmi`` matrix as a table (one row per concept, one column per part), or None."""
+    nmi = metrics.get("subcode_part_nmi")
+    if not nmi or not nmi.get("matrix"):
+        return None
+    table = pd.DataFrame(nmi["matrix"], columns=list(nmi["parts"]))
+    table.insert(0, "concept", [f"c{m}" for m in range(len(table))])
+    return table
+
+
+def localisation_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
+    """Concept -> matched part, pointing-game hit rate and the part's random baseline, or None."""
+    concepts = metrics.get("localization", {}).get("concepts")
+    if not concepts:
+        return None
+    rows = [
+        {"concept": f"c{c['concept']}", "part": c["part"], "hit rate": c["hit_rate"],
+         "random baseline": c["random"]}
+        for c in sorted(concepts, key=lambda c: c["concept"])
+    ]
+    return pd.DataFrame(rows)
+
+
+def bit_matrix_figure(
+    codes: np.ndarray, labels: np.ndarray, order: np.ndarray, n_concepts: int, class_names: Sequence[str]
+) -> go.Figure:
+    """Plotly heatmap of the codes (rows in ``order``, 1 = bit on), with separators between concepts."""
+    codes = _check_codes(codes)
+    n, n_bits = codes.shape
+    per = bits_per_concept(n_bits, n_concepts)
+    rows = (codes[order] > 0).astype(np.int8)
+    # One label per row (not per cell) keeps the figure small for large databases; hover shows it.
+    rows_named = [f"#{i} {class_names[labels[i]] if 0 <= labels[i] < len(class_names) else labels[i]}"
+                  for i in order.tolist()]
+    fig = go.Figure(
+        go.Heatmap(
+            z=rows,
+            x=bit_labels(n_bits, n_concepts),
+            y=rows_named,
+            colorscale=[[0.0, "#2b2d42"], [0.5, "#2b2d42"], [0.5, "#f4d35e"], [1.0, "#f4d35e"]],
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            xgap=1,
+            hovertemplate="%{y}<br>%{x} = %{z}<extra></extra>",
+        )
+    )
+    for m in range(1, n_concepts):
+        fig.add_vline(x=m * per - 0.5, line_width=3, line_color="#e63946")
+    fig.update_yaxes(autorange="reversed", type="category", showticklabels=False,
+                     title=f"{n} database images")
+    fig.update_xaxes(side="top", tickangle=0)
+    fig.update_layout(height=min(900, max(320, 4 * n + 80)), margin={"l": 40, "r": 10, "t": 60, "b": 10})
+    return fig
+
+
+def nmi_figure(table: pd.DataFrame) -> go.Figure:
+    """Concepts x parts heatmap of the NMI table, each cell labelled with its value."""
+    values = table.drop(columns="concept").to_numpy(dtype=float)
+    parts = list(table.columns[1:])
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=parts,
+            y=list(table["concept"]),
+            colorscale="Viridis",
+            zmin=0,
+            zmax=1,
+            text=np.round(values, 3),
+            texttemplate="%{text}",
+            hovertemplate="%{y} vs %{x}: NMI %{z:.3f}<extra></extra>",
+            colorbar={"title": "NMI"},
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=120 + 60 * len(table), margin={"l": 40, "r": 10, "t": 30, "b": 30})
+    return fig
