@@ -1,6 +1,241 @@
-"""Placeholder: this view is being built."""
+"""Retrieval: the same query searched by two ConceptHash models, one trained with L_csd and one without.
 
+Each model encodes the query, searches its own stored database codes by Hamming distance, and
+shows its top k; below come both models' stored metrics and their concept heatmaps for the query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
 import streamlit as st
+from PIL import Image
 
-st.title("retrieval")
-st.info("This view is being built.")
+from core.concepthash.attention import concept_heatmaps
+from core.concepthash.evaluate import sign_codes
+from core.data.spec import DataSpec, open_split
+from core.retrieval import pack_codes
+from lens.bundles import available, load_model, no_bundle_message
+from lens.figures import download_table, overlay
+from lens.retrieval_view import (
+    data_mismatch,
+    default_pair,
+    metrics_table,
+    precision_of,
+    result_caption,
+    results_table,
+    search,
+)
+from lens.uploads import IMAGE_TYPES, read_uploads, show_errors
+
+THUMB = 96
+MAX_K = 50
+
+
+# ---------------------------------------------------------------------------------------------- cached
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _split(data_json: str, split: str):
+    """A data split (ToyBirds renders on demand and keeps its samples), shared by all reruns."""
+    return open_split(DataSpec.from_dict(json.loads(data_json)), split)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _packed_db(path: str, mtime: float, _codes: np.ndarray) -> np.ndarray:
+    """The bundle's stored database codes, packed once per bundle version."""
+    return pack_codes(_codes)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _encode_query(path: str, mtime: float, query_key: str, method: str, _loaded: Any,
+                  _image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The query's ±1 code (K,) and its concept heatmaps (M, H, W) under one model."""
+    pixels = _loaded.backbone.preprocess_images([_image])
+    code = sign_codes(_loaded.model.encode(pixels))[0]
+    heatmaps = concept_heatmaps(_loaded.model, pixels, method)[0]
+    return code, heatmaps
+
+
+# ---------------------------------------------------------------------------------------------- widgets
+
+
+def _forget_out_of_range(key: str, low: int, high: int) -> None:
+    """Drop a remembered widget value the current models cannot take, so the widget starts afresh."""
+    value = st.session_state.get(key)
+    if value is not None and not low <= value <= high:
+        del st.session_state[key]
+
+
+def data_json(config: dict[str, Any]) -> str:
+    return json.dumps(config.get("data", {}), sort_keys=True)
+
+
+def pick_models() -> tuple[Any, Any] | None:
+    """Two selectboxes (A defaults to the model with L_csd, B to the one without)."""
+    infos = available("concepthash")
+    pair = default_pair(infos)
+    if pair is None:
+        no_bundle_message("concepthash")
+        return None
+    paths = [info.path for info in infos]
+    by_path = {info.path: info for info in infos}
+    left, right = st.columns(2)
+    chosen = []
+    for column, key, label, default in ((left, "ret_model_a", "Model A", pair[0]),
+                                        (right, "ret_model_b", "Model B", pair[1])):
+        if st.session_state.get(key) not in paths:
+            st.session_state.pop(key, None)
+        path = column.selectbox(label, paths, index=paths.index(default.path), key=key,
+                                help="This page picks its own two models; the sidebar choice is not used.",
+                                format_func=lambda p: f"{Path(p).name}  ({by_path[p].summary.split(';')[0]})")
+        chosen.append(by_path[path])
+    if chosen[0].path == chosen[1].path:
+        st.info("Both sides show the same model; pick a different Model B to compare.")
+    mismatch = data_mismatch(chosen[0].config, chosen[1].config)
+    if mismatch:
+        st.warning(mismatch)
+    return chosen[0], chosen[1]
+
+
+def pick_query(info_a) -> tuple[str, Image.Image, str | None, str] | None:
+    """(cache key, image, class name or None, caption) of the query, or None after a message."""
+    source = st.radio("Query", ["Test image", "Upload"], key="ret_source", horizontal=True)
+    if source == "Upload":
+        upload = st.file_uploader("An image to search with", type=IMAGE_TYPES, key="ret_upload")
+        images, errors = read_uploads(upload)
+        show_errors(errors)
+        if not images:
+            if not errors:
+                st.info("Upload an image to search both databases with it.")
+            return None
+        name, image = images[0]
+        digest = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+        image.thumbnail((256, 256))
+        return f"upload:{digest}", image, None, f"query: {name} (uploaded)"
+    try:
+        split = _split(data_json(info_a.config), "test")
+    except (ValueError, OSError) as exc:
+        st.error(f"The test split of '{info_a.name}' could not be opened: {exc}")
+        return None
+    _forget_out_of_range("ret_query", 0, len(split) - 1)
+    index = int(st.number_input("Test image index", 0, len(split) - 1, 0, key="ret_query",
+                                help=f"0 to {len(split) - 1}, from the test split of {info_a.name}'s data."))
+    query_class = split.classes[int(split.labels[index])]
+    return (f"test:{data_json(info_a.config)}:{index}", split.image(index), query_class,
+            f"query: {query_class}")
+
+
+# ---------------------------------------------------------------------------------------------- drawing
+
+
+def run_model(info, loaded, query, k: int, method: str):
+    """Search one model's database: (results table, database indices, heatmaps), or None after st.error."""
+    query_key, image, query_class, _ = query
+    arrays = loaded.arrays
+    if "db_codes" not in arrays:
+        st.error(f"The bundle '{info.name}' stores no database codes; train it again to add them.")
+        return None
+    try:
+        code, heatmaps = _encode_query(info.path, info.mtime, query_key, method, loaded, image)
+        hits = search(_packed_db(info.path, info.mtime, arrays["db_codes"]), code, k)
+    except ValueError as exc:
+        st.error(f"'{info.name}' could not search with this query: {exc}")
+        return None
+    n_db = len(arrays["db_codes"])
+    db_ids = arrays.get("db_ids", [str(i) for i in range(n_db)])
+    db_labels = arrays.get("db_labels", np.zeros(n_db, dtype=np.int64))
+    table = results_table(info.name, hits, db_ids, db_labels, info.config.get("classes", []), query_class)
+    return table, [int(i) for i in hits["index"]], heatmaps
+
+
+def database_images(info, n_db: int, indices: list[int]) -> list[Image.Image] | None:
+    try:
+        split = _split(data_json(info.config), "train")
+    except (ValueError, OSError):
+        return None
+    if len(split) != n_db:
+        return None
+    return [split.image(i) for i in indices]
+
+
+def draw_results(column, info, loaded, table, hits_index: list[int]) -> None:
+    with column:
+        st.subheader(info.name)
+        precision = precision_of(table)
+        note = "" if precision is None else f"; {precision:.0%} of these {len(table)} share the query's class"
+        st.caption(f"{info.summary}{note}")
+        images = database_images(info, len(loaded.arrays["db_codes"]), hits_index)
+        captions = [result_caption(int(r), int(d), c)
+                    for r, d, c in zip(table["rank"], table["distance"], table["correct"], strict=True)]
+        if images is None:
+            st.warning(f"The database images of '{info.name}' are not available here; showing ids only.")
+            st.dataframe(table[["rank", "database id", "distance", "correct"]], hide_index=True)
+        else:
+            st.image(images, caption=captions, width=THUMB)
+
+
+def draw_heatmaps(column, info, image: Image.Image, heatmaps: np.ndarray, opacity: float) -> None:
+    with column:
+        st.markdown(f"**{info.name}** — {len(heatmaps)} concepts")
+        shown = image.convert("RGB").resize((160, 160)) if max(image.size) < 160 else image
+        st.image([overlay(shown, heat, opacity) for heat in heatmaps],
+                 caption=[f"concept {m}" for m in range(len(heatmaps))], width=140)
+
+
+def main() -> None:
+    st.title("Retrieval: with vs without L_csd")
+    st.markdown("The same query, searched by two ConceptHash models — by default one trained with the "
+                "spatial diversity loss L_csd and one without. Each model encodes the query and ranks its "
+                "own database (the train split) by Hamming distance; ✓ marks results of the query's class.")
+    pair = pick_models()
+    if pair is None:
+        return
+    controls, view = st.columns([2, 1])
+    with controls:
+        query = pick_query(pair[0])
+        loaded = [load_model(info) for info in pair]
+        if query is None or any(model is None for model in loaded):
+            return
+        n_db = min(len(model.arrays.get("db_codes", [0])) for model in loaded)
+        top = max(2, min(MAX_K, n_db))
+        _forget_out_of_range("ret_k", 1, top)
+        k = st.slider("Top k", 1, top, min(8, n_db), key="ret_k")
+        method = st.radio("Heatmap", ["last", "rollout"], key="ret_method", horizontal=True,
+                          help="last: the last layer's concept-token attention; rollout: through all layers.")
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="ret_opacity")
+    with view:
+        st.image(query[1], caption=query[3], width=160)
+
+    outputs = [run_model(info, model, query, k, method) for info, model in zip(pair, loaded, strict=True)]
+    if any(out is None for out in outputs):
+        return
+    st.subheader(f"Top {k} results")
+    for column, info, model, (table, indices, _) in zip(st.columns(2), pair, loaded, outputs, strict=True):
+        draw_results(column, info, model, table, indices)
+    both = pd.concat([table for table, _, _ in outputs], ignore_index=True)
+    with st.expander("Results as a table"):
+        st.dataframe(both, hide_index=True, width="stretch")
+    download_table(both, "retrieval_results", key="ret_csv")
+
+    st.subheader("Stored metrics")
+    metrics = metrics_table({info.name: info.config for info in pair})
+    st.dataframe(metrics, hide_index=True, width="stretch")
+    st.caption("From each bundle's evaluation on its test split (the same numbers `conceptlens eval BUNDLE` "
+               "prints): mAP and P@k by Hamming ranking; diversity is the mean pairwise cosine of the "
+               "concepts' attention maps (lower = concepts look at different places); hit rate is how "
+               "often a concept's most-attended patch lands on its matched bird part, next to a random "
+               "patch's rate.")
+    download_table(metrics, "retrieval_metrics", key="ret_metrics_csv")
+
+    st.subheader("Concept heatmaps for the query")
+    for column, info, (_, _, heatmaps) in zip(st.columns(2), pair, outputs, strict=True):
+        draw_heatmaps(column, info, query[1], heatmaps, opacity)
+
+
+main()

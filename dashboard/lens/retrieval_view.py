@@ -1,0 +1,196 @@
+"""Plain logic behind the retrieval page (a model with vs without L_csd); no Streamlit in here.
+
+The page compares two ConceptHash bundles: which pair to show first (:func:`default_pair`), the
+top-k Hamming search of one query code in a bundle's stored database codes (:func:`search`), the
+results as a table with correct / incorrect marks (:func:`results_table`), and the metrics both
+bundles stored when they were evaluated (:func:`metrics_table`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from itertools import permutations
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from core.retrieval import hamming_topk, pack_codes
+
+RESULT_COLUMNS = ["rank", "model", "database id", "distance", "correct", "class"]
+_NO_CSD = re.compile(r"no[-_ ]?csd")
+
+
+class BundleLike(Protocol):
+    """What :func:`default_pair` reads of a bundle (``lens.bundles.BundleInfo`` has it)."""
+
+    name: str
+    config: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------
+# choosing the pair
+# --------------------------------------------------------------------------------------------------
+
+
+def csd_weight(config: Mapping[str, Any]) -> float | None:
+    """The L_csd weight a ConceptHash bundle was trained with, or None when its config does not say."""
+    value = config.get("model", {}).get("csd_weight")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _comparable(a: BundleLike, b: BundleLike) -> bool:
+    """Same data and same backbone: the only difference worth showing is then the training."""
+    same_data = a.config.get("data") == b.config.get("data")
+    return same_data and a.config.get("backbone") == b.config.get("backbone")
+
+
+def _is_csd_pair(a: BundleLike, b: BundleLike) -> bool:
+    weight_a, weight_b = csd_weight(a.config), csd_weight(b.config)
+    return weight_a is not None and weight_b is not None and weight_a > 0 and weight_b == 0
+
+
+def _name_score(a: BundleLike, b: BundleLike) -> int:
+    """How well the names say "with L_csd" / "without L_csd" (e.g. ``x-csd`` and ``x-nocsd``)."""
+    name_a, name_b = a.name.lower(), b.name.lower()
+    score = 0
+    if _NO_CSD.search(name_b):
+        score += 2
+    if "csd" in name_a and not _NO_CSD.search(name_a):
+        score += 1
+    if _NO_CSD.sub("csd", name_b) == name_a:
+        score += 1
+    if a.config.get("model", {}).get("mode", "concepts") == "concepts":
+        score += 1
+    return score
+
+
+def default_pair(infos: Sequence[BundleLike]) -> tuple[BundleLike, BundleLike] | None:
+    """The two bundles to compare first: (trained with L_csd, trained without), else the first two.
+
+    A pair qualifies when A's ``model.csd_weight`` is > 0, B's is 0 and both share data and backbone;
+    among those, names such as ``*-csd`` / ``*-nocsd`` win, then list order. Without such a pair,
+    any with/without pair, then simply the first two bundles (or one bundle twice). None when empty.
+    """
+    if not infos:
+        return None
+    pairs = list(permutations(range(len(infos)), 2))
+    for strict in (True, False):
+        found = [(i, j) for i, j in pairs if _is_csd_pair(infos[i], infos[j])
+                 and (not strict or _comparable(infos[i], infos[j]))]
+        if found:
+            i, j = max(found, key=lambda p: (_name_score(infos[p[0]], infos[p[1]]), -p[0], -p[1]))
+            return infos[i], infos[j]
+    return infos[0], infos[1 if len(infos) > 1 else 0]
+
+
+def data_label(config: Mapping[str, Any]) -> str:
+    """A short human description of a bundle's data set, e.g. ``toybirds (seed 0, 64 px)``."""
+    data = config.get("data", {})
+    kind = data.get("kind", "unknown data")
+    if kind == "toybirds":
+        return f"toybirds (seed {data.get('seed')}, {data.get('image_size')} px)"
+    return f"{kind} at {data.get('root')}"
+
+
+def data_mismatch(config_a: Mapping[str, Any], config_b: Mapping[str, Any]) -> str | None:
+    """One warning sentence when two bundles were trained on different data, else None."""
+    if config_a.get("data") == config_b.get("data"):
+        return None
+    return (f"The two models use different data ({data_label(config_a)} vs {data_label(config_b)}): "
+            "the query comes from model A's test split and each model searches its own database, "
+            "so the comparison is not like for like.")
+
+
+# --------------------------------------------------------------------------------------------------
+# search and results
+# --------------------------------------------------------------------------------------------------
+
+
+def search(db_packed: np.ndarray, query_code: np.ndarray, k: int) -> pd.DataFrame:
+    """Top-k database items for one ±1 query code: columns ``rank`` (1..k), ``index``, ``distance``.
+
+    Ordered by Hamming distance, ties by the smaller database index (``core.retrieval.hamming_topk``).
+    ``k`` above the database size returns the whole database.
+    """
+    code = np.asarray(query_code)
+    if code.ndim == 1:
+        code = code[None, :]
+    if code.ndim != 2 or code.shape[0] != 1:
+        shape = np.asarray(query_code).shape
+        raise ValueError(f"The query must be one code of shape (K,), not shape {shape}.")
+    indices, distances = hamming_topk(pack_codes(code), db_packed, k)
+    return pd.DataFrame({"rank": np.arange(1, indices.shape[1] + 1), "index": indices[0].astype(np.int64),
+                         "distance": distances[0].astype(np.int64)})
+
+
+def results_table(model: str, hits: pd.DataFrame, db_ids: Sequence[str], db_labels: Sequence[int],
+                  classes: Sequence[str], query_class: str | None) -> pd.DataFrame:
+    """The hits of one model as rows of :data:`RESULT_COLUMNS`.
+
+    ``correct`` is True when the database image's class name equals ``query_class`` and missing
+    (``pd.NA``) for a query of unknown class (an upload).
+    """
+    index = hits["index"].to_numpy()
+    names = [str(classes[int(db_labels[i])]) if int(db_labels[i]) < len(classes) else str(db_labels[i])
+             for i in index]
+    correct = pd.array([None if query_class is None else name == query_class for name in names],
+                       dtype="boolean")
+    return pd.DataFrame({
+        "rank": hits["rank"].to_numpy(),
+        "model": model,
+        "database id": [str(db_ids[i]) for i in index],
+        "distance": hits["distance"].to_numpy(),
+        "correct": correct,
+        "class": names,
+    }, columns=RESULT_COLUMNS)
+
+
+def result_caption(rank: int, distance: int, correct: bool | None) -> str:
+    """``#1 · d=2 · ✓`` under each result image (no mark when correctness is unknown)."""
+    mark = "" if correct is None or correct is pd.NA else (" · ✓" if correct else " · ✗")
+    return f"#{rank} · d={distance}{mark}"
+
+
+def precision_of(table: pd.DataFrame) -> float | None:
+    """Share of correct results in one model's table; None when correctness is unknown."""
+    marks = table["correct"].dropna()
+    if len(table) == 0 or len(marks) < len(table):
+        return None
+    return float(marks.astype(bool).mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# stored metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("nan")
+
+
+def metrics_table(configs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per model (name -> bundle config) with the metrics its bundle stored at evaluation.
+
+    Columns: model, L_csd weight, mAP, P@k for every k any bundle stored, attention diversity (mean
+    pairwise cosine of the concepts' attention maps, lower = more diverse), mean localisation hit
+    rate and its random baseline. Missing values are NaN.
+    """
+    ks = sorted({int(k) for config in configs.values()
+                 for k in config.get("metrics", {}).get("precision_at", {})})
+    rows = []
+    for name, config in configs.items():
+        metrics = config.get("metrics", {})
+        localization = metrics.get("localization", {})
+        weight = csd_weight(config)
+        row = {"model": name, "L_csd weight": float("nan") if weight is None else weight,
+               "mAP": _number(metrics.get("map"))}
+        row |= {f"P@{k}": _number(metrics.get("precision_at", {}).get(str(k))) for k in ks}
+        row |= {"diversity": _number(metrics.get("diversity")),
+                "mean hit rate": _number(localization.get("mean_hit_rate")),
+                "random hit rate": _number(localization.get("random_baseline"))}
+        rows.append(row)
+    columns = ["model", "L_csd weight", "mAP", *[f"P@{k}" for k in ks], "diversity", "mean hit rate",
+               "random hit rate"]
+    return pd.DataFrame(rows, columns=columns)

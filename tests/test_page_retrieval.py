@@ -1,0 +1,278 @@
+"""The retrieval page (with vs without L_csd): its plain helpers, checked against brute force and
+hand-made configs, and the page itself through AppTest on the tiny bundles."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "dashboard"))
+
+from core.retrieval import pack_codes  # noqa: E402
+from lens.retrieval_view import (  # noqa: E402
+    data_mismatch,
+    default_pair,
+    metrics_table,
+    precision_of,
+    result_caption,
+    results_table,
+    search,
+)
+
+PAGE = "retrieval"
+CAPTION = re.compile(r"^#(\d+) · d=(\d+)( · [✓✗])?$")
+
+
+# --------------------------------------------------------------------------------------------------
+# plain helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def brute_force(db: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """(index, distance) of the k nearest codes by counting differing signs; ties by index."""
+    distances = [int((row != query).sum()) for row in db]
+    return sorted(((i, d) for i, d in enumerate(distances)), key=lambda p: (p[1], p[0]))[:k]
+
+
+@pytest.mark.parametrize("bits", [6, 12, 70])
+def test_search_matches_brute_force_including_tie_order(bits):
+    rng = np.random.default_rng(bits)
+    db = rng.choice(np.array([-1, 1], dtype=np.int8), size=(300, bits))
+    packed = pack_codes(db)
+    for q in range(5):
+        query = rng.choice(np.array([-1, 1], dtype=np.int8), size=bits)
+        for k in (1, 7, 40):
+            hits = search(packed, query, k)
+            expected = brute_force(db, query, k)
+            assert hits["rank"].tolist() == list(range(1, k + 1))
+            assert list(zip(hits["index"], hits["distance"], strict=True)) == expected, (bits, q, k)
+
+
+def test_search_of_a_database_code_finds_it_first_and_caps_k():
+    db = np.array([[1, 1, -1], [1, -1, -1], [1, 1, -1], [-1, -1, 1]], dtype=np.int8)
+    hits = search(pack_codes(db), db[2], 10)
+    # rows 0 and 2 are identical (distance 0): the smaller index comes first, then row 1, then row 3.
+    assert hits["index"].tolist() == [0, 2, 1, 3]
+    assert hits["distance"].tolist() == [0, 0, 1, 3]
+    with pytest.raises(ValueError, match="one code"):
+        search(pack_codes(db), db[:2], 2)
+
+
+def info(name: str, weight: float | None, seed: int = 0, backbone: str = "clip-a", mode: str = "concepts"):
+    model = {"mode": mode} | ({} if weight is None else {"csd_weight": weight})
+    data = {"kind": "toybirds", "seed": seed, "image_size": 64}
+    return SimpleNamespace(name=name, path=f"/b/{name}",
+                           config={"model": model, "data": data, "backbone": {"bundle": backbone}})
+
+
+def names(pair) -> tuple[str, str]:
+    return pair[0].name, pair[1].name
+
+
+def test_default_pair_prefers_csd_and_nocsd_with_same_data_and_backbone():
+    infos = [info("alpha", 1.0, seed=3), info("beta", 0.0, backbone="clip-b"), info("plain", 0.0),
+             info("toybirds-concepthash-csd", 0.5), info("toybirds-concepthash-nocsd", 0.0), info("z", 2.0)]
+    assert names(default_pair(infos)) == ("toybirds-concepthash-csd", "toybirds-concepthash-nocsd")
+    assert names(default_pair(infos[::-1])) == ("toybirds-concepthash-csd", "toybirds-concepthash-nocsd")
+    # without the named pair: a valid with/without pair (same data and backbone), first in list order
+    assert names(default_pair(infos[:3] + infos[5:])) == ("z", "plain")
+    # no pair shares data and backbone: any with/without pair
+    assert names(default_pair([info("a", 1.0, seed=1), info("b", 0.0)])) == ("a", "b")
+
+
+def test_default_pair_falls_back_to_the_first_bundles():
+    assert names(default_pair([info("a", 1.0), info("b", 1.0), info("c", None)])) == ("a", "b")
+    assert names(default_pair([info("only", 0.0)])) == ("only", "only")
+    assert default_pair([]) is None
+
+
+def test_data_mismatch_names_both_data_sets():
+    assert data_mismatch(info("a", 1.0).config, info("b", 0.0).config) is None
+    message = data_mismatch(info("a", 1.0, seed=0).config, info("b", 0.0, seed=7).config)
+    assert "seed 0" in message and "seed 7" in message
+
+
+def test_metrics_table_copies_the_stored_metrics():
+    stored = {"map": 0.5, "precision_at": {"1": 0.25, "10": 0.75, "5": 0.5}, "diversity": 0.125,
+              "localization": {"mean_hit_rate": 0.6, "random_baseline": 0.1}}
+    configs = {"with": {"model": {"csd_weight": 1.0}, "metrics": stored},
+               "without": {"model": {"csd_weight": 0.0},
+                           "metrics": {"map": 0.25, "precision_at": {"1": 0.5}}}}
+    table = metrics_table(configs)
+    assert table.columns.tolist() == ["model", "L_csd weight", "mAP", "P@1", "P@5", "P@10", "diversity",
+                                      "mean hit rate", "random hit rate"]
+    first = table.iloc[0]
+    assert (first["model"], first["L_csd weight"], first["mAP"]) == ("with", 1.0, 0.5)
+    assert (first["P@1"], first["P@5"], first["P@10"]) == (0.25, 0.5, 0.75)
+    assert (first["diversity"], first["mean hit rate"], first["random hit rate"]) == (0.125, 0.6, 0.1)
+    second = table.iloc[1]
+    assert (second["mAP"], second["P@1"], second["L_csd weight"]) == (0.25, 0.5, 0.0)
+    assert all(math.isnan(second[c]) for c in ("P@5", "P@10", "diversity", "mean hit rate"))
+
+
+def test_results_table_marks_and_precision():
+    hits = pd.DataFrame({"rank": [1, 2, 3], "index": [2, 0, 1], "distance": [0, 1, 1]})
+    ids, labels, classes = ["id0", "id1", "id2"], np.array([1, 0, 1]), ["crow", "finch"]
+    table = results_table("m", hits, ids, labels, classes, "finch")
+    assert table.columns.tolist() == ["rank", "model", "database id", "distance", "correct", "class"]
+    assert table["database id"].tolist() == ["id2", "id0", "id1"]
+    assert table["correct"].tolist() == [True, True, False]
+    assert precision_of(table) == pytest.approx(2 / 3)
+    unknown = results_table("m", hits, ids, labels, classes, None)
+    assert unknown["correct"].isna().all() and precision_of(unknown) is None
+    assert result_caption(1, 0, True) == "#1 · d=0 · ✓"
+    assert result_caption(3, 2, False) == "#3 · d=2 · ✗"
+    assert result_caption(2, 5, unknown["correct"][0]) == "#2 · d=5"
+
+
+# --------------------------------------------------------------------------------------------------
+# the page
+# --------------------------------------------------------------------------------------------------
+
+
+def result_columns(app):
+    """Captions of the result images of the two result columns (the ones with '#rank' captions)."""
+    found = []
+    for column in app.columns:
+        for image in column.image:
+            if image.captions and CAPTION.match(image.captions[0]):
+                found.append([CAPTION.match(c).groups() for c in image.captions])
+    return found
+
+
+def expected_hits(bundle: Path, query_index: int, k: int) -> list[tuple[str, int]]:
+    """Brute force, independent of the page: encode test image ``query_index``, compare all db codes."""
+    from core.concepthash import load_concepthash
+    from core.concepthash.evaluate import sign_codes
+    from core.data.spec import open_split
+
+    loaded = load_concepthash(bundle, device="cpu")
+    image = open_split(loaded.data, "test").image(query_index)
+    code = sign_codes(loaded.model.encode(loaded.backbone.preprocess_images([image])))[0]
+    db = loaded.arrays["db_codes"]
+    return [(str(loaded.arrays["db_ids"][i]), d) for i, d in brute_force(db, code, k)]
+
+
+def test_page_compares_the_csd_pair_side_by_side(dashboard, tiny_bundles):
+    app = dashboard(PAGE)
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.selectbox(key="ret_model_a").value.endswith("toy-hash-csd")
+    assert app.selectbox(key="ret_model_b").value.endswith("toy-hash-nocsd")
+    k = app.slider(key="ret_k").value
+    columns = result_columns(app)
+    assert len(columns) == 2 and all(len(c) == k for c in columns)
+    for column in columns:
+        ranks = [int(r) for r, _, _ in column]
+        distances = [int(d) for _, d, _ in column]
+        assert ranks == list(range(1, k + 1)) and distances == sorted(distances)
+        assert all(mark in (" · ✓", " · ✗") for _, _, mark in column)
+
+    results = app.dataframe[0].value
+    assert len(results) == 2 * k
+    for name in ("toy-hash-csd", "toy-hash-nocsd"):
+        rows = results[results["model"] == name]
+        got = list(zip(rows["database id"], rows["distance"].astype(int), strict=True))
+        assert got == expected_hits(tiny_bundles / name, 0, k)
+
+    metrics = app.dataframe[1].value.set_index("model")
+    for name in ("toy-hash-csd", "toy-hash-nocsd"):
+        stored = json.loads((tiny_bundles / name / "config.json").read_text())["metrics"]
+        row = metrics.loc[name]
+        assert row["mAP"] == pytest.approx(stored["map"])
+        assert row["P@5"] == pytest.approx(stored["precision_at"]["5"])
+        assert row["diversity"] == pytest.approx(stored["diversity"])
+        assert row["mean hit rate"] == pytest.approx(stored["localization"]["mean_hit_rate"])
+        assert row["random hit rate"] == pytest.approx(stored["localization"]["random_baseline"])
+    assert any("conceptlens eval" in c.value for c in app.caption)
+
+    heatmaps = [image for column in app.columns for image in column.image
+                if image.captions and image.captions[0] == "concept 0"]
+    assert [len(h.captions) for h in heatmaps] == [3, 3]  # M = 3 concepts per model
+
+    app.slider(key="ret_k").set_value(3).run()
+    assert not app.exception
+    assert [len(c) for c in result_columns(app)] == [3, 3]
+    assert len(app.dataframe[0].value) == 6
+
+    app.number_input(key="ret_query").set_value(5).run()
+    results = app.dataframe[0].value
+    rows = results[results["model"] == "toy-hash-csd"]
+    assert list(zip(rows["database id"], rows["distance"].astype(int), strict=True)) == expected_hits(
+        tiny_bundles / "toy-hash-csd", 5, 3)
+
+
+def png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_upload_query_searches_without_marks(dashboard):
+    from skimage import data
+
+    app = dashboard(PAGE)
+    app.radio(key="ret_source").set_value("Upload").run()
+    app.file_uploader(key="ret_upload").set_value(("cat.png", png(data.chelsea()), "image/png")).run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    k = app.slider(key="ret_k").value
+    columns = result_columns(app)
+    assert [len(c) for c in columns] == [k, k]
+    assert all(mark is None for column in columns for _, _, mark in column)
+    assert app.dataframe[0].value["correct"].isna().all()
+    assert any("cat.png" in caption for image in app.image for caption in image.captions)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("broken.jpg", None),  # a truncated JPEG, filled in below
+    ("notes.png", b"these are my notes, not an image\n" * 20),
+])
+def test_broken_upload_gives_one_error_naming_the_file(dashboard, name, content):
+    from skimage import data
+
+    if content is None:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(data.astronaut()).save(buffer, format="JPEG")
+        content = buffer.getvalue()[:2000]
+    app = dashboard(PAGE)
+    app.radio(key="ret_source").set_value("Upload").run()
+    app.file_uploader(key="ret_upload").set_value((name, content, "image/png")).run()
+    assert not app.exception
+    assert len(app.error) == 1 and name in app.error[0].value
+    assert result_columns(app) == []
+
+
+def test_models_with_different_data_get_a_warning(tiny_bundles, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import HOME
+
+    other = tmp_path / "toy-hash-seed7"
+    shutil.copytree(tiny_bundles / "toy-hash-nocsd", other)
+    config = json.loads((other / "config.json").read_text())
+    config["data"]["seed"] = 7
+    (other / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", os.pathsep.join([str(tiny_bundles), str(tmp_path)]))
+    app = AppTest.from_file(str(HOME), default_timeout=120).run()
+    app.switch_page(f"pages/{PAGE}.py").run()
+    assert app.selectbox(key="ret_model_b").value.endswith("toy-hash-nocsd")
+    assert not app.warning
+    app.selectbox(key="ret_model_b").set_value(str(other)).run()
+    assert not app.exception
+    assert len(app.warning) == 1 and "seed 0" in app.warning[0].value and "seed 7" in app.warning[0].value
+    assert [len(c) for c in result_columns(app)] == [app.slider(key="ret_k").value] * 2
