@@ -8,6 +8,7 @@
     conceptlens eval BUNDLE [--json] [--seed S]
     conceptlens label BUNDLE PATH... [--top K] [--json] [--concepts BANK]
     conceptlens concepts show BANK | conceptlens concepts generate --classes FILE --out BANK
+    conceptlens reproduce [--out pretrained] [--overwrite]
 
 Every user mistake (bad flag value, missing directory, wrong bundle) ends in one sentence on
 stderr and exit status 2; logs and progress go to stderr so ``--json`` output stays clean.
@@ -177,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--classes", required=True, help="a text file with one class name per line")
     generate.add_argument("--out", required=True, type=Path, help="the bank file to write")
+
+    again = commands.add_parser("reproduce", help="rebuild and evaluate every shipped bundle (pretrained/)")
+    again.add_argument(
+        "--out", default="pretrained", help="folder for the bundles, results.json and README.md"
+    )
+    again.add_argument("--only", nargs="+", help="only these steps (bundle names)")
+    again.add_argument("--overwrite", action="store_true", help="replace existing bundles")
+    again.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole pipeline")
 
     evaluate = commands.add_parser("eval", help="evaluate a bundle (any kind)")
     evaluate.add_argument("bundle", type=Path)
@@ -399,12 +408,21 @@ def cmd_concepts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from core.reproduce import reproduce
+
+    reproduce(args.out, quick=args.quick, only=args.only, overwrite=args.overwrite, log=log)
+    log(f"Wrote {args.out}/results.json and {args.out}/README.md")
+    return 0
+
+
 COMMANDS = {
     "toybirds": cmd_toybirds,
     "train": cmd_train,
     "eval": cmd_eval,
     "label": cmd_label,
     "concepts": cmd_concepts,
+    "reproduce": cmd_reproduce,
 }
 
 

@@ -14,7 +14,9 @@ PAGES = {
     "": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)],
     "Hashing": [
         st.Page("pages/hash_codes.py", title="Hash codes, bit by bit", icon=":material/grid_on:"),
-        st.Page("pages/concept_attention.py", title="Concept attention", icon=":material/center_focus_strong:"),
+        st.Page(
+            "pages/concept_attention.py", title="Concept attention", icon=":material/center_focus_strong:"
+        ),
         st.Page("pages/retrieval.py", title="Retrieval: with vs without L_csd", icon=":material/compare:"),
     ],
     "Concepts": [

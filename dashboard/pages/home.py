@@ -18,20 +18,43 @@ st.markdown(
 bundles = [b for kind in ("concepthash", "ceir", "clip") for b in available(kind)]
 roots = ", ".join(f"`{r}`" for r in bundle_roots(st.session_state.get("extra_bundle_root")))
 if not bundles:
-    st.warning(f"No bundles were found in {roots}. Train some with `conceptlens train ...`, then add their "
-               f"folder in the sidebar or set `{ENV_VAR}`.")
+    st.warning(
+        f"No bundles were found in {roots}. Train some with `conceptlens train ...`, then add their "
+        f"folder in the sidebar or set `{ENV_VAR}`."
+    )
 else:
     st.subheader("Bundles found")
     st.caption(f"Searched: {roots}. Pick the model each page uses in the sidebar.")
-    rows = [{"kind": b.kind, "bundle": b.name, "details": b.summary,
-             "headline metrics": " · ".join(f"{k} {v:.3f}" for k, v in b.metrics.items())} for b in bundles]
+    rows = [
+        {
+            "kind": b.kind,
+            "bundle": b.name,
+            "details": b.summary,
+            "headline metrics": " · ".join(f"{k} {v:.3f}" for k, v in b.metrics.items()),
+        }
+        for b in bundles
+    ]
     table = pd.DataFrame(rows)
-    st.dataframe(table, hide_index=True, use_container_width=True)
+    st.dataframe(table, hide_index=True, width="stretch")
     download_table(table, "bundles")
 
 st.subheader("Where to go next")
-st.page_link("pages/hash_codes.py", label="Hash codes, bit by bit — which images turn a bit on", icon=":material/grid_on:")
-st.page_link("pages/concept_attention.py", label="Concept attention — where each concept looks", icon=":material/center_focus_strong:")
-st.page_link("pages/retrieval.py", label="Retrieval — a model with vs without L_csd", icon=":material/compare:")
-st.page_link("pages/ceir_concepts.py", label="CEIR — concept vectors, clusters, interventions", icon=":material/hub:")
-st.page_link("pages/open_world.py", label="Open-world labels — concepts for your own images", icon=":material/label:")
+st.page_link(
+    "pages/hash_codes.py",
+    label="Hash codes, bit by bit — which images turn a bit on",
+    icon=":material/grid_on:",
+)
+st.page_link(
+    "pages/concept_attention.py",
+    label="Concept attention — where each concept looks",
+    icon=":material/center_focus_strong:",
+)
+st.page_link(
+    "pages/retrieval.py", label="Retrieval — a model with vs without L_csd", icon=":material/compare:"
+)
+st.page_link(
+    "pages/ceir_concepts.py", label="CEIR — concept vectors, clusters, interventions", icon=":material/hub:"
+)
+st.page_link(
+    "pages/open_world.py", label="Open-world labels — concepts for your own images", icon=":material/label:"
+)
