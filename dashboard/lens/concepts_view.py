@@ -1,0 +1,279 @@
+"""Plain helpers for the CEIR pages (no Streamlit): tables, plot selections, interventions, label reports.
+
+The pages ``ceir_concepts.py`` and ``open_world.py`` only read widgets and draw; what deserves a test
+— which train images a lasso selected, what a selection's shared concepts are, which slider edits
+make an intervention, how a label report becomes a table — lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from core.ceir.explain import ConceptContribution, cluster_top_concepts, explain, top_contributions
+from core.ceir.labels import SCORING_CONTRIBUTION, LabelReport
+
+# Order and names of the rows of the clustering metrics table (keys as stored in bundle metrics).
+METHODS: tuple[tuple[str, str], ...] = (
+    ("ceir", "CEIR"),
+    ("clip_embedding", "k-means on CLIP embeddings"),
+    ("concepts", "k-means on concept vectors"),
+)
+SCORES: tuple[tuple[str, str], ...] = (("acc", "ACC"), ("nmi", "NMI"), ("ari", "ARI"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CEIR concepts and clusters
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train_contributions(
+    model: Any, concept_vectors: np.ndarray, clusters: np.ndarray, batch_size: int = 256, steps: int = 32
+) -> np.ndarray:
+    """(N, C) contributions of every train image's concepts to its stored cluster, batched to bound memory."""
+    x = torch.as_tensor(np.asarray(concept_vectors, dtype=np.float32))
+    k = torch.as_tensor(np.asarray(clusters, dtype=np.int64))
+    parts = [
+        explain(model, x[start : start + batch_size], k[start : start + batch_size], steps)[0]
+        for start in range(0, len(x), batch_size)
+    ]
+    return torch.cat(parts).detach().numpy() if parts else np.zeros((0, x.shape[1]), dtype=np.float32)
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """CEIR next to its baselines: one row per method with ACC, NMI and ARI (absent methods left out)."""
+    baselines = metrics.get("baselines") or {}
+    sources = {"ceir": metrics, **{name: baselines.get(name) for name, _ in METHODS[1:]}}
+    rows = []
+    for key, title in METHODS:
+        values = sources.get(key)
+        if not isinstance(values, Mapping) or not any(
+            isinstance(values.get(s), int | float) for s, _ in SCORES
+        ):
+            continue
+        row: dict[str, Any] = {"method": title}
+        for score, column in SCORES:
+            value = values.get(score)
+            row[column] = float(value) if isinstance(value, int | float) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method", *(c for _, c in SCORES)])
+
+
+def umap_frame(
+    embedding: np.ndarray,
+    clusters: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    ids: Sequence[str],
+) -> pd.DataFrame:
+    """One row per train image for the scatter plot; ``index`` is the image's row in the train arrays."""
+    names = [classes[int(y)] if 0 <= int(y) < len(classes) else str(int(y)) for y in labels]
+    return pd.DataFrame(
+        {
+            "index": np.arange(len(embedding)),
+            "x": embedding[:, 0],
+            "y": embedding[:, 1],
+            "cluster": [f"cluster {int(c)}" for c in clusters],
+            "true label": names,
+            "id": list(ids),
+        }
+    )
+
+
+def selected_indices(selection: Mapping[str, Any] | None, n_points: int) -> list[int]:
+    """Train-image rows chosen in the scatter plot, sorted and unique.
+
+    Points carry their row in ``customdata[0]`` (one plotly trace per colour renumbers ``point_index``);
+    a point without customdata falls back to ``point_index``. Out-of-range entries are ignored.
+    """
+    if not selection:
+        return []
+    chosen: set[int] = set()
+    for point in selection.get("points") or []:
+        custom = point.get("customdata")
+        raw = custom[0] if isinstance(custom, list | tuple) and custom else custom
+        if raw is None:
+            raw = point.get("point_index")
+        try:
+            index = int(raw)
+        except (TypeError, ValueError):
+            continue
+        if 0 <= index < n_points:
+            chosen.add(index)
+    return sorted(chosen)
+
+
+def selection_concepts(
+    concepts: list[str],
+    activations: np.ndarray,
+    contributions: np.ndarray,
+    indices: Sequence[int],
+    k: int = 8,
+) -> list[ConceptContribution]:
+    """Concepts with the largest positive mean contribution over the selection ("NOT" by mean activation)."""
+    if len(indices) == 0:
+        return []
+    rows = np.asarray(indices, dtype=int)
+    return top_contributions(
+        concepts, activations[rows].mean(axis=0), contributions[rows].mean(axis=0), k, positive_only=True
+    )
+
+
+def contributions_table(items: Sequence[ConceptContribution]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "label": c.label,
+                "concept": c.concept,
+                "activation": c.activation,
+                "contribution": c.contribution,
+            }
+            for c in items
+        ],
+        columns=["label", "concept", "activation", "contribution"],
+    )
+
+
+def image_contributions_table(
+    concepts: list[str], activations: np.ndarray, contributions: np.ndarray
+) -> pd.DataFrame:
+    """Every concept of one image, largest |contribution| first (the downloadable CSV)."""
+    return contributions_table(top_contributions(concepts, activations, contributions, k=len(concepts)))
+
+
+def file_safe(text: str) -> str:
+    """An image id usable in a download's file name (ids may hold slashes)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
+
+
+def cluster_table(
+    concepts: list[str], activations: np.ndarray, contributions: np.ndarray, clusters: np.ndarray, k: int = 5
+) -> pd.DataFrame:
+    """Per cluster: its size and the labels of its top concepts by mean positive contribution."""
+    tops = cluster_top_concepts(concepts, activations, contributions, clusters, k)
+    rows = [
+        {
+            "cluster": cluster,
+            "size": int((clusters == cluster).sum()),
+            "top concepts": ", ".join(c.label for c in items) or "—",
+        }
+        for cluster, items in sorted(tops.items())
+    ]
+    return pd.DataFrame(rows, columns=["cluster", "size", "top concepts"])
+
+
+def intervention_concepts(contributions: np.ndarray, k: int = 5) -> list[int]:
+    """Indices of one image's ``k`` concepts with the largest |contribution| (the ones worth editing)."""
+    return [int(i) for i in np.argsort(-np.abs(contributions), kind="stable")[:k]]
+
+
+def slider_bounds(activation: float, limit: float = 3.0) -> tuple[float, float]:
+    """A z-score slider range: ``[-limit, limit]``, widened to whole numbers to include the current value."""
+    return float(min(-limit, np.floor(activation))), float(max(limit, np.ceil(activation)))
+
+
+def slider_start(activation: float) -> float:
+    """A slider's starting value: the activation rounded to the slider's 0.05 step."""
+    return round(round(float(activation) / 0.05) * 0.05, 2)
+
+
+def edits_from_sliders(
+    concepts: Sequence[int], activations: np.ndarray, values: Mapping[int, float]
+) -> dict[int, float]:
+    """Only sliders moved away from their start become edits, so an untouched panel changes nothing."""
+    return {
+        int(i): float(values[i])
+        for i in concepts
+        if i in values and abs(float(values[i]) - slider_start(activations[i])) > 1e-9
+    }
+
+
+def distances_table(distances: np.ndarray, original: int, edited: int) -> pd.DataFrame:
+    """Distance of the (edited) latent to every cluster centre, marking the old and the new cluster."""
+    roles = []
+    for cluster in range(len(distances)):
+        role = []
+        if cluster == original:
+            role.append("before")
+        if cluster == edited:
+            role.append("after")
+        roles.append(" & ".join(role) or "other")
+    return pd.DataFrame(
+        {"cluster": np.arange(len(distances)), "distance": distances.astype(float), "role": roles}
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Open-world labels
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipOnly:
+    """A bare CLIP backbone dressed as a loaded model for :func:`core.ceir.labels.label_images`.
+
+    With an explicit concept bank, ``label_images`` only touches ``.backbone`` (embed the images,
+    embed the concepts, rank by cosine), so a real CLIP with no trained CEIR projection fits.
+    """
+
+    backbone: Any
+
+
+def image_digest(image: Image.Image) -> str:
+    """A short fingerprint of an image's pixels (a cache key for its labels)."""
+    digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def labels_table(report: LabelReport) -> pd.DataFrame:
+    """One long table: image, rank, concept, score (and the cluster when CEIR scored them)."""
+    with_cluster = any(image.cluster is not None for image in report.images)
+    rows = []
+    for image in report.images:
+        for rank, label in enumerate(image.labels, 1):
+            row = {"image": image.file, "rank": rank, "concept": label.concept, "score": label.score}
+            if with_cluster:
+                row["cluster"] = image.cluster
+            rows.append(row)
+    columns = ["image", "rank", "concept", "score", *(["cluster"] if with_cluster else [])]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def candidates_table(report: LabelReport, limit: int = 20) -> pd.DataFrame:
+    """Candidate labels of a batch: concepts by how many images carry them."""
+    return pd.DataFrame(report.candidate_labels(limit), columns=["concept", "count", "share"])
+
+
+def scoring_sentence(report: LabelReport, model_label: str) -> str:
+    """Which model and which scoring produced the labels, in one sentence."""
+    if report.scoring == SCORING_CONTRIBUTION:
+        how = (
+            "each label's score is its contribution (activation × integrated gradient) to the image's CEIR "
+            "cluster, among the concepts the image shows"
+        )
+    else:
+        how = "each label's score is the CLIP cosine similarity between the image and the concept text"
+    return f"Labels by {model_label} with the concept bank '{report.bank}': {how}."
+
+
+def decode_bank_upload(name: str, data: bytes, max_bytes: int) -> str:
+    """The text of an uploaded concept list; ValueError with one sentence naming the file otherwise."""
+    if len(data) > max_bytes:
+        raise ValueError(
+            f"The concept list {name} is {len(data)} bytes, more than the {max_bytes}-byte limit."
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"The concept list {name} is not UTF-8 text (undecodable byte at offset {error.start})."
+        ) from None

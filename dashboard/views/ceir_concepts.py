@@ -1,0 +1,271 @@
+"""CEIR concepts and clusters: the latent map, concepts behind images and clusters, metrics, interventions."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from core.bundle import BundleError
+from core.ceir.explain import intervene, top_contributions
+from core.ceir.projection2d import ensure_umap, projection_method
+from core.data.spec import open_split
+from lens.bundles import require
+from lens.concepts_view import (
+    cluster_table,
+    contributions_table,
+    distances_table,
+    edits_from_sliders,
+    file_safe,
+    image_contributions_table,
+    intervention_concepts,
+    metrics_table,
+    selected_indices,
+    selection_concepts,
+    slider_bounds,
+    slider_start,
+    train_contributions,
+    umap_frame,
+)
+from lens.figures import download_figure, download_table, image_grid
+
+GRID_CAP = 24  # selected images shown at most
+TOP_K = 10  # bars in the per-image chart
+N_EDITABLE = 5  # sliders in the intervention panel
+COLOURS = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+REQUIRED = ("train_concepts", "train_latents", "train_clusters", "train_labels")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_umap(path: str, mtime: float) -> np.ndarray:
+    return ensure_umap(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_contributions(
+    path: str, mtime: float, _model, _vectors: np.ndarray, _clusters: np.ndarray
+) -> np.ndarray:
+    return train_contributions(_model, _vectors, _clusters)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def cached_split(path: str, mtime: float, _data):
+    return open_split(_data, "train")
+
+
+def train_image(split, index: int):
+    """A train image, or None when the data behind the bundle cannot be read here."""
+    if split is None:
+        return None
+    try:
+        return split.image(index)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def scatter(frame, colour: str):
+    order = sorted(frame[colour].unique(), key=lambda v: (len(v), v))  # "cluster 2" before "cluster 10"
+    fig = px.scatter(
+        frame,
+        x="x",
+        y="y",
+        color=colour,
+        custom_data=["index"],
+        hover_data={"id": True, "cluster": True, "true label": True, "x": False, "y": False},
+        category_orders={colour: order},
+        color_discrete_sequence=COLOURS,
+    )
+    fig.update_traces(marker={"size": 7, "opacity": 0.85})
+    fig.update_layout(
+        height=520,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        dragmode="lasso",
+        legend_title_text=colour,
+        xaxis_title="UMAP 1",
+        yaxis_title="UMAP 2",
+    )
+    return fig
+
+
+def contribution_bars(table):
+    shown = table.iloc[::-1]  # plotly draws the first bar at the bottom
+    colours = ["#2a9d8f" if v >= 0 else "#e76f51" for v in shown["contribution"]]
+    fig = go.Figure(go.Bar(x=shown["contribution"], y=shown["label"], orientation="h", marker_color=colours))
+    fig.update_layout(
+        height=40 + 28 * len(shown),
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        xaxis_title="contribution to the image's cluster",
+    )
+    return fig
+
+
+def distance_bars(table):
+    colours = {"before": "#8d99ae", "after": "#2a9d8f", "before & after": "#2a9d8f", "other": "#d9d9d9"}
+    fig = go.Figure(
+        go.Bar(
+            x=[f"cluster {c}" for c in table["cluster"]],
+            y=table["distance"],
+            marker_color=[colours[r] for r in table["role"]],
+        )
+    )
+    fig.update_layout(
+        height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title="distance to the centre"
+    )
+    return fig
+
+
+st.title("CEIR concepts and clusters")
+info, loaded = require("ceir")
+if loaded is None:
+    st.stop()
+st.caption(f"Model: **{info.name}** — {info.summary}.")
+
+missing = [name for name in REQUIRED if name not in loaded.arrays]
+if missing:
+    st.error(
+        f"The bundle '{info.name}' lacks the cached arrays {', '.join(missing)}; train it again with "
+        "`conceptlens train ceir`."
+    )
+    st.stop()
+
+concepts = loaded.concepts
+vectors = loaded.arrays["train_concepts"].astype(np.float32)
+clusters = loaded.arrays["train_clusters"].astype(np.int64)
+labels = loaded.arrays["train_labels"].astype(np.int64)
+classes = list(loaded.config.get("classes") or [])
+ids = [str(i) for i in loaded.arrays.get("train_ids", np.arange(len(vectors)))]
+n_points = len(vectors)
+
+with st.spinner(f"Computing the 2-D map of {n_points} latents (first time only) ..."):
+    try:
+        embedding = cached_umap(info.path, info.mtime)
+    except (BundleError, ValueError, OSError) as exc:
+        st.error(f"The 2-D map of '{info.name}' could not be computed: {exc}")
+        st.stop()
+mtime = info.mtime  # after the map was stored in the bundle
+contributions = cached_contributions(info.path, mtime, loaded.model, vectors, clusters)
+try:
+    split = cached_split(info.path, mtime, loaded.data)
+except (OSError, ValueError):
+    split = None
+    st.warning("The training images behind this bundle cannot be read here, so no pictures are shown.")
+
+# --- the latent map ------------------------------------------------------------------------------------
+st.subheader("The latent space")
+colour = st.radio("Colour by", ["cluster", "true label"], horizontal=True, key="ceir_colour")
+method = "UMAP" if projection_method(n_points) == "umap" else "PCA (too few points for UMAP)"
+st.caption(
+    f"{method} of the {n_points} training latents (fixed random state). Drag a box or lasso to "
+    "select images; their shared concepts appear below."
+)
+frame = umap_frame(embedding, clusters, labels, classes, ids)
+figure = scatter(frame, colour)
+event = st.plotly_chart(figure, on_select="rerun", selection_mode=("points", "box", "lasso"), key="ceir_umap")
+download_figure(figure, "ceir_umap", key="ceir_dl_umap")
+
+chosen = selected_indices(event.selection if event else None, n_points)
+if chosen:
+    st.subheader(f"Selected images ({len(chosen)})")
+    pictures = [
+        (f"{ids[i].rsplit('/', 1)[-1]} · cluster {clusters[i]}", train_image(split, i))
+        for i in chosen[:GRID_CAP]
+    ]
+    image_grid([(caption, image) for caption, image in pictures if image is not None], columns=8, width=90)
+    if len(chosen) > GRID_CAP:
+        st.caption(f"Showing {GRID_CAP} of {len(chosen)} selected images.")
+    shared = contributions_table(selection_concepts(concepts, vectors, contributions, chosen))
+    st.markdown("**Concepts they share** (largest mean contribution to their clusters)")
+    st.dataframe(shared, hide_index=True, key="ceir_shared")
+    download_table(shared, "selection_concepts", key="ceir_dl_shared")
+else:
+    st.info("Select points in the map (box or lasso) to see those images and the concepts they share.")
+
+# --- one image -----------------------------------------------------------------------------------------
+st.subheader("One image's concepts")
+index = st.selectbox(
+    "Image",
+    list(range(n_points)),
+    key="ceir_image",
+    format_func=lambda i: f"{ids[i]} — {frame['true label'][i]} (cluster {clusters[i]})",
+)
+left, right = st.columns([1, 3])
+picture = train_image(split, index)
+if picture is not None:
+    left.image(picture, caption=ids[index], width=160)
+left.metric("Cluster", int(clusters[index]))
+top = contributions_table(top_contributions(concepts, vectors[index], contributions[index], k=TOP_K))
+with right:
+    st.plotly_chart(contribution_bars(top), key="ceir_bars")
+    st.caption(
+        'Green bars argue for the image\'s cluster, orange ones against; "NOT …" means the concept '
+        "is weaker than on an average training image."
+    )
+download_table(
+    image_contributions_table(concepts, vectors[index], contributions[index]),
+    f"contributions_{file_safe(ids[index])}",
+    key="ceir_dl_contrib",
+)
+
+# --- intervention ---------------------------------------------------------------------------------------
+st.subheader("What if? Edit the image's top concepts")
+editable = intervention_concepts(contributions[index], N_EDITABLE)
+prefix = f"ceir_iv_{index}_"
+
+
+def reset_sliders() -> None:
+    for i in editable:
+        st.session_state.pop(f"{prefix}{i}", None)
+
+
+values = {}
+slider_columns = st.columns(len(editable))
+for column, i in zip(slider_columns, editable, strict=True):
+    low, high = slider_bounds(float(vectors[index, i]))
+    values[i] = column.slider(
+        concepts[i],
+        low,
+        high,
+        slider_start(float(vectors[index, i])),
+        step=0.05,
+        key=f"{prefix}{i}",
+        help="z-score: 0 is the training average",
+    )
+st.button("Reset the sliders", on_click=reset_sliders, key="ceir_iv_reset")
+edits = edits_from_sliders(editable, vectors[index], values)
+vector = torch.from_numpy(vectors[index])
+before = intervene(loaded.model, vector, {})
+after = intervene(loaded.model, vector, edits)
+c1, c2 = st.columns(2)
+c1.metric("Cluster before", before.cluster)
+c2.metric(
+    "Cluster after the edit",
+    after.cluster,
+    delta="moved" if after.cluster != before.cluster else "unchanged",
+    delta_color="off",
+    delta_arrow="off",
+)
+distances = distances_table(after.distances, before.cluster, after.cluster)
+st.plotly_chart(distance_bars(distances), key="ceir_distances")
+
+# --- clusters and metrics ------------------------------------------------------------------------------
+st.subheader("Clusters and their concepts")
+per_cluster = cluster_table(concepts, vectors, contributions, clusters)
+st.dataframe(per_cluster, hide_index=True, key="ceir_clusters")
+download_table(per_cluster, "cluster_concepts", key="ceir_dl_clusters")
+
+st.subheader("Clustering quality on the test split")
+metrics = metrics_table(loaded.metrics)
+if metrics.empty:
+    st.info("This bundle stores no clustering metrics.")
+else:
+    st.dataframe(metrics.round(4), hide_index=True, key="ceir_metrics")
+    download_table(metrics, "clustering_metrics", key="ceir_dl_metrics")
+precision = loaded.metrics.get("concept_precision_at_5")
+if isinstance(precision, int | float):
+    st.metric(
+        "Concept precision@5",
+        f"{precision:.3f}",
+        help="Share of each test image's top-5 concepts that are true attributes of its species.",
+    )

@@ -1,0 +1,242 @@
+"""Open-world concept labels: your own images, a CEIR bundle or a real CLIP, any concept bank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.express as px
+import streamlit as st
+
+from core.backbones.clip import load_backbone
+from core.ceir.concept_bank import (
+    MAX_BANK_BYTES,
+    SHIPPED_BANKS,
+    ConceptBank,
+    ConceptBankError,
+    load_bank,
+    parse_concepts,
+)
+from core.ceir.labels import LabelReport, label_images
+from lens.bundles import available, load_model, selected
+from lens.concepts_view import (
+    ClipOnly,
+    candidates_table,
+    decode_bank_upload,
+    image_digest,
+    labels_table,
+    scoring_sentence,
+)
+from lens.figures import download_figure, download_table
+from lens.uploads import IMAGE_TYPES, load_sample_photo, read_uploads, sample_photos, show_errors
+
+REAL_CLIP = "real-clip"
+OWN_BANK = "own"
+PASTED_BANK = "paste"
+UPLOADED_BANK = "upload"
+SHOWN_IMAGES = 12  # per-image panels; the long table holds every image
+FALLBACK_BANK = "general"
+
+
+@st.cache_resource(
+    show_spinner="Loading CLIP: weights download on first use (offline, this fails after about a minute) ...",
+    max_entries=2,
+)
+def cached_clip(name: str, tag: str):
+    return load_backbone({"name": name, "pretrained": tag or None}, device="cpu")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_labels(
+    model_key: str,
+    _model,
+    bank: tuple[str, ...] | None,
+    bank_source: str,
+    top_k: int,
+    image_keys: tuple[tuple[str, str], ...],
+    _images,
+) -> LabelReport:
+    concept_bank = ConceptBank(list(bank), bank_source) if bank is not None else None
+    return label_images(_model, list(_images), top_k, concept_bank)
+
+
+def bank_label(option: str) -> str:
+    names = {
+        OWN_BANK: "The model's own concepts",
+        PASTED_BANK: "Paste a list",
+        UPLOADED_BANK: "Upload a text file",
+    }
+    return names.get(option, f"Shipped bank: {option}")
+
+
+def collect_images() -> tuple[list[tuple[str, object]], list[str]]:
+    """Uploaded and sample images, and one error sentence per unreadable upload."""
+    left, right = st.columns(2)
+    files = left.file_uploader("Upload images", type=IMAGE_TYPES, accept_multiple_files=True, key="ow_upload")
+    samples = right.multiselect(
+        "…or pick sample photos (shipped inside installed packages)", list(sample_photos()), key="ow_samples"
+    )
+    images, errors = read_uploads(files)
+    images += [(label, load_sample_photo(label)) for label in samples]
+    return images, errors
+
+
+def choose_model():
+    """(model for label_images, cache key, words for the report, has its own bank) or None after a message."""
+    bundles = {b.path: b for b in available("ceir")}
+    options = [*bundles, REAL_CLIP]
+    current = selected("ceir")
+    default = options.index(current.path) if current is not None and current.path in bundles else 0
+    choice = st.radio(
+        "Model",
+        options,
+        index=default,
+        key="ow_model",
+        format_func=lambda o: (
+            "A real CLIP by open_clip name" if o == REAL_CLIP else f"CEIR bundle: {Path(o).name}"
+        ),
+    )
+    if choice != REAL_CLIP:
+        info = bundles[choice]
+        loaded = load_model(info)
+        if loaded is None:
+            return None
+        return loaded, f"{info.path}@{info.mtime}", f"the CEIR bundle '{info.name}'", True
+    return choose_real_clip()
+
+
+def choose_real_clip():
+    left, right, button = st.columns([3, 2, 1], vertical_alignment="bottom")
+    name = left.text_input("open_clip model name", "ViT-B-32", key="ow_clip_name").strip()
+    tag = right.text_input("Pretrained tag", "openai", key="ow_clip_tag").strip()
+    if button.button("Load", key="ow_clip_load"):
+        st.session_state["ow_clip_wanted"] = (name, tag)
+        st.session_state.pop("ow_clip_failure", None)
+    st.caption(
+        "The weights download on first use, which needs internet; later they come from the local "
+        "cache. A real CLIP has no trained CEIR projection, so labels are CLIP similarities."
+    )
+    wanted = st.session_state.get("ow_clip_wanted")
+    if wanted != (name, tag):
+        st.info("Press **Load** to use this CLIP.")
+        return None
+    failure = st.session_state.get("ow_clip_failure")
+    if failure is None:
+        try:
+            backbone = cached_clip(name, tag)
+        except Exception as exc:  # noqa: BLE001 - downloads fail in many ways; each is one sentence
+            failure = f"The CLIP model {name}:{tag or 'random'} could not be loaded: {str(exc).rstrip('.')}"
+            st.session_state["ow_clip_failure"] = failure
+    if failure is not None:
+        st.error(f"{failure}; check the name and tag, and that this machine is online for a first download.")
+        return None
+    if not tag:
+        st.warning("No pretrained tag: the CLIP has random weights, so its labels mean nothing.")
+    return ClipOnly(backbone), f"clip:{name}:{tag}", f"CLIP {name}:{tag or 'random'}", False
+
+
+def choose_bank(has_own_bank: bool) -> ConceptBank | None | bool:
+    """The chosen bank; None for the model's own; False after an error message."""
+    options = [OWN_BANK, *SHIPPED_BANKS, PASTED_BANK, UPLOADED_BANK]
+    choice = st.selectbox("Concept bank", options, format_func=bank_label, key="ow_bank")
+    try:
+        if choice == OWN_BANK:
+            if has_own_bank:
+                return None
+            st.info(
+                f"A real CLIP has no concept bank of its own; the shipped '{FALLBACK_BANK}' bank is used."
+            )
+            return load_bank(FALLBACK_BANK)
+        if choice in SHIPPED_BANKS:
+            return load_bank(choice)
+        if choice == PASTED_BANK:
+            text = st.text_area(
+                "Concepts, one per line",
+                key="ow_bank_text",
+                height=150,
+                placeholder="striped wings\nred head\nlong tail",
+            )
+            bank = parse_concepts(text, source="pasted list")
+        else:
+            file = st.file_uploader(
+                "Concept list (UTF-8 text, one concept per line)", type=["txt"], key="ow_bank_file"
+            )
+            if file is None:
+                st.info("Upload a concept list to label with it.")
+                return False
+            bank = parse_concepts(
+                decode_bank_upload(file.name, file.getvalue(), MAX_BANK_BYTES), source=file.name
+            )
+    except (ConceptBankError, ValueError) as exc:
+        st.error(str(exc))
+        return False
+    if bank.issues:
+        shown = "; ".join(bank.issues[:8]) + (
+            f"; and {len(bank.issues) - 8} more" if len(bank.issues) > 8 else ""
+        )
+        st.warning(f"{len(bank.issues)} line(s) of the concept list were dropped: {shown}.")
+    st.caption(f"{len(bank)} concepts from {bank.source}.")
+    return bank
+
+
+def show_results(report: LabelReport, images) -> None:
+    table = labels_table(report)
+    for name, image in images[:SHOWN_IMAGES]:
+        left, right = st.columns([1, 3])
+        left.image(image, caption=name, width=150)
+        right.dataframe(table[table["image"] == name].drop(columns="image"), hide_index=True)
+    if len(images) > SHOWN_IMAGES:
+        st.caption(f"Showing {SHOWN_IMAGES} of {len(images)} images; the table below holds all of them.")
+    st.markdown("**All labels**")
+    st.dataframe(table, hide_index=True, key="ow_labels")
+    download_table(table, "concept_labels", key="ow_dl_labels")
+    if len(report.images) > 1:
+        st.subheader("Candidate labels for the batch")
+        candidates = candidates_table(report)
+        st.caption("How many of the images carry each concept among their top labels.")
+        figure = px.bar(candidates.iloc[::-1], x="count", y="concept", orientation="h")
+        figure.update_layout(height=60 + 24 * len(candidates), margin={"l": 10, "r": 10, "t": 10, "b": 10})
+        if candidates["count"].max() <= 10:
+            figure.update_xaxes(dtick=1)  # whole images, no half ticks
+        st.plotly_chart(figure, key="ow_candidates_chart")
+        st.dataframe(candidates, hide_index=True, key="ow_candidates")
+        download_table(candidates, "candidate_labels", key="ow_dl_candidates")
+        download_figure(figure, "candidate_labels", key="ow_dl_candidates_html")
+
+
+st.title("Open-world concept labels")
+st.caption(
+    "Upload images (or pick sample photos), choose a model and a concept bank, and get each image's "
+    "top concepts; for several images, the concepts they share become candidate labels."
+)
+
+st.subheader("Images")
+images, upload_errors = collect_images()
+show_errors(upload_errors)
+
+st.subheader("Model and concepts")
+model_choice = choose_model()
+bank = choose_bank(model_choice[3]) if model_choice is not None else False
+top_k = st.slider("Labels per image", 1, 15, 5, key="ow_top_k")
+
+st.subheader("Concept labels")
+if not images:
+    st.info("Upload images or pick sample photos above to label them.")
+elif model_choice is not None and bank is not False:
+    model, model_key, model_words, _ = model_choice
+    keys = tuple((name, image_digest(image)) for name, image in images)
+    try:
+        with st.spinner(f"Labelling {len(images)} image(s) ..."):
+            report = cached_labels(
+                model_key,
+                model,
+                tuple(bank.concepts) if bank else None,
+                bank.source if bank else "",
+                top_k,
+                keys,
+                images,
+            )
+    except (ValueError, RuntimeError) as exc:
+        st.error(f"The images could not be labelled: {exc}")
+    else:
+        st.caption(scoring_sentence(report, model_words))
+        show_results(report, images)

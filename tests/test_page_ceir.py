@@ -1,0 +1,288 @@
+"""The CEIR concepts page (AppTest on the tiny toy-ceir bundle) and its plain helpers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.ceir.explain import ConceptContribution, explain, intervene, top_contributions
+from core.ceir.train import load_ceir
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "dashboard"))
+from lens import concepts_view as view  # noqa: E402
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers for reading what the page drew
+# ----------------------------------------------------------------------------------------------------------
+
+
+def decode(values) -> np.ndarray:
+    """Plotly JSON holds numpy arrays as {"dtype", "bdata"} (base64); lists stay lists."""
+    if isinstance(values, dict) and "bdata" in values:
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=np.dtype(values["dtype"]))
+    return np.asarray(values)
+
+
+def chart(app, index: int) -> dict:
+    return json.loads(app.get("plotly_chart")[index].proto.spec)
+
+
+def umap_points(app) -> dict[int, tuple[float, float]]:
+    """Row index -> (x, y) over every trace of the latent map."""
+    points = {}
+    for trace in chart(app, 0)["data"]:
+        xs, ys = decode(trace["x"]), decode(trace["y"])
+        for custom, x, y in zip(trace["customdata"], xs, ys, strict=True):
+            points[int(custom[0])] = (float(x), float(y))
+    return points
+
+
+def select_points(app, rows: list[int]):
+    """Run the page as if these rows were lasso-selected in the map.
+
+    AppTest has no setter for plotly selections, so this sends the widget state the browser would send
+    (a JSON string under the chart's element id), next to the state of every other widget.
+    """
+    states = app._tree.get_widget_states()
+    state = states.widgets.add()
+    state.id = app.get("plotly_chart")[0].proto.id
+    points = [{"customdata": [row], "point_index": 0, "curve_number": 0} for row in rows]
+    state.string_value = json.dumps(
+        {"selection": {"points": points, "point_indices": [0] * len(rows), "box": [], "lasso": []}}
+    )
+    return app._run(states)
+
+
+@pytest.fixture(scope="module")
+def toy(tiny_bundles):
+    """The loaded toy-ceir model and its train-set contributions computed directly through core."""
+    loaded = load_ceir(tiny_bundles / "toy-ceir", device="cpu")
+    vectors = torch.from_numpy(loaded.arrays["train_concepts"])
+    clusters = torch.from_numpy(loaded.arrays["train_clusters"])
+    contributions, _ = explain(loaded.model, vectors, clusters)
+    return loaded, vectors.numpy(), clusters.numpy(), contributions.numpy()
+
+
+@pytest.fixture(scope="module")
+def page(tiny_bundles):
+    """One AppTest of the page, shared by the tests that only read or change widgets."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import HOME
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONCEPTLENS_BUNDLES", str(tiny_bundles))
+        app = AppTest.from_file(str(HOME), default_timeout=120)
+        app.run()
+        app.switch_page("views/ceir_concepts.py").run()
+        yield app
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The page
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_page_shows_every_section_without_errors(page):
+    assert not page.exception, [e.value for e in page.exception]
+    assert not page.error, [e.value for e in page.error]
+    headings = [s.value for s in page.subheader]
+    for wanted in ("The latent space", "One image's concepts", "Clusters and their concepts"):
+        assert wanted in headings
+    labels = [b.label for b in page.get("download_button")]
+    assert "Download ceir_umap (HTML)" in labels
+    assert "Download clustering_metrics (CSV)" in labels
+    assert any(label.startswith("Download contributions_") and "/" not in label for label in labels)
+
+
+def test_map_is_the_umap_cached_in_the_bundle(page, tiny_bundles, toy):
+    from core.bundle import load_bundle
+
+    stored = load_bundle(tiny_bundles / "toy-ceir").arrays["train_umap"]
+    points = umap_points(page)
+    assert sorted(points) == list(range(len(toy[1])))
+    drawn = np.array([points[i] for i in range(len(points))], dtype=np.float32)
+    np.testing.assert_array_equal(drawn, stored)
+
+
+def test_metrics_table_equals_the_bundle_metrics(page, toy):
+    metrics = toy[0].metrics
+    table = next(d.value for d in page.dataframe if "method" in d.value.columns)
+    assert table["method"].tolist() == ["CEIR", "k-means on CLIP embeddings", "k-means on concept vectors"]
+    expected = [
+        [metrics["acc"], metrics["nmi"], metrics["ari"]],
+        *[
+            [metrics["baselines"][m][s] for s in ("acc", "nmi", "ari")]
+            for m in ("clip_embedding", "concepts")
+        ],
+    ]
+    np.testing.assert_allclose(table[["ACC", "NMI", "ARI"]].to_numpy(), np.round(expected, 4))
+    precision = next(m for m in page.metric if m.label == "Concept precision@5")
+    assert precision.value == f"{metrics['concept_precision_at_5']:.3f}"
+
+
+def test_cluster_table_sizes_match_the_stored_clusters(page, toy):
+    clusters = toy[2]
+    table = next(d.value for d in page.dataframe if "top concepts" in d.value.columns)
+    sizes = dict(zip(table["cluster"], table["size"], strict=True))
+    assert sizes == {int(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True), strict=True)}
+
+
+def test_colouring_switches_between_clusters_and_true_labels(page, toy):
+    page.radio(key="ceir_colour").set_value("cluster").run()
+    by_cluster = {t["name"] for t in chart(page, 0)["data"]}
+    assert by_cluster == {f"cluster {c}" for c in np.unique(toy[2])}
+    page.radio(key="ceir_colour").set_value("true label").run()
+    by_label = {t["name"] for t in chart(page, 0)["data"]}
+    classes = toy[0].config["classes"]
+    assert by_label == {classes[y] for y in toy[0].arrays["train_labels"]}
+    page.radio(key="ceir_colour").set_value("cluster").run()
+
+
+@pytest.mark.parametrize("index", [0, 5])
+def test_bar_chart_shows_the_chosen_image_contributions(page, toy, index):
+    loaded, vectors, _, contributions = toy
+    page.selectbox(key="ceir_image").set_value(index).run()
+    bars = chart(page, 1)["data"][0]
+    expected = top_contributions(loaded.concepts, vectors[index], contributions[index], k=10)
+    assert list(bars["y"]) == [c.label for c in expected][::-1]
+    np.testing.assert_allclose(
+        decode(bars["x"]), [c.contribution for c in expected][::-1], rtol=1e-4, atol=1e-6
+    )
+    assert any(label.startswith("NOT ") for label in bars["y"]) == any(c.activation < 0 for c in expected)
+
+
+def test_sliders_intervene_on_the_top_concepts(page, toy):
+    loaded, vectors, _, contributions = toy
+    page.selectbox(key="ceir_image").set_value(0).run()
+    editable = view.intervention_concepts(contributions[0], 5)
+    keys = [s.key for s in page.slider]
+    assert keys == [f"ceir_iv_0_{i}" for i in editable]
+    untouched = decode(chart(page, 2)["data"][0]["y"])
+    np.testing.assert_allclose(
+        untouched, intervene(loaded.model, torch.from_numpy(vectors[0]), {}).distances, 1e-5
+    )
+
+    target = editable[0]
+    page.slider(key=f"ceir_iv_0_{target}").set_value(-3.0).run()
+    moved = decode(chart(page, 2)["data"][0]["y"])
+    expected = intervene(loaded.model, torch.from_numpy(vectors[0]), {target: -3.0})
+    np.testing.assert_allclose(moved, expected.distances, rtol=1e-5)
+    assert not np.allclose(moved, untouched)
+    after = next(m for m in page.metric if m.label == "Cluster after the edit")
+    assert after.value == str(expected.cluster)
+    page.button(key="ceir_iv_reset").click().run()
+    assert page.slider(key=f"ceir_iv_0_{target}").value == view.slider_start(vectors[0, target])
+
+
+def test_lasso_selection_shows_the_images_and_their_shared_concepts(page, toy):
+    loaded, vectors, _, contributions = toy
+    assert any("Select points" in i.value for i in page.info)
+    rows = [1, 2, 7]
+    select_points(page, rows)
+    assert not page.exception, [e.value for e in page.exception]
+    assert "Selected images (3)" in [s.value for s in page.subheader]
+    shared = next(d.value for d in page.dataframe if "label" in d.value.columns and len(d.value) <= 8)
+    expected = view.selection_concepts(loaded.concepts, vectors, contributions, rows)
+    assert shared["label"].tolist() == [c.label for c in expected]
+    # the grid: one picture per selected image, plus the chosen image's picture
+    assert len(page.image) == len(rows) + 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plain helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_selected_indices_reads_customdata_and_ignores_junk():
+    selection = {
+        "points": [
+            {"customdata": [4, "id4"], "point_index": 0},
+            {"customdata": [2], "point_index": 1},
+            {"customdata": [4], "point_index": 0},  # duplicate
+            {"point_index": 3},  # no customdata: its point index
+            {"customdata": [99]},  # out of range
+            {"customdata": ["x"]},  # not a number
+        ]
+    }
+    assert view.selected_indices(selection, 10) == [2, 3, 4]
+    assert view.selected_indices(None, 10) == []
+    assert view.selected_indices({"points": []}, 10) == []
+
+
+def test_metrics_table_orders_methods_and_skips_missing_ones():
+    metrics = {"acc": 0.5, "nmi": 0.25, "ari": 0.125, "baselines": {"concepts": {"acc": 0.2, "nmi": 0.1}}}
+    table = view.metrics_table(metrics)
+    assert table["method"].tolist() == ["CEIR", "k-means on concept vectors"]
+    assert table.iloc[0][["ACC", "NMI", "ARI"]].tolist() == [0.5, 0.25, 0.125]
+    assert np.isnan(table.iloc[1]["ARI"])
+    assert view.metrics_table({}).empty
+
+
+def test_selection_and_cluster_concepts_by_hand():
+    concepts = ["wing", "head", "tail"]
+    activations = np.array([[1.0, -1.0, 0.5], [3.0, -3.0, -0.5], [0.0, 2.0, 1.0]])
+    contributions = np.array([[0.2, 0.4, -0.1], [0.6, 0.2, -0.3], [0.0, 0.9, 0.1]])
+    picked = view.selection_concepts(concepts, activations, contributions, [0, 1])
+    # means: wing 0.4 (act 2), head 0.3 (act -2 -> NOT head), tail -0.2 (dropped: not positive)
+    assert [(c.label, round(c.contribution, 6)) for c in picked] == [("wing", 0.4), ("NOT head", 0.3)]
+    assert view.selection_concepts(concepts, activations, contributions, []) == []
+    table = view.cluster_table(concepts, activations, contributions, np.array([0, 0, 1]), k=2)
+    assert table.to_dict("records") == [
+        {"cluster": 0, "size": 2, "top concepts": "wing, NOT head"},
+        {"cluster": 1, "size": 1, "top concepts": "head, tail"},
+    ]
+
+
+def test_contribution_tables_and_file_names():
+    items = [ConceptContribution("wing", "NOT wing", -1.0, 0.5)]
+    assert view.contributions_table(items).to_dict("records") == [
+        {"label": "NOT wing", "concept": "wing", "activation": -1.0, "contribution": 0.5}
+    ]
+    full = view.image_contributions_table(
+        ["a", "b", "c"], np.array([1.0, -1.0, 2.0]), np.array([0.1, -0.5, 0.2])
+    )
+    assert full["label"].tolist() == ["NOT b", "c", "a"]
+    assert view.file_safe("toybirds/train/seed0/000001") == "toybirds_train_seed0_000001"
+    assert view.file_safe("///") == "image"
+
+
+def test_slider_helpers_only_turn_moved_sliders_into_edits():
+    assert view.slider_bounds(0.4) == (-3.0, 3.0)
+    assert view.slider_bounds(4.2) == (-3.0, 5.0)
+    assert view.slider_bounds(-3.5) == (-4.0, 3.0)
+    assert view.slider_start(1.234) == 1.25
+    activations = np.array([1.234, -0.5, 2.0])
+    values = {0: 1.25, 1: 2.0, 2: 2.0}
+    assert view.edits_from_sliders([0, 1, 2], activations, values) == {1: 2.0}
+    assert view.intervention_concepts(np.array([0.1, -0.9, 0.5, 0.0]), 2) == [1, 2]
+
+
+def test_distances_table_marks_before_and_after():
+    table = view.distances_table(np.array([1.0, 0.5, 2.0]), original=0, edited=1)
+    assert table["role"].tolist() == ["before", "after", "other"]
+    same = view.distances_table(np.array([0.1, 0.5]), original=0, edited=0)
+    assert same["role"].tolist() == ["before & after", "other"]
+
+
+def test_train_contributions_in_batches_equal_one_batch(toy):
+    loaded, vectors, clusters, contributions = toy
+    batched = view.train_contributions(loaded.model, vectors, clusters, batch_size=7)
+    np.testing.assert_allclose(batched, contributions, rtol=1e-5, atol=1e-7)
+
+
+def test_umap_frame_names_classes_and_keeps_row_indices():
+    frame = view.umap_frame(
+        np.array([[0.0, 1.0], [2.0, 3.0]]), np.array([1, 0]), np.array([0, 5]), ["finch", "wren"], ["a", "b"]
+    )
+    assert isinstance(frame, pd.DataFrame)
+    assert frame["index"].tolist() == [0, 1]
+    assert frame["cluster"].tolist() == ["cluster 1", "cluster 0"]
+    assert frame["true label"].tolist() == ["finch", "5"]  # an unknown class id shows as its number

@@ -1,0 +1,261 @@
+"""The open-world labels page (AppTest on the tiny bundles): uploads, samples, models, banks, downloads."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.ceir.concept_bank import ConceptBank, parse_concepts
+from core.ceir.labels import SCORING_SIMILARITY, ConceptScore, ImageLabels, LabelReport, label_images
+from core.ceir.train import load_ceir
+from core.data.images import load_image
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "dashboard"))
+from lens import concepts_view as view  # noqa: E402
+
+
+def encoded(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files() -> dict[str, bytes]:
+    from skimage import data
+
+    jpeg = encoded(data.astronaut(), "JPEG")
+    return {
+        "coffee.png": encoded(data.coffee(), "PNG"),
+        "astronaut.jpg": jpeg,
+        "truncated.jpg": jpeg[: len(jpeg) // 3],
+        "notes.png": b"These are my notes, not a picture.\n",
+    }
+
+
+@pytest.fixture(scope="module")
+def toy(tiny_bundles):
+    return load_ceir(tiny_bundles / "toy-ceir", device="cpu")
+
+
+@pytest.fixture
+def page(dashboard):
+    app = dashboard("open_world")
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def upload(app, names: list[str], files: dict[str, bytes]):
+    mime = {"png": "image/png", "jpg": "image/jpeg", "txt": "text/plain"}
+    uploader = next(u for u in app.file_uploader if u.key == "ow_upload")
+    uploader.set_value([(n, files[n], mime[n.rsplit(".", 1)[1]]) for n in names])
+    return app.run()
+
+
+def labels_frame(app):
+    return next(d.value for d in app.dataframe if "image" in d.value.columns)
+
+
+def test_page_offers_uploads_samples_models_and_banks(page):
+    assert "Concept labels" in [s.value for s in page.subheader]
+    uploader = next(u for u in page.file_uploader if u.key == "ow_upload")
+    assert uploader.accept_multiple_files
+    assert "skimage: astronaut" in page.multiselect(key="ow_samples").options
+    assert page.radio(key="ow_model").options == ["CEIR bundle: toy-ceir", "A real CLIP by open_clip name"]
+    assert "Shipped bank: general" in page.selectbox(key="ow_bank").options
+    assert any("Upload images or pick sample photos" in i.value for i in page.info)
+    assert not page.error
+
+
+def test_uploads_good_and_bad_in_one_batch(page, files, toy):
+    app = upload(page, ["coffee.png", "truncated.jpg", "notes.png", "astronaut.jpg"], files)
+    assert not app.exception, [e.value for e in app.exception]
+    errors = [e.value for e in app.error]
+    assert len(errors) == 2
+    assert any("truncated.jpg" in e for e in errors) and any("notes.png" in e for e in errors)
+
+    table = labels_frame(app)
+    assert table["image"].unique().tolist() == ["coffee.png", "astronaut.jpg"]
+    expected = label_images(
+        toy, [(n, load_image(files[n], name=n)) for n in ("coffee.png", "astronaut.jpg")], 5
+    )
+    for image in expected.images:
+        rows = table[table["image"] == image.file]
+        assert rows["concept"].tolist() == [label.concept for label in image.labels]
+        np.testing.assert_allclose(
+            rows["score"], [label.score for label in image.labels], rtol=1e-4, atol=1e-7
+        )
+        assert rows["rank"].tolist() == list(range(1, len(image.labels) + 1))
+        assert set(rows["cluster"]) == {image.cluster}
+    assert any("contribution" in c.value and "toy-ceir" in c.value for c in app.caption)
+
+    # two good images: candidate labels by frequency, and CSV downloads
+    assert "Candidate labels for the batch" in [s.value for s in app.subheader]
+    candidates = next(d.value for d in app.dataframe if "count" in d.value.columns)
+    counts = Counter(table["concept"])
+    assert dict(zip(candidates["concept"], candidates["count"], strict=True)) == dict(counts)
+    labels = [b.label for b in app.get("download_button")]
+    assert "Download concept_labels (CSV)" in labels and "Download candidate_labels (CSV)" in labels
+
+
+def test_top_k_and_samples_change_the_labels(page):
+    page.multiselect(key="ow_samples").set_value(["skimage: chelsea"]).run()
+    assert labels_frame(page)["image"].tolist() == ["skimage: chelsea"] * len(labels_frame(page))
+    five = labels_frame(page)
+    assert 1 <= len(five) <= 5
+    page.slider(key="ow_top_k").set_value(2).run()
+    two = labels_frame(page)
+    assert two["concept"].tolist() == five["concept"].tolist()[:2]
+    assert "Candidate labels for the batch" not in [s.value for s in page.subheader]  # one image only
+
+
+def test_pasted_bank_scores_by_clip_similarity(page, toy):
+    page.multiselect(key="ow_samples").set_value(["skimage: coffee"])
+    page.selectbox(key="ow_bank").set_value("paste").run()
+    assert any("contains no concepts" in e.value for e in page.error), "an empty list is an error"
+    assert not any(d for d in page.dataframe if "image" in d.value.columns)
+
+    page.text_area(key="ow_bank_text").set_value(
+        "red head\nblue wings\nRed head\n# a comment\nlong tail"
+    ).run()
+    assert not page.error
+    assert any("duplicates 'red head'" in w.value for w in page.warning)
+    table = labels_frame(page)
+    bank = parse_concepts("red head\nblue wings\nlong tail", source="pasted list")
+    expected = label_images(toy, [("skimage: coffee", view_sample("skimage: coffee"))], 5, bank)
+    assert table["concept"].tolist() == [label.concept for label in expected.images[0].labels]
+    np.testing.assert_allclose(
+        table["score"], [label.score for label in expected.images[0].labels], rtol=1e-5
+    )
+    assert "cluster" not in table.columns
+    assert any("CLIP cosine similarity" in c.value for c in page.caption)
+
+
+def view_sample(label: str) -> Image.Image:
+    from lens.uploads import load_sample_photo
+
+    return load_sample_photo(label)
+
+
+def test_uploaded_bank_and_a_bad_one(page, files):
+    page.multiselect(key="ow_samples").set_value(["skimage: coffee"])
+    page.selectbox(key="ow_bank").set_value("upload").run()
+    bank_uploader = next(u for u in page.file_uploader if u.key == "ow_bank_file")
+    bank_uploader.set_value(("mine.txt", b"striped tail\nyellow beak\n", "text/plain")).run()
+    assert set(labels_frame(page)["concept"]) == {"striped tail", "yellow beak"}
+    bank_uploader = next(u for u in page.file_uploader if u.key == "ow_bank_file")
+    bank_uploader.set_value(("latin1.txt", "caf\xe9 au lait\n".encode("latin-1"), "text/plain")).run()
+    assert any("latin1.txt" in e.value and "UTF-8" in e.value for e in page.error)
+    assert not any(d for d in page.dataframe if "image" in d.value.columns)
+
+
+def test_real_clip_that_cannot_load_is_one_error(page):
+    page.multiselect(key="ow_samples").set_value(["skimage: coffee"])
+    page.radio(key="ow_model").set_value("real-clip").run()
+    assert any("Press **Load**" in i.value for i in page.info), "nothing loads before the button"
+    page.text_input(key="ow_clip_name").set_value("ViT-B-32")
+    page.text_input(key="ow_clip_tag").set_value("no-such-tag-xyz")
+    page.button(key="ow_clip_load").click().run()
+    assert not page.exception, [e.value for e in page.exception]
+    errors = [e.value for e in page.error]
+    assert len(errors) == 1 and "ViT-B-32:no-such-tag-xyz" in errors[0] and "Traceback" not in errors[0]
+    assert not any(d for d in page.dataframe if "image" in d.value.columns)
+    page.run()  # the failure is remembered: no second attempt, the same one sentence
+    assert [e.value for e in page.error] == errors
+
+
+def test_real_clip_labels_with_clip_similarity(page, tiny_bundles, monkeypatch):
+    """A stand-in for a downloaded CLIP (the toy CLIP bundle) goes through the whole real-CLIP path."""
+    import core.backbones.clip as clip
+
+    toy_clip = clip.load_backbone(str(tiny_bundles / "toy-clip"))
+    monkeypatch.setattr(clip, "load_backbone", lambda spec, **kwargs: toy_clip)
+    page.multiselect(key="ow_samples").set_value(["skimage: rocket"])
+    page.radio(key="ow_model").set_value("real-clip").run()
+    page.text_input(key="ow_clip_name").set_value("RN50")
+    page.text_input(key="ow_clip_tag").set_value("openai")
+    page.button(key="ow_clip_load").click().run()
+    assert not page.error, [e.value for e in page.error]
+    assert any("no concept bank of its own" in i.value for i in page.info)
+    table = labels_frame(page)
+    expected = label_images(
+        view.ClipOnly(toy_clip),
+        [("skimage: rocket", view_sample("skimage: rocket"))],
+        5,
+        ConceptBank(list(_general()), "shipped:general"),
+    )
+    assert table["concept"].tolist() == [label.concept for label in expected.images[0].labels]
+    assert any("CLIP RN50:openai" in c.value for c in page.caption)
+
+
+def _general() -> list[str]:
+    from core.ceir.concept_bank import load_bank
+
+    return load_bank("general").concepts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plain helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def hand_report() -> LabelReport:
+    return LabelReport(
+        SCORING_SIMILARITY,
+        "pasted list",
+        [
+            ImageLabels("a.png", [ConceptScore("red", 0.9), ConceptScore("wing", 0.5)]),
+            ImageLabels("b.png", [ConceptScore("wing", 0.7)]),
+        ],
+    )
+
+
+def test_labels_and_candidates_tables_by_hand():
+    report = hand_report()
+    table = view.labels_table(report)
+    assert table.to_dict("records") == [
+        {"image": "a.png", "rank": 1, "concept": "red", "score": 0.9},
+        {"image": "a.png", "rank": 2, "concept": "wing", "score": 0.5},
+        {"image": "b.png", "rank": 1, "concept": "wing", "score": 0.7},
+    ]
+    candidates = view.candidates_table(report)
+    assert candidates.to_dict("records") == [
+        {"concept": "wing", "count": 2, "share": 1.0},
+        {"concept": "red", "count": 1, "share": 0.5},
+    ]
+    report.images[0].cluster = 3
+    assert view.labels_table(report)["cluster"].tolist()[:2] == [3, 3]
+    assert list(view.labels_table(LabelReport(SCORING_SIMILARITY, "x")).columns) == [
+        "image",
+        "rank",
+        "concept",
+        "score",
+    ]
+
+
+def test_scoring_sentence_names_model_bank_and_scoring():
+    sentence = view.scoring_sentence(hand_report(), "CLIP ViT-B-32:openai")
+    assert sentence.startswith("Labels by CLIP ViT-B-32:openai with the concept bank 'pasted list'")
+    assert "cosine similarity" in sentence
+
+
+def test_decode_bank_upload():
+    assert view.decode_bank_upload("a.txt", "\ufeffwing\n".encode(), 100) == "wing\n"
+    with pytest.raises(ValueError, match="big.txt is 11 bytes, more than the 10-byte limit"):
+        view.decode_bank_upload("big.txt", b"x" * 11, 10)
+    with pytest.raises(ValueError, match="bad.txt is not UTF-8"):
+        view.decode_bank_upload("bad.txt", b"\xff\xfe\xfa", 100)
+
+
+def test_image_digest_follows_pixels():
+    a = Image.new("RGB", (4, 4), (10, 20, 30))
+    b = Image.new("RGB", (4, 4), (10, 20, 31))
+    assert view.image_digest(a) == view.image_digest(a.copy())
+    assert view.image_digest(a) != view.image_digest(b)
+    assert view.image_digest(a) != view.image_digest(a.resize((2, 8)))
