@@ -166,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
         help="drop concepts this close to a class name (off by default)",
     )
+    ceir_model.add_argument(
+        "--near-duplicate-threshold",
+        type=non_negative_float,
+        default=0.95,
+        help="drop a concept whose text-embedding cosine to a kept one is at least this",
+    )
+    ceir_model.add_argument(
+        "--min-top-activation",
+        type=float,
+        default=0.25,
+        help="drop concepts whose top-5 mean CLIP similarity on train images is below this",
+    )
 
     concepts = commands.add_parser("concepts", help="concept banks for CEIR")
     concept_commands = concepts.add_subparsers(dest="concepts_command", required=True)
@@ -268,6 +280,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             ),
             n_clusters=args.clusters,
             class_name_threshold=args.class_name_threshold,
+            near_duplicate_threshold=args.near_duplicate_threshold,
+            min_top_activation=args.min_top_activation,
             seed=args.seed,
             device=args.device,
             half=args.half,

@@ -53,7 +53,7 @@ def tiny_bundles(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def dashboard(tiny_bundles, monkeypatch):
-    """``open(page)`` runs Home.py with the tiny bundles and switches to ``pages/<page>.py``."""
+    """``open(page)`` runs Home.py with the tiny bundles and switches to ``views/<page>.py``."""
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tiny_bundles))
@@ -62,7 +62,7 @@ def dashboard(tiny_bundles, monkeypatch):
         app = AppTest.from_file(str(HOME), default_timeout=timeout)
         app.run()
         if page is not None:
-            app.switch_page(f"pages/{page}.py")
+            app.switch_page(f"views/{page}.py")
             app.run()
         return app
 

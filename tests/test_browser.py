@@ -145,7 +145,13 @@ def test_every_page_opens_and_an_upload_gets_labels(app_url, tmp_path):
                 str(photo)
             )
             expect(page.get_by_text("Concept labels").first).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("chelsea.png").first).to_be_visible(timeout=60_000)
+            # only drawn once the image has labels: the labels table and its CSV download
+            expect(page.get_by_text("All labels").first).to_be_visible(timeout=60_000)
+            expect(page.locator("[data-testid='stDataFrame']").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("button", name="Download concept_labels (CSV)")).to_be_visible(
+                timeout=60_000
+            )
+            expect(page.locator("[data-testid='stAlert']").filter(has_text="Cannot open")).to_have_count(0)
             expect(page.locator("[data-testid='stException']")).to_have_count(0)
             page.wait_for_timeout(1000)
             page.screenshot(path=str(ARTIFACTS / "open_world_upload.png"), full_page=True)

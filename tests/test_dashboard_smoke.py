@@ -23,7 +23,7 @@ def test_page_without_any_bundle_explains_what_to_do(tmp_path, monkeypatch, page
     monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tmp_path))
     app = AppTest.from_file(str(HOME), default_timeout=60).run()
     if page:
-        app.switch_page(f"pages/{page}.py").run()
+        app.switch_page(f"views/{page}.py").run()
     assert not app.exception, [e.value for e in app.exception]
     assert not app.error or all("Traceback" not in e.value for e in app.error)
 

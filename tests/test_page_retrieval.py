@@ -269,7 +269,7 @@ def test_models_with_different_data_get_a_warning(tiny_bundles, tmp_path, monkey
     (other / "config.json").write_text(json.dumps(config))
     monkeypatch.setenv("CONCEPTLENS_BUNDLES", os.pathsep.join([str(tiny_bundles), str(tmp_path)]))
     app = AppTest.from_file(str(HOME), default_timeout=120).run()
-    app.switch_page(f"pages/{PAGE}.py").run()
+    app.switch_page(f"views/{PAGE}.py").run()
     assert app.selectbox(key="ret_model_b").value.endswith("toy-hash-nocsd")
     assert not app.warning
     app.selectbox(key="ret_model_b").set_value(str(other)).run()

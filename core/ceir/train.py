@@ -44,7 +44,7 @@ class CEIRConfig:
     n_clusters: int | None = None  # default: number of classes
     near_duplicate_threshold: float = 0.95
     class_name_threshold: float | None = None  # off by default, as in the paper
-    min_top_activation: float | None = None  # None: mean over concepts of their top-5 mean minus 2 std
+    min_top_activation: float | None = 0.25  # top-5 mean cosine, the Label-free CBM default; None: off
     seed: int = 0
     device: str = "auto"
     half: bool = False
@@ -105,13 +105,10 @@ def filter_bank(
         removed |= why
         text = text[[kept.index(c) for c in kept_next]]
         kept = kept_next
-    activations = teacher_similarities(train_embeddings, torch.from_numpy(text)).numpy()
-    cutoff = config.min_top_activation
-    if cutoff is None:
-        top5 = np.sort(activations, axis=0)[-5:].mean(axis=0)
-        cutoff = float(top5.mean() - 2 * top5.std())
-    kept, why = banks.filter_never_activated(kept, activations, cutoff, top_k=5)
-    removed |= why
+    if config.min_top_activation is not None:
+        activations = teacher_similarities(train_embeddings, torch.from_numpy(text)).numpy()
+        kept, why = banks.filter_never_activated(kept, activations, config.min_top_activation, top_k=5)
+        removed |= why
     if len(kept) < 2:
         raise ValueError(f"Only {len(kept)} concepts survive the bank filters; CEIR needs at least 2.")
     log(f"Concept bank: kept {len(kept)} of {len(concepts)} concepts.")
@@ -132,9 +129,7 @@ def fit_bottleneck(
             f"{config.projection.fidelity_cutoff}; lower it or use a richer bank."
         )
     if len(kept) < len(concepts):
-        log(
-            f"Fidelity cut-off {config.projection.fidelity_cutoff}: kept {len(kept)}/{len(concepts)}; refit."
-        )
+        log(f"Fidelity cut-off {config.projection.fidelity_cutoff}: kept {len(kept)}/{len(concepts)}; refit.")
         index = [concepts.index(c) for c in kept]
         result = train_projection(train_embeddings, teacher[:, index], config.projection)
     return kept, result.projection, result.fidelity, removed

@@ -187,9 +187,7 @@ def _build_species() -> tuple[Species, ...]:
     for family, fixed, variants in _FAMILY_TABLE:
         for variant in variants:
             merged = {**fixed, **variant}
-            attributes = {
-                part: dict(zip(PART_ATTRIBUTES[part], merged[part], strict=True)) for part in PARTS
-            }
+            attributes = {part: dict(zip(PART_ATTRIBUTES[part], merged[part], strict=True)) for part in PARTS}
             words = [_name_word(part, attributes[part]) for part in _NAME_ORDER if part in variant]
             table.append(Species(len(table), " ".join([*words, family]), family, attributes))
     return tuple(table)
@@ -328,10 +326,30 @@ class _Pose:
 
 _TAIL_SHAPES: dict[str, tuple[tuple[float, float], ...]] = {
     # (distance along the tail, distance across it) from the root, in local units.
-    "fanned": ((0.0, 0.07), (0.30, 0.25), (0.44, 0.25), (0.41, 0.14), (0.47, 0.08), (0.44, 0.0),
-               (0.47, -0.08), (0.41, -0.14), (0.44, -0.25), (0.30, -0.25), (0.0, -0.07)),
-    "forked": ((0.0, 0.10), (0.25, 0.14), (0.56, 0.21), (0.44, 0.06), (0.37, 0.0), (0.44, -0.06),
-               (0.56, -0.21), (0.25, -0.14), (0.0, -0.10)),
+    "fanned": (
+        (0.0, 0.07),
+        (0.30, 0.25),
+        (0.44, 0.25),
+        (0.41, 0.14),
+        (0.47, 0.08),
+        (0.44, 0.0),
+        (0.47, -0.08),
+        (0.41, -0.14),
+        (0.44, -0.25),
+        (0.30, -0.25),
+        (0.0, -0.07),
+    ),
+    "forked": (
+        (0.0, 0.10),
+        (0.25, 0.14),
+        (0.56, 0.21),
+        (0.44, 0.06),
+        (0.37, 0.0),
+        (0.44, -0.06),
+        (0.56, -0.21),
+        (0.25, -0.14),
+        (0.0, -0.10),
+    ),
     "pointed": ((0.0, 0.11), (0.28, 0.09), (0.64, 0.0), (0.28, -0.09), (0.0, -0.11)),
 }
 
@@ -357,15 +375,19 @@ def _head_centre(body_shape: str) -> np.ndarray:
     return np.array([0.29, -0.17]) if body_shape == "round" else np.array([0.31, -0.12])
 
 
-def _head_ops(values: dict[str, str], rgb: tuple[int, int, int], centre: np.ndarray, pose: _Pose,
-              label: int) -> list[_Op]:
+def _head_ops(
+    values: dict[str, str], rgb: tuple[int, int, int], centre: np.ndarray, pose: _Pose, label: int
+) -> list[_Op]:
     """Crest (behind), head disc, beak, then the eye as detail."""
     r = pose.head_radius
     ops: list[_Op] = []
     if values["crest"] == "crested":
         for angle, length in ((-92.0, 0.17), (-118.0, 0.20), (-144.0, 0.16)):
-            spike = [_polar(centre, angle - 13.0, 0.8 * r), _polar(centre, angle, r + length),
-                     _polar(centre, angle + 13.0, 0.8 * r)]
+            spike = [
+                _polar(centre, angle - 13.0, 0.8 * r),
+                _polar(centre, angle, r + length),
+                _polar(centre, angle + 13.0, 0.8 * r),
+            ]
             ops.append(_Op(np.array(spike), rgb, label))
     ops.append(_Op(_ellipse(centre[0], centre[1], r, r, 0.0, 28), rgb, label))
     tip = centre + np.array([r + 0.15, 0.03])
@@ -468,8 +490,9 @@ def _place_bird(ops: list[_Op], rng: np.random.Generator, canvas: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _muted_rgb(rng: np.random.Generator, saturation: tuple[float, float],
-               value: tuple[float, float]) -> np.ndarray:
+def _muted_rgb(
+    rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]
+) -> np.ndarray:
     """A random colour of limited saturation, as float RGB in 0..255."""
     rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(*saturation), rng.uniform(*value))
     return np.array(rgb, dtype=np.float32) * 255.0
@@ -622,8 +645,9 @@ def render_sample(split: str, index: int, seed: int = 0, image_size: int = 64) -
     return ToyBirdSample(small, masks, species, caption, split, index, seed)
 
 
-def render_batch(split: str, indices: Iterable[int], seed: int = 0,
-                 image_size: int = 64) -> list[ToyBirdSample]:
+def render_batch(
+    split: str, indices: Iterable[int], seed: int = 0, image_size: int = 64
+) -> list[ToyBirdSample]:
     """Render several samples of one split (a plain loop over ``render_sample``)."""
     return [render_sample(split, index, seed, image_size) for index in indices]
 
@@ -633,7 +657,15 @@ def render_batch(split: str, indices: Iterable[int], seed: int = 0,
 # ---------------------------------------------------------------------------------------------
 
 METADATA_COLUMNS: tuple[str, ...] = (
-    "file", "split", "index", "seed", "species_id", "species_name", "family", "caption", *PARTS,
+    "file",
+    "split",
+    "index",
+    "seed",
+    "species_id",
+    "species_name",
+    "family",
+    "caption",
+    *PARTS,
 )
 
 
@@ -653,8 +685,14 @@ def _metadata_row(sample: ToyBirdSample, file: str) -> dict[str, object]:
     return row
 
 
-def _write_folder(root: Path, split: str, count: int, seed: int, image_size: int,
-                  progress: Callable[[int, int], None] | None) -> None:
+def _write_folder(
+    root: Path,
+    split: str,
+    count: int,
+    seed: int,
+    image_size: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
     """Render ``count`` samples into the (new, empty) folder ``root``."""
     (root / "images").mkdir()
     (root / "masks").mkdir()
@@ -672,9 +710,15 @@ def _write_folder(root: Path, split: str, count: int, seed: int, image_size: int
                 progress(index + 1, count)
 
 
-def render_to_disk(out_dir: str | os.PathLike[str], split: str, count: int, seed: int = 0,
-                   image_size: int = 64, progress: Callable[[int, int], None] | None = None,
-                   overwrite: bool = False) -> Path:
+def render_to_disk(
+    out_dir: str | os.PathLike[str],
+    split: str,
+    count: int,
+    seed: int = 0,
+    image_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write ``count`` samples of ``split`` as an image folder with masks and ``metadata.csv``.
 
     Layout: ``images/{split}_{index:06d}.png``, ``masks/{split}_{index:06d}_{part}.png`` (0/255,

@@ -161,8 +161,15 @@ def _word_columns(packed: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed.T)
 
 
-def _distances_into(query_block: np.ndarray, db_cols: np.ndarray, start: int, stop: int,
-                    out: np.ndarray, xor_buf: np.ndarray, count_buf: np.ndarray) -> np.ndarray:
+def _distances_into(
+    query_block: np.ndarray,
+    db_cols: np.ndarray,
+    start: int,
+    stop: int,
+    out: np.ndarray,
+    xor_buf: np.ndarray,
+    count_buf: np.ndarray,
+) -> np.ndarray:
     """Write Hamming distances of ``query_block`` against database items ``start:stop`` into ``out``."""
     for word in range(db_cols.shape[0]):
         np.bitwise_xor(query_block[:, word, None], db_cols[word, None, start:stop], out=xor_buf)
@@ -222,8 +229,9 @@ def _kth_smallest_per_row(dist: np.ndarray, k: int, n_values: int) -> np.ndarray
     return np.argmax(np.cumsum(hist, axis=1) >= k, axis=1)
 
 
-def _take_first_k(rows: np.ndarray, dists: np.ndarray, idx: np.ndarray, n_rows: int, k: int,
-                  d_base: int, i_base: int) -> tuple[np.ndarray, np.ndarray]:
+def _take_first_k(
+    rows: np.ndarray, dists: np.ndarray, idx: np.ndarray, n_rows: int, k: int, d_base: int, i_base: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k entries smallest by (distance, index); every row must have at least k entries."""
     if n_rows * d_base * i_base < np.iinfo(np.int64).max:
         keys = (rows * d_base + dists) * i_base + idx
@@ -287,8 +295,15 @@ class _BlockSearch:
             stop = min(start + self.tile, self.n_db)
             shape = (n_rows, stop - start)
             n = shape[0] * shape[1]
-            dist = _distances_into(self.queries, self.db_cols, start, stop, dist_buf[:n].reshape(shape),
-                                   xor_buf[:n].reshape(shape), count_buf[:n].reshape(shape))
+            dist = _distances_into(
+                self.queries,
+                self.db_cols,
+                start,
+                stop,
+                dist_buf[:n].reshape(shape),
+                xor_buf[:n].reshape(shape),
+                count_buf[:n].reshape(shape),
+            )
             bound = self.bound
             if start == 0 and shape[1] >= self.k:  # seed the bounds from the first tile's histograms
                 kth = _kth_smallest_per_row(dist, self.k, self.sentinel + 1)
@@ -314,14 +329,21 @@ class _BlockSearch:
         dists = np.concatenate([self.best_d.ravel()] + [p[1] for p in self.pending])
         idx = np.concatenate([self.best_i.ravel()] + [p[2] for p in self.pending])
         self.pending, self.n_pending = [], 0
-        best_d, self.best_i = _take_first_k(rows, dists, idx, n_rows, self.k,
-                                            d_base=self.sentinel + 1, i_base=self.n_db + 1)
+        best_d, self.best_i = _take_first_k(
+            rows, dists, idx, n_rows, self.k, d_base=self.sentinel + 1, i_base=self.n_db + 1
+        )
         self.best_d = best_d.astype(np.int64)
         self.bound = self.best_d[:, -1:].astype(self.dtype)
 
 
-def _numpy_topk(query_packed: np.ndarray, db_packed: np.ndarray, k: int, batch_size: int | None,
-                n_threads: int | None, db_cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _numpy_topk(
+    query_packed: np.ndarray,
+    db_packed: np.ndarray,
+    k: int,
+    batch_size: int | None,
+    n_threads: int | None,
+    db_cols: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     n_queries, n_db = query_packed.shape[0], db_packed.shape[0]
     if db_cols is None:
         db_cols = _word_columns(db_packed)
@@ -334,7 +356,7 @@ def _numpy_topk(query_packed: np.ndarray, db_packed: np.ndarray, k: int, batch_s
     starts = list(range(0, n_queries, block))
 
     def one_block(lo: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = np.ascontiguousarray(query_packed[lo:lo + block])
+        queries = np.ascontiguousarray(query_packed[lo : lo + block])
         return _BlockSearch(queries, db_cols, k, tile, dtype).run()
 
     if threads > 1 and len(starts) > 1:
@@ -379,8 +401,9 @@ def _build_faiss_index(db_packed: np.ndarray):  # returns faiss.IndexBinaryFlat 
     return index
 
 
-def _faiss_topk(index, query_packed: np.ndarray, db_packed: np.ndarray, k: int,
-                numpy_fallback) -> tuple[np.ndarray, np.ndarray]:
+def _faiss_topk(
+    index, query_packed: np.ndarray, db_packed: np.ndarray, k: int, numpy_fallback
+) -> tuple[np.ndarray, np.ndarray]:
     """faiss search made identical to the numpy backend.
 
     faiss returns *a* set of nearest items, with an arbitrary choice among ties. We ask for ``2 k``
@@ -420,9 +443,15 @@ def _check_search_args(k: object, backend: str, batch_size: object, n_threads: o
     return min(k, n_db)
 
 
-def hamming_topk(query_packed: np.ndarray, db_packed: np.ndarray, k: int, *, backend: str = "numpy",
-                 batch_size: int | None = None, n_threads: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def hamming_topk(
+    query_packed: np.ndarray,
+    db_packed: np.ndarray,
+    k: int,
+    *,
+    backend: str = "numpy",
+    batch_size: int | None = None,
+    n_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest database codes per query by Hamming distance.
 
     Returns ``(indices, distances)``, both ``(Q, k)``: int64 database indices and int32 distances,
@@ -436,8 +465,9 @@ def hamming_topk(query_packed: np.ndarray, db_packed: np.ndarray, k: int, *, bac
         return _naive_topk(query_packed, db_packed, k)
     if backend == "faiss":
         index = _build_faiss_index(db_packed)
-        return _faiss_topk(index, query_packed, db_packed, k,
-                           lambda q: _numpy_topk(q, db_packed, k, batch_size, n_threads))
+        return _faiss_topk(
+            index, query_packed, db_packed, k, lambda q: _numpy_topk(q, db_packed, k, batch_size, n_threads)
+        )
     return _numpy_topk(query_packed, db_packed, k, batch_size, n_threads)
 
 
@@ -466,9 +496,15 @@ class HammingIndex:
     def __len__(self) -> int:
         return self.packed_db.shape[0]
 
-    def search(self, query_packed: np.ndarray, k: int, *, backend: str = "numpy",
-               batch_size: int | None = None, n_threads: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        query_packed: np.ndarray,
+        k: int,
+        *,
+        backend: str = "numpy",
+        batch_size: int | None = None,
+        n_threads: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Same as :func:`hamming_topk` against this database."""
         query_packed, db = _check_pair(query_packed, self.packed_db)
         k = _check_search_args(k, backend, batch_size, n_threads, len(self))

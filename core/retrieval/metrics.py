@@ -39,8 +39,9 @@ def average_precision(relevance: np.ndarray) -> np.ndarray:
     return np.divide(precision_sum, n_relevant, out=np.zeros_like(precision_sum), where=n_relevant > 0)
 
 
-def _check_labels(query_labels: np.ndarray, db_labels: np.ndarray, n_queries: int, n_db: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _check_labels(
+    query_labels: np.ndarray, db_labels: np.ndarray, n_queries: int, n_db: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate a pair of label arrays: both integer ``(n,)`` or both 0/1 multi-hot ``(n, C)``."""
     query_labels, db_labels = np.asarray(query_labels), np.asarray(db_labels)
     for name, labels, n_codes in (("query_labels", query_labels, n_queries), ("db_labels", db_labels, n_db)):
@@ -75,8 +76,9 @@ def _check_batch_size(batch_size: object) -> int:
     return int(batch_size)
 
 
-def _ranked_relevance(q_labels: np.ndarray, db_labels: np.ndarray, q_packed: np.ndarray,
-                      db_packed: np.ndarray, top: int | None) -> np.ndarray:
+def _ranked_relevance(
+    q_labels: np.ndarray, db_labels: np.ndarray, q_packed: np.ndarray, db_packed: np.ndarray, top: int | None
+) -> np.ndarray:
     """Relevance of the ranked list (all of it, or its first ``top`` items) for a batch of queries."""
     if top is None:
         order = ranking_by_hamming(q_packed, db_packed)
@@ -85,8 +87,15 @@ def _ranked_relevance(q_labels: np.ndarray, db_labels: np.ndarray, q_packed: np.
     return np.take_along_axis(_relevance(q_labels, db_labels), order, axis=1)
 
 
-def mean_average_precision(query_labels: np.ndarray, db_labels: np.ndarray, query_packed: np.ndarray,
-                           db_packed: np.ndarray, *, top: int | None = None, batch_size: int = 256) -> float:
+def mean_average_precision(
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    query_packed: np.ndarray,
+    db_packed: np.ndarray,
+    *,
+    top: int | None = None,
+    batch_size: int = 256,
+) -> float:
     """mAP@all (``top=None``) or mAP@top of Hamming ranking; see the module notes for the conventions.
 
     Queries are processed ``batch_size`` at a time (fewer for mAP@all on databases over ~130k codes, so
@@ -110,8 +119,13 @@ def mean_average_precision(query_labels: np.ndarray, db_labels: np.ndarray, quer
     return total / n_queries
 
 
-def precision_at_k(query_labels: np.ndarray, db_labels: np.ndarray, query_packed: np.ndarray,
-                   db_packed: np.ndarray, ks: Iterable[int] = (1, 5, 10)) -> dict[int, float]:
+def precision_at_k(
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    query_packed: np.ndarray,
+    db_packed: np.ndarray,
+    ks: Iterable[int] = (1, 5, 10),
+) -> dict[int, float]:
     """Mean fraction of relevant items among the first k of the Hamming ranking, for each k in ``ks``."""
     query_packed, db_packed = _check_pair(query_packed, db_packed)
     n_queries, n_db = query_packed.shape[0], db_packed.shape[0]

@@ -74,8 +74,10 @@ def describe_bundle(path: Path, config: dict[str, Any]) -> BundleInfo:
         model = config.get("model", {})
         lcsd = f"L_csd×{model.get('csd_weight')}"
         mode = "CLS baseline" if model.get("mode") == "cls" else f"{model.get('n_concepts')} concepts"
-        summary = (f"{model.get('bits')} bits, {mode}, {lcsd}, "
-                   f"{'language-guided' if model.get('language_guidance', True) else 'no language'}")
+        summary = (
+            f"{model.get('bits')} bits, {mode}, {lcsd}, "
+            f"{'language-guided' if model.get('language_guidance', True) else 'no language'}"
+        )
         headline = {"mAP": metrics.get("map"), "P@1": metrics.get("precision_at", {}).get("1")}
     elif kind == "ceir":
         summary = f"{len(config.get('concepts', []))} concepts, k={config.get('ceir', {}).get('n_clusters')}"
@@ -119,8 +121,11 @@ def selected(kind: str) -> BundleInfo | None:
 def render_sidebar() -> None:
     """Bundle folder and one picker per kind; drawn by Home.py so every page shares it."""
     with st.sidebar:
-        st.text_input("Extra bundle folder", key="extra_bundle_root",
-                      help=f"Also searched: ${ENV_VAR} (folders separated by '{os.pathsep}') or pretrained/.")
+        st.text_input(
+            "Extra bundle folder",
+            key="extra_bundle_root",
+            help=f"Also searched: ${ENV_VAR} (folders separated by '{os.pathsep}') or pretrained/.",
+        )
         extra = st.session_state.get("extra_bundle_root")
         if extra and not Path(extra).expanduser().is_dir():
             st.error(f"The folder '{extra}' does not exist.")
@@ -130,15 +135,22 @@ def render_sidebar() -> None:
                 continue
             paths = [b.path for b in choices]
             current = st.session_state.get(STATE_KEYS[kind])
-            st.selectbox(label, paths, index=paths.index(current) if current in paths else 0,
-                         format_func=lambda p: Path(p).name, key=STATE_KEYS[kind])
+            st.selectbox(
+                label,
+                paths,
+                index=paths.index(current) if current in paths else 0,
+                format_func=lambda p: Path(p).name,
+                key=STATE_KEYS[kind],
+            )
 
 
 def no_bundle_message(kind: str) -> None:
     roots = ", ".join(str(r) for r in bundle_roots(st.session_state.get("extra_bundle_root")))
     command = {"concepthash": "conceptlens train concepthash ...", "ceir": "conceptlens train ceir ..."}[kind]
-    st.warning(f"No {kind} bundle was found in {roots}. Train one with `{command} --out DIR` and add its "
-               f"folder in the sidebar, or set {ENV_VAR}.")
+    st.warning(
+        f"No {kind} bundle was found in {roots}. Train one with `{command} --out DIR` and add its "
+        f"folder in the sidebar, or set {ENV_VAR}."
+    )
 
 
 @st.cache_resource(show_spinner="Loading the ConceptHash model ...", max_entries=6)

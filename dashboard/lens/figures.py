@@ -31,8 +31,9 @@ def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5) -> Im
     return Image.blend(rgb, heat, float(np.clip(opacity, 0.0, 1.0)))
 
 
-def mask_overlay(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (255, 0, 128),
-                 opacity: float = 0.55) -> Image.Image:
+def mask_overlay(
+    image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (255, 0, 128), opacity: float = 0.55
+) -> Image.Image:
     """Tint the pixels of a boolean mask (same size as the image)."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     tint = np.array(colour, dtype=np.float32)
@@ -55,12 +56,18 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def download_table(df: pd.DataFrame, name: str, key: str | None = None) -> None:
-    st.download_button(f"Download {name} (CSV)", df.to_csv(index=False).encode(), file_name=f"{name}.csv",
-                       mime="text/csv", key=key or f"csv-{name}")
+    st.download_button(
+        f"Download {name} (CSV)",
+        df.to_csv(index=False).encode(),
+        file_name=f"{name}.csv",
+        mime="text/csv",
+        key=key or f"csv-{name}",
+    )
 
 
 def download_figure(fig, name: str, key: str | None = None) -> None:
     """Plotly figure as a self-contained HTML file (no kaleido needed)."""
     html = fig.to_html(include_plotlyjs="cdn", full_html=True).encode()
-    st.download_button(f"Download {name} (HTML)", html, file_name=f"{name}.html", mime="text/html",
-                       key=key or f"html-{name}")
+    st.download_button(
+        f"Download {name} (HTML)", html, file_name=f"{name}.html", mime="text/html", key=key or f"html-{name}"
+    )

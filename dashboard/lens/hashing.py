@@ -185,8 +185,9 @@ def image_strip(images: Sequence[Image.Image], gap: int = 4) -> Image.Image:
     if not images:
         raise ValueError("There are no images to put in a strip.")
     height = images[0].height
-    scaled = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height))
-              for im in images]
+    scaled = [
+        im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height)) for im in images
+    ]
     strip = Image.new("RGB", (sum(im.width for im in scaled) + gap * (len(scaled) - 1), height), "white")
     x = 0
     for im in scaled:
@@ -217,8 +218,12 @@ def localisation_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
     if not concepts:
         return None
     rows = [
-        {"concept": f"c{c['concept']}", "part": c["part"], "hit rate": c["hit_rate"],
-         "random baseline": c["random"]}
+        {
+            "concept": f"c{c['concept']}",
+            "part": c["part"],
+            "hit rate": c["hit_rate"],
+            "random baseline": c["random"],
+        }
         for c in sorted(concepts, key=lambda c: c["concept"])
     ]
     return pd.DataFrame(rows)
@@ -233,8 +238,10 @@ def bit_matrix_figure(
     per = bits_per_concept(n_bits, n_concepts)
     rows = (codes[order] > 0).astype(np.int8)
     # One label per row (not per cell) keeps the figure small for large databases; hover shows it.
-    rows_named = [f"#{i} {class_names[labels[i]] if 0 <= labels[i] < len(class_names) else labels[i]}"
-                  for i in order.tolist()]
+    rows_named = [
+        f"#{i} {class_names[labels[i]] if 0 <= labels[i] < len(class_names) else labels[i]}"
+        for i in order.tolist()
+    ]
     fig = go.Figure(
         go.Heatmap(
             z=rows,
@@ -250,8 +257,9 @@ def bit_matrix_figure(
     )
     for m in range(1, n_concepts):
         fig.add_vline(x=m * per - 0.5, line_width=3, line_color="#e63946")
-    fig.update_yaxes(autorange="reversed", type="category", showticklabels=False,
-                     title=f"{n} database images")
+    fig.update_yaxes(
+        autorange="reversed", type="category", showticklabels=False, title=f"{n} database images"
+    )
     fig.update_xaxes(side="top", tickangle=0)
     fig.update_layout(height=min(900, max(320, 4 * n + 80)), margin={"l": 40, "r": 10, "t": 60, "b": 10})
     return fig

@@ -77,8 +77,11 @@ def default_pair(infos: Sequence[BundleLike]) -> tuple[BundleLike, BundleLike] |
         return None
     pairs = list(permutations(range(len(infos)), 2))
     for strict in (True, False):
-        found = [(i, j) for i, j in pairs if _is_csd_pair(infos[i], infos[j])
-                 and (not strict or _comparable(infos[i], infos[j]))]
+        found = [
+            (i, j)
+            for i, j in pairs
+            if _is_csd_pair(infos[i], infos[j]) and (not strict or _comparable(infos[i], infos[j]))
+        ]
         if found:
             i, j = max(found, key=lambda p: (_name_score(infos[p[0]], infos[p[1]]), -p[0], -p[1]))
             return infos[i], infos[j]
@@ -98,9 +101,11 @@ def data_mismatch(config_a: Mapping[str, Any], config_b: Mapping[str, Any]) -> s
     """One warning sentence when two bundles were trained on different data, else None."""
     if config_a.get("data") == config_b.get("data"):
         return None
-    return (f"The two models use different data ({data_label(config_a)} vs {data_label(config_b)}): "
-            "the query comes from model A's test split and each model searches its own database, "
-            "so the comparison is not like for like.")
+    return (
+        f"The two models use different data ({data_label(config_a)} vs {data_label(config_b)}): "
+        "the query comes from model A's test split and each model searches its own database, "
+        "so the comparison is not like for like."
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,30 +126,47 @@ def search(db_packed: np.ndarray, query_code: np.ndarray, k: int) -> pd.DataFram
         shape = np.asarray(query_code).shape
         raise ValueError(f"The query must be one code of shape (K,), not shape {shape}.")
     indices, distances = hamming_topk(pack_codes(code), db_packed, k)
-    return pd.DataFrame({"rank": np.arange(1, indices.shape[1] + 1), "index": indices[0].astype(np.int64),
-                         "distance": distances[0].astype(np.int64)})
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, indices.shape[1] + 1),
+            "index": indices[0].astype(np.int64),
+            "distance": distances[0].astype(np.int64),
+        }
+    )
 
 
-def results_table(model: str, hits: pd.DataFrame, db_ids: Sequence[str], db_labels: Sequence[int],
-                  classes: Sequence[str], query_class: str | None) -> pd.DataFrame:
+def results_table(
+    model: str,
+    hits: pd.DataFrame,
+    db_ids: Sequence[str],
+    db_labels: Sequence[int],
+    classes: Sequence[str],
+    query_class: str | None,
+) -> pd.DataFrame:
     """The hits of one model as rows of :data:`RESULT_COLUMNS`.
 
     ``correct`` is True when the database image's class name equals ``query_class`` and missing
     (``pd.NA``) for a query of unknown class (an upload).
     """
     index = hits["index"].to_numpy()
-    names = [str(classes[int(db_labels[i])]) if int(db_labels[i]) < len(classes) else str(db_labels[i])
-             for i in index]
-    correct = pd.array([None if query_class is None else name == query_class for name in names],
-                       dtype="boolean")
-    return pd.DataFrame({
-        "rank": hits["rank"].to_numpy(),
-        "model": model,
-        "database id": [str(db_ids[i]) for i in index],
-        "distance": hits["distance"].to_numpy(),
-        "correct": correct,
-        "class": names,
-    }, columns=RESULT_COLUMNS)
+    names = [
+        str(classes[int(db_labels[i])]) if int(db_labels[i]) < len(classes) else str(db_labels[i])
+        for i in index
+    ]
+    correct = pd.array(
+        [None if query_class is None else name == query_class for name in names], dtype="boolean"
+    )
+    return pd.DataFrame(
+        {
+            "rank": hits["rank"].to_numpy(),
+            "model": model,
+            "database id": [str(db_ids[i]) for i in index],
+            "distance": hits["distance"].to_numpy(),
+            "correct": correct,
+            "class": names,
+        },
+        columns=RESULT_COLUMNS,
+    )
 
 
 def result_caption(rank: int, distance: int, correct: bool | None) -> str:
@@ -177,20 +199,33 @@ def metrics_table(configs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     pairwise cosine of the concepts' attention maps, lower = more diverse), mean localisation hit
     rate and its random baseline. Missing values are NaN.
     """
-    ks = sorted({int(k) for config in configs.values()
-                 for k in config.get("metrics", {}).get("precision_at", {})})
+    ks = sorted(
+        {int(k) for config in configs.values() for k in config.get("metrics", {}).get("precision_at", {})}
+    )
     rows = []
     for name, config in configs.items():
         metrics = config.get("metrics", {})
         localization = metrics.get("localization", {})
         weight = csd_weight(config)
-        row = {"model": name, "L_csd weight": float("nan") if weight is None else weight,
-               "mAP": _number(metrics.get("map"))}
+        row = {
+            "model": name,
+            "L_csd weight": float("nan") if weight is None else weight,
+            "mAP": _number(metrics.get("map")),
+        }
         row |= {f"P@{k}": _number(metrics.get("precision_at", {}).get(str(k))) for k in ks}
-        row |= {"diversity": _number(metrics.get("diversity")),
-                "mean hit rate": _number(localization.get("mean_hit_rate")),
-                "random hit rate": _number(localization.get("random_baseline"))}
+        row |= {
+            "diversity": _number(metrics.get("diversity")),
+            "mean hit rate": _number(localization.get("mean_hit_rate")),
+            "random hit rate": _number(localization.get("random_baseline")),
+        }
         rows.append(row)
-    columns = ["model", "L_csd weight", "mAP", *[f"P@{k}" for k in ks], "diversity", "mean hit rate",
-               "random hit rate"]
+    columns = [
+        "model",
+        "L_csd weight",
+        "mAP",
+        *[f"P@{k}" for k in ks],
+        "diversity",
+        "mean hit rate",
+        "random hit rate",
+    ]
     return pd.DataFrame(rows, columns=columns)

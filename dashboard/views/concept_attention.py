@@ -78,16 +78,23 @@ if source == "Database image":
     if len(candidates) == 0:
         st.warning(f"The database has no image of class '{chosen}'.")
         st.stop()
-    index = int(right.select_slider("Database image", [int(i) for i in candidates], key="attn_index",
-                                    format_func=lambda i: f"#{i}"))
+    index = int(
+        right.select_slider(
+            "Database image", [int(i) for i in candidates], key="attn_index", format_func=lambda i: f"#{i}"
+        )
+    )
     image, code, key = split.image(index), codes[index], f"db-{index}"
     label = labels[index]
     title = f"#{index} · {class_names[label] if label < len(class_names) else label}"
     if loaded.data.has_parts and hasattr(split, "sample"):
         masks = split.sample(index).masks
 else:
-    upload = st.file_uploader("Upload an image", type=IMAGE_TYPES, key="attn_upload",
-                              help="The model sees the central square, resized to its input size.")
+    upload = st.file_uploader(
+        "Upload an image",
+        type=IMAGE_TYPES,
+        key="attn_upload",
+        help="The model sees the central square, resized to its input size.",
+    )
     images, errors = read_uploads(upload)
     show_errors(errors)
     if not images:
@@ -105,9 +112,14 @@ else:
         st.stop()
 
 controls = st.columns([1, 1, 2])
-method_label = controls[0].radio("Attention", list(METHODS), horizontal=True, key="attn_method",
-                                 help="Last layer: the concept token's attention in the final block (what "
-                                      "L_csd acts on). Rollout: attention propagated through every block.")
+method_label = controls[0].radio(
+    "Attention",
+    list(METHODS),
+    horizontal=True,
+    key="attn_method",
+    help="Last layer: the concept token's attention in the final block (what "
+    "L_csd acts on). Rollout: attention propagated through every block.",
+)
 opacity = controls[1].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="attn_opacity")
 try:
     heat = image_heatmaps(loaded, image, info.path, info.mtime, key, METHODS[method_label])
@@ -124,18 +136,27 @@ for m, overlaid in enumerate(overlays):
     part = f" · matched to {parts[m]}" if m in parts else ""
     items.append((f"concept {m} = {groups[m]}{part}", overlaid))
 image_grid(items, columns=min(len(items), 6), width=SHOWN)
-st.caption(f"{method_label} attention of each concept token (bright = attended), with its sub-code bits "
-           f"b0…b{per - 1}" + ("; 'matched to' names the part the concept localises on the test images."
-                              if parts else "."))
+st.caption(
+    f"{method_label} attention of each concept token (bright = attended), with its sub-code bits "
+    f"b0…b{per - 1}"
+    + ("; 'matched to' names the part the concept localises on the test images." if parts else ".")
+)
 
 if masks is not None:
     st.markdown("**Part masks** (ToyBirds ground truth; the rest of the image is faded)")
     # Fade everything outside the part: a tint alone vanishes on a part of the same colour.
-    part_items = [(part, mask_overlay(shown, ~resize_mask(masks[part], shown.size), (255, 255, 255), 0.8))
-                  for part in PARTS if part in masks]
+    part_items = [
+        (part, mask_overlay(shown, ~resize_mask(masks[part], shown.size), (255, 255, 255), 0.8))
+        for part in PARTS
+        if part in masks
+    ]
     image_grid(part_items, columns=min(len(items), 6), width=SHOWN)
 
 stem = title.rsplit(".", 1)[0].replace("#", "").replace(" · ", "-").replace(" ", "_")
-st.download_button("Download the overlays (PNG)", png_bytes(image_strip([shown, *overlays])),
-                   file_name=f"concept-attention-{stem}-{METHODS[method_label]}.png", mime="image/png",
-                   key="attn_download")
+st.download_button(
+    "Download the overlays (PNG)",
+    png_bytes(image_strip([shown, *overlays])),
+    file_name=f"concept-attention-{stem}-{METHODS[method_label]}.png",
+    mime="image/png",
+    key="attn_download",
+)

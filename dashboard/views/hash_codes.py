@@ -80,8 +80,10 @@ st.subheader("The database codes")
 mode = st.radio("Sort rows", SORT_MODES, format_func=SORT_LABELS.get, horizontal=True, key="hash_sort")
 matrix = bit_matrix_figure(codes, labels, bit_matrix_order(codes, labels, mode), n_concepts, class_names)
 st.plotly_chart(matrix, key="hash_matrix")
-st.caption("Yellow = on (+1), dark = off (−1); red lines separate the concepts' sub-codes. "
-           "Hover a cell for the image and its class.")
+st.caption(
+    "Yellow = on (+1), dark = off (−1); red lines separate the concepts' sub-codes. "
+    "Hover a cell for the image and its class."
+)
 download_figure(matrix, "bit-matrix", key="hash_matrix_html")
 
 # --- images by bit or by sub-code -----------------------------------------------------------------
@@ -97,8 +99,16 @@ if split is not None:
     left, right = st.columns(2)
     with right:
         attend = st.checkbox("Overlay the concept's attention (last layer)", value=True, key="hash_overlay")
-        seed = int(st.number_input("Sample", min_value=0, value=0, step=1, key="hash_seed",
-                                   help="Another number draws another sample of images."))
+        seed = int(
+            st.number_input(
+                "Sample",
+                min_value=0,
+                value=0,
+                step=1,
+                key="hash_seed",
+                help="Another number draws another sample of images.",
+            )
+        )
 
     if pick == "Bit":
         bit = left.selectbox("Bit", range(n_bits), format_func=bit_names.__getitem__, key="hash_bit")
@@ -107,9 +117,13 @@ if split is not None:
         samples = {"on (+1)": on, "off (−1)": off}
     else:
         concept = left.selectbox(
-            "Sub-code", range(n_concepts), key="hash_subcode",
-            format_func=lambda m: f"concept {m} (bits c{m}·b0 … c{m}·b{per - 1})"
-            + (f" — localises on the {parts[m]}" if m in parts else ""),
+            "Sub-code",
+            range(n_concepts),
+            key="hash_subcode",
+            format_func=lambda m: (
+                f"concept {m} (bits c{m}·b0 … c{m}·b{per - 1})"
+                + (f" — localises on the {parts[m]}" if m in parts else "")
+            ),
         )
         groups = images_by_subcode(codes, concept, n_concepts)
         values = sorted(sorted(groups, key=lambda v: (-len(groups[v]), v))[:MAX_VALUES])
@@ -131,14 +145,18 @@ if split is not None:
         counts = {"on (+1)": n_on, "off (−1)": n_images - n_on}
         for column, (side, chosen) in zip(st.columns(2, gap="large"), samples.items(), strict=True):
             with column:
-                st.markdown(f"**{bit_names[bit]} {side}** — {counts[side]} of {n_images} images "
-                            f"(a sample of {len(chosen)}, balanced across classes)")
+                st.markdown(
+                    f"**{bit_names[bit]} {side}** — {counts[side]} of {n_images} images "
+                    f"(a sample of {len(chosen)}, balanced across classes)"
+                )
                 if len(chosen) == 0:
                     st.info(f"No database image has {bit_names[bit]} {side.split()[0]}.")
                 draw_grid(split, chosen, heat, overlaid, class_names, labels)
     else:
-        st.markdown(f"**Concept {concept}**: {len(groups)} of {2 ** per} possible sub-code values occur. "
-                    "Bits are listed b0 first; the value reads them with b0 as the lowest bit.")
+        st.markdown(
+            f"**Concept {concept}**: {len(groups)} of {2**per} possible sub-code values occur. "
+            "Bits are listed b0 first; the value reads them with b0 as the lowest bit."
+        )
         if len(groups) > MAX_VALUES:
             st.caption(f"Showing the {MAX_VALUES} most frequent values.")
         for value, chosen in samples.items():

@@ -40,21 +40,21 @@ else:
 
 st.subheader("Where to go next")
 st.page_link(
-    "pages/hash_codes.py",
+    "views/hash_codes.py",
     label="Hash codes, bit by bit — which images turn a bit on",
     icon=":material/grid_on:",
 )
 st.page_link(
-    "pages/concept_attention.py",
+    "views/concept_attention.py",
     label="Concept attention — where each concept looks",
     icon=":material/center_focus_strong:",
 )
 st.page_link(
-    "pages/retrieval.py", label="Retrieval — a model with vs without L_csd", icon=":material/compare:"
+    "views/retrieval.py", label="Retrieval — a model with vs without L_csd", icon=":material/compare:"
 )
 st.page_link(
-    "pages/ceir_concepts.py", label="CEIR — concept vectors, clusters, interventions", icon=":material/hub:"
+    "views/ceir_concepts.py", label="CEIR — concept vectors, clusters, interventions", icon=":material/hub:"
 )
 st.page_link(
-    "pages/open_world.py", label="Open-world labels — concepts for your own images", icon=":material/label:"
+    "views/open_world.py", label="Open-world labels — concepts for your own images", icon=":material/label:"
 )

@@ -53,8 +53,9 @@ def _packed_db(path: str, mtime: float, _codes: np.ndarray) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _encode_query(path: str, mtime: float, query_key: str, method: str, _loaded: Any,
-                  _image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+def _encode_query(
+    path: str, mtime: float, query_key: str, method: str, _loaded: Any, _image: Image.Image
+) -> tuple[np.ndarray, np.ndarray]:
     """The query's ±1 code (K,) and its concept heatmaps (M, H, W) under one model."""
     pixels = _loaded.backbone.preprocess_images([_image])
     code = sign_codes(_loaded.model.encode(pixels))[0]
@@ -87,13 +88,20 @@ def pick_models() -> tuple[Any, Any] | None:
     by_path = {info.path: info for info in infos}
     left, right = st.columns(2)
     chosen = []
-    for column, key, label, default in ((left, "ret_model_a", "Model A", pair[0]),
-                                        (right, "ret_model_b", "Model B", pair[1])):
+    for column, key, label, default in (
+        (left, "ret_model_a", "Model A", pair[0]),
+        (right, "ret_model_b", "Model B", pair[1]),
+    ):
         if st.session_state.get(key) not in paths:
             st.session_state.pop(key, None)
-        path = column.selectbox(label, paths, index=paths.index(default.path), key=key,
-                                help="This page picks its own two models; the sidebar choice is not used.",
-                                format_func=lambda p: f"{Path(p).name}  ({by_path[p].summary.split(';')[0]})")
+        path = column.selectbox(
+            label,
+            paths,
+            index=paths.index(default.path),
+            key=key,
+            help="This page picks its own two models; the sidebar choice is not used.",
+            format_func=lambda p: f"{Path(p).name}  ({by_path[p].summary.split(';')[0]})",
+        )
         chosen.append(by_path[path])
     if chosen[0].path == chosen[1].path:
         st.info("Both sides show the same model; pick a different Model B to compare.")
@@ -124,11 +132,23 @@ def pick_query(info_a) -> tuple[str, Image.Image, str | None, str] | None:
         st.error(f"The test split of '{info_a.name}' could not be opened: {exc}")
         return None
     _forget_out_of_range("ret_query", 0, len(split) - 1)
-    index = int(st.number_input("Test image index", 0, len(split) - 1, 0, key="ret_query",
-                                help=f"0 to {len(split) - 1}, from the test split of {info_a.name}'s data."))
+    index = int(
+        st.number_input(
+            "Test image index",
+            0,
+            len(split) - 1,
+            0,
+            key="ret_query",
+            help=f"0 to {len(split) - 1}, from the test split of {info_a.name}'s data.",
+        )
+    )
     query_class = split.classes[int(split.labels[index])]
-    return (f"test:{data_json(info_a.config)}:{index}", split.image(index), query_class,
-            f"query: {query_class}")
+    return (
+        f"test:{data_json(info_a.config)}:{index}",
+        split.image(index),
+        query_class,
+        f"query: {query_class}",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -171,8 +191,10 @@ def draw_results(column, info, loaded, table, hits_index: list[int]) -> None:
         note = "" if precision is None else f"; {precision:.0%} of these {len(table)} share the query's class"
         st.caption(f"{info.summary}{note}")
         images = database_images(info, len(loaded.arrays["db_codes"]), hits_index)
-        captions = [result_caption(int(r), int(d), c)
-                    for r, d, c in zip(table["rank"], table["distance"], table["correct"], strict=True)]
+        captions = [
+            result_caption(int(r), int(d), c)
+            for r, d, c in zip(table["rank"], table["distance"], table["correct"], strict=True)
+        ]
         if images is None:
             st.warning(f"The database images of '{info.name}' are not available here; showing ids only.")
             st.dataframe(table[["rank", "database id", "distance", "correct"]], hide_index=True)
@@ -184,15 +206,20 @@ def draw_heatmaps(column, info, image: Image.Image, heatmaps: np.ndarray, opacit
     with column:
         st.markdown(f"**{info.name}** — {len(heatmaps)} concepts")
         shown = image.convert("RGB").resize((160, 160)) if max(image.size) < 160 else image
-        st.image([overlay(shown, heat, opacity) for heat in heatmaps],
-                 caption=[f"concept {m}" for m in range(len(heatmaps))], width=140)
+        st.image(
+            [overlay(shown, heat, opacity) for heat in heatmaps],
+            caption=[f"concept {m}" for m in range(len(heatmaps))],
+            width=140,
+        )
 
 
 def main() -> None:
     st.title("Retrieval: with vs without L_csd")
-    st.markdown("The same query, searched by two ConceptHash models — by default one trained with the "
-                "spatial diversity loss L_csd and one without. Each model encodes the query and ranks its "
-                "own database (the train split) by Hamming distance; ✓ marks results of the query's class.")
+    st.markdown(
+        "The same query, searched by two ConceptHash models — by default one trained with the "
+        "spatial diversity loss L_csd and one without. Each model encodes the query and ranks its "
+        "own database (the train split) by Hamming distance; ✓ marks results of the query's class."
+    )
     pair = pick_models()
     if pair is None:
         return
@@ -206,8 +233,13 @@ def main() -> None:
         top = max(2, min(MAX_K, n_db))
         _forget_out_of_range("ret_k", 1, top)
         k = st.slider("Top k", 1, top, min(8, n_db), key="ret_k")
-        method = st.radio("Heatmap", ["last", "rollout"], key="ret_method", horizontal=True,
-                          help="last: the last layer's concept-token attention; rollout: through all layers.")
+        method = st.radio(
+            "Heatmap",
+            ["last", "rollout"],
+            key="ret_method",
+            horizontal=True,
+            help="last: the last layer's concept-token attention; rollout: through all layers.",
+        )
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="ret_opacity")
     with view:
         st.image(query[1], caption=query[3], width=160)
@@ -226,11 +258,13 @@ def main() -> None:
     st.subheader("Stored metrics")
     metrics = metrics_table({info.name: info.config for info in pair})
     st.dataframe(metrics, hide_index=True, width="stretch")
-    st.caption("From each bundle's evaluation on its test split (the same numbers `conceptlens eval BUNDLE` "
-               "prints): mAP and P@k by Hamming ranking; diversity is the mean pairwise cosine of the "
-               "concepts' attention maps (lower = concepts look at different places); hit rate is how "
-               "often a concept's most-attended patch lands on its matched bird part, next to a random "
-               "patch's rate.")
+    st.caption(
+        "From each bundle's evaluation on its test split (the same numbers `conceptlens eval BUNDLE` "
+        "prints): mAP and P@k by Hamming ranking; diversity is the mean pairwise cosine of the "
+        "concepts' attention maps (lower = concepts look at different places); hit rate is how "
+        "often a concept's most-attended patch lands on its matched bird part, next to a random "
+        "patch's rate."
+    )
     download_table(metrics, "retrieval_metrics", key="ret_metrics_csv")
 
     st.subheader("Concept heatmaps for the query")
