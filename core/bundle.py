@@ -517,19 +517,30 @@ def find_bundles(root: str | os.PathLike) -> list[Path]:
 
     A missing ``root`` gives an empty list (a runs folder may not exist yet).
     """
+    return sorted(path for path, error in _candidates(root) if error is None)
+
+
+def find_broken_bundles(root: str | os.PathLike) -> list[tuple[Path, str]]:
+    """Folders under ``root`` (same search as :func:`find_bundles`) that hold a config.json but do not
+    validate, each with the sentence saying why; a UI shows these instead of silently dropping them."""
+    return sorted((path, error) for path, error in _candidates(root) if error is not None)
+
+
+def _candidates(root: str | os.PathLike) -> Iterator[tuple[Path, str | None]]:
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise BundleError(f"Cannot look for bundles in {root}: it is a file, not a folder.")
-    return sorted(_walk_bundles(root, depth=0))
+    return _walk_bundles(root, depth=0)
 
 
-def _walk_bundles(directory: Path, depth: int) -> Iterator[Path]:
+def _walk_bundles(directory: Path, depth: int) -> Iterator[tuple[Path, str | None]]:
     if (directory / CONFIG_FILE).is_file():
         try:
             read_bundle_config(directory)
-        except (BundleError, OSError):
+        except (BundleError, OSError) as exc:
+            yield directory, str(exc)
             return
-        yield directory
+        yield directory, None
         return
     if depth >= 2:
         return

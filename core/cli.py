@@ -9,6 +9,7 @@
     conceptlens label BUNDLE PATH... [--top K] [--json] [--concepts BANK]
     conceptlens concepts show BANK | conceptlens concepts generate --classes FILE --out BANK
     conceptlens reproduce [--out pretrained] [--overwrite]
+    conceptlens bench retrieval|encoding|dashboard|memory
 
 Every user mistake (bad flag value, missing directory, wrong bundle) ends in one sentence on
 stderr and exit status 2; logs and progress go to stderr so ``--json`` output stays clean.
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.bench import add_bench_parser, cmd_bench
 from core.progress import TqdmProgress
 
 
@@ -214,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--concepts", help="another concept bank (scored by CLIP similarity, no retraining)")
     label.add_argument("--json", action="store_true", help="print one JSON object")
     label.add_argument("--device", default="auto")
+    add_bench_parser(commands)
     return parser
 
 
@@ -437,6 +440,7 @@ COMMANDS = {
     "label": cmd_label,
     "concepts": cmd_concepts,
     "reproduce": cmd_reproduce,
+    "bench": cmd_bench,
 }
 
 

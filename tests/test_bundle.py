@@ -21,6 +21,7 @@ from core.bundle import (
     Bundle,
     BundleError,
     check_shapes,
+    find_broken_bundles,
     find_bundles,
     load_bundle,
     read_bundle_config,
@@ -417,8 +418,11 @@ def test_update_arrays_keeps_weights_and_merges_metrics(tmp_path: Path) -> None:
     created = read_bundle_config(path)["created"]
 
     umap = np.array([[0.5, -1.0], [2.0, 3.0]], dtype=np.float32)
-    update_bundle_arrays(path, {"umap": umap, "ids": np.array(["x", "y", "z"])},
-                         metrics={"map": np.float64(0.75), "recall": float("nan")})
+    update_bundle_arrays(
+        path,
+        {"umap": umap, "ids": np.array(["x", "y", "z"])},
+        metrics={"map": np.float64(0.75), "recall": float("nan")},
+    )
 
     assert (path / "weights.safetensors").read_bytes() == weight_bytes
     assert (path / "README.txt").read_text() == "extra file"
@@ -525,3 +529,18 @@ def test_check_shapes_shortens_long_lists() -> None:
 
 def test_kinds_constant() -> None:
     assert KINDS == ("clip", "concepthash", "ceir")
+
+
+def test_find_broken_bundles_names_each_with_its_reason(tmp_path):
+    save_bundle(tmp_path / "good", kind="clip", config={}, weights=_weights())
+    (tmp_path / "bad-json").mkdir()
+    (tmp_path / "bad-json" / "config.json").write_text("{oops")
+    (tmp_path / "group" / "future").mkdir(parents=True)
+    (tmp_path / "group" / "future" / "config.json").write_text(
+        json.dumps({"kind": "clip", "format_version": FORMAT_VERSION + 1})
+    )
+    broken = dict(find_broken_bundles(tmp_path))
+    assert set(broken) == {tmp_path / "bad-json", tmp_path / "group" / "future"}
+    assert "config.json" in broken[tmp_path / "bad-json"]
+    assert "newer" in broken[tmp_path / "group" / "future"]
+    assert find_bundles(tmp_path) == [tmp_path / "good"]

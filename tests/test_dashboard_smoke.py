@@ -34,3 +34,21 @@ def test_home_lists_the_bundles_found(dashboard):
     assert set(table["bundle"]) == {"toy-clip", "toy-hash-csd", "toy-hash-nocsd", "toy-ceir"}
     assert set(table["kind"]) == {"clip", "concepthash", "ceir"}
     assert any("L_csd×0.0" in details for details in table["details"])
+
+
+def test_a_bundle_that_fails_validation_is_named_with_the_reason(tiny_bundles, tmp_path, monkeypatch):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import HOME
+
+    shutil.copytree(tiny_bundles / "toy-hash-csd", tmp_path / "good-hash")
+    (tmp_path / "broken-hash").mkdir()
+    (tmp_path / "broken-hash" / "config.json").write_text("{not json")
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tmp_path))
+    app = AppTest.from_file(str(HOME), default_timeout=60).run()
+    assert not app.exception
+    warnings = [w.value for w in app.sidebar.warning]
+    assert any("broken-hash" in w and "config.json" in w for w in warnings), warnings
+    assert set(app.dataframe[0].value["bundle"]) == {"good-hash"}

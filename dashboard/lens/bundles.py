@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.bundle import find_bundles, read_bundle_config
+from core.bundle import find_broken_bundles, find_bundles, read_bundle_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "pretrained"
@@ -103,6 +103,16 @@ def list_bundles(roots: tuple[str, ...]) -> list[BundleInfo]:
     return sorted(found.values(), key=lambda b: (b.kind, b.name))
 
 
+@st.cache_data(show_spinner=False, ttl=30)
+def list_broken(roots: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [
+        (str(path), error)
+        for root in roots
+        if Path(root).is_dir()
+        for path, error in find_broken_bundles(root)
+    ]
+
+
 def available(kind: str) -> list[BundleInfo]:
     roots = tuple(str(r) for r in bundle_roots(st.session_state.get("extra_bundle_root")))
     return [b for b in list_bundles(roots) if b.kind == kind]
@@ -129,6 +139,9 @@ def render_sidebar() -> None:
         extra = st.session_state.get("extra_bundle_root")
         if extra and not Path(extra).expanduser().is_dir():
             st.error(f"The folder '{extra}' does not exist.")
+        roots = tuple(str(r) for r in bundle_roots(extra))
+        for path, error in list_broken(roots):
+            st.warning(f"Skipped {Path(path).name}: {error} Re-create it with `conceptlens train ...`.")
         for kind, label in (("concepthash", "ConceptHash model"), ("ceir", "CEIR model")):
             choices = available(kind)
             if not choices:
