@@ -1,0 +1,341 @@
+"""``conceptlens bench``: tiny sizes, checking the answers, the JSON and the flag errors (not timings)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import bench
+from core.retrieval.hamming import hamming_topk
+
+MACHINE_KEYS = {"cpu_model", "cores", "usable_cores", "python", "numpy", "torch", "faiss"}
+BENCHMARK_SCRIPT = Path(__file__).resolve().parents[1] / "dashboard" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def board():
+    """``dashboard/benchmark.py`` loaded from its file (the dashboard folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("conceptlens_dashboard_benchmark", BENCHMARK_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks the module up while the file runs
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def run_bench(argv: list[str]) -> int:
+    return bench.main(argv)
+
+
+def test_retrieval_backends_agree_and_json_has_the_table(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = [
+        "retrieval",
+        "--n-db",
+        "5000",
+        "--queries",
+        "20",
+        "--k",
+        "10",
+        "--naive-queries",
+        "5",
+        "--repeats",
+        "2",
+        "--json-out",
+        str(out),
+    ]
+    assert run_bench(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "retrieval"
+    assert set(result["machine"]) >= MACHINE_KEYS
+    assert result["machine"]["cores"] >= 1 and result["machine"]["torch"]
+    assert result["settings"] | {"n_db": 5000, "bits": 64, "queries": 20, "k": 10} == result["settings"]
+    assert result["identical"] is True
+    assert result["checks"]["ours_vs_naive"] == {"queries": 5, "identical": True}
+    rows = {row["method"]: row for row in result["rows"]}
+    naive = rows["naive NumPy loop"]
+    assert naive["extrapolated"] and naive["queries_timed"] == 5
+    assert naive["seconds"] == pytest.approx(naive["seconds_timed"] * 4)  # 5 of 20 queries timed
+    ours = rows["ours (numpy backend)"]
+    assert not ours["extrapolated"] and ours["queries_per_s"] == pytest.approx(20 / ours["seconds"])
+    if result["machine"]["faiss"]:
+        assert result["checks"]["ours_vs_faiss_backend"] == {"queries": 20, "identical": True}
+        assert result["checks"]["distances_vs_raw_faiss"]["identical"]
+        assert rows["faiss IndexBinaryFlat (raw)"]["vs_faiss"] == pytest.approx(1.0)
+        faiss_seconds = rows["faiss IndexBinaryFlat (raw)"]["seconds"]
+        assert ours["vs_faiss"] == pytest.approx(ours["seconds"] / faiss_seconds)
+    else:
+        assert any("faiss is not installed" in note for note in result["notes"])
+    printed = capsys.readouterr().out
+    assert "ours (numpy backend)" in printed and "identical on 20 queries" in printed
+
+
+def test_retrieval_with_faiss_in_the_same_process_times_ours_again_afterwards():
+    pytest.importorskip("faiss")
+    config = bench.RetrievalBenchConfig(
+        n_db=2000, queries=8, k=7, repeats=1, naive_queries=8, faiss_process="same"
+    )
+    result = bench.bench_retrieval(config, progress=lambda _: None)
+    methods = [row["method"] for row in result["rows"]]
+    assert methods == [
+        "ours (numpy backend)",
+        "naive NumPy loop",
+        "faiss IndexBinaryFlat (raw)",
+        "ours, faiss backend",
+        "ours (numpy), re-timed after faiss",
+    ]
+    assert result["identical"] and len(result["checks"]) == 3
+    assert not result["rows"][1]["extrapolated"]  # all 8 queries ran through the naive loop
+    assert "this process, after ours" in bench.retrieval_table(result)
+
+
+def test_retrieval_reports_backends_that_disagree(tmp_path, monkeypatch, capsys):
+    def wrong_naive(query, db, k, backend="numpy"):
+        indices, distances = hamming_topk(query, db, k, backend=backend)
+        return indices[:, ::-1].copy(), distances[:, ::-1].copy()
+
+    monkeypatch.setattr(bench, "hamming_topk", wrong_naive)
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)  # skip faiss here
+    out = tmp_path / "r.json"
+    argv = [
+        "retrieval",
+        "--n-db",
+        "300",
+        "--queries",
+        "4",
+        "--k",
+        "5",
+        "--repeats",
+        "1",
+        "--json-out",
+        str(out),
+    ]
+    assert run_bench(argv) == 1
+    result = json.loads(out.read_text())
+    assert result["identical"] is False and result["checks"]["ours_vs_naive"]["identical"] is False
+    assert "different results" in capsys.readouterr().err
+
+
+def test_random_codes_are_seeded_and_keep_padding_bits_clear():
+    a = bench.random_packed_codes(50, 70, np.random.default_rng(3))
+    b = bench.random_packed_codes(50, 70, np.random.default_rng(3))
+    assert a.shape == (50, 2) and a.dtype == np.uint64
+    assert np.array_equal(a, b)
+    assert int(a[:, 1].max()) < 2**6  # 70 bits = one full word + 6 bits
+    assert len(np.unique(a[:, 0])) == 50  # random 64-bit words do not collide at this size
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--n-db", "50", "--k", "51"], "--k 51 is larger than the database"),
+        (["--queries", "0"], "--queries must be at least 1, got 0."),
+        (["--repeats", "-1"], "--repeats must be at least 1"),
+        (["--faiss-process", "thread"], "--faiss-process must be one of subprocess, same"),
+    ],
+)
+def test_bad_retrieval_flags_exit_2_with_one_sentence(tmp_path, capsys, argv, words):
+    out = tmp_path / "r.json"
+    assert run_bench(["retrieval", *argv, "--json-out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and err[0].endswith(".")
+    assert not out.exists()
+
+
+def test_format_table_aligns_text_left_and_numbers_right():
+    table = bench.format_table(["name", "s"], [["ab", 1.5], ["c", 12345.0], ["d", None]])
+    assert table.splitlines() == [
+        "name       s",
+        "----  ------",
+        "ab       1.5",
+        "c     12,345",
+        "d        n/a",
+    ]
+
+
+def test_encoding_bench_on_the_tiny_clip(tmp_path):
+    out = tmp_path / "e.json"
+    argv = [
+        "encoding",
+        "--backbone",
+        "toyclip-tiny:random",
+        "--batches",
+        "2",
+        "--batch-size",
+        "8",
+        "--json-out",
+        str(out),
+    ]
+    assert run_bench(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["machine"]) >= MACHINE_KEYS and result["machine"]["torch_threads"] >= 1
+    (row,) = result["rows"]
+    assert row["backbone"] == "toyclip-tiny:random" and row["image_size"] == 32
+    assert len(row["plain_batch_seconds"]) == len(row["concepthash_batch_seconds"]) == 2
+    assert row["plain_images_per_s"] == pytest.approx(16 / sum(row["plain_batch_seconds"]))
+    assert row["concepthash_images_per_s"] == pytest.approx(16 / sum(row["concepthash_batch_seconds"]))
+    ratio = sum(row["concepthash_batch_seconds"]) / sum(row["plain_batch_seconds"])
+    assert row["ratio"] == pytest.approx(ratio)
+
+
+def test_encoding_bench_names_an_unknown_backbone(tmp_path, capsys):
+    argv = ["encoding", "--backbone", "no-such-net:random", "--json-out", str(tmp_path / "e.json")]
+    assert run_bench(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-net" in err[0]
+
+
+def test_core_bench_knows_nothing_of_streamlit():
+    source = Path(bench.__file__).read_text(encoding="utf-8").lower()
+    assert "streamlit" not in source and "apptest" not in source
+    assert bench.DASHBOARD_SCRIPT == BENCHMARK_SCRIPT and BENCHMARK_SCRIPT.is_file()
+
+
+def test_dashboard_pages_come_from_home_or_the_folders(tmp_path, board):
+    (tmp_path / "views").mkdir()
+    for name in ("b.py", "a.py", "__init__.py"):
+        (tmp_path / "views" / name).write_text("")
+    home = tmp_path / "Home.py"
+    home.write_text('[st.Page("views/b.py", title="B"), st.Page(\n  "views/a.py"), st.Page("views/gone.py")]')
+    assert board.dashboard_pages(home) == ["views/b.py", "views/a.py"]  # Home's order; missing files dropped
+    home.write_text("st.navigation([])")
+    assert board.dashboard_pages(home) == ["views/a.py", "views/b.py"]
+    real = board.dashboard_pages()
+    assert any(page.endswith("open_world.py") for page in real)
+    assert all((board.HOME_PAGE.parent / page).is_file() for page in real)
+    assert (BENCHMARK_SCRIPT.parent / "Home.py") == board.HOME_PAGE
+
+
+def test_conceptlens_bench_dashboard_times_every_page_and_the_upload(tiny_bundles, tmp_path, capfd, board):
+    out = tmp_path / "d.json"
+    argv = [
+        "dashboard",
+        "--bundles",
+        str(tiny_bundles),
+        "--warm-runs",
+        "1",
+        "--uploads",
+        "1",
+        "--json-out",
+        str(out),
+    ]
+    assert run_bench(argv) == 0  # through core, which runs dashboard/benchmark.py in a child process
+    result = json.loads(out.read_text())
+    assert [row["page"] for row in result["rows"]] == board.dashboard_pages()
+    for row in result["rows"]:
+        assert row["first_seconds"] > 0 and row["warm_median_seconds"] == row["warm_seconds"][0] > 0
+        assert row["errors"] == []
+    upload = result["upload"]
+    assert upload["available"] is True and len(upload["seconds"]) == 1 and upload["median_seconds"] > 0
+    found = set(result["settings"]["bundles_found"])
+    assert found == {"toy-clip", "toy-hash-csd", "toy-hash-nocsd", "toy-ceir"}
+    assert result["settings"] | {"warm_runs": 1, "uploads": 1, "timeout": 300.0} == result["settings"]
+    assert set(result["machine"]) >= MACHINE_KEYS and result["machine"]["streamlit"] == version("streamlit")
+    printed = capfd.readouterr()
+    assert printed.out.splitlines()[0].startswith("Dashboard render times (AppTest, bundles in ")
+    assert "upload -> labels on views/open_world.py: median" in printed.out
+    assert printed.err.strip().splitlines()[-1] == f"Wrote {out}"
+
+
+def test_dashboard_bench_checks_its_flags_in_process(tmp_path, capsys, board):
+    with pytest.raises(ValueError, match="--warm-runs must be at least 1, got 0."):
+        board.DashboardBenchConfig(bundles=tmp_path, warm_runs=0)
+    assert (
+        board.main(
+            [
+                "dashboard",
+                "--bundles",
+                str(tmp_path),
+                "--timeout",
+                "0",
+                "--json-out",
+                str(tmp_path / "d.json"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["conceptlens: error: --timeout must be a positive number of seconds, got 0.0."]
+    assert not (tmp_path / "d.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["dashboard", "--bundles", "{tmp}/missing"], "missing does not exist; pass --bundles DIR."),
+        (
+            ["dashboard", "--bundles", "{tmp}", "--uploads", "-1"],
+            "--uploads must be 0 (skip) or more, got -1.",
+        ),
+        (["memory", "--bundles", "{tmp}"], "No ConceptLens bundles were found in"),
+    ],
+)
+def test_dashboard_and_memory_errors_come_back_through_conceptlens_bench(tmp_path, capfd, argv, words):
+    out = tmp_path / "d.json"
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    assert run_bench([*argv, "--json-out", str(out)]) == 2  # the child's exit status
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("conceptlens: error: ") and words in err[0]
+    assert not out.exists()
+
+
+def test_conceptlens_bench_passes_every_flag_to_the_script(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(command, env, check):
+        calls.append((command, env))
+        return subprocess.CompletedProcess(command, returncode=-9 if "memory" in command else 7)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setenv("PYTHONPATH", "elsewhere")
+    argv = [
+        "dashboard",
+        "--bundles",
+        "b",
+        "--warm-runs",
+        "-2",
+        "--uploads",
+        "0",
+        "--timeout",
+        "2.5",
+        "--json-out",
+        "o.json",
+    ]
+    assert run_bench(argv) == 7
+    assert run_bench(["memory"]) == 128 + 9  # killed by SIGKILL, as a shell reports it
+    script = [sys.executable, str(BENCHMARK_SCRIPT)]
+    assert calls[0][0] == [
+        *script,
+        "dashboard",
+        "--bundles=b",
+        "--warm-runs=-2",
+        "--uploads=0",
+        "--timeout=2.5",
+        "--json-out=o.json",
+    ]
+    assert calls[1][0] == [
+        *script,
+        "memory",
+        f"--bundles={bench.DEFAULT_BUNDLES}",
+        "--timeout=600.0",
+        "--json-out=bench-results/memory.json",
+    ]
+    assert calls[0][1]["PYTHONPATH"] == os.pathsep.join([str(BENCHMARK_SCRIPT.parents[1]), "elsewhere"])
+
+
+def test_dashboard_benches_need_the_source_checkout(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "DASHBOARD_SCRIPT", tmp_path / "dashboard" / "benchmark.py")
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("nothing should run"))
+    assert run_bench(["memory", "--json-out", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "bench memory needs the ConceptLens source checkout (dashboard/benchmark.py)" in err[0]
+    assert str(tmp_path) in err[0] and err[0].endswith(".")
