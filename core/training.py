@@ -75,3 +75,53 @@ def cosine_lr(step: int, total: int, base_lr: float, warmup: int = 0) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def save_training_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    epoch: int,
+    history: list[dict],
+    settings: dict,
+) -> None:
+    """Everything a resumable loop needs after ``epoch`` epochs, with the settings it ran under."""
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "epoch": epoch,
+            "history": history,
+            "settings": settings,
+        },
+    )
+
+
+def restore_training_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    settings: dict,
+    what: str = "settings",
+) -> tuple[int, list[dict]]:
+    """Continue from a checkpoint written by :func:`save_training_state`: (epochs done, history).
+
+    No checkpoint gives (0, []). One written under other settings is refused, since continuing it
+    would silently mix two different runs.
+    """
+    state = load_checkpoint(path)
+    if state is None:
+        return 0, []
+    if state.get("settings") != settings:
+        raise ValueError(
+            f"The checkpoint {path} was written with a different {what}; delete it or resume with "
+            "the same settings."
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    return int(state["epoch"]), [dict(row) for row in state["history"]]

@@ -121,8 +121,11 @@ def test_gradient_reaches_only_the_trainable_parts(backbone):
         return {n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0}
 
     # zero-initialised up-projections: at the first step only `up` of each adapter gets gradient
-    assert silent() == {n for n, _ in model.named_parameters()
-                        if n.startswith("adapters.") and (".norm." in n or ".down." in n)}
+    assert silent() == {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith("adapters.") and (".norm." in n or ".down." in n)
+    }
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     model.zero_grad()
     model.loss(model(pixels), labels)["total"].backward()
@@ -278,6 +281,16 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch)
             log=lambda *_: None,
         )
     monkeypatch.undo()
+    with pytest.raises(ValueError, match="different settings"):
+        train_module.train_concepthash(
+            "toyclip-tiny:random",
+            TINY_DATA,
+            ConceptHashConfig(bits=6, csd_weight=0.3),
+            config,
+            tmp_path / "hash",
+            resume=True,
+            log=lambda *_: None,
+        )
     messages = []
     out = train_module.train_concepthash(
         "toyclip-tiny:random",

@@ -27,9 +27,9 @@ from core.training import (
     batches,
     checkpoint_path,
     cosine_lr,
-    load_checkpoint,
     prepare_output,
-    save_checkpoint,
+    restore_training_state,
+    save_training_state,
     set_lr,
 )
 
@@ -113,13 +113,10 @@ def train_clip(
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ckpt_file = checkpoint_path(out)
+    settings = {"data": data.to_dict(), "train": asdict(config) | {"device": None}}
     start_epoch, history = 0, []
-    state = load_checkpoint(ckpt_file) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    if resume:
+        start_epoch, history = restore_training_state(ckpt_file, model, optimizer, generator, settings)
         log(f"Resuming from {ckpt_file} at epoch {start_epoch}.")
     steps_per_epoch = len(batches(len(pixels), config.batch_size, drop_last=True))
     total = config.epochs * steps_per_epoch
@@ -145,16 +142,7 @@ def train_clip(
             progress(global_step + 1, total)
         history.append({"loss": running / max(1, steps_per_epoch)})
         log(f"epoch {epoch + 1}/{config.epochs} loss={history[-1]['loss']:.4f}")
-        save_checkpoint(
-            ckpt_file,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "epoch": epoch + 1,
-                "history": history,
-            },
-        )
+        save_training_state(ckpt_file, model, optimizer, generator, epoch + 1, history, settings)
     seconds = time.perf_counter() - started
 
     model.eval()

@@ -36,7 +36,7 @@ from torch import nn
 
 from core.progress import Progress, no_progress
 from core.runtime import seed_everything
-from core.training import batches, cosine_lr, load_checkpoint, save_checkpoint, set_lr
+from core.training import batches, cosine_lr, restore_training_state, save_training_state, set_lr
 
 
 @dataclass
@@ -223,26 +223,8 @@ def _train_epoch(
     return {name: value / len(chunks) for name, value in sums.items()}
 
 
-def _restore(
-    checkpoint: Path,
-    config: VAEConfig,
-    model: ConceptVAE,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-) -> tuple[int, list[dict]]:
-    """Load a checkpoint written by ``train_vae``; returns (epochs done, history)."""
-    state = load_checkpoint(checkpoint)
-    if state is None:
-        return 0, []
-    if state.get("config") != config.to_dict() or state.get("n_concepts") != model.n_concepts:
-        raise ValueError(
-            f"The checkpoint {checkpoint} was written with a different VAE configuration or concept "
-            "count; delete it or resume with the same settings."
-        )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    return int(state["epoch"]), [dict(row) for row in state["history"]]
+def _settings(config: VAEConfig, model: ConceptVAE) -> dict:
+    return {"config": config.to_dict(), "n_concepts": model.n_concepts}
 
 
 def train_vae(
@@ -277,7 +259,14 @@ def train_vae(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start_epoch, history = 0, []
     if checkpoint is not None and resume:
-        start_epoch, history = _restore(Path(checkpoint), config, model, optimizer, generator)
+        start_epoch, history = restore_training_state(
+            Path(checkpoint),
+            model,
+            optimizer,
+            generator,
+            _settings(config, model),
+            what="VAE configuration or concept count",
+        )
         if start_epoch:
             log(f"Resuming the VAE from {checkpoint} at epoch {start_epoch}.")
 
@@ -304,17 +293,8 @@ def train_vae(
             + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
         )
         if checkpoint is not None:
-            save_checkpoint(
-                Path(checkpoint),
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "config": config.to_dict(),
-                    "n_concepts": model.n_concepts,
-                },
+            save_training_state(
+                Path(checkpoint), model, optimizer, generator, epoch + 1, history, _settings(config, model)
             )
         progress(epoch + 1, config.epochs)
     model.eval()

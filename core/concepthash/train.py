@@ -20,9 +20,9 @@ from core.training import (
     batches,
     checkpoint_path,
     cosine_lr,
-    load_checkpoint,
     prepare_output,
-    save_checkpoint,
+    restore_training_state,
+    save_training_state,
     set_lr,
 )
 
@@ -86,13 +86,15 @@ def train_concepthash(
     )
 
     ckpt_file = checkpoint_path(out)
+    settings = {
+        "backbone": backbone.reference,
+        "data": data.to_dict(),
+        "model": model_config.to_dict(),
+        "train": asdict(train_config) | {"device": None},
+    }
     start_epoch, history = 0, []
-    state = load_checkpoint(ckpt_file) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    if resume:
+        start_epoch, history = restore_training_state(ckpt_file, model, optimizer, generator, settings)
         log(f"Resuming from {ckpt_file} at epoch {start_epoch}.")
 
     steps_per_epoch = len(batches(len(pixels), train_config.batch_size, drop_last=True))
@@ -121,16 +123,7 @@ def train_concepthash(
             f"epoch {epoch + 1}/{train_config.epochs} "
             + " ".join(f"{k}={v:.4f}" for k, v in history[-1].items())
         )
-        save_checkpoint(
-            ckpt_file,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "epoch": epoch + 1,
-                "history": history,
-            },
-        )
+        save_training_state(ckpt_file, model, optimizer, generator, epoch + 1, history, settings)
     train_seconds = time.perf_counter() - started
 
     model.eval()
