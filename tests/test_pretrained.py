@@ -1,0 +1,64 @@
+"""The bundles shipped in pretrained/ load, and their stored metrics match a fresh `conceptlens eval`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.bundle import find_bundles, read_bundle_config
+from core.cli import evaluate_any
+from tests.conftest import ROOT
+
+PRETRAINED = ROOT / "pretrained"
+SHIPPED = {
+    "toybirds-clip": "clip",
+    "toybirds-concepthash-csd": "concepthash",
+    "toybirds-concepthash-nocsd": "concepthash",
+    "toybirds-concepthash-nolang": "concepthash",
+    "toybirds-concepthash-cls": "concepthash",
+    "toybirds-ceir": "ceir",
+}
+# Stored metrics were computed on the machine that trained the bundle; another CPU may round differently.
+TOLERANCE = 0.02
+
+
+def test_every_shipped_bundle_is_there_with_its_kind():
+    found = {path.name: read_bundle_config(path)["kind"] for path in find_bundles(PRETRAINED)}
+    assert found == SHIPPED
+
+
+def test_shipped_bundles_are_small():
+    total = sum(p.stat().st_size for p in PRETRAINED.rglob("*") if p.is_file())
+    assert total < 100 * 2**20
+
+
+def test_results_file_matches_the_bundles():
+    results = json.loads((PRETRAINED / "results.json").read_text())
+    assert set(results["steps"]) == set(SHIPPED)
+    for name, step in results["steps"].items():
+        stored = read_bundle_config(PRETRAINED / name)["metrics"]
+        for key in ("map", "acc", "zero_shot_accuracy"):
+            if key in stored:
+                assert step["test"][key] == pytest.approx(stored[key], abs=TOLERANCE)
+
+
+def headline(result: dict) -> dict[str, float]:
+    values = {k: result[k] for k in ("map", "diversity", "acc", "nmi", "ari", "zero_shot_accuracy",
+                                     "concept_precision_at_5") if k in result}
+    values |= {f"P@{k}": v for k, v in result.get("precision_at", {}).items()}
+    if "localization" in result:
+        values["hit_rate"] = result["localization"]["mean_hit_rate"]
+    return values
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_stored_metrics_match_a_fresh_eval(name):
+    path = PRETRAINED / name
+    stored = read_bundle_config(path)["metrics"]
+    fresh = evaluate_any(path, device="cpu")
+    expected = headline(stored)
+    assert expected, f"{name} stores no metrics"
+    got = headline(fresh)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=TOLERANCE), key
