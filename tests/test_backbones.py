@@ -139,3 +139,25 @@ def test_stored_bundle_reference_is_found_relative_to_a_moved_folder(tmp_path, t
     # a dependent bundle stored "elsewhere/clip"; it now lives in models/ beside the clip bundle
     loaded = load_backbone({"bundle": "elsewhere/clip"}, relative_to=tmp_path / "models" / "hash")
     assert loaded.reference["bundle"].endswith("clip")
+
+
+def test_clip_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from core.backbones import train_clip as module
+    from core.data.spec import DataSpec
+
+    data = DataSpec(image_size=32, train_per_class=1, test_per_class=1)
+    config = module.ClipTrainConfig(config_name="toyclip-tiny", epochs=2, batch_size=8, device="cpu")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(module, "save_bundle", crash)
+    with pytest.raises(RuntimeError):
+        module.train_clip(data, config, tmp_path / "clip", log=lambda *_: None)
+    assert (tmp_path / "clip.ckpt").is_file()
+    monkeypatch.undo()
+    messages = []
+    out = module.train_clip(data, config, tmp_path / "clip", resume=True, log=messages.append)
+    assert any("Resuming" in m and "epoch 2" in m for m in messages)
+    assert not any(m.startswith("epoch ") for m in messages)
+    assert len(load_backbone(str(out)).reference) == 1 and not (tmp_path / "clip.ckpt").exists()
