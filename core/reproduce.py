@@ -242,7 +242,8 @@ def render_readme(results: dict[str, Any]) -> str:
         "`conceptlens eval BUNDLE --json` on its test split and on fresh ToyBirds samples (`--seed "
         f"{FRESH_SEED}`). Rebuild all of them (and this file) with `conceptlens reproduce --overwrite`;",
         "without `--overwrite` existing bundles are kept and only evaluated. Training times are wall-clock",
-        "seconds of the training loop as stored in each bundle's config.json.",
+        "seconds of the training loop as stored in each bundle's config.json; the machine may have been",
+        "running other work at the time, so read them as upper bounds.",
         "",
         f"Machine: {results['machine']}.",
         "",
