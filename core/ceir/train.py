@@ -182,9 +182,9 @@ def train_ceir(
     concepts, projection, fidelity, low_fidelity = fit_bottleneck(backbone, concepts, train_emb, config, log)
     removed |= low_fidelity
     with torch.no_grad():
-        raw_train, raw_test = projection(train_emb), projection(test_emb)
+        raw_train = projection(train_emb)
     zscore = ZScore.fit(raw_train)
-    z_train, z_test = zscore(raw_train), zscore(raw_test)
+    z_train = zscore(raw_train)
 
     from core.ceir.bottleneck import split_holdout
 
@@ -208,23 +208,12 @@ def train_ceir(
     model.concept_embeddings.copy_(backbone.encode_texts(concepts).cpu())
     model.eval()
     with torch.no_grad():
-        latent_train, latent_test = model.latent(z_train), model.latent(z_test)
+        latent_train = model.latent(z_train)
     _, kmeans = fit_kmeans(latent_train.numpy(), k, seed=config.seed)
     model.cluster_centers.copy_(torch.from_numpy(kmeans.centers).float())
     seconds = time.perf_counter() - started
 
-    metrics = evaluate_arrays(
-        model,
-        train_split,
-        test_split,
-        train_emb,
-        test_emb,
-        z_train,
-        z_test,
-        latent_train,
-        latent_test,
-        seed=config.seed,
-    )
+    metrics = evaluate_arrays(model, train_split, test_split, train_emb, test_emb, seed=config.seed)
     arrays = {
         "train_concepts": z_train.numpy().astype(np.float32),
         "train_latents": latent_train.numpy().astype(np.float32),
@@ -266,16 +255,17 @@ def evaluate_arrays(
     test_split: ImageSplit,
     train_emb: torch.Tensor,
     test_emb: torch.Tensor,
-    z_train: torch.Tensor,
-    z_test: torch.Tensor,
-    latent_train: torch.Tensor,
-    latent_test: torch.Tensor,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Clustering of the test split by CEIR (fixed centres) and the two baselines (k-means fit on train)."""
+    """Clustering of the test split by CEIR (fixed centres) and the two baselines (k-means fit on train).
+
+    Concept vectors and latents are derived from the embeddings by the trained model itself.
+    """
     from core.ceir.clustering import clustering_scores
 
-    predicted = model.assign(latent_test).numpy()
+    with torch.no_grad():
+        z_train, z_test = model.concept_vectors(train_emb), model.concept_vectors(test_emb)
+        predicted = model.assign(model.latent(z_test)).numpy()
     metrics: dict[str, Any] = dict(clustering_scores(test_split.labels, predicted))
     metrics["baselines"] = evaluate_clusterings(
         {
@@ -327,20 +317,6 @@ def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") ->
         image_embeddings(loaded.backbone, train_split),
         image_embeddings(loaded.backbone, test_split),
     )
-    model = loaded.model
-    with torch.no_grad():
-        z_train, z_test = model.concept_vectors(train_emb), model.concept_vectors(test_emb)
-        latent_train, latent_test = model.latent(z_train), model.latent(z_test)
-    metrics = evaluate_arrays(
-        model,
-        train_split,
-        test_split,
-        train_emb,
-        test_emb,
-        z_train,
-        z_test,
-        latent_train,
-        latent_test,
-        seed=int(loaded.config.get("ceir", {}).get("seed", 0)),
-    )
+    seed = int(loaded.config.get("ceir", {}).get("seed", 0))
+    metrics = evaluate_arrays(loaded.model, train_split, test_split, train_emb, test_emb, seed=seed)
     return {"kind": KIND, "bundle": str(loaded.path), "data": data.to_dict(), **metrics}
