@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transform import image_transform
 from open_clip.transformer import text_global_pool
 from PIL import Image
+
+if TYPE_CHECKING:
+    from core.backbones.conse import ConSEBackbone
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 RANDOM_TAGS = ("random", "none", "")
@@ -54,8 +57,34 @@ def get_toy_config(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+class ImagePreprocessing:
+    """Preprocessing of PIL images and data splits, shared by every backbone with a ``preprocess``
+    transform and a ``device`` (the CLIP ``Backbone`` and the offline ConSE one)."""
+
+    preprocess: Callable[[Image.Image], torch.Tensor]
+
+    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> a normalised batch on the backbone's device."""
+        return torch.stack([self.preprocess(im) for im in images]).to(self.device)
+
+    def preprocess_split(
+        self,
+        split: Any,
+        indices: Sequence[int] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Preprocess the images of a data split (all, or ``indices``) into one CPU tensor."""
+        order = range(len(split)) if indices is None else indices
+        out = []
+        for n, i in enumerate(order, 1):
+            out.append(self.preprocess(split.image(i)))
+            if progress is not None and (n % 64 == 0 or n == len(order)):
+                progress(n, len(order))
+        return torch.stack(out)
+
+
 @dataclass
-class Backbone:
+class Backbone(ImagePreprocessing):
     """A CLIP model in eval mode with its own preprocessing and tokenizer.
 
     ``reference`` is what a dependent bundle stores to find this backbone again.
@@ -103,25 +132,6 @@ class Backbone:
         if "bundle" in ref:
             return f"bundle {ref['bundle']}"
         return f"{ref['name']}:{ref.get('pretrained') or 'random'}"
-
-    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images -> a normalised batch on the backbone's device."""
-        return torch.stack([self.preprocess(im) for im in images]).to(self.device)
-
-    def preprocess_split(
-        self,
-        split: Any,
-        indices: Sequence[int] | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> torch.Tensor:
-        """Preprocess the images of a data split (all, or ``indices``) into one CPU tensor."""
-        order = range(len(split)) if indices is None else indices
-        out = []
-        for n, i in enumerate(order, 1):
-            out.append(self.preprocess(split.image(i)))
-            if progress is not None and (n % 64 == 0 or n == len(order)):
-                progress(n, len(order))
-        return torch.stack(out)
 
     @torch.no_grad()
     def encode_images(
@@ -192,14 +202,20 @@ def parse_backbone_spec(spec: str) -> dict[str, Any]:
 
 def load_backbone(
     spec: str | dict[str, Any], *, device: str | torch.device = "cpu", relative_to: str | Path | None = None
-) -> Backbone:
+) -> Backbone | ConSEBackbone:
     """Load a backbone from a spec string or a stored reference dict.
+
+    ``conse-effnet-lite0-minilm`` is the offline ConSE backbone of :mod:`core.backbones.conse`.
 
     ``relative_to`` is the directory of a bundle that stored the reference; a bundle path that
     does not exist as given is also looked up relative to that directory's parent, so a
     folder of bundles can be moved as a whole.
     """
     ref = parse_backbone_spec(spec) if isinstance(spec, str) else dict(spec)
+    if ref.get("name") == "conse-effnet-lite0-minilm":
+        from core.backbones.conse import load_conse
+
+        return load_conse(ref, device=device)
     if "bundle" in ref:
         backbone = _load_bundle_backbone(_resolve_bundle_path(ref["bundle"], relative_to))
     else:
