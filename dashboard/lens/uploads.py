@@ -8,6 +8,8 @@ import streamlit as st
 from PIL import Image
 
 from core.data.images import ImageLoadError, load_image
+from core.data.samples import load_sample_photo as core_load_sample_photo
+from core.data.samples import sample_photo_names
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
 
@@ -31,29 +33,10 @@ def show_errors(errors: list[str]) -> None:
         st.error(error)
 
 
-def sample_photos() -> dict[str, Any]:
-    """Real photos that ship inside installed packages (no download): name -> loader."""
-    photos: dict[str, Any] = {}
-    try:
-        from skimage import data
-
-        for name in ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left"):
-            if hasattr(data, name):
-                photos[f"skimage: {name}"] = getattr(data, name)
-    except ImportError:
-        pass
-    try:
-        from sklearn.datasets import load_sample_image
-
-        for name in ("china.jpg", "flower.jpg"):
-            photos[f"sklearn: {name}"] = lambda name=name: load_sample_image(name)
-    except ImportError:
-        pass
-    return photos
+def sample_photos() -> list[str]:
+    """Names of the real photos that ship inside installed packages (no download)."""
+    return sample_photo_names()
 
 
 def load_sample_photo(label: str) -> Image.Image:
-    array = sample_photos()[label]()
-    if array.ndim == 2:
-        return Image.fromarray(array).convert("RGB")
-    return Image.fromarray(array[..., :3])
+    return core_load_sample_photo(label)
