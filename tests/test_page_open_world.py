@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from core.ceir.concept_bank import ConceptBank, parse_concepts
-from core.ceir.labels import SCORING_SIMILARITY, ConceptScore, ImageLabels, LabelReport, label_images
+from core.ceir.labels import (
+    SCORING_SIMILARITY,
+    BackboneOnly,
+    ConceptScore,
+    ImageLabels,
+    LabelReport,
+    label_images,
+)
 from core.ceir.train import load_ceir
 from core.data.images import load_image
 from tests.conftest import ROOT
@@ -45,10 +52,16 @@ def toy(tiny_bundles):
 
 
 @pytest.fixture
-def page(dashboard):
+def fresh_page(dashboard):
     app = dashboard("open_world")
     assert not app.exception, [e.value for e in app.exception]
     return app
+
+
+@pytest.fixture
+def page(fresh_page, tiny_bundles):
+    """The page with the tiny CEIR bundle chosen as the model (the default is the offline ConSE model)."""
+    return fresh_page.radio(key="ow_model").set_value(str(tiny_bundles / "toy-ceir")).run()
 
 
 def upload(app, names: list[str], files: dict[str, bytes]):
@@ -62,12 +75,18 @@ def labels_frame(app):
     return next(d.value for d in app.dataframe if "image" in d.value.columns)
 
 
-def test_page_offers_uploads_samples_models_and_banks(page):
+def test_page_offers_uploads_samples_models_and_banks(fresh_page):
+    page = fresh_page
     assert "Concept labels" in [s.value for s in page.subheader]
     uploader = next(u for u in page.file_uploader if u.key == "ow_upload")
     assert uploader.accept_multiple_files
     assert "skimage: astronaut" in page.multiselect(key="ow_samples").options
-    assert page.radio(key="ow_model").options == ["CEIR bundle: toy-ceir", "A real CLIP by open_clip name"]
+    assert page.radio(key="ow_model").options == [
+        "Offline ConSE model for real photos (EfficientNet-Lite0 + MiniLM)",
+        "CEIR bundle: toy-ceir",
+        "A real CLIP by open_clip name",
+    ]
+    assert page.radio(key="ow_model").index == 0, "real photos default to the offline ConSE model"
     assert "Shipped bank: general" in page.selectbox(key="ow_bank").options
     assert any("Upload images or pick sample photos" in i.value for i in page.info)
     assert not page.error
@@ -185,13 +204,24 @@ def test_real_clip_labels_with_clip_similarity(page, tiny_bundles, monkeypatch):
     assert any("no concept bank of its own" in i.value for i in page.info)
     table = labels_frame(page)
     expected = label_images(
-        view.ClipOnly(toy_clip),
+        BackboneOnly(toy_clip),
         [("skimage: rocket", view_sample("skimage: rocket"))],
         5,
         ConceptBank(list(_general()), "shipped:general"),
     )
     assert table["concept"].tolist() == [label.concept for label in expected.images[0].labels]
     assert any("CLIP RN50:openai" in c.value for c in page.caption)
+
+
+def test_conse_labels_a_real_photo_by_default(fresh_page):
+    page = fresh_page
+    page.multiselect(key="ow_samples").set_value(["skimage: chelsea"]).run()
+    assert not page.exception and not page.error, [e.value for e in page.error]
+    assert any("no concept bank of its own" in i.value for i in page.info)
+    assert "cat" in labels_frame(page)["concept"].tolist()
+    assert any(
+        "conse-effnet-lite0-minilm" in c.value and "'shipped:general'" in c.value for c in page.caption
+    )
 
 
 def _general() -> list[str]:

