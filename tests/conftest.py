@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / "dashboard" / "Home.py"
+# The dashboard's helpers (``lens``) are imported as streamlit run imports them: from dashboard/.
+if str(ROOT / "dashboard") not in sys.path:
+    sys.path.insert(0, str(ROOT / "dashboard"))
 
 
 def _quiet(*_args) -> None:

@@ -52,3 +52,18 @@ def test_a_bundle_that_fails_validation_is_named_with_the_reason(tiny_bundles, t
     warnings = [w.value for w in app.sidebar.warning]
     assert any("broken-hash" in w and "config.json" in w for w in warnings), warnings
     assert set(app.dataframe[0].value["bundle"]) == {"good-hash"}
+
+
+def test_pickers_default_to_the_published_method_before_ablations():
+    from lens.bundles import BundleInfo, default_rank
+
+    def info(name, **model):
+        return BundleInfo(f"/b/{name}", "concepthash", name, "", {}, {"model": model})
+
+    bundles = [
+        info("a-cls", mode="cls", csd_weight=1.0),
+        info("b-nocsd", mode="concepts", csd_weight=0.0),
+        info("c-nolang", mode="concepts", csd_weight=1.0, language_guidance=False),
+        info("d-csd", mode="concepts", csd_weight=1.0, language_guidance=True),
+    ]
+    assert [b.name for b in sorted(bundles, key=default_rank)] == ["d-csd", "b-nocsd", "a-cls", "c-nolang"]

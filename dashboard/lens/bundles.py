@@ -113,9 +113,21 @@ def list_broken(roots: tuple[str, ...]) -> list[tuple[str, str]]:
     ]
 
 
+def default_rank(info: BundleInfo) -> tuple:
+    """Order in the pickers: ConceptHash models with concept tokens and L_csd (the method as published) first,
+    ablations and baselines after them; otherwise by name."""
+    model = info.config.get("model", {}) if info.kind == "concepthash" else {}
+    is_ablation = model.get("mode", "concepts") != "concepts" or not model.get("language_guidance", True)
+    return (
+        (is_ablation, not (model.get("csd_weight") or 0) > 0, info.name)
+        if model
+        else (False, False, info.name)
+    )
+
+
 def available(kind: str) -> list[BundleInfo]:
     roots = tuple(str(r) for r in bundle_roots(st.session_state.get("extra_bundle_root")))
-    return [b for b in list_bundles(roots) if b.kind == kind]
+    return sorted((b for b in list_bundles(roots) if b.kind == kind), key=default_rank)
 
 
 def selected(kind: str) -> BundleInfo | None:
