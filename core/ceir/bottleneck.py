@@ -141,6 +141,3 @@ class ZScore:
 
     def __call__(self, activations: torch.Tensor) -> torch.Tensor:
         return (activations - self.mean) / self.std
-
-    def invert(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std + self.mean

@@ -70,10 +70,6 @@ class LoadedCEIR:
     def metrics(self) -> dict[str, Any]:
         return self.config.get("metrics", {})
 
-    @torch.no_grad()
-    def concept_vectors_for_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.concept_vectors(self.backbone.encode_images(pixels).cpu())
-
 
 def image_embeddings(backbone: Backbone, split: ImageSplit, progress: Progress = no_progress) -> torch.Tensor:
     """L2-normalised CLIP image embeddings of a whole split (CPU)."""

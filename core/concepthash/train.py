@@ -13,7 +13,7 @@ import torch
 from core.backbones.clip import Backbone, load_backbone
 from core.bundle import load_bundle, save_bundle
 from core.concepthash.model import ConceptHash, ConceptHashConfig
-from core.data.spec import DataSpec, ImageSplit, open_split
+from core.data.spec import DataSpec, open_split
 from core.progress import Progress, no_progress
 from core.runtime import resolve_device, seed_everything
 from core.training import (
@@ -171,7 +171,3 @@ def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHas
     model.to(backbone.device).eval()
     data = DataSpec.from_dict(bundle.section("data"))
     return LoadedConceptHash(bundle.path, model, backbone, data, bundle.config, bundle.arrays)
-
-
-def database_split(loaded: LoadedConceptHash) -> ImageSplit:
-    return open_split(loaded.data, "train")
