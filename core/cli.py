@@ -96,6 +96,18 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: 
     group.add_argument("--half", action="store_true", help="store weights as float16")
 
 
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The training-loop settings the ``run`` flags carry, as keyword arguments for a train config."""
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "device": args.device,
+        "half": args.half,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="conceptlens", description="Train, evaluate and explain ConceptHash and CEIR."
@@ -260,15 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model == "clip":
         from core.backbones.train_clip import ClipTrainConfig, train_clip
 
-        config = ClipTrainConfig(
-            config_name=args.config,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            half=args.half,
-        )
+        config = ClipTrainConfig(config_name=args.config, **run_settings(args))
         out = train_clip(
             data,
             config,
@@ -328,14 +332,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             language_guidance=not args.no_language_guidance,
             mode=args.mode,
         )
-        train_config = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            half=args.half,
-        )
+        train_config = TrainConfig(**run_settings(args))
         out = train_concepthash(
             args.backbone,
             data,
