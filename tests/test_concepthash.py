@@ -14,7 +14,7 @@ from core.concepthash.attention import concept_heatmaps
 from core.concepthash.evaluate import interpretability_metrics, subcode_values
 from core.concepthash.model import ConceptHash, ConceptHashConfig
 from core.data.spec import DataSpec, ToyBirdsSplit
-from core.data.toybirds import PARTS, SPECIES
+from core.data.toybirds import PARTS, SPECIES, SPECIES_PARTS
 
 CLASSES = ["red finch", "blue finch", "green finch"]
 
@@ -206,13 +206,32 @@ def test_subcode_part_nmi_is_one_for_a_code_that_spells_the_part():
     split = ToyBirdsSplit("test", per_class=2, seed=0, image_size=32)
     labels = split.part_labels("wing")
     values = {v: k for k, v in enumerate(sorted(set(labels)))}
-    assert len(values) <= 16
-    bits = np.array([[(values[label] >> b) & 1 for b in range(4)] for label in labels]) * 2 - 1
+    assert len(values) == 4  # a species part takes four colours: two bits spell it
+    bits = np.array([[(values[label] >> b) & 1 for b in range(2)] for label in labels]) * 2 - 1
     attention = np.full((len(split), 1, 16), 1 / 16)
     result = interpretability_metrics(attention, bits, split, (4, 4), n_concepts=1)
+    assert result["subcode_part_nmi"]["parts"] == list(PARTS)
     row = dict(zip(result["subcode_part_nmi"]["parts"], result["subcode_part_nmi"]["matrix"][0], strict=True))
     assert row["wing"] == pytest.approx(1.0)
-    assert max(row["head"], row["body"], row["tail"]) < 1.0
+    assert max(row["head"], row["body"]) < 0.1  # species parts share little information
+    assert row["tail"] < 0.2  # the tail colour is per-image nuisance
+
+
+def test_part_labels_are_species_colours_and_the_per_image_tail():
+    split = ToyBirdsSplit("test", per_class=2, seed=1, image_size=32)
+    for part in SPECIES_PARTS:
+        labels = split.part_labels(part)
+        assert labels == [SPECIES[label].colours[part] for label in split.labels]
+        assert labels == [split.sample(i).part_values[part] for i in range(len(split))]
+    tails = split.part_labels("tail")
+    assert tails == [split.sample(i).traits["tail"]["colour"] for i in range(len(split))]
+    # the tail is not a species trait: one species shows several tail colours
+    by_species = {}
+    for label, tail in zip(split.labels, tails, strict=True):
+        by_species.setdefault(int(label), set()).add(tail)
+    assert len(set(tails)) >= 5 and sum(len(t) > 1 for t in by_species.values()) >= 12
+    with pytest.raises(ValueError, match="beak"):
+        split.part_labels("beak")
 
 
 # ---- training ---------------------------------------------------------------------------------

@@ -10,7 +10,10 @@
 * ``diversity``: mean pairwise cosine between the concepts' attention maps (the L_csd value on
   the query images; lower = concepts look at different places).
 * ``subcode_part_nmi``: M x parts matrix of NMI between each sub-code's value (its K/M bits
-  read as an integer) and each part's attribute label.
+  read as an integer) and each part's colour in each image: the species parts (head, wing, body)
+  and, as a nuisance check, the tail, whose colour is drawn per image and says nothing about the
+  species.  A part-specific 6-bit code reaches 1 for one species part per sub-code (the species
+  parts share only 0.04 NMI with one another).
 """
 
 from __future__ import annotations

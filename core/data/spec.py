@@ -113,8 +113,16 @@ class ToyBirdsSplit:
         return self.sample(i).caption
 
     def part_labels(self, part: str) -> list[str]:
-        """The attribute label of ``part`` for every image (species-level ground truth)."""
-        return [toybirds.SPECIES[label].part_label(part) for label in self.labels]
+        """The colour of ``part`` in every image.
+
+        For a species part (head, wing, body) this is the species' colour, known without rendering;
+        for the nuisance tail it is drawn per image, so every sample is rendered (and cached).
+        """
+        if part in toybirds.SPECIES_PARTS:
+            return [toybirds.SPECIES[label].part_label(part) for label in self.labels]
+        if part in toybirds.PARTS:
+            return [self.sample(i).traits[part]["colour"] for i in range(len(self))]
+        raise ValueError(f"Unknown part {part!r}; expected one of {', '.join(toybirds.PARTS)}.")
 
 
 class FileSplit:

@@ -171,8 +171,10 @@ if table is None:
     st.info("This needs data with part annotations (ToyBirds); this bundle's data has none.")
 else:
     st.caption(
-        "Normalised mutual information between each concept's sub-code value and each part's attribute, "
-        "on the test images (0 = unrelated, 1 = the sub-code determines the attribute)."
+        "Normalised mutual information between each concept's sub-code value and each part's colour, "
+        "on the test images (0 = unrelated, 1 = the sub-code determines the colour). Head, wing and body "
+        "colours define the species; the tail's colour is drawn per image, so a high value there means "
+        "a sub-code spent on nuisance."
     )
     left, right = st.columns([3, 2])
     with left:
