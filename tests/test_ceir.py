@@ -90,6 +90,28 @@ def test_pipeline_bundle_has_metrics_baselines_and_arrays(loaded):
     assert loaded.model.n_clusters == len(loaded.config["classes"])
 
 
+def test_concept_precision_counts_only_the_species_colours():
+    from core.ceir.concept_bank import load_bank
+    from core.ceir.train import concept_precision_at_5
+    from core.data.spec import ToyBirdsSplit
+    from core.data.toybirds import SPECIES, SPECIES_PARTS
+
+    split = ToyBirdsSplit("test", per_class=1, seed=0, image_size=32)  # labels only, nothing rendered
+    concepts = load_bank("toybirds").concepts
+    true_rows = np.array(
+        [[c in {f"{s.colours[p]} {p}" for p in SPECIES_PARTS} for c in concepts] for s in SPECIES]
+    )
+    nuisance = [concepts.index(c) for c in ("crested head", "striped wing", "red tail", "forked tail")]
+    vectors = np.where(true_rows[split.labels], 2.0, -1.0)
+    # only the three true concepts are positive
+    assert concept_precision_at_5(concepts, vectors, split) == pytest.approx(1.0)
+    # nuisance fills the rest of the top 5: true of some images, never of a species
+    vectors[:, nuisance] = 1.0
+    assert concept_precision_at_5(concepts, vectors, split) == pytest.approx(3 / 5)
+    vectors[:, nuisance] = 3.0
+    assert concept_precision_at_5(concepts, vectors, split) == pytest.approx(1 / 5)
+
+
 def test_eval_reproduces_the_stored_metrics_and_takes_a_seed(bundle, loaded):
     again = evaluate_bundle(str(bundle), device="cpu")
     assert again["acc"] == pytest.approx(loaded.metrics["acc"])

@@ -364,7 +364,7 @@ def test_filter_by_fidelity():
 # Shipped banks
 # ---------------------------------------------------------------------------------------------
 
-MIN_SIZES = {"toybirds": 42 + 20, "cifar10": 100, "cub200": 200, "general": 300}
+MIN_SIZES = {"toybirds": 28 + 20, "cifar10": 100, "cub200": 200, "general": 300}
 MAX_SIZES = {"cifar10": 150, "cub200": 300}
 
 
@@ -394,21 +394,35 @@ def test_cifar10_bank_leaves_out_class_names():
     assert removed == {}
 
 
-def test_toybirds_bank_covers_every_part_value_pair():
-    concepts = set(load_bank("toybirds").concepts)
-    part_word = {"head": "head", "wing": "wings", "body": "body", "tail": "tail"}
-    expected = {
-        f"{value} {part_word[part]}"
-        for part in toybirds.PARTS
+def _world_concepts(parts: tuple[str, ...], nuisance: bool) -> set[str]:
+    """Concepts "<value> <part>": the species-part colours, or with ``nuisance`` every nuisance value."""
+    return {
+        f"{value} {part}"
+        for part in parts
         for attribute in toybirds.PART_ATTRIBUTES[part]
+        if (attribute != "colour" or part in toybirds.NUISANCE_PARTS) == nuisance
         for value in toybirds.ATTRIBUTE_VALUES[part][attribute]
     }
-    assert len(expected) == 42
-    assert expected <= concepts
-    distractors = concepts - expected
+
+
+def test_toybirds_bank_covers_every_part_value_pair():
+    concepts = load_bank("toybirds").concepts
+    species = _world_concepts(toybirds.PARTS, nuisance=False)
+    nuisance = _world_concepts(toybirds.PARTS, nuisance=True)
+    assert species == {
+        f"{c} {p}" for p in ("head", "wing", "body") for c in ("red", "yellow", "blue", "green")
+    }
+    assert "crested head" in nuisance and "striped wing" in nuisance and "purple tail" in nuisance
+    assert len(nuisance) == 2 + 3 + 8 + 3
+    assert species | nuisance <= set(concepts)
+    # the species attributes come first, then the nuisance section, then the distractors
+    assert set(concepts[:12]) == species and set(concepts[12:28]) == nuisance
+    distractors = set(concepts) - species - nuisance
     assert len(distractors) >= 20
     # distractors are not about the world's attributes
     assert all(cb.toybirds_concept_parts(c) is None for c in distractors)
+    header = cb.resources.files("core.ceir").joinpath("banks", "toybirds.txt").read_text(encoding="utf-8")
+    assert "Species attributes" in header and "Nuisance" in header and "Distractors" in header
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,44 +431,60 @@ def test_toybirds_bank_covers_every_part_value_pair():
 
 
 @pytest.mark.parametrize("species", toybirds.SPECIES, ids=lambda s: s.name)
-def test_toybirds_concept_truth_matches_species_attributes(species):
-    part_word = {"head": "head", "wing": "wings", "body": "body", "tail": "tail"}
-    true_count = 0
+def test_toybirds_concept_truth_matches_species_colours(species):
+    true_concepts = []
     for concept in load_bank("toybirds").concepts:
         truth = toybirds_concept_truth(concept, species)
-        words = concept.split()
-        part = {"head": "head", "wings": "wing", "body": "body", "tail": "tail"}.get(words[-1])
-        if len(words) != 2 or part is None:
+        value, _, part = concept.partition(" ")
+        if part in toybirds.SPECIES_PARTS and value in toybirds.SPECIES_COLOURS:
+            assert truth is (species.colours[part] == value), concept
+        else:  # nuisance (crest, wing pattern, the tail) and distractors say nothing about a species
             assert truth is None, concept
-            continue
-        value = words[0]
-        attribute = next(
-            a for a in toybirds.PART_ATTRIBUTES[part] if value in toybirds.ATTRIBUTE_VALUES[part][a]
-        )
-        assert truth == (species.attributes[part][attribute] == value), concept
-        true_count += truth
-    # every species has exactly one value per attribute: 8 attributes -> 8 true concepts
-    assert true_count == sum(len(a) for a in toybirds.PART_ATTRIBUTES.values()) == 8
-    # every attribute value of the species reads as true, spelt as in the caption
-    for part, values in species.attributes.items():
-        for value in values.values():
-            assert toybirds_concept_truth(f"{value} {part_word[part]}", species) is True
+        if truth:
+            true_concepts.append(concept)
+    # exactly one true colour per species part, spelt as in the captions
+    assert true_concepts == [f"{species.colours[p]} {p}" for p in toybirds.SPECIES_PARTS]
 
 
 def test_toybirds_concept_truth_variants():
-    finch = toybirds.SPECIES[0]  # red crested head, black striped wings, yellow round body, black forked tail
-    assert finch.attributes["head"] == {"colour": "red", "crest": "crested"}
-    assert toybirds_concept_truth("Red  Head", finch) is True
-    assert toybirds_concept_truth("red crested head", finch) is True
-    assert toybirds_concept_truth("red smooth head", finch) is False
-    assert toybirds_concept_truth("black striped wing", finch) is True
-    assert toybirds_concept_truth("blue wings", finch) is False
-    assert toybirds_concept_truth("red red head", finch) is None  # two colours for one attribute
-    assert toybirds_concept_truth("striped head", finch) is None  # the world has no head patterns
-    assert toybirds_concept_truth("webbed feet", finch) is None
-    assert toybirds_concept_truth("long tail", finch) is None
-    assert toybirds_concept_truth("head", finch) is None
-    assert toybirds_concept_truth("red head", 0) is True
-    assert toybirds_concept_truth("red head", finch.name) is True
+    bird = toybirds.SPECIES[5]  # yellow head, green wing, red body
+    assert bird.colours == {"head": "yellow", "wing": "green", "body": "red"}
+    assert toybirds_concept_truth("Yellow  Head", bird) is True
+    assert toybirds_concept_truth("green wing", bird) is True
+    assert toybirds_concept_truth("green wings", bird) is True  # the plural still reads as the wing
+    assert toybirds_concept_truth("red body", bird) is True
+    assert toybirds_concept_truth("blue wing", bird) is False
+    assert toybirds_concept_truth("red head", bird) is False
+    assert toybirds_concept_truth("yellow body", bird) is False
+    # nuisance: per image, so a species neither has nor lacks it
+    assert toybirds_concept_truth("crested head", bird) is None
+    assert toybirds_concept_truth("yellow crested head", bird) is None
+    assert toybirds_concept_truth("striped wing", bird) is None
+    assert toybirds_concept_truth("red tail", bird) is None
+    assert toybirds_concept_truth("forked tail", bird) is None
+    # not about the world
+    assert toybirds_concept_truth("purple head", bird) is None  # no species part is purple
+    assert toybirds_concept_truth("yellow yellow head", bird) is None  # two colours for one attribute
+    assert toybirds_concept_truth("striped head", bird) is None  # the world has no head patterns
+    assert toybirds_concept_truth("round body", bird) is None  # v1 body shapes are gone
+    assert toybirds_concept_truth("webbed feet", bird) is None
+    assert toybirds_concept_truth("long tail", bird) is None
+    assert toybirds_concept_truth("head", bird) is None
+    assert toybirds_concept_truth("yellow head", 5) is True
+    assert toybirds_concept_truth("yellow head", bird.name) is True
     with pytest.raises(ValueError, match="not a ToyBirds species"):
         toybirds_concept_truth("red head", 999)
+
+
+def test_toybirds_concept_parts_reads_species_and_nuisance_attributes():
+    assert cb.toybirds_concept_parts("red crested head") == ("head", {"colour": "red", "crest": "crested"})
+    assert cb.toybirds_concept_parts("Blue Spotted Wings") == (
+        "wing",
+        {"colour": "blue", "pattern": "spotted"},
+    )
+    assert cb.toybirds_concept_parts("purple forked tail") == (
+        "tail",
+        {"colour": "purple", "shape": "forked"},
+    )
+    assert cb.toybirds_concept_parts("purple head") is None
+    assert cb.toybirds_concept_parts("red crested body") is None

@@ -11,9 +11,10 @@ by any image, or poorly reproduced by the learned projection (held-out fidelity)
 ``(kept, removed)`` with ``removed`` mapping a concept to the reason it went, and never reorders the
 concepts it keeps.
 
-Banks shipped with the package live in ``banks/<name>.txt``; ``toybirds`` names exactly the part
-attributes of the ToyBirds world, so ``toybirds_concept_truth`` can say whether a concept is true of a
-species, which lets us score concept explanations against ground truth.
+Banks shipped with the package live in ``banks/<name>.txt``; ``toybirds`` names every part attribute
+of the ToyBirds world: the colours of the three species parts (head, wing, body), which
+``toybirds_concept_truth`` checks against a species to score concept explanations, and the per-image
+nuisance (crest, wing pattern, tail colour and shape), which says nothing about the species.
 """
 
 from __future__ import annotations
@@ -423,7 +424,7 @@ def filter_by_fidelity(concepts: Sequence[str], fidelity: np.ndarray, cutoff: fl
 # ToyBirds ground truth
 # ---------------------------------------------------------------------------------------------
 
-# Words a concept may use for each ToyBirds part (the bank uses the plural "wings").
+# Words a concept may use for each ToyBirds part (captions say "wing"; "wings" is accepted too).
 _PART_WORDS: dict[str, str] = {
     "head": "head",
     "heads": "head",
@@ -458,6 +459,8 @@ def toybirds_concept_parts(concept: str) -> tuple[str, dict[str, str]] | None:
 
     A concept is about the world when it reads "<value> ... <part>" and every value word is an
     allowed value of that part (``toybirds.ATTRIBUTE_VALUES``), at most one value per attribute.
+    Species parts take only the four species colours, so "purple head" is not about the world;
+    the nuisance tail takes every palette colour.
     """
     words = concept.casefold().replace("-", " ").split()
     if len(words) < 2 or words[-1] not in _PART_WORDS:
@@ -478,16 +481,19 @@ def toybirds_concept_parts(concept: str) -> tuple[str, dict[str, str]] | None:
 
 
 def toybirds_concept_truth(concept: str, species: toybirds.Species | int | str) -> bool | None:
-    """Whether ``concept`` is true of a ToyBirds species.
+    """Whether ``concept`` is true of a ToyBirds species (species-level ground truth).
 
-    True when every attribute value the concept names for its part is the species' value ("red head"
-    for a red-headed species), False when it names world attribute values the species does not have,
-    None when the concept is not about the world's part attributes (a distractor such as "webbed feet",
-    or a pairing the world never uses such as "striped head").
+    Only the colours of the species parts (head, wing, body) are species traits: "blue wing" is True
+    for a blue-winged species and False for any other.  Everything else is None, because a species
+    does not decide it: the per-image nuisance (a crest, a wing pattern, anything about the tail, or a
+    concept mixing one in, such as "red crested head"), a distractor such as "webbed feet", and a
+    value the world never gives that part, such as "purple head" or "striped head".
     """
     bird = _resolve_species(species)
     parsed = toybirds_concept_parts(concept)
     if parsed is None:
         return None
     part, named = parsed
-    return all(bird.attributes[part][attribute] == value for attribute, value in named.items())
+    if part not in toybirds.SPECIES_PARTS or set(named) != {"colour"}:
+        return None
+    return bird.part_label(part) == named["colour"]

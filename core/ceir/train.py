@@ -132,7 +132,12 @@ def fit_bottleneck(
 
 
 def concept_precision_at_5(concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit) -> float:
-    """Share of each image's top-5 positive concepts that are true attributes of its species (ToyBirds)."""
+    """Share of each image's top-5 positive concepts that are true attributes of its species (ToyBirds).
+
+    The true attributes are the species' head, wing and body colours (``toybirds_concept_truth``);
+    nuisance concepts (crest, wing pattern, tail) and distractors count as misses, so with three
+    true concepts per species the best possible value is 3/5.
+    """
     from core.data.toybirds import SPECIES
 
     truth = np.array([[banks.toybirds_concept_truth(c, s) is True for c in concepts] for s in SPECIES])
