@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--seed", type=int, default=0)
     render.add_argument("--image-size", type=positive_int, default=64)
     render.add_argument("--overwrite", action="store_true")
-    birds_commands.add_parser("species", help="list the species and their part attributes")
+    birds_commands.add_parser("species", help="list the species, their family and head/wing/body colours")
 
     train = commands.add_parser("train", help="train a model into a bundle")
     train_commands = train.add_subparsers(dest="model", required=True)
@@ -144,12 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_arguments(hashing)
     add_run_arguments(hashing, epochs=30, batch_size=64, lr=1e-3)
+    recipe = hashing.add_argument_group("recipe (defaults: the authors' code)")
+    recipe.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="SGD uses momentum 0.9")
+    recipe.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    recipe.add_argument("--no-augment", action="store_true", help="no flips / small affine jitter")
+    recipe.add_argument(
+        "--no-stream", action="store_true", help="ToyBirds: repeat one train set instead of fresh images"
+    )
     model = hashing.add_argument_group("model")
     model.add_argument("--bits", type=positive_int, default=12)
     model.add_argument("--concepts", type=positive_int, default=3)
     model.add_argument("--csd-weight", type=non_negative_float, default=1.0, help="weight of L_csd (0 = off)")
     model.add_argument("--clf-weight", type=non_negative_float, default=1.0)
-    model.add_argument("--quan-weight", type=non_negative_float, default=0.5)
+    model.add_argument("--quan-weight", type=non_negative_float, default=1.0)
     model.add_argument("--cd-weight", type=non_negative_float, default=1.0)
     model.add_argument(
         "--no-language-guidance",
@@ -251,8 +258,8 @@ def cmd_toybirds(args: argparse.Namespace) -> int:
 
     if args.toybirds_command == "species":
         for species in toybirds.SPECIES:
-            parts = "; ".join(f"{part}: {species.part_label(part)}" for part in toybirds.PARTS)
-            print(f"{species.id:3d}  {species.family:<10} {species.name:<40} {parts}")
+            parts = "; ".join(f"{part}: {species.part_label(part)}" for part in toybirds.SPECIES_PARTS)
+            print(f"{species.id:3d}  {species.family:<8} {species.name:<42} {parts}")
         return 0
     out = toybirds.render_to_disk(
         args.out,
@@ -332,7 +339,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             language_guidance=not args.no_language_guidance,
             mode=args.mode,
         )
-        train_config = TrainConfig(**run_settings(args))
+        train_config = TrainConfig(
+            optimizer=args.optimizer,
+            weight_decay=args.weight_decay,
+            augment=not args.no_augment,
+            stream=not args.no_stream,
+            **run_settings(args),
+        )
         out = train_concepthash(
             args.backbone,
             data,

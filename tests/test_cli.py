@@ -62,8 +62,14 @@ def test_toybirds_render_writes_images_masks_and_metadata(tmp_path, capsys):
 def test_toybirds_species_lists_every_species(capsys):
     code, out, _ = run(capsys, "toybirds", "species")
     assert code == 0
-    assert len(out.strip().splitlines()) == len(SPECIES)
-    assert SPECIES[5].name in out
+    lines = out.strip().splitlines()
+    assert len(lines) == len(SPECIES)
+    for species, line in zip(SPECIES, lines, strict=True):
+        assert line.split()[:2] == [str(species.id), species.family]
+        assert species.name in line
+        colours = "; ".join(f"{part}: {species.colours[part]}" for part in ("head", "wing", "body"))
+        assert line.endswith(colours), line
+    assert "tail" not in out  # the tail is per-image nuisance, not a species trait
 
 
 @pytest.mark.parametrize(
