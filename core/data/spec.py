@@ -44,6 +44,7 @@ class DataSpec:
     test_per_class: int = 10
     seed: int = 0
     download: bool = False
+    world: int = toybirds.WORLD_VERSION  # the ToyBirds world version the spec was written under
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
@@ -79,7 +80,18 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataSpec:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        """Rebuild a stored spec; one stored before world versions were recorded is ToyBirds v1."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("world", 1)
+        return cls(**known)
+
+    def check_world(self) -> None:
+        """Refuse a ToyBirds spec from another world version: its images can no longer be drawn."""
+        if self.kind == "toybirds" and self.world != toybirds.WORLD_VERSION:
+            raise ValueError(
+                f"This model was trained on ToyBirds world v{self.world}, but this ConceptLens draws "
+                f"world v{toybirds.WORLD_VERSION}; retrain it (see pretrained/README.md) to evaluate it."
+            )
 
 
 class ToyBirdsSplit:
@@ -150,6 +162,7 @@ def open_split(spec: DataSpec, split: str) -> ImageSplit:
     if split not in ("train", "test"):
         raise ValueError(f"Split must be 'train' or 'test', not {split!r}.")
     if spec.kind == "toybirds":
+        spec.check_world()
         per_class = spec.train_per_class if split == "train" else spec.test_per_class
         return ToyBirdsSplit(split, per_class, spec.seed, spec.image_size)
     from core.data import readers
