@@ -3,9 +3,17 @@
 The model is one of ConceptLens' open_clip configs (``configs/*.json``); the result is a
 ``clip`` bundle that :func:`core.backbones.clip.load_backbone` accepts as a backbone.
 
-Captions of one species are often identical, so the contrastive loss uses *multi-positive*
-targets: an image's target distribution is uniform over every caption in the batch that is
-equal to its own (and symmetrically for texts), instead of pretending duplicates are negatives.
+Training streams freshly drawn images: epoch ``e`` uses ToyBirds train indices
+``e*N .. (e+1)*N - 1`` (N = images per epoch), rendered in a DataLoader worker, so no image is
+seen twice and the run is still fully determined by its seed.
+
+Every image gets a random text (:func:`core.data.toybirds.random_caption`): the full caption,
+the species prompt, or phrases naming a random subset of its parts ("a bird with a blue head").
+Many texts in a batch are true of several images, so the contrastive loss uses *multi-positive*
+targets: text j is a positive for image i when every claim of text j is a fact of image i
+(``sample_facts``), and an image's target is uniform over its positives (and symmetrically for
+texts).  Treating "a bird with a red head" as a negative for every other red-headed bird in the
+batch would teach the text tower the wrong thing.
 """
 
 from __future__ import annotations
@@ -15,16 +23,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
 from core.backbones.clip import Backbone, build_clip, get_toy_config
 from core.bundle import load_bundle, save_bundle
-from core.data.spec import DataSpec, ImageSplit, open_split
+from core.data import toybirds
+from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
 from core.progress import Progress, no_progress
 from core.runtime import resolve_device, seed_everything
 from core.training import (
-    batches,
     checkpoint_path,
     cosine_lr,
     prepare_output,
@@ -48,23 +58,71 @@ class ClipTrainConfig:
     seed: int = 0
     device: str = "auto"
     half: bool = False
+    workers: int = 1  # DataLoader processes that render the stream (0 = render in the main process)
 
 
 def multi_positive_clip_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     logit_scale: torch.Tensor,
-    caption_ids: torch.Tensor,
+    positives: torch.Tensor,
 ) -> torch.Tensor:
-    """Symmetric contrastive loss where equal captions (same ``caption_ids``) are all positives."""
+    """Symmetric contrastive loss; ``positives[i, j]`` says text j is true of image i.
+
+    Each row (image) and column (text) must have at least one positive (its own pair does).
+    """
     image_features = F.normalize(image_features, dim=-1)
     text_features = F.normalize(text_features, dim=-1)
     logits = logit_scale.exp().clamp(max=100) * image_features @ text_features.t()
-    same = (caption_ids[:, None] == caption_ids[None, :]).float()
-    targets = same / same.sum(dim=1, keepdim=True)
-    loss_i = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    loss_t = -(targets * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+    positives = positives.float()
+    image_targets = positives / positives.sum(dim=1, keepdim=True)
+    text_targets = positives.t() / positives.t().sum(dim=1, keepdim=True)
+    loss_i = -(image_targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    loss_t = -(text_targets * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
     return 0.5 * (loss_i + loss_t)
+
+
+def claim_positives(facts: list[frozenset], claims: list[frozenset]) -> torch.Tensor:
+    """``[i, j]`` is True when every claim of text j is a fact of image i."""
+    return torch.tensor([[c <= f for c in claims] for f in facts], dtype=torch.bool)
+
+
+class CaptionStream(Dataset):
+    """ToyBirds train images with one random caption each, for the indices ``start .. start+n-1``."""
+
+    def __init__(self, data: DataSpec, start: int, count: int, preprocess, tokenizer, seed: int) -> None:
+        self.data, self.start, self.count = data, start, count
+        self.preprocess, self.tokenizer, self.seed = preprocess, tokenizer, seed
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, frozenset, frozenset]:
+        index = self.start + int(i)
+        sample = toybirds.render_sample("train", index, seed=self.data.seed, image_size=self.data.image_size)
+        caption = toybirds.random_caption(sample, np.random.default_rng([self.seed, index]))
+        return self.preprocess(sample.image), caption.text, toybirds.sample_facts(sample), caption.claims
+
+    def collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pixels, texts, facts, claims = zip(*items, strict=True)
+        return torch.stack(pixels), self.tokenizer(list(texts)), claim_positives(list(facts), list(claims))
+
+
+def _epoch_loader(
+    data: DataSpec, epoch: int, per_epoch: int, preprocess, tokenizer, config: ClipTrainConfig
+) -> DataLoader:
+    """The fresh images of one epoch, shuffled by a generator seeded from (seed, epoch)."""
+    stream = CaptionStream(data, epoch * per_epoch, per_epoch, preprocess, tokenizer, config.seed)
+    order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    return DataLoader(
+        stream,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=order,
+        drop_last=True,
+        num_workers=config.workers,
+        collate_fn=stream.collate,
+    )
 
 
 @torch.no_grad()
@@ -83,6 +141,83 @@ def zero_shot_accuracy(
     return float((predicted == split.labels).mean())
 
 
+@torch.no_grad()
+def part_value_accuracy(backbone: Backbone, split: ToyBirdsSplit, images: torch.Tensor) -> dict[str, float]:
+    """Per part, zero-shot accuracy of naming its colour with ``a photo of a bird with a {value} {part}.``
+
+    Species parts are scored on every image; the nuisance tail on images where it is visible.
+    """
+    scores = {}
+    for part in toybirds.PARTS:
+        values = toybirds.PART_VALUES[part]
+        texts = backbone.encode_texts([toybirds.part_value_prompt(part, v) for v in values])
+        predicted = (images @ texts.t()).argmax(dim=1).cpu().numpy()
+        truth, keep = [], []
+        for i in range(len(split)):
+            sample = split.sample(i)
+            truth.append(values.index(sample.traits[part]["colour"]))
+            keep.append(part in toybirds.SPECIES_PARTS or sample.visible[part])
+        keep_mask = np.array(keep)
+        scores[part] = float((predicted[keep_mask] == np.array(truth)[keep_mask]).mean())
+    return scores
+
+
+@torch.no_grad()
+def part_text_cosines(backbone: Backbone) -> dict[str, Any]:
+    """Cosine between the texts of the same colour on different parts, and of other colours on one part.
+
+    ``matrix[a][b]`` is the mean over the species colours v of cos(prompt(a, v), prompt(b, v)); a
+    text tower that ignores the part word gives ~1 off the diagonal.  ``same_value_other_part``
+    is the mean off-diagonal entry; ``same_part_other_value`` the mean cosine between two
+    colours on one part (for scale).
+    """
+    parts, colours = toybirds.PARTS, toybirds.SPECIES_COLOURS
+    texts = backbone.encode_texts([toybirds.part_value_prompt(p, v) for p in parts for v in colours])
+    emb = texts.reshape(len(parts), len(colours), -1)
+    matrix = torch.einsum("avd,bvd->abv", emb, emb).mean(dim=-1)
+    off = ~torch.eye(len(parts), dtype=torch.bool)
+    within = torch.einsum("avd,awd->avw", emb, emb)
+    other_value = ~torch.eye(len(colours), dtype=torch.bool)
+    return {
+        "parts": list(parts),
+        "matrix": [[round(float(x), 4) for x in row] for row in matrix],
+        "same_value_other_part": float(matrix[off].mean()),
+        "same_part_other_value": float(within[:, other_value].mean()),
+    }
+
+
+def linear_probe_accuracy(
+    train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, test_labels: np.ndarray
+) -> float:
+    """Accuracy of a logistic-regression probe fit on the train features, scored on the test ones."""
+    from sklearn.linear_model import LogisticRegression
+
+    probe = LogisticRegression(C=10.0, max_iter=2000)
+    probe.fit(train_features, train_labels)
+    return float((probe.predict(test_features) == test_labels).mean())
+
+
+def clip_report(backbone: Backbone, data: DataSpec, progress: Progress = no_progress) -> dict[str, Any]:
+    """Everything ``conceptlens eval`` says about a ToyBirds CLIP, on the splits of ``data``."""
+    test_split = open_split(data, "test")
+    train_split = open_split(data, "train")
+    test_pixels = backbone.preprocess_split(test_split)
+    test_images = backbone.encode_images(test_pixels)
+    train_images = backbone.encode_images(backbone.preprocess_split(train_split, progress=progress))
+    return {
+        "zero_shot_accuracy": zero_shot_accuracy(backbone, test_split, pixels=test_pixels),
+        "zero_shot_template": ZERO_SHOT_TEMPLATE,
+        "part_value_accuracy": part_value_accuracy(backbone, test_split, test_images),
+        "part_value_template": toybirds.part_value_prompt("{part}", "{value}"),
+        "text_cosine": part_text_cosines(backbone),
+        "linear_probe_accuracy": linear_probe_accuracy(
+            train_images.cpu().numpy(), train_split.labels, test_images.cpu().numpy(), test_split.labels
+        ),
+        "n_train": len(train_split),
+        "n_test": len(test_split),
+    }
+
+
 def train_clip(
     data: DataSpec,
     config: ClipTrainConfig,
@@ -93,9 +228,10 @@ def train_clip(
     progress: Progress = no_progress,
     log=print,
 ) -> Path:
-    """Contrastive training on the train split; zero-shot accuracy on the test split; saves a bundle."""
+    """Contrastive training on freshly drawn train images; the report on the test split; saves a bundle."""
     if data.kind != "toybirds":
         raise ValueError("Training a CLIP from scratch needs captions; only --data toybirds provides them.")
+    data.check_world()
     out = prepare_output(out_dir, resume, overwrite)
     device = resolve_device(config.device)
     generator = seed_everything(config.seed)
@@ -103,37 +239,38 @@ def train_clip(
     model, preprocess, tokenizer = build_clip(clip_config)
     model.to(device)
     backbone = Backbone(model, preprocess, tokenizer, {}, clip_config["preprocess_cfg"])
-    train_split = open_split(data, "train")
-    log(f"Rendering and preprocessing {len(train_split)} training images ...")
-    pixels = backbone.preprocess_split(train_split, progress=progress)
-    captions = [train_split.caption(i) for i in range(len(train_split))]
-    unique = sorted(set(captions))
-    caption_ids = torch.tensor([unique.index(c) for c in captions])
-    tokens = tokenizer(captions)
+    per_epoch = data.train_per_class * len(toybirds.SPECIES)
+    if per_epoch < config.batch_size:
+        raise ValueError(
+            f"An epoch of {per_epoch} images is smaller than the batch size {config.batch_size}; "
+            "raise --train-per-class or lower --batch-size."
+        )
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ckpt_file = checkpoint_path(out)
-    settings = {"data": data.to_dict(), "train": asdict(config) | {"device": None}}
+    settings = {"data": data.to_dict(), "train": asdict(config) | {"device": None, "workers": None}}
     start_epoch, history = 0, []
     if resume:
         start_epoch, history = restore_training_state(ckpt_file, model, optimizer, generator, settings)
         log(f"Resuming from {ckpt_file} at epoch {start_epoch}.")
-    steps_per_epoch = len(batches(len(pixels), config.batch_size, drop_last=True))
+    steps_per_epoch = per_epoch // config.batch_size
     total = config.epochs * steps_per_epoch
+    log(f"Streaming {per_epoch} fresh images per epoch, {config.epochs} epochs ({total} steps).")
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         model.train()
         running = 0.0
-        for step, idx in enumerate(batches(len(pixels), config.batch_size, generator, drop_last=True)):
+        loader = _epoch_loader(data, epoch, per_epoch, preprocess, tokenizer, config)
+        for step, (pixels, tokens, positives) in enumerate(loader):
             global_step = epoch * steps_per_epoch + step
             set_lr(
                 optimizer, cosine_lr(global_step, total, config.lr, config.warmup_epochs * steps_per_epoch)
             )
             loss = multi_positive_clip_loss(
-                model.encode_image(pixels[idx].to(device)),
-                model.encode_text(tokens[idx].to(device)),
+                model.encode_image(pixels.to(device)),
+                model.encode_text(tokens.to(device)),
                 model.logit_scale,
-                caption_ids[idx].to(device),
+                positives.to(device),
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -146,19 +283,18 @@ def train_clip(
     seconds = time.perf_counter() - started
 
     model.eval()
-    test_split = open_split(data, "test")
-    accuracy = zero_shot_accuracy(backbone, test_split)
-    log(f"zero-shot species accuracy on the test split: {accuracy:.3f}")
+    report = clip_report(backbone, data)
+    log(
+        f"zero-shot species accuracy {report['zero_shot_accuracy']:.3f}, linear probe "
+        f"{report['linear_probe_accuracy']:.3f} (test split)"
+    )
     bundle_config: dict[str, Any] = {
         "backbone": {"name": config.config_name, **clip_config},
         "data": data.to_dict(),
-        "train": asdict(config) | {"seconds": round(seconds, 1), "history": history},
-        "classes": list(train_split.classes),
-        "metrics": {
-            "zero_shot_accuracy": accuracy,
-            "zero_shot_template": ZERO_SHOT_TEMPLATE,
-            "n_test": len(test_split),
-        },
+        "train": asdict(config)
+        | {"seconds": round(seconds, 1), "history": history, "images_seen": total * config.batch_size},
+        "classes": [s.name for s in toybirds.SPECIES],
+        "metrics": report,
     }
     save_bundle(
         out,
@@ -173,7 +309,7 @@ def train_clip(
 
 
 def evaluate_clip_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
-    """``conceptlens eval`` for a CLIP bundle: zero-shot species accuracy on the test split."""
+    """``conceptlens eval`` for a CLIP bundle: the :func:`clip_report` on its test split (or ``seed``)."""
     from core.backbones.clip import load_backbone
 
     bundle = load_bundle(path, kind=KIND, load_arrays=False)
@@ -181,11 +317,4 @@ def evaluate_clip_bundle(path: str, seed: int | None = None, device: str = "auto
     if seed is not None:
         data = data.with_seed(seed)
     backbone = load_backbone(str(bundle.path), device=resolve_device(device))
-    test_split = open_split(data, "test")
-    return {
-        "kind": KIND,
-        "bundle": str(bundle.path),
-        "data": data.to_dict(),
-        "zero_shot_accuracy": zero_shot_accuracy(backbone, test_split),
-        "n_test": len(test_split),
-    }
+    return {"kind": KIND, "bundle": str(bundle.path), "data": data.to_dict(), **clip_report(backbone, data)}
