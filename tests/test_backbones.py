@@ -8,7 +8,7 @@ import torch
 from core.backbones.clip import BackboneError, list_toy_configs, load_backbone, parse_backbone_spec
 from core.backbones.vit import attention_rollout, vit_forward
 from core.bundle import save_bundle
-from core.concepthash.model import ParallelAdapter
+from core.concepthash.model import BlockAdapters
 
 SPECS = [f"{name}:random" for name in list_toy_configs()] + ["ViT-B-32-quickgelu:random"]
 
@@ -47,17 +47,39 @@ def test_extra_tokens_are_appended_and_attended(tiny):
     assert not torch.allclose(out.pooled, plain.pooled)
 
 
-def test_zero_initialised_adapters_leave_the_forward_unchanged(tiny):
+@pytest.mark.parametrize("which", ["attention", "mlp"])
+def test_zero_initialised_adapters_leave_the_forward_unchanged(tiny, which):
     pixels = torch.randn(2, 3, tiny.image_size, tiny.image_size)
-    adapters = [ParallelAdapter(tiny.width, 8, 0.1) for _ in tiny.visual.transformer.resblocks]
+    blocks = [BlockAdapters(tiny.width, tiny.width // 2) for _ in tiny.visual.transformer.resblocks]
+    adapters = [block.pair() for block in blocks]
+    assert all(float(a.scale) == 1.0 for pair in adapters for a in pair)
     torch.testing.assert_close(
         vit_forward(tiny.visual, pixels, adapters=adapters).pooled, tiny.model.encode_image(pixels)
     )
     with torch.no_grad():
-        adapters[0].up.weight.normal_()
+        getattr(blocks[0], which).up.weight.normal_()
     assert not torch.allclose(
         vit_forward(tiny.visual, pixels, adapters=adapters).pooled, tiny.model.encode_image(pixels)
     )
+
+
+def test_adapter_sees_the_sub_layer_output_not_the_residual_stream(tiny):
+    # An adapter that returns its input doubles the attention output: x + a + a.
+    class Echo(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    block = tiny.visual.transformer.resblocks[0]
+    x = torch.randn(2, 5, tiny.width)
+    from core.backbones.vit import block_forward
+
+    plain, _ = block_forward(block, x)
+    echoed, _ = block_forward(block, x, adapters=(Echo(), None))
+    a = block.ls_1(block.attn(block.ln_1(x), block.ln_1(x), block.ln_1(x), need_weights=False)[0])
+    y = x + 2 * a
+    expected = y + block.ls_2(block.mlp(block.ln_2(y)))
+    torch.testing.assert_close(echoed, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain, echoed)
 
 
 def test_text_features_before_projection_project_to_encode_text(tiny):

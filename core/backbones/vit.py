@@ -1,11 +1,14 @@
 """A vision-transformer forward that accepts extra tokens and returns attention.
 
 ConceptHash appends M learned concept tokens *after* the positional embedding (they get no
-position of their own) and runs them through every block with full attention. This module
-re-implements open_clip's ``VisionTransformer`` forward from its public parts so that it can
+position of their own) and *before* ``ln_pre``, as the authors' code does, and runs them through
+every block with full attention. This module re-implements open_clip's ``VisionTransformer``
+forward from its public parts so that it can
 
 * append extra tokens after the patch tokens: sequence = [CLS, patches..., extras...];
-* add a parallel adapter to every block (``x + mlp(ln_2(x)) + adapter(x)``);
+* add two adapters to every block, as in the authors' code: each sub-layer's output ``a``
+  (attention, then MLP) is added to the residual stream together with ``adapter(a)``:
+  ``x + a + adapter_attn(a)``, then ``x + m + adapter_mlp(m)``;
 * return every layer's attention probabilities (B, heads, T, T) and hidden states.
 
 With no extra tokens and no adapters the pooled output equals ``model.encode_image``
@@ -32,7 +35,8 @@ class ViTOutput:
     """What :func:`vit_forward` returns.
 
     ``tokens`` are the final hidden states after ``ln_post`` for the whole sequence
-    [CLS, patches, extras]; ``extra`` is the slice of the extra tokens.
+    [CLS, patches, extras]; ``extra`` is the slice of the extra tokens. ``last_hidden`` is the
+    last block's output for the whole sequence, before ``ln_post``.
     ``attentions[i]`` is (B, heads, T, T) for the i-th requested layer.
     """
 
@@ -40,6 +44,7 @@ class ViTOutput:
     tokens: torch.Tensor
     extra: torch.Tensor
     n_patches: int
+    last_hidden: torch.Tensor | None = None
     attentions: list[torch.Tensor] = field(default_factory=list)
     hidden_states: list[torch.Tensor] = field(default_factory=list)
 
@@ -59,22 +64,24 @@ def check_supported(visual: nn.Module) -> None:
 
 
 def patch_embeddings(visual: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    """[CLS, patches] with positional embedding and ln_pre, as open_clip computes them."""
+    """[CLS, patches] with positional embedding, as open_clip computes them (before ``ln_pre``)."""
     x = visual.conv1(images.to(visual.conv1.weight.dtype))
     x = x.flatten(2).transpose(1, 2)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-    x = visual.patch_dropout(x)
-    return visual.ln_pre(x)
+    return visual.patch_dropout(x)
+
+
+BlockAdapters = tuple[nn.Module | None, nn.Module | None]
 
 
 def block_forward(
     block: ResidualAttentionBlock,
     x: torch.Tensor,
-    adapter: nn.Module | None = None,
+    adapters: BlockAdapters | None = None,
     need_attention: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One pre-norm block, optionally returning its attention probabilities (head-resolved)."""
+    """One pre-norm block with optional (attention, MLP) adapters; optionally its attention probabilities."""
     mha: nn.MultiheadAttention = block.attn
     batch, length, width = x.shape
     heads = mha.num_heads
@@ -88,22 +95,23 @@ def block_forward(
         probs = None
         context = F.scaled_dot_product_attention(q, k, v)
     context = context.transpose(1, 2).reshape(batch, length, width)
-    x = x + block.ls_1(mha.out_proj(context))
-    out = x + block.ls_2(block.mlp(block.ln_2(x)))
-    if adapter is not None:
-        out = out + adapter(x)
-    return out, probs
+    after_attention, after_mlp = adapters if adapters is not None else (None, None)
+    a = block.ls_1(mha.out_proj(context))
+    x = x + a + (after_attention(a) if after_attention is not None else 0.0)
+    m = block.ls_2(block.mlp(block.ln_2(x)))
+    return x + m + (after_mlp(m) if after_mlp is not None else 0.0), probs
 
 
 def vit_forward(
     visual: VisionTransformer,
     images: torch.Tensor,
     extra_tokens: torch.Tensor | None = None,
-    adapters: Sequence[nn.Module] | None = None,
+    adapters: Sequence[BlockAdapters] | None = None,
     attention_layers: AttentionLayers = "none",
     return_hidden_states: bool = False,
 ) -> ViTOutput:
-    """Run the vision tower with optional extra tokens (B, M, width) or (M, width) and adapters."""
+    """Run the vision tower with optional extra tokens (B, M, width) or (M, width) and per-block
+    (attention, MLP) adapter pairs."""
     check_supported(visual)
     blocks = visual.transformer.resblocks
     if adapters is not None and len(adapters) != len(blocks):
@@ -115,6 +123,7 @@ def vit_forward(
             extra_tokens if extra_tokens.dim() == 3 else extra_tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
         )
         x = torch.cat([x, extra.to(x.dtype)], dim=1)
+    x = visual.ln_pre(x)
     attentions, hidden = [], []
     for i, block in enumerate(blocks):
         want = attention_layers == "all" or (attention_layers == "last" and i == len(blocks) - 1)
@@ -132,7 +141,7 @@ def vit_forward(
         pooled = image_part[:, 0] if visual.pool_type == "tok" else image_part[:, 1:].mean(dim=1)
     if visual.proj is not None:
         pooled = pooled @ visual.proj
-    return ViTOutput(pooled, tokens, tokens[:, n_patches + 1 :], n_patches, attentions, hidden)
+    return ViTOutput(pooled, tokens, tokens[:, n_patches + 1 :], n_patches, x, attentions, hidden)
 
 
 def attention_rollout(attentions: Sequence[torch.Tensor], residual_weight: float = 0.5) -> torch.Tensor:

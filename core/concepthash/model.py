@@ -5,15 +5,19 @@ Layout (names follow the paper):
 * ``concept_tokens``: a small generator (learned queries -> one self-attention + FFN layer ->
   linear to the backbone width) makes M tokens that are appended after the positional
   embedding of a *frozen* CLIP ViT and attend with full attention in every block;
-* ``adapters``: trainable parallel adapters, one per block (LayerNorm -> down -> GELU ->
-  zero-initialised up, times a scalar), so the frozen backbone can be steered;
-* ``hash_head``: ONE shared bias-free linear h (width -> K/M) applied to Z_m + E_m, with
-  learned concept-specificity embeddings E_m; the M sub-codes are concatenated and
-  batch-normalised into u; the binary code is sign(u);
+* ``adapters``: two trainable adapters per block, as in the authors' code, one on the attention
+  output and one on the MLP output (LayerNorm -> down to width/2 -> GELU -> zero-initialised
+  up, times a learnable scale that starts at 1), so the frozen backbone can be steered and a
+  fresh model computes exactly the frozen backbone;
+* ``hash_head``: ONE shared bias-free linear h (width -> K/M) applied to Z_m + E_m, where Z_m
+  is concept token m's last hidden state (before ``ln_post``, as in the authors' code) and E_m
+  a learned concept-specificity embedding (Gaussian initialisation); the M sub-codes are
+  concatenated and batch-normalised into u; the binary code is sign(u);
 * ``hash_centers``: class centres o_c from the text tower ("a photo of a {class}"), the pooled
   feature before the projection, signed, then a learnable MLP -> K dims. With language
   guidance off, the text features are replaced by fixed random Gaussian vectors (the ablation);
-* ``concept_positions`` P and ``class_centroids`` w for the concept-discrimination loss L_cd.
+* ``concept_positions`` P (Gaussian, std 0.02) and ``class_centroids`` w for the
+  concept-discrimination loss L_cd.
 """
 
 from __future__ import annotations
@@ -37,15 +41,14 @@ class ConceptHashConfig:
     n_concepts: int = 3
     generator_dim: int = 128
     generator_heads: int = 4
-    adapter_dim: int = 32
-    adapter_scale: float = 0.1
+    adapter_ratio: float = 0.5  # adapter bottleneck = backbone width x this (reference: 384 of 768)
     center_hidden: int = 256
     language_guidance: bool = True
     class_template: str = "a photo of a {}."
     scale: float = 8.0
     margin: float = 0.2
     clf_weight: float = 1.0
-    quan_weight: float = 0.5
+    quan_weight: float = 1.0
     cd_weight: float = 1.0
     csd_weight: float = 1.0
     mode: str = "concepts"  # "concepts" (ConceptHash) or "cls" (baseline: hash the CLS embedding)
@@ -95,21 +98,37 @@ class ConceptTokenGenerator(nn.Module):
         return self.to_width(self.layer(self.queries.unsqueeze(0))).squeeze(0)
 
 
-class ParallelAdapter(nn.Module):
-    """LayerNorm -> down -> GELU -> up (zero-initialised) times a scalar; starts as the identity's zero."""
+class Adapter(nn.Module):
+    """LayerNorm -> down -> GELU -> up (zero-initialised) times a learnable scale (starts at 1).
 
-    def __init__(self, width: int, bottleneck: int, scale: float) -> None:
+    With ``up`` at zero it outputs zero, so a fresh adapter leaves the backbone unchanged.
+    """
+
+    def __init__(self, width: int, bottleneck: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.down = nn.Linear(width, bottleneck)
         self.act = nn.GELU()
         self.up = nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
-        self.scale = scale
+        self.scale = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * self.up(self.act(self.down(self.norm(x))))
+
+
+class BlockAdapters(nn.Module):
+    """The two adapters of one transformer block: on the attention output and on the MLP output."""
+
+    def __init__(self, width: int, bottleneck: int) -> None:
+        super().__init__()
+        self.attention = Adapter(width, bottleneck)
+        self.mlp = Adapter(width, bottleneck)
+
+    def pair(self) -> tuple[Adapter, Adapter]:
+        return self.attention, self.mlp
 
 
 @dataclass
@@ -154,13 +173,12 @@ class ConceptHash(nn.Module):
             if config.mode == "concepts"
             else None
         )
-        self.adapters = nn.ModuleList(
-            ParallelAdapter(width, config.adapter_dim, config.adapter_scale) for _ in range(n_blocks)
-        )
-        self.specificity = nn.Parameter(torch.zeros(m, width))
+        bottleneck = max(1, round(width * config.adapter_ratio))
+        self.adapters = nn.ModuleList(BlockAdapters(width, bottleneck) for _ in range(n_blocks))
+        self.specificity = nn.Parameter(torch.randn(m, width))
         self.hash_head = nn.Linear(width, config.bits // m, bias=False)
         self.bn = nn.BatchNorm1d(config.bits)
-        self.concept_positions = nn.Parameter(torch.zeros(m, width))
+        self.concept_positions = nn.Parameter(torch.randn(m, width) * 0.02)
         self.class_centroids = nn.Parameter(torch.randn(n_classes, width) * width**-0.5)
         if text_features is None:
             text_features = self.class_text_features(backbone, self.class_names, config)
@@ -201,11 +219,11 @@ class ConceptHash(nn.Module):
             self.backbone.visual,
             pixels,
             extra_tokens=tokens,
-            adapters=self.adapters,
+            adapters=[block.pair() for block in self.adapters],
             attention_layers=attention_layers,
         )
         n_patches = out.n_patches
-        z = out.extra if self.config.mode == "concepts" else out.tokens[:, :1]
+        z = out.last_hidden[:, n_patches + 1 :] if self.config.mode == "concepts" else out.last_hidden[:, :1]
         sub_codes = self.hash_head(z + self.specificity.unsqueeze(0))
         u = self.bn(sub_codes.flatten(1))
         last = out.attentions[-1] if out.attentions else None

@@ -1,4 +1,14 @@
-"""Train ConceptHash and write it as a bundle; load a bundle back into a model."""
+"""Train ConceptHash and write it as a bundle; load a bundle back into a model.
+
+The default recipe is the authors' (kamwoh/concepthash, main config): SGD with momentum 0.9,
+learning rate 1e-3, weight decay 5e-4, cosine decay after a linear warm-up over the first 10 %
+of the steps, horizontal flips plus light augmentation.  On ToyBirds every epoch draws fresh
+images (train indices ``e*N .. (e+1)*N - 1``), rendered in a DataLoader worker; epoch 0 is the
+train split that serves as the retrieval database.  Other data sets repeat their train split.
+
+Augmentation is geometric only (flip, small rotation, shift and scale): ToyBirds species are
+colours, so the colour operations of TrivialAugmentWide would change the label.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +19,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 
 from core.backbones.clip import Backbone, load_backbone
 from core.bundle import load_bundle, save_bundle
 from core.concepthash.model import ConceptHash, ConceptHashConfig
-from core.data.spec import DataSpec, open_split
+from core.data import toybirds
+from core.data.spec import DataSpec, ImageSplit, open_split
 from core.progress import Progress, no_progress
 from core.runtime import resolve_device, seed_everything
 from core.training import (
-    batches,
     checkpoint_path,
     cosine_lr,
     prepare_output,
@@ -29,16 +41,84 @@ from core.training import (
 KIND = "concepthash"
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
+    optimizer: str = "sgd"  # reference: SGD, momentum 0.9
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.1  # share of all steps spent in the linear warm-up
+    augment: bool = True  # flips + small rotation/shift/scale
+    stream: bool = True  # ToyBirds: fresh images every epoch (other data sets repeat the train split)
+    workers: int = 1  # DataLoader processes that render / load and augment the images
     seed: int = 0
     device: str = "auto"
     half: bool = False  # store weights as float16 in the bundle
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}.")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train_augmentation() -> transforms.Compose:
+    """Flip, then a small rotation, shift and scale (no colour change: colours are labels here)."""
+    return transforms.Compose(
+        [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.9, 1.1), fill=127),
+        ]
+    )
+
+
+class TrainingImages(Dataset):
+    """Images and labels of one epoch: a window of the ToyBirds stream, or a fixed train split."""
+
+    def __init__(self, data: DataSpec, split: ImageSplit, epoch: int, stream: bool, transform) -> None:
+        self.data, self.split, self.transform = data, split, transform
+        self.start = epoch * len(split) if stream and data.kind == "toybirds" else None
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.start is None:
+            return self.transform(self.split.image(int(i))), int(self.split.labels[int(i)])
+        index = self.start + int(i)
+        sample = toybirds.render_sample("train", index, seed=self.data.seed, image_size=self.data.image_size)
+        return self.transform(sample.image), toybirds.species_of_index(index)
+
+
+def epoch_loader(
+    data: DataSpec, split: ImageSplit, epoch: int, preprocess, config: TrainConfig
+) -> DataLoader:
+    """The shuffled batches of one epoch (order seeded by (seed, epoch), so a resumed run repeats it)."""
+    augment = train_augmentation() if config.augment else None
+    transform = transforms.Compose([augment, preprocess]) if augment is not None else preprocess
+    images = TrainingImages(data, split, epoch, config.stream, transform)
+    order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    return DataLoader(
+        images,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=order,
+        drop_last=len(images) > config.batch_size,
+        num_workers=config.workers,
+    )
 
 
 @dataclass
@@ -77,41 +157,38 @@ def train_concepthash(
     generator = seed_everything(train_config.seed)
     backbone = load_backbone(backbone_spec, device=device)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
-    log(f"Preprocessing {len(train_split)} training images ...")
-    pixels = backbone.preprocess_split(train_split, progress=progress)
-    labels = torch.from_numpy(train_split.labels)
     model = ConceptHash(backbone, train_split.classes, model_config).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
-    )
+    optimizer = make_optimizer(model.parameters(), train_config)
 
     ckpt_file = checkpoint_path(out)
     settings = {
         "backbone": backbone.reference,
         "data": data.to_dict(),
         "model": model_config.to_dict(),
-        "train": asdict(train_config) | {"device": None},
+        "train": asdict(train_config) | {"device": None, "workers": None},
     }
     start_epoch, history = 0, []
     if resume:
         start_epoch, history = restore_training_state(ckpt_file, model, optimizer, generator, settings)
         log(f"Resuming from {ckpt_file} at epoch {start_epoch}.")
 
-    steps_per_epoch = len(batches(len(pixels), train_config.batch_size, drop_last=True))
+    steps_per_epoch = max(1, len(train_split) // train_config.batch_size)
     total_steps = train_config.epochs * steps_per_epoch
+    warmup = round(train_config.warmup_fraction * total_steps)
+    streamed = train_config.stream and data.kind == "toybirds"
+    log(
+        f"{train_config.epochs} epochs of {len(train_split)} "
+        f"{'freshly drawn' if streamed else 'training'} images ({total_steps} steps)."
+    )
     started = time.perf_counter()
     for epoch in range(start_epoch, train_config.epochs):
         model.train()
         sums: dict[str, float] = {}
-        for step, idx in enumerate(batches(len(pixels), train_config.batch_size, generator, drop_last=True)):
+        loader = epoch_loader(data, train_split, epoch, backbone.preprocess, train_config)
+        for step, (pixels, labels) in enumerate(loader):
             global_step = epoch * steps_per_epoch + step
-            set_lr(
-                optimizer,
-                cosine_lr(
-                    global_step, total_steps, train_config.lr, train_config.warmup_epochs * steps_per_epoch
-                ),
-            )
-            terms = model.loss(model(pixels[idx].to(device)), labels[idx].to(device))
+            set_lr(optimizer, cosine_lr(global_step, total_steps, train_config.lr, warmup))
+            terms = model.loss(model(pixels.to(device)), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
@@ -128,7 +205,7 @@ def train_concepthash(
 
     model.eval()
     log("Encoding the database and evaluating on the test split ...")
-    metrics, arrays = evaluate_model(model, backbone, train_split, test_split, database_pixels=pixels)
+    metrics, arrays = evaluate_model(model, backbone, train_split, test_split)
     config = {
         "backbone": backbone.reference,
         "data": data.to_dict(),
