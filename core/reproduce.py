@@ -30,7 +30,7 @@ class Step:
 
 def shipped_steps(out: str = "pretrained", quick: bool = False) -> list[Step]:
     """The commands behind the shipped bundles (``quick`` shrinks them for a smoke test)."""
-    clip_size = ["--train-per-class", "200", "--test-per-class", "20", "--epochs", "20"]
+    clip_size = ["--train-per-class", "200", "--test-per-class", "20", "--epochs", "50"]
     hash_size = ["--epochs", "30"]
     # The toy CLIP's text tower puts e.g. "blue head" and "blue tail" at cosine 0.994, so a text-embedding
     # near-duplicate filter would merge different parts; the held-out fidelity cut-off does the filtering.
@@ -274,6 +274,19 @@ def render_readme(results: dict[str, Any]) -> str:
                 lines += [
                     f"| P@{k} | {_fmt(v)} | {_fmt(fresh['precision_at'][k])} |"
                     for k, v in test["precision_at"].items()
+                ]
+            if "part_value_accuracy" in test:
+                fresh_parts = fresh["part_value_accuracy"]
+                lines += [
+                    f"| part-value accuracy, {part} | {_fmt(v)} | {_fmt(fresh_parts[part])} |"
+                    for part, v in test["part_value_accuracy"].items()
+                ]
+                lines += [
+                    "| text cosine, same colour on other parts (mean) | "
+                    f"{_fmt(test['text_cosine']['same_value_other_part'])} | "
+                    f"{_fmt(fresh['text_cosine']['same_value_other_part'])} |",
+                    f"| linear-probe species accuracy | {_fmt(test['linear_probe_accuracy'])} | "
+                    f"{_fmt(fresh['linear_probe_accuracy'])} |",
                 ]
             if "localization" in test:
                 loc, floc = test["localization"], fresh["localization"]

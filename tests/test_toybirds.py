@@ -680,3 +680,18 @@ def test_bad_numbers_are_rejected(kwargs: dict[str, object], word: str) -> None:
 def test_bad_count_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="count"):
         render_to_disk(tmp_path / "out", "train", -1)
+
+
+# ----------------------------------------------------------------------------- world version
+
+
+def test_a_spec_from_before_world_versions_is_refused_with_one_sentence() -> None:
+    from core.data.spec import DataSpec, open_split
+
+    old = DataSpec.from_dict({"kind": "toybirds", "image_size": 64, "train_per_class": 2, "seed": 0})
+    assert old.world == 1
+    with pytest.raises(ValueError, match=r"world v1, but this ConceptLens draws world v2; retrain"):
+        open_split(old, "test")
+    current = DataSpec.from_dict(DataSpec(train_per_class=2).to_dict())
+    assert current.world == toybirds.WORLD_VERSION and len(open_split(current, "train")) == 48
+    assert DataSpec.from_dict(DataSpec(kind="folder", root="/x").to_dict()).world == toybirds.WORLD_VERSION
