@@ -269,8 +269,11 @@ def test_training_lowers_the_loss_and_writes_a_loadable_bundle(tmp_path):
     np.testing.assert_array_equal(sign_codes(loaded.model.encode(pixels)), loaded.arrays["db_codes"])
     again = evaluate_bundle(str(out), device="cpu")
     assert again["map"] == pytest.approx(metrics["map"])
+    assert again["map_train_database"] == again["map"]  # no seed: the database is the bundle's own
     fresh = evaluate_bundle(str(out), seed=7, device="cpu")
     assert fresh["data"]["seed"] == 7
+    assert 0.0 <= fresh["map_train_database"] <= 1.0
+    assert {"part_swap", "localization_overlap", "capacity_ceiling", "flip_invariance"} <= set(fresh)
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):

@@ -1,27 +1,59 @@
-"""Evaluate a ConceptHash model: retrieval quality and, on ToyBirds, interpretability.
+"""Evaluate a ConceptHash model: retrieval quality and, on ToyBirds, whether its concepts are parts.
 
-* ``map``: mAP@all by Hamming ranking (database = train split, queries = test split, ties
-  broken by database index); ``precision_at``: P@1/5/10.
-* ``localization`` (ToyBirds): pointing game. For each query image and concept, the patch the
-  concept attends to most (last layer, heads averaged) is a *hit* for a part when that part's
-  mask covers the patch centre. Concepts are matched one-to-one to parts by Hungarian
-  assignment on the hit-rate matrix. The random baseline of a part is the hit rate of a
-  uniformly random patch, i.e. the part's mask area sampled at patch centres.
+Every figure is built so that it can fail: each interpretability claim comes with the value a
+correct per-part code would reach and a baseline that a meaningless code reaches.
+
+Retrieval (every data set):
+
+* ``map``: mAP@all by Hamming ranking, database = train split and queries = test split of the
+  evaluated data spec (both freshly drawn with ``--seed``), ties broken by database index;
+  ``precision_at``: P@1/5/10 of the same ranking.
+* ``map_train_database``: the same queries ranked against the bundle's own training database
+  (its stored data spec, never reseeded); equal to ``map`` when no seed is given.
+* ``flip_invariance``: share of query images whose full binary code is unchanged when the image
+  is mirrored left-right before preprocessing.
+* ``distinct_centres`` / ``classes_sharing_a_centre``: whether every class has its own sign
+  pattern sign(o_c) of the hash centres, and the groups of classes that share one.
+
+ToyBirds only (the queries are a :class:`ToyBirdsSplit`):
+
+* ``localization`` (centre rule) and ``localization_overlap`` (overlap rule): pointing game.
+  For each query image and concept, the patch the concept attends to most (last layer, heads
+  averaged) is a *hit* for a part when the centre pixel of that patch lies on the part's mask
+  (centre rule) or when the part's mask covers any pixel of the patch (overlap rule). Concepts
+  are matched one-to-one to the three species parts by Hungarian assignment on the hit-rate
+  matrix (the matrix over all four parts is reported too). Per part, ``random`` is the hit rate
+  of a uniformly random patch and ``oracle`` the hit rate of the best patch, i.e. the share of
+  images in which some patch satisfies the rule at all (the ceiling any concept can reach).
 * ``diversity``: mean pairwise cosine between the concepts' attention maps (the L_csd value on
   the query images; lower = concepts look at different places).
-* ``subcode_part_nmi``: M x parts matrix of NMI between each sub-code's value (its K/M bits
-  read as an integer) and each part's colour in each image: the species parts (head, wing, body)
-  and, as a nuisance check, the tail, whose colour is drawn per image and says nothing about the
-  species.  A part-specific 6-bit code reaches 1 for one species part per sub-code (the species
-  parts share only 0.04 NMI with one another).
+* ``subcode_part_nmi``: M x parts matrix of NMI between each sub-code's value (its K/M bits read
+  as an integer) and each part's colour: the species parts (head, wing, body) and, as a nuisance
+  check, the per-image tail colour.
+* ``subcode_part_nmi_family_conditional``: the same NMI computed within each family (images of
+  one body colour) and averaged over families weighted by size; a sub-code that only encodes
+  the family scores 0 against head and wing here. The body entry is null (see
+  :func:`family_conditional_nmi`). Within a family head and wing are far from independent (six
+  species use six of the 16 head/wing pairs), so a perfect head code still scores ~0.65 against
+  the wing here, against 0.04 in the plain matrix.
+* ``part_swap``: parts x concepts matrix, the probability that concept m's sub-code changes when
+  only part p's colour is changed (counterfactual render of the same scene). Concepts are
+  matched to species parts by Hungarian assignment maximising the flip rate; a per-part code
+  gives 1 on the matching and 0 everywhere else; ``largest_off_diagonal`` is the largest
+  unmatched cell (its part, concept and flip rate).
+* ``capacity_ceiling``: mAP of the per-part oracle code at the model's code length
+  (:func:`per_part_capacity_ceiling`): what a perfect per-part code of this size can reach.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 
@@ -29,10 +61,21 @@ from core.backbones.clip import Backbone
 from core.concepthash.losses import csd_loss
 from core.concepthash.model import ConceptHash
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
-from core.data.toybirds import PARTS
+from core.data.toybirds import (
+    PART_VALUES,
+    PARTS,
+    SPECIES,
+    SPECIES_COLOURS,
+    SPECIES_PARTS,
+    patch_coverage,
+    render_counterfactual,
+)
 from core.retrieval import mean_average_precision, pack_codes, precision_at_k
 
 PRECISION_KS = (1, 5, 10)
+N_SPECIES_PARTS = len(SPECIES_PARTS)  # the first rows of every parts matrix (PARTS starts with them)
+if PARTS[:N_SPECIES_PARTS] != SPECIES_PARTS:
+    raise ImportError("ToyBirds PARTS must start with SPECIES_PARTS: the part matrices rely on it.")
 
 
 def sign_codes(u: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -49,9 +92,13 @@ def subcode_values(codes: np.ndarray, n_concepts: int) -> np.ndarray:
     return (binary << np.arange(per)).sum(axis=-1)
 
 
+# ---- retrieval --------------------------------------------------------------------------------
+
+
 def retrieval_metrics(
     db_codes: np.ndarray, db_labels: np.ndarray, query_codes: np.ndarray, query_labels: np.ndarray
 ) -> dict[str, Any]:
+    """``map`` (mAP@all) and ``precision_at`` (P@k) of the queries ranked against the database."""
     db_packed, query_packed = pack_codes(db_codes), pack_codes(query_codes)
     precision = precision_at_k(query_labels, db_labels, query_packed, db_packed, ks=PRECISION_KS)
     return {
@@ -60,58 +107,318 @@ def retrieval_metrics(
     }
 
 
-def patch_centre_masks(split: ToyBirdsSplit, i: int, grid: tuple[int, int]) -> np.ndarray:
-    """(parts, gh*gw) bool: does each part's mask cover each patch centre of image i."""
-    sample = split.sample(i)
+def per_part_oracle_codes(bits: int, n_concepts: int) -> np.ndarray:
+    """(24, bits) {-1, +1} codes of the per-part oracle, one row per species (row = species id).
+
+    Concept m < 3 spells the colour index (in ``SPECIES_COLOURS``) of species part m in its K/M
+    bits, little-endian; a value needing more bits than that keeps only its low bits (so colours
+    collide). Concepts from the fourth on are constant (all -1).
+    """
+    per = bits // n_concepts
+    values = np.zeros((len(SPECIES), n_concepts), dtype=np.int64)
+    for m, part in enumerate(SPECIES_PARTS[:n_concepts]):
+        values[:, m] = [SPECIES_COLOURS.index(s.colours[part]) for s in SPECIES]
+    shifts = np.arange(per)
+    low_bits = (values[..., None] >> np.minimum(shifts, 8)) & 1  # colour indices are < 4
+    low_bits[..., shifts >= 8] = 0
+    return np.where(low_bits > 0, 1, -1).astype(np.int8).reshape(len(SPECIES), n_concepts * per)
+
+
+def per_part_capacity_ceiling(bits: int, n_concepts: int) -> float:
+    """mAP@all of the per-part oracle code with the 24 species as both database and queries.
+
+    Labels are species ids, so each query has exactly one relevant item (itself); the mAP is 1
+    exactly when every species gets its own code. 6 bits over 3 concepts (2 bits per part) reach
+    1; fewer bits per part make species collide and the ceiling drops below 1.
+    """
+    codes = per_part_oracle_codes(bits, n_concepts)
+    labels = np.arange(len(SPECIES))
+    packed = pack_codes(codes)
+    return float(mean_average_precision(labels, labels, packed, packed))
+
+
+def centre_sharing(centres: np.ndarray) -> list[list[int]]:
+    """Groups (two or more class ids) whose hash centres o_c have the same sign pattern."""
+    groups: dict[bytes, list[int]] = {}
+    for c, pattern in enumerate(sign_codes(centres)):
+        groups.setdefault(pattern.tobytes(), []).append(c)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+@torch.no_grad()
+def centre_metrics(model: ConceptHash) -> dict[str, Any]:
+    """``distinct_centres``: every class has its own sign(o_c); ``classes_sharing_a_centre``: who does not."""
+    shared = centre_sharing(model.hash_centers().cpu().numpy())
+    return {"distinct_centres": not shared, "classes_sharing_a_centre": shared}
+
+
+# ---- localisation -----------------------------------------------------------------------------
+
+
+def centre_rule(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(gh*gw,) bool: the centre pixel of each patch lies on ``mask``."""
     gh, gw = grid
-    height, width = next(iter(sample.masks.values())).shape
+    height, width = mask.shape
     ys = ((np.arange(gh) + 0.5) * height / gh).astype(int)
     xs = ((np.arange(gw) + 0.5) * width / gw).astype(int)
-    return np.stack([sample.masks[part][np.ix_(ys, xs)].reshape(-1) for part in PARTS])
+    return mask[np.ix_(ys, xs)].reshape(-1)
 
 
-def interpretability_metrics(
-    attention: np.ndarray, codes: np.ndarray, split: ToyBirdsSplit, grid: tuple[int, int], n_concepts: int
-) -> dict[str, Any]:
-    """Localisation, diversity and sub-code/part NMI on ToyBirds queries.
+def _pixel_spans(n_pixels: int, n_patches: int) -> list[slice]:
+    """For each patch along one axis, the pixels that overlap it by a positive length."""
+    edges = np.arange(n_patches + 1) * n_pixels / n_patches
+    return [slice(int(np.floor(a)), int(np.ceil(b))) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
-    ``attention`` is (N, M, P) concept->patch attention of the N query images.
+
+def overlap_rule(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(gh*gw,) bool: ``mask`` covers some pixel of each patch (``patch_coverage > 0``).
+
+    When the grid does not divide the mask into square patches, a pixel counts for every patch
+    it overlaps.
     """
+    gh, gw = grid
+    height, width = mask.shape
+    if height % gh == 0 and width % gw == 0 and height // gh == width // gw:
+        return (patch_coverage(mask, height // gh) > 0).reshape(-1)
+    rows, cols = _pixel_spans(height, gh), _pixel_spans(width, gw)
+    return np.array([mask[r, c].any() for r in rows for c in cols])
+
+
+LOCALISATION_RULES: dict[str, Callable[[np.ndarray, tuple[int, int]], np.ndarray]] = {
+    "centre": centre_rule,
+    "overlap": overlap_rule,
+}
+
+
+def localisation_rates(
+    attention: np.ndarray, masks: Iterable[Mapping[str, np.ndarray]], grid: tuple[int, int], rule: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hit rates (M, parts) of the most-attended patch, and per part the random and oracle rates.
+
+    ``attention`` is (N, M, P) concept->patch attention and ``masks`` the N images' part masks.
+    Random = mean share of patches that satisfy ``rule`` for the part; oracle = share of images
+    where at least one patch does.
+    """
+    test = LOCALISATION_RULES[rule]
     n, m, _ = attention.shape
-    hits = np.zeros((m, len(PARTS)))
-    area = np.zeros(len(PARTS))
     pointed = attention.argmax(axis=-1)  # (N, M)
-    for i in range(n):
-        centres = patch_centre_masks(split, i, grid)
-        hits += centres[:, pointed[i]].T
-        area += centres.mean(axis=1)
-    hit_rate, random_rate = hits / n, area / n
-    rows, cols = linear_sum_assignment(hit_rate, maximize=True)
+    hits, random, oracle = np.zeros((m, len(PARTS))), np.zeros(len(PARTS)), np.zeros(len(PARTS))
+    for i, image_masks in enumerate(islice(masks, n)):
+        ok = np.stack([test(image_masks[part], grid) for part in PARTS])  # (parts, P)
+        hits += ok[:, pointed[i]].T
+        random += ok.mean(axis=1)
+        oracle += ok.any(axis=1)
+    return hits / n, random / n, oracle / n
+
+
+def localisation_summary(
+    hit_rate: np.ndarray, random: np.ndarray, oracle: np.ndarray, rule: str
+) -> dict[str, Any]:
+    """Concepts matched to the species parts by Hungarian assignment (max hit rate), with baselines."""
+    rows, cols = linear_sum_assignment(hit_rate[:, :N_SPECIES_PARTS], maximize=True)
     concepts = [
         {
             "concept": int(r),
             "part": PARTS[c],
             "hit_rate": float(hit_rate[r, c]),
-            "random": float(random_rate[c]),
+            "random": float(random[c]),
+            "oracle": float(oracle[c]),
         }
         for r, c in zip(rows, cols, strict=True)
     ]
-    values = subcode_values(codes, n_concepts)
-    nmi = [
-        [float(normalized_mutual_info_score(split.part_labels(part), values[:, k])) for part in PARTS]
-        for k in range(n_concepts)
-    ]
     return {
-        "localization": {
-            "parts": list(PARTS),
-            "concepts": concepts,
-            "hit_rates": hit_rate.round(4).tolist(),
-            "mean_hit_rate": float(np.mean([c["hit_rate"] for c in concepts])),
-            "random_baseline": float(np.mean([c["random"] for c in concepts])),
-        },
-        "diversity": float(csd_loss(torch.from_numpy(attention))),
-        "subcode_part_nmi": {"parts": list(PARTS), "matrix": nmi},
+        "rule": rule,
+        "parts": list(PARTS),
+        "concepts": concepts,
+        "hit_rates": hit_rate.round(4).tolist(),
+        "random_rates": random.round(4).tolist(),
+        "oracle_rates": oracle.round(4).tolist(),
+        "mean_hit_rate": float(np.mean([c["hit_rate"] for c in concepts])),
+        "random_baseline": float(np.mean([c["random"] for c in concepts])),
+        "oracle_ceiling": float(np.mean([c["oracle"] for c in concepts])),
     }
+
+
+def localisation_metrics(
+    attention: np.ndarray, masks: Sequence[Mapping[str, np.ndarray]], grid: tuple[int, int], rule: str
+) -> dict[str, Any]:
+    """The pointing game under ``rule`` ("centre" or "overlap"); see the module notes."""
+    return localisation_summary(*localisation_rates(attention, masks, grid, rule), rule)
+
+
+# ---- sub-code / part information --------------------------------------------------------------
+
+
+def subcode_part_nmi(values: np.ndarray, labels: Mapping[str, Sequence[str]]) -> list[list[float]]:
+    """M x parts NMI between each sub-code value (column of ``values``) and each part's colours."""
+    return [
+        [float(normalized_mutual_info_score(labels[part], values[:, k])) for part in PARTS]
+        for k in range(values.shape[1])
+    ]
+
+
+def family_conditional_nmi(
+    values: np.ndarray, labels: Sequence[str], families: Sequence[str]
+) -> float | None:
+    """NMI(sub-code, part colour) within each family, averaged over families weighted by size.
+
+    A family where the part shows a single colour carries no information about the part and is
+    left out. That is always so for the body: a family *is* one body colour, so the body's
+    conditional NMI is undefined and reported as None (likewise when every family is left out).
+    """
+    values, labels, families = np.asarray(values), np.asarray(labels), np.asarray(families)
+    total, weight = 0.0, 0
+    for family in np.unique(families):
+        inside = families == family
+        if len(np.unique(labels[inside])) < 2:
+            continue
+        total += inside.sum() * normalized_mutual_info_score(labels[inside], values[inside])
+        weight += int(inside.sum())
+    return float(total / weight) if weight else None
+
+
+def family_conditional_nmi_matrix(
+    values: np.ndarray, labels: Mapping[str, Sequence[str]]
+) -> list[list[float | None]]:
+    """M x parts family-conditional NMI (families = body colours); the body column is None."""
+    families = labels["body"]
+    return [
+        [family_conditional_nmi(values[:, k], labels[part], families) for part in PARTS]
+        for k in range(values.shape[1])
+    ]
+
+
+def interpretability_metrics(
+    attention: np.ndarray, codes: np.ndarray, split: ToyBirdsSplit, grid: tuple[int, int], n_concepts: int
+) -> dict[str, Any]:
+    """Localisation (both rules), diversity, sub-code/part NMI and the capacity ceiling on ToyBirds queries.
+
+    ``attention`` is (N, M, P) concept->patch attention of the N query images, ``codes`` their
+    (N, K) sign codes.
+    """
+    masks = [split.sample(i).masks for i in range(len(attention))]
+    values = subcode_values(codes, n_concepts)
+    labels = {part: split.part_labels(part) for part in PARTS}
+    return {
+        "localization": localisation_metrics(attention, masks, grid, "centre"),
+        "localization_overlap": localisation_metrics(attention, masks, grid, "overlap"),
+        "diversity": float(csd_loss(torch.from_numpy(attention))),
+        "subcode_part_nmi": {"parts": list(PARTS), "matrix": subcode_part_nmi(values, labels)},
+        "subcode_part_nmi_family_conditional": {
+            "parts": list(PARTS),
+            "matrix": family_conditional_nmi_matrix(values, labels),
+        },
+        "capacity_ceiling": per_part_capacity_ceiling(codes.shape[1], n_concepts),
+    }
+
+
+# ---- counterfactuals: part swaps and flips ----------------------------------------------------
+
+
+def swap_colour(index: int, part_index: int, current: str) -> str:
+    """The one alternative colour of part ``PARTS[part_index]`` drawn for query image ``index``.
+
+    Drawn uniformly from the part's other values (species parts: ``SPECIES_COLOURS``; the tail:
+    the whole palette) by a generator seeded from ``(index, part_index)``.
+    """
+    options = [c for c in PART_VALUES[PARTS[part_index]] if c != current]
+    rng = np.random.default_rng([int(index), int(part_index)])
+    return options[int(rng.integers(len(options)))]
+
+
+def part_swap_flip_rates(original: np.ndarray, swapped: np.ndarray) -> np.ndarray:
+    """(parts, M): share of images whose sub-code m differs after swapping part p's colour.
+
+    ``original`` is (N, M) sub-code values (or (N, M, bits), compared bit by bit) and
+    ``swapped`` the same per part: (parts, N, M[, bits]).
+    """
+    original, swapped = np.asarray(original), np.asarray(swapped)
+    parts, n, m = swapped.shape[:3]
+    changed = (swapped != original[None]).reshape(parts, n, m, -1).any(axis=-1)
+    return changed.mean(axis=1)
+
+
+def part_swap_summary(flip_rates: np.ndarray) -> dict[str, Any]:
+    """Match concepts to species parts (Hungarian, max flip rate) and find the largest unmatched cell.
+
+    Only the species-part rows take part in the matching; every other cell (the tail row
+    included) is off-diagonal.
+    """
+    parts, concepts = linear_sum_assignment(flip_rates[:N_SPECIES_PARTS], maximize=True)
+    matched = sorted(
+        (
+            {"concept": int(m), "part": PARTS[p], "flip_rate": float(flip_rates[p, m])}
+            for p, m in zip(parts, concepts, strict=True)
+        ),
+        key=lambda entry: entry["concept"],
+    )
+    off = np.array(flip_rates, dtype=float)
+    off[parts, concepts] = -np.inf
+    p, m = np.unravel_index(int(np.argmax(off)), off.shape)
+    rates = [entry["flip_rate"] for entry in matched]
+    return {
+        "matched": matched,
+        "matched_flip_rate_mean": float(np.mean(rates)),
+        "matched_flip_rate_min": float(np.min(rates)),
+        "largest_off_diagonal": {"part": PARTS[p], "concept": int(m), "flip_rate": float(off[p, m])},
+    }
+
+
+def part_swap_metrics(original: np.ndarray, swapped: np.ndarray) -> dict[str, Any]:
+    """The part-swap matrix (parts x concepts flip rates) and its summary; inputs as for the rates."""
+    rates = part_swap_flip_rates(original, swapped)
+    return {"parts": list(PARTS), "matrix": rates.round(4).tolist(), **part_swap_summary(rates)}
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def encode_images(
+    model: ConceptHash, backbone: Backbone, images: Iterable[Image.Image], batch_size: int = 128
+) -> np.ndarray:
+    """(N, K) sign codes of PIL images, preprocessed and encoded ``batch_size`` at a time.
+
+    Uses the same forward pass as the query codes (:func:`encode_with_attention`), so a code
+    differs from a query's only because the image does.
+    """
+    codes = [
+        encode_with_attention(model, torch.stack([backbone.preprocess(im) for im in batch]), batch_size)[0]
+        for batch in _batches(images, batch_size)
+    ]
+    return np.concatenate(codes) if codes else np.zeros((0, model.config.bits), dtype=np.int8)
+
+
+def counterfactual_images(split: ToyBirdsSplit, part_index: int) -> Iterator[Image.Image]:
+    """Every query image redrawn with part ``PARTS[part_index]`` in its :func:`swap_colour` colour."""
+    part = PARTS[part_index]
+    for i in range(len(split)):
+        value = swap_colour(i, part_index, split.sample(i).traits[part]["colour"])
+        yield render_counterfactual(split.split, i, part, value, split.seed, split.image_size).image
+
+
+def part_swap(
+    model: ConceptHash, backbone: Backbone, split: ToyBirdsSplit, query_codes: np.ndarray
+) -> dict[str, Any]:
+    """Part-swap matrix of the model: 4 x N counterfactual renders, compared to the query codes."""
+    n, m = len(query_codes), model.n_concepts
+    swapped = np.stack(
+        [encode_images(model, backbone, counterfactual_images(split, p)) for p in range(len(PARTS))]
+    )
+    return part_swap_metrics(query_codes.reshape(n, m, -1), swapped.reshape(len(PARTS), n, m, -1))
+
+
+def flip_invariance(
+    model: ConceptHash, backbone: Backbone, split: ImageSplit, query_codes: np.ndarray
+) -> float:
+    """Share of query images whose full code is unchanged when the image is mirrored left-right."""
+    mirrored = (ImageOps.mirror(split.image(i)) for i in range(len(split)))
+    return float(np.mean((encode_images(model, backbone, mirrored) == query_codes).all(axis=1)))
+
+
+# ---- the whole evaluation ---------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -128,28 +435,49 @@ def encode_with_attention(
     return np.concatenate(codes), np.concatenate(attention)
 
 
+def train_database_map(
+    model: ConceptHash,
+    backbone: Backbone,
+    train_database: ImageSplit,
+    queries: ImageSplit,
+    query_codes: np.ndarray,
+) -> float:
+    """mAP@all of the queries ranked against ``train_database`` (encoded here)."""
+    db_packed = pack_codes(sign_codes(model.encode(backbone.preprocess_split(train_database))))
+    query_packed = pack_codes(query_codes)
+    return float(mean_average_precision(queries.labels, train_database.labels, query_packed, db_packed))
+
+
 def evaluate_model(
     model: ConceptHash,
     backbone: Backbone,
     database: ImageSplit,
     queries: ImageSplit,
     database_pixels: torch.Tensor | None = None,
+    train_database: ImageSplit | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """All metrics, and the arrays a bundle caches for the dashboard (database codes, labels, ids)."""
+    """All metrics, and the arrays a bundle caches for the dashboard (database codes, labels, ids).
+
+    ``train_database`` is the model's own training database when it differs from ``database``
+    (a reseeded evaluation); None means ``database`` is it, so ``map_train_database`` = ``map``.
+    """
     if database_pixels is None:
         database_pixels = backbone.preprocess_split(database)
     db_codes = sign_codes(model.encode(database_pixels))
     query_codes, attention = encode_with_attention(model, backbone.preprocess_split(queries))
     metrics = retrieval_metrics(db_codes, database.labels, query_codes, queries.labels)
+    metrics["map_train_database"] = (
+        metrics["map"]
+        if train_database is None
+        else train_database_map(model, backbone, train_database, queries, query_codes)
+    )
     metrics["n_database"], metrics["n_queries"] = len(database), len(queries)
+    metrics["flip_invariance"] = flip_invariance(model, backbone, queries, query_codes)
+    metrics |= centre_metrics(model)
     if isinstance(queries, ToyBirdsSplit):
-        metrics |= interpretability_metrics(
-            attention,
-            query_codes,
-            queries,
-            backbone.grid_size,
-            model.config.n_concepts if model.config.mode == "concepts" else 1,
-        )
+        grid, m = backbone.grid_size, model.n_concepts
+        metrics |= interpretability_metrics(attention, query_codes, queries, grid, m)
+        metrics["part_swap"] = part_swap(model, backbone, queries, query_codes)
     arrays = {
         "db_codes": db_codes,
         "db_labels": database.labels.astype(np.int64),
@@ -159,12 +487,21 @@ def evaluate_model(
 
 
 def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
-    """``conceptlens eval`` for ConceptHash: metrics on the bundle's data (fresh ToyBirds with ``seed``)."""
+    """``conceptlens eval`` for ConceptHash: metrics on the bundle's data (fresh ToyBirds with ``seed``).
+
+    With ``seed`` the train and test splits are drawn afresh; ``map_train_database`` then ranks the
+    fresh queries against the bundle's own (stored, not reseeded) training split.
+    """
     from core.concepthash.train import load_concepthash
 
     loaded = load_concepthash(path, device=device)
     data: DataSpec = loaded.data if seed is None else loaded.data.with_seed(seed)
+    own_train = None if seed is None else open_split(loaded.data, "train")
     metrics, _ = evaluate_model(
-        loaded.model, loaded.backbone, open_split(data, "train"), open_split(data, "test")
+        loaded.model,
+        loaded.backbone,
+        open_split(data, "train"),
+        open_split(data, "test"),
+        train_database=own_train,
     )
     return {"kind": "concepthash", "bundle": str(loaded.path), "data": data.to_dict(), **metrics}
