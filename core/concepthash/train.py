@@ -1,8 +1,12 @@
 """Train ConceptHash and write it as a bundle; load a bundle back into a model.
 
-The default recipe is the authors' (kamwoh/concepthash, main config): SGD with momentum 0.9,
-learning rate 1e-3, weight decay 5e-4, cosine decay after a linear warm-up over the first 10 %
-of the steps, horizontal flips plus light augmentation.  On ToyBirds every epoch draws fresh
+The recipe follows the authors' code (kamwoh/concepthash, main config): learning rate 1e-3,
+weight decay 5e-4, cosine decay after a linear warm-up over the first 10 % of the steps,
+horizontal flips plus light augmentation.  One deliberate difference: the optimiser defaults
+to AdamW, not the reference's SGD with momentum 0.9 (``--optimizer sgd``).  The reference
+trains 100 epochs on a GPU; in a CPU budget of a few hundred steps SGD barely moves: measured
+on ToyBirds v2 after 150 steps (6 bits, 3 concepts, L_csd on, everything else equal), mAP 0.32
+with SGD against 0.55 with AdamW.  On ToyBirds every epoch draws fresh
 images (train indices ``e*N .. (e+1)*N - 1``), rendered in a DataLoader worker; epoch 0 is the
 train split that serves as the retrieval database.  Other data sets repeat their train split.
 
@@ -49,7 +53,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
-    optimizer: str = "sgd"  # reference: SGD, momentum 0.9
+    optimizer: str = "adamw"  # reference: SGD, momentum 0.9 (slower in a short CPU budget; see above)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_fraction: float = 0.1  # share of all steps spent in the linear warm-up
