@@ -31,7 +31,7 @@ class Step:
 def shipped_steps(out: str = "pretrained", quick: bool = False) -> list[Step]:
     """The commands behind the shipped bundles (``quick`` shrinks them for a smoke test)."""
     clip_size = ["--train-per-class", "200", "--test-per-class", "20", "--epochs", "50"]
-    hash_size = ["--epochs", "30"]
+    hash_size = ["--epochs", "40"]
     # The toy CLIP's text tower puts e.g. "blue head" and "blue tail" at cosine 0.994, so a text-embedding
     # near-duplicate filter would merge different parts; the held-out fidelity cut-off does the filtering.
     ceir_size = ["--epochs", "100", "--near-duplicate-threshold", "0.999"]
@@ -234,6 +234,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _hit_rates(loc: dict[str, Any]) -> str:
+    return f"{loc['mean_hit_rate']:.3f} ({loc['random_baseline']:.3f} / {loc['oracle_ceiling']:.3f})"
+
+
 def render_readme(results: dict[str, Any]) -> str:
     lines = [
         "# Shipped bundles",
@@ -288,12 +292,24 @@ def render_readme(results: dict[str, Any]) -> str:
                     f"| linear-probe species accuracy | {_fmt(test['linear_probe_accuracy'])} | "
                     f"{_fmt(fresh['linear_probe_accuracy'])} |",
                 ]
-            if "localization" in test:
-                loc, floc = test["localization"], fresh["localization"]
-                lines.append(
-                    f"| localisation hit rate (random) | {loc['mean_hit_rate']:.3f} "
-                    f"({loc['random_baseline']:.3f}) | {floc['mean_hit_rate']:.3f} "
-                    f"({floc['random_baseline']:.3f}) |"
-                )
+            for key, label in (("localization", "centre rule"), ("localization_overlap", "overlap rule")):
+                if key in test:
+                    lines.append(
+                        f"| localisation, {label}: hit rate (random / oracle) | "
+                        f"{_hit_rates(test[key])} | {_hit_rates(fresh[key])} |"
+                    )
+            if "part_swap" in test:
+                swap, fswap = test["part_swap"], fresh["part_swap"]
+                lines += [
+                    f"| part swap: matched flip rate, mean (min) | {swap['matched_flip_rate_mean']:.3f} "
+                    f"({swap['matched_flip_rate_min']:.3f}) | {fswap['matched_flip_rate_mean']:.3f} "
+                    f"({fswap['matched_flip_rate_min']:.3f}) |",
+                    f"| part swap: largest off-diagonal flip rate | "
+                    f"{swap['largest_off_diagonal']['flip_rate']:.3f} | "
+                    f"{fswap['largest_off_diagonal']['flip_rate']:.3f} |",
+                ]
+            for key in ("flip_invariance", "map_train_database", "capacity_ceiling", "distinct_centres"):
+                if key in test:
+                    lines.append(f"| {key} | {_fmt(test[key])} | {_fmt(fresh.get(key))} |")
             lines.append("")
     return "\n".join(lines)
