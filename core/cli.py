@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--image-size", type=positive_int, default=64)
     render.add_argument("--overwrite", action="store_true")
     birds_commands.add_parser("species", help="list the species, their family and head/wing/body colours")
+    stats = birds_commands.add_parser(
+        "stats", help="part sizes (in patches) and patch overlap between parts, measured from the masks"
+    )
+    stats.add_argument("--split", default="test")
+    stats.add_argument("--count", type=positive_int, default=480)
+    stats.add_argument("--seed", type=int, default=0)
+    stats.add_argument("--image-size", type=positive_int, default=64)
+    stats.add_argument("--patch-size", type=positive_int, default=8)
 
     train = commands.add_parser("train", help="train a model into a bundle")
     train_commands = train.add_subparsers(dest="model", required=True)
@@ -265,6 +273,12 @@ def cmd_toybirds(args: argparse.Namespace) -> int:
         for species in toybirds.SPECIES:
             parts = "; ".join(f"{part}: {species.part_label(part)}" for part in toybirds.SPECIES_PARTS)
             print(f"{species.id:3d}  {species.family:<8} {species.name:<42} {parts}")
+        return 0
+    if args.toybirds_command == "stats":
+        samples = (
+            toybirds.render_sample(args.split, i, args.seed, args.image_size) for i in range(args.count)
+        )
+        print(json.dumps(toybirds.part_statistics(samples, args.patch_size), indent=2))
         return 0
     out = toybirds.render_to_disk(
         args.out,

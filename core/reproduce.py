@@ -32,9 +32,7 @@ def shipped_steps(out: str = "pretrained", quick: bool = False) -> list[Step]:
     """The commands behind the shipped bundles (``quick`` shrinks them for a smoke test)."""
     clip_size = ["--train-per-class", "200", "--test-per-class", "20", "--epochs", "50"]
     hash_size = ["--epochs", "40"]
-    # The toy CLIP's text tower puts e.g. "blue head" and "blue tail" at cosine 0.994, so a text-embedding
-    # near-duplicate filter would merge different parts; the held-out fidelity cut-off does the filtering.
-    ceir_size = ["--epochs", "100", "--near-duplicate-threshold", "0.999"]
+    ceir_size = ["--epochs", "100"]
     if quick:
         clip_size = [
             "--train-per-class",

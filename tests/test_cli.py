@@ -59,6 +59,24 @@ def test_toybirds_render_writes_images_masks_and_metadata(tmp_path, capsys):
     assert code == 2 and "birds" in err and err.count("\n") == 1
 
 
+def test_toybirds_stats_measures_part_sizes_from_the_masks(capsys):
+    code, out, _ = run(capsys, "toybirds", "stats", "--count", "48", "--seed", "4")
+    assert code == 0
+    stats = json.loads(out)
+    assert set(stats["area_patches"]) == set(PARTS) and stats["patch_size"] == 8
+    assert all(stats["area_patches"][part] > 3.0 for part in ("head", "wing", "body"))
+    assert set(stats["patch_overlap"]) == {
+        "head/wing",
+        "head/body",
+        "head/tail",
+        "wing/body",
+        "wing/tail",
+        "body/tail",
+    }
+    code, _, err = run(capsys, "toybirds", "stats", "--count", "2", "--patch-size", "7")
+    assert code == 2 and "does not divide" in err and err.count("\n") == 1
+
+
 def test_toybirds_species_lists_every_species(capsys):
     code, out, _ = run(capsys, "toybirds", "species")
     assert code == 0
