@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from core.concepthash.evaluate import subcode_values
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboard"))
 
-from lens import hashing  # noqa: E402
+from lens import counterfactual, hashing  # noqa: E402
 
 # Five images, four bits, two concepts (c0 = columns 0-1, c1 = columns 2-3).
 CODES = np.array(
@@ -124,8 +125,12 @@ def test_image_helpers():
 def test_tables_from_metrics():
     metrics = {
         "subcode_part_nmi": {"parts": ["head", "tail"], "matrix": [[0.5, 0.1], [0.2, 0.9]]},
-        "localization": {"concepts": [{"concept": 1, "part": "tail", "hit_rate": 0.8, "random": 0.1},
-                                      {"concept": 0, "part": "head", "hit_rate": 0.6, "random": 0.2}]},
+        "localization": {
+            "concepts": [
+                {"concept": 1, "part": "tail", "hit_rate": 0.8, "random": 0.1},
+                {"concept": 0, "part": "head", "hit_rate": 0.6, "random": 0.2},
+            ]
+        },
     }
     nmi = hashing.nmi_table(metrics)
     assert nmi.to_dict("list") == {"concept": ["c0", "c1"], "head": [0.5, 0.2], "tail": [0.1, 0.9]}
@@ -144,6 +149,191 @@ def test_bit_matrix_figure():
     assert list(heat.x) == ["c0·b0", "c0·b1", "c1·b0", "c1·b1"]
     assert [shape.x0 for shape in fig.layout.shapes] == [1.5]
     assert list(heat.y) == ["#1 b", "#3 b", "#4 b", "#2 a", "#0 a"]  # image and class name per row
+    assert not fig.layout.annotations
+    named = hashing.bit_matrix_figure(CODES, LABELS, order, 2, ["a", "b"], {0: "wing", 1: "head"})
+    assert [(a.text, a.x) for a in named.layout.annotations] == [
+        ("<b>c0 ≈ wing</b>", 0.5),
+        ("<b>c1 ≈ head</b>", 2.5),
+    ]
+
+
+# --- concept naming and the part-swap matrix ------------------------------------------------------
+
+SWAP = {
+    "parts": ["head", "wing", "body", "tail"],
+    # parts x concepts: concept 0 follows the wing, 1 the body, 2 the head; the tail leaks into 2
+    "matrix": [[0.05, 0.0, 0.9], [0.8, 0.1, 0.0], [0.0, 0.95, 0.02], [0.0, 0.0, 0.3]],
+    "matched": [
+        {"concept": 0, "part": "wing", "flip_rate": 0.8},
+        {"concept": 1, "part": "body", "flip_rate": 0.95},
+        {"concept": 2, "part": "head", "flip_rate": 0.9},
+    ],
+    "matched_flip_rate_mean": 0.8833,
+    "matched_flip_rate_min": 0.8,
+    "largest_off_diagonal": {"part": "tail", "concept": 2, "flip_rate": 0.3},
+}
+LOCALISED = {"localization": {"concepts": [{"concept": 0, "part": "head", "hit_rate": 0.5, "random": 0.1}]}}
+
+
+def test_concepts_are_named_by_the_part_swap_matching_first():
+    names, source = hashing.concept_names({"part_swap": SWAP, **LOCALISED})
+    assert names == {0: "wing", 1: "body", 2: "head"} and source == "part swap"
+    # a bundle evaluated before part_swap: the localisation matching names the concepts
+    assert hashing.concept_names(LOCALISED) == ({0: "head"}, "localisation")
+    assert hashing.concept_names({"part_swap": {**SWAP, "matched": []}, **LOCALISED})[0] == {0: "head"}
+    assert hashing.concept_names({}) == ({}, None)
+    # the CLS baseline has no concepts to name, whatever its metrics say
+    assert hashing.concept_names({"part_swap": SWAP, **LOCALISED}, cls_baseline=True) == ({}, None)
+    assert hashing.concept_label(1, names) == "concept 1 ≈ body"
+    assert hashing.concept_label(1, names, short=True) == "c1 ≈ body"
+    assert hashing.concept_label(3, names) == "concept 3"
+    nmi = hashing.nmi_table({"subcode_part_nmi": {"parts": ["head"], "matrix": [[0.1], [0.2], [0.3]]}}, names)
+    assert nmi["concept"].tolist() == ["c0 ≈ wing", "c1 ≈ body", "c2 ≈ head"]
+    assert hashing.localisation_table(LOCALISED, cls_baseline=True)["concept"].tolist() == ["CLS token"]
+    assert hashing.localisation_table(LOCALISED, names=names)["concept"].tolist() == ["c0 ≈ wing"]
+
+
+def test_part_swap_table_summary_and_figure():
+    assert hashing.part_swap({}) is None and hashing.part_swap({"part_swap": {"parts": []}}) is None
+    names, _ = hashing.concept_names({"part_swap": SWAP})
+    table, matched = hashing.part_swap_table(hashing.part_swap({"part_swap": SWAP}), names)
+    assert table.index.tolist() == ["head", "wing", "body", "tail"], "parts as rows, the tail included"
+    assert table.columns.tolist() == ["concept 0 ≈ wing", "concept 1 ≈ body", "concept 2 ≈ head"]
+    assert table.loc["tail", "concept 2 ≈ head"] == 0.3
+    assert sorted(matched) == [(0, 2), (1, 0), (2, 1)]  # (part row, concept column)
+    summary = hashing.part_swap_summary(SWAP, names)
+    assert summary.startswith(
+        "A matched sub-code flips on 88% of its part's colour swaps on average (lowest 80%)"
+    )
+    assert "largest unmatched flip rate is 30% (concept 2 ≈ head when the tail changes)" in summary
+    assert hashing.part_swap_summary({"matrix": [[1]]}, names) == ""
+    fig = hashing.part_swap_figure(table, matched)
+    assert np.allclose(np.asarray(fig.data[0].z), SWAP["matrix"]) and len(fig.layout.shapes) == 3
+    assert fig.layout.shapes[0].x0 == -0.5 and fig.layout.shapes[0].y0 == 0.5  # concept 0, wing row
+
+    cls = {"parts": SWAP["parts"], "matrix": [[0.9], [0.8], [0.7], [0.4]]}
+    table, matched = hashing.part_swap_table(cls, {}, cls_baseline=True)
+    assert table.columns.tolist() == ["whole code"] and matched == []
+    with pytest.raises(ValueError, match="part-swap matrix has shape"):
+        hashing.part_swap_table({"parts": ["head"], "matrix": [[0.1], [0.2]]}, {})
+
+
+# --- counterfactual birds: which sub-codes flipped -------------------------------------------------
+
+NAMES = {0: "head", 1: "wing", 2: "body"}
+
+
+def code_boxes(html: str) -> list[tuple[str, bool]]:
+    """(text, highlighted) of every sub-code box in the HTML of ``code_html``."""
+    return [
+        (text, "background:#ff7f0e" in style)
+        for style, text in re.findall(r'<span style="([^"]*)">([^<]*)</span>', html)
+    ]
+
+
+def test_flipped_subcodes_of_a_hand_made_pair():
+    before = np.array([1, -1, 1, 1, -1, -1], dtype=np.int8)  # c0 10, c1 11, c2 00
+    after = np.array([1, -1, -1, 1, -1, 1], dtype=np.int8)  # c0 10, c1 01, c2 01
+    assert counterfactual.flipped_subcodes(before, after, 3) == [1, 2]
+    assert counterfactual.flipped_subcodes(before, before, 3) == []
+    assert counterfactual.flipped_subcodes(before, after, 1) == [0], "one group: the whole code"
+    with pytest.raises(ValueError, match="6 and 4 bits"):
+        counterfactual.flipped_subcodes(before, after[:4], 3)
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        counterfactual.flipped_subcodes(before, after, 4)
+
+    changes = counterfactual.subcode_changes(before, after, 3, NAMES)
+    assert [(c.name, c.before, c.after, c.flipped) for c in changes] == [
+        ("concept 0 ≈ head", "10", "10", False),
+        ("concept 1 ≈ wing", "11", "01", True),
+        ("concept 2 ≈ body", "00", "01", True),
+    ]
+    assert changes[1].flipped_bits == [0] and changes[2].flipped_bits == [1]
+    assert code_boxes(counterfactual.code_html(changes, "after")) == [
+        ("c0 ≈ head 10", False),
+        ("c1 ≈ wing 01 ⟲ 1/2 bits", True),
+        ("c2 ≈ body 01 ⟲ 1/2 bits", True),
+    ]
+    assert code_boxes(counterfactual.code_html(changes, "before")) == [
+        ("c0 ≈ head 10", False),
+        ("c1 ≈ wing 11", True),
+        ("c2 ≈ body 00", True),
+    ]
+    with pytest.raises(ValueError, match="side must be"):
+        counterfactual.code_html(changes, "left")
+    evil = counterfactual.subcode_changes(before, after, 3, {0: "<b>head</b>"})
+    assert "<b>" not in counterfactual.code_html(evil, "after"), "part names are escaped"
+    assert (
+        counterfactual.flipped_line(changes)
+        == "**Flipped: concept 1 ≈ wing (bit b0), concept 2 ≈ body (bit b1)**"
+    )
+    same = counterfactual.subcode_changes(before, before, 3, NAMES)
+    assert counterfactual.flipped_line(same).startswith("**Flipped: nothing**")
+    assert [flipped for _, flipped in code_boxes(counterfactual.code_html(same, "after"))] == [False] * 3
+
+    whole = counterfactual.subcode_changes(before, after, 1, {}, cls_baseline=True)
+    assert [(c.name, c.part, c.flipped_bits) for c in whole] == [("whole code", None, [2, 5])]
+
+
+def test_verdict_says_whether_the_claim_held():
+    def changes(before, after):
+        return counterfactual.subcode_changes(np.array(before), np.array(after), 3, NAMES)
+
+    base = [1, 1, 1, 1, 1, 1]
+    wing_only = changes(base, [1, 1, -1, 1, 1, 1])
+    assert counterfactual.verdict(wing_only, "wing") == (
+        True,
+        "Only concept 1 ≈ wing flipped: the sub-code of the wing followed the wing.",
+    )
+    held, sentence = counterfactual.verdict(wing_only, "head")
+    assert not held and sentence == "Concept 0 ≈ head did not flip; concept 1 ≈ wing flipped instead."
+    assert counterfactual.verdict(changes(base, base), "tail")[0] is True
+    held, sentence = counterfactual.verdict(wing_only, "tail")
+    assert not held and "not a species trait, yet concept 1 ≈ wing flipped" in sentence
+    held, sentence = counterfactual.verdict(changes(base, [1, 1, -1, 1, -1, 1]), "wing")
+    assert not held and sentence == "Concept 1 ≈ wing flipped, but so did concept 2 ≈ body."
+    held, sentence = counterfactual.verdict(changes(base, base), "body")
+    assert not held and sentence == "No sub-code flipped, not even concept 2 ≈ body."
+    whole = counterfactual.subcode_changes(np.array(base), np.array([1, -1, 1, 1, 1, 1]), 1, {}, True)
+    held, sentence = counterfactual.verdict(whole, "head", cls_baseline=True)
+    assert held and sentence.startswith("The code changed (1 bit) when the head (a species part)")
+    assert "≈" not in sentence
+
+
+def test_colour_choices_and_species_line():
+    from core.data.toybirds import (
+        COLOURS,
+        SPECIES_COLOURS,
+        render_counterfactual,
+        render_sample,
+        species_with,
+    )
+
+    current = {"head": "red", "wing": "blue", "body": "green", "tail": "white"}
+    assert counterfactual.colour_choices("head", current) == [c for c in SPECIES_COLOURS if c != "red"]
+    assert counterfactual.colour_choices("tail", current) == [c for c in COLOURS if c != "white"]
+    with pytest.raises(ValueError, match="Unknown part 'beak'"):
+        counterfactual.colour_choices("beak", current)
+
+    original = render_sample("train", 0, 0, 32)
+    colours = original.part_values
+    outcomes = {}
+    for part in ("head", "wing", "body"):
+        for value in counterfactual.colour_choices(part, colours):
+            other = species_with({**colours, part: value})
+            outcomes[other is None] = (part, value, other)
+    assert set(outcomes) == {True, False}, "one repaint makes another species, one makes none"
+    part, value, other = outcomes[False]
+    line = counterfactual.species_line(original, render_counterfactual("train", 0, part, value, 0, 32), part)
+    assert line == f"Another species: the redrawn bird is a *{other.name}*."
+    part, value, _ = outcomes[True]
+    line = counterfactual.species_line(original, render_counterfactual("train", 0, part, value, 0, 32), part)
+    assert line.startswith("No species has these colours (head ") and f"{part} {value}" in line
+    tail = counterfactual.colour_choices("tail", colours)[0]
+    line = counterfactual.species_line(
+        original, render_counterfactual("train", 0, "tail", tail, 0, 32), "tail"
+    )
+    assert line == f"Still a *{original.species.name}*: the tail is not a species trait."
 
 
 # --- the model helpers on a tiny bundle -----------------------------------------------------------
@@ -180,8 +370,11 @@ def test_heatmaps_and_codes_of_database_images(loaded, db_images):
 
 def images(app) -> list[tuple[str, str]]:
     """(caption, url) of every image on the page; the url names the image's bytes."""
-    return [(caption, url) for element in app.get("image")
-            for caption, url in zip(element.captions, element.value, strict=True)]
+    return [
+        (caption, url)
+        for element in app.get("image")
+        for caption, url in zip(element.captions, element.value, strict=True)
+    ]
 
 
 def chart_z(chart) -> np.ndarray:
@@ -202,14 +395,21 @@ def test_hash_codes_page(dashboard, loaded):
     app = dashboard("hash_codes")
     assert not app.exception, [e.value for e in app.exception]
     charts = app.get("plotly_chart")
-    assert len(charts) == 2, "bit matrix and sub-code/part NMI"
+    swap = hashing.part_swap(loaded.metrics)
+    assert len(charts) == (3 if swap else 2), "bit matrix, part swap (when evaluated) and sub-code/part NMI"
+    if swap is None:
+        assert any(
+            "predates the part-swap metric" in i.value and "conceptlens eval" in i.value for i in app.info
+        )
     order = hashing.bit_matrix_order(codes, labels, "class")
     assert np.array_equal(chart_z(charts[0]), codes[order] > 0)
-    assert np.allclose(chart_z(charts[1]), loaded.metrics["subcode_part_nmi"]["matrix"])
+    assert np.allclose(chart_z(charts[-1]), loaded.metrics["subcode_part_nmi"]["matrix"])
     local = app.dataframe[0].value
     assert local["part"].tolist() == [c["part"] for c in loaded.metrics["localization"]["concepts"]]
     assert {b.label for b in app.get("download_button")} >= {
-        "Download bit-matrix (HTML)", "Download subcode-part-nmi (CSV)"}
+        "Download bit-matrix (HTML)",
+        "Download subcode-part-nmi (CSV)",
+    }
 
     # bit c0·b0: 12 + 12 images (48 in the database, both sides have more than 12)
     n_on = int((codes[:, 0] > 0).sum())
@@ -248,7 +448,9 @@ def test_concept_attention_page_database_image(dashboard, loaded):
     first = overlays(app)
     assert len(first) == 3, "one overlay per concept"
     assert f"`{hashing.format_code(codes[0], 3)}`" in markdown_text(app)
-    assert [c for c, _ in images(app)][-4:] == ["head", "wing", "body", "tail"]
+    captions = [c for c, _ in images(app)]
+    start = captions.index("head")
+    assert captions[start : start + 4] == ["head", "wing", "body", "tail"], "the part masks"
     assert app.get("download_button")[0].label == "Download the overlays (PNG)"
 
     app.radio(key="attn_method").set_value("Rollout").run()
@@ -310,3 +512,286 @@ def test_pages_without_part_annotations(dashboard, monkeypatch):
     app = dashboard("concept_attention")
     assert not app.exception, [e.value for e in app.exception]
     assert len(overlays(app)) == 3 and "head" not in [c for c, _ in images(app)]
+
+
+# --- part swap, counterfactual birds and the CLS baseline through AppTest -------------------------
+
+
+def _quiet(*_args) -> None:
+    pass
+
+
+def write_part_swap(bundle: Path, tiny_bundles: Path, swap: dict | None) -> None:
+    """Put a hand-made ``part_swap`` metric into a bundle's config, or drop it when ``swap`` is None
+    (a bundle evaluated before the metric existed); the backbone path is made absolute."""
+    config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+    config["metrics"].pop("part_swap", None)
+    if swap is not None:
+        config["metrics"]["part_swap"] = swap
+    if "bundle" in config.get("backbone", {}):
+        config["backbone"]["bundle"] = str(tiny_bundles / "toy-clip")
+    (bundle / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def swap_bundles(tiny_bundles, tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
+    """A copy of toy-hash-csd whose part_swap matching (returned, by concept) differs from its
+    localisation matching, so the pages can only name concepts this way by reading part_swap."""
+    import itertools
+    import shutil
+
+    root = tmp_path_factory.mktemp("swap")
+    shutil.copytree(tiny_bundles / "toy-hash-csd", root / "toy-hash-csd")
+    config = json.loads((root / "toy-hash-csd" / "config.json").read_text(encoding="utf-8"))
+    localised = hashing.concept_parts(config["metrics"])
+    matched = next(p for p in itertools.permutations(("head", "wing", "body")) if p[0] != localised.get(0))
+    parts = ["head", "wing", "body", "tail"]
+    matrix = [[0.9 if matched[m] == part else 0.1 * (m + 1) for m in range(3)] for part in parts]
+    swap = {
+        "parts": parts,
+        "matrix": matrix,
+        "matched": [{"concept": m, "part": part, "flip_rate": 0.9} for m, part in enumerate(matched)],
+        "matched_flip_rate_mean": 0.9,
+        "matched_flip_rate_min": 0.9,
+        "largest_off_diagonal": {"part": "tail", "concept": 2, "flip_rate": 0.3},
+    }
+    write_part_swap(root / "toy-hash-csd", tiny_bundles, swap)
+    return root, matched
+
+
+@pytest.fixture(scope="module")
+def cls_bundles(tiny_bundles, tmp_path_factory) -> Path:
+    """A tiny CLS-baseline bundle (one 6-bit code, no concept tokens), with a part_swap metric that
+    even has a 'matched' entry: the pages must still not name any concept."""
+    from core.concepthash.model import ConceptHashConfig
+    from core.concepthash.train import TrainConfig, train_concepthash
+    from core.data.spec import DataSpec
+
+    root = tmp_path_factory.mktemp("cls")
+    train_concepthash(
+        str(tiny_bundles / "toy-clip"),
+        DataSpec(image_size=32, train_per_class=2, test_per_class=1),
+        ConceptHashConfig(bits=6, n_concepts=3, mode="cls"),
+        TrainConfig(epochs=1, batch_size=16, device="cpu"),
+        root / "toy-hash-cls",
+        log=_quiet,
+    )
+    swap = {
+        "parts": ["head", "wing", "body", "tail"],
+        "matrix": [[0.7], [0.6], [0.8], [0.2]],
+        "matched": [{"concept": 0, "part": "body", "flip_rate": 0.8}],
+    }
+    write_part_swap(root / "toy-hash-cls", tiny_bundles, swap)
+    return root
+
+
+def chart_spec(chart) -> dict:
+    return json.loads(chart.proto.spec)["data"][0]
+
+
+def page_text(app) -> list[str]:
+    """Every piece of text a person reads on the page: markdown, captions, notes, options, image captions."""
+    texts = [
+        e.value
+        for kind in ("markdown", "caption", "info", "success", "warning", "subheader")
+        for e in app.get(kind)
+    ]
+    texts += [str(option) for box in app.selectbox for option in box.options]
+    texts += [c for c, _ in images(app)]
+    return texts
+
+
+def test_hash_codes_page_names_concepts_by_part_swap(dashboard, swap_bundles, monkeypatch):
+    root, matched = swap_bundles
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(root))
+    app = dashboard("hash_codes")
+    assert not app.exception, [e.value for e in app.exception]
+    named = [f"concept {m} ≈ {part}" for m, part in enumerate(matched)]
+
+    charts = app.get("plotly_chart")
+    assert len(charts) == 3, "bit matrix, part swap, sub-code/part NMI"
+    swap = chart_spec(charts[1])
+    assert list(swap["y"]) == ["head", "wing", "body", "tail"], "parts as rows, the nuisance tail included"
+    assert list(swap["x"]) == named
+    assert np.allclose(
+        chart_z(charts[1]),
+        [
+            [0.9 if matched[m] == p else 0.1 * (m + 1) for m in range(3)]
+            for p in ("head", "wing", "body", "tail")
+        ],
+    )
+    assert list(chart_spec(charts[2])["y"]) == [f"c{m} ≈ {part}" for m, part in enumerate(matched)]
+    assert any(("probability that the concept's sub-code flips" in c.value) for c in app.caption)
+    assert any(", ".join(named) in c.value and "part swap" in c.value for c in app.caption)
+    assert (
+        "A matched sub-code flips on 90% of its part's colour swaps on average (lowest 90%)"
+        in markdown_text(app)
+    )
+    assert "Download part-swap (CSV)" in {b.label for b in app.get("download_button")}
+    assert app.selectbox(key="hash_bit").options[0] == f"c0·b0 ({named[0]})"
+    local = app.dataframe[0].value
+    assert local["concept"].tolist() == [
+        f"c{c['concept']} ≈ {matched[c['concept']]}" for c in loaded_metrics(root)["localization"]["concepts"]
+    ]
+
+    app.radio(key="hash_pick").set_value("Sub-code").run()
+    assert app.selectbox(key="hash_subcode").options == [
+        f"{name} (bits c{m}·b0 … c{m}·b1)" for m, name in enumerate(named)
+    ]
+    app.selectbox(key="hash_subcode").set_value(1).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert f"**Concept 1 ≈ {matched[1]}**:" in markdown_text(app)
+
+
+def loaded_metrics(root: Path) -> dict:
+    return json.loads((root / "toy-hash-csd" / "config.json").read_text(encoding="utf-8"))["metrics"]
+
+
+def first_flipping_repaint(loaded) -> tuple[int, str, str]:
+    """The first (database image, species part, colour) whose repaint flips a sub-code, found off the
+    page: every repaint of every database bird encoded in one batch and compared to the stored codes."""
+    from core.data.spec import open_split
+    from core.data.toybirds import SPECIES_PARTS, render_counterfactual
+
+    split, codes, data = open_split(loaded.data, "train"), loaded.arrays["db_codes"], loaded.data
+    repaints = [
+        (i, part, value)
+        for i in range(len(split))
+        for part in SPECIES_PARTS
+        for value in counterfactual.colour_choices(part, split.sample(i).part_values)
+    ]
+    images = [
+        render_counterfactual("train", i, p, v, data.seed, data.image_size).image for i, p, v in repaints
+    ]
+    after = hashing.encode_images(loaded, images)
+    flipping = [r for r, code in zip(repaints, after, strict=True) if (code != codes[r[0]]).any()]
+    assert flipping, "no repaint of any database bird changes the tiny model's code"
+    return flipping[0]
+
+
+def test_hash_codes_page_for_a_bundle_that_predates_part_swap(dashboard, tiny_bundles, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(tiny_bundles / "toy-hash-csd", tmp_path / "old-hash")
+    write_part_swap(tmp_path / "old-hash", tiny_bundles, None)
+    localised = hashing.concept_parts(
+        json.loads((tmp_path / "old-hash" / "config.json").read_text())["metrics"]
+    )
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tmp_path))
+    app = dashboard("hash_codes")
+    assert not app.exception, [e.value for e in app.exception]
+    notes = [i.value for i in app.info if "predates the part-swap metric" in i.value]
+    assert len(notes) == 1 and f"conceptlens eval {tmp_path / 'old-hash'} --json" in notes[0]
+    assert "conceptlens reproduce" in notes[0]
+    assert len(app.get("plotly_chart")) == 2, "bit matrix and NMI, no part-swap chart"
+    # the concepts are still named, by the localisation matching
+    assert localised and any(
+        "this bundle predates the part-swap metric" in c.value
+        and ", ".join(hashing.concept_label(m, localised) for m in range(3)) in c.value
+        for c in app.caption
+    )
+
+
+def test_concept_attention_counterfactual_panel(dashboard, swap_bundles, loaded, monkeypatch):
+    from core.data.spec import open_split
+    from core.data.toybirds import render_counterfactual
+
+    root, matched = swap_bundles
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(root))
+    names = dict(enumerate(matched))
+    split = open_split(loaded.data, "train")
+    app = dashboard("concept_attention")
+    assert not app.exception, [e.value for e in app.exception]
+    assert "Repaint one part of this bird: which sub-code flips?" in [h.value for h in app.subheader]
+    assert [c for c, _ in overlays(app)][0].startswith(f"concept 0 ≈ {matched[0]} = ")
+
+    def check(index: int, part: str, value: str) -> list:
+        """The panel shows this repaint: both birds, both codes, what flipped and the verdict."""
+        assert not app.exception, [e.value for e in app.exception]
+        original = split.sample(index)
+        redrawn = render_counterfactual("train", index, part, value, loaded.data.seed, loaded.data.image_size)
+        cf = counterfactual.counterfactual(loaded, index, part, value)
+        changes = counterfactual.subcode_changes(cf.before, cf.after, 3, names)
+        text = markdown_text(app)
+        assert counterfactual.code_html(changes, "before") in text
+        assert counterfactual.code_html(changes, "after") in text
+        assert counterfactual.flipped_line(changes) in text
+        assert counterfactual.species_line(original, redrawn, part) in text
+        held, sentence = counterfactual.verdict(changes, part)
+        assert [e.value for e in (app.success if held else app.warning)] == [sentence]
+        captions = [c for c, _ in images(app)]
+        assert f"Original · {original.species_name}" in captions
+        assert f"Redrawn: {part} {original.part_values[part]} → {value} · {redrawn.species_name}" in captions
+        after = [c for c in captions if c.startswith("after · ")]
+        assert after == [
+            f"after · concept {m} ≈ {matched[m]}" + (" · ⟲ flipped" if c.flipped else "")
+            for m, c in enumerate(changes)
+        ]
+        return changes
+
+    current = split.sample(0).part_values
+    first = counterfactual.colour_choices("head", current)[0]
+    assert app.selectbox(key="attn_cf_colour_0_head").options == [
+        c for c in counterfactual.colour_choices("head", current)
+    ]
+    check(0, "head", first)
+
+    # a repaint that flips a sub-code ...
+    index, part, value = first_flipping_repaint(loaded)
+    if index != 0:
+        app.select_slider(key="attn_index").set_value(index).run()
+    app.radio(key="attn_cf_part").set_value(part).run()
+    app.selectbox(key=f"attn_cf_colour_{index}_{part}").set_value(value).run()
+    changes = check(index, part, value)
+    highlighted = [
+        b for line in markdown_text(app).splitlines() for b, flipped in code_boxes(line) if flipped
+    ]
+    assert len(highlighted) == 2 * sum(c.flipped for c in changes) > 0, (
+        "flipped sub-codes highlighted, both sides"
+    )
+    assert "**Flipped: concept" in markdown_text(app)
+    assert any(c.endswith("⟲ flipped") for c, _ in images(app))
+
+    # ... and the nuisance tail, repainted: the bird stays its species
+    tail = counterfactual.colour_choices("tail", split.sample(index).part_values)[-1]
+    app.radio(key="attn_cf_part").set_value("tail").run()
+    app.selectbox(key=f"attn_cf_colour_{index}_tail").set_value(tail).run()
+    check(index, "tail", tail)
+    assert f"Still a *{split.sample(index).species_name}*" in markdown_text(app)
+    assert changes is not None
+
+
+def test_no_counterfactual_for_uploads(dashboard, swap_bundles, monkeypatch):
+    root, _ = swap_bundles
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(root))
+    app = dashboard("concept_attention")
+    app.radio(key="attn_source").set_value("Upload").run()
+    app.file_uploader(key="attn_upload").set_value(
+        ("bird.png", jpeg_bytes(Image.new("RGB", (40, 40), "red")), "image/jpeg")
+    ).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert "Repaint one part of this bird: which sub-code flips?" not in [h.value for h in app.subheader]
+
+
+def test_cls_baseline_is_not_shown_as_concepts(dashboard, cls_bundles, monkeypatch):
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(cls_bundles))
+    app = dashboard("hash_codes")
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("**CLS baseline**" in c.value and "no concept tokens" in c.value for c in app.caption)
+    assert not [t for t in page_text(app) if "≈" in t], "no concept is named"
+    assert "hash_pick" not in [r.key for r in app.radio], "no sub-codes to look at"
+    charts = app.get("plotly_chart")
+    assert len(charts) == 3
+    assert list(chart_spec(charts[1])["x"]) == ["whole code"] and list(chart_spec(charts[2])["y"]) == [
+        "whole code"
+    ]
+    assert app.dataframe[0].value["concept"].tolist() == ["CLS token"]
+    assert app.selectbox(key="hash_bit").options[:2] == ["b0", "b1"]
+
+    app = dashboard("concept_attention")
+    assert not app.exception, [e.value for e in app.exception]
+    assert not [t for t in page_text(app) if "≈" in t or t.startswith("concept ")]
+    assert [c for c, _ in images(app) if c.startswith("CLS token = ")]
+    text = markdown_text(app)
+    assert "whole code" in text and "**Flipped: " in text
+    assert any("one code, no concepts" in e.value for e in [*app.success, *app.warning])

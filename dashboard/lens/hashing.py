@@ -202,24 +202,162 @@ def concept_parts(metrics: dict[str, Any]) -> dict[int, str]:
     return {int(c["concept"]): str(c["part"]) for c in concepts}
 
 
-def nmi_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
-    """The ``subcode_part_nmi`` matrix as a table (one row per concept, one column per part), or None."""
+def is_cls_baseline(config: dict[str, Any]) -> bool:
+    """Whether a ConceptHash bundle is the CLS baseline: one code from the CLS token, no concept tokens."""
+    return config.get("model", {}).get("mode", "concepts") == "cls"
+
+
+def part_swap(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The bundle's ``part_swap`` metric, or None when the bundle was evaluated before it existed."""
+    swap = metrics.get("part_swap")
+    return swap if isinstance(swap, dict) and swap.get("matrix") and swap.get("parts") else None
+
+
+def concept_names(metrics: dict[str, Any], cls_baseline: bool = False) -> tuple[dict[int, str], str | None]:
+    """Concept -> the part it stands for, and which matching named it.
+
+    The part-swap matching (the part whose colour change flips the concept's sub-code) comes first;
+    bundles evaluated before it fall back to the localisation matching (the part the concept's
+    attention points at). The CLS baseline has no concepts, so nothing is named.
+    """
+    if cls_baseline:
+        return {}, None
+    swap = part_swap(metrics)
+    if swap and swap.get("matched"):
+        return {int(c["concept"]): str(c["part"]) for c in swap["matched"]}, "part swap"
+    names = concept_parts(metrics)
+    return names, ("localisation" if names else None)
+
+
+def concept_label(m: int, names: dict[int, str], short: bool = False) -> str:
+    """``"concept 1 ≈ wing"`` (``"c1 ≈ wing"`` when short), or ``"concept 1"`` when unmatched."""
+    base = f"c{m}" if short else f"concept {m}"
+    return f"{base} ≈ {names[m]}" if m in names else base
+
+
+def part_swap_table(
+    swap: dict[str, Any], names: dict[int, str], cls_baseline: bool = False
+) -> tuple[pd.DataFrame, list[tuple[int, int]]]:
+    """Parts x concepts flip probabilities as a table, and the (row, column) cells of matched pairs.
+
+    Rows are the parts (species parts and the nuisance tail), columns the concepts named by
+    :func:`concept_label`; the CLS baseline's single column is its whole code.
+    """
+    matrix = np.asarray(swap["matrix"], dtype=float)
+    parts = [str(p) for p in swap["parts"]]
+    if matrix.ndim != 2 or matrix.shape[0] != len(parts):
+        raise ValueError(
+            f"The part-swap matrix has shape {matrix.shape}, not ({len(parts)} parts, concepts)."
+        )
+    if cls_baseline:
+        columns = (
+            ["whole code"] if matrix.shape[1] == 1 else [f"bit group {m}" for m in range(matrix.shape[1])]
+        )
+        cells: list[tuple[int, int]] = []
+    else:
+        columns = [concept_label(m, names) for m in range(matrix.shape[1])]
+        cells = [
+            (parts.index(str(c["part"])), int(c["concept"]))
+            for c in swap.get("matched", [])
+            if str(c["part"]) in parts and 0 <= int(c["concept"]) < matrix.shape[1]
+        ]
+    return pd.DataFrame(matrix, index=parts, columns=columns), cells
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * float(value):.0f}%" if isinstance(value, int | float) else "?"
+
+
+def part_swap_summary(swap: dict[str, Any], names: dict[int, str]) -> str:
+    """One sentence: how often a matched sub-code flips when its part changes, and the worst leak."""
+    sentences = []
+    mean, low = swap.get("matched_flip_rate_mean"), swap.get("matched_flip_rate_min")
+    if isinstance(mean, int | float):
+        sentences.append(
+            f"A matched sub-code flips on {_percent(mean)} of its part's colour swaps on average"
+            + (f" (lowest {_percent(low)})" if isinstance(low, int | float) else "")
+        )
+    off = swap.get("largest_off_diagonal")
+    if isinstance(off, dict):
+        rate = next((off[k] for k in ("flip_rate", "rate", "value") if k in off), None)
+        where = []
+        if "concept" in off:
+            where.append(concept_label(int(off["concept"]), names))
+        if "part" in off:
+            where.append(f"when the {off['part']} changes")
+        sentences.append(f"the largest unmatched flip rate is {_percent(rate)} ({' '.join(where)})")
+    return "; ".join(sentences) + "." if sentences else ""
+
+
+def part_swap_figure(table: pd.DataFrame, matched: Sequence[tuple[int, int]] = ()) -> go.Figure:
+    """Parts x concepts heatmap of flip probabilities (0-1), matched cells outlined."""
+    values = table.to_numpy(dtype=float)
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=list(table.columns),
+            y=list(table.index),
+            colorscale="Magma",
+            zmin=0,
+            zmax=1,
+            text=np.round(values, 2),
+            texttemplate="%{text}",
+            hovertemplate="%{y} changes → %{x} flips with probability %{z:.3f}<extra></extra>",
+            colorbar={"title": "P(flip)"},
+        )
+    )
+    for row, col in matched:
+        fig.add_shape(
+            type="rect",
+            x0=col - 0.5,
+            x1=col + 0.5,
+            y0=row - 0.5,
+            y1=row + 0.5,
+            line={"color": "#00e5ff", "width": 4},
+        )
+    fig.update_yaxes(autorange="reversed", title="part repainted")
+    fig.update_xaxes(side="top")
+    fig.update_layout(height=120 + 60 * len(table), margin={"l": 40, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def nmi_table(
+    metrics: dict[str, Any], names: dict[int, str] | None = None, cls_baseline: bool = False
+) -> pd.DataFrame | None:
+    """The ``subcode_part_nmi`` matrix as a table (one row per concept, one column per part), or None.
+
+    Rows are named ``c0`` or, with ``names``, ``c0 ≈ head``; the CLS baseline's one row is its whole code.
+    """
     nmi = metrics.get("subcode_part_nmi")
     if not nmi or not nmi.get("matrix"):
         return None
     table = pd.DataFrame(nmi["matrix"], columns=list(nmi["parts"]))
-    table.insert(0, "concept", [f"c{m}" for m in range(len(table))])
+    rows = (
+        ["whole code"] * len(table)
+        if cls_baseline
+        else [concept_label(m, names or {}, short=True) for m in range(len(table))]
+    )
+    table.insert(0, "concept", rows)
     return table
 
 
-def localisation_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
-    """Concept -> matched part, pointing-game hit rate and the part's random baseline, or None."""
+def localisation_table(
+    metrics: dict[str, Any], cls_baseline: bool = False, names: dict[int, str] | None = None
+) -> pd.DataFrame | None:
+    """Concept -> matched part, pointing-game hit rate and the part's random baseline, or None.
+
+    With ``names`` a concept reads ``c0 ≈ wing`` (its part-swap name), so a concept that looks at
+    one part but flips with another shows both. For the CLS baseline the one row is the CLS
+    token's attention, not a concept.
+    """
     concepts = metrics.get("localization", {}).get("concepts")
     if not concepts:
         return None
     rows = [
         {
-            "concept": f"c{c['concept']}",
+            "concept": "CLS token"
+            if cls_baseline
+            else concept_label(int(c["concept"]), names or {}, short=True),
             "part": c["part"],
             "hit rate": c["hit_rate"],
             "random baseline": c["random"],
@@ -230,9 +368,17 @@ def localisation_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
 
 
 def bit_matrix_figure(
-    codes: np.ndarray, labels: np.ndarray, order: np.ndarray, n_concepts: int, class_names: Sequence[str]
+    codes: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    n_concepts: int,
+    class_names: Sequence[str],
+    names: dict[int, str] | None = None,
 ) -> go.Figure:
-    """Plotly heatmap of the codes (rows in ``order``, 1 = bit on), with separators between concepts."""
+    """Plotly heatmap of the codes (rows in ``order``, 1 = bit on), with separators between concepts.
+
+    With ``names`` (concept -> matched part) each concept's columns are titled ``c0 ≈ head``.
+    """
     codes = _check_codes(codes)
     n, n_bits = codes.shape
     per = bits_per_concept(n_bits, n_concepts)
@@ -257,11 +403,21 @@ def bit_matrix_figure(
     )
     for m in range(1, n_concepts):
         fig.add_vline(x=m * per - 0.5, line_width=3, line_color="#e63946")
+    for m in sorted(names or {}):
+        fig.add_annotation(
+            x=m * per + (per - 1) / 2,
+            y=1.0,
+            yref="paper",
+            yshift=38,
+            text=f"<b>{concept_label(m, names or {}, short=True)}</b>",
+            showarrow=False,
+        )
     fig.update_yaxes(
         autorange="reversed", type="category", showticklabels=False, title=f"{n} database images"
     )
     fig.update_xaxes(side="top", tickangle=0)
-    fig.update_layout(height=min(900, max(320, 4 * n + 80)), margin={"l": 40, "r": 10, "t": 60, "b": 10})
+    top = 90 if names else 60  # room for the concept titles above the bit labels
+    fig.update_layout(height=min(900, max(320, 4 * n + 80)), margin={"l": 40, "r": 10, "t": top, "b": 10})
     return fig
 
 

@@ -1,4 +1,8 @@
-"""Concept attention: where each concept token of a ConceptHash model looks in one image."""
+"""Concept attention: where each concept token of a ConceptHash model looks in one image, and, for
+ToyBirds, what happens to the code when one part of that very bird is repainted.
+
+Concepts are named by the part they are matched to ("concept 1 ≈ wing"); the CLS baseline has one
+attention map (the CLS token's) and one code, and is shown as such."""
 
 import hashlib
 import json
@@ -9,18 +13,30 @@ import streamlit as st
 from core.data.spec import DataSpec, open_split
 from core.data.toybirds import PARTS
 from lens.bundles import require
+from lens.counterfactual import (
+    Counterfactual,
+    code_html,
+    colour_choices,
+    counterfactual,
+    flipped_line,
+    species_line,
+    subcode_changes,
+    verdict,
+)
 from lens.figures import image_grid, mask_overlay, overlay, png_bytes
 from lens.hashing import (
     METHODS,
     bits_per_concept,
     center_square,
     code_groups,
-    concept_parts,
+    concept_label,
+    concept_names,
     display_image,
     encode_images,
     format_code,
     heatmaps_for,
     image_strip,
+    is_cls_baseline,
     resize_mask,
 )
 from lens.uploads import IMAGE_TYPES, read_uploads, show_errors
@@ -47,6 +63,12 @@ def upload_code(_loaded, _image, path: str, mtime: float, image_key: str) -> np.
     return encode_images(_loaded, [_image])[0]
 
 
+@st.cache_data(show_spinner="Redrawing the bird ...", max_entries=128)
+def redraw(_loaded, path: str, mtime: float, index: int, part: str, value: str) -> Counterfactual:
+    """Database bird ``index`` redrawn with ``part`` in ``value``, and both codes (per bundle version)."""
+    return counterfactual(_loaded, index, part, value)
+
+
 def reset_index() -> None:
     """A new class starts at its first image (the old index may not belong to it)."""
     st.session_state.pop("attn_index", None)
@@ -61,10 +83,11 @@ codes, labels = loaded.arrays["db_codes"], loaded.arrays["db_labels"]
 n_concepts = loaded.model.n_concepts
 per = bits_per_concept(codes.shape[1], n_concepts)
 class_names = list(loaded.config.get("classes") or [])
-parts = concept_parts(loaded.metrics)
+cls_baseline = is_cls_baseline(loaded.config)
+names, named_by = concept_names(loaded.metrics, cls_baseline)
 
 source = st.radio("Image", ["Database image", "Upload"], horizontal=True, key="attn_source")
-image, code, masks, key, title = None, None, None, "", ""
+image, code, masks, key, title, index = None, None, None, "", "", None
 if source == "Database image":
     try:
         split = database(json.dumps(loaded.data.to_dict(), sort_keys=True))
@@ -128,19 +151,36 @@ except (ValueError, RuntimeError) as exc:
     st.stop()
 
 shown = display_image(image, 2 * SHOWN)  # twice the shown size: crisp on high-density screens
-st.markdown(f"**{title}** — code `{format_code(code, n_concepts)}`")
 groups = code_groups(code, n_concepts)
 overlays = [overlay(shown, heat[m], opacity) for m in range(n_concepts)]
 items = [("image", shown)]
-for m, overlaid in enumerate(overlays):
-    part = f" · matched to {parts[m]}" if m in parts else ""
-    items.append((f"concept {m} = {groups[m]}{part}", overlaid))
+if cls_baseline:
+    st.markdown(f"**{title}** — code `{groups[0]}`")
+    items.append((f"CLS token = {groups[0]}", overlays[0]))
+else:
+    st.markdown(f"**{title}** — code `{format_code(code, n_concepts)}`")
+    items += [(f"{concept_label(m, names)} = {groups[m]}", overlaid) for m, overlaid in enumerate(overlays)]
 image_grid(items, columns=min(len(items), 6), width=SHOWN)
-st.caption(
-    f"{method_label} attention of each concept token (bright = attended), with its sub-code bits "
-    f"b0…b{per - 1}"
-    + ("; 'matched to' names the part the concept localises on the test images." if parts else ".")
-)
+if cls_baseline:
+    st.caption(
+        f"The CLS baseline has no concept tokens: one {code.shape[0]}-bit code from the CLS token, whose "
+        f"{method_label.lower()} attention is shown (bright = attended)."
+    )
+else:
+    st.caption(
+        f"{method_label} attention of each concept token (bright = attended), with its sub-code bits "
+        f"b0…b{per - 1}"
+        + (
+            "; '≈ part' names the part the concept is matched to "
+            + (
+                "(the part whose colour change flips its sub-code)."
+                if named_by == "part swap"
+                else "(the part its attention points at on the test images)."
+            )
+            if names
+            else "."
+        )
+    )
 
 if masks is not None:
     st.markdown("**Part masks** (ToyBirds ground truth; the rest of the image is faded)")
@@ -160,3 +200,75 @@ st.download_button(
     mime="image/png",
     key="attn_download",
 )
+
+# --- counterfactual: the same bird with one part repainted ----------------------------------------
+if index is not None and masks is not None:
+    st.divider()
+    st.subheader("Repaint one part of this bird: which sub-code flips?")
+    st.caption(
+        "The very same scene is redrawn with one part in another colour (pose, background and every other "
+        "detail unchanged) and both birds are encoded. ConceptHash claims each sub-code stands for one part: "
+        "repainting the wing should flip only the wing's sub-code, and repainting the tail, which is not a "
+        "species trait, should flip nothing."
+        + (
+            " The CLS baseline has one code, so only whether that code changes can be seen."
+            if cls_baseline
+            else ""
+        )
+    )
+    current = split.sample(index).part_values
+    pick = st.columns([1, 1])
+    part = pick[0].radio("Repaint the", list(PARTS), horizontal=True, key="attn_cf_part")
+    value = pick[1].selectbox(
+        f"New {part} colour (now {current[part]})",
+        colour_choices(part, current),
+        key=f"attn_cf_colour_{index}_{part}",
+    )
+    try:
+        cf = redraw(loaded, info.path, info.mtime, index, part, value)
+        cf_heat = image_heatmaps(
+            loaded,
+            cf.redrawn.image,
+            info.path,
+            info.mtime,
+            f"db-{index}-{part}-{value}",
+            METHODS[method_label],
+        )
+    except (ValueError, RuntimeError) as exc:
+        st.error(f"The repainted bird could not be drawn or encoded: {exc}")
+        st.stop()
+    changes = subcode_changes(cf.before, cf.after, n_concepts, names, cls_baseline)
+    st.markdown(f"**{species_line(cf.original, cf.redrawn, part)}**")
+
+    redrawn = display_image(cf.redrawn.image, 2 * SHOWN)
+    before_side, after_side = st.columns(2, gap="large")
+    with before_side:
+        st.image(
+            display_image(cf.original.image, 2 * SHOWN),
+            caption=f"Original · {cf.original.species_name}",
+            width=SHOWN,
+        )
+        st.markdown(code_html(changes, "before"), unsafe_allow_html=True)
+    with after_side:
+        st.image(
+            redrawn,
+            caption=f"Redrawn: {part} {current[part]} → {value} · {cf.redrawn.species_name}",
+            width=SHOWN,
+        )
+        st.markdown(code_html(changes, "after"), unsafe_allow_html=True)
+    st.markdown(flipped_line(changes))
+    as_claimed, sentence = verdict(changes, part, cls_baseline)
+    (st.success if as_claimed else st.warning)(sentence)
+
+    flipped = {c.concept for c in changes if c.flipped}
+    label = (lambda m: "CLS token") if cls_baseline else (lambda m: concept_label(m, names))
+    rows = [(f"before · {label(m)}", overlay(shown, heat[m], opacity)) for m in range(n_concepts)]
+    rows += [
+        (
+            f"after · {label(m)}" + (" · ⟲ flipped" if m in flipped else ""),
+            overlay(redrawn, cf_heat[m], opacity),
+        )
+        for m in range(n_concepts)
+    ]
+    st.markdown(f"**{method_label} attention before and after the repaint**")
+    image_grid(rows, columns=n_concepts if n_concepts > 1 else 2, width=SHOWN)

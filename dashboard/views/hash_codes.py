@@ -1,5 +1,8 @@
 """Hash codes, bit by bit: the database codes as a bit matrix, the images that turn a bit or a
-sub-code on, and how much each sub-code tells about each ToyBirds part."""
+sub-code on, and how each sub-code follows the ToyBirds parts (part swap, NMI, localisation).
+
+Concepts are named by the part they are matched to ("concept 1 ≈ wing") wherever they appear;
+the CLS baseline has one code and no concepts, and the page says so instead of naming any."""
 
 import json
 
@@ -16,14 +19,20 @@ from lens.hashing import (
     bit_matrix_figure,
     bit_matrix_order,
     bits_per_concept,
-    concept_parts,
+    concept_label,
+    concept_names,
     display_image,
     heatmaps_for,
     images_by_bit,
     images_by_subcode,
+    is_cls_baseline,
     localisation_table,
     nmi_figure,
     nmi_table,
+    part_swap,
+    part_swap_figure,
+    part_swap_summary,
+    part_swap_table,
     subcode_bits,
 )
 
@@ -32,6 +41,8 @@ PER_VALUE = 6  # images per sub-code value
 MAX_VALUES = 16  # sub-code values drawn (the most frequent ones)
 TILE = 112  # px
 SORT_LABELS = {"class": "By class", "code": "By code", "original": "Original order"}
+REEVALUATE = "conceptlens eval BUNDLE --json"  # prints every metric of a bundle, part_swap included
+REBUILD = "conceptlens reproduce"  # retrains and re-evaluates the shipped bundles, storing the metrics
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -68,17 +79,39 @@ n_images, n_bits = codes.shape
 n_concepts = loaded.model.n_concepts
 per = bits_per_concept(n_bits, n_concepts)
 class_names = list(loaded.config.get("classes") or [])
-parts = concept_parts(loaded.metrics)
-bit_names = bit_labels(n_bits, n_concepts)
-st.caption(
-    f"**{info.name}**: {n_images} database images, {n_bits} bits = {n_concepts} concepts × {per} bits. "
-    "Bit `c1·b0` is the first bit of concept 1's sub-code; a bit is *on* when it is +1."
-)
+cls_baseline = is_cls_baseline(loaded.config)
+names, named_by = concept_names(loaded.metrics, cls_baseline)
+bit_names = [f"b{k}" for k in range(n_bits)] if cls_baseline else bit_labels(n_bits, n_concepts)
+if cls_baseline:
+    st.caption(
+        f"**{info.name}** is the **CLS baseline**: {n_images} database images, one {n_bits}-bit code "
+        "hashed from the CLS token. It has no concept tokens, so its code has no sub-codes and no part "
+        "to name; the attention shown is the CLS token's. A bit is *on* when it is +1."
+    )
+else:
+    st.caption(
+        f"**{info.name}**: {n_images} database images, {n_bits} bits = {n_concepts} concepts × {per} bits. "
+        "Bit `c1·b0` is the first bit of concept 1's sub-code; a bit is *on* when it is +1."
+        + (
+            " Concepts are named by the part they are matched to"
+            + (
+                " (the part whose colour change flips their sub-code; see *part swap* below): "
+                if named_by == "part swap"
+                else " (the part their attention points at; this bundle predates the part-swap metric): "
+            )
+            + ", ".join(concept_label(m, names) for m in range(n_concepts))
+            + "."
+            if names
+            else ""
+        )
+    )
 
 # --- the bit matrix -------------------------------------------------------------------------------
 st.subheader("The database codes")
 mode = st.radio("Sort rows", SORT_MODES, format_func=SORT_LABELS.get, horizontal=True, key="hash_sort")
-matrix = bit_matrix_figure(codes, labels, bit_matrix_order(codes, labels, mode), n_concepts, class_names)
+matrix = bit_matrix_figure(
+    codes, labels, bit_matrix_order(codes, labels, mode), n_concepts, class_names, names
+)
 st.plotly_chart(matrix, key="hash_matrix")
 st.caption(
     "Yellow = on (+1), dark = off (−1); red lines separate the concepts' sub-codes. "
@@ -95,10 +128,18 @@ except (ValueError, OSError) as exc:
     st.error(f"The database images of '{info.name}' cannot be opened: {exc}")
 
 if split is not None:
-    pick = st.radio("Look at", ["Bit", "Sub-code"], horizontal=True, key="hash_pick")
+    pick = (
+        "Bit" if cls_baseline else st.radio("Look at", ["Bit", "Sub-code"], horizontal=True, key="hash_pick")
+    )
     left, right = st.columns(2)
     with right:
-        attend = st.checkbox("Overlay the concept's attention (last layer)", value=True, key="hash_overlay")
+        attend = st.checkbox(
+            "Overlay the CLS token's attention (last layer)"
+            if cls_baseline
+            else "Overlay the concept's attention (last layer)",
+            value=True,
+            key="hash_overlay",
+        )
         seed = int(
             st.number_input(
                 "Sample",
@@ -111,7 +152,12 @@ if split is not None:
         )
 
     if pick == "Bit":
-        bit = left.selectbox("Bit", range(n_bits), format_func=bit_names.__getitem__, key="hash_bit")
+        bit = left.selectbox(
+            "Bit",
+            range(n_bits),
+            format_func=lambda k: bit_names[k] + (f" ({concept_label(k // per, names)})" if names else ""),
+            key="hash_bit",
+        )
         concept = bit // per
         on, off = images_by_bit(codes, bit, SAMPLE, seed, labels)
         samples = {"on (+1)": on, "off (−1)": off}
@@ -120,10 +166,7 @@ if split is not None:
             "Sub-code",
             range(n_concepts),
             key="hash_subcode",
-            format_func=lambda m: (
-                f"concept {m} (bits c{m}·b0 … c{m}·b{per - 1})"
-                + (f" — localises on the {parts[m]}" if m in parts else "")
-            ),
+            format_func=lambda m: f"{concept_label(m, names)} (bits c{m}·b0 … c{m}·b{per - 1})",
         )
         groups = images_by_subcode(codes, concept, n_concepts)
         values = sorted(sorted(groups, key=lambda v: (-len(groups[v]), v))[:MAX_VALUES])
@@ -154,7 +197,8 @@ if split is not None:
                 draw_grid(split, chosen, heat, overlaid, class_names, labels)
     else:
         st.markdown(
-            f"**Concept {concept}**: {len(groups)} of {2**per} possible sub-code values occur. "
+            f"**{concept_label(concept, names).capitalize()}**: {len(groups)} of {2**per} possible "
+            "sub-code values occur. "
             "Bits are listed b0 first; the value reads them with b0 as the lowest bit."
         )
         if len(groups) > MAX_VALUES:
@@ -164,15 +208,55 @@ if split is not None:
             st.markdown(f"**value {value}** · bits `{subcode_bits(value, per)}` · {count} images")
             draw_grid(split, chosen, heat, overlaid, class_names, labels)
 
+# --- part swap -----------------------------------------------------------------------------------
+st.subheader("Repaint one part: which sub-code flips?")
+swap = part_swap(loaded.metrics) if loaded.data.has_parts else None
+if not loaded.data.has_parts:
+    st.info(
+        "This needs ToyBirds, where a bird can be redrawn with one part repainted; this bundle's data is not."
+    )
+elif swap is None:
+    st.info(
+        f"'{info.name}' predates the part-swap metric: its bundle stores no part-swap matrix. "
+        f"`{REEVALUATE.replace('BUNDLE', info.path)}` computes it; to show it here, retrain the bundle "
+        f"(the shipped ones: `{REBUILD}`), which stores it with the other metrics."
+    )
+else:
+    if cls_baseline:
+        st.caption(
+            "Each test bird is redrawn with one part's colour changed and nothing else. The CLS baseline has "
+            "one code and no concepts, so the single column is the probability that its whole code changes."
+        )
+    else:
+        st.caption(
+            "Each test bird is redrawn with one part's colour changed and nothing else; a cell is the "
+            "probability that the concept's sub-code flips when that part (row) is repainted. A concept that "
+            "stands for one part is bright in its part's row (outlined: the matching) and dark elsewhere, "
+            "and the nuisance tail should flip nothing."
+        )
+    swap_table, matched = part_swap_table(swap, names, cls_baseline)
+    swap_figure = part_swap_figure(swap_table, matched)
+    st.plotly_chart(swap_figure, key="hash_swap")
+    summary = "" if cls_baseline else part_swap_summary(swap, names)
+    if summary:
+        st.markdown(summary[0].upper() + summary[1:])
+    download_table(
+        swap_table.rename_axis("part repainted").reset_index().round(4), "part-swap", key="hash_swap_csv"
+    )
+
 # --- sub-codes vs parts ---------------------------------------------------------------------------
-st.subheader("What each sub-code tells about the parts")
-table = nmi_table(loaded.metrics) if loaded.data.has_parts else None
+st.subheader(
+    "What the code tells about the parts" if cls_baseline else "What each sub-code tells about the parts"
+)
+table = nmi_table(loaded.metrics, names, cls_baseline) if loaded.data.has_parts else None
 if table is None:
     st.info("This needs data with part annotations (ToyBirds); this bundle's data has none.")
 else:
     st.caption(
-        "Normalised mutual information between each concept's sub-code value and each part's colour, "
-        "on the test images (0 = unrelated, 1 = the sub-code determines the colour). Head, wing and body "
+        "Normalised mutual information between "
+        + ("the whole code's value" if cls_baseline else "each concept's sub-code value")
+        + " and each part's colour, on the test images (0 = unrelated, 1 = the code determines the "
+        "colour). Head, wing and body "
         "colours define the species; the tail's colour is drawn per image, so a high value there means "
         "a sub-code spent on nuisance."
     )
@@ -181,9 +265,14 @@ else:
         nmi = nmi_figure(table)
         st.plotly_chart(nmi, key="hash_nmi")
         download_table(table.round(4), "subcode-part-nmi", key="hash_nmi_csv")
-    local = localisation_table(loaded.metrics)
+    local = localisation_table(loaded.metrics, cls_baseline, names if named_by == "part swap" else None)
     if local is not None:
         with right:
-            st.markdown("**Localisation** (pointing game: is the concept's most-attended patch on the part?)")
+            st.markdown(
+                "**Localisation** (pointing game: is the CLS token's most-attended patch on the part?)"
+                if cls_baseline
+                else "**Localisation** (pointing game: is the concept's most-attended patch on the part? "
+                "*part* is the part its attention is matched to)"
+            )
             st.dataframe(local.round(3), hide_index=True)
             download_table(local.round(4), "localisation", key="hash_local_csv")
