@@ -756,8 +756,8 @@ def render_counterfactual(
     anti-aliased outline, plus slivers thinner than half a pixel that belong to no mask (crest
     and tail tips, a thin wedge of body between head and wing): measured over 264 swaps, at
     least 90 % of the changed pixels lie within one pixel of the part's mask and none further
-    than 8 pixels (``tests/test_toybirds.py``).  The result's ``species`` is the species with the new colours, or None when no
-    species of the table has them.
+    than 8 pixels (``tests/test_toybirds.py``).  The result's ``species`` is the species with the
+    new colours, or None when no species of the table has them.
     """
     return render_sample(split, index, seed, image_size, swap={part: value})
 
