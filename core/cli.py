@@ -235,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--only", nargs="+", help="only these steps (bundle names)")
     again.add_argument("--overwrite", action="store_true", help="replace existing bundles")
     again.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole pipeline")
+    again.add_argument(
+        "--seed-study",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="also retrain every ConceptHash bundle with these training seeds; mean ± std over seeds",
+    )
+    again.add_argument("--seed-dir", default="runs/seed-study", help="where the seed-study bundles go")
 
     evaluate = commands.add_parser("eval", help="evaluate a bundle (any kind)")
     evaluate.add_argument("bundle", type=Path)
@@ -498,7 +506,15 @@ def cmd_concepts(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from core.reproduce import reproduce
 
-    reproduce(args.out, quick=args.quick, only=args.only, overwrite=args.overwrite, log=log)
+    reproduce(
+        args.out,
+        quick=args.quick,
+        only=args.only,
+        overwrite=args.overwrite,
+        seeds=args.seed_study,
+        seed_dir=args.seed_dir,
+        log=log,
+    )
     log(f"Wrote {args.out}/results.json and {args.out}/README.md")
     return 0
 

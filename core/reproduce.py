@@ -19,6 +19,16 @@ from pathlib import Path
 from typing import Any
 
 FRESH_SEED = 123
+SEED_STUDY_DIR = "runs/seed-study"
+# Figures the seed study aggregates (fresh-seed evaluation), as (label, path into the eval result).
+SEED_STUDY_FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("mAP", ("map",)),
+    ("part swap: matched flip rate", ("part_swap", "matched_flip_rate_mean")),
+    ("part swap: largest off-diagonal", ("part_swap", "largest_off_diagonal", "flip_rate")),
+    ("localisation, overlap rule", ("localization_overlap", "mean_hit_rate")),
+    ("attention overlap (diversity)", ("diversity",)),
+    ("code unchanged under flip", ("flip_invariance",)),
+)
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,62 @@ def shipped_steps(out: str = "pretrained", quick: bool = False) -> list[Step]:
     ]
 
 
+def seed_variant(step: Step, seed: int, seed_dir: str) -> Step:
+    """The same command with another training ``--seed``, writing to ``seed_dir/NAME-seedS``."""
+    argv = list(step.argv)
+    argv[argv.index("--seed") + 1] = str(seed)
+    argv[argv.index("--out") + 1] = f"{seed_dir}/{step.name}-seed{seed}"
+    return Step(f"{step.name}-seed{seed}", step.description, tuple(argv))
+
+
+def _figure(result: dict[str, Any], path: tuple[str, ...]) -> float:
+    value: Any = result
+    for key in path:
+        value = value[key]
+    return float(value)
+
+
+def seed_study(
+    steps: list[Step],
+    fresh: dict[str, dict[str, Any]],
+    seeds: list[int],
+    seed_dir: str = SEED_STUDY_DIR,
+    overwrite: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Retrain every ConceptHash step with each extra training seed; mean and std over seeds {0, *seeds}.
+
+    ``fresh`` holds the shipped (seed 0) bundles' fresh-seed evaluations.  Bundles already in
+    ``seed_dir`` are kept unless ``overwrite``, so an interrupted study continues.
+    """
+    import numpy as np
+
+    from core.cli import evaluate_any
+
+    study: dict[str, Any] = {"seeds": [0, *seeds], "fresh_seed": FRESH_SEED, "dir": seed_dir, "variants": {}}
+    for step in steps:
+        if step.argv[:2] != ("train", "concepthash"):
+            continue
+        results = [fresh[step.name]]
+        for seed in seeds:
+            variant = seed_variant(step, seed, seed_dir)
+            bundle = Path(variant.argv[variant.argv.index("--out") + 1])
+            if overwrite or not bundle.is_dir():
+                run_step(Step(variant.name, variant.description, variant.argv + ("--overwrite",)), log)
+            log(f"evaluating {bundle} ...")
+            results.append(evaluate_any(bundle, seed=FRESH_SEED, device="cpu"))
+        figures = {}
+        for label, path in SEED_STUDY_FIGURES:
+            values = np.array([_figure(r, path) for r in results])
+            figures[label] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)),
+                "values": values.tolist(),
+            }
+        study["variants"][step.name] = figures
+    return study
+
+
 def command_line(step: Step) -> str:
     return "conceptlens " + shlex.join(step.argv)
 
@@ -186,8 +252,11 @@ def reproduce(
     quick: bool = False,
     only: list[str] | None = None,
     overwrite: bool = False,
+    seeds: list[int] | None = None,
+    seed_dir: str = SEED_STUDY_DIR,
     log=print,
 ) -> dict[str, Any]:
+    """Train (or keep) and evaluate the shipped bundles; ``seeds`` adds the training-seed study."""
     out = Path(out)
     steps = [s for s in shipped_steps(str(out), quick) if not only or s.name in only]
     if not steps:
@@ -212,6 +281,9 @@ def reproduce(
     for step in steps:
         log(f"evaluating {step.name} ...")
         results["steps"][step.name] |= evaluate_step(out, step)
+    if seeds:
+        fresh = {name: step["fresh_seed"] for name, step in results["steps"].items()}
+        results["seed_study"] = seed_study(steps, fresh, seeds, seed_dir, overwrite=overwrite, log=log)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "README.md").write_text(render_readme(results))
     return results
@@ -310,4 +382,25 @@ def render_readme(results: dict[str, Any]) -> str:
                 if key in test:
                     lines.append(f"| {key} | {_fmt(test[key])} | {_fmt(fresh.get(key))} |")
             lines.append("")
+    if "seed_study" in results:
+        lines += render_seed_study(results["seed_study"])
     return "\n".join(lines)
+
+
+def render_seed_study(study: dict[str, Any]) -> list[str]:
+    """Mean ± std over training seeds of the ConceptHash figures (fresh-seed evaluation)."""
+    labels = [label for label, _ in SEED_STUDY_FIGURES]
+    lines = [
+        "## Training-seed study (ConceptHash)",
+        "",
+        f"Mean ± std over training seeds {', '.join(map(str, study['seeds']))} (seed 0 is the shipped "
+        f"bundle; the others are the same command with another `--seed`, written to `{study['dir']}/`), each "
+        f"evaluated with `--seed {study['fresh_seed']}`.",
+        "",
+        "| bundle | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for name, figures in study["variants"].items():
+        cells = [f"{figures[label]['mean']:.3f} ± {figures[label]['std']:.3f}" for label in labels]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
