@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.data
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
@@ -62,6 +63,29 @@ def batches(
     if drop_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
         chunks.pop()
     return chunks
+
+
+def epoch_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    workers: int = 0,
+    collate_fn=None,
+) -> torch.utils.data.DataLoader:
+    """Shuffled batches of one epoch, ordered by a generator seeded from (seed, epoch), so a resumed
+    run sees exactly the batches it would have seen; the last short batch is dropped when there
+    is more than one batch."""
+    order = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=order,
+        drop_last=len(dataset) > batch_size,
+        num_workers=workers,
+        collate_fn=collate_fn,
+    )
 
 
 def cosine_lr(step: int, total: int, base_lr: float, warmup: int = 0) -> float:

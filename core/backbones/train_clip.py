@@ -37,6 +37,7 @@ from core.runtime import resolve_device, seed_everything
 from core.training import (
     checkpoint_path,
     cosine_lr,
+    epoch_loader,
     prepare_output,
     restore_training_state,
     save_training_state,
@@ -111,18 +112,9 @@ class CaptionStream(Dataset):
 def _epoch_loader(
     data: DataSpec, epoch: int, per_epoch: int, preprocess, tokenizer, config: ClipTrainConfig
 ) -> DataLoader:
-    """The fresh images of one epoch, shuffled by a generator seeded from (seed, epoch)."""
+    """The fresh images of one epoch, each with a random caption."""
     stream = CaptionStream(data, epoch * per_epoch, per_epoch, preprocess, tokenizer, config.seed)
-    order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    return DataLoader(
-        stream,
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=order,
-        drop_last=True,
-        num_workers=config.workers,
-        collate_fn=stream.collate,
-    )
+    return epoch_loader(stream, config.batch_size, config.seed, epoch, config.workers, stream.collate)
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ from core.runtime import resolve_device, seed_everything
 from core.training import (
     checkpoint_path,
     cosine_lr,
+    epoch_loader,
     prepare_output,
     restore_training_state,
     save_training_state,
@@ -107,22 +108,14 @@ class TrainingImages(Dataset):
         return self.transform(sample.image), toybirds.species_of_index(index)
 
 
-def epoch_loader(
+def training_batches(
     data: DataSpec, split: ImageSplit, epoch: int, preprocess, config: TrainConfig
 ) -> DataLoader:
-    """The shuffled batches of one epoch (order seeded by (seed, epoch), so a resumed run repeats it)."""
+    """The shuffled, augmented batches of one epoch."""
     augment = train_augmentation() if config.augment else None
     transform = transforms.Compose([augment, preprocess]) if augment is not None else preprocess
     images = TrainingImages(data, split, epoch, config.stream, transform)
-    order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    return DataLoader(
-        images,
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=order,
-        drop_last=len(images) > config.batch_size,
-        num_workers=config.workers,
-    )
+    return epoch_loader(images, config.batch_size, config.seed, epoch, config.workers)
 
 
 @dataclass
@@ -188,7 +181,7 @@ def train_concepthash(
     for epoch in range(start_epoch, train_config.epochs):
         model.train()
         sums: dict[str, float] = {}
-        loader = epoch_loader(data, train_split, epoch, backbone.preprocess, train_config)
+        loader = training_batches(data, train_split, epoch, backbone.preprocess, train_config)
         for step, (pixels, labels) in enumerate(loader):
             global_step = epoch * steps_per_epoch + step
             set_lr(optimizer, cosine_lr(global_step, total_steps, train_config.lr, warmup))

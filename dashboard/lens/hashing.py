@@ -289,22 +289,37 @@ def part_swap_summary(swap: dict[str, Any], names: dict[int, str]) -> str:
     return "; ".join(sentences) + "." if sentences else ""
 
 
+def unit_heatmap(
+    values: np.ndarray, x: list, y: list, colorscale: str, decimals: int, hover: str, title: str
+) -> go.Figure:
+    """A heatmap of values in [0, 1], each cell labelled with its value rounded to ``decimals``."""
+    return go.Figure(
+        go.Heatmap(
+            z=values,
+            x=x,
+            y=y,
+            colorscale=colorscale,
+            zmin=0,
+            zmax=1,
+            text=np.round(values, decimals),
+            texttemplate="%{text}",
+            hovertemplate=hover + "<extra></extra>",
+            colorbar={"title": title},
+        )
+    )
+
+
 def part_swap_figure(table: pd.DataFrame, matched: Sequence[tuple[int, int]] = ()) -> go.Figure:
     """Parts x concepts heatmap of flip probabilities (0-1), matched cells outlined."""
     values = table.to_numpy(dtype=float)
-    fig = go.Figure(
-        go.Heatmap(
-            z=values,
-            x=list(table.columns),
-            y=list(table.index),
-            colorscale="Magma",
-            zmin=0,
-            zmax=1,
-            text=np.round(values, 2),
-            texttemplate="%{text}",
-            hovertemplate="%{y} changes → %{x} flips with probability %{z:.3f}<extra></extra>",
-            colorbar={"title": "P(flip)"},
-        )
+    fig = unit_heatmap(
+        values,
+        list(table.columns),
+        list(table.index),
+        colorscale="Magma",
+        decimals=2,
+        hover="%{y} changes → %{x} flips with probability %{z:.3f}",
+        title="P(flip)",
     )
     for row, col in matched:
         fig.add_shape(
@@ -425,19 +440,14 @@ def nmi_figure(table: pd.DataFrame) -> go.Figure:
     """Concepts x parts heatmap of the NMI table, each cell labelled with its value."""
     values = table.drop(columns="concept").to_numpy(dtype=float)
     parts = list(table.columns[1:])
-    fig = go.Figure(
-        go.Heatmap(
-            z=values,
-            x=parts,
-            y=list(table["concept"]),
-            colorscale="Viridis",
-            zmin=0,
-            zmax=1,
-            text=np.round(values, 3),
-            texttemplate="%{text}",
-            hovertemplate="%{y} vs %{x}: NMI %{z:.3f}<extra></extra>",
-            colorbar={"title": "NMI"},
-        )
+    fig = unit_heatmap(
+        values,
+        parts,
+        list(table["concept"]),
+        colorscale="Viridis",
+        decimals=3,
+        hover="%{y} vs %{x}: NMI %{z:.3f}",
+        title="NMI",
     )
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(height=120 + 60 * len(table), margin={"l": 40, "r": 10, "t": 30, "b": 30})
