@@ -30,6 +30,8 @@ from open_clip.transform import image_transform
 from open_clip.transformer import text_global_pool
 from PIL import Image
 
+from core.data.images import check_image_shape
+
 if TYPE_CHECKING:
     from core.backbones.conse import ConSEBackbone
 
@@ -64,7 +66,13 @@ class ImagePreprocessing:
     preprocess: Callable[[Image.Image], torch.Tensor]
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images -> a normalised batch on the backbone's device."""
+        """PIL images -> a normalised batch on the backbone's device.
+
+        Images from :func:`core.data.images.load_image` are already shape-checked; this checks again so
+        that an image made in code can never make the shortest-side resize allocate gigabytes.
+        """
+        for n, image in enumerate(images):
+            check_image_shape(*image.size, getattr(image, "filename", "") or f"image {n + 1} of the batch")
         return torch.stack([self.preprocess(im) for im in images]).to(self.device)
 
     def preprocess_split(

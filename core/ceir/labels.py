@@ -132,7 +132,11 @@ def label_images(
     report: LabelReport | None = None,
     batch_size: int = 64,
 ) -> LabelReport:
-    """Label already-loaded images (e.g. uploads in the dashboard)."""
+    """Label already-loaded images (e.g. uploads in the dashboard).
+
+    An image that cannot be labelled (e.g. a shape the model cannot take) is added to ``report.failed`` and
+    the others are still labelled; if no image at all could be labelled, the first error is raised.
+    """
     if top_k < 1:
         raise ValueError(f"--top must be at least 1, not {top_k}.")
     _check_bank(loaded, bank)
@@ -141,20 +145,53 @@ def label_images(
             SCORING_SIMILARITY if bank else SCORING_CONTRIBUTION,
             bank.source if bank else str(loaded.config.get("concept_bank", {}).get("source", "")),
         )
+    labelled_before, first_error = len(report.images), None
     for start in range(0, len(named_images), batch_size):
         chunk = named_images[start : start + batch_size]
-        embeddings = _embed(loaded, [image for _, image in chunk])
-        if bank is None:
-            for (name, _), (labels, cluster) in zip(
-                chunk, labels_from_contributions(loaded, embeddings, top_k), strict=True
-            ):
-                report.images.append(ImageLabels(name, labels, cluster))
-        else:
-            for (name, _), labels in zip(
-                chunk, labels_from_similarity(loaded, embeddings, bank, top_k), strict=True
-            ):
-                report.images.append(ImageLabels(name, labels))
+        try:
+            _label_chunk(loaded, chunk, top_k, bank, report)
+        except _LABEL_ERRORS:
+            # One image must not cost the others their labels: label the chunk one image at a time.
+            for named in chunk:
+                try:
+                    _label_chunk(loaded, [named], top_k, bank, report)
+                except _LABEL_ERRORS as exc:
+                    first_error = first_error or exc
+                    report.failed.append({"file": named[0], "error": _label_error(named[0], exc)})
+    if first_error is not None and len(report.images) == labelled_before:
+        raise first_error  # not one image could be labelled: the model or the bank is at fault, say so once
     return report
+
+
+# What labelling one image can raise (a refused shape, a model that cannot take it, memory running out).
+_LABEL_ERRORS = (ValueError, RuntimeError, MemoryError)
+
+
+def _label_error(name: str, exc: BaseException) -> str:
+    if isinstance(exc, ImageLoadError):
+        return str(exc)
+    detail = str(exc).strip().rstrip(".") or type(exc).__name__
+    return f"Cannot label image '{name}': {detail}."
+
+
+def _label_chunk(
+    loaded: LoadedCEIR | BackboneOnly,
+    chunk: list[tuple[str, Image.Image]],
+    top_k: int,
+    bank: ConceptBank | None,
+    report: LabelReport,
+) -> None:
+    embeddings = _embed(loaded, [image for _, image in chunk])
+    if bank is None:
+        for (name, _), (labels, cluster) in zip(
+            chunk, labels_from_contributions(loaded, embeddings, top_k), strict=True
+        ):
+            report.images.append(ImageLabels(name, labels, cluster))
+    else:
+        for (name, _), labels in zip(
+            chunk, labels_from_similarity(loaded, embeddings, bank, top_k), strict=True
+        ):
+            report.images.append(ImageLabels(name, labels))
 
 
 def label_paths(

