@@ -386,12 +386,16 @@ def _install(tmp: Path, path: Path, overwrite: bool) -> None:
 def read_bundle_config(path: str | os.PathLike) -> dict:
     """Read and validate ``config.json`` only (kind known, version readable); cheap enough for listings."""
     path = Path(path)
-    if not path.exists():
-        raise BundleError(f"Bundle {path} does not exist.")
-    if not path.is_dir():
-        raise BundleError(f"Bundle {path} is a file, but a bundle is a directory made by {_MADE_BY}.")
     config_file = path / CONFIG_FILE
-    if not config_file.is_file():
+    try:
+        exists, is_dir, has_config = path.exists(), path.is_dir(), config_file.is_file()
+    except OSError as error:  # PermissionError for a folder the user may not read
+        raise BundleError(f"Bundle {path} {UNREADABLE} ({os_reason(error)}).") from error
+    if not exists:
+        raise BundleError(f"Bundle {path} does not exist.")
+    if not is_dir:
+        raise BundleError(f"Bundle {path} is a file, but a bundle is a directory made by {_MADE_BY}.")
+    if not has_config:
         raise BundleError(
             f"{path} is not a bundle: it has no {CONFIG_FILE} (a bundle is a directory made by {_MADE_BY})."
         )
@@ -522,19 +526,54 @@ def find_bundles(root: str | os.PathLike) -> list[Path]:
 
 def find_broken_bundles(root: str | os.PathLike) -> list[tuple[Path, str]]:
     """Folders under ``root`` (same search as :func:`find_bundles`) that hold a config.json but do not
-    validate, each with the sentence saying why; a UI shows these instead of silently dropping them."""
+    validate, or that cannot be read at all (no permission, a ``/proc`` entry), each with the sentence
+    saying why; a UI shows these instead of silently dropping them. :func:`is_unreadable` tells the two
+    apart."""
     return sorted((path, error) for path, error in _candidates(root) if error is not None)
+
+
+UNREADABLE = "cannot be read"
+
+
+def is_unreadable(error: str) -> bool:
+    """Whether an error of :func:`find_broken_bundles` is about a folder that could not be read at all."""
+    return f" {UNREADABLE} (" in error
+
+
+def _unreadable(path: Path, error: OSError) -> str:
+    return f"Folder {path} {UNREADABLE} ({os_reason(error)}); it was skipped."
+
+
+def os_reason(error: OSError) -> str:
+    """An OSError in a few lower-case words: "permission denied", "no such file or directory", ..."""
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return (error.strerror or str(error) or type(error).__name__).lower()
 
 
 def _candidates(root: str | os.PathLike) -> Iterator[tuple[Path, str | None]]:
     root = Path(root)
-    if root.exists() and not root.is_dir():
+    try:
+        exists, is_dir = root.exists(), root.is_dir()
+    except OSError as error:  # e.g. a folder inside one the user may not read
+        return iter([(root, _unreadable(root, error))])
+    if exists and not is_dir:
         raise BundleError(f"Cannot look for bundles in {root}: it is a file, not a folder.")
+    if not exists:
+        return iter([])
     return _walk_bundles(root, depth=0)
 
 
 def _walk_bundles(directory: Path, depth: int) -> Iterator[tuple[Path, str | None]]:
-    if (directory / CONFIG_FILE).is_file():
+    # Every file-system call can raise OSError (PermissionError for a folder without read permission, odd
+    # errors under /proc): such a folder is reported by name and the walk goes on. The depth bound keeps a
+    # search of a huge tree (/, /proc) short.
+    try:
+        has_config = (directory / CONFIG_FILE).is_file()
+    except OSError as error:
+        yield directory, _unreadable(directory, error)
+        return
+    if has_config:
         try:
             read_bundle_config(directory)
         except (BundleError, OSError) as exc:
@@ -546,12 +585,19 @@ def _walk_bundles(directory: Path, depth: int) -> Iterator[tuple[Path, str | Non
         return
     try:
         children = sorted(directory.iterdir())
-    except OSError:
+    except OSError as error:
+        yield directory, _unreadable(directory, error)
         return
     for child in children:
-        if child.name.startswith(".") or not child.is_dir():
+        if child.name.startswith("."):
             continue
-        yield from _walk_bundles(child, depth + 1)
+        try:
+            is_dir = child.is_dir()
+        except OSError as error:
+            yield child, _unreadable(child, error)
+            continue
+        if is_dir:
+            yield from _walk_bundles(child, depth + 1)
 
 
 def check_shapes(

@@ -431,9 +431,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def is_ceir_bundle(path: Path) -> bool:
     """Whether ``path`` is a directory holding a ``ceir`` bundle's config.json."""
     config = path / "config.json"
-    if not config.is_file():
-        return False
     try:
+        if not config.is_file():
+            return False
         return json.loads(config.read_text(encoding="utf-8")).get("kind") == "ceir"
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return False
@@ -536,6 +536,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ValueError as exc:  # every user-input error in core is a ValueError with one sentence
         log(f"conceptlens: error: {exc}")
+        return 2
+    except OSError as exc:  # a file or folder that core did not expect to be unreadable: no traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        log(f"conceptlens: error: cannot use{where}: {(exc.strerror or str(exc)).lower()}.")
         return 2
     except KeyboardInterrupt:
         log("conceptlens: interrupted; a training run can continue with --resume.")

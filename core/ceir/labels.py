@@ -201,12 +201,17 @@ def label_paths(
     bank: ConceptBank | None = None,
     progress: Progress = no_progress,
 ) -> LabelReport:
-    """Label image files and folders (recursively). Files that fail to load are reported and skipped."""
+    """Label image files and folders (recursively). Files that fail to load and folders that cannot be read
+    are reported in ``failed`` and skipped."""
     _check_bank(loaded, bank)
-    files = list_image_files(paths)
+    report_failed: list[dict[str, str]] = []
+    files = list_image_files(
+        paths, on_error=lambda error: report_failed.append({"file": error.source_name, "error": str(error)})
+    )
     report = LabelReport(
         SCORING_SIMILARITY if bank else SCORING_CONTRIBUTION,
         bank.source if bank else str(loaded.config.get("concept_bank", {}).get("source", "")),
+        failed=report_failed,
     )
     good: list[tuple[str, Image.Image]] = []
     for n, path in enumerate(files, 1):

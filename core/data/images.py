@@ -23,7 +23,7 @@ import io
 import os
 import struct
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -147,7 +147,11 @@ def _ratio(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
 
 
-def list_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True) -> list[Path]:
+def list_image_files(
+    paths: Iterable[str | os.PathLike],
+    recursive: bool = True,
+    on_error: Callable[[ImageLoadError], None] | None = None,
+) -> list[Path]:
     """Expand files and folders into a deterministic list of image files.
 
     Folders are walked (recursively unless ``recursive=False``) in sorted order and keep only files whose
@@ -155,25 +159,52 @@ def list_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True)
     with ".", e.g. macOS "._x.jpg" side files) are skipped. A file named explicitly is kept whatever its
     extension, so that :func:`load_image` can tell the user what is wrong with it. Duplicates are dropped,
     first occurrence wins. A path that does not exist raises :class:`ImageLoadError`.
+
+    A folder that cannot be read (no permission, an odd ``/proc`` entry) is skipped; ``on_error`` receives
+    a :class:`FolderReadError` naming it (without ``on_error`` it is skipped silently).
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
+    report = on_error if on_error is not None else (lambda error: None)
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found.extend(_images_in_folder(path, recursive))
-        elif path.exists():
+        try:
+            is_dir, exists = path.is_dir(), path.exists()
+        except OSError as error:  # e.g. PermissionError for a path inside an unreadable folder
+            report(FolderReadError(str(raw), _os_reason(error)))
+            continue
+        if is_dir:
+            found.extend(_images_in_folder(path, recursive, report))
+        elif exists:
             found.append(path)
         else:
             raise ImageLoadError(str(raw), "no such file or folder")
     return list(dict.fromkeys(found))
 
 
-def _images_in_folder(folder: Path, recursive: bool) -> list[Path]:
+class FolderReadError(ImageLoadError):
+    """A folder (or a path inside one) could not be read; the message names it and says it was skipped."""
+
+    def __init__(self, source_name: str, reason: str) -> None:
+        ValueError.__init__(self, f"Cannot read folder '{source_name}': {reason}; it was skipped.")
+        self.source_name = source_name
+
+
+def _os_reason(error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return (error.strerror or str(error) or type(error).__name__).lower()
+
+
+def _images_in_folder(folder: Path, recursive: bool, report: Callable[[ImageLoadError], None]) -> list[Path]:
     """Image files under ``folder``, sorted by their path relative to it (the same on every machine)."""
+
+    def unreadable(error: OSError) -> None:
+        report(FolderReadError(os.fsdecode(error.filename or folder), _os_reason(error)))
+
     files: list[Path] = []
-    for current, dirnames, filenames in os.walk(folder):
+    for current, dirnames, filenames in os.walk(folder, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
         for filename in filenames:
             if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_EXTENSIONS:

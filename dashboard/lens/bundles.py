@@ -16,12 +16,15 @@ from typing import Any
 
 import streamlit as st
 
-from core.bundle import find_broken_bundles, find_bundles, read_bundle_config
+from core.bundle import find_broken_bundles, find_bundles, is_unreadable, os_reason, read_bundle_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "pretrained"
 ENV_VAR = "CONCEPTLENS_BUNDLES"
 STATE_KEYS = {"concepthash": "bundle_concepthash", "ceir": "bundle_ceir", "clip": "bundle_clip"}
+MAX_UNREADABLE_SHOWN = (
+    5  # /proc as a bundle folder has dozens of unreadable entries; name a few, count the rest
+)
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,34 @@ def describe_bundle(path: Path, config: dict[str, Any]) -> BundleInfo:
     return BundleInfo(str(path), kind, path.name, summary, headline, config)
 
 
+def folder_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be searched for bundles (one sentence), or None when it is a readable folder."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            next(iter(path.iterdir()), None)
+            return None
+        return (
+            f"The folder '{path}' does not exist."
+            if not path.exists()
+            else f"'{path}' is a file, not a folder."
+        )
+    except OSError as error:  # PermissionError, or anything odd such as a /proc entry
+        return f"The folder '{path}' cannot be read ({os_reason(error)})."
+
+
+def _searchable(root: str) -> bool:
+    try:
+        return Path(root).is_dir()
+    except OSError:
+        return False
+
+
 @st.cache_data(show_spinner=False, ttl=30)
 def list_bundles(roots: tuple[str, ...]) -> list[BundleInfo]:
     found: dict[str, BundleInfo] = {}
     for root in roots:
-        for path in find_bundles(root) if Path(root).is_dir() else []:
+        for path in find_bundles(root) if _searchable(root) else []:
             try:
                 found.setdefault(str(path.resolve()), describe_bundle(path, read_bundle_config(path)))
             except ValueError:
@@ -106,10 +132,7 @@ def list_bundles(roots: tuple[str, ...]) -> list[BundleInfo]:
 @st.cache_data(show_spinner=False, ttl=30)
 def list_broken(roots: tuple[str, ...]) -> list[tuple[str, str]]:
     return [
-        (str(path), error)
-        for root in roots
-        if Path(root).is_dir()
-        for path, error in find_broken_bundles(root)
+        (str(path), error) for root in roots if _searchable(root) for path, error in find_broken_bundles(root)
     ]
 
 
@@ -149,11 +172,21 @@ def render_sidebar() -> None:
             help=f"Also searched: ${ENV_VAR} (folders separated by '{os.pathsep}') or pretrained/.",
         )
         extra = st.session_state.get("extra_bundle_root")
-        if extra and not Path(extra).expanduser().is_dir():
-            st.error(f"The folder '{extra}' does not exist.")
+        problem = folder_problem(Path(extra.strip()).expanduser()) if extra and extra.strip() else None
+        if problem:
+            st.error(problem)
         roots = tuple(str(r) for r in bundle_roots(extra))
-        for path, error in list_broken(roots):
-            st.warning(f"Skipped {Path(path).name}: {error} Re-create it with `conceptlens train ...`.")
+        broken = list_broken(roots)
+        unreadable = [error for _, error in broken if is_unreadable(error)]
+        for path, error in broken:
+            if not is_unreadable(error):
+                st.warning(f"Skipped {Path(path).name}: {error} Re-create it with `conceptlens train ...`.")
+        for error in unreadable[:MAX_UNREADABLE_SHOWN]:
+            st.warning(error)
+        if len(unreadable) > MAX_UNREADABLE_SHOWN:
+            st.warning(
+                f"{len(unreadable) - MAX_UNREADABLE_SHOWN} more folders cannot be read and were skipped."
+            )
         for kind, label in (("concepthash", "ConceptHash model"), ("ceir", "CEIR model")):
             choices = available(kind)
             if not choices:
