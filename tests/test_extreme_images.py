@@ -252,3 +252,29 @@ def test_open_world_shows_an_accepted_extreme_shape(dashboard, tiny_bundles) -> 
     assert table["image"].unique().tolist() == ["banner.png", "thin.png"]
     captions = [caption for element in app.get("image") for caption in element.captions]
     assert captions == ["banner.png", "thin.png"]
+
+
+@pytest.mark.parametrize(
+    ("page", "source", "uploader"),
+    [
+        ("retrieval", "ret_source", "ret_upload"),
+        ("concept_attention", "attn_source", "attn_upload"),
+    ],
+)
+def test_other_upload_pages_refuse_an_extreme_shape_with_one_error(dashboard, page, source, uploader) -> None:
+    app = dashboard(page)
+    app.radio(key=source).set_value("Upload").run()
+    app.file_uploader(key=uploader).set_value(("wide.png", flat_png(20000, 20), "image/png")).run()
+    assert not app.exception, [e.value for e in app.exception]
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and "wide.png" in errors[0] and "aspect ratio" in errors[0], errors
+
+
+def test_retrieval_shows_an_accepted_extreme_query(dashboard) -> None:
+    app = dashboard("retrieval")
+    app.radio(key="ret_source").set_value("Upload").run()
+    strip = flat_png(int(16 * MAX_ASPECT_RATIO), 16)
+    app.file_uploader(key="ret_upload").set_value(("strip.png", strip, "image/png")).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, [e.value for e in app.error]
+    assert any("strip.png" in caption for image in app.image for caption in image.captions)
