@@ -182,6 +182,28 @@ def test_sliders_intervene_on_the_top_concepts(page, toy):
     assert page.slider(key=f"ceir_iv_0_{target}").value == view.slider_start(vectors[0, target])
 
 
+def test_reset_pushes_the_start_values_to_the_browser_sliders(page, toy):
+    """The browser keeps a slider's own value unless the proto says ``set_value``: a reset that only forgets
+    the state left the sliders showing the edits, and the next touch sent them all back."""
+    _, vectors, _, contributions = toy
+    page.selectbox(key="ceir_image").set_value(0).run()
+    editable = view.intervention_concepts(contributions[0], 5)
+    first, second = editable[0], editable[1]
+    page.slider(key=f"ceir_iv_0_{first}").set_value(3.0).run()
+    page.slider(key=f"ceir_iv_0_{second}").set_value(-3.0).run()
+    page.button(key="ceir_iv_reset").click().run()
+    for i in editable:
+        proto = page.slider(key=f"ceir_iv_0_{i}").proto
+        assert proto.set_value, i
+        assert list(proto.value) == pytest.approx([view.slider_start(vectors[0, i])])
+    after = next(m for m in page.metric if m.label == "Cluster after the edit")
+    assert "unchanged" in str(after.proto.delta)
+    # Touching one slider afterwards brings none of the old edits back.
+    page.slider(key=f"ceir_iv_0_{editable[2]}").set_value(view.slider_start(vectors[0, editable[2]])).run()
+    assert page.slider(key=f"ceir_iv_0_{first}").value == view.slider_start(vectors[0, first])
+    assert page.slider(key=f"ceir_iv_0_{second}").value == view.slider_start(vectors[0, second])
+
+
 def test_lasso_selection_shows_the_images_and_their_shared_concepts(page, toy):
     loaded, vectors, _, contributions = toy
     assert any("Select points" in i.value for i in page.info)

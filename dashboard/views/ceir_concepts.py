@@ -215,8 +215,10 @@ prefix = f"ceir_iv_{index}_"
 
 
 def reset_sliders() -> None:
+    # Setting (not popping) the state makes Streamlit send ``set_value`` so the browser sliders move back too;
+    # a popped key left them showing the edits, and the next touch sent every old edit back.
     for i in editable:
-        st.session_state.pop(f"{prefix}{i}", None)
+        st.session_state[f"{prefix}{i}"] = slider_start(float(vectors[index, i]))
 
 
 values = {}
