@@ -276,3 +276,39 @@ def test_models_with_different_data_get_a_warning(tiny_bundles, tmp_path, monkey
     assert not app.exception
     assert len(app.warning) == 1 and "seed 0" in app.warning[0].value and "seed 7" in app.warning[0].value
     assert [len(c) for c in result_columns(app)] == [app.slider(key="ret_k").value] * 2
+
+
+def test_heatmaps_of_a_wide_upload_lie_on_the_centre_crop_the_model_saw(dashboard, monkeypatch):
+    """The model sees only the centre square of a non-square query, so the maps are drawn on that square (the
+    concept-attention page's code path), not stretched over the whole rectangle."""
+    import lens.figures
+    from lens.hashing import center_square, model_view
+
+    drawn: list = []
+    original = lens.figures.overlay
+
+    def recording(image, heatmap, opacity=0.5):
+        drawn.append(image.convert("RGB"))
+        return original(image, heatmap, opacity)
+
+    monkeypatch.setattr(lens.figures, "overlay", recording)
+    from PIL import Image
+
+    wide = Image.new("RGB", (96, 32), (0, 0, 255))
+    wide.paste((255, 0, 0), (32, 0, 64, 32))  # only the centre third is red
+    buffer = io.BytesIO()
+    wide.save(buffer, "PNG")
+    app = dashboard(PAGE)
+    app.radio(key="ret_source").set_value("Upload").run()
+    drawn.clear()
+    app.file_uploader(key="ret_upload").set_value(("wide.png", buffer.getvalue(), "image/png")).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert len(drawn) == 6  # 3 concepts x 2 models
+    assert all(image.width == image.height for image in drawn), [image.size for image in drawn]
+    # The blue sides were never seen by the model, so none of them may lie under a heatmap.
+    assert all((np.asarray(image) == [255, 0, 0]).all() for image in drawn)
+
+    shown = model_view(wide, 160)
+    assert shown.size == (160, 160)
+    assert (np.asarray(shown) == [255, 0, 0]).all(), "only the centre crop is shown"
+    assert model_view(center_square(wide), 160).tobytes() == shown.tobytes()

@@ -162,6 +162,15 @@ def center_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
+def model_view(image: Image.Image, side: int) -> Image.Image:
+    """What the model saw of an image, ``side`` pixels square: its centre square, scaled for display.
+
+    Heatmaps cover only this square, so every page draws its overlays on it (a non-square image stretched
+    under a map would put hot spots on edges the model never saw).
+    """
+    return display_image(center_square(image.convert("RGB")), side)
+
+
 def display_image(image: Image.Image, side: int = 192) -> Image.Image:
     """The image scaled so its shorter side is ``side`` pixels: ToyBirds (32-64 px) grow, photos shrink."""
     if side < 1:

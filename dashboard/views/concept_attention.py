@@ -37,6 +37,7 @@ from lens.hashing import (
     heatmaps_for,
     image_strip,
     is_cls_baseline,
+    model_view,
     resize_mask,
 )
 from lens.uploads import IMAGE_TYPES, read_uploads, show_errors
@@ -150,7 +151,7 @@ except (ValueError, RuntimeError) as exc:
     st.error(f"The attention maps of '{title}' could not be computed: {exc}")
     st.stop()
 
-shown = display_image(image, 2 * SHOWN)  # twice the shown size: crisp on high-density screens
+shown = model_view(image, 2 * SHOWN)  # twice the shown size: crisp on high-density screens
 groups = code_groups(code, n_concepts)
 overlays = [overlay(shown, heat[m], opacity) for m in range(n_concepts)]
 items = [("image", shown)]

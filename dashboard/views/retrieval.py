@@ -22,6 +22,7 @@ from core.data.spec import DataSpec, open_split
 from core.retrieval import pack_codes
 from lens.bundles import available, load_model, no_bundle_message
 from lens.figures import download_table, overlay
+from lens.hashing import model_view
 from lens.retrieval_view import (
     data_mismatch,
     default_pair,
@@ -205,7 +206,7 @@ def draw_results(column, info, loaded, table, hits_index: list[int]) -> None:
 def draw_heatmaps(column, info, image: Image.Image, heatmaps: np.ndarray, opacity: float) -> None:
     with column:
         st.markdown(f"**{info.name}** — {len(heatmaps)} concepts")
-        shown = image.convert("RGB").resize((160, 160)) if max(image.size) < 160 else image
+        shown = model_view(image, 2 * 140)  # the centre square the model saw, crisp at width 140
         st.image(
             [overlay(shown, heat, opacity) for heat in heatmaps],
             caption=[f"concept {m}" for m in range(len(heatmaps))],
