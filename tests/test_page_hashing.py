@@ -437,6 +437,39 @@ def test_hash_codes_page(dashboard, loaded):
     assert "on (+1)" not in text
 
 
+@pytest.mark.parametrize(
+    ("index", "name"),
+    [(488, "azure sparrow"), (499, "ebony pipit"), (3, "x"), (12345, "very long species name"), (7, "")],
+)
+def test_tile_caption_fits_a_narrow_tile(index, name):
+    caption = hashing.tile_caption(index, name)
+    assert len(caption) <= hashing.TILE_CAPTION_CHARS, caption
+    assert caption.startswith(f"#{index}")
+    if len(f"#{index} {name}") <= hashing.TILE_CAPTION_CHARS:
+        assert caption == f"#{index} {name}".rstrip()
+    else:
+        assert caption.endswith("…")
+    assert hashing.tile_caption(488, "azure sparrow") == "#488 azur…"
+    assert len(hashing.tile_caption(1234567890123, "azure sparrow")) <= hashing.TILE_CAPTION_CHARS
+
+
+def test_bit_view_tiles_have_short_captions_and_full_names_below(dashboard, loaded):
+    """At a 1400 px window six tiles sit in half the page: long captions ran into their neighbours."""
+    labels = loaded.arrays["db_labels"]
+    names = list(loaded.config.get("classes") or [])
+    app = dashboard("hash_codes")
+    assert not app.exception, [e.value for e in app.exception]
+    captions = [c for c, _ in images(app) if c.startswith("#")]
+    assert captions, "the bit view shows database tiles"
+    assert all(len(c) <= hashing.TILE_CAPTION_CHARS for c in captions), captions
+    notes = " ".join(c.value for c in app.caption)
+    for caption in captions:
+        index = int(caption[1:].split()[0])
+        full = names[int(labels[index])] if int(labels[index]) < len(names) else str(int(labels[index]))
+        if caption.endswith("…"):
+            assert f"#{index} {full}" in notes, (caption, full)
+
+
 def overlays(app) -> list[tuple[str, str]]:
     return [(c, u) for c, u in images(app) if c.startswith("concept ")]
 

@@ -162,6 +162,26 @@ def center_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
+TILE_CAPTION_CHARS = 10  # a tile in a six-wide grid in half of a 1400 px window fits about ten characters
+
+
+def tile_caption(index: int, name: str, limit: int = TILE_CAPTION_CHARS) -> str:
+    """A database tile's caption: ``"#488 azur…"`` — the index, then as much of the class name as fits.
+
+    Captions do not wrap, so a longer one runs into its neighbour; the full names go below the grid.
+    """
+    head = f"#{index}"
+    if len(head) > limit:
+        return head[: limit - 1] + "…"
+    room = limit - len(head) - 1
+    name = str(name).strip()
+    if not name or room < 2:
+        return head
+    if len(name) <= room:
+        return f"{head} {name}"
+    return f"{head} {name[: room - 1].rstrip()}…"
+
+
 def model_view(image: Image.Image, side: int) -> Image.Image:
     """What the model saw of an image, ``side`` pixels square: its centre square, scaled for display.
 

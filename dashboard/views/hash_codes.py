@@ -34,6 +34,7 @@ from lens.hashing import (
     part_swap_summary,
     part_swap_table,
     subcode_bits,
+    tile_caption,
 )
 
 SAMPLE = 12  # images per side (bit on / off)
@@ -59,14 +60,20 @@ def database_heatmaps(_loaded, _split, path: str, mtime: float, indices: tuple[i
 
 def draw_grid(split, indices, heat: dict, concept: int | None, names: list[str], labels) -> None:
     """Database images with captions, each with the concept's attention on top when ``concept`` is set."""
-    items = []
+    items, cut = [], []
     for i in (int(i) for i in indices):
         image = display_image(split.image(i), TILE)
         if concept is not None:
             image = overlay(image, heat[i][concept], 0.45)
         label = int(labels[i])
-        items.append((f"#{i} {names[label] if label < len(names) else label}", image))
+        name = str(names[label] if label < len(names) else label)
+        caption = tile_caption(i, name)
+        if caption.endswith("…"):
+            cut.append(f"#{i} {name}")
+        items.append((caption, image))
     image_grid(items, columns=6 if len(items) > 4 else 4)
+    if cut:
+        st.caption(" · ".join(cut))
 
 
 st.title("Hash codes, bit by bit")
