@@ -441,7 +441,7 @@ def is_ceir_bundle(path: Path) -> bool:
 
 def cmd_label(args: argparse.Namespace) -> int:
     from core.ceir.concept_bank import load_bank
-    from core.ceir.labels import BackboneOnly, label_paths
+    from core.ceir.labels import NO_LABELS, BackboneOnly, label_paths
 
     bundle = args.paths[0] if is_ceir_bundle(args.paths[0]) else None
     paths = args.paths[1:] if bundle is not None else args.paths
@@ -475,7 +475,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         meaning = scored_by if bank else "contribution to the image's cluster"
         print(f"# scores: {report.scoring} ({meaning}); bank: {report.bank}")
         for image in report.images:
-            print(f"{image.file}: " + ", ".join(f"{x.concept} ({x.score:.3f})" for x in image.labels))
+            found = ", ".join(f"{x.concept} ({x.score:.3f})" for x in image.labels)
+            print(f"{image.file}: {found or NO_LABELS}")
         if len(report.images) > 1:
             print(
                 "candidate labels: "

@@ -222,6 +222,26 @@ def test_label_cli_reports_failures_and_exits_non_zero(bundle, mixed_folder, cap
     assert code == 0 and "cat.png:" in out and "contribution" in out
 
 
+def test_label_cli_says_why_an_image_has_no_labels(bundle, mixed_folder, capsys, monkeypatch):
+    """An image with no concept above the training mean used to print a bare ``cat.png:`` line."""
+    import core.ceir.labels as labels_module
+
+    monkeypatch.setattr(
+        labels_module,
+        "labels_from_contributions",
+        lambda loaded, embeddings, top_k: [([], 0) for _ in range(len(embeddings))],
+    )
+    code = main(["label", str(bundle), str(mixed_folder / "cat.png"), "--device", "cpu"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    line = next(line for line in out.splitlines() if "cat.png" in line)
+    assert line.endswith("cat.png: no concept above the training mean for this image"), line
+    code = main(["label", str(bundle), str(mixed_folder / "cat.png"), "--json", "--device", "cpu"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"][0]["labels"] == []
+    assert result["images"][0]["note"] == "no concept above the training mean for this image"
+
+
 def test_train_ceir_cli_rejects_a_bad_bank(tmp_path, capsys):
     bank = tmp_path / "empty.txt"
     bank.write_text("# nothing here\n\n")

@@ -123,6 +123,25 @@ def test_uploads_good_and_bad_in_one_batch(page, files, toy):
     assert "Download concept_labels (CSV)" in labels and "Download candidate_labels (CSV)" in labels
 
 
+def test_an_image_with_no_label_says_why(page, monkeypatch):
+    """No concept above the training mean: a sentence instead of an empty table."""
+    import core.ceir.labels as labels_module
+
+    monkeypatch.setattr(
+        labels_module,
+        "labels_from_contributions",
+        lambda loaded, embeddings, top_k: [([], 0) for _ in range(len(embeddings))],
+    )
+    plain = encoded(np.full((40, 40, 3), 123, dtype=np.uint8), "PNG")  # a picture no other test uploads
+    app = upload(page, ["grey.png"], {"grey.png": plain})
+    assert not app.exception, [e.value for e in app.exception]
+    assert any(
+        "no concept above the training mean for this image" in i.value and "grey.png" in i.value
+        for i in app.info
+    ), [i.value for i in app.info]
+    assert not any(d.value.empty for d in app.dataframe), "no empty table"
+
+
 def test_top_k_and_samples_change_the_labels(page):
     page.multiselect(key="ow_samples").set_value(["skimage: chelsea"]).run()
     assert labels_frame(page)["image"].tolist() == ["skimage: chelsea"] * len(labels_frame(page))

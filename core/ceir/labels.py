@@ -42,6 +42,11 @@ class BackboneOnly:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+# Why an image has no label: with the bundle's own bank only concepts the image shows more than an average
+# training image count as labels, and an image can show none of them.
+NO_LABELS = "no concept above the training mean for this image"
+
+
 @dataclass
 class ConceptScore:
     concept: str
@@ -73,7 +78,7 @@ class LabelReport:
         return {
             "scoring": self.scoring,
             "bank": self.bank,
-            "images": [asdict(i) for i in self.images],
+            "images": [asdict(i) | ({} if i.labels else {"note": NO_LABELS}) for i in self.images],
             "candidate_labels": self.candidate_labels(),
             "failed": self.failed,
         }
