@@ -29,6 +29,7 @@ from lens.retrieval_view import (  # noqa: E402
     result_caption,
     results_table,
     search,
+    table_for_display,
 )
 
 PAGE = "retrieval"
@@ -276,6 +277,27 @@ def test_models_with_different_data_get_a_warning(tiny_bundles, tmp_path, monkey
     assert not app.exception
     assert len(app.warning) == 1 and "seed 0" in app.warning[0].value and "seed 7" in app.warning[0].value
     assert [len(c) for c in result_columns(app)] == [app.slider(key="ret_k").value] * 2
+
+
+def test_metrics_table_marks_diversity_and_csd_weight_not_applicable_for_the_cls_baseline():
+    """A CLS bundle has one attention map: 'diversity 0' and an L_csd weight would read as real results."""
+    stored = {"map": 0.4, "diversity": 0.0, "localization": {"mean_hit_rate": 0.3, "random_baseline": 0.1}}
+    configs = {
+        "cls": {"model": {"mode": "cls", "csd_weight": 0.0}, "metrics": stored},
+        "csd": {"model": {"mode": "concepts", "csd_weight": 1.0}, "metrics": stored | {"diversity": 0.25}},
+    }
+    table = metrics_table(configs).set_index("model")
+    assert table.loc["cls", "diversity"] == "n/a (one map)"
+    assert table.loc["cls", "L_csd weight"] == "n/a (one map)"
+    assert table.loc["cls", "mAP"] == pytest.approx(0.4)
+    assert table.loc["csd", "diversity"] == pytest.approx(0.25)
+    assert table.loc["csd", "L_csd weight"] == pytest.approx(1.0)
+    shown = table_for_display(table.reset_index())
+    assert shown["diversity"].tolist() == ["n/a (one map)", "0.25"]
+    assert shown["L_csd weight"].tolist() == ["n/a (one map)", "1"]
+    assert shown["mAP"].tolist() == pytest.approx([0.4, 0.4])
+    plain = metrics_table({"csd": configs["csd"]})
+    assert plain["diversity"].dtype.kind == "f", "numeric columns stay numeric without a CLS bundle"
 
 
 def test_heatmaps_of_a_wide_upload_lie_on_the_centre_crop_the_model_saw(dashboard, monkeypatch):

@@ -192,6 +192,9 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("nan")
 
 
+NOT_APPLICABLE = "n/a (one map)"  # a CLS-baseline bundle's diversity and L_csd weight
+
+
 def metrics_table(configs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per model (name -> bundle config) with the metrics its bundle stored at evaluation.
 
@@ -218,6 +221,9 @@ def metrics_table(configs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             "mean hit rate": _number(localization.get("mean_hit_rate")),
             "random hit rate": _number(localization.get("random_baseline")),
         }
+        if config.get("model", {}).get("mode", "concepts") == "cls":
+            # The CLS baseline has one attention map: no pairwise diversity, nothing for L_csd to act on.
+            row |= {"L_csd weight": NOT_APPLICABLE, "diversity": NOT_APPLICABLE}
         rows.append(row)
     columns = [
         "model",
@@ -229,3 +235,17 @@ def metrics_table(configs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
         "random hit rate",
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def table_for_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its mixed number/text columns (a CLS row's "n/a") written as text, so Arrow takes it."""
+    shown = table.copy()
+    for column in shown.columns:
+        values = shown[column]
+        if (
+            values.dtype == object
+            and any(isinstance(v, str) for v in values)
+            and any(isinstance(v, int | float) for v in values)
+        ):
+            shown[column] = [v if isinstance(v, str) else ("" if pd.isna(v) else f"{v:.4g}") for v in values]
+    return shown

@@ -31,6 +31,7 @@ from lens.retrieval_view import (
     result_caption,
     results_table,
     search,
+    table_for_display,
 )
 from lens.uploads import IMAGE_TYPES, read_uploads, show_errors, thumbnail
 
@@ -258,7 +259,7 @@ def main() -> None:
 
     st.subheader("Stored metrics")
     metrics = metrics_table({info.name: info.config for info in pair})
-    st.dataframe(metrics, hide_index=True, width="stretch")
+    st.dataframe(table_for_display(metrics), hide_index=True, width="stretch")
     st.caption(
         "From each bundle's evaluation on its test split (the same numbers `conceptlens eval BUNDLE` "
         "prints): mAP and P@k by Hamming ranking; diversity is the mean pairwise cosine of the "
