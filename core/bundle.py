@@ -44,6 +44,7 @@ import torch
 from safetensors import SafetensorError
 
 from core import __version__
+from core.data.images import os_reason
 
 FORMAT_VERSION = 1
 KINDS = ("clip", "concepthash", "ceir")
@@ -542,13 +543,6 @@ def is_unreadable(error: str) -> bool:
 
 def _unreadable(path: Path, error: OSError) -> str:
     return f"Folder {path} {UNREADABLE} ({os_reason(error)}); it was skipped."
-
-
-def os_reason(error: OSError) -> str:
-    """An OSError in a few lower-case words: "permission denied", "no such file or directory", ..."""
-    if isinstance(error, PermissionError):
-        return "permission denied"
-    return (error.strerror or str(error) or type(error).__name__).lower()
 
 
 def _candidates(root: str | os.PathLike) -> Iterator[tuple[Path, str | None]]:

@@ -539,8 +539,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"conceptlens: error: {exc}")
         return 2
     except OSError as exc:  # a file or folder that core did not expect to be unreadable: no traceback
+        from core.data.images import os_reason
+
         where = f" {exc.filename}" if exc.filename else ""
-        log(f"conceptlens: error: cannot use{where}: {(exc.strerror or str(exc)).lower()}.")
+        log(f"conceptlens: error: cannot use{where}: {os_reason(exc)}.")
         return 2
     except KeyboardInterrupt:
         log("conceptlens: interrupted; a training run can continue with --resume.")

@@ -172,7 +172,7 @@ def list_image_files(
         try:
             is_dir, exists = path.is_dir(), path.exists()
         except OSError as error:  # e.g. PermissionError for a path inside an unreadable folder
-            report(FolderReadError(str(raw), _os_reason(error)))
+            report(FolderReadError(str(raw), os_reason(error)))
             continue
         if is_dir:
             found.extend(_images_in_folder(path, recursive, report))
@@ -191,7 +191,8 @@ class FolderReadError(ImageLoadError):
         self.source_name = source_name
 
 
-def _os_reason(error: OSError) -> str:
+def os_reason(error: OSError) -> str:
+    """An OSError in a few lower-case words: "permission denied", "no such file or directory", ..."""
     if isinstance(error, PermissionError):
         return "permission denied"
     return (error.strerror or str(error) or type(error).__name__).lower()
@@ -201,7 +202,7 @@ def _images_in_folder(folder: Path, recursive: bool, report: Callable[[ImageLoad
     """Image files under ``folder``, sorted by their path relative to it (the same on every machine)."""
 
     def unreadable(error: OSError) -> None:
-        report(FolderReadError(os.fsdecode(error.filename or folder), _os_reason(error)))
+        report(FolderReadError(os.fsdecode(error.filename or folder), os_reason(error)))
 
     files: list[Path] = []
     for current, dirnames, filenames in os.walk(folder, onerror=unreadable):
