@@ -121,13 +121,11 @@ def _epoch_loader(
 def zero_shot_accuracy(
     backbone: Backbone,
     split: ImageSplit,
+    images: torch.Tensor,
     template: str = ZERO_SHOT_TEMPLATE,
-    pixels: torch.Tensor | None = None,
 ) -> float:
-    """Top-1 accuracy of classifying ``split`` by the prompts ``template.format(class name)``."""
-    if pixels is None:
-        pixels = backbone.preprocess_split(split)
-    images = backbone.encode_images(pixels)
+    """Top-1 accuracy of classifying ``split`` (its normalised image embeddings ``images``) by the
+    prompts ``template.format(class name)``."""
     texts = backbone.encode_texts([template.format(name) for name in split.classes])
     predicted = (images @ texts.t()).argmax(dim=1).cpu().numpy()
     return float((predicted == split.labels).mean())
@@ -193,11 +191,10 @@ def clip_report(backbone: Backbone, data: DataSpec, progress: Progress = no_prog
     """Everything ``conceptlens eval`` says about a ToyBirds CLIP, on the splits of ``data``."""
     test_split = open_split(data, "test")
     train_split = open_split(data, "train")
-    test_pixels = backbone.preprocess_split(test_split)
-    test_images = backbone.encode_images(test_pixels)
+    test_images = backbone.encode_images(backbone.preprocess_split(test_split))
     train_images = backbone.encode_images(backbone.preprocess_split(train_split, progress=progress))
     return {
-        "zero_shot_accuracy": zero_shot_accuracy(backbone, test_split, pixels=test_pixels),
+        "zero_shot_accuracy": zero_shot_accuracy(backbone, test_split, test_images),
         "zero_shot_template": ZERO_SHOT_TEMPLATE,
         "part_value_accuracy": part_value_accuracy(backbone, test_split, test_images),
         "part_value_template": toybirds.part_value_prompt("{part}", "{value}"),

@@ -119,8 +119,7 @@ def per_part_oracle_codes(bits: int, n_concepts: int) -> np.ndarray:
     for m, part in enumerate(SPECIES_PARTS[:n_concepts]):
         values[:, m] = [SPECIES_COLOURS.index(s.colours[part]) for s in SPECIES]
     shifts = np.arange(per)
-    low_bits = (values[..., None] >> np.minimum(shifts, 8)) & 1  # colour indices are < 4
-    low_bits[..., shifts >= 8] = 0
+    low_bits = (values[..., None] >> np.minimum(shifts, 8)) & 1  # colour indices < 4: bits from 2 on are 0
     return np.where(low_bits > 0, 1, -1).astype(np.int8).reshape(len(SPECIES), n_concepts * per)
 
 
@@ -385,7 +384,7 @@ def encode_images(
     differs from a query's only because the image does.
     """
     codes = [
-        encode_with_attention(model, torch.stack([backbone.preprocess(im) for im in batch]), batch_size)[0]
+        encode_with_attention(model, backbone.preprocess_images(batch), batch_size)[0]
         for batch in _batches(images, batch_size)
     ]
     return np.concatenate(codes) if codes else np.zeros((0, model.config.bits), dtype=np.int8)
@@ -453,7 +452,6 @@ def evaluate_model(
     backbone: Backbone,
     database: ImageSplit,
     queries: ImageSplit,
-    database_pixels: torch.Tensor | None = None,
     train_database: ImageSplit | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """All metrics, and the arrays a bundle caches for the dashboard (database codes, labels, ids).
@@ -461,9 +459,7 @@ def evaluate_model(
     ``train_database`` is the model's own training database when it differs from ``database``
     (a reseeded evaluation); None means ``database`` is it, so ``map_train_database`` = ``map``.
     """
-    if database_pixels is None:
-        database_pixels = backbone.preprocess_split(database)
-    db_codes = sign_codes(model.encode(database_pixels))
+    db_codes = sign_codes(model.encode(backbone.preprocess_split(database)))
     query_codes, attention = encode_with_attention(model, backbone.preprocess_split(queries))
     metrics = retrieval_metrics(db_codes, database.labels, query_codes, queries.labels)
     metrics["map_train_database"] = (
