@@ -231,16 +231,20 @@ def code_boxes(html: str) -> list[tuple[str, bool]]:
     ]
 
 
+def flipped(before: np.ndarray, after: np.ndarray, n_concepts: int) -> list[int]:
+    return [c.concept for c in counterfactual.subcode_changes(before, after, n_concepts, {}) if c.flipped]
+
+
 def test_flipped_subcodes_of_a_hand_made_pair():
     before = np.array([1, -1, 1, 1, -1, -1], dtype=np.int8)  # c0 10, c1 11, c2 00
     after = np.array([1, -1, -1, 1, -1, 1], dtype=np.int8)  # c0 10, c1 01, c2 01
-    assert counterfactual.flipped_subcodes(before, after, 3) == [1, 2]
-    assert counterfactual.flipped_subcodes(before, before, 3) == []
-    assert counterfactual.flipped_subcodes(before, after, 1) == [0], "one group: the whole code"
+    assert flipped(before, after, 3) == [1, 2]
+    assert flipped(before, before, 3) == []
+    assert flipped(before, after, 1) == [0], "one group: the whole code"
     with pytest.raises(ValueError, match="6 and 4 bits"):
-        counterfactual.flipped_subcodes(before, after[:4], 3)
+        flipped(before, after[:4], 3)
     with pytest.raises(ValueError, match="cannot be split evenly"):
-        counterfactual.flipped_subcodes(before, after, 4)
+        flipped(before, after, 4)
 
     changes = counterfactual.subcode_changes(before, after, 3, NAMES)
     assert [(c.name, c.before, c.after, c.flipped) for c in changes] == [

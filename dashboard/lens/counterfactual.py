@@ -24,9 +24,7 @@ from core.data.toybirds import (
     render_counterfactual,
     render_sample,
 )
-from lens.hashing import bits_per_concept, concept_label, encode_images
-
-WHOLE_CODE = "whole code"  # the CLS baseline's one group
+from lens.hashing import WHOLE_CODE, bits_per_concept, concept_label, encode_images
 
 
 def colour_choices(part: str, current: Mapping[str, str]) -> list[str]:
@@ -34,16 +32,6 @@ def colour_choices(part: str, current: Mapping[str, str]) -> list[str]:
     if part not in PART_VALUES:
         raise ValueError(f"Unknown part {part!r}; expected one of {', '.join(PARTS)}.")
     return [value for value in PART_VALUES[part] if value != current.get(part)]
-
-
-def flipped_subcodes(before: np.ndarray, after: np.ndarray, n_concepts: int) -> list[int]:
-    """The concepts whose sub-code differs between two codes (rows of K bits in {-1, +1})."""
-    before, after = np.asarray(before).reshape(-1), np.asarray(after).reshape(-1)
-    if before.shape != after.shape:
-        raise ValueError(f"Codes of {before.size} and {after.size} bits cannot be compared.")
-    per = bits_per_concept(before.size, n_concepts)
-    differs = (np.sign(before) != np.sign(after)).reshape(n_concepts, per)
-    return [int(m) for m in np.flatnonzero(differs.any(axis=1))]
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,9 @@ def concept_parts(metrics: dict[str, Any]) -> dict[int, str]:
     return {int(c["concept"]): str(c["part"]) for c in concepts}
 
 
+WHOLE_CODE = "whole code"  # how the CLS baseline's single group of bits is named on every page
+
+
 def is_cls_baseline(config: dict[str, Any]) -> bool:
     """Whether a ConceptHash bundle is the CLS baseline: one code from the CLS token, no concept tokens."""
     return config.get("model", {}).get("mode", "concepts") == "cls"
@@ -279,9 +282,7 @@ def part_swap_table(
             f"The part-swap matrix has shape {matrix.shape}, not ({len(parts)} parts, concepts)."
         )
     if cls_baseline:
-        columns = (
-            ["whole code"] if matrix.shape[1] == 1 else [f"bit group {m}" for m in range(matrix.shape[1])]
-        )
+        columns = [WHOLE_CODE] if matrix.shape[1] == 1 else [f"bit group {m}" for m in range(matrix.shape[1])]
         cells: list[tuple[int, int]] = []
     else:
         columns = [concept_label(m, names) for m in range(matrix.shape[1])]
@@ -377,7 +378,7 @@ def nmi_table(
         return None
     table = pd.DataFrame(nmi["matrix"], columns=list(nmi["parts"]))
     rows = (
-        ["whole code"] * len(table)
+        [WHOLE_CODE] * len(table)
         if cls_baseline
         else [concept_label(m, names or {}, short=True) for m in range(len(table))]
     )
