@@ -327,3 +327,20 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch)
     assert any("Resuming" in m and "epoch 2" in m for m in messages)
     assert not any(m.startswith("epoch ") for m in messages)  # nothing left to train
     assert out.is_dir() and not (tmp_path / "hash.ckpt").exists()
+
+
+def test_training_images_stream_fresh_birds_each_epoch_and_fixed_data_repeats():
+    import torch
+
+    from core.concepthash.train import TrainingImages
+    from core.data.spec import DataSpec, open_split
+
+    data = DataSpec(image_size=32, train_per_class=1)
+    split = open_split(data, "train")
+    as_tensor = lambda image: torch.from_numpy(np.asarray(image, dtype=np.float32))  # noqa: E731
+    first, second = (TrainingImages(data, split, epoch, True, as_tensor) for epoch in (0, 1))
+    assert len(first) == len(second) == len(split)
+    assert torch.equal(first[3][0], as_tensor(split.image(3)))  # epoch 0 is the train split itself
+    assert not torch.equal(first[3][0], second[3][0]) and first[3][1] == second[3][1] == 3
+    fixed = TrainingImages(data, split, 1, False, as_tensor)
+    assert torch.equal(fixed[3][0], first[3][0]) and fixed[3][1] == 3
