@@ -9,7 +9,9 @@ import streamlit as st
 
 from lens.bundles import render_sidebar
 
-st.set_page_config(page_title="ConceptLens", page_icon=":material/center_focus_strong:", layout="wide")
+# An emoji icon becomes an inline data: URL; a ":material/...:" page icon would make every page load fetch
+# the favicon from fonts.gstatic.com, which fails (and leaks a request) with no network.
+st.set_page_config(page_title="ConceptLens", page_icon="🔎", layout="wide")
 
 PAGES = {
     "": [st.Page("views/home.py", title="Home", icon=":material/home:", default=True)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -65,9 +66,20 @@ def download_table(df: pd.DataFrame, name: str, key: str | None = None) -> None:
     )
 
 
+def figure_html(fig) -> bytes:
+    """A plotly figure as one self-contained HTML file: plotly.js is inlined, so it opens with no network."""
+    return fig.to_html(include_plotlyjs=True, full_html=True).encode()
+
+
 def download_figure(fig, name: str, key: str | None = None) -> None:
-    """Plotly figure as a self-contained HTML file (no kaleido needed)."""
-    html = fig.to_html(include_plotlyjs="cdn", full_html=True).encode()
+    """Plotly figure as a self-contained HTML file (no kaleido needed).
+
+    The file (about 5 MB with plotly.js inside) is built only when the button is pressed, not on every rerun.
+    """
     st.download_button(
-        f"Download {name} (HTML)", html, file_name=f"{name}.html", mime="text/html", key=key or f"html-{name}"
+        f"Download {name} (HTML)",
+        partial(figure_html, fig),
+        file_name=f"{name}.html",
+        mime="text/html",
+        key=key or f"html-{name}",
     )
