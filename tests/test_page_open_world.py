@@ -208,6 +208,32 @@ def test_real_clip_that_cannot_load_is_one_error(page):
     assert [e.value for e in page.error] == errors
 
 
+def test_real_clip_offline_says_so_in_one_sentence_within_2s(page, tmp_path, monkeypatch):
+    """Not cached and no network: one whole sentence at once, not a minute of spinner and a cut error."""
+    import time
+
+    import huggingface_hub.constants
+    import open_clip
+
+    from core.backbones import offline
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(offline, "host_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", lambda *a, **k: pytest.fail("downloaded"))
+    page.radio(key="ow_model").set_value("real-clip").run()
+    page.text_input(key="ow_clip_name").set_value("ViT-B-32")
+    page.text_input(key="ow_clip_tag").set_value("openai")
+    start = time.monotonic()
+    page.button(key="ow_clip_load").click().run()
+    assert time.monotonic() - start < 2.0
+    (error,) = [e.value for e in page.error]
+    assert error.startswith("The CLIP ViT-B-32:openai cannot be loaded") and error.endswith(".")
+    assert "cannot be reached" in error and "; check the name" not in error
+
+
 def test_real_clip_labels_with_clip_similarity(page, tiny_bundles, monkeypatch):
     """A stand-in for a downloaded CLIP (the toy CLIP bundle) goes through the whole real-CLIP path."""
     import core.backbones.clip as clip

@@ -16,6 +16,7 @@ transforms), like ``open_clip.create_model_and_transforms``.
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -41,6 +42,10 @@ RANDOM_TAGS = ("random", "none", "")
 
 class BackboneError(ValueError):
     """A backbone reference that cannot be resolved; the message says why and what to do."""
+
+
+class BackboneOfflineError(BackboneError):
+    """Real CLIP weights that are not cached and cannot be downloaded now (no network, or HF_HUB_OFFLINE)."""
 
 
 @cache
@@ -300,13 +305,22 @@ def _load_open_clip(name: str, pretrained: str | None) -> Backbone:
                 f"'{pretrained}' is neither a checkpoint file nor a known tag for {name} "
                 f"(known: {', '.join(tags) or 'none'})."
             )
+    local_file = pretrained is not None and Path(pretrained).is_file()
+    if pretrained is not None and not local_file:
+        from core.backbones.offline import download_problem
+
+        problem = download_problem(name, pretrained)  # ~1.5 s at most, instead of a minute of retries
+        if problem is not None:
+            raise BackboneOfflineError(problem)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
     except (OSError, RuntimeError) as exc:
-        where = "the checkpoint file" if pretrained and Path(pretrained).is_file() else "the download"
+        where = "the checkpoint file" if local_file else "the download"
+        detail = textwrap.shorten(str(exc), 200, placeholder=" …").rstrip(".")  # cut between words
+        hint = "" if local_file else "; downloads need internet on first use"
         raise BackboneError(
-            f"Could not load {name}:{pretrained} — {where} failed ({type(exc).__name__}: "
-            f"{str(exc)[:200]}). Downloads need internet on first use."
+            f"Could not load {name}:{pretrained}, because {where} failed "
+            f"({type(exc).__name__}: {detail}){hint}."
         ) from exc
     tokenizer = open_clip.get_tokenizer(name)
     visual = model.visual

@@ -7,7 +7,7 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
-from core.backbones.clip import load_backbone
+from core.backbones.clip import BackboneOfflineError, load_backbone
 from core.ceir.concept_bank import (
     MAX_BANK_BYTES,
     SHIPPED_BANKS,
@@ -38,7 +38,7 @@ FALLBACK_BANK = "general"
 
 
 @st.cache_resource(
-    show_spinner="Loading CLIP: weights download on first use (offline, this fails after about a minute) ...",
+    show_spinner="Loading CLIP: weights download on first use (offline, it says so within two seconds) ...",
     max_entries=2,
 )
 def cached_clip(name: str, tag: str):
@@ -144,11 +144,17 @@ def choose_real_clip():
     if failure is None:
         try:
             backbone = cached_clip(name, tag)
+        except BackboneOfflineError as exc:  # already one whole sentence: not cached, and no network
+            failure = str(exc)
         except Exception as exc:  # noqa: BLE001 - downloads fail in many ways; each is one sentence
-            failure = f"The CLIP model {name}:{tag or 'random'} could not be loaded: {str(exc).rstrip('.')}"
-            st.session_state["ow_clip_failure"] = failure
+            failure = (
+                f"The CLIP model {name}:{tag or 'random'} could not be loaded: {str(exc).rstrip('.')}; "
+                "check the name and tag, and that this machine is online for a first download."
+            )
+        if failure is not None:
+            st.session_state["ow_clip_failure"] = failure  # remembered: no second attempt until Load
     if failure is not None:
-        st.error(f"{failure}; check the name and tag, and that this machine is online for a first download.")
+        st.error(failure)
         return None
     if not tag:
         st.warning("No pretrained tag: the CLIP has random weights, so its labels mean nothing.")
