@@ -11,8 +11,11 @@ A bundle holds
   image ids.
 
 Writes are atomic: everything goes into a ``.tmp-`` sibling directory, is fsynced, then renamed into place,
-so a crash never leaves a half-written bundle at the target path. Loading validates kind, format version and
-files and raises :class:`BundleError` with one sentence naming the bundle and what is wrong.
+so a crash never leaves a half-written bundle at the target path; a process killed between the two renames of
+a replacement leaves hidden copies that the next load, save or listing restores (see
+:func:`recover_interrupted_save`). Loading validates kind, format version, the backbone reference, files and
+the shapes of the cached arrays (:data:`ARRAY_LAYOUT`), and raises :class:`BundleError` with one sentence
+naming the bundle and what is wrong.
 
 Rule for ``config.json`` values (strict JSON): numpy scalars become Python numbers, numpy arrays and tensors
 become (nested) lists, tuples become lists, paths become strings, and non-finite floats (NaN, +inf, -inf)
@@ -29,6 +32,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -61,6 +65,26 @@ _LOAD_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
 _MAX_LISTED = 8
 _MADE_BY = "`conceptlens train ...`"
 
+# The cached arrays the dashboard reads, per kind: name -> shape. "rows" is one length shared by every
+# array of the table; other names are sizes read from config.json (see _layout_sizes). Arrays a kind's
+# loader cannot work without are in REQUIRED_ARRAYS; other names in a bundle are not checked.
+ARRAY_LAYOUT: dict[str, dict[str, tuple[str | int, ...]]] = {
+    "concepthash": {"db_codes": ("rows", "bits"), "db_labels": ("rows",), "db_ids": ("rows",)},
+    "ceir": {
+        "train_concepts": ("rows", "concepts"),
+        "train_latents": ("rows", "latent_dim"),
+        "train_clusters": ("rows",),
+        "train_labels": ("rows",),
+        "train_ids": ("rows",),
+        "train_umap": ("rows", 2),
+        "concept_fidelity": ("concepts",),
+    },
+}
+REQUIRED_ARRAYS = {
+    "concepthash": ("db_codes", "db_labels"),
+    "ceir": ("train_concepts", "train_latents", "train_clusters", "train_labels"),
+}
+
 
 class BundleError(ValueError):
     """A bundle cannot be written or read; the message names the bundle and what to do."""
@@ -91,6 +115,15 @@ class Bundle:
                 f"{type(value).__name__}, not a section (a JSON object)."
             )
         return value
+
+    def require_arrays(self) -> None:
+        """Raise BundleError unless every cached array the kind's pages need (REQUIRED_ARRAYS) is present."""
+        missing = [name for name in REQUIRED_ARRAYS.get(self.kind, ()) if name not in self.arrays]
+        if missing:
+            raise BundleError(
+                f"Bundle {self.path} lacks the cached arrays {_name_list(missing)} (saving was interrupted "
+                f"or a file was removed); train it again with {_MADE_BY}."
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -344,13 +377,63 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise _cannot_save(path, "a bundle already exists there; pass overwrite=True to replace it")
 
 
+# A hidden sibling of a save in progress: .tmp-NAME-PID-RANDOM (the new bundle being written) or
+# .old-NAME-PID-RANDOM (the bundle it replaces, between the two renames of _install). PID is the writer's.
+_HIDDEN_COPY = re.compile(r"^\.(?P<role>tmp|old)-(?P<name>.+)-(?P<pid>\d+)-[0-9a-f]{12}$")
+
+
 def _sibling(path: Path, prefix: str) -> Path:
-    return path.parent / f"{prefix}{path.name}-{uuid.uuid4().hex[:12]}"
+    return path.parent / f"{prefix}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def recover_interrupted_save(path: str | os.PathLike) -> bool:
+    """Clean up after a save at ``path`` whose process died; True when a bundle was restored at ``path``.
+
+    A kill between the two renames of a save leaves nothing at ``path``, the complete old bundle in a
+    ``.old-`` sibling and the new one in a ``.tmp-`` sibling: the old one is renamed back (the save did not
+    happen, as if it had been killed a moment earlier). Left-over ``.tmp-`` and ``.old-`` siblings of dead
+    writers are removed. Siblings of a writer that is still running are never touched. Best effort: a
+    folder that cannot be written is left as it is.
+    """
+    path = Path(path)
+    try:
+        stale = [
+            (match["role"], entry)
+            for entry in sorted(path.parent.iterdir(), key=lambda e: e.name)
+            if (match := _HIDDEN_COPY.match(entry.name)) and match["name"] == path.name
+            if not _writer_running(int(match["pid"]))
+        ]
+        restored = False
+        if stale and not (path.exists() or path.is_symlink()):
+            old = next((entry for role, entry in stale if role == "old"), None)
+            if old is not None:
+                os.rename(old, path)
+                _fsync_dir(path.parent)
+                stale = [(role, entry) for role, entry in stale if entry != old]
+                restored = True
+        for _, entry in stale:
+            shutil.rmtree(entry, ignore_errors=True)
+        return restored
+    except OSError:
+        return False
+
+
+def _writer_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be saving
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: a live process of another user
+        return True
+    return True
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool) -> None:
     """Run ``write(tmp)`` in a fresh ``.tmp-`` sibling, then move it to ``path``; on failure remove it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_save(path)
     tmp = _sibling(path, ".tmp-")
     tmp.mkdir()
     try:
@@ -389,6 +472,8 @@ def read_bundle_config(path: str | os.PathLike) -> dict:
     path = Path(path)
     config_file = path / CONFIG_FILE
     try:
+        if not (path.exists() or path.is_symlink()):
+            recover_interrupted_save(path)
         exists, is_dir, has_config = path.exists(), path.is_dir(), config_file.is_file()
     except OSError as error:  # PermissionError for a folder the user may not read
         raise BundleError(f"Bundle {path} {UNREADABLE} ({os_reason(error)}).") from error
@@ -431,6 +516,32 @@ def _validate_config(path: Path, config: dict) -> None:
     kind = config["kind"]
     if kind not in KINDS:
         raise BundleError(f"Bundle {path} has unknown kind {kind!r}; known kinds are {', '.join(KINDS)}.")
+    if "backbone" in config:
+        problem = _backbone_problem(kind, config["backbone"])
+        if problem:
+            raise BundleError(
+                f"Bundle {path} has an unusable backbone reference {json.dumps(config['backbone'])} in its "
+                f"{CONFIG_FILE}: {problem}; train it again with {_MADE_BY}."
+            )
+
+
+def _backbone_problem(kind: str, reference: Any) -> str | None:
+    """What is wrong with a config's ``backbone`` section (None when it can be used).
+
+    A clip bundle stores the architecture it was built from (``model_cfg`` with vision and text parts); the
+    other kinds store where their backbone comes from: a clip ``bundle`` directory or a model ``name``.
+    """
+    if not isinstance(reference, dict):
+        return f"it is a {type(reference).__name__}, not a JSON object"
+    if kind == "clip":
+        model_cfg = reference.get("model_cfg")
+        parts_ok = isinstance(model_cfg, dict) and all(
+            isinstance(model_cfg.get(part), dict) for part in ("vision_cfg", "text_cfg")
+        )
+        return None if parts_ok else "it has no 'model_cfg' with 'vision_cfg' and 'text_cfg' sections"
+    if any(isinstance(reference.get(key), str) and reference[key].strip() for key in ("bundle", "name")):
+        return None
+    return "it names neither a clip 'bundle' directory nor a model 'name'"
 
 
 def load_bundle(
@@ -448,7 +559,60 @@ def load_bundle(
         raise BundleError(f"Bundle {path} is a '{config['kind']}' bundle, but a {needed} bundle is needed.")
     weights = _load_weights(path)
     arrays = _load_arrays(path) if load_arrays else {}
+    _check_array_layout(path, config, arrays)
     return Bundle(path=path, config=config, weights=weights, arrays=arrays)
+
+
+def _check_array_layout(path: Path, config: dict, arrays: Mapping[str, np.ndarray]) -> None:
+    """Raise BundleError when a cached array of :data:`ARRAY_LAYOUT` has the wrong shape or type, is empty,
+    or has another length than the arrays it shares rows with."""
+    sizes = _layout_sizes(config)
+    rows: tuple[str, int] | None = None
+    again = f"train it again with {_MADE_BY}"
+    for name, dims in ARRAY_LAYOUT.get(config["kind"], {}).items():
+        array = arrays.get(name)
+        if array is None:
+            continue
+        if (array.dtype.kind == "U") != name.endswith("_ids"):
+            wanted = "strings" if name.endswith("_ids") else "numbers"
+            raise BundleError(
+                f"Bundle {path} has a cached array '{name}' that does not hold {wanted}; {again}."
+            )
+        if array.ndim != len(dims):
+            raise BundleError(
+                f"Bundle {path} has a cached array '{name}' of shape {array.shape}, but it must have "
+                f"{len(dims)} dimension{'s' if len(dims) > 1 else ''}; {again}."
+            )
+        for dim, actual in zip(dims, array.shape, strict=True):
+            if dim == "rows":
+                if actual == 0:
+                    raise BundleError(f"Bundle {path} has an empty cached array '{name}'; {again}.")
+                if rows is not None and actual != rows[1]:
+                    raise BundleError(
+                        f"Bundle {path} has cached arrays of different lengths ('{rows[0]}' has {rows[1]} "
+                        f"rows, '{name}' has {actual}); {again}."
+                    )
+                rows = rows or (name, actual)
+                continue
+            expected = dim if isinstance(dim, int) else sizes.get(dim)
+            if expected is not None and actual != expected:
+                raise BundleError(
+                    f"Bundle {path} has a cached array '{name}' of shape {array.shape}, which does not fit "
+                    f"its {dim} ({expected}); {again}."
+                )
+
+
+def _layout_sizes(config: dict) -> dict[str, int]:
+    """The sizes :data:`ARRAY_LAYOUT` names, where config.json states them."""
+    model = config.get("model")
+    ceir = config.get("ceir")
+    vae = ceir.get("vae") if isinstance(ceir, dict) else None
+    candidates = {
+        "bits": model.get("bits") if isinstance(model, dict) else None,
+        "concepts": len(config["concepts"]) if isinstance(config.get("concepts"), list) else None,
+        "latent_dim": vae.get("latent_dim") if isinstance(vae, dict) else None,
+    }
+    return {name: value for name, value in candidates.items() if isinstance(value, int)}
 
 
 def _wanted_kinds(kind: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -469,6 +633,13 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
             f"Bundle {path} is missing {WEIGHTS_FILE} (saving was interrupted or the file was removed); "
             "train or save the bundle again."
         )
+    try:
+        with open(file, "rb"):
+            pass
+    except OSError as error:  # say "permission denied", not "corrupt", for a file the user may not read
+        raise BundleError(
+            f"Bundle {path} has a {WEIGHTS_FILE} that {UNREADABLE} ({os_reason(error)})."
+        ) from error
     try:
         loaded = st_torch.load_file(str(file), device="cpu")
     except _LOAD_ERRORS as error:
@@ -558,6 +729,47 @@ def _candidates(root: str | os.PathLike) -> Iterator[tuple[Path, str | None]]:
     return _walk_bundles(root, depth=0)
 
 
+def check_bundle_files(path: str | os.PathLike) -> None:
+    """Raise BundleError when a bundle's weights are missing or a safetensors file is truncated or corrupt.
+
+    Only the files' headers are read (a few bytes), so a listing can tell a healthy bundle from one whose
+    weights will not load without loading them.
+    """
+    path = Path(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise BundleError(f"Bundle {path} is missing {WEIGHTS_FILE}; train or save the bundle again.")
+    for file in (weights, path / ARRAYS_FILE):
+        if file.is_file():
+            problem = _safetensors_problem(file)
+            if problem:
+                raise BundleError(
+                    f"Bundle {path} has a corrupt or truncated {file.name} ({problem}); save it again."
+                )
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why a safetensors file cannot be complete, from its header and size alone (None when it can be)."""
+    try:
+        with open(file, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(8)
+            header_length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < header_length <= size - 8:
+                return "no valid header"
+            header = json.loads(handle.read(header_length))
+    except OSError as error:
+        return f"it {UNREADABLE}: {os_reason(error)}"
+    except (UnicodeDecodeError, ValueError):
+        return "the header is not valid JSON"
+    try:
+        ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return "the header does not describe tensors"
+    expected = 8 + header_length + max(ends, default=0)
+    return None if size == expected else f"{size:,} bytes where the header describes {expected:,}"
+
+
 def _walk_bundles(directory: Path, depth: int) -> Iterator[tuple[Path, str | None]]:
     # Every file-system call can raise OSError (PermissionError for a folder without read permission, odd
     # errors under /proc): such a folder is reported by name and the walk goes on. The depth bound keeps a
@@ -570,6 +782,7 @@ def _walk_bundles(directory: Path, depth: int) -> Iterator[tuple[Path, str | Non
     if has_config:
         try:
             read_bundle_config(directory)
+            check_bundle_files(directory)
         except (BundleError, OSError) as exc:
             yield directory, str(exc)
             return
@@ -579,6 +792,11 @@ def _walk_bundles(directory: Path, depth: int) -> Iterator[tuple[Path, str | Non
         return
     try:
         children = sorted(directory.iterdir())
+        interrupted = {
+            m["name"] for c in children if (m := _HIDDEN_COPY.match(c.name)) and m["role"] == "old"
+        }
+        if any([recover_interrupted_save(directory / name) for name in interrupted]):
+            children = sorted(directory.iterdir())
     except OSError as error:
         yield directory, _unreadable(directory, error)
         return

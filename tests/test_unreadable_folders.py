@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 
 from core.bundle import BundleError, find_broken_bundles, find_bundles, read_bundle_config
 
@@ -54,6 +55,7 @@ def deny(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
 def write_bundle(path: Path, kind: str = "ceir") -> Path:
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"kind": kind, "format_version": 1}))
+    safetensors.torch.save_file({}, str(path / "weights.safetensors"))  # a listing checks the weights too
     return path
 
 

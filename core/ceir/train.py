@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from core.backbones.clip import Backbone, load_backbone
-from core.bundle import check_shapes, load_bundle, save_bundle
+from core.bundle import BundleError, check_shapes, load_bundle, save_bundle
 from core.ceir import concept_bank as banks
 from core.ceir.bottleneck import ProjectionConfig, ZScore, teacher_similarities, train_projection
 from core.ceir.clustering import evaluate_clusterings, fit_kmeans
@@ -304,6 +304,11 @@ def load_ceir(path: str | Path, device: str = "auto") -> LoadedCEIR:
     backbone = load_backbone(
         bundle.section("backbone"), device=resolve_device(device), relative_to=bundle.path
     )
+    if backbone.embed_dim != embed_dim:
+        raise BundleError(
+            f"Bundle {bundle.path} has weights for image embeddings of {embed_dim} numbers, but its backbone "
+            f"{backbone.describe()} gives {backbone.embed_dim}; it was trained on another backbone."
+        )
     return LoadedCEIR(
         bundle.path, model, backbone, DataSpec.from_dict(bundle.section("data")), bundle.config, bundle.arrays
     )

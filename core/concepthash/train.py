@@ -227,6 +227,7 @@ def train_concepthash(
 def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHash:
     """Load a ConceptHash bundle with its backbone (found by the reference the bundle stores)."""
     bundle = load_bundle(path, kind=KIND)
+    bundle.require_arrays()
     model_config = ConceptHashConfig.from_dict(bundle.section("model"))
     classes = list(bundle.config.get("classes") or [])
     backbone = load_backbone(
