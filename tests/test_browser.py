@@ -1,9 +1,12 @@
 """A real browser session: `streamlit run dashboard/Home.py` driven by headless Chromium.
 
-Starts the app on a free localhost port with the tiny bundles, waits for ``/_stcore/health``,
-opens every page, uploads a photo on the open-world page and checks that labels appear. One
-screenshot per page lands in ``test-artifacts/browser/``. Without Chromium or playwright the
-test is skipped with the reason, except under ``CI=true``, where a missing browser is a failure.
+Starts the app on a free localhost port with the tiny bundles and the repository's
+``.streamlit/config.toml``, waits for ``/_stcore/health``, opens every page, downloads a figure,
+uploads a photo on the open-world page and checks that labels appear. Every request the browser
+makes is recorded: one to any host but localhost fails the test (offline means offline), and so
+does a server log that shows an external-IP look-up. One screenshot per page lands in
+``test-artifacts/browser/``. Without Chromium or playwright the test is skipped with the reason,
+except under ``CI=true``, where a missing browser is a failure.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -42,6 +46,17 @@ PAGES = [
     ("ceir_concepts", "CEIR"),
     ("open_world", "Open-world"),
 ]
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+LOCAL_SCHEMES = {"data", "blob", "about"}  # inline content: no host is asked
+
+
+def external(urls: list[str]) -> list[str]:
+    """The URLs that would leave this machine."""
+    return [
+        url
+        for url in urls
+        if urlparse(url).scheme not in LOCAL_SCHEMES and urlparse(url).hostname not in LOCAL_HOSTS
+    ]
 
 
 def require_browser() -> None:
@@ -98,11 +113,7 @@ def app_url(tiny_bundles):
                 "true",
                 "--server.port",
                 str(port),
-                "--server.address",
-                "127.0.0.1",
-                "--browser.gatherUsageStats",
-                "false",
-            ],
+            ],  # everything else (usage statistics off, no external-IP look-up) from .streamlit/config.toml
             cwd=ROOT,
             env=env,
             stdout=log_file,
@@ -118,18 +129,24 @@ def app_url(tiny_bundles):
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+    server_log = log.read_text()
+    assert "External URL" not in server_log and "external IP" not in server_log, server_log[-2000:]
 
 
-def test_every_page_opens_and_an_upload_gets_labels(app_url, tmp_path):
+def test_every_page_opens_offline_and_an_upload_gets_labels(app_url, tmp_path):
     from PIL import Image
     from playwright.sync_api import expect, sync_playwright
     from skimage import data
 
     photo = tmp_path / "chelsea.png"
     Image.fromarray(data.chelsea()).save(photo)
+    requested: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        context.on("request", lambda request: requested.append(request.url))  # pages and workers alike
+        page = context.new_page()
+        page.on("websocket", lambda socket: requested.append(socket.url))
         try:
             for path, marker in PAGES:
                 page.goto(f"{app_url}/{path}", wait_until="domcontentloaded")
@@ -138,6 +155,11 @@ def test_every_page_opens_and_an_upload_gets_labels(app_url, tmp_path):
                 page.wait_for_timeout(1500)  # let charts and images settle before the screenshot
                 expect(page.locator("[data-testid='stException']")).to_have_count(0)
                 page.screenshot(path=str(ARTIFACTS / f"{path or 'home'}.png"), full_page=True)
+                if path == "hash_codes":  # a downloaded figure opens with no network: plotly.js inside
+                    with page.expect_download(timeout=60_000) as download:
+                        page.get_by_role("button", name="Download bit-matrix (HTML)").click()
+                    html = Path(download.value.path()).read_text(encoding="utf-8")
+                    assert "Plotly.newPlot" in html and '<script src="http' not in html
 
             page.goto(f"{app_url}/open_world", wait_until="domcontentloaded")
             expect(page.locator("h1").filter(has_text="Open-world").first).to_be_visible(timeout=60_000)
@@ -157,3 +179,5 @@ def test_every_page_opens_and_an_upload_gets_labels(app_url, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "open_world_upload.png"), full_page=True)
         finally:
             browser.close()
+    assert any(urlparse(url).path.endswith("/_stcore/stream") for url in requested), "requests were seen"
+    assert external(requested) == [], f"requests that leave this machine: {sorted(set(external(requested)))}"
