@@ -155,7 +155,7 @@ def save_bundle(
     full_config = _full_config(path, kind, config)
     tensors = _prepare_weights(path, weights, half)
     numeric, strings = _split_arrays(path, arrays or {})
-    _check_target(path, overwrite)
+    check_save_target(path, overwrite)
 
     def write(tmp: Path) -> None:
         _write_json(tmp / CONFIG_FILE, full_config)
@@ -362,8 +362,11 @@ def _copy_other_entries(source: Path, target: Path) -> None:
             _fsync_file(target / entry.name)
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
-    """Refuse to write over a file, a non-empty foreign folder, or (without overwrite) an existing bundle."""
+def check_save_target(path: Path, overwrite: bool) -> None:
+    """Refuse to write over a file, a non-empty foreign folder, or (without overwrite) an existing bundle.
+
+    Training calls this before its first step, so a bad output path is refused before the work, not after.
+    """
     if not (path.exists() or path.is_symlink()):
         return
     if not path.is_dir():
@@ -447,7 +450,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool)
 
 def _install(tmp: Path, path: Path, overwrite: bool) -> None:
     """Rename ``tmp`` to ``path``; an old bundle moves to a ``.old-`` sibling first and is deleted after."""
-    _check_target(path, overwrite)
+    check_save_target(path, overwrite)
     if path.exists() or path.is_symlink():
         old = _sibling(path, ".old-")
         os.rename(path, old)

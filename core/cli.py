@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -35,7 +36,22 @@ VERBOSE_HELP = "show the progress bars and messages of third-party libraries (e.
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """One line on stderr, above any progress bar in progress (tqdm redraws the bar below it)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def log_last(message: str) -> None:
+    """The last line of a run that stopped: progress bars still drawn are cleared first, not left below it."""
+    TqdmProgress.close_all()
+    log(message)
+
+
+def printable(name: str) -> str:
+    """A file name on one line of text output: control characters (a newline in a name) are escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 class SubcommandParser(argparse.ArgumentParser):
@@ -86,8 +102,34 @@ def non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:  # also rejects NaN
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    if not (math.isfinite(value) and value >= 0):  # rejects NaN and infinity too
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+# Upper bounds for flags that size memory, so a typo is one sentence, not an allocator traceback.
+MAX_BITS, MAX_CONCEPTS, MAX_IMAGE_SIZE, MAX_SEED = 1024, 64, 1024, 2**32 - 1
+
+
+def positive_int_at_most(high: int):
+    """An argparse type: a positive whole number no larger than ``high``."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected a number of at most {high}, got {value}")
+        return value
+
+    return parse
+
+
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed of at least 0 and at most {MAX_SEED}, got {value}")
     return value
 
 
@@ -101,8 +143,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "t
     )
     group.add_argument("--train-per-class", type=positive_int, help="ToyBirds training images per species")
     group.add_argument("--test-per-class", type=positive_int, help="ToyBirds test images per species")
-    group.add_argument("--data-seed", type=int, help="ToyBirds sample seed (species never change)")
-    group.add_argument("--image-size", type=positive_int, help="ToyBirds image size in pixels")
+    group.add_argument("--data-seed", type=seed_int, help="ToyBirds sample seed (species never change)")
+    group.add_argument(
+        "--image-size", type=positive_int_at_most(MAX_IMAGE_SIZE), help="ToyBirds image size in pixels"
+    )
     group.add_argument("--download", action="store_true", help="allow torchvision to download CIFAR")
 
 
@@ -125,7 +169,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: 
     group.add_argument("--epochs", type=positive_int, default=epochs)
     group.add_argument("--batch-size", type=positive_int, default=batch_size)
     group.add_argument("--lr", type=non_negative_float, default=lr)
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=seed_int, default=0)
     group.add_argument("--device", default="auto", help=DEVICE_HELP)
     group.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
     group.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
@@ -160,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, type=Path)
     render.add_argument("--split", default="train")
     render.add_argument("--count", type=positive_int, default=240)
-    render.add_argument("--seed", type=int, default=0)
-    render.add_argument("--image-size", type=positive_int, default=64)
+    render.add_argument("--seed", type=seed_int, default=0)
+    render.add_argument("--image-size", type=positive_int_at_most(MAX_IMAGE_SIZE), default=64)
     render.add_argument("--overwrite", action="store_true")
     birds_commands.add_parser("species", help="list the species, their family and head/wing/body colours")
     stats = birds_commands.add_parser(
@@ -169,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--split", default="test")
     stats.add_argument("--count", type=positive_int, default=480)
-    stats.add_argument("--seed", type=int, default=0)
-    stats.add_argument("--image-size", type=positive_int, default=64)
+    stats.add_argument("--seed", type=seed_int, default=0)
+    stats.add_argument("--image-size", type=positive_int_at_most(MAX_IMAGE_SIZE), default=64)
     stats.add_argument("--patch-size", type=positive_int, default=8)
 
     train = commands.add_parser("train", help="train a model into a bundle")
@@ -203,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stream", action="store_true", help="ToyBirds: repeat one train set instead of fresh images"
     )
     model = hashing.add_argument_group("model")
-    model.add_argument("--bits", type=positive_int, default=12)
-    model.add_argument("--concepts", type=positive_int, default=3)
+    model.add_argument("--bits", type=positive_int_at_most(MAX_BITS), default=12)
+    model.add_argument("--concepts", type=positive_int_at_most(MAX_CONCEPTS), default=3)
     model.add_argument("--csd-weight", type=non_negative_float, default=1.0, help="weight of L_csd (0 = off)")
     model.add_argument("--clf-weight", type=non_negative_float, default=1.0)
     model.add_argument("--quan-weight", type=non_negative_float, default=1.0)
@@ -285,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a bundle (any kind)")
     evaluate.add_argument("bundle", type=Path)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--seed", type=int, help="score on fresh ToyBirds samples drawn with this seed")
+    evaluate.add_argument(
+        "--seed", type=seed_int, help="score on fresh ToyBirds samples drawn with this seed"
+    )
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_verbose_argument(evaluate)
 
@@ -519,21 +565,42 @@ def check_label_paths(args: argparse.Namespace) -> None:
         raise ValueError(f"The --model file or bundle '{reference}' does not exist.")
 
 
+def holds_config(path: Path) -> bool:
+    """Whether ``path`` has a config.json: then it is a bundle, used as one or refused, never walked."""
+    try:
+        return (path / "config.json").is_file()
+    except OSError:
+        return False
+
+
+def check_some_images(paths: list[Path]) -> None:
+    """Refuse folders without a single image (and no unreadable part) before a model is loaded."""
+    from core.data.images import IMAGE_EXTENSIONS, list_image_files
+
+    unreadable = []
+    if not list_image_files(paths, on_error=unreadable.append) and not unreadable:
+        where = ", ".join(str(p) for p in paths)
+        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ValueError(f"No images found in {where} (looked for {kinds} files).")
+
+
 def cmd_label(args: argparse.Namespace) -> int:
     check_label_paths(args)
     from core.ceir.concept_bank import load_bank
     from core.ceir.labels import NO_LABELS, BackboneOnly, label_paths
 
-    bundle = args.paths[0] if is_ceir_bundle(args.paths[0]) else None
+    bundle = args.paths[0] if holds_config(args.paths[0]) else None
     paths = args.paths[1:] if bundle is not None else args.paths
     if not paths:
         raise ValueError(f"Give at least one image file or folder to label after the bundle {bundle}.")
+    check_some_images(paths)
     if bundle is not None:
         from core.ceir.train import load_ceir
 
         if args.model:
             raise ValueError(f"--model {args.model} and the bundle {bundle} exclude each other; give one.")
         bank = load_bank(args.concepts) if args.concepts else None
+        log_bank_notes(bank)
         loaded = load_ceir(bundle, device=args.device)
         source = {"bundle": str(loaded.path)}
         scored_by = "CLIP image-text cosine; the trained projection does not cover this bank"
@@ -542,6 +609,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         from core.runtime import resolve_device
 
         bank = load_bank(args.concepts or DEFAULT_LABEL_BANK)
+        log_bank_notes(bank)
         loaded = BackboneOnly(
             load_backbone(args.model or DEFAULT_LABEL_MODEL, device=resolve_device(args.device))
         )
@@ -549,7 +617,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         scored_by = f"image-text cosine of {loaded.backbone.describe()}"
     report = label_paths(loaded, paths, top_k=args.top, bank=bank, progress=TqdmProgress("label"))
     for failure in report.failed:
-        log(f"skipped: {failure['error']}")
+        log(f"skipped: {printable(failure['error'])}")
     if args.json:
         print(json.dumps({**source, **report.to_dict()}))
     else:
@@ -557,7 +625,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         print(f"# scores: {report.scoring} ({meaning}); bank: {report.bank}")
         for image in report.images:
             found = ", ".join(f"{x.concept} ({x.score:.3f})" for x in image.labels)
-            print(f"{image.file}: {found or NO_LABELS}")
+            print(f"{printable(image.file)}: {found or NO_LABELS}")
         if len(report.images) > 1:
             print(
                 "candidate labels: "
@@ -566,13 +634,18 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def log_bank_notes(bank) -> None:
+    """Say which lines of a concept file were dropped and why (too long, duplicate, ...)."""
+    for issue in bank.issues if bank is not None else []:
+        log(f"note: {issue}")
+
+
 def cmd_concepts(args: argparse.Namespace) -> int:
     from core.ceir.concept_bank import load_bank, read_concept_file
 
     if args.concepts_command == "show":
         bank = load_bank(args.bank)
-        for issue in bank.issues:
-            log(f"note: {issue}")
+        log_bank_notes(bank)
         print("\n".join(bank.concepts))
         log(f"{len(bank)} concepts from {bank.source}")
         return 0
@@ -619,16 +692,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ValueError as exc:  # every user-input error in core is a ValueError with one sentence
-        log(f"conceptlens: error: {exc}")
+        log_last(f"conceptlens: error: {exc}")
         return 2
     except OSError as exc:  # a file or folder that core did not expect to be unreadable: no traceback
         from core.data.images import os_reason
 
         where = f" {exc.filename}" if exc.filename else ""
-        log(f"conceptlens: error: cannot use{where}: {os_reason(exc)}.")
+        log_last(f"conceptlens: error: cannot use{where}: {os_reason(exc)}.")
         return 2
     except KeyboardInterrupt:
-        log("conceptlens: interrupted; a training run can continue with --resume.")
+        log_last("conceptlens: interrupted; a training run can continue with --resume.")
         return 130
 
 

@@ -6,6 +6,7 @@ the dashboard an ``st.progress`` adapter.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 Progress = Callable[[int, int], None]
@@ -18,9 +19,18 @@ def no_progress(done: int, total: int) -> None:
 class TqdmProgress:
     """Adapts ``progress(done, total)`` calls to a tqdm bar (created lazily)."""
 
+    _open: weakref.WeakSet[TqdmProgress] = weakref.WeakSet()
+
     def __init__(self, desc: str) -> None:
         self.desc = desc
         self._bar = None
+        TqdmProgress._open.add(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Clear every bar still drawn, e.g. before the one-line error of a run that stopped mid-way."""
+        for progress in list(cls._open):
+            progress.close()
 
     def __call__(self, done: int, total: int) -> None:
         from tqdm.auto import tqdm

@@ -41,8 +41,12 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 def prepare_output(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
-    """Check the output directory before hours of training, not after."""
+    """Check the output directory before hours of training, not after: a file or a folder that is not a
+    bundle is never replaced, an existing bundle only with ``overwrite``."""
+    from core.bundle import check_save_target
+
     out = Path(out_dir)
+    check_save_target(out, overwrite=True)  # a file, a foreign folder: refused even with --overwrite
     if out.exists() and not overwrite:
         raise ValueError(f"{out} already exists; choose another --out or pass --overwrite.")
     if not resume and checkpoint_path(out).exists():
@@ -141,11 +145,50 @@ def restore_training_state(
     if state is None:
         return 0, []
     if state.get("settings") != settings:
+        differences = _differences(state.get("settings"), settings)
+        more = f"; {len(differences) - 3} more" if len(differences) > 3 else ""
+        shown = "; ".join(differences[:3]) + more
         raise ValueError(
-            f"The checkpoint {path} was written with a different {what}; delete it or resume with "
-            "the same settings."
+            f"The checkpoint {path} was written with a different {what} ({shown}); delete it or resume "
+            "with the same settings."
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     return int(state["epoch"]), [dict(row) for row in state["history"]]
+
+
+def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
+    """Each setting that differs, as 'name (X in the checkpoint, Y now)'; nested sections joined by dots."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [
+            difference
+            for key in dict.fromkeys([*saved, *now])
+            for difference in _differences(saved.get(key), now.get(key), f"{where}.{key}" if where else key)
+        ]
+    if saved == now:
+        return []
+    return [f"{where or 'settings'} ({saved!r} in the checkpoint, {now!r} now)"]
+
+
+class NonFiniteError(ValueError):
+    """Training produced NaN or infinity; the run stops and nothing is saved."""
+
+
+def check_finite_loss(loss: torch.Tensor, epoch: int, step: int, out: Path) -> None:
+    """Stop a run whose loss is NaN or infinite: every later step would only spread it into the weights."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteError(
+            f"Training stopped at epoch {epoch + 1}, step {step + 1}: the loss became non-finite "
+            f"({float(loss.detach()):g}), so {out} was not saved; lower --lr or the loss weights."
+        )
+
+
+def check_finite_weights(model: torch.nn.Module, out: Path) -> None:
+    """Refuse to save a model with a NaN or infinite weight (the last step can break a model by itself)."""
+    broken = [name for name, tensor in model.state_dict().items() if not bool(torch.isfinite(tensor).all())]
+    if broken:
+        raise NonFiniteError(
+            f"Training made {len(broken)} weight tensors non-finite (e.g. '{broken[0]}'), so {out} was not "
+            "saved; lower --lr or the loss weights."
+        )

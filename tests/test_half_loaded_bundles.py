@@ -31,7 +31,11 @@ def _hash_bundle(path: Path, arrays: dict[str, np.ndarray] | None = None, **conf
     codes = np.ones((4, 6), dtype=np.int8)
     arrays = {"db_codes": codes, "db_labels": np.zeros(4, dtype=np.int64)} if arrays is None else arrays
     return save_bundle(
-        path, kind="concepthash", config={**HASH_CONFIG, **config}, weights={"w": torch.ones(2)}, arrays=arrays
+        path,
+        kind="concepthash",
+        config={**HASH_CONFIG, **config},
+        weights={"w": torch.ones(2)},
+        arrays=arrays,
     )
 
 

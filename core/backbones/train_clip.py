@@ -35,6 +35,8 @@ from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
 from core.progress import Progress, no_progress
 from core.runtime import resolve_device, seed_everything
 from core.training import (
+    check_finite_loss,
+    check_finite_weights,
     checkpoint_path,
     cosine_lr,
     epoch_loader,
@@ -261,6 +263,7 @@ def train_clip(
                 model.logit_scale,
                 positives.to(device),
             )
+            check_finite_loss(loss, epoch, step, out)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -268,6 +271,7 @@ def train_clip(
             progress(global_step + 1, total)
         history.append({"loss": running / max(1, steps_per_epoch)})
         log(f"epoch {epoch + 1}/{config.epochs} loss={history[-1]['loss']:.4f}")
+        check_finite_weights(model, out)  # the checkpoint always holds a usable model
         save_training_state(ckpt_file, model, optimizer, generator, epoch + 1, history, settings)
     seconds = time.perf_counter() - started
 

@@ -34,6 +34,8 @@ from core.data.spec import DataSpec, ImageSplit, open_split
 from core.progress import Progress, no_progress
 from core.runtime import resolve_device, seed_everything
 from core.training import (
+    check_finite_loss,
+    check_finite_weights,
     checkpoint_path,
     cosine_lr,
     epoch_loader,
@@ -186,6 +188,7 @@ def train_concepthash(
             global_step = epoch * steps_per_epoch + step
             set_lr(optimizer, cosine_lr(global_step, total_steps, train_config.lr, warmup))
             terms = model.loss(model(pixels.to(device)), labels.to(device))
+            check_finite_loss(terms["total"], epoch, step, out)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
@@ -197,6 +200,7 @@ def train_concepthash(
             f"epoch {epoch + 1}/{train_config.epochs} "
             + " ".join(f"{k}={v:.4f}" for k, v in history[-1].items())
         )
+        check_finite_weights(model, out)  # the checkpoint always holds a usable model
         save_training_state(ckpt_file, model, optimizer, generator, epoch + 1, history, settings)
     train_seconds = time.perf_counter() - started
 

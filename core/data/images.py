@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import warnings
 from collections.abc import Callable, Iterable
@@ -154,8 +155,9 @@ def list_image_files(
 ) -> list[Path]:
     """Expand files and folders into a deterministic list of image files.
 
-    Folders are walked (recursively unless ``recursive=False``) in sorted order and keep only files whose
-    extension is in :data:`IMAGE_EXTENSIONS` (case-insensitive); hidden files and folders (names starting
+    Folders are walked (recursively unless ``recursive=False``) in sorted order and keep only regular files
+    whose extension is in :data:`IMAGE_EXTENSIONS` (case-insensitive; a FIFO named ``x.png`` is not kept);
+    hidden files and folders (names starting
     with ".", e.g. macOS "._x.jpg" side files) are skipped. A file named explicitly is kept whatever its
     extension, so that :func:`load_image` can tell the user what is wrong with it. Duplicates are dropped,
     first occurrence wins. A path that does not exist raises :class:`ImageLoadError`.
@@ -208,9 +210,18 @@ def _images_in_folder(folder: Path, recursive: bool, report: Callable[[ImageLoad
     for current, dirnames, filenames in os.walk(folder, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
         for filename in filenames:
-            if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_EXTENSIONS:
+            wanted = not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_EXTENSIONS
+            if wanted and not _special_file(Path(current) / filename):
                 files.append(Path(current) / filename)
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _special_file(path: Path) -> bool:
+    """Whether ``path`` is a FIFO, device or socket: never an image, and reading a FIFO would block."""
+    try:
+        return not stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False  # loading it reports why it cannot be read
 
 
 def _source_label(source: object, name: str | None) -> str:
@@ -251,10 +262,18 @@ def _read_path(path: Path, label: str, max_bytes: int) -> bytes:
     try:
         if path.is_dir():
             raise ImageLoadError(label, "it is a folder, not an image file")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ImageLoadError(label, f"the file is {_mib(size)}, larger than the {_mib(max_bytes)} limit")
-        with path.open("rb") as handle:
+        # O_NONBLOCK: opening a FIFO (a named pipe) must not wait for a writer; fstat then refuses it, and
+        # every other non-regular file (a device, a socket), before anything is read.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise ImageLoadError(label, "it is not a regular file (a pipe, device or socket)")
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                raise ImageLoadError(
+                    label, f"the file is {_mib(size)}, larger than the {_mib(max_bytes)} limit"
+                )
             return handle.read(max_bytes + 1)
     except FileNotFoundError as error:
         raise ImageLoadError(label, "no such file") from error

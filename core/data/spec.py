@@ -170,5 +170,11 @@ def open_split(spec: DataSpec, split: str) -> ImageSplit:
     if spec.kind == "cub200":
         return FileSplit(readers.read_cub200(spec.root, split))
     if spec.kind == "folder":
-        return FileSplit(readers.read_image_folder(spec.root, split, seed=spec.seed))
+        images = readers.read_image_folder(spec.root, split, seed=spec.seed)
+        if len(images.classes) < 2:
+            raise ValueError(
+                f"Image folder {spec.root} has one class ({images.classes[0]}); training and evaluation need "
+                "at least two class sub-folders."
+            )
+        return FileSplit(images)
     return FileSplit(readers.read_cifar(spec.root, spec.kind, split, download=spec.download))
