@@ -35,6 +35,7 @@ PASTED_BANK = "paste"
 UPLOADED_BANK = "upload"
 SHOWN_IMAGES = 12  # per-image panels; the long table holds every image
 FALLBACK_BANK = "general"
+MAX_PASTED_CHARS = 20_000  # ~1,500 concepts; 10,000 pasted lines froze the browser tab for over a minute
 
 
 @st.cache_resource(
@@ -182,7 +183,13 @@ def choose_bank(has_own_bank: bool) -> ConceptBank | None | bool:
                 key="ow_bank_text",
                 height=150,
                 placeholder="striped wings\nred head\nlong tail",
+                max_chars=MAX_PASTED_CHARS,
             )
+            if len(text) >= MAX_PASTED_CHARS:  # the browser cuts a longer paste at the limit
+                st.warning(
+                    f"The pasted list reached the limit of {MAX_PASTED_CHARS:,} characters; anything after "
+                    "that was cut off (its last line may be cut too). Upload a longer list as a file."
+                )
             bank = parse_concepts(text, source="pasted list")
         else:
             file = st.file_uploader(
