@@ -87,11 +87,15 @@ def quiet_third_party() -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
@@ -124,10 +128,7 @@ def positive_int_at_most(high: int):
 
 
 def seed_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = whole_number(text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"expected a seed of at least 0 and at most {MAX_SEED}, got {value}")
     return value
@@ -524,11 +525,6 @@ def bundle_kind(path: Path) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return None
     return kind if isinstance(kind, str) else None
-
-
-def is_ceir_bundle(path: Path) -> bool:
-    """Whether ``path`` is a directory holding a ``ceir`` bundle's config.json."""
-    return bundle_kind(path) == "ceir"
 
 
 def _missing(path: Path) -> bool:
