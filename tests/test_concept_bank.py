@@ -14,14 +14,19 @@ from core.ceir.concept_bank import (
     SHIPPED_BANKS,
     ConceptBank,
     ConceptBankError,
+    activation_lift,
+    class_spread,
     filter_by_fidelity,
     filter_by_length,
+    filter_class_irrelevant,
     filter_close_to_classes,
     filter_near_duplicates,
     filter_never_activated,
     load_bank,
     parse_concepts,
     read_concept_file,
+    relative_cutoff,
+    relative_duplicate_threshold,
     toybirds_concept_truth,
     write_concept_file,
 )
@@ -317,25 +322,54 @@ def test_filter_close_to_classes_shapes():
         filter_close_to_classes(["a"], None, [], None)
 
 
-def test_filter_never_activated_max_and_top_k():
-    activations = np.array(
+def test_filter_never_activated_is_relative_to_the_bank():
+    """A planted concept no image shows (flat column) goes; the verdicts do not change when every
+    similarity is scaled and shifted, as another backbone's cosines would be."""
+    rng = np.random.default_rng(0)
+    shown = rng.random((50, 4)) * 0.1
+    shown[:5, :] += 0.5  # five images show each real concept strongly
+    flat = 0.3 + rng.random((50, 1)) * 0.01  # the planted concept: high offset, no image stands out
+    activations = np.hstack([shown, flat])
+    concepts = ["a", "b", "c", "d", "never"]
+    kept, removed = filter_never_activated(concepts, activations, fraction=0.5, top_k=5)
+    assert kept == ["a", "b", "c", "d"]
+    assert removed["never"].startswith("never activated (its top-5 images score")
+    assert filter_never_activated(concepts, 0.1 * activations + 0.2, fraction=0.5)[0] == kept
+    # the lift by hand: top-5 mean minus median, and the cut-off half the 90th percentile of the lifts
+    lift = activation_lift(activations, top_k=5)
+    column = activations[:, 0]
+    assert lift[0] == pytest.approx(np.sort(column)[-5:].mean() - np.median(column))
+    assert relative_cutoff(lift, 0.5) == pytest.approx(0.5 * np.percentile(lift, 90))
+    # fraction 0 keeps everything; top_k beyond N uses every image
+    assert filter_never_activated(concepts, activations, fraction=0.0)[0] == concepts
+    assert activation_lift(activations, top_k=500)[0] == pytest.approx(column.mean() - np.median(column))
+
+
+def test_filter_class_irrelevant_keeps_concepts_tied_to_some_classes():
+    class_emb = np.eye(4)  # four class names along the axes
+    concept_emb = np.array(
         [
-            [0.30, 0.10, 0.05],
-            [0.20, 0.12, 0.29],
-            [0.10, 0.11, 0.01],
+            [1.0, 0.0, 0.0, 0.0],  # close to class 0 only: spread high
+            [0.0, 1.0, 1.0, 0.0],  # two classes: spread high
+            [1.0, 1.0, 1.0, 1.0],  # all classes alike: spread 0
+            [0.0, 0.0, 0.0, 1.0],
         ]
     )
-    concepts = ["often", "never", "once"]
-    kept, removed = filter_never_activated(concepts, activations, min_top_activation=0.25)
-    assert kept == ["often", "once"]
-    assert removed == {"never": "never activated (top activation 0.120 < 0.25)"}
-    # mean of the top 2: often 0.25, never 0.115, once 0.17
-    kept, removed = filter_never_activated(concepts, activations, min_top_activation=0.2, top_k=2)
-    assert kept == ["often"]
-    assert "mean of top-2 activations 0.170" in removed["once"]
-    # top_k beyond N uses every image: means 0.2, 0.11, 0.1167
-    kept, _ = filter_never_activated(concepts, activations, min_top_activation=0.115, top_k=10)
-    assert kept == ["often", "once"]
+    kept, removed = filter_class_irrelevant(["one", "two", "all", "four"], concept_emb, class_emb, 0.5)
+    assert kept == ["one", "two", "four"]
+    assert "says little about the class" in removed["all"]
+    np.testing.assert_allclose(class_spread(concept_emb, class_emb)[2], 0.0, atol=1e-12)
+    assert class_spread(concept_emb, class_emb)[0] == pytest.approx(np.std([1, 0, 0, 0]))
+
+
+def test_relative_duplicate_threshold_scales_with_the_bank():
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(30, 8))
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    median_distance = np.median(1 - cos[np.triu_indices(30, 1)])
+    assert relative_duplicate_threshold(emb, 0.1) == pytest.approx(1 - 0.1 * median_distance)
+    assert relative_duplicate_threshold(emb[:1], 0.1) == 1.0
 
 
 def test_filter_never_activated_shapes():

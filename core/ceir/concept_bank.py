@@ -5,11 +5,14 @@ or the tail of a line), blank lines are ignored and runs of whitespace collapse 
 is forgiving where it is safe (a byte-order mark, Windows line endings, case-insensitive duplicates kept
 once) and reports everything it dropped in ``ConceptBank.issues``, so a user sees why a line is missing.
 
-The filters follow the CEIR pipeline: concepts that are too long, near-duplicates of one another (by
-text-embedding cosine), too close to a class name (off by default, as in the paper), never activated
-by any image, or poorly reproduced by the learned projection (held-out fidelity).  Each filter returns
-``(kept, removed)`` with ``removed`` mapping a concept to the reason it went, and never reorders the
-concepts it keeps.
+The filters follow the CEIR / Label-free CBM pipeline: concepts that are too long, near-duplicates of one
+another (by text-embedding cosine), too close to a class name (Label-free CBM's filter; off by default,
+because CEIR goes the other way and appends the class names to the bank), unrelated to every class name
+(our stand-in for the paper's class-conditioned generation), never activated by any image, or poorly
+reproduced by the learned projection (held-out fidelity).  Thresholds on similarities are relative to the
+bank (``relative_cutoff``, ``relative_duplicate_threshold``), because a constant calibrated to OpenAI CLIP's
+cosine scale means nothing on another backbone.  Each filter returns ``(kept, removed)`` with ``removed``
+mapping a concept to the reason it went, and never reorders the concepts it keeps.
 
 Banks shipped with the package live in ``banks/<name>.txt``; ``toybirds`` names every part attribute
 of the ToyBirds world: the colours of the three species parts (head, wing, body), which
@@ -309,7 +312,8 @@ def filter_near_duplicates(
             best = int(np.argmax(cosines))
             if cosines[best] >= threshold:
                 twin = concepts[kept_rows[best]]
-                removed[concept] = f"near-duplicate of '{twin}' (cosine {cosines[best]:.3f} >= {threshold})"
+                closeness = f"cosine {cosines[best]:.3f} >= {threshold:.3f}"
+                removed[concept] = f"near-duplicate of '{twin}' ({closeness})"
                 continue
         kept_rows.append(row)
     return [concepts[row] for row in kept_rows], removed
@@ -332,7 +336,7 @@ def filter_close_to_classes(
 
     A concept "names" a class when it contains the class name as whole words, optionally plural
     ("cat", "a cat's ear", "two cats"; not "scattered").  Pass ``None`` for both embeddings to use
-    only the text test.  Off by default in the CEIR pipeline, as in the paper.
+    only the text test.  Off by default in the CEIR pipeline, which appends the class names instead.
     """
     concepts = _check_concepts(concepts)
     class_names = [str(name) for name in class_names]
@@ -367,18 +371,51 @@ def filter_close_to_classes(
     return kept, removed
 
 
+def relative_cutoff(values: np.ndarray, fraction: float, percentile: float = 90.0) -> float:
+    """``fraction`` of the bank's ``percentile``-th value: a threshold that scales with the backbone.
+
+    Similarities of one backbone are not on another's scale (a toy CLIP's cosines spread over [-0.3, 0.8],
+    OpenAI CLIP's over [0.1, 0.35]), so a cut-off is a share of what the bank's strong concepts reach.
+    """
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"A relative cut-off is a fraction between 0 and 1, not {fraction}.")
+    return float(fraction * np.percentile(np.asarray(values, dtype=np.float64), percentile))
+
+
+def relative_duplicate_threshold(embeddings: np.ndarray, fraction: float = 0.1) -> float:
+    """The cosine above which two concepts count as near-duplicates: their text-embedding distance
+    (1 - cosine) is below ``fraction`` of the bank's median pairwise distance."""
+    unit = _normalise_rows(_check_matrix("embeddings", embeddings, len(embeddings), "concept"))
+    if len(unit) < 2:
+        return 1.0
+    rows, cols = np.triu_indices(len(unit), k=1)
+    distances = 1.0 - np.einsum("ij,ij->i", unit[rows], unit[cols])
+    return float(1.0 - fraction * np.median(distances))
+
+
+def activation_lift(activations: np.ndarray, top_k: int = 5) -> np.ndarray:
+    """Per concept: the mean of its ``top_k`` highest activations minus its median activation.
+
+    How much more the images that show a concept most score than a typical image: a concept no image
+    shows has a flat column and a lift near zero, whatever the backbone's cosine offset.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}.")
+    matrix = np.asarray(activations, dtype=np.float64)
+    k = min(top_k, matrix.shape[0])
+    return np.sort(matrix, axis=0)[-k:].mean(axis=0) - np.median(matrix, axis=0)
+
+
 def filter_never_activated(
-    concepts: Sequence[str], activations: np.ndarray, min_top_activation: float, top_k: int = 1
+    concepts: Sequence[str], activations: np.ndarray, fraction: float = 0.5, top_k: int = 5
 ) -> FilterResult:
-    """Drop concepts that no image activates: the mean of a concept's ``top_k`` highest activations
-    (``top_k=1``: the maximum) over the N images is below ``min_top_activation``.
+    """Drop concepts that no image activates: their ``activation_lift`` is below ``fraction`` of the
+    bank's 90th-percentile lift (``relative_cutoff``).
 
     ``activations`` is the (N images, C concepts) teacher similarity matrix; ``top_k`` larger than N
     uses all N images.
     """
     concepts = _check_concepts(concepts)
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}.")
     matrix = np.asarray(activations, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[1] != len(concepts) or matrix.shape[0] == 0:
         raise ValueError(
@@ -387,14 +424,60 @@ def filter_never_activated(
         )
     if not np.isfinite(matrix).all():
         raise ValueError("activations contain NaN or infinite values.")
-    k = min(top_k, matrix.shape[0])
-    top = np.sort(matrix, axis=0)[-k:].mean(axis=0)
+    lift = activation_lift(matrix, top_k)
+    cutoff = relative_cutoff(lift, fraction)
     kept: list[str] = []
     removed: dict[str, str] = {}
-    label = "top activation" if k == 1 else f"mean of top-{k} activations"
-    for concept, score in zip(concepts, top, strict=True):
-        if score < min_top_activation:
-            removed[concept] = f"never activated ({label} {score:.3f} < {min_top_activation})"
+    for concept, score in zip(concepts, lift, strict=True):
+        if score < cutoff:
+            removed[concept] = (
+                f"never activated (its top-{min(top_k, matrix.shape[0])} images score {score:.3f} above its "
+                f"median, less than {cutoff:.3f} = {fraction:g} of the bank's 90th percentile)"
+            )
+        else:
+            kept.append(concept)
+    return kept, removed
+
+
+def class_spread(concept_embeddings: np.ndarray, class_embeddings: np.ndarray) -> np.ndarray:
+    """Per concept: the standard deviation over class names of its text-embedding cosine to each name.
+
+    A concept the text tower ties to some classes and not others ("red head" to the red-headed species)
+    has a large spread; one it relates to every class alike ("webbed feet", a tail colour that no
+    species is named for) has a small one.
+    """
+    left, right = np.asarray(concept_embeddings, dtype=np.float64), np.asarray(class_embeddings, np.float64)
+    if left.ndim != 2 or right.ndim != 2 or left.shape[1] != right.shape[1]:
+        raise ValueError(
+            f"concept_embeddings {left.shape} and class_embeddings {right.shape} must be (C, D) and (K, D)."
+        )
+    return (_normalise_rows(left) @ _normalise_rows(right).T).std(axis=1)
+
+
+def filter_class_irrelevant(
+    concepts: Sequence[str],
+    concept_embeddings: np.ndarray,
+    class_embeddings: np.ndarray,
+    fraction: float = 0.5,
+) -> FilterResult:
+    """Drop concepts that say nothing about which class an image is: their ``class_spread`` is below
+    ``fraction`` of the bank's 90th-percentile spread.
+
+    This stands in for the paper's concept generation, which asks a language model for features that
+    tell each class apart; it uses only the class *names*, never an image's label.
+    """
+    concepts = _check_concepts(concepts)
+    _check_matrix("concept_embeddings", concept_embeddings, len(concepts), "concept")
+    spread = class_spread(concept_embeddings, class_embeddings)
+    cutoff = relative_cutoff(spread, fraction)
+    kept: list[str] = []
+    removed: dict[str, str] = {}
+    for concept, score in zip(concepts, spread, strict=True):
+        if score < cutoff:
+            removed[concept] = (
+                f"says little about the class (text spread over class names {score:.3f} < {cutoff:.3f} = "
+                f"{fraction:g} of the bank's 90th percentile)"
+            )
         else:
             kept.append(concept)
     return kept, removed
