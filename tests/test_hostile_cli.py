@@ -141,7 +141,8 @@ def test_a_fifo_inside_a_folder_is_skipped_with_a_reason(fifo: Path, image: Path
         ("--seed", "-1", "at least 0"),
     ],
 )
-def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, message, capsys) -> None:
+def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were a check to slip, the run would write ./x here, not in the repository
     with pytest.raises(SystemExit) as exit_info:
         main([*TRAIN_HASH, "--out", "x", flag, value])
     assert exit_info.value.code == 2

@@ -2,10 +2,15 @@
 
 With the bundle's own concept bank, an image's labels are the concepts that contribute most
 to its cluster (Integrated Gradients, see :mod:`core.ceir.explain`) among those it actually
-shows (activation above the train mean); the score is the contribution. With another bank
-(``concepts=``) the trained projection does not apply, so the score is the CLIP similarity
-between the image and the concept text, and the report says so. Over a set of images, how often
-each concept appears among the per-image labels gives the candidate labels for the set.
+shows (activation above the train mean). The score is the concept's *share* of the image's positive
+evidence for its cluster (its contribution over the sum of all positive contributions), so scores read
+the same way across images; a concept below ``MIN_SHARE`` is not a label. An image whose concept vector
+lies farther from its nearest training images than ``OOD_PERCENTILE`` % of the training images do gets
+``OOD_WARNING`` (``ood_flags``).
+With another bank (``concepts=``) the trained projection does not apply, so the score is the CLIP
+similarity between the image and the concept text, only positive similarities count, and the report says
+so. Over a set of images, how often each concept appears among the per-image labels gives the candidate
+labels for the set.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from PIL import Image
 from core.backbones.conse import ConSEBackbone
 from core.ceir.concept_bank import ConceptBank
 from core.ceir.explain import explain
+from core.ceir.model import CEIRModel
 from core.ceir.train import LoadedCEIR
 from core.data.images import ImageLoadError, list_image_files, load_image
 from core.progress import Progress, no_progress
@@ -44,9 +50,15 @@ class BackboneOnly:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+MIN_SHARE = 0.1  # a label carries at least this share of the image's positive evidence for its cluster
+OOD_PERCENTILE = 99.0
+OOD_WARNING = "this image looks unlike the images this model was trained on; its labels are unreliable"
 # Why an image has no label: with the bundle's own bank only concepts the image shows more than an average
-# training image count as labels, and an image can show none of them.
-NO_LABELS = "no concept above the training mean for this image"
+# training image, and that carry MIN_SHARE of its cluster evidence, count as labels; an image can have none.
+NO_LABELS = (
+    f"no concept above the training mean carries {MIN_SHARE:.0%} of the evidence for this image's cluster"
+)
+NO_SIMILAR = "no concept of the bank has a positive similarity to this image"
 
 
 @dataclass
@@ -60,6 +72,7 @@ class ImageLabels:
     file: str
     labels: list[ConceptScore]
     cluster: int | None = None
+    warning: str | None = None
 
 
 @dataclass
@@ -76,11 +89,16 @@ class LabelReport:
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
         return [{"concept": c, "count": n, "share": n / total} for c, n in ranked]
 
+    @property
+    def no_labels_note(self) -> str:
+        """Why an image of this report has no label."""
+        return NO_LABELS if self.scoring == SCORING_CONTRIBUTION else NO_SIMILAR
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "scoring": self.scoring,
             "bank": self.bank,
-            "images": [asdict(i) | ({} if i.labels else {"note": NO_LABELS}) for i in self.images],
+            "images": [asdict(i) | ({} if i.labels else {"note": self.no_labels_note}) for i in self.images],
             "candidate_labels": self.candidate_labels(),
             "failed": self.failed,
         }
@@ -108,11 +126,11 @@ def _embed(loaded: LoadedCEIR | BackboneOnly, images: list[Image.Image]) -> torc
     return loaded.backbone.encode_images(loaded.backbone.preprocess_images(images)).cpu()
 
 
-def labels_from_contributions(
-    loaded: LoadedCEIR, embeddings: torch.Tensor, top_k: int
+def contribution_labels(
+    model: CEIRModel, embeddings: torch.Tensor, top_k: int, min_share: float = MIN_SHARE
 ) -> list[tuple[list[ConceptScore], int]]:
-    """Per image: the top-k present concepts by contribution to its cluster, and the cluster."""
-    model = loaded.model
+    """Per image: up to ``top_k`` concepts it shows (activation above the train mean) that carry at least
+    ``min_share`` of its positive evidence for its cluster, scored by that share; and the cluster."""
     with torch.no_grad():
         vectors = model.concept_vectors(embeddings)
     contributions, clusters = explain(model, vectors)
@@ -120,23 +138,79 @@ def labels_from_contributions(
     for vector, contribution, cluster in zip(
         vectors.numpy(), contributions.numpy(), clusters.tolist(), strict=True
     ):
-        eligible = [
-            i for i in np.argsort(-contribution, kind="stable") if vector[i] > 0 and contribution[i] > 0
-        ]
-        result.append(
-            ([ConceptScore(model.concepts[i], float(contribution[i])) for i in eligible[:top_k]], cluster)
-        )
+        share = contribution / max(float(contribution[contribution > 0].sum()), 1e-12)
+        eligible = [i for i in np.argsort(-share, kind="stable") if vector[i] > 0 and share[i] >= min_share]
+        result.append(([ConceptScore(model.concepts[i], float(share[i])) for i in eligible[:top_k]], cluster))
     return result
+
+
+def labels_from_contributions(
+    loaded: LoadedCEIR, embeddings: torch.Tensor, top_k: int
+) -> list[tuple[list[ConceptScore], int]]:
+    """``contribution_labels`` of a loaded bundle's model."""
+    return contribution_labels(loaded.model, embeddings, top_k)
+
+
+OOD_NEIGHBOURS = 5
+OOD_REFERENCE = 5000  # training images the distance is measured against (an even subsample beyond this)
+
+
+def neighbour_distance(
+    vectors: torch.Tensor, reference: torch.Tensor, k: int = OOD_NEIGHBOURS, exclude_self: bool = False
+) -> np.ndarray:
+    """(N,) mean Euclidean distance from each concept vector to its ``k`` nearest ``reference`` vectors
+    (``exclude_self``: ``vectors`` is ``reference`` and a row is not its own neighbour)."""
+    with torch.no_grad():
+        distances = torch.cdist(vectors.float(), reference.float())
+        if exclude_self:
+            distances.fill_diagonal_(float("inf"))
+        k = min(k, distances.shape[1] - int(exclude_self))
+        return distances.topk(k, dim=1, largest=False).values.mean(dim=1).numpy()
+
+
+def ood_reference(train_concepts: np.ndarray, limit: int = OOD_REFERENCE) -> torch.Tensor:
+    """The training concept vectors the OOD test compares with: all of them, or an even subsample."""
+    rows = np.asarray(train_concepts, dtype=np.float32)
+    if len(rows) > limit:
+        rows = rows[np.linspace(0, len(rows) - 1, limit).astype(int)]
+    return torch.from_numpy(rows)
+
+
+def ood_radius(reference: torch.Tensor, percentile: float = OOD_PERCENTILE) -> float:
+    """The neighbour distance that ``percentile`` % of the training images stay within."""
+    return float(np.percentile(neighbour_distance(reference, reference, exclude_self=True), percentile))
+
+
+def ood_flags(loaded: LoadedCEIR | BackboneOnly, embeddings: torch.Tensor) -> list[bool]:
+    """Per image: whether its concept vector is farther from its nearest training images than
+    ``OOD_PERCENTILE`` % of the training images are from theirs (all False for a bare backbone).
+
+    Distance to the nearest training images in concept space, not to the nearest cluster centre: on the
+    shipped ToyBirds model a centre test let a photo of a pagoda through, the neighbour test flags it (and
+    every other ``skimage`` photo tried) while flagging 2 of 240 test birds.
+    """
+    model, train = getattr(loaded, "model", None), getattr(loaded, "arrays", {}).get("train_concepts")
+    if model is None or train is None or len(train) < 2:
+        return [False] * len(embeddings)
+    reference = ood_reference(train)
+    with torch.no_grad():
+        distance = neighbour_distance(model.concept_vectors(embeddings), reference)
+    return (distance > ood_radius(reference)).tolist()
 
 
 def labels_from_similarity(
     loaded: LoadedCEIR | BackboneOnly, embeddings: torch.Tensor, bank: ConceptBank, top_k: int
 ) -> list[list[ConceptScore]]:
-    """Per image: the top-k concepts of another bank by image-text cosine (CLIP or ConSE embeddings)."""
+    """Per image: the top-k concepts of another bank by image-text cosine (CLIP or ConSE embeddings);
+    a negative cosine (the image is farther from the text than from an unrelated one) is never a label."""
     text = loaded.backbone.encode_texts(bank.concepts).cpu()
     similarity = (embeddings @ text.t()).numpy()
     return [
-        [ConceptScore(bank.concepts[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:top_k]]
+        [
+            ConceptScore(bank.concepts[i], float(row[i]))
+            for i in np.argsort(-row, kind="stable")[:top_k]
+            if row[i] > 0
+        ]
         for row in similarity
     ]
 
@@ -196,16 +270,17 @@ def _label_chunk(
     report: LabelReport,
 ) -> None:
     embeddings = _embed(loaded, [image for _, image in chunk])
+    warnings = [OOD_WARNING if far else None for far in ood_flags(loaded, embeddings)]
     if bank is None:
-        for (name, _), (labels, cluster) in zip(
-            chunk, labels_from_contributions(loaded, embeddings, top_k), strict=True
+        for (name, _), (labels, cluster), warning in zip(
+            chunk, labels_from_contributions(loaded, embeddings, top_k), warnings, strict=True
         ):
-            report.images.append(ImageLabels(name, labels, cluster))
+            report.images.append(ImageLabels(name, labels, cluster, warning))
     else:
-        for (name, _), labels in zip(
-            chunk, labels_from_similarity(loaded, embeddings, bank, top_k), strict=True
+        for (name, _), labels, warning in zip(
+            chunk, labels_from_similarity(loaded, embeddings, bank, top_k), warnings, strict=True
         ):
-            report.images.append(ImageLabels(name, labels))
+            report.images.append(ImageLabels(name, labels, warning=warning))
 
 
 def label_paths(

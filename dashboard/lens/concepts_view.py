@@ -17,8 +17,14 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from core.ceir.explain import ConceptContribution, cluster_top_concepts, explain, top_contributions
-from core.ceir.labels import SCORING_CONTRIBUTION, LabelReport
+from core.ceir.explain import (
+    IG_STEPS,
+    ConceptContribution,
+    cluster_top_concepts,
+    explain,
+    top_contributions,
+)
+from core.ceir.labels import MIN_SHARE, SCORING_CONTRIBUTION, LabelReport
 
 # Order and names of the rows of the clustering metrics table (keys as stored in bundle metrics).
 METHODS: tuple[tuple[str, str], ...] = (
@@ -35,7 +41,11 @@ SCORES: tuple[tuple[str, str], ...] = (("acc", "ACC"), ("nmi", "NMI"), ("ari", "
 
 
 def train_contributions(
-    model: Any, concept_vectors: np.ndarray, clusters: np.ndarray, batch_size: int = 256, steps: int = 32
+    model: Any,
+    concept_vectors: np.ndarray,
+    clusters: np.ndarray,
+    batch_size: int = 256,
+    steps: int = IG_STEPS,
 ) -> np.ndarray:
     """(N, C) contributions of every train image's concepts to its stored cluster, batched to bound memory."""
     x = torch.as_tensor(np.asarray(concept_vectors, dtype=np.float32))
@@ -245,13 +255,14 @@ def scoring_sentence(report: LabelReport, model_label: str) -> str:
     """Which model and which scoring produced the labels, in one sentence."""
     if report.scoring == SCORING_CONTRIBUTION:
         how = (
-            "each label's score is its contribution (activation × integrated gradient) to the image's CEIR "
-            "cluster, among the concepts the image shows"
+            "each label's score is its share of the image's evidence for its CEIR cluster (its contribution, "
+            "activation × integrated gradient, over the sum of the positive ones), among the concepts the "
+            f"image shows; concepts under {MIN_SHARE:.0%} are not labels"
         )
     else:
         how = (
             "each label's score is the model's cosine similarity between the image and the concept text "
-            "(CLIP cosine similarity for a CLIP; ConSE's for the offline model)"
+            "(CLIP cosine similarity for a CLIP; ConSE's for the offline model); only positive ones count"
         )
     return f"Labels by {model_label} with the concept bank '{report.bank}': {how}."
 

@@ -16,7 +16,7 @@ from core.ceir.concept_bank import (
     load_bank,
     parse_concepts,
 )
-from core.ceir.labels import NO_LABELS, BackboneOnly, LabelReport, label_images
+from core.ceir.labels import BackboneOnly, LabelReport, label_images
 from lens.bundles import available, load_model
 from lens.concepts_view import (
     candidates_table,
@@ -215,19 +215,22 @@ def choose_bank(has_own_bank: bool) -> ConceptBank | None | bool:
 
 def show_results(report: LabelReport, images) -> None:
     table = labels_table(report)
-    labelled = {image.file for image in report.images}
+    labelled = {image.file: image for image in report.images}
     for name, image in images[:SHOWN_IMAGES]:
         left, right = st.columns([1, 3])
         left.image(thumbnail(image, 150), caption=name, width=150)
         rows = table[table["image"] == name].drop(columns="image")
+        warning = labelled[name].warning if name in labelled else None
+        if warning:
+            right.warning(f"{name}: {warning}.")
         if rows.empty and name in labelled:
-            right.info(f"{name}: {NO_LABELS}.")
+            right.info(f"{name}: {report.no_labels_note}.")
         else:
             right.dataframe(rows, hide_index=True)
     if len(images) > SHOWN_IMAGES:
         st.caption(f"Showing {SHOWN_IMAGES} of {len(images)} images; the table below holds all of them.")
     if table.empty:
-        st.info(f"No image has a label: {NO_LABELS.replace('this image', 'any of them')}.")
+        st.info("No image has a label; the note beside each image says why.")
         return
     st.markdown("**All labels**")
     st.dataframe(table, hide_index=True, key="ow_labels")
