@@ -26,7 +26,7 @@ import os
 import re
 import tempfile
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -426,14 +426,27 @@ def filter_never_activated(
         raise ValueError("activations contain NaN or infinite values.")
     lift = activation_lift(matrix, top_k)
     cutoff = relative_cutoff(lift, fraction)
+    top = min(top_k, matrix.shape[0])
+    return _keep_at_least(
+        concepts,
+        lift,
+        cutoff,
+        lambda score: (
+            f"never activated (its top-{top} images score {score:.3f} above its median, less "
+            f"than {cutoff:.3f} = {fraction:g} of the bank's 90th percentile)"
+        ),
+    )
+
+
+def _keep_at_least(
+    concepts: list[str], scores: np.ndarray, cutoff: float, why: Callable[[float], str]
+) -> FilterResult:
+    """Keep the concepts scoring at least ``cutoff``; ``why(score)`` says why each other one went."""
     kept: list[str] = []
     removed: dict[str, str] = {}
-    for concept, score in zip(concepts, lift, strict=True):
+    for concept, score in zip(concepts, scores, strict=True):
         if score < cutoff:
-            removed[concept] = (
-                f"never activated (its top-{min(top_k, matrix.shape[0])} images score {score:.3f} above its "
-                f"median, less than {cutoff:.3f} = {fraction:g} of the bank's 90th percentile)"
-            )
+            removed[concept] = why(float(score))
         else:
             kept.append(concept)
     return kept, removed
@@ -470,17 +483,15 @@ def filter_class_irrelevant(
     _check_matrix("concept_embeddings", concept_embeddings, len(concepts), "concept")
     spread = class_spread(concept_embeddings, class_embeddings)
     cutoff = relative_cutoff(spread, fraction)
-    kept: list[str] = []
-    removed: dict[str, str] = {}
-    for concept, score in zip(concepts, spread, strict=True):
-        if score < cutoff:
-            removed[concept] = (
-                f"says little about the class (text spread over class names {score:.3f} < {cutoff:.3f} = "
-                f"{fraction:g} of the bank's 90th percentile)"
-            )
-        else:
-            kept.append(concept)
-    return kept, removed
+    return _keep_at_least(
+        concepts,
+        spread,
+        cutoff,
+        lambda score: (
+            f"says little about the class (text spread over class names {score:.3f} < {cutoff:.3f} "
+            f"= {fraction:g} of the bank's 90th percentile)"
+        ),
+    )
 
 
 def filter_by_fidelity(concepts: Sequence[str], fidelity: np.ndarray, cutoff: float = 0.45) -> FilterResult:
