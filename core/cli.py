@@ -134,6 +134,13 @@ def seed_int(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text}")
+    return value
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "toybirds") -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -280,23 +287,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--clusters", type=positive_int, help="k for k-means (default: number of classes)"
     )
     ceir_model.add_argument("--projection-steps", type=positive_int, default=2000)
-    ceir_model.add_argument("--fidelity-cutoff", type=float, default=0.45)
+    ceir_model.add_argument(
+        "--fidelity-cutoff",
+        type=fraction,
+        default=0.45,
+        help="drop concepts whose held-out cos^3 fidelity (a correlation, the same scale on any backbone) "
+        "is below this",
+    )
     ceir_model.add_argument(
         "--class-name-threshold",
         type=non_negative_float,
         help="drop concepts this close to a class name (off by default)",
     )
     ceir_model.add_argument(
-        "--near-duplicate-threshold",
-        type=non_negative_float,
-        default=0.95,
-        help="drop a concept whose text-embedding cosine to a kept one is at least this",
+        "--near-duplicate-fraction",
+        type=fraction,
+        default=0.1,
+        help="drop a concept whose text-embedding distance (1 - cosine) to a kept one is below this share "
+        "of the bank's median pairwise distance (0: off)",
     )
     ceir_model.add_argument(
-        "--min-top-activation",
-        type=float,
-        default=0.25,
-        help="drop concepts whose top-5 mean CLIP similarity on train images is below this",
+        "--class-relevance",
+        type=fraction,
+        default=0.5,
+        help="drop concepts whose text-cosine spread over the class names is below this share of the bank's "
+        "90th percentile (0: off)",
+    )
+    ceir_model.add_argument(
+        "--activation",
+        type=fraction,
+        default=0.5,
+        help="drop concepts whose top-5 train similarity rises above their median by less than this share "
+        "of the bank's 90th percentile (0: off)",
+    )
+    ceir_model.add_argument(
+        "--include-class-names", action="store_true", help="append the class names to the bank, as the paper"
+    )
+    ceir_model.add_argument(
+        "--centre-concepts",
+        action="store_true",
+        help="subtract the mean concept text embedding before the cosine (each concept scores what sets it "
+        "apart from the bank)",
+    )
+    ceir_model.add_argument(
+        "--teacher",
+        help="a backbone (as --backbone) whose image and text towers give the concept similarities the "
+        "projection learns from --backbone's features, as the paper does (default: --backbone itself)",
     )
 
     concepts = commands.add_parser("concepts", help="concept banks for CEIR")
@@ -422,8 +458,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             ),
             n_clusters=args.clusters,
             class_name_threshold=args.class_name_threshold,
-            near_duplicate_threshold=args.near_duplicate_threshold,
-            min_top_activation=args.min_top_activation,
+            near_duplicate_fraction=args.near_duplicate_fraction,
+            class_relevance_fraction=args.class_relevance,
+            activation_fraction=args.activation,
+            include_class_names=args.include_class_names,
+            centre_concepts=args.centre_concepts,
+            teacher=args.teacher,
             seed=args.seed,
             device=args.device,
             half=args.half,
@@ -583,7 +623,7 @@ def check_some_images(paths: list[Path]) -> None:
 def cmd_label(args: argparse.Namespace) -> int:
     check_label_paths(args)
     from core.ceir.concept_bank import load_bank
-    from core.ceir.labels import NO_LABELS, BackboneOnly, label_paths
+    from core.ceir.labels import BackboneOnly, label_paths
 
     bundle = args.paths[0] if holds_config(args.paths[0]) else None
     paths = args.paths[1:] if bundle is not None else args.paths
@@ -617,11 +657,12 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**source, **report.to_dict()}))
     else:
-        meaning = scored_by if bank else "contribution to the image's cluster"
+        meaning = scored_by if bank else "share of the image's evidence for its cluster"
         print(f"# scores: {report.scoring} ({meaning}); bank: {report.bank}")
         for image in report.images:
             found = ", ".join(f"{x.concept} ({x.score:.3f})" for x in image.labels)
-            print(f"{printable(image.file)}: {found or NO_LABELS}")
+            warning = f" (warning: {image.warning})" if image.warning else ""
+            print(f"{printable(image.file)}: {found or report.no_labels_note}{warning}")
         if len(report.images) > 1:
             print(
                 "candidate labels: "

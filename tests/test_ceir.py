@@ -12,8 +12,16 @@ import torch
 from PIL import Image
 
 from core.ceir.bottleneck import ProjectionConfig, cos3_loss, cos3_similarity, train_projection
-from core.ceir.explain import concept_label, explain, integrated_gradients, intervene, top_contributions
-from core.ceir.labels import SCORING_CONTRIBUTION, SCORING_SIMILARITY, label_paths
+from core.ceir.explain import (
+    IG_STEPS,
+    completeness_error,
+    concept_label,
+    explain,
+    integrated_gradients,
+    intervene,
+    top_contributions,
+)
+from core.ceir.labels import NO_LABELS, SCORING_CONTRIBUTION, SCORING_SIMILARITY, label_paths
 from core.ceir.train import CEIRConfig, evaluate_bundle, load_ceir, train_ceir
 from core.ceir.vae import VAEConfig
 from core.cli import main
@@ -85,8 +93,16 @@ def test_pipeline_bundle_has_metrics_baselines_and_arrays(loaded):
     assert loaded.arrays["train_latents"].shape == (n_train, 6)
     # train z-scores are centred with unit spread
     np.testing.assert_allclose(loaded.arrays["train_concepts"].mean(axis=0), 0, atol=1e-4)
-    removed = loaded.config["concept_bank"]["removed"]
-    assert len(loaded.concepts) + len(removed) == loaded.config["concept_bank"]["n_input"]
+    removed = loaded.config["concept_bank"]["removed"]  # per filter: concept -> reason
+    assert set(removed) >= {"length", "near_duplicate", "fidelity"}
+    n_removed = sum(len(why) for why in removed.values())
+    assert len(loaded.concepts) + n_removed == loaded.config["concept_bank"]["n_input"]
+    protocols = metrics["protocols"]
+    for protocol in ("inductive", "transductive"):
+        for method in ("ceir", "clip_embedding", "concepts"):
+            scores = protocols[protocol][method]
+            assert 0 <= scores["acc"] <= 1 and scores["acc_std"] >= 0 and "nmi_std" in scores
+    assert len(protocols["kmeans_seeds"]) >= 3
     assert loaded.model.n_clusters == len(loaded.config["classes"])
 
 
@@ -137,6 +153,36 @@ def test_contributions_sum_to_the_score_difference(loaded):
     np.testing.assert_allclose(
         contributions.sum(dim=1).numpy(), (at_x - at_zero).numpy(), rtol=0.02, atol=0.02
     )
+
+
+def test_completeness_error_is_small_at_the_default_steps_and_shrinks_with_more(loaded):
+    """The trapezoid rule at IG_STEPS keeps the stated tolerance (median 1 %); fewer steps are worse."""
+    model = loaded.model
+    x = torch.from_numpy(loaded.arrays["train_concepts"][:16])
+    errors = {}
+    for steps in (4, IG_STEPS):
+        contributions, clusters = explain(model, x, steps=steps)
+        errors[steps] = completeness_error(model, x, clusters, contributions)
+    assert np.median(errors[IG_STEPS]) < 0.01
+    assert np.median(errors[IG_STEPS]) < np.median(errors[4])
+    assert loaded.metrics["ig_completeness_error"]["steps"] == IG_STEPS
+
+
+def test_completeness_error_by_hand():
+    """f(x) - f(0) against a hand-made sum: a gap of half the change is an error of 0.5."""
+
+    class Fixed(torch.nn.Module):
+        cluster_centers = torch.zeros(1, 1)
+
+        def latent(self, x):
+            return x.sum(dim=1, keepdim=True)
+
+        def cluster_scores(self, latent):
+            return latent  # f(x) = sum of x
+
+    x = torch.tensor([[1.0, 1.0]])
+    error = completeness_error(Fixed(), x, torch.tensor([0]), torch.tensor([[0.5, 0.5]]))
+    assert error[0] == pytest.approx(0.5)
 
 
 def test_a_concept_at_the_train_mean_contributes_nothing_and_absent_concepts_read_not(loaded):
@@ -235,11 +281,11 @@ def test_label_cli_says_why_an_image_has_no_labels(bundle, mixed_folder, capsys,
     out, _ = capsys.readouterr()
     assert code == 0
     line = next(line for line in out.splitlines() if "cat.png" in line)
-    assert line.endswith("cat.png: no concept above the training mean for this image"), line
+    assert line.endswith(f"cat.png: {NO_LABELS}"), line
     code = main(["label", str(bundle), str(mixed_folder / "cat.png"), "--json", "--device", "cpu"])
     result = json.loads(capsys.readouterr().out)
     assert result["images"][0]["labels"] == []
-    assert result["images"][0]["note"] == "no concept above the training mean for this image"
+    assert result["images"][0]["note"] == NO_LABELS
 
 
 def test_train_ceir_cli_rejects_a_bad_bank(tmp_path, capsys):

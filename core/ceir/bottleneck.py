@@ -101,6 +101,11 @@ def train_projection(
     for step in range(1, config.steps + 1):
         idx = torch.randperm(len(x_fit), generator=generator)[:batch]
         loss = cos3_loss(projection(x_fit[idx]), p_fit[idx])
+        if not torch.isfinite(loss):
+            raise ValueError(
+                f"The concept projection's loss became {float(loss)} at step {step}; lower the learning rate "
+                "or check the embeddings for NaN."
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -16,14 +16,21 @@ from core.ceir.vae import ConceptVAE, VAEConfig
 class CEIRModel(nn.Module):
     """Bias-free concept projection, train z-scores, concept VAE and k-means centres."""
 
-    def __init__(self, embed_dim: int, concepts: list[str], vae_config: VAEConfig, n_clusters: int) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        concepts: list[str],
+        vae_config: VAEConfig,
+        n_clusters: int,
+        text_dim: int | None = None,
+    ) -> None:
         super().__init__()
         self.concepts = list(concepts)
         n_concepts = len(self.concepts)
         self.projection = nn.Linear(embed_dim, n_concepts, bias=False)
         self.register_buffer("zscore_mean", torch.zeros(n_concepts))
         self.register_buffer("zscore_std", torch.ones(n_concepts))
-        self.register_buffer("concept_embeddings", torch.zeros(n_concepts, embed_dim))
+        self.register_buffer("concept_embeddings", torch.zeros(n_concepts, text_dim or embed_dim))
         self.register_buffer("cluster_centers", torch.zeros(n_clusters, vae_config.latent_dim))
         self.vae = ConceptVAE(n_concepts, vae_config)
 

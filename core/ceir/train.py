@@ -1,15 +1,21 @@
 """Train CEIR end to end and write it as a bundle; load a bundle back.
 
-Steps (CEIR, Cui et al. 2023):
-1. CLIP image embeddings of the train and test splits; text embeddings of the concept bank.
-2. Bank filters: length, near-duplicates (text-embedding cosine), optionally closeness to class
-   names (off by default, as in the paper), concepts that never activate on training images.
+Steps (CEIR, Cui et al. 2023, on Label-free CBM):
+1. CLIP image embeddings of the train and test splits; text embeddings of the concept bank. With a
+   ``teacher`` backbone (the paper projects ViT-L/14 features onto ViT-B/16 concept similarities), the
+   teacher's image and text towers give the concept similarities and ``backbone`` gives the features.
+2. Bank filters, every threshold relative to the bank (see ``concept_bank``): length, unrelated to every
+   class name, near-duplicates, never activated on training images. Optionally the class names are then
+   appended to the bank (the paper does; ``include_class_names``) and the concept text embeddings centred
+   (``centre_concepts``: subtract their mean, so a concept scores what sets it apart from the others).
 3. Bias-free projection trained with cos^3 on 90 % of TRAIN, early-stopped on the other 10 %;
-   concepts whose held-out fidelity is below the cut-off are dropped and the projection refit.
+   concepts whose held-out fidelity (a correlation, on the same scale for any backbone) is below the
+   cut-off are dropped and the projection refit.
 4. z-score the concept activations with train statistics; train the VAE on them (resumable).
 5. k-means (k = number of classes by default) on the train latents; test images are assigned to
-   the nearest centre. Baselines on the same images: k-means on CLIP embeddings and on concept
-   vectors.
+   the nearest centre. ``evaluate_arrays`` scores this inductive protocol and the paper's transductive
+   one (VAE on train + test, k-means fit and scored on test), each with raw-CLIP and concept-vector
+   baselines and mean +- std over k-means seeds.
 """
 
 from __future__ import annotations
@@ -21,12 +27,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from core.backbones.clip import Backbone, load_backbone
 from core.bundle import BundleError, check_shapes, load_bundle, save_bundle
 from core.ceir import concept_bank as banks
-from core.ceir.bottleneck import ProjectionConfig, ZScore, teacher_similarities, train_projection
-from core.ceir.clustering import evaluate_clusterings, fit_kmeans
+from core.ceir.bottleneck import (
+    ProjectionConfig,
+    ZScore,
+    split_holdout,
+    teacher_similarities,
+    train_projection,
+)
+from core.ceir.clustering import clustering_scores, evaluate_clusterings, fit_kmeans
+from core.ceir.explain import IG_STEPS, completeness_error, explain
 from core.ceir.model import CEIRModel
 from core.ceir.vae import VAEConfig, train_vae
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
@@ -39,12 +53,19 @@ KIND = "ceir"
 
 @dataclass
 class CEIRConfig:
+    """Every choice of a CEIR run; the defaults are those that measured best on a validation seed
+    (``conceptlens reproduce`` records the comparison)."""
+
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     n_clusters: int | None = None  # default: number of classes
-    near_duplicate_threshold: float = 0.95
-    class_name_threshold: float | None = None  # off by default, as in the paper
-    min_top_activation: float | None = 0.25  # top-5 mean cosine, the Label-free CBM default; None: off
+    near_duplicate_fraction: float = 0.1  # of the bank's median pairwise text distance
+    class_name_threshold: float | None = None  # Label-free CBM's closeness filter; off (CEIR appends names)
+    class_relevance_fraction: float | None = 0.5  # of the bank's 90th-percentile class spread; None: off
+    activation_fraction: float | None = 0.5  # of the bank's 90th-percentile activation lift; None: off
+    include_class_names: bool = False
+    centre_concepts: bool = False
+    teacher: str | dict | None = None  # backbone whose towers give the concept similarities; None: backbone
     seed: int = 0
     device: str = "auto"
     half: bool = False
@@ -83,40 +104,71 @@ def filter_bank(
     class_names: list[str],
     config: CEIRConfig,
     log=print,
-) -> tuple[list[str], dict[str, str]]:
-    """Apply the bank filters in order; returns the kept concepts and why each other one went."""
-    removed: dict[str, str] = {}
-    kept, why = banks.filter_by_length(concepts)
-    removed |= why
+) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Apply the bank filters in order; returns the kept concepts and, per filter, why each other one went.
+
+    ``backbone`` and ``train_embeddings`` are the teacher's (the towers the concept similarities come from).
+    """
+    removed: dict[str, dict[str, str]] = {}
+    kept, removed["length"] = banks.filter_by_length(concepts)
     text = backbone.encode_texts(kept).cpu().numpy()
-    kept_next, why = banks.filter_near_duplicates(kept, text, config.near_duplicate_threshold)
-    removed |= why
-    text = text[[kept.index(c) for c in kept_next]]
-    kept = kept_next
+
+    def keep(kept_next: list[str]) -> list[str]:
+        nonlocal text
+        text = text[[kept.index(c) for c in kept_next]]
+        return kept_next
+
     if config.class_name_threshold is not None:
         class_text = backbone.encode_texts(class_names).cpu().numpy()
-        kept_next, why = banks.filter_close_to_classes(
+        kept_next, removed["class_name"] = banks.filter_close_to_classes(
             kept, text, class_names, class_text, config.class_name_threshold
         )
-        removed |= why
-        text = text[[kept.index(c) for c in kept_next]]
-        kept = kept_next
-    if config.min_top_activation is not None:
+        kept = keep(kept_next)
+    if config.class_relevance_fraction is not None:
+        class_text = backbone.encode_texts(class_names).cpu().numpy()
+        kept_next, removed["class_relevance"] = banks.filter_class_irrelevant(
+            kept, text, class_text, config.class_relevance_fraction
+        )
+        kept = keep(kept_next)
+    threshold = banks.relative_duplicate_threshold(text, config.near_duplicate_fraction)
+    kept_next, removed["near_duplicate"] = banks.filter_near_duplicates(kept, text, threshold)
+    kept = keep(kept_next)
+    if config.activation_fraction is not None:
         activations = teacher_similarities(train_embeddings, torch.from_numpy(text)).numpy()
-        kept, why = banks.filter_never_activated(kept, activations, config.min_top_activation, top_k=5)
-        removed |= why
+        kept, removed["never_activated"] = banks.filter_never_activated(
+            kept, activations, config.activation_fraction, top_k=5
+        )
     if len(kept) < 2:
         raise ValueError(f"Only {len(kept)} concepts survive the bank filters; CEIR needs at least 2.")
-    log(f"Concept bank: kept {len(kept)} of {len(concepts)} concepts.")
+    counts = ", ".join(f"{name} {len(why)}" for name, why in removed.items() if why)
+    summary = f" (removed: {counts})." if counts else "."
+    log(f"Concept bank: kept {len(kept)} of {len(concepts)} concepts{summary}")
     return kept, removed
 
 
+def with_class_names(concepts: list[str], class_names: list[str]) -> list[str]:
+    """The bank with every class name appended (the paper's choice), each once whatever its case."""
+    seen = {c.casefold() for c in concepts}
+    return concepts + [name for name in class_names if name.casefold() not in seen]
+
+
+def concept_text(backbone: Backbone, concepts: list[str], centre: bool) -> torch.Tensor:
+    """(C, D) concept text embeddings; ``centre`` subtracts their mean so each concept scores what sets it
+    apart from the rest of the bank (the shared "a bird" direction otherwise dominates every cosine)."""
+    text = F.normalize(backbone.encode_texts(concepts).cpu().float(), dim=-1)
+    return text - text.mean(dim=0, keepdim=True) if centre else text
+
+
 def fit_bottleneck(
-    backbone: Backbone, concepts: list[str], train_embeddings: torch.Tensor, config: CEIRConfig, log=print
-) -> tuple[list[str], torch.nn.Linear, np.ndarray, dict[str, str]]:
-    """Fit the projection, drop low-fidelity concepts, refit on the rest."""
-    text = backbone.encode_texts(concepts).cpu()
-    teacher = teacher_similarities(train_embeddings, text)
+    concepts: list[str],
+    train_embeddings: torch.Tensor,
+    teacher: torch.Tensor,
+    config: CEIRConfig,
+    log=print,
+) -> tuple[list[str], torch.nn.Linear, np.ndarray, list[int], dict[str, str]]:
+    """Fit the projection from ``train_embeddings`` onto the ``teacher`` similarities, drop low-fidelity
+    concepts and refit on the rest. Returns the kept concepts, the projection, their fidelity, their columns
+    in ``teacher`` and why the others went."""
     result = train_projection(train_embeddings, teacher, config.projection)
     kept, removed = banks.filter_by_fidelity(concepts, result.fidelity, config.projection.fidelity_cutoff)
     if len(kept) < 2:
@@ -124,19 +176,19 @@ def fit_bottleneck(
             f"Only {len(kept)} concepts reach the fidelity cut-off "
             f"{config.projection.fidelity_cutoff}; lower it or use a richer bank."
         )
+    index = [concepts.index(c) for c in kept]
     if len(kept) < len(concepts):
         log(f"Fidelity cut-off {config.projection.fidelity_cutoff}: kept {len(kept)}/{len(concepts)}; refit.")
-        index = [concepts.index(c) for c in kept]
         result = train_projection(train_embeddings, teacher[:, index], config.projection)
-    return kept, result.projection, result.fidelity, removed
+    return kept, result.projection, result.fidelity, index, removed
 
 
 def concept_precision_at_5(concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit) -> float:
     """Share of each image's top-5 positive concepts that are true attributes of its species (ToyBirds).
 
     The true attributes are the species' head, wing and body colours (``toybirds_concept_truth``);
-    nuisance concepts (crest, wing pattern, tail) and distractors count as misses, so with three
-    true concepts per species the best possible value is 3/5.
+    nuisance concepts (crest, wing pattern, tail) and distractors count as misses. With three true
+    concepts per species, an image with five positive concepts scores at most 3/5; one with three scores 1.
     """
     from core.data.toybirds import SPECIES
 
@@ -147,6 +199,72 @@ def concept_precision_at_5(concepts: list[str], concept_vectors: np.ndarray, spl
         if top:
             shares.append(truth[label, top].mean())
     return float(np.mean(shares)) if shares else 0.0
+
+
+@dataclass
+class FittedCEIR:
+    """A trained CEIR model and what training it found out."""
+
+    model: CEIRModel
+    removed: dict[str, dict[str, str]]  # per filter: concept -> why it went
+    fidelity: np.ndarray  # (C,) held-out cos^3 fidelity of each kept concept
+    history: list[dict]  # VAE epochs
+
+
+def fit_ceir(
+    bank: list[str],
+    class_names: list[str],
+    train_embeddings: torch.Tensor,
+    teacher: Backbone,
+    teacher_train: torch.Tensor,
+    config: CEIRConfig,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: Progress = no_progress,
+    log=print,
+) -> FittedCEIR:
+    """Steps 2-5 on embeddings already computed: filters, projection, z-scores, VAE and k-means centres.
+
+    ``train_embeddings`` are the features the model will take; ``teacher`` and ``teacher_train`` (the same
+    backbone and tensor unless a teacher is configured) give the concept similarities it learns.
+    """
+    seed_everything(config.seed)
+    concepts, removed = filter_bank(bank, teacher, teacher_train, class_names, config, log)
+    if config.include_class_names:
+        concepts = with_class_names(concepts, class_names)
+    text = concept_text(teacher, concepts, config.centre_concepts)
+    concepts, projection, fidelity, columns, removed["fidelity"] = fit_bottleneck(
+        concepts, train_embeddings, teacher_similarities(teacher_train, text), config, log
+    )
+    text = text[columns]
+    with torch.no_grad():
+        raw_train = projection(train_embeddings)
+    zscore = ZScore.fit(raw_train)
+    z_train = zscore(raw_train)
+    fit_idx, val_idx = split_holdout(len(z_train), config.projection.val_fraction, config.seed)
+    vae, history = train_vae(
+        z_train[fit_idx],
+        config.vae,
+        x_val=z_train[val_idx],
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        log=log,
+    )
+    k = config.n_clusters or len(class_names)
+    model = CEIRModel(train_embeddings.shape[1], concepts, config.vae, k, text_dim=text.shape[1])
+    model.projection.load_state_dict(projection.state_dict())
+    model.vae.load_state_dict(vae.state_dict())
+    model.zscore_mean.copy_(zscore.mean)
+    model.zscore_std.copy_(zscore.std)
+    model.concept_embeddings.copy_(text)
+    model.eval()
+    with torch.no_grad():
+        latent_train = model.latent(z_train)
+    _, kmeans = fit_kmeans(latent_train.numpy(), k, seed=config.seed)
+    model.cluster_centers.copy_(torch.from_numpy(kmeans.centers).float())
+    return FittedCEIR(model, removed, fidelity, history)
 
 
 def train_ceir(
@@ -164,11 +282,11 @@ def train_ceir(
     """The whole CEIR pipeline; writes a ``ceir`` bundle at ``out_dir``."""
     out = prepare_output(out_dir, resume, overwrite)
     device = resolve_device(config.device)
-    seed_everything(config.seed)
     concept_source = banks.load_bank(bank)
     for issue in concept_source.issues:
         log(f"concept bank: {issue}")
     backbone = load_backbone(backbone_spec, device=device)
+    teacher = backbone if config.teacher is None else load_backbone(config.teacher, device=device)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
     started = time.perf_counter()
     log(f"Embedding {len(train_split)} train and {len(test_split)} test images ...")
@@ -176,45 +294,28 @@ def train_ceir(
         image_embeddings(backbone, train_split, progress),
         image_embeddings(backbone, test_split),
     )
-
-    concepts, removed = filter_bank(
-        concept_source.concepts, backbone, train_emb, train_split.classes, config, log
-    )
-    concepts, projection, fidelity, low_fidelity = fit_bottleneck(backbone, concepts, train_emb, config, log)
-    removed |= low_fidelity
-    with torch.no_grad():
-        raw_train = projection(train_emb)
-    zscore = ZScore.fit(raw_train)
-    z_train = zscore(raw_train)
-
-    from core.ceir.bottleneck import split_holdout
-
-    fit_idx, val_idx = split_holdout(len(z_train), config.projection.val_fraction, config.seed)
-    vae_config = config.vae
-    vae, vae_history = train_vae(
-        z_train[fit_idx],
-        vae_config,
-        x_val=z_train[val_idx],
+    teacher_train = train_emb if teacher is backbone else image_embeddings(teacher, train_split)
+    fitted = fit_ceir(
+        concept_source.concepts,
+        list(train_split.classes),
+        train_emb,
+        teacher,
+        teacher_train,
+        config,
         checkpoint=checkpoint_path(out),
         resume=resume,
         progress=progress,
         log=log,
     )
-    k = config.n_clusters or len(train_split.classes)
-    model = CEIRModel(train_emb.shape[1], concepts, vae_config, k)
-    model.projection.load_state_dict(projection.state_dict())
-    model.vae.load_state_dict(vae.state_dict())
-    model.zscore_mean.copy_(zscore.mean)
-    model.zscore_std.copy_(zscore.std)
-    model.concept_embeddings.copy_(backbone.encode_texts(concepts).cpu())
-    model.eval()
+    model, removed, fidelity, vae_history = fitted.model, fitted.removed, fitted.fidelity, fitted.history
     with torch.no_grad():
+        z_train = model.concept_vectors(train_emb)
         latent_train = model.latent(z_train)
-    _, kmeans = fit_kmeans(latent_train.numpy(), k, seed=config.seed)
-    model.cluster_centers.copy_(torch.from_numpy(kmeans.centers).float())
     seconds = time.perf_counter() - started
 
-    metrics = evaluate_arrays(model, train_split, test_split, train_emb, test_emb, seed=config.seed)
+    metrics = evaluate_arrays(
+        model, config.vae, train_split, test_split, train_emb, test_emb, seed=config.seed
+    )
     arrays = {
         "train_concepts": z_train.numpy().astype(np.float32),
         "train_latents": latent_train.numpy().astype(np.float32),
@@ -225,15 +326,16 @@ def train_ceir(
     }
     bundle_config = {
         "backbone": backbone.reference,
+        **({} if teacher is backbone else {"teacher": teacher.reference}),
         "data": data.to_dict(),
         "concept_bank": {
             "source": concept_source.source,
             "n_input": len(concept_source.concepts),
             "removed": removed,
         },
-        "concepts": concepts,
+        "concepts": model.concepts,
         "classes": list(train_split.classes),
-        "ceir": config.to_dict() | {"n_clusters": k},
+        "ceir": config.to_dict() | {"n_clusters": model.n_clusters},
         "train": {"seconds": round(seconds, 1), "vae_history": vae_history},
         "metrics": metrics,
     }
@@ -250,41 +352,112 @@ def train_ceir(
     return out
 
 
+KMEANS_SEEDS = 3  # k-means restarts from this many seeds per protocol; the report gives mean and std
+
+
+def _mean_std(runs: list[dict[str, float]]) -> dict[str, float]:
+    """{"acc": mean, "acc_std": std, ...} over runs of the same scores."""
+    summary: dict[str, float] = {}
+    for key in runs[0]:
+        values = [run[key] for run in runs]
+        summary[key], summary[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
+    return summary
+
+
+def protocol_scores(
+    features: dict[str, tuple[np.ndarray, np.ndarray]], labels: np.ndarray, k: int, seeds: list[int]
+) -> dict[str, dict[str, float]]:
+    """Per representation, ACC / NMI / ARI of k-means fit on the first array and scored on the second,
+    as mean and std over the k-means ``seeds``."""
+    runs = [evaluate_clusterings(features, labels, k, seed=seed) for seed in seeds]
+    return {name: _mean_std([run[name] for run in runs]) for name in features}
+
+
 def evaluate_arrays(
     model: CEIRModel,
+    vae_config: VAEConfig,
     train_split: ImageSplit,
     test_split: ImageSplit,
     train_emb: torch.Tensor,
     test_emb: torch.Tensor,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Clustering of the test split by CEIR (fixed centres) and the two baselines (k-means fit on train).
+    """Clustering of the test split under both protocols, each beside the raw-CLIP and concept baselines.
+
+    * top level (``acc``, ``nmi``, ``ari``) and ``baselines``: the model as shipped (its stored centres) and
+      k-means with the model's seed on the baselines, fit on train and assigned on test;
+    * ``protocols.inductive``: the same, with k-means refit on the train features from ``KMEANS_SEEDS`` seeds;
+    * ``protocols.transductive`` (the paper's): a VAE trained on train + test concept vectors, k-means fit and
+      scored on the test split, for every representation.
 
     Concept vectors and latents are derived from the embeddings by the trained model itself.
     """
-    from core.ceir.clustering import clustering_scores
-
     with torch.no_grad():
         z_train, z_test = model.concept_vectors(train_emb), model.concept_vectors(test_emb)
-        predicted = model.assign(model.latent(z_test)).numpy()
-    metrics: dict[str, Any] = dict(clustering_scores(test_split.labels, predicted))
+        latent_train, latent_test = model.latent(z_train), model.latent(z_test)
+        predicted = model.assign(latent_test).numpy()
+    labels = test_split.labels
+    metrics: dict[str, Any] = dict(clustering_scores(labels, predicted))
+    clip = (train_emb.numpy(), test_emb.numpy())
+    concepts = (z_train.numpy(), z_test.numpy())
     metrics["baselines"] = evaluate_clusterings(
-        {
-            "clip_embedding": (train_emb.numpy(), test_emb.numpy()),
-            "concepts": (z_train.numpy(), z_test.numpy()),
-        },
-        test_split.labels,
-        model.n_clusters,
-        seed=seed,
+        {"clip_embedding": clip, "concepts": concepts}, labels, model.n_clusters, seed=seed
     )
+    seeds = [seed + i for i in range(KMEANS_SEEDS)]
+    latents = (latent_train.numpy(), latent_test.numpy())
+    inductive = {"ceir": latents, "clip_embedding": clip, "concepts": concepts}
+    both = torch.cat([z_train, z_test])
+    vae, _ = train_vae(both, VAEConfig.from_dict(vae_config.to_dict() | {"seed": seed}), log=lambda *_: None)
+    with torch.no_grad():
+        transductive_latent = vae.encode(z_test)[0].numpy()
+    transductive = {
+        "ceir": (transductive_latent, transductive_latent),
+        "clip_embedding": (clip[1], clip[1]),
+        "concepts": (concepts[1], concepts[1]),
+    }
+    metrics["protocols"] = {
+        "inductive": protocol_scores(inductive, labels, model.n_clusters, seeds),
+        "transductive": protocol_scores(transductive, labels, model.n_clusters, seeds),
+        "kmeans_seeds": seeds,
+    }
     metrics["n_train"], metrics["n_test"], metrics["n_concepts"] = (
         len(train_split),
         len(test_split),
         len(model.concepts),
     )
+    contributions, clusters = explain(model, z_test)
+    error = completeness_error(model, z_test, clusters, contributions)
+    metrics["ig_completeness_error"] = {
+        "median": float(np.median(error)),
+        "p95": float(np.percentile(error, 95)),
+        "steps": IG_STEPS,
+    }
     if isinstance(test_split, ToyBirdsSplit):
         metrics["concept_precision_at_5"] = concept_precision_at_5(model.concepts, z_test.numpy(), test_split)
+        metrics["labels"] = toybirds_label_quality(model, test_emb, test_split)
     return metrics
+
+
+def toybirds_label_quality(
+    model: CEIRModel, embeddings: torch.Tensor, split: ToyBirdsSplit
+) -> dict[str, float]:
+    """What ``conceptlens label`` prints for the split's images, scored against the world: the share of
+    printed labels that are true species attributes, that are distractors (concepts the world never
+    draws, such as "webbed feet"), and of images left with no label."""
+    from core.ceir.labels import contribution_labels
+
+    printed = contribution_labels(model, embeddings, top_k=5)
+    verdicts = [
+        (banks.toybirds_concept_truth(label.concept, int(kind)), banks.toybirds_concept_parts(label.concept))
+        for (labels, _), kind in zip(printed, split.labels, strict=True)
+        for label in labels
+    ]
+    n = max(1, len(verdicts))
+    return {
+        "precision": sum(truth is True for truth, _ in verdicts) / n,
+        "distractor_share": sum(parts is None for _, parts in verdicts) / n,
+        "unlabelled_share": sum(not labels for labels, _ in printed) / max(1, len(printed)),
+    }
 
 
 def load_ceir(path: str | Path, device: str = "auto") -> LoadedCEIR:
@@ -297,7 +470,8 @@ def load_ceir(path: str | Path, device: str = "auto") -> LoadedCEIR:
     if "cluster_centers" not in weights or "projection.weight" not in weights:
         raise ValueError(f"The bundle {bundle.path} lacks CEIR weights (projection, cluster centres).")
     embed_dim = weights["projection.weight"].shape[1]
-    model = CEIRModel(embed_dim, concepts, vae_config, int(weights["cluster_centers"].shape[0]))
+    text_dim = weights["concept_embeddings"].shape[1] if "concept_embeddings" in weights else embed_dim
+    model = CEIRModel(embed_dim, concepts, vae_config, int(weights["cluster_centers"].shape[0]), text_dim)
     check_shapes(weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, path=bundle.path)
     model.load_state_dict(weights)
     model.eval()
@@ -324,5 +498,13 @@ def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") ->
         image_embeddings(loaded.backbone, test_split),
     )
     seed = int(loaded.config.get("ceir", {}).get("seed", 0))
-    metrics = evaluate_arrays(loaded.model, train_split, test_split, train_emb, test_emb, seed=seed)
+    metrics = evaluate_arrays(
+        loaded.model,
+        VAEConfig.from_dict(loaded.config.get("ceir", {}).get("vae", {})),
+        train_split,
+        test_split,
+        train_emb,
+        test_emb,
+        seed=seed,
+    )
     return {"kind": KIND, "bundle": str(loaded.path), "data": data.to_dict(), **metrics}

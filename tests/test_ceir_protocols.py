@@ -1,0 +1,181 @@
+"""CEIR issue 11: two clustering protocols, the paper's options, relative filters and labels to trust."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import core.ceir.train as ceir_train
+from core.backbones.clip import load_backbone
+from core.ceir.bottleneck import ProjectionConfig
+from core.ceir.labels import (
+    MIN_SHARE,
+    OOD_WARNING,
+    BackboneOnly,
+    contribution_labels,
+    label_images,
+    labels_from_similarity,
+)
+from core.ceir.train import CEIRConfig, fit_ceir, protocol_scores, with_class_names
+from core.ceir.vae import VAEConfig
+from tests.conftest import ROOT
+
+SHIPPED = ROOT / "pretrained" / "toybirds-ceir"
+
+
+def test_protocols_fit_on_the_splits_they_say():
+    """Planted: the train split is the test split moved 10 to the right, so centres fit on train pull two
+    test classes onto one centre (inductive ACC 0.5); fit on test (transductive) they are perfect."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    test_labels = np.repeat(np.arange(4), 20)
+    test = centres[test_labels] + rng.normal(scale=0.3, size=(80, 2))
+    train = test + np.array([10.0, 0.0])
+    scores = protocol_scores(
+        {"inductive": (train, test), "transductive": (test, test)}, test_labels, 4, seeds=[0, 1, 2]
+    )
+    assert scores["transductive"]["acc"] == 1.0 and scores["transductive"]["acc_std"] == 0.0
+    assert scores["inductive"]["acc"] == pytest.approx(0.5)
+    assert set(scores["inductive"]) == {"acc", "acc_std", "nmi", "nmi_std", "ari", "ari_std"}
+
+
+def tiny_config(**changes) -> CEIRConfig:
+    return CEIRConfig(
+        projection=ProjectionConfig(steps=60, eval_every=20, fidelity_cutoff=-1.0),  # keep every concept
+        vae=VAEConfig(epochs=3, latent_dim=4, hidden_dims=(16,), batch_size=16),
+        device="cpu",
+        **changes,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone():
+    return load_backbone("toyclip-tiny:random", device="cpu")
+
+
+def unit_rows(n: int, dim: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, dim, generator=generator), dim=-1)
+
+
+def fit(backbone, **changes):
+    embeddings = unit_rows(48, backbone.embed_dim, 0)
+    bank = ["red head", "blue wing", "green body", "yellow tail", "webbed feet", "long neck"]
+    classes = ["azure finch", "ruby wren", "olive tit"]
+    config = tiny_config(**changes)
+    return fit_ceir(bank, classes, embeddings, backbone, embeddings, config, log=lambda *_: None)
+
+
+def test_class_names_are_appended_only_with_the_flag(tiny_backbone):
+    off = {"class_relevance_fraction": None, "activation_fraction": None, "near_duplicate_fraction": 0.0}
+    plain = fit(tiny_backbone, **off)
+    named = fit(tiny_backbone, include_class_names=True, **off)
+    classes = {"azure finch", "ruby wren", "olive tit"}
+    assert not classes & set(plain.model.concepts)
+    assert classes <= set(named.model.concepts)
+    assert named.model.concepts[: len(plain.model.concepts)] == plain.model.concepts
+    assert with_class_names(["Ruby Wren", "x"], ["ruby wren", "olive tit"]) == ["Ruby Wren", "x", "olive tit"]
+
+
+def test_centring_changes_the_teacher_and_is_stored(tiny_backbone):
+    off = {"class_relevance_fraction": None, "activation_fraction": None, "near_duplicate_fraction": 0.0}
+    centred = fit(tiny_backbone, centre_concepts=True, **off).model.concept_embeddings
+    plain = fit(tiny_backbone, **off).model.concept_embeddings
+    np.testing.assert_allclose(plain.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    assert not torch.allclose(centred, plain)
+
+
+def test_transductive_vae_sees_train_and_test(monkeypatch, tiny_backbone):
+    """evaluate_arrays trains the paper's VAE on train + test concept vectors, nothing else."""
+    from core.data.spec import DataSpec, open_split
+
+    data = DataSpec(image_size=32, train_per_class=2, test_per_class=1)
+    train_split, test_split = open_split(data, "train"), open_split(data, "test")
+    train_emb, test_emb = (ceir_train.image_embeddings(tiny_backbone, s) for s in (train_split, test_split))
+    fitted = fit_ceir(
+        ["red head", "blue wing", "green body", "red wing"],
+        list(train_split.classes),
+        train_emb,
+        tiny_backbone,
+        train_emb,
+        tiny_config(class_relevance_fraction=None, activation_fraction=None),
+        log=lambda *_: None,
+    )
+    rows = []
+    real = ceir_train.train_vae
+
+    def recording(x, *args, **kwargs):
+        rows.append(len(x))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(ceir_train, "train_vae", recording)
+    metrics = ceir_train.evaluate_arrays(
+        fitted.model, tiny_config().vae, train_split, test_split, train_emb, test_emb, seed=0
+    )
+    assert rows == [len(train_split) + len(test_split)]
+    assert metrics["protocols"]["kmeans_seeds"] == [0, 1, 2]
+    assert 0 <= metrics["labels"]["precision"] <= 1 and 0 <= metrics["labels"]["distractor_share"] <= 1
+
+
+def test_labels_never_fall_below_the_share_threshold(tiny_backbone):
+    fitted = fit(tiny_backbone, class_relevance_fraction=None, activation_fraction=None)
+    embeddings = unit_rows(30, tiny_backbone.embed_dim, 1)
+    with torch.no_grad():
+        vectors = fitted.model.concept_vectors(embeddings).numpy()
+    printed = contribution_labels(fitted.model, embeddings, top_k=10)
+    for row, (labels, _) in zip(vectors, printed, strict=True):
+        for label in labels:
+            assert label.score >= MIN_SHARE
+            assert row[fitted.model.concepts.index(label.concept)] > 0
+        assert sum(label.score for label in labels) <= 1 + 1e-6
+
+
+def test_similarity_labels_are_never_negative(tiny_backbone):
+    from core.ceir.concept_bank import parse_concepts
+
+    bank = parse_concepts("\n".join(f"concept {i}" for i in range(20)))
+    embeddings = unit_rows(10, tiny_backbone.embed_dim, 2)
+    labels = labels_from_similarity(BackboneOnly(tiny_backbone), embeddings, bank, top_k=20)
+    assert all(label.score > 0 for image in labels for label in image)
+    assert sum(len(image) for image in labels) < 200  # a random model gives some negative cosines
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="the shipped CEIR bundle is not in this checkout")
+def test_out_of_distribution_warning_fires_on_photos_not_on_birds():
+    from skimage import data as photos
+
+    from core.ceir.train import load_ceir
+    from core.data.spec import open_split
+
+    loaded = load_ceir(SHIPPED, device="cpu")
+    birds = open_split(loaded.data.with_seed(123), "test")
+    named = [(f"bird{i}", birds.image(i)) for i in range(0, len(birds), 5)]
+    named += [(name, Image.fromarray(getattr(photos, name)())) for name in ("chelsea", "astronaut", "coffee")]
+    report = label_images(loaded, named)
+    warned = {image.file for image in report.images if image.warning == OOD_WARNING}
+    assert {"chelsea", "astronaut", "coffee"} <= warned
+    assert len(warned - {"chelsea", "astronaut", "coffee"}) <= 2  # at most ~1 % of 48 birds by design
+
+
+def test_a_teacher_gives_the_similarities_and_the_backbone_the_features(tiny_backbone):
+    """--teacher: the projection maps the student's features (any width) onto the teacher's concept
+    similarities; the stored concept text is the teacher's."""
+    student = unit_rows(48, 20, 3)  # a 20-wide feature space the teacher's towers know nothing of
+    teacher_images = unit_rows(48, tiny_backbone.embed_dim, 4)
+    bank = ["red head", "blue wing", "green body", "yellow tail"]
+    config = tiny_config(class_relevance_fraction=None, activation_fraction=None, near_duplicate_fraction=0.0)
+    fitted = fit_ceir(bank, ["a", "b"], student, tiny_backbone, teacher_images, config, log=lambda *_: None)
+    assert fitted.model.projection.weight.shape == (len(fitted.model.concepts), 20)
+    assert fitted.model.concept_embeddings.shape[1] == tiny_backbone.embed_dim
+    assert fitted.model.concept_vectors(student).shape == (48, len(fitted.model.concepts))
+
+
+def test_projection_stops_on_a_non_finite_loss():
+    from core.ceir.bottleneck import train_projection
+
+    x = unit_rows(40, 8, 5)
+    teacher = torch.randn(40, 3)
+    with pytest.raises(ValueError, match="loss became nan"):
+        train_projection(x, teacher, ProjectionConfig(steps=20, lr=float("inf"), eval_every=5))
