@@ -21,13 +21,24 @@ from typing import Any
 FRESH_SEED = 123
 SEED_STUDY_DIR = "runs/seed-study"
 # Figures the seed study aggregates (fresh-seed evaluation), as (label, path into the eval result).
-SEED_STUDY_FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (
+SEED_STUDY_FIGURES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {}
+SEED_STUDY_FIGURES["concepthash"] = (
     ("mAP", ("map",)),
     ("part swap: matched flip rate", ("part_swap", "matched_flip_rate_mean")),
     ("part swap: largest off-diagonal", ("part_swap", "largest_off_diagonal", "flip_rate")),
     ("localisation, overlap rule", ("localization_overlap", "mean_hit_rate")),
     ("attention overlap (diversity)", ("diversity",)),
     ("code unchanged under flip", ("flip_invariance",)),
+)
+SEED_STUDY_FIGURES["ceir"] = (
+    ("latent ACC, inductive", ("protocols", "inductive", "ceir", "acc")),
+    ("raw CLIP ACC, inductive", ("protocols", "inductive", "clip_embedding", "acc")),
+    ("concept vectors ACC, inductive", ("protocols", "inductive", "concepts", "acc")),
+    ("latent ACC, transductive", ("protocols", "transductive", "ceir", "acc")),
+    ("raw CLIP ACC, transductive", ("protocols", "transductive", "clip_embedding", "acc")),
+    ("label precision", ("labels", "precision")),
+    ("labels that are distractors", ("labels", "distractor_share")),
+    ("concept precision@5", ("concept_precision_at_5",)),
 )
 
 
@@ -42,7 +53,7 @@ def shipped_steps(out: str = "pretrained", quick: bool = False) -> list[Step]:
     """The commands behind the shipped bundles (``quick`` shrinks them for a smoke test)."""
     clip_size = ["--train-per-class", "200", "--test-per-class", "20", "--epochs", "50"]
     hash_size = ["--epochs", "40"]
-    ceir_size = ["--epochs", "100"]
+    ceir_size: list[str] = []  # the defaults, chosen by the option study (core.ceir.options)
     if quick:
         clip_size = [
             "--train-per-class",
@@ -71,8 +82,6 @@ def shipped_steps(out: str = "pretrained", quick: bool = False) -> list[Step]:
             "16",
         ]
         ceir_size = [
-            "--near-duplicate-threshold",
-            "0.999",
             "--epochs",
             "2",
             "--train-per-class",
@@ -162,7 +171,8 @@ def seed_variant(step: Step, seed: int, seed_dir: str) -> Step:
     return Step(f"{step.name}-seed{seed}", step.description, tuple(argv))
 
 
-def _figure(result: dict[str, Any], path: tuple[str, ...]) -> float:
+def figure(result: dict[str, Any], path: tuple[str, ...]) -> float:
+    """The number at ``path`` (a sequence of keys) in a nested result."""
     value: Any = result
     for key in path:
         value = value[key]
@@ -177,7 +187,8 @@ def seed_study(
     overwrite: bool = False,
     log=print,
 ) -> dict[str, Any]:
-    """Retrain every ConceptHash step with each extra training seed; mean and std over seeds {0, *seeds}.
+    """Retrain every ConceptHash and CEIR step with each extra training seed; mean and std over seeds
+    {0, *seeds} of ``SEED_STUDY_FIGURES`` for its kind.
 
     ``fresh`` holds the shipped (seed 0) bundles' fresh-seed evaluations.  Bundles already in
     ``seed_dir`` are kept unless ``overwrite``, so an interrupted study continues.
@@ -188,7 +199,8 @@ def seed_study(
 
     study: dict[str, Any] = {"seeds": [0, *seeds], "fresh_seed": FRESH_SEED, "dir": seed_dir, "variants": {}}
     for step in steps:
-        if step.argv[:2] != ("train", "concepthash"):
+        kind = step.argv[1]
+        if step.argv[0] != "train" or kind not in SEED_STUDY_FIGURES:
             continue
         results = [fresh[step.name]]
         for seed in seeds:
@@ -199,14 +211,14 @@ def seed_study(
             log(f"evaluating {bundle} ...")
             results.append(evaluate_any(bundle, seed=FRESH_SEED, device="cpu"))
         figures = {}
-        for label, path in SEED_STUDY_FIGURES:
-            values = np.array([_figure(r, path) for r in results])
+        for label, path in SEED_STUDY_FIGURES[kind]:
+            values = np.array([figure(r, path) for r in results])
             figures[label] = {
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)),
                 "values": values.tolist(),
             }
-        study["variants"][step.name] = figures
+        study["variants"][step.name] = figures | {"kind": kind}
     return study
 
 
@@ -256,18 +268,24 @@ def reproduce(
     seed_dir: str = SEED_STUDY_DIR,
     log=print,
 ) -> dict[str, Any]:
-    """Train (or keep) and evaluate the shipped bundles; ``seeds`` adds the training-seed study."""
+    """Train (or keep) and evaluate the shipped bundles; ``seeds`` adds the training-seed study, and the
+    CEIR step (unless ``quick``) the option study on a validation seed.
+
+    With ``only``, the other steps' entries of an existing ``results.json`` are kept, so one bundle can be
+    rebuilt without re-measuring the rest.
+    """
     out = Path(out)
     steps = [s for s in shipped_steps(str(out), quick) if not only or s.name in only]
     if not steps:
         raise ValueError(f"No step matches {only}; steps are: {', '.join(s.name for s in shipped_steps())}.")
     results: dict[str, Any] = {"machine": machine_description(), "steps": {}}
+    previous = out / "results.json"
+    if only and previous.is_file():
+        results = json.loads(previous.read_text()) | {"machine": results["machine"]}
     for step in steps:
         bundle = out / step.name
         if bundle.is_dir() and not overwrite:
-            from core.bundle import read_bundle_config
-
-            seconds = float(read_bundle_config(bundle).get("train", {}).get("seconds", float("nan")))
+            seconds = float(read_config(bundle).get("train", {}).get("seconds", float("nan")))
             log(f"{bundle} exists; keeping it (--overwrite retrains).")
         else:
             argv = step.argv + (("--overwrite",) if overwrite else ())
@@ -281,12 +299,31 @@ def reproduce(
     for step in steps:
         log(f"evaluating {step.name} ...")
         results["steps"][step.name] |= evaluate_step(out, step)
+    order = [s.name for s in shipped_steps(str(out), quick)]
+    results["steps"] = dict(sorted(results["steps"].items(), key=lambda item: order.index(item[0])))
+    ceir = next((s for s in steps if s.argv[:2] == ("train", "ceir")), None)
+    if ceir is not None and not quick:
+        from core.ceir.options import option_study
+        from core.data.spec import DataSpec
+
+        backbone = ceir.argv[ceir.argv.index("--backbone") + 1]
+        data = DataSpec.from_dict(read_config(out / ceir.name)["data"])
+        results["ceir_options"] = option_study(backbone, data, log=log)
     if seeds:
-        fresh = {name: step["fresh_seed"] for name, step in results["steps"].items()}
-        results["seed_study"] = seed_study(steps, fresh, seeds, seed_dir, overwrite=overwrite, log=log)
+        fresh = {name: step["fresh_seed"] for name, step in results["steps"].items() if name in order}
+        study = seed_study(steps, fresh, seeds, seed_dir, overwrite=overwrite, log=log)
+        if only and "seed_study" in results:
+            study["variants"] = results["seed_study"]["variants"] | study["variants"]
+        results["seed_study"] = study
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "README.md").write_text(render_readme(results))
     return results
+
+
+def read_config(bundle: Path) -> dict[str, Any]:
+    from core.bundle import read_bundle_config
+
+    return read_bundle_config(bundle)
 
 
 def machine_description() -> str:
@@ -382,22 +419,53 @@ def render_readme(results: dict[str, Any]) -> str:
                 if key in test:
                     lines.append(f"| {key} | {_fmt(test[key])} | {_fmt(fresh.get(key))} |")
             lines.append("")
+    if "ceir_options" in results:
+        lines += render_option_study(results["ceir_options"])
     if "seed_study" in results:
         lines += render_seed_study(results["seed_study"])
     return "\n".join(lines)
 
 
 def render_seed_study(study: dict[str, Any]) -> list[str]:
-    """Mean ± std over training seeds of the ConceptHash figures (fresh-seed evaluation)."""
-    labels = [label for label, _ in SEED_STUDY_FIGURES]
+    """Mean ± std over training seeds of each kind's figures (fresh-seed evaluation), one table per kind."""
     lines = [
-        "## Training-seed study (ConceptHash)",
+        "## Training-seed study",
         "",
         f"Mean ± std over training seeds {', '.join(map(str, study['seeds']))} (seed 0 is the shipped "
         f"bundle; the others are the same command with another `--seed`, written to `{study['dir']}/`), each "
         f"evaluated with `--seed {study['fresh_seed']}`.",
         "",
-        "| bundle | " + " | ".join(labels) + " |",
+    ]
+    for kind, figures_of_kind in SEED_STUDY_FIGURES.items():
+        variants = {n: f for n, f in study["variants"].items() if f.get("kind", "concepthash") == kind}
+        if not variants:
+            continue
+        labels = [label for label, _ in figures_of_kind]
+        lines += [
+            "| bundle | " + " | ".join(labels) + " |",
+            "|---|" + "---|" * len(labels),
+        ]
+        for name, figures in variants.items():
+            cells = [f"{figures[label]['mean']:.3f} ± {figures[label]['std']:.3f}" for label in labels]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def render_option_study(study: dict[str, Any]) -> list[str]:
+    """The CEIR option study (``core.ceir.options``): mean ± std over training seeds per variant."""
+    from core.ceir.options import FIGURES, best_variant
+
+    labels = [label for label, _ in FIGURES]
+    lines = [
+        "## CEIR options, measured on a validation seed",
+        "",
+        "Each variant changes the defaults in one way; ToyBirds drawn with "
+        f"`--seed {study['validation_seed']}` (not the test seed), mean ± std over training seeds "
+        f"{', '.join(map(str, study['seeds']))}. The shipped defaults are the variant with the best mean "
+        f"inductive latent ACC: **{best_variant(study)}**.",
+        "",
+        "| variant | " + " | ".join(labels) + " |",
         "|---|" + "---|" * len(labels),
     ]
     for name, figures in study["variants"].items():

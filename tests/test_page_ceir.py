@@ -308,3 +308,19 @@ def test_umap_frame_names_classes_and_keeps_row_indices():
     assert frame["index"].tolist() == [0, 1]
     assert frame["cluster"].tolist() == ["cluster 1", "cluster 0"]
     assert frame["true label"].tolist() == ["finch", "5"]  # an unknown class id shows as its number
+
+
+def test_protocols_table_shows_mean_and_std_under_both_protocols():
+    scores = {"acc": 0.9, "acc_std": 0.01, "nmi": 0.8, "nmi_std": 0.02}
+    metrics = {
+        "protocols": {
+            "inductive": {"ceir": scores, "clip_embedding": scores | {"acc": 0.95}},
+            "transductive": {"ceir": scores | {"acc": 0.5, "acc_std": 0.1}},
+        }
+    }
+    table = view.protocols_table(metrics)
+    assert list(table["method"]) == ["CEIR", "k-means on CLIP embeddings"]
+    ceir = table.iloc[0]
+    assert ceir["inductive ACC"] == "0.900 ± 0.010" and ceir["transductive ACC"] == "0.500 ± 0.100"
+    assert pd.isna(table.iloc[1]["transductive ACC"])  # not measured: left empty, not invented
+    assert view.protocols_table({"acc": 0.9}).empty  # a bundle from before the protocols

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core import reproduce
+from core.ceir.options import FIGURES, best_variant
 
 
 def test_seed_variant_changes_only_the_training_seed_and_the_output():
@@ -46,3 +47,59 @@ def test_seed_study_aggregates_every_concepthash_step_over_seeds(monkeypatch, tm
     assert figures["part swap: matched flip rate"]["std"] == 0.0
     table = "\n".join(reproduce.render_seed_study(study))
     assert "| toybirds-concepthash-csd | 0.800 ± 0.200 | 0.500 ± 0.000 |" in table
+
+
+def _ceir_result(latent: float) -> dict:
+    scores = {"acc": latent, "acc_std": 0.0, "nmi": 0.9, "nmi_std": 0.0, "ari": 0.8, "ari_std": 0.0}
+    protocol = {"ceir": scores, "clip_embedding": scores | {"acc": 0.95}, "concepts": scores}
+    return {
+        "protocols": {"inductive": protocol, "transductive": protocol},
+        "labels": {"precision": 0.9, "distractor_share": 0.0},
+        "concept_precision_at_5": 0.6,
+    }
+
+
+def test_seed_study_gives_ceir_its_own_figures(monkeypatch, tmp_path):
+    monkeypatch.setattr(reproduce, "run_step", lambda step, log: 1.0)
+    monkeypatch.setattr("core.cli.evaluate_any", lambda path, seed, device: _ceir_result(0.9))
+    steps = [s for s in reproduce.shipped_steps() if s.name == "toybirds-ceir"]
+    study = reproduce.seed_study(
+        steps, {"toybirds-ceir": _ceir_result(0.96)}, [1, 2], str(tmp_path), log=print
+    )
+    figures = study["variants"]["toybirds-ceir"]
+    assert figures["kind"] == "ceir"
+    assert figures["latent ACC, inductive"]["values"] == [0.96, 0.9, 0.9]
+    table = "\n".join(reproduce.render_seed_study(study))
+    assert "| bundle | latent ACC, inductive | raw CLIP ACC, inductive |" in table
+    assert "| toybirds-ceir | 0.920 ± 0.035 | 0.950 ± 0.000 |" in table
+
+
+def test_option_study_table_names_the_best_variant():
+    def figures(latent: float) -> dict:
+        return {label: {"mean": latent, "std": 0.01} for label, _ in FIGURES}
+
+    study = {
+        "validation_seed": 7,
+        "seeds": [0, 1, 2],
+        "variants": {"defaults": figures(0.96), "x": figures(0.5)},
+    }
+    assert best_variant(study) == "defaults"
+    table = "\n".join(reproduce.render_option_study(study))
+    assert "`--seed 7`" in table and "**defaults**" in table
+    assert "| x | 0.500 ± 0.010 |" in table
+
+
+def test_reproduce_only_keeps_the_other_steps(monkeypatch, tmp_path):
+    """Rebuilding one bundle keeps the other steps' measured entries in results.json, in shipped order."""
+    import json
+
+    kept = {"command": "conceptlens train clip ...", "description": "clip", "train_seconds": 5.0}
+    (tmp_path / "results.json").write_text(json.dumps({"machine": "old", "steps": {"toybirds-clip": kept}}))
+    monkeypatch.setattr(reproduce, "run_step", lambda step, log: 2.0)
+    monkeypatch.setattr(reproduce, "evaluate_step", lambda out, step: {"test": {}, "fresh_seed": {}})
+    monkeypatch.setattr(reproduce, "warm_dashboard_caches", lambda out, log: None)
+    reproduce.reproduce(tmp_path, only=["toybirds-concepthash-csd"], log=lambda *_: None)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["steps"]) == ["toybirds-clip", "toybirds-concepthash-csd"]
+    assert results["steps"]["toybirds-clip"] == kept
+    assert results["steps"]["toybirds-concepthash-csd"]["train_seconds"] == 2.0

@@ -76,6 +76,32 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", *(c for _, c in SCORES)])
 
 
+PROTOCOLS: tuple[tuple[str, str], ...] = (
+    ("inductive", "inductive (k-means fit on train, test assigned)"),
+    ("transductive", "transductive, the paper's (VAE on train + test, k-means fit on test)"),
+)
+
+
+def protocols_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per method, ACC and NMI as mean ± std over k-means seeds under each protocol
+    (empty for a bundle trained before the protocols were measured)."""
+    protocols = metrics.get("protocols")
+    rows = []
+    if isinstance(protocols, Mapping):
+        for key, title in METHODS:
+            row: dict[str, Any] = {"method": title}
+            for protocol, _ in PROTOCOLS:
+                scores = (protocols.get(protocol) or {}).get(key) or {}
+                for score in ("acc", "nmi"):
+                    if isinstance(scores.get(score), int | float):
+                        spread = scores.get(f"{score}_std", 0.0)
+                        row[f"{protocol} {score.upper()}"] = f"{scores[score]:.3f} ± {spread:.3f}"
+            if len(row) > 1:
+                rows.append(row)
+    columns = ["method", *(f"{p} {s}" for p, _ in PROTOCOLS for s in ("ACC", "NMI"))]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def umap_frame(
     embedding: np.ndarray,
     clusters: np.ndarray,

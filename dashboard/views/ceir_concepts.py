@@ -14,6 +14,7 @@ from core.ceir.projection2d import ensure_umap, projection_method
 from core.data.spec import open_split
 from lens.bundles import require
 from lens.concepts_view import (
+    PROTOCOLS,
     cluster_table,
     contributions_table,
     distances_table,
@@ -22,6 +23,7 @@ from lens.concepts_view import (
     image_contributions_table,
     intervention_concepts,
     metrics_table,
+    protocols_table,
     selected_indices,
     selection_concepts,
     slider_bounds,
@@ -264,13 +266,34 @@ if metrics.empty:
 else:
     st.dataframe(metrics.round(4), hide_index=True, key="ceir_metrics")
     download_table(metrics, "clustering_metrics", key="ceir_dl_metrics")
+protocols = protocols_table(loaded.metrics)
+if not protocols.empty:
+    st.markdown("**Both protocols, mean ± std over k-means seeds**")
+    st.caption(" · ".join(f"{name}: {meaning}" for name, meaning in PROTOCOLS))
+    st.dataframe(protocols, hide_index=True, key="ceir_protocols")
+    download_table(protocols, "clustering_protocols", key="ceir_dl_protocols")
 precision = loaded.metrics.get("concept_precision_at_5")
+label_quality = loaded.metrics.get("labels") or {}
+columns = st.columns(3)
 if isinstance(precision, int | float):
-    st.metric(
+    columns[0].metric(
         "Concept precision@5",
         f"{precision:.3f}",
         help=(
-            "Share of each test image's top-5 concepts that are true attributes of its species (its head, "
-            "wing and body colours; at most 3/5 = 0.6, since a species has three)."
+            "Share of each test image's top-5 positive concepts that are true attributes of its species (its "
+            "head, wing and body colours). A species has three, so with five positive concepts the best "
+            "is 0.6."
         ),
+    )
+if isinstance(label_quality.get("precision"), int | float):
+    columns[1].metric(
+        "Printed labels that are true",
+        f"{label_quality['precision']:.3f}",
+        help="Of the labels `conceptlens label` prints for the test images, the share that are true species "
+        "attributes.",
+    )
+    columns[2].metric(
+        "Printed labels that are distractors",
+        f"{label_quality['distractor_share']:.3f}",
+        help="Of those labels, the share naming something the world never draws (e.g. 'webbed feet').",
     )
