@@ -522,3 +522,9 @@ def test_toybirds_concept_parts_reads_species_and_nuisance_attributes():
     )
     assert cb.toybirds_concept_parts("purple head") is None
     assert cb.toybirds_concept_parts("red crested body") is None
+
+
+def test_general_bank_has_the_everyday_categories():
+    """A photo of a bird could not be called 'bird' before: the categories a person names first are there."""
+    concepts = set(load_bank("general").concepts)
+    assert {"bird", "person", "animal", "vehicle", "plant", "building", "food", "dog", "cat"} <= concepts
