@@ -116,10 +116,6 @@ def test_image_helpers():
     assert hashing.display_image(Image.new("RGB", (400, 300)), 192).size == (256, 192)
     mask = np.array([[True, False], [False, True]])
     assert hashing.resize_mask(mask, (4, 4)).tolist() == np.kron(mask, np.ones((2, 2), bool)).tolist()
-    strip = hashing.image_strip([Image.new("RGB", (10, 10), "red"), Image.new("RGB", (5, 5), "blue")], gap=4)
-    assert strip.size == (10 + 4 + 10, 10)
-    assert strip.getpixel((0, 0)) == (255, 0, 0) and strip.getpixel((12, 5)) == (255, 255, 255)
-    assert strip.getpixel((14, 9)) == (0, 0, 255)
 
 
 def test_tables_from_metrics():
@@ -148,6 +144,7 @@ def test_bit_matrix_figure():
     assert np.array_equal(np.asarray(heat.z), (CODES[order] > 0).astype(int))
     assert list(heat.x) == ["c0·b0", "c0·b1", "c1·b0", "c1·b1"]
     assert [shape.x0 for shape in fig.layout.shapes] == [1.5]
+    assert heat.showscale is not False and list(heat.colorbar.ticktext) == ["off (−1)", "on (+1)"]
     assert list(heat.y) == ["#1 b", "#3 b", "#4 b", "#2 a", "#0 a"]  # image and class name per row
     assert not fig.layout.annotations
     named = hashing.bit_matrix_figure(CODES, LABELS, order, 2, ["a", "b"], {0: "wing", 1: "head"})
@@ -373,12 +370,18 @@ def test_heatmaps_and_codes_of_database_images(loaded, db_images):
 
 
 def images(app) -> list[tuple[str, str]]:
-    """(caption, url) of every image on the page; the url names the image's bytes."""
+    """(caption, url) of every captioned image on the page (not the colour scale); the url names its bytes."""
     return [
         (caption, url)
         for element in app.get("image")
+        if any(element.captions)
         for caption, url in zip(element.captions, element.value, strict=True)
     ]
+
+
+def colour_scales(app) -> int:
+    """How many uncaptioned images (the heatmap colour scale) the page shows."""
+    return sum(not any(element.captions) for element in app.get("image"))
 
 
 def chart_z(chart) -> np.ndarray:
@@ -413,7 +416,11 @@ def test_hash_codes_page(dashboard, loaded):
     assert {b.label for b in app.get("download_button")} >= {
         "Download bit-matrix (HTML)",
         "Download subcode-part-nmi (CSV)",
+        "Download subcode-part-nmi (HTML)",
+        "Download bit-0-on-sample0 (PNG)",  # (the tiny model may have bit 0 on everywhere: no "off" grid)
     }
+    assert json.loads(charts[0].proto.spec)["data"][0]["colorbar"]["ticktext"] == ["off (−1)", "on (+1)"]
+    assert colour_scales(app) == 1, "the overlays' colour scale"
 
     # bit c0·b0: 12 + 12 images (48 in the database, both sides have more than 12)
     n_on = int((codes[:, 0] > 0).sum())
@@ -429,6 +436,7 @@ def test_hash_codes_page(dashboard, loaded):
     app.checkbox(key="hash_overlay").uncheck().run()
     plain = images(app)
     assert [c for c, _ in plain] == [c for c, _ in shown] and [u for _, u in plain] != [u for _, u in shown]
+    assert colour_scales(app) == 0, "no colour scale without overlays"
 
     app.radio(key="hash_pick").set_value("Sub-code").run()
     app.selectbox(key="hash_subcode").set_value(2).run()
@@ -488,7 +496,9 @@ def test_concept_attention_page_database_image(dashboard, loaded):
     captions = [c for c, _ in images(app)]
     start = captions.index("head")
     assert captions[start : start + 4] == ["head", "wing", "body", "tail"], "the part masks"
-    assert app.get("download_button")[0].label == "Download the overlays (PNG)"
+    label = app.get("download_button")[0].label
+    assert label.startswith("Download concept-attention-0-") and label.endswith("-last (PNG)")
+    assert colour_scales(app) == 1
 
     app.radio(key="attn_method").set_value("Rollout").run()
     rollout = overlays(app)

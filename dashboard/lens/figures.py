@@ -1,15 +1,15 @@
-"""Drawing helpers: heatmap overlays, image grids and download buttons."""
+"""Drawing helpers: heatmap overlays with their colour scale, image grids and download buttons."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 # A perceptually ordered colour ramp (dark blue -> teal -> yellow), sampled at 5 stops.
 _RAMP = np.array(
@@ -32,6 +32,101 @@ def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5) -> Im
     return Image.blend(rgb, heat, float(np.clip(opacity, 0.0, 1.0)))
 
 
+ATTENTION_SCALE = "attention, each map scaled to its own range (0 = least, 1 = most attended)"
+_TEXT = (20, 20, 20)
+
+
+# Pillow's built-in font lacks these glyphs; with it they are written in plain characters.
+_PLAIN = str.maketrans({"≈": "~", "−": "-", "✓": "yes", "✗": "no", "⟲": "*"})
+
+
+def _font(size: int = 13) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans where the system has it (it draws ≈), else the font inside Pillow (no network needed)."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def _writable(text: str, font) -> str:
+    return text if isinstance(getattr(font, "path", None), str) else text.translate(_PLAIN)
+
+
+def _fit_lines(text: str, width: int, font, max_lines: int = 2) -> list[str]:
+    """``text`` wrapped at spaces into lines no wider than ``width`` px; the last line ends in … when cut."""
+    lines: list[str] = []
+    for word in _writable(text, font).split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += " …"
+    for i, line in enumerate(lines):
+        while font.getlength(line) > width and len(line) > 1:
+            line = line[:-2] + "…"
+        lines[i] = line
+    return lines
+
+
+def colour_scale(width: int = 240, title: str = ATTENTION_SCALE, bar_height: int = 12) -> Image.Image:
+    """The overlay colour ramp as a labelled bar (ticks 0, 0.5, 1 under it, ``title`` above): the legend of
+    every heatmap drawn by :func:`overlay`."""
+    font = _font(12)
+    title_lines = _fit_lines(title, width, font, max_lines=3)
+    line = 15
+    top = line * len(title_lines) + 2
+    canvas = Image.new("RGB", (width, top + bar_height + line + 2), "white")
+    draw = ImageDraw.Draw(canvas)
+    for row, text in enumerate(title_lines):
+        draw.text((0, row * line), text, fill=_TEXT, font=font)
+    ramp = colourize(np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (bar_height, 1)))
+    canvas.paste(Image.fromarray(ramp), (0, top))
+    for value, anchor in ((0.0, "la"), (0.5, "ma"), (1.0, "ra")):
+        draw.text(
+            (value * (width - 1), top + bar_height + 2), f"{value:g}", fill=_TEXT, font=font, anchor=anchor
+        )
+    return canvas
+
+
+def labelled_grid(
+    items: Sequence[tuple[str, Image.Image]], columns: int = 6, tile: int = 160, scale: str | None = None
+) -> Image.Image:
+    """One image of captioned tiles in rows of ``columns`` (each scaled to ``tile`` px high, its caption
+    written under it), with the colour scale titled ``scale`` at the bottom: a PNG that says what it shows."""
+    if not items:
+        raise ValueError("There are no images to put in a grid.")
+    font, line, gap = _font(13), 16, 8
+    scaled = [
+        image.convert("RGB").resize((max(1, round(image.width * tile / image.height)), tile))
+        for _, image in items
+    ]
+    cell = max(max(image.width for image in scaled), 120)
+    captions = [_fit_lines(caption, cell, font) for caption, _ in items]
+    text_height = line * max(len(lines) for lines in captions)
+    columns = max(1, min(columns, len(items)))
+    rows = -(-len(items) // columns)
+    legend = colour_scale(min(320, columns * cell), scale) if scale else None
+    width = columns * cell + (columns - 1) * gap
+    height = rows * (tile + text_height + gap) + (legend.height + gap if legend else 0)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for n, (image, lines) in enumerate(zip(scaled, captions, strict=True)):
+        x, y = (n % columns) * (cell + gap), (n // columns) * (tile + text_height + gap)
+        canvas.paste(image, (x, y))
+        for row, text in enumerate(lines):
+            draw.text((x, y + tile + 2 + row * line), text, fill=_TEXT, font=font)
+    if legend:
+        canvas.paste(legend, (0, height - legend.height))
+    return canvas
+
+
+def show_colour_scale(title: str = ATTENTION_SCALE, width: int = 240) -> None:
+    """The heatmap legend in the page, next to the overlays it explains."""
+    st.image(colour_scale(2 * width, title), width=width)
+
+
 def mask_overlay(
     image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (255, 0, 128), opacity: float = 0.55
 ) -> Image.Image:
@@ -42,18 +137,39 @@ def mask_overlay(
     return Image.fromarray(np.where(m, base * (1 - opacity) + tint * opacity, base).astype(np.uint8))
 
 
-def image_grid(items: Sequence[tuple[str, Image.Image]], columns: int = 6, width: int = 110) -> None:
-    """Images with captions in rows of ``columns``."""
+def image_grid(
+    items: Sequence[tuple[str, Image.Image]],
+    columns: int = 6,
+    width: int = 110,
+    download: str | None = None,
+    scale: str | None = None,
+    key: str | None = None,
+) -> None:
+    """Images with captions in rows of ``columns``; with ``download`` a button for the grid as one
+    labelled PNG (with the colour scale titled ``scale`` when the tiles are heatmap overlays)."""
     for start in range(0, len(items), columns):
         cols = st.columns(columns)
         for col, (caption, image) in zip(cols, items[start : start + columns], strict=False):
             col.image(image, caption=caption, width=width)
+    if download and items:
+        download_png(partial(labelled_grid, list(items), columns, scale=scale), download, key=key)
 
 
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def download_png(make: Callable[[], Image.Image], name: str, key: str | None = None) -> None:
+    """A button for an image as a PNG; ``make`` draws it only when the button is pressed."""
+    st.download_button(
+        f"Download {name} (PNG)",
+        lambda: png_bytes(make()),
+        file_name=f"{name}.png",
+        mime="image/png",
+        key=key or f"png-{name}",
+    )
 
 
 def download_table(df: pd.DataFrame, name: str, key: str | None = None) -> None:

@@ -209,22 +209,6 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(small.resize(size, Image.Resampling.NEAREST)) > 127
 
 
-def image_strip(images: Sequence[Image.Image], gap: int = 4) -> Image.Image:
-    """Images side by side on white (all scaled to the first one's height), for one PNG download."""
-    if not images:
-        raise ValueError("There are no images to put in a strip.")
-    height = images[0].height
-    scaled = [
-        im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height)) for im in images
-    ]
-    strip = Image.new("RGB", (sum(im.width for im in scaled) + gap * (len(scaled) - 1), height), "white")
-    x = 0
-    for im in scaled:
-        strip.paste(im, (x, 0))
-        x += im.width + gap
-    return strip
-
-
 def concept_parts(metrics: dict[str, Any]) -> dict[int, str]:
     """Concept -> the ToyBirds part it was matched to by the localisation metric (empty without parts)."""
     concepts = metrics.get("localization", {}).get("concepts", [])
@@ -441,7 +425,12 @@ def bit_matrix_figure(
             colorscale=[[0.0, "#2b2d42"], [0.5, "#2b2d42"], [0.5, "#f4d35e"], [1.0, "#f4d35e"]],
             zmin=0,
             zmax=1,
-            showscale=False,
+            colorbar={
+                "title": "bit",
+                "tickvals": [0.25, 0.75],
+                "ticktext": ["off (−1)", "on (+1)"],
+                "len": 0.3,
+            },
             xgap=1,
             hovertemplate="%{y}<br>%{x} = %{z}<extra></extra>",
         )

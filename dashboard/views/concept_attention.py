@@ -23,7 +23,7 @@ from lens.counterfactual import (
     subcode_changes,
     verdict,
 )
-from lens.figures import image_grid, mask_overlay, overlay, png_bytes
+from lens.figures import ATTENTION_SCALE, image_grid, mask_overlay, overlay, show_colour_scale
 from lens.hashing import (
     METHODS,
     bits_per_concept,
@@ -35,7 +35,6 @@ from lens.hashing import (
     encode_images,
     format_code,
     heatmaps_for,
-    image_strip,
     is_cls_baseline,
     model_view,
     resize_mask,
@@ -161,7 +160,16 @@ if cls_baseline:
 else:
     st.markdown(f"**{title}** — code `{format_code(code, n_concepts)}`")
     items += [(f"{concept_label(m, names)} = {groups[m]}", overlaid) for m, overlaid in enumerate(overlays)]
-image_grid(items, columns=min(len(items), 6), width=SHOWN)
+stem = title.rsplit(".", 1)[0].replace("#", "").replace(" · ", "-").replace(" ", "_")
+image_grid(
+    items,
+    columns=min(len(items), 6),
+    width=SHOWN,
+    download=f"concept-attention-{stem}-{METHODS[method_label]}",
+    scale=ATTENTION_SCALE,
+    key="attn_download",
+)
+show_colour_scale()
 if cls_baseline:
     st.caption(
         f"The CLS baseline has no concept tokens: one {code.shape[0]}-bit code from the CLS token, whose "
@@ -193,14 +201,6 @@ if masks is not None:
     ]
     image_grid(part_items, columns=min(len(items), 6), width=SHOWN)
 
-stem = title.rsplit(".", 1)[0].replace("#", "").replace(" · ", "-").replace(" ", "_")
-st.download_button(
-    "Download the overlays (PNG)",
-    png_bytes(image_strip([shown, *overlays])),
-    file_name=f"concept-attention-{stem}-{METHODS[method_label]}.png",
-    mime="image/png",
-    key="attn_download",
-)
 
 # --- counterfactual: the same bird with one part repainted ----------------------------------------
 if index is not None and masks is not None:
@@ -272,4 +272,11 @@ if index is not None and masks is not None:
         for m in range(n_concepts)
     ]
     st.markdown(f"**{method_label} attention before and after the repaint**")
-    image_grid(rows, columns=n_concepts if n_concepts > 1 else 2, width=SHOWN)
+    image_grid(
+        rows,
+        columns=n_concepts if n_concepts > 1 else 2,
+        width=SHOWN,
+        download=f"repaint-{stem}-{part}-{value}-{METHODS[method_label]}",
+        scale=ATTENTION_SCALE,
+        key="attn_cf_download",
+    )

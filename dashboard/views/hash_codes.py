@@ -11,7 +11,14 @@ import streamlit as st
 
 from core.data.spec import DataSpec, open_split
 from lens.bundles import require
-from lens.figures import download_figure, download_table, image_grid, overlay
+from lens.figures import (
+    ATTENTION_SCALE,
+    download_figure,
+    download_table,
+    image_grid,
+    overlay,
+    show_colour_scale,
+)
 from lens.hashing import (
     SORT_MODES,
     balanced_sample,
@@ -58,8 +65,11 @@ def database_heatmaps(_loaded, _split, path: str, mtime: float, indices: tuple[i
     return heatmaps_for(_loaded, [_split.image(i) for i in indices], "last")
 
 
-def draw_grid(split, indices, heat: dict, concept: int | None, names: list[str], labels) -> None:
-    """Database images with captions, each with the concept's attention on top when ``concept`` is set."""
+def draw_grid(
+    split, indices, heat: dict, concept: int | None, names: list[str], labels, download: str
+) -> None:
+    """Database images with captions, each with the concept's attention on top when ``concept`` is set, and a
+    button for them as one labelled PNG named ``download``."""
     items, cut = [], []
     for i in (int(i) for i in indices):
         image = display_image(split.image(i), TILE)
@@ -71,7 +81,13 @@ def draw_grid(split, indices, heat: dict, concept: int | None, names: list[str],
         if caption.endswith("…"):
             cut.append(f"#{i} {name}")
         items.append((caption, image))
-    image_grid(items, columns=6 if len(items) > 4 else 4)
+    image_grid(
+        items,
+        columns=6 if len(items) > 4 else 4,
+        download=download,
+        scale=None if concept is None else ATTENTION_SCALE,
+        key=f"hash_png_{download}",
+    )
     if cut:
         st.caption(" · ".join(cut))
 
@@ -189,6 +205,8 @@ if split is not None:
             st.error(f"The attention maps could not be computed: {exc}")
             attend = False
     overlaid = concept if attend else None
+    if overlaid is not None:
+        show_colour_scale()
 
     if pick == "Bit":
         n_on = int((codes[:, bit] > 0).sum())
@@ -201,7 +219,15 @@ if split is not None:
                 )
                 if len(chosen) == 0:
                     st.info(f"No database image has {bit_names[bit]} {side.split()[0]}.")
-                draw_grid(split, chosen, heat, overlaid, class_names, labels)
+                draw_grid(
+                    split,
+                    chosen,
+                    heat,
+                    overlaid,
+                    class_names,
+                    labels,
+                    f"bit-{bit}-{side.split()[0]}-sample{seed}",
+                )
     else:
         st.markdown(
             f"**{concept_label(concept, names).capitalize()}**: {len(groups)} of {2**per} possible "
@@ -213,7 +239,9 @@ if split is not None:
         for value, chosen in samples.items():
             count = len(groups[value])
             st.markdown(f"**value {value}** · bits `{subcode_bits(value, per)}` · {count} images")
-            draw_grid(split, chosen, heat, overlaid, class_names, labels)
+            draw_grid(
+                split, chosen, heat, overlaid, class_names, labels, f"c{concept}-value{value}-sample{seed}"
+            )
 
 # --- part swap -----------------------------------------------------------------------------------
 st.subheader("Repaint one part: which sub-code flips?")
@@ -244,6 +272,7 @@ else:
     swap_table, matched = part_swap_table(swap, names, cls_baseline)
     swap_figure = part_swap_figure(swap_table, matched)
     st.plotly_chart(swap_figure, key="hash_swap")
+    download_figure(swap_figure, "part-swap", key="hash_swap_html")
     summary = "" if cls_baseline else part_swap_summary(swap, names)
     if summary:
         st.markdown(summary[0].upper() + summary[1:])
@@ -272,6 +301,7 @@ else:
         nmi = nmi_figure(table)
         st.plotly_chart(nmi, key="hash_nmi")
         download_table(table.round(4), "subcode-part-nmi", key="hash_nmi_csv")
+        download_figure(nmi, "subcode-part-nmi", key="hash_nmi_html")
     local = localisation_table(loaded.metrics, cls_baseline, names if named_by == "part swap" else None)
     if local is not None:
         with right:
