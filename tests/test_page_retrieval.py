@@ -24,12 +24,15 @@ from core.retrieval import pack_codes  # noqa: E402
 from lens.retrieval_view import (  # noqa: E402
     data_mismatch,
     default_pair,
+    first_tie_group,
     metrics_table,
     precision_of,
     result_caption,
     results_table,
     search,
     table_for_display,
+    tie_sentence,
+    tie_table,
 )
 
 PAGE = "retrieval"
@@ -71,11 +74,49 @@ def test_search_of_a_database_code_finds_it_first_and_caps_k():
         search(pack_codes(db), db[:2], 2)
 
 
+@pytest.mark.parametrize("bits", [6, 12])
+def test_tie_table_counts_every_distance_like_brute_force(bits):
+    rng = np.random.default_rng(bits)
+    db = rng.choice(np.array([-1, 1], dtype=np.int8), size=(300, bits))
+    packed = pack_codes(db)
+    for _ in range(4):
+        query = rng.choice(np.array([-1, 1], dtype=np.int8), size=bits)
+        distances = (db != query).sum(axis=1)
+        for k in (1, 8, 40, 500):
+            ties = tie_table(packed, query, k)
+            values = sorted(set(distances.tolist()))
+            assert ties["distance"].tolist() == values
+            assert ties["database images"].tolist() == [int((distances == d).sum()) for d in values]
+            assert ties["database images"].sum() == len(db)
+            # ranks and the top-k share follow the brute-force ranking (distance, then index)
+            ranked = brute_force(db, query, len(db))
+            for row in ties.itertuples(index=False):
+                ranks = [r for r, (_, d) in enumerate(ranked, 1) if d == row.distance]
+                first, last = ranks[0], ranks[-1]
+                assert row.ranks == (str(first) if first == last else f"{first}–{last}")
+                assert row._3 == sum(r <= k for r in ranks)
+            nearest, group = first_tie_group(packed, query)
+            assert nearest == distances.min()
+            assert group.tolist() == [i for i, d in ranked if d == nearest]
+
+
+def test_tie_sentence_says_where_the_top_k_cut_a_tie():
+    ties = pd.DataFrame(
+        {"distance": [0, 1], "database images": [3, 10], "ranks": ["1–3", "4–13"], "in the top k": [3, 5]}
+    )
+    sentence = tie_sentence(ties, 8)
+    assert "5 of the 10 images at distance 1" in sentence and "the other 5 are exactly as close" in sentence
+    assert "ranked by database index, smaller first" in sentence
+    whole = ties.assign(**{"in the top k": [3, 0]})
+    assert tie_sentence(whole, 3).startswith("The top 3 hold whole distance groups")
+
+
 def info(name: str, weight: float | None, seed: int = 0, backbone: str = "clip-a", mode: str = "concepts"):
     model = {"mode": mode} | ({} if weight is None else {"csd_weight": weight})
     data = {"kind": "toybirds", "seed": seed, "image_size": 64}
-    return SimpleNamespace(name=name, path=f"/b/{name}",
-                           config={"model": model, "data": data, "backbone": {"bundle": backbone}})
+    return SimpleNamespace(
+        name=name, path=f"/b/{name}", config={"model": model, "data": data, "backbone": {"bundle": backbone}}
+    )
 
 
 def names(pair) -> tuple[str, str]:
@@ -83,8 +124,14 @@ def names(pair) -> tuple[str, str]:
 
 
 def test_default_pair_prefers_csd_and_nocsd_with_same_data_and_backbone():
-    infos = [info("alpha", 1.0, seed=3), info("beta", 0.0, backbone="clip-b"), info("plain", 0.0),
-             info("toybirds-concepthash-csd", 0.5), info("toybirds-concepthash-nocsd", 0.0), info("z", 2.0)]
+    infos = [
+        info("alpha", 1.0, seed=3),
+        info("beta", 0.0, backbone="clip-b"),
+        info("plain", 0.0),
+        info("toybirds-concepthash-csd", 0.5),
+        info("toybirds-concepthash-nocsd", 0.0),
+        info("z", 2.0),
+    ]
     assert names(default_pair(infos)) == ("toybirds-concepthash-csd", "toybirds-concepthash-nocsd")
     assert names(default_pair(infos[::-1])) == ("toybirds-concepthash-csd", "toybirds-concepthash-nocsd")
     # without the named pair: a valid with/without pair (same data and backbone), first in list order
@@ -106,14 +153,28 @@ def test_data_mismatch_names_both_data_sets():
 
 
 def test_metrics_table_copies_the_stored_metrics():
-    stored = {"map": 0.5, "precision_at": {"1": 0.25, "10": 0.75, "5": 0.5}, "diversity": 0.125,
-              "localization": {"mean_hit_rate": 0.6, "random_baseline": 0.1}}
-    configs = {"with": {"model": {"csd_weight": 1.0}, "metrics": stored},
-               "without": {"model": {"csd_weight": 0.0},
-                           "metrics": {"map": 0.25, "precision_at": {"1": 0.5}}}}
+    stored = {
+        "map": 0.5,
+        "precision_at": {"1": 0.25, "10": 0.75, "5": 0.5},
+        "diversity": 0.125,
+        "localization": {"mean_hit_rate": 0.6, "random_baseline": 0.1},
+    }
+    configs = {
+        "with": {"model": {"csd_weight": 1.0}, "metrics": stored},
+        "without": {"model": {"csd_weight": 0.0}, "metrics": {"map": 0.25, "precision_at": {"1": 0.5}}},
+    }
     table = metrics_table(configs)
-    assert table.columns.tolist() == ["model", "L_csd weight", "mAP", "P@1", "P@5", "P@10", "diversity",
-                                      "mean hit rate", "random hit rate"]
+    assert table.columns.tolist() == [
+        "model",
+        "L_csd weight",
+        "mAP",
+        "P@1",
+        "P@5",
+        "P@10",
+        "diversity",
+        "mean hit rate",
+        "random hit rate",
+    ]
     first = table.iloc[0]
     assert (first["model"], first["L_csd weight"], first["mAP"]) == ("with", 1.0, 0.5)
     assert (first["P@1"], first["P@5"], first["P@10"]) == (0.25, 0.5, 0.75)
@@ -153,15 +214,20 @@ def result_columns(app):
     return found
 
 
-def expected_hits(bundle: Path, query_index: int, k: int) -> list[tuple[str, int]]:
-    """Brute force, independent of the page: encode test image ``query_index``, compare all db codes."""
+def query_and_database(bundle: Path, query_index: int):
+    """Independent of the page: the code of test image ``query_index`` and the loaded bundle."""
     from core.concepthash import load_concepthash
     from core.concepthash.evaluate import sign_codes
     from core.data.spec import open_split
 
     loaded = load_concepthash(bundle, device="cpu")
     image = open_split(loaded.data, "test").image(query_index)
-    code = sign_codes(loaded.model.encode(loaded.backbone.preprocess_images([image])))[0]
+    return sign_codes(loaded.model.encode(loaded.backbone.preprocess_images([image])))[0], loaded
+
+
+def expected_hits(bundle: Path, query_index: int, k: int) -> list[tuple[str, int]]:
+    """Brute force: encode test image ``query_index``, compare all db codes."""
+    code, loaded = query_and_database(bundle, query_index)
     db = loaded.arrays["db_codes"]
     return [(str(loaded.arrays["db_ids"][i]), d) for i, d in brute_force(db, code, k)]
 
@@ -187,7 +253,7 @@ def test_page_compares_the_csd_pair_side_by_side(dashboard, tiny_bundles):
         got = list(zip(rows["database id"], rows["distance"].astype(int), strict=True))
         assert got == expected_hits(tiny_bundles / name, 0, k)
 
-    metrics = app.dataframe[1].value.set_index("model")
+    metrics = next(d.value for d in app.dataframe if "mAP" in d.value.columns).set_index("model")
     for name in ("toy-hash-csd", "toy-hash-nocsd"):
         stored = json.loads((tiny_bundles / name / "config.json").read_text())["metrics"]
         row = metrics.loc[name]
@@ -198,8 +264,12 @@ def test_page_compares_the_csd_pair_side_by_side(dashboard, tiny_bundles):
         assert row["random hit rate"] == pytest.approx(stored["localization"]["random_baseline"])
     assert any("conceptlens eval" in c.value for c in app.caption)
 
-    heatmaps = [image for column in app.columns for image in column.image
-                if image.captions and image.captions[0] == "concept 0"]
+    heatmaps = [
+        image
+        for column in app.columns
+        for image in column.image
+        if image.captions and image.captions[0].startswith("concept 0")
+    ]
     assert [len(h.captions) for h in heatmaps] == [3, 3]  # M = 3 concepts per model
 
     app.slider(key="ret_k").set_value(3).run()
@@ -211,7 +281,8 @@ def test_page_compares_the_csd_pair_side_by_side(dashboard, tiny_bundles):
     results = app.dataframe[0].value
     rows = results[results["model"] == "toy-hash-csd"]
     assert list(zip(rows["database id"], rows["distance"].astype(int), strict=True)) == expected_hits(
-        tiny_bundles / "toy-hash-csd", 5, 3)
+        tiny_bundles / "toy-hash-csd", 5, 3
+    )
 
 
 def png(array: np.ndarray) -> bytes:
@@ -237,10 +308,13 @@ def test_upload_query_searches_without_marks(dashboard):
     assert any("cat.png" in caption for image in app.image for caption in image.captions)
 
 
-@pytest.mark.parametrize("name, content", [
-    ("broken.jpg", None),  # a truncated JPEG, filled in below
-    ("notes.png", b"these are my notes, not an image\n" * 20),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("broken.jpg", None),  # a truncated JPEG, filled in below
+        ("notes.png", b"these are my notes, not an image\n" * 20),
+    ],
+)
 def test_broken_upload_gives_one_error_naming_the_file(dashboard, name, content):
     from skimage import data
 
@@ -334,3 +408,53 @@ def test_heatmaps_of_a_wide_upload_lie_on_the_centre_crop_the_model_saw(dashboar
     assert shown.size == (160, 160)
     assert (np.asarray(shown) == [255, 0, 0]).all(), "only the centre crop is shown"
     assert model_view(center_square(wide), 160).tobytes() == shown.tobytes()
+
+
+def test_page_counts_ties_at_each_distance_and_shows_the_first_tie_group(dashboard, tiny_bundles):
+    app = dashboard(PAGE)
+    assert not app.exception, [e.value for e in app.exception]
+    k = app.slider(key="ret_k").value
+    assert "Ties: how many database images share each distance" in [s.value for s in app.subheader]
+    ties = [d.value for d in app.dataframe if "database images" in d.value.columns]
+    assert len(ties) == 2
+    for name, table in zip(("toy-hash-csd", "toy-hash-nocsd"), ties, strict=True):
+        code, loaded = query_and_database(tiny_bundles / name, 0)
+        distances = (loaded.arrays["db_codes"] != code).sum(axis=1)
+        values, counts = np.unique(distances, return_counts=True)
+        assert table["distance"].tolist() == values.tolist()
+        assert table["database images"].tolist() == counts.tolist()
+        assert table["in the top k"].sum() == min(k, len(distances))
+    assert sum("ranked by database index" in c.value for c in app.caption) == 2
+    labels = {b.label for b in app.get("download_button")}
+    for name in ("toy-hash-csd", "toy-hash-nocsd"):
+        assert {
+            f"Download ties-{name} (CSV)",
+            f"Download heatmaps-{name} (PNG)",
+            f"Download results-{name} (PNG)",
+        } <= labels
+
+    # the whole first tie group of model A, in database-index order
+    code, loaded = query_and_database(tiny_bundles / "toy-hash-csd", 0)
+    distances = (loaded.arrays["db_codes"] != code).sum(axis=1)
+    group = np.flatnonzero(distances == distances.min())
+    box = next(c for c in app.checkbox if c.key.startswith("ret_tie_group_") and "toy-hash-csd" in c.key)
+    assert f"({len(group)} images at distance {distances.min()})" in box.label
+    box.check().run()
+    assert not app.exception, [e.value for e in app.exception]
+    ids = loaded.arrays["db_ids"]
+    captions = [c for image in app.image for c in image.captions if re.match(r"^#\d+ · (?!d=)", c)]
+    assert captions == [f"#{r} · {ids[i]}" for r, i in enumerate(group, 1)]
+    assert "Download first-tie-group-toy-hash-csd (CSV)" in {b.label for b in app.get("download_button")}
+
+
+def test_heatmaps_are_named_by_their_part_and_carry_a_colour_scale(dashboard, tiny_bundles):
+    from lens.hashing import concept_label, concept_names
+
+    app = dashboard(PAGE)
+    for name in ("toy-hash-csd", "toy-hash-nocsd"):
+        metrics = json.loads((tiny_bundles / name / "config.json").read_text())["metrics"]
+        names, _ = concept_names(metrics)
+        wanted = [concept_label(m, names) for m in range(3)]
+        assert any(list(image.captions) == wanted for image in app.image), wanted
+    # the colour scale: an image without a caption after the heatmaps
+    assert any(not any(image.captions) for image in app.image)

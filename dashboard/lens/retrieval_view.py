@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from core.retrieval import hamming_topk, pack_codes
+from core.retrieval import hamming_distances, hamming_topk, pack_codes
 
 RESULT_COLUMNS = ["rank", "model", "database id", "distance", "correct", "class"]
 _NO_CSD = re.compile(r"no[-_ ]?csd")
@@ -113,19 +113,25 @@ def data_mismatch(config_a: Mapping[str, Any], config_b: Mapping[str, Any]) -> s
 # --------------------------------------------------------------------------------------------------
 
 
+def _packed_query(query_code: np.ndarray) -> np.ndarray:
+    """One ±1 query code (K,) packed as a (1, W) matrix; ValueError for anything else."""
+    code = np.asarray(query_code)
+    if code.ndim == 1:
+        code = code[None, :]
+    if code.ndim != 2 or code.shape[0] != 1:
+        raise ValueError(
+            f"The query must be one code of shape (K,), not shape {np.asarray(query_code).shape}."
+        )
+    return pack_codes(code)
+
+
 def search(db_packed: np.ndarray, query_code: np.ndarray, k: int) -> pd.DataFrame:
     """Top-k database items for one ±1 query code: columns ``rank`` (1..k), ``index``, ``distance``.
 
     Ordered by Hamming distance, ties by the smaller database index (``core.retrieval.hamming_topk``).
     ``k`` above the database size returns the whole database.
     """
-    code = np.asarray(query_code)
-    if code.ndim == 1:
-        code = code[None, :]
-    if code.ndim != 2 or code.shape[0] != 1:
-        shape = np.asarray(query_code).shape
-        raise ValueError(f"The query must be one code of shape (K,), not shape {shape}.")
-    indices, distances = hamming_topk(pack_codes(code), db_packed, k)
+    indices, distances = hamming_topk(_packed_query(query_code), db_packed, k)
     return pd.DataFrame(
         {
             "rank": np.arange(1, indices.shape[1] + 1),
@@ -133,6 +139,48 @@ def search(db_packed: np.ndarray, query_code: np.ndarray, k: int) -> pd.DataFram
             "distance": distances[0].astype(np.int64),
         }
     )
+
+
+TIE_COLUMNS = ["distance", "database images", "ranks", "in the top k"]
+
+
+def tie_table(db_packed: np.ndarray, query_code: np.ndarray, k: int) -> pd.DataFrame:
+    """How many database images lie at each Hamming distance from the query (distances that occur, nearest
+    first), the ranks they take (ties ordered by database index) and how many of them the top ``k`` holds."""
+    distances = hamming_distances(_packed_query(query_code), db_packed)[0]
+    values, counts = np.unique(distances, return_counts=True)
+    ends = np.cumsum(counts)
+    starts = ends - counts + 1
+    return pd.DataFrame(
+        {
+            "distance": values.astype(np.int64),
+            "database images": counts.astype(np.int64),
+            "ranks": [f"{a}" if a == b else f"{a}–{b}" for a, b in zip(starts, ends, strict=True)],
+            "in the top k": np.clip(k - (starts - 1), 0, counts).astype(np.int64),
+        },
+        columns=TIE_COLUMNS,
+    )
+
+
+def tie_sentence(ties: pd.DataFrame, k: int) -> str:
+    """Where the top ``k`` cut the ranking: after whole distance groups, or inside a tie."""
+    order = "Images at the same distance are ranked by database index, smaller first."
+    cut = ties[(ties["in the top k"] > 0) & (ties["in the top k"] < ties["database images"])]
+    if cut.empty:
+        return f"The top {k} hold whole distance groups, so no tie is cut. {order}"
+    shown, tied = int(cut.iloc[0]["in the top k"]), int(cut.iloc[0]["database images"])
+    return (
+        f"The top {k} end inside a tie: they hold {shown} of the {tied} images at distance "
+        f"{cut.iloc[0]['distance']}, those with the smallest database index; the other {tied - shown} are "
+        f"exactly as close. {order}"
+    )
+
+
+def first_tie_group(db_packed: np.ndarray, query_code: np.ndarray) -> tuple[int, np.ndarray]:
+    """The smallest distance to the query and every database index at it, ascending (the whole first tie)."""
+    distances = hamming_distances(_packed_query(query_code), db_packed)[0]
+    nearest = int(distances.min())
+    return nearest, np.flatnonzero(distances == nearest)
 
 
 def results_table(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +22,34 @@ from core.concepthash.evaluate import sign_codes
 from core.data.spec import DataSpec, open_split
 from core.retrieval import pack_codes
 from lens.bundles import available, load_model, no_bundle_message
-from lens.figures import download_table, overlay
-from lens.hashing import model_view
+from lens.figures import (
+    ATTENTION_SCALE,
+    download_png,
+    download_table,
+    image_grid,
+    labelled_grid,
+    overlay,
+    show_colour_scale,
+)
+from lens.hashing import concept_label, concept_names, is_cls_baseline, model_view
 from lens.retrieval_view import (
     data_mismatch,
     default_pair,
+    first_tie_group,
     metrics_table,
     precision_of,
     result_caption,
     results_table,
     search,
     table_for_display,
+    tie_sentence,
+    tie_table,
 )
 from lens.uploads import IMAGE_TYPES, read_uploads, show_errors, thumbnail
 
 THUMB = 96
 MAX_K = 50
+MAX_TIE_SHOWN = 120  # images of the first tie group drawn at most (its CSV lists all)
 
 
 # ---------------------------------------------------------------------------------------------- cached
@@ -157,7 +170,8 @@ def pick_query(info_a) -> tuple[str, Image.Image, str | None, str] | None:
 
 
 def run_model(info, loaded, query, k: int, method: str):
-    """Search one model's database: (results table, database indices, heatmaps), or None after st.error."""
+    """Search one model's database: (results table, database indices, heatmaps, query code), or None after
+    st.error."""
     query_key, image, query_class, _ = query
     arrays = loaded.arrays
     if "db_codes" not in arrays:
@@ -173,7 +187,7 @@ def run_model(info, loaded, query, k: int, method: str):
     db_ids = arrays.get("db_ids", [str(i) for i in range(n_db)])
     db_labels = arrays.get("db_labels", np.zeros(n_db, dtype=np.int64))
     table = results_table(info.name, hits, db_ids, db_labels, info.config.get("classes", []), query_class)
-    return table, [int(i) for i in hits["index"]], heatmaps
+    return table, [int(i) for i in hits["index"]], heatmaps, code
 
 
 def database_images(info, n_db: int, indices: list[int]) -> list[Image.Image] | None:
@@ -202,16 +216,62 @@ def draw_results(column, info, loaded, table, hits_index: list[int]) -> None:
             st.dataframe(table[["rank", "database id", "distance", "correct"]], hide_index=True)
         else:
             st.image(images, caption=captions, width=THUMB)
+            labelled = [(f"{c} {n}", im) for c, n, im in zip(captions, table["class"], images, strict=True)]
+            download_png(
+                partial(labelled_grid, labelled, 8, 96), f"results-{info.name}", key=f"ret_png_{info.path}"
+            )
+
+
+def draw_ties(column, info, loaded, code: np.ndarray, k: int) -> None:
+    """How many database images tie at each distance, and on request the whole nearest tie group."""
+    packed = _packed_db(info.path, info.mtime, loaded.arrays["db_codes"])
+    ties = tie_table(packed, code, k)
+    with column:
+        st.markdown(f"**{info.name}** — {loaded.arrays['db_codes'].shape[1]}-bit codes")
+        st.dataframe(ties, hide_index=True, key=f"ret_ties_{info.path}")
+        st.caption(tie_sentence(ties, k))
+        download_table(ties, f"ties-{info.name}", key=f"ret_ties_csv_{info.path}")
+        nearest, group = first_tie_group(packed, code)
+        if not st.checkbox(
+            f"Show the whole first tie group ({len(group)} images at distance {nearest})",
+            key=f"ret_tie_group_{info.path}",
+        ):
+            return
+        n_db = len(loaded.arrays["db_codes"])
+        db_ids = loaded.arrays.get("db_ids", [str(i) for i in range(n_db)])
+        shown = [int(i) for i in group[:MAX_TIE_SHOWN]]
+        images = database_images(info, n_db, shown)
+        if images is None:
+            st.warning(f"The database images of '{info.name}' are not available here; the CSV lists them.")
+        else:
+            captions = [f"#{rank} · {db_ids[i]}" for rank, i in enumerate(shown, 1)]
+            image_grid(list(zip(captions, images, strict=True)), columns=6, width=72)
+        if len(group) > len(shown):
+            st.caption(f"Showing {len(shown)} of {len(group)}; the CSV lists all of them.")
+        listed = pd.DataFrame(
+            {"rank": np.arange(1, len(group) + 1), "database id": [str(db_ids[i]) for i in group]}
+        )
+        download_table(listed, f"first-tie-group-{info.name}", key=f"ret_tie_csv_{info.path}")
 
 
 def draw_heatmaps(column, info, image: Image.Image, heatmaps: np.ndarray, opacity: float) -> None:
+    cls_baseline = is_cls_baseline(info.config)
+    names, _ = concept_names(info.config.get("metrics", {}), cls_baseline)
     with column:
-        st.markdown(f"**{info.name}** — {len(heatmaps)} concepts")
+        if cls_baseline:
+            st.markdown(f"**{info.name}** — the CLS baseline: one attention map, the CLS token's")
+            captions = ["CLS token"]
+        else:
+            st.markdown(f"**{info.name}** — {len(heatmaps)} concepts")
+            captions = [concept_label(m, names) for m in range(len(heatmaps))]
         shown = model_view(image, 2 * 140)  # the centre square the model saw, crisp at width 140
-        st.image(
-            [overlay(shown, heat, opacity) for heat in heatmaps],
-            caption=[f"concept {m}" for m in range(len(heatmaps))],
-            width=140,
+        overlays = [overlay(shown, heat, opacity) for heat in heatmaps]
+        st.image(overlays, caption=captions, width=140)
+        labelled = [("query", shown), *zip(captions, overlays, strict=True)]
+        download_png(
+            partial(labelled_grid, labelled, 6, scale=ATTENTION_SCALE),
+            f"heatmaps-{info.name}",
+            key=f"ret_heat_png_{info.path}",
         )
 
 
@@ -250,12 +310,20 @@ def main() -> None:
     if any(out is None for out in outputs):
         return
     st.subheader(f"Top {k} results")
-    for column, info, model, (table, indices, _) in zip(st.columns(2), pair, loaded, outputs, strict=True):
+    for column, info, model, (table, indices, _, _) in zip(st.columns(2), pair, loaded, outputs, strict=True):
         draw_results(column, info, model, table, indices)
-    both = pd.concat([table for table, _, _ in outputs], ignore_index=True)
+    both = pd.concat([table for table, _, _, _ in outputs], ignore_index=True)
     with st.expander("Results as a table"):
         st.dataframe(both, hide_index=True, width="stretch")
     download_table(both, "retrieval_results", key="ret_csv")
+
+    st.subheader("Ties: how many database images share each distance")
+    st.caption(
+        "A short code has few distances (a 6-bit code has 7), so many database images tie; which of them "
+        "make the top k is decided by database index, not by how alike they are."
+    )
+    for column, info, model, (_, _, _, code) in zip(st.columns(2), pair, loaded, outputs, strict=True):
+        draw_ties(column, info, model, code, k)
 
     st.subheader("Stored metrics")
     metrics = metrics_table({info.name: info.config for info in pair})
@@ -270,8 +338,9 @@ def main() -> None:
     download_table(metrics, "retrieval_metrics", key="ret_metrics_csv")
 
     st.subheader("Concept heatmaps for the query")
-    for column, info, (_, _, heatmaps) in zip(st.columns(2), pair, outputs, strict=True):
+    for column, info, (_, _, heatmaps, _) in zip(st.columns(2), pair, outputs, strict=True):
         draw_heatmaps(column, info, query[1], heatmaps, opacity)
+    show_colour_scale()
 
 
 main()
