@@ -34,6 +34,15 @@ def chart(app, index: int) -> dict:
     return json.loads(app.get("plotly_chart")[index].proto.spec)
 
 
+def distance_bars(app) -> np.ndarray:
+    """The intervention chart's distances in cluster order, gathered over its traces (one per role)."""
+    by_cluster = {}
+    for trace in chart(app, 2)["data"]:
+        for x, y in zip(trace["x"], decode(trace["y"]), strict=True):
+            by_cluster[int(x.split()[-1])] = float(y)
+    return np.array([by_cluster[c] for c in sorted(by_cluster)])
+
+
 def umap_points(app) -> dict[int, tuple[float, float]]:
     """Row index -> (x, y) over every trace of the latent map."""
     points = {}
@@ -165,14 +174,14 @@ def test_sliders_intervene_on_the_top_concepts(page, toy):
     editable = view.intervention_concepts(contributions[0], 5)
     keys = [s.key for s in page.slider]
     assert keys == [f"ceir_iv_0_{i}" for i in editable]
-    untouched = decode(chart(page, 2)["data"][0]["y"])
+    untouched = distance_bars(page)
     np.testing.assert_allclose(
         untouched, intervene(loaded.model, torch.from_numpy(vectors[0]), {}).distances, 1e-5
     )
 
     target = editable[0]
     page.slider(key=f"ceir_iv_0_{target}").set_value(-3.0).run()
-    moved = decode(chart(page, 2)["data"][0]["y"])
+    moved = distance_bars(page)
     expected = intervene(loaded.model, torch.from_numpy(vectors[0]), {target: -3.0})
     np.testing.assert_allclose(moved, expected.distances, rtol=1e-5)
     assert not np.allclose(moved, untouched)
@@ -218,6 +227,58 @@ def test_lasso_selection_shows_the_images_and_their_shared_concepts(page, toy):
     assert len(page.image) == len(rows) + 1
 
 
+def test_a_new_selection_opens_its_first_image_in_the_one_image_panel(page, toy):
+    loaded, vectors, _, contributions = toy
+    page.selectbox(key="ceir_image").set_value(0).run()
+    select_points(page, [9, 4, 6])
+    assert not page.exception, [e.value for e in page.exception]
+    assert page.selectbox(key="ceir_image").value == 4
+    bars = chart(page, 1)["data"][0]
+    expected = top_contributions(loaded.concepts, vectors[4], contributions[4], k=10)
+    assert list(bars["y"]) == [c.label for c in expected][::-1]
+    assert [s.key for s in page.slider][0].startswith("ceir_iv_4_")
+    labels = {b.label for b in page.get("download_button")}
+    assert "Download selected_images (PNG)" in labels
+    # The picker stays free: choosing another image is not undone by the selection that is still there.
+    page.selectbox(key="ceir_image").set_value(5).run()
+    assert page.selectbox(key="ceir_image").value == 5
+    select_points(page, [1])  # a click on one point
+    assert page.selectbox(key="ceir_image").value == 1
+
+
+def test_cluster_composition_sits_next_to_the_cluster_table(page, toy):
+    loaded = toy[0]
+    clusters, labels = loaded.arrays["train_clusters"], loaded.arrays["train_labels"]
+    classes = loaded.config["classes"]
+    table = next(d.value for d in page.dataframe if "purity" in d.value.columns)
+    assert table["cluster"].tolist() == sorted(set(clusters.tolist()))
+    for row in table.itertuples(index=False):
+        members = labels[clusters == row.cluster]
+        counts = np.bincount(members, minlength=len(classes))
+        assert row.size == len(members)
+        assert row.purity == pytest.approx(counts.max() / len(members))
+        assert counts[classes.index(row._2)] == counts.max()
+        listed = {part.rsplit(" ", 1)[0]: int(part.rsplit(" ", 1)[1]) for part in row.species.split(", ")}
+        assert listed == {classes[y]: int(n) for y, n in enumerate(counts) if n}
+    assert "Download cluster_composition (CSV)" in {b.label for b in page.get("download_button")}
+
+
+def test_intervention_chart_has_a_legend_and_downloads(page):
+    page.selectbox(key="ceir_image").set_value(0).run()
+    figure = chart(page, 2)
+    assert figure["layout"]["showlegend"] is True
+    names = {trace["name"] for trace in figure["data"]}
+    assert "other clusters" in names
+    assert names & {"the image's cluster before the edit", "its cluster, before and after the edit"}
+    labels = {b.label for b in page.get("download_button")}
+    wanted = {"Download intervention_distances_", "Download top_concepts_"}
+    for start in wanted:
+        assert any(label.startswith(start) and label.endswith("(HTML)") for label in labels), start
+    assert any(
+        label.startswith("Download intervention_distances_") and label.endswith("(CSV)") for label in labels
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Plain helpers
 # ----------------------------------------------------------------------------------------------------------
@@ -261,6 +322,19 @@ def test_selection_and_cluster_concepts_by_hand():
         {"cluster": 0, "size": 2, "top concepts": "wing, NOT head"},
         {"cluster": 1, "size": 1, "top concepts": "head, tail"},
     ]
+
+
+def test_cluster_composition_by_hand():
+    clusters = np.array([0, 0, 0, 1, 1, 2])
+    labels = np.array([1, 1, 0, 0, 2, 7])
+    table = view.cluster_composition(clusters, labels, ["finch", "wren", "crow"])
+    assert table.to_dict("records") == [
+        {"cluster": 0, "size": 3, "majority species": "wren", "purity": 2 / 3, "species": "wren 2, finch 1"},
+        {"cluster": 1, "size": 2, "majority species": "crow", "purity": 0.5, "species": "crow 1, finch 1"},
+        {"cluster": 2, "size": 1, "majority species": "7", "purity": 1.0, "species": "7 1"},
+    ]
+    with pytest.raises(ValueError, match="3 cluster assignments but 2 labels"):
+        view.cluster_composition(clusters[:3], labels[:2], [])
 
 
 def test_contribution_tables_and_file_names():

@@ -205,6 +205,35 @@ def cluster_table(
     return pd.DataFrame(rows, columns=["cluster", "size", "top concepts"])
 
 
+def cluster_composition(clusters: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    """Per cluster: its size, its most common species, the purity (that species' share of the cluster) and
+    every species in it with its count, most common first (ties by name)."""
+    clusters, labels = np.asarray(clusters), np.asarray(labels)
+    if len(clusters) != len(labels):
+        raise ValueError(f"There are {len(clusters)} cluster assignments but {len(labels)} labels.")
+    rows = []
+    for cluster in np.unique(clusters):
+        species, counts = np.unique(labels[clusters == cluster], return_counts=True)
+        named = sorted(
+            (
+                (classes[int(y)] if 0 <= int(y) < len(classes) else str(int(y)), int(n))
+                for y, n in zip(species, counts, strict=True)
+            ),
+            key=lambda item: (-item[1], item[0]),
+        )
+        size = int(counts.sum())
+        rows.append(
+            {
+                "cluster": int(cluster),
+                "size": size,
+                "majority species": named[0][0],
+                "purity": named[0][1] / size,
+                "species": ", ".join(f"{name} {n}" for name, n in named),
+            }
+        )
+    return pd.DataFrame(rows, columns=["cluster", "size", "majority species", "purity", "species"])
+
+
 def intervention_concepts(contributions: np.ndarray, k: int = 5) -> list[int]:
     """Indices of one image's ``k`` concepts with the largest |contribution| (the ones worth editing)."""
     return [int(i) for i in np.argsort(-np.abs(contributions), kind="stable")[:k]]

@@ -15,6 +15,7 @@ from core.data.spec import open_split
 from lens.bundles import require
 from lens.concepts_view import (
     PROTOCOLS,
+    cluster_composition,
     cluster_table,
     contributions_table,
     distances_table,
@@ -103,17 +104,34 @@ def contribution_bars(table):
     return fig
 
 
+# Bar colour and legend entry of each role in the intervention's distance chart.
+ROLES = {
+    "before": ("#8d99ae", "the image's cluster before the edit"),
+    "after": ("#2a9d8f", "its cluster after the edit"),
+    "before & after": ("#2a9d8f", "its cluster, before and after the edit"),
+    "other": ("#d9d9d9", "other clusters"),
+}
+
+
 def distance_bars(table):
-    colours = {"before": "#8d99ae", "after": "#2a9d8f", "before & after": "#2a9d8f", "other": "#d9d9d9"}
-    fig = go.Figure(
-        go.Bar(
-            x=[f"cluster {c}" for c in table["cluster"]],
-            y=table["distance"],
-            marker_color=[colours[r] for r in table["role"]],
-        )
-    )
+    """One bar per cluster, one trace per role, so the legend says which bar is which."""
+    fig = go.Figure()
+    for role, (colour, name) in ROLES.items():
+        rows = table[table["role"] == role]
+        if len(rows):
+            fig.add_bar(
+                x=[f"cluster {c}" for c in rows["cluster"]],
+                y=rows["distance"],
+                marker_color=colour,
+                name=name,
+            )
     fig.update_layout(
-        height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title="distance to the centre"
+        height=300,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        yaxis_title="distance to the cluster centre",
+        xaxis={"categoryorder": "array", "categoryarray": [f"cluster {c}" for c in table["cluster"]]},
+        showlegend=True,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
     )
     return fig
 
@@ -168,13 +186,24 @@ event = st.plotly_chart(figure, on_select="rerun", selection_mode=("points", "bo
 download_figure(figure, "ceir_umap", key="ceir_dl_umap")
 
 chosen = selected_indices(event.selection if event else None, n_points)
+if chosen and tuple(chosen) != st.session_state.get("ceir_selected"):
+    # A new selection (or a click on one point) puts its first image in the one-image panel below;
+    # the picker there stays free until the selection changes again.
+    st.session_state["ceir_image"] = chosen[0]
+st.session_state["ceir_selected"] = tuple(chosen)
 if chosen:
     st.subheader(f"Selected images ({len(chosen)})")
     pictures = [
         (f"{ids[i].rsplit('/', 1)[-1]} · cluster {clusters[i]}", train_image(split, i))
         for i in chosen[:GRID_CAP]
     ]
-    image_grid([(caption, image) for caption, image in pictures if image is not None], columns=8, width=90)
+    image_grid(
+        [(caption, image) for caption, image in pictures if image is not None],
+        columns=8,
+        width=90,
+        download="selected_images",
+        key="ceir_dl_grid",
+    )
     if len(chosen) > GRID_CAP:
         st.caption(f"Showing {GRID_CAP} of {len(chosen)} selected images.")
     shared = contributions_table(selection_concepts(concepts, vectors, contributions, chosen))
@@ -182,7 +211,10 @@ if chosen:
     st.dataframe(shared, hide_index=True, key="ceir_shared")
     download_table(shared, "selection_concepts", key="ceir_dl_shared")
 else:
-    st.info("Select points in the map (box or lasso) to see those images and the concepts they share.")
+    st.info(
+        "Select points in the map (box or lasso, or click one) to see those images and the concepts they "
+        "share; the first one opens in the panel below."
+    )
 
 # --- one image -----------------------------------------------------------------------------------------
 st.subheader("One image's concepts")
@@ -198,8 +230,9 @@ if picture is not None:
     left.image(picture, caption=ids[index], width=160)
 left.metric("Cluster", int(clusters[index]))
 top = contributions_table(top_contributions(concepts, vectors[index], contributions[index], k=TOP_K))
+bars = contribution_bars(top)
 with right:
-    st.plotly_chart(contribution_bars(top), key="ceir_bars")
+    st.plotly_chart(bars, key="ceir_bars")
     st.caption(
         'Green bars argue for the image\'s cluster, orange ones against; "NOT …" means the concept '
         "is weaker than on an average training image."
@@ -209,6 +242,7 @@ download_table(
     f"contributions_{file_safe(ids[index])}",
     key="ceir_dl_contrib",
 )
+download_figure(bars, f"top_concepts_{file_safe(ids[index])}", key="ceir_dl_bars_html")
 
 # --- intervention ---------------------------------------------------------------------------------------
 st.subheader("What if? Edit the image's top concepts")
@@ -251,13 +285,34 @@ c2.metric(
     delta_arrow="off",
 )
 distances = distances_table(after.distances, before.cluster, after.cluster)
-st.plotly_chart(distance_bars(distances), key="ceir_distances")
+distance_chart = distance_bars(distances)
+st.plotly_chart(distance_chart, key="ceir_distances")
+download_table(distances, f"intervention_distances_{file_safe(ids[index])}", key="ceir_dl_distances")
+download_figure(
+    distance_chart, f"intervention_distances_{file_safe(ids[index])}", key="ceir_dl_distances_html"
+)
 
 # --- clusters and metrics ------------------------------------------------------------------------------
 st.subheader("Clusters and their concepts")
 per_cluster = cluster_table(concepts, vectors, contributions, clusters)
-st.dataframe(per_cluster, hide_index=True, key="ceir_clusters")
-download_table(per_cluster, "cluster_concepts", key="ceir_dl_clusters")
+composition = cluster_composition(clusters, labels, classes)
+concepts_side, species_side = st.columns([3, 2])
+with concepts_side:
+    st.dataframe(per_cluster, hide_index=True, key="ceir_clusters")
+    download_table(per_cluster, "cluster_concepts", key="ceir_dl_clusters")
+with species_side:
+    st.dataframe(
+        composition,
+        hide_index=True,
+        key="ceir_composition",
+        column_config={
+            "purity": st.column_config.ProgressColumn(
+                "purity", format="percent", min_value=0.0, max_value=1.0
+            )
+        },
+    )
+    st.caption("Species in each training cluster; purity is the share of its most common species.")
+    download_table(composition, "cluster_composition", key="ceir_dl_composition")
 
 st.subheader("Clustering quality on the test split")
 metrics = metrics_table(loaded.metrics)
