@@ -35,7 +35,10 @@ else:
         for b in bundles
     ]
     table = pd.DataFrame(rows)
-    st.dataframe(table, hide_index=True, width="stretch")
+    # The details are long: a table cell would cut them or scroll sideways, so they are written out below.
+    st.dataframe(table.drop(columns="details"), hide_index=True, width="stretch")
+    with st.expander("Details of each bundle (model, backbone, data)", expanded=True):
+        st.markdown("\n".join(f"- **{b.name}** ({b.kind}): {b.summary}" for b in bundles))
     download_table(table, "bundles")
 
 st.subheader("Where to go next")
