@@ -498,6 +498,7 @@ def test_concept_attention_page_database_image(dashboard, loaded):
     assert captions[start : start + 4] == ["head", "wing", "body", "tail"], "the part masks"
     label = app.get("download_button")[0].label
     assert label.startswith("Download concept-attention-0-") and label.endswith("-last (PNG)")
+    assert any(b.label.startswith("Download part-masks-0-") for b in app.get("download_button"))
     assert colour_scales(app) == 1
 
     app.radio(key="attn_method").set_value("Rollout").run()

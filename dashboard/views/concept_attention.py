@@ -199,7 +199,13 @@ if masks is not None:
         for part in PARTS
         if part in masks
     ]
-    image_grid(part_items, columns=min(len(items), 6), width=SHOWN)
+    image_grid(
+        part_items,
+        columns=min(len(items), 6),
+        width=SHOWN,
+        download=f"part-masks-{stem}",
+        key="attn_masks_png",
+    )
 
 
 # --- counterfactual: the same bird with one part repainted ----------------------------------------
