@@ -50,13 +50,18 @@ def brute_force(db: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, in
     return sorted(((i, d) for i, d in enumerate(distances)), key=lambda p: (p[1], p[0]))[:k]
 
 
-@pytest.mark.parametrize("bits", [6, 12, 70])
-def test_search_matches_brute_force_including_tie_order(bits):
+def random_queries(bits: int, n_queries: int):
+    """A seeded database of 300 random ±1 codes, packed, and ``n_queries`` random query codes."""
     rng = np.random.default_rng(bits)
     db = rng.choice(np.array([-1, 1], dtype=np.int8), size=(300, bits))
-    packed = pack_codes(db)
-    for q in range(5):
-        query = rng.choice(np.array([-1, 1], dtype=np.int8), size=bits)
+    queries = [rng.choice(np.array([-1, 1], dtype=np.int8), size=bits) for _ in range(n_queries)]
+    return db, pack_codes(db), queries
+
+
+@pytest.mark.parametrize("bits", [6, 12, 70])
+def test_search_matches_brute_force_including_tie_order(bits):
+    db, packed, queries = random_queries(bits, 5)
+    for q, query in enumerate(queries):
         for k in (1, 7, 40):
             hits = search(packed, query, k)
             expected = brute_force(db, query, k)
@@ -76,11 +81,8 @@ def test_search_of_a_database_code_finds_it_first_and_caps_k():
 
 @pytest.mark.parametrize("bits", [6, 12])
 def test_tie_table_counts_every_distance_like_brute_force(bits):
-    rng = np.random.default_rng(bits)
-    db = rng.choice(np.array([-1, 1], dtype=np.int8), size=(300, bits))
-    packed = pack_codes(db)
-    for _ in range(4):
-        query = rng.choice(np.array([-1, 1], dtype=np.int8), size=bits)
+    db, packed, queries = random_queries(bits, 4)
+    for query in queries:
         distances = (db != query).sum(axis=1)
         for k in (1, 8, 40, 500):
             ties = tie_table(packed, query, k)
