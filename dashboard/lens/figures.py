@@ -70,12 +70,11 @@ def _fit_lines(text: str, width: int, font, max_lines: int = 2) -> list[str]:
     return lines
 
 
-def colour_scale(width: int = 240, title: str = ATTENTION_SCALE, bar_height: int = 12) -> Image.Image:
+def colour_scale(width: int = 240, title: str = ATTENTION_SCALE, font_size: int = 12) -> Image.Image:
     """The overlay colour ramp as a labelled bar (ticks 0, 0.5, 1 under it, ``title`` above): the legend of
-    every heatmap drawn by :func:`overlay`."""
-    font = _font(12)
+    every heatmap drawn by :func:`overlay`. The bar is ``font_size`` pixels high."""
+    font, bar_height, line = _font(font_size), font_size, font_size + 3
     title_lines = _fit_lines(title, width, font, max_lines=3)
-    line = 15
     top = line * len(title_lines) + 2
     canvas = Image.new("RGB", (width, top + bar_height + line + 2), "white")
     draw = ImageDraw.Draw(canvas)
@@ -122,9 +121,9 @@ def labelled_grid(
     return canvas
 
 
-def show_colour_scale(title: str = ATTENTION_SCALE, width: int = 240) -> None:
-    """The heatmap legend in the page, next to the overlays it explains."""
-    st.image(colour_scale(2 * width, title), width=width)
+def show_colour_scale(title: str = ATTENTION_SCALE, width: int = 360) -> None:
+    """The heatmap legend in the page, next to the overlays it explains (drawn at twice the size: crisp)."""
+    st.image(colour_scale(2 * width, title, font_size=26), width=width)
 
 
 def mask_overlay(
@@ -144,15 +143,18 @@ def image_grid(
     download: str | None = None,
     scale: str | None = None,
     key: str | None = None,
+    label: str | None = None,
 ) -> None:
-    """Images with captions in rows of ``columns``; with ``download`` a button for the grid as one
-    labelled PNG (with the colour scale titled ``scale`` when the tiles are heatmap overlays)."""
+    """Images with captions in rows of ``columns``; with ``download`` (a file name) a button ``label`` for the
+    grid as one labelled PNG (with the colour scale titled ``scale`` when the tiles are heatmap overlays)."""
     for start in range(0, len(items), columns):
         cols = st.columns(columns)
         for col, (caption, image) in zip(cols, items[start : start + columns], strict=False):
             col.image(image, caption=caption, width=width)
     if download and items:
-        download_png(partial(labelled_grid, list(items), columns, scale=scale), download, key=key)
+        download_png(
+            partial(labelled_grid, list(items), columns, scale=scale), download, key=key, label=label
+        )
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -161,10 +163,12 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def download_png(make: Callable[[], Image.Image], name: str, key: str | None = None) -> None:
-    """A button for an image as a PNG; ``make`` draws it only when the button is pressed."""
+def download_png(
+    make: Callable[[], Image.Image], name: str, key: str | None = None, label: str | None = None
+) -> None:
+    """A button for an image as ``name``.png; ``make`` draws it only when the button is pressed."""
     st.download_button(
-        f"Download {name} (PNG)",
+        f"Download {label or name} (PNG)",
         lambda: png_bytes(make()),
         file_name=f"{name}.png",
         mime="image/png",

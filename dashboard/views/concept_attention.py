@@ -168,6 +168,7 @@ image_grid(
     download=f"concept-attention-{stem}-{METHODS[method_label]}",
     scale=ATTENTION_SCALE,
     key="attn_download",
+    label="the overlays",
 )
 show_colour_scale()
 if cls_baseline:
@@ -205,6 +206,7 @@ if masks is not None:
         width=SHOWN,
         download=f"part-masks-{stem}",
         key="attn_masks_png",
+        label="the part masks",
     )
 
 
@@ -285,4 +287,5 @@ if index is not None and masks is not None:
         download=f"repaint-{stem}-{part}-{value}-{METHODS[method_label]}",
         scale=ATTENTION_SCALE,
         key="attn_cf_download",
+        label="the overlays before and after",
     )
