@@ -4,9 +4,9 @@ With the bundle's own concept bank, an image's labels are the concepts that cont
 to its cluster (Integrated Gradients, see :mod:`core.ceir.explain`) among those it actually
 shows (activation above the train mean). The score is the concept's *share* of the image's positive
 evidence for its cluster (its contribution over the sum of all positive contributions), so scores read
-the same way across images; a concept below ``MIN_SHARE`` is not a label. An image whose concept vector
-lies farther from its nearest training images than ``OOD_PERCENTILE`` % of the training images do gets
-``OOD_WARNING`` (``ood_flags``).
+the same way across images; a concept below ``MIN_SHARE`` is not a label. An image that lies farther from
+its nearest training images than ``OOD_PERCENTILE`` % of the training images do gets ``OOD_WARNING``
+(``ood_flags``).
 With another bank (``concepts=``) the trained projection does not apply, so the score is the CLIP
 similarity between the image and the concept text, only positive similarities count, and the report says
 so. Over a set of images, how often each concept appears among the per-image labels gives the candidate
@@ -152,13 +152,13 @@ def labels_from_contributions(
 
 
 OOD_NEIGHBOURS = 5
-OOD_REFERENCE = 5000  # training images the distance is measured against (an even subsample beyond this)
+OOD_REFERENCE = 2000  # training images the distance is measured against (an even subsample beyond this)
 
 
 def neighbour_distance(
     vectors: torch.Tensor, reference: torch.Tensor, k: int = OOD_NEIGHBOURS, exclude_self: bool = False
 ) -> np.ndarray:
-    """(N,) mean Euclidean distance from each concept vector to its ``k`` nearest ``reference`` vectors
+    """(N,) mean Euclidean distance from each row of ``vectors`` to its ``k`` nearest ``reference`` rows
     (``exclude_self``: ``vectors`` is ``reference`` and a row is not its own neighbour)."""
     with torch.no_grad():
         distances = torch.cdist(vectors.float(), reference.float())
@@ -168,12 +168,10 @@ def neighbour_distance(
         return distances.topk(k, dim=1, largest=False).values.mean(dim=1).numpy()
 
 
-def ood_reference(train_concepts: np.ndarray, limit: int = OOD_REFERENCE) -> torch.Tensor:
-    """The training concept vectors the OOD test compares with: all of them, or an even subsample."""
-    rows = np.asarray(train_concepts, dtype=np.float32)
-    if len(rows) > limit:
-        rows = rows[np.linspace(0, len(rows) - 1, limit).astype(int)]
-    return torch.from_numpy(rows)
+def even_subsample(rows: np.ndarray, limit: int = OOD_REFERENCE) -> np.ndarray:
+    """All of ``rows``, or ``limit`` of them evenly spaced (deterministic)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows[np.linspace(0, len(rows) - 1, limit).astype(int)] if len(rows) > limit else rows
 
 
 def ood_radius(reference: torch.Tensor, percentile: float = OOD_PERCENTILE) -> float:
@@ -182,20 +180,27 @@ def ood_radius(reference: torch.Tensor, percentile: float = OOD_PERCENTILE) -> f
 
 
 def ood_flags(loaded: LoadedCEIR | BackboneOnly, embeddings: torch.Tensor) -> list[bool]:
-    """Per image: whether its concept vector is farther from its nearest training images than
-    ``OOD_PERCENTILE`` % of the training images are from theirs (all False for a bare backbone).
+    """Per image: whether it is farther from its nearest training images than ``OOD_PERCENTILE`` % of the
+    training images are from theirs (all False for a bare backbone).
 
-    Distance to the nearest training images in concept space, not to the nearest cluster centre: on the
-    shipped ToyBirds model a centre test let a photo of a pagoda through, the neighbour test flags it (and
-    every other ``skimage`` photo tried) while flagging 2 of 240 test birds.
+    Measured on the backbone's image embeddings (the bundle's ``ood_reference`` array, an even subsample of
+    the training embeddings), else on concept vectors (``train_concepts``, for bundles from before that
+    array). Not the distance to the nearest cluster centre, and not concept space when it can be avoided:
+    on the shipped 13-concept ToyBirds model both let a photo of coffee through (its colours read like a
+    bird's), while the embedding test flags every ``skimage`` photo tried and ~1 % of test birds.
     """
-    model, train = getattr(loaded, "model", None), getattr(loaded, "arrays", {}).get("train_concepts")
-    if model is None or train is None or len(train) < 2:
+    model, arrays = getattr(loaded, "model", None), getattr(loaded, "arrays", {})
+    if model is None:
         return [False] * len(embeddings)
-    reference = ood_reference(train)
-    with torch.no_grad():
-        distance = neighbour_distance(model.concept_vectors(embeddings), reference)
-    return (distance > ood_radius(reference)).tolist()
+    reference, vectors = arrays.get("ood_reference"), embeddings
+    if reference is None or reference.ndim != 2 or reference.shape[1] != embeddings.shape[1]:
+        reference = arrays.get("train_concepts")
+        with torch.no_grad():
+            vectors = model.concept_vectors(embeddings)
+    if reference is None or len(reference) < 2:
+        return [False] * len(embeddings)
+    reference = torch.from_numpy(even_subsample(reference))
+    return (neighbour_distance(vectors, reference) > ood_radius(reference)).tolist()
 
 
 def labels_from_similarity(

@@ -280,6 +280,8 @@ def train_ceir(
     log=print,
 ) -> Path:
     """The whole CEIR pipeline; writes a ``ceir`` bundle at ``out_dir``."""
+    from core.ceir.labels import even_subsample
+
     out = prepare_output(out_dir, resume, overwrite)
     device = resolve_device(config.device)
     concept_source = banks.load_bank(bank)
@@ -323,6 +325,7 @@ def train_ceir(
         "train_labels": train_split.labels.astype(np.int64),
         "train_ids": np.array([train_split.image_id(i) for i in range(len(train_split))]),
         "concept_fidelity": fidelity.astype(np.float32),
+        "ood_reference": even_subsample(train_emb.numpy()),  # for the out-of-distribution warning
     }
     bundle_config = {
         "backbone": backbone.reference,
