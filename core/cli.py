@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs="+",
         metavar="SEED",
-        help="also retrain every ConceptHash bundle with these training seeds; mean ± std over seeds",
+        help="also retrain every ConceptHash and CEIR bundle with these seeds; mean ± std over seeds",
     )
     again.add_argument("--seed-dir", default="runs/seed-study", help="where the seed-study bundles go")
 

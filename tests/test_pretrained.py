@@ -47,6 +47,11 @@ def headline(result: dict) -> dict[str, float]:
     values = {k: result[k] for k in ("map", "diversity", "acc", "nmi", "ari", "zero_shot_accuracy",
                                      "concept_precision_at_5") if k in result}
     values |= {f"P@{k}": v for k, v in result.get("precision_at", {}).items()}
+    for name, protocol in result.get("protocols", {}).items():
+        if isinstance(protocol, dict):  # per method: ACC under this protocol (mean over k-means seeds)
+            values |= {f"{name} {m} acc": v["acc"] for m, v in protocol.items() if isinstance(v, dict)}
+    if "labels" in result:
+        values["label precision"] = result["labels"]["precision"]
     if "localization" in result:
         values["hit_rate"] = result["localization"]["mean_hit_rate"]
     return values
@@ -62,3 +67,11 @@ def test_stored_metrics_match_a_fresh_eval(name):
     got = headline(fresh)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=TOLERANCE), key
+
+
+def test_shipped_ceir_defaults_are_the_option_study_choice():
+    """The defaults CEIR ships with are what the validation-seed option study chose (core.ceir.options)."""
+    from core.ceir.options import chosen_variant
+
+    results = json.loads((PRETRAINED / "results.json").read_text())
+    assert chosen_variant(results["ceir_options"]) == "defaults"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core import reproduce
-from core.ceir.options import FIGURES, best_variant
+from core.ceir.options import FIGURES, chosen_variant
 
 
 def test_seed_variant_changes_only_the_training_seed_and_the_output():
@@ -74,17 +74,19 @@ def test_seed_study_gives_ceir_its_own_figures(monkeypatch, tmp_path):
     assert "| toybirds-ceir | 0.920 ± 0.035 | 0.950 ± 0.000 |" in table
 
 
-def test_option_study_table_names_the_best_variant():
-    def figures(latent: float) -> dict:
-        return {label: {"mean": latent, "std": 0.01} for label, _ in FIGURES}
+def test_option_study_changes_the_defaults_only_for_a_clear_and_trustworthy_win():
+    def figures(latent: float, precision: float = 0.9, std: float = 0.01) -> dict:
+        return {label: {"mean": latent, "std": std} for label, _ in FIGURES} | {
+            "label precision": {"mean": precision, "std": 0.0}
+        }
 
-    study = {
-        "validation_seed": 7,
-        "seeds": [0, 1, 2],
-        "variants": {"defaults": figures(0.96), "x": figures(0.5)},
-    }
-    assert best_variant(study) == "defaults"
-    table = "\n".join(reproduce.render_option_study(study))
+    def study(**variants) -> dict:
+        return {"validation_seed": 7, "seeds": [0, 1, 2], "variants": variants}
+
+    assert chosen_variant(study(defaults=figures(0.90), x=figures(0.95))) == "x"  # beats by 0.05 > std 0.01
+    assert chosen_variant(study(defaults=figures(0.90), x=figures(0.905))) == "defaults"  # inside the noise
+    assert chosen_variant(study(defaults=figures(0.90), x=figures(0.99, precision=0.3))) == "defaults"
+    table = "\n".join(reproduce.render_option_study(study(defaults=figures(0.9), x=figures(0.5))))
     assert "`--seed 7`" in table and "**defaults**" in table
     assert "| x | 0.500 ± 0.010 |" in table
 
