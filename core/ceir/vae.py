@@ -1,8 +1,9 @@
 """The CEIR variational auto-encoder: a latent representation learned from z-scored concept vectors.
 
 CEIR (Cui et al., arXiv 2312.10747) projects each image onto C human-readable concepts and then
-trains a VAE on those concept vectors; k-means on the latent *mean* gives the clusters, and the
-encoder is what explanations attribute through.
+trains a VAE on those concept vectors; k-means on the latent gives the clusters (we use the deterministic
+latent *mean*; the authors' code clusters a sampled z), and the encoder is what explanations attribute
+through.
 
 * ``ConceptVAE``: MLP encoder (Linear -> BatchNorm1d -> ReLU per hidden layer) with two heads,
   ``mu_head`` and ``logvar_head``; the decoder mirrors it and ends in a plain Linear back to C
