@@ -2,8 +2,9 @@
 
     conceptlens bench retrieval [--n-db 1000000 --bits 64 --queries 1000 --k 100 --repeats 3]
     conceptlens bench encoding  [--backbone toyclip-s:random --backbone ViT-B-32-quickgelu:random]
-    conceptlens bench dashboard [--bundles pretrained --warm-runs 5 --uploads 3]
+    conceptlens bench dashboard [--bundles pretrained --warm-runs 5 --uploads 3 --no-browser]
     conceptlens bench memory    [--bundles pretrained]
+    conceptlens bench load      [--bundles pretrained --sessions 8 --photos 3]
 
 These are measurements, not tests: every sub-command prints a plain-text table on stdout and writes
 the numbers, the settings and the machine (cores, CPU model, library versions) to ``--json-out``
@@ -15,7 +16,8 @@ Two choices keep the numbers honest:
   runs faiss in a separate (spawned) process by default: faiss's OpenMP worker threads keep spinning
   after a search and can slow NumPy's threads in the same process; ``--faiss-process same`` runs it
   in-process after our backend and re-times ours afterwards, so the effect can be seen.
-* ``dashboard`` and ``memory`` measure the dashboard itself, so they live with it: this module only
+* ``dashboard``, ``memory`` and ``load`` measure the dashboard itself (``dashboard`` and ``load`` in a
+  headless browser on the app's own server), so they live with it: this module only
   keeps their flags and runs ``dashboard/benchmark.py`` (next to ``core`` in the source checkout) in a
   child process, whose output streams through and whose exit status becomes ours. ``core`` itself
   knows nothing of the dashboard's code or the web framework it uses.
@@ -52,10 +54,14 @@ DEFAULT_WARM_RUNS = 5
 DEFAULT_UPLOADS = 3
 DEFAULT_PAGE_TIMEOUT = 300.0  # seconds per page run in the dashboard benchmark
 DEFAULT_MEMORY_TIMEOUT = 600.0  # seconds per page run in the memory benchmark
+DEFAULT_SESSIONS = 8  # browser sessions at once in the load benchmark
+MAX_SESSIONS = 32  # each is a Chromium context: more than this would measure the browser, not the app
+DEFAULT_PHOTOS = 3  # photos each session uploads
 # The flags each sub-command run by DASHBOARD_SCRIPT takes; they are passed on to it unchanged.
 SCRIPT_BENCH_FLAGS = {
-    "dashboard": ("bundles", "warm_runs", "uploads", "timeout", "json_out"),
+    "dashboard": ("bundles", "warm_runs", "uploads", "timeout", "browser", "server_side", "json_out"),
     "memory": ("bundles", "timeout", "json_out"),
+    "load": ("bundles", "sessions", "photos", "timeout", "json_out"),
 }
 FAISS_MODES = ("subprocess", "same")
 _WORD_BITS = 64
@@ -509,7 +515,34 @@ def add_dashboard_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warm-runs", type=int, default=DEFAULT_WARM_RUNS)
     parser.add_argument("--uploads", type=int, default=DEFAULT_UPLOADS, help="uploads timed; 0 skips them")
     parser.add_argument("--timeout", type=float, default=DEFAULT_PAGE_TIMEOUT, help="seconds allowed per run")
+    parser.add_argument(
+        "--no-browser",
+        dest="browser",
+        action="store_false",
+        help="skip the real-browser timings (they need Chromium and playwright)",
+    )
+    parser.add_argument(
+        "--no-server-side",
+        dest="server_side",
+        action="store_false",
+        help="skip the server-side (in-process) timings",
+    )
     _json_out(parser, "dashboard")
+
+
+def add_load_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``load`` benchmark's flags; ``dashboard/benchmark.py`` parses the same ones."""
+    parser.add_argument(
+        "--bundles", type=Path, default=DEFAULT_BUNDLES, help="folder of bundles (default pretrained/)"
+    )
+    parser.add_argument(
+        "--sessions", type=int, default=DEFAULT_SESSIONS, help="browser sessions at once (default 8)"
+    )
+    parser.add_argument("--photos", type=int, default=DEFAULT_PHOTOS, help="photos each session uploads")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_PAGE_TIMEOUT, help="seconds allowed per step"
+    )
+    _json_out(parser, "load")
 
 
 def add_memory_flags(parser: argparse.ArgumentParser) -> None:
@@ -568,11 +601,12 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     _json_out(encoding, "encoding")
 
     add_dashboard_flags(
-        benches.add_parser("dashboard", help="page render times and upload-to-labels latency")
+        benches.add_parser("dashboard", help="page times in a real browser and on the server")
     )
     add_memory_flags(
         benches.add_parser("memory", help="peak RSS of loading every bundle and rendering every page")
     )
+    add_load_flags(benches.add_parser("load", help="several browser sessions upload photos at once"))
     return bench
 
 
@@ -614,11 +648,16 @@ BENCHES: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] =
 def script_command(args: argparse.Namespace) -> list[str]:
     """The command line that runs ``args.bench_command`` in ``dashboard/benchmark.py``, flags passed on.
 
-    ``--flag=value`` keeps a negative number from reading as a flag; the script checks the values.
+    ``--flag=value`` keeps a negative number from reading as a flag; the script checks the values. A switch
+    (``browser``) is passed on as ``--no-browser`` when it is off.
     """
-    flags = [
-        f"--{name.replace('_', '-')}={getattr(args, name)}" for name in SCRIPT_BENCH_FLAGS[args.bench_command]
-    ]
+    flags = []
+    for name in SCRIPT_BENCH_FLAGS[args.bench_command]:
+        value, flag = getattr(args, name), name.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [] if value else [f"--no-{flag}"]
+        else:
+            flags.append(f"--{flag}={value}")
     return [sys.executable, str(DASHBOARD_SCRIPT), args.bench_command, *flags]
 
 

@@ -1,18 +1,24 @@
-"""The dashboard's own benchmarks: page render times, upload-to-labels latency and peak memory.
+"""The dashboard's own benchmarks: page times in a real browser, upload-to-labels latency, peak memory,
+and eight people at once.
 
     python dashboard/benchmark.py dashboard --bundles DIR [--warm-runs 5 --uploads 3 --json-out FILE]
     python dashboard/benchmark.py memory    --bundles DIR [--timeout 600 --json-out FILE]
+    python dashboard/benchmark.py load      --bundles DIR [--sessions 8 --photos 3 --json-out FILE]
 
-``conceptlens bench dashboard|memory`` runs this script in a child process with the same flags, so the
-numbers and the JSON are the same either way. The pages are driven through Streamlit's ``AppTest``
-harness, the way the dashboard's tests drive them; that is why this lives here and not in ``core``, which
-knows nothing of the dashboard. The generic parts (machine description, table, JSON, flags, exit codes)
-come from ``core.bench``.
+``conceptlens bench dashboard|memory|load`` runs this script in a child process with the same flags, so
+the numbers and the JSON are the same either way. ``dashboard`` times every page as a person sees it: a
+real ``streamlit run`` server and headless Chromium (``browser.py``), the first visit after a restart
+(a fresh server per page) and warm visits (a click in the sidebar, and a reload); next to that, the time
+the page's script takes on the server, through Streamlit's ``AppTest`` harness. ``load`` opens the
+open-world page in several browser sessions at once, each uploading its own photos. That is why this
+lives here and not in ``core``, which knows nothing of the dashboard. The generic parts (machine
+description, table, JSON, flags, exit codes) come from ``core.bench``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import io
 import json
@@ -22,6 +28,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -35,13 +42,26 @@ REPO_ROOT = HERE.parent
 if importlib.util.find_spec("core") is None:  # a source checkout that was not pip-installed
     sys.path.insert(0, str(REPO_ROOT))
 
+from browser import (  # noqa: E402 (the dashboard folder, next to this file)
+    StreamlitServer,
+    check_browser,
+    click_timed,
+    launch,
+    new_context,
+    open_timed,
+)
+
 from core.bench import (  # noqa: E402 (after the sys.path line above)
     DEFAULT_BUNDLES,
     DEFAULT_MEMORY_TIMEOUT,
     DEFAULT_PAGE_TIMEOUT,
+    DEFAULT_PHOTOS,
+    DEFAULT_SESSIONS,
     DEFAULT_UPLOADS,
     DEFAULT_WARM_RUNS,
+    MAX_SESSIONS,
     add_dashboard_flags,
+    add_load_flags,
     add_memory_flags,
     format_table,
     log,
@@ -187,12 +207,15 @@ def _upload_latency(pages: list[str], uploads: int, timeout: float) -> dict[str,
 
 @dataclass
 class DashboardBenchConfig:
-    """Where the bundles are, how many warm reruns and uploads to time, and the per-run time limit."""
+    """Where the bundles are, how many warm reruns and uploads to time, the per-run time limit, and
+    whether to time the pages in a real browser too (``browser``) and on the server (``server_side``)."""
 
     bundles: Path = DEFAULT_BUNDLES
     warm_runs: int = DEFAULT_WARM_RUNS
     uploads: int = DEFAULT_UPLOADS
     timeout: float = DEFAULT_PAGE_TIMEOUT
+    browser: bool = True
+    server_side: bool = True
 
     def __post_init__(self) -> None:
         if self.warm_runs < 1:
@@ -204,18 +227,25 @@ class DashboardBenchConfig:
 
 
 def bench_dashboard(config: DashboardBenchConfig, progress: Callable[[str], None] = log) -> dict[str, Any]:
-    """First and warm (median) render time of every page, and upload-to-labels latency, on one process."""
+    """Every page in a real browser (first visit after a restart, warm visits) and on the server (first
+    and warm render in one process), and upload-to-labels latency on the server."""
     found = _check_bundles_folder(config.bundles)
     pages = dashboard_pages()
-    with _BundlesEnv(config.bundles):
-        rows = []
-        for page in pages:
-            progress(f"dashboard: {page} ...")
-            rows.append(_page_timing(page, config.warm_runs, config.timeout))
-        upload = {"available": False, "reason": "--uploads 0"}
-        if config.uploads:
-            progress(f"dashboard: {config.uploads} upload(s) on the open-world page ...")
-            upload = _upload_latency(pages, config.uploads, config.timeout)
+    server: dict[str, dict[str, Any]] = {}
+    upload = {"available": False, "reason": "--uploads 0"}
+    if config.server_side:
+        with _BundlesEnv(config.bundles):
+            for page in pages:
+                progress(f"dashboard (server side): {page} ...")
+                server[page] = _page_timing(page, config.warm_runs, config.timeout)
+            if config.uploads:
+                progress(f"dashboard: {config.uploads} upload(s) on the open-world page ...")
+                upload = _upload_latency(pages, config.uploads, config.timeout)
+    browser: dict[str, Any] = {"available": False, "reason": "--no-browser"}
+    if config.browser:
+        browser = browser_timings(pages, config, progress)
+    by_page = {r["page"]: r for r in browser.get("rows", [])}
+    rows = [{"page": page, **server.get(page, {}), **{"browser": by_page.get(page)}} for page in pages]
     return {
         "benchmark": "dashboard",
         "machine": machine_info(LIBRARIES),
@@ -225,31 +255,142 @@ def bench_dashboard(config: DashboardBenchConfig, progress: Callable[[str], None
             "bundles_found": [p.name for p in found],
         },
         "rows": rows,
+        "browser": {k: v for k, v in browser.items() if k != "rows"},
         "upload": upload,
         "notes": [
-            "first = the page's first render in a fresh AppTest session (models cached in this process "
-            "stay loaded across pages); warm = median of reruns"
+            "browser: headless Chromium on a real `streamlit run` server; seconds from the start of the "
+            "navigation (or the sidebar click) until the page is ready: script run finished, title drawn, no "
+            "spinner, every chart drawn and every image loaded; feedback = the first title, spinner or "
+            "progress bar in the main area",
+            "browser first = a fresh server for each page, so the first visit pays every import and model "
+            "load; click = a sidebar click from another page, reload = the page opened anew (median of "
+            f"{config.warm_runs})",
+            "server first = the page's first render in a fresh AppTest session (models cached in this "
+            "process stay loaded across pages); server warm = median of reruns",
         ],
     }
 
 
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _browser_row(page: str, times: dict[str, Any], memory: dict[str, Any], exceptions: int) -> dict[str, Any]:
+    return {
+        "page": page,
+        "first_feedback_seconds": times["first"][0],
+        "first_ready_seconds": times["first"][1],
+        "click_ready_median_seconds": _median([r for _, r in times["click"]]),
+        "reload_ready_median_seconds": _median([r for _, r in times["reload"]]),
+        "reload_feedback_median_seconds": _median([f for f, _ in times["reload"] if f is not None]),
+        "click_ready_seconds": [r for _, r in times["click"]],
+        "reload_ready_seconds": [r for _, r in times["reload"]],
+        "exceptions_shown": exceptions,
+        "server_rss_mib": memory["rss_mib"],
+    }
+
+
+def _page_url(base: str, page: str, pages: list[str]) -> str:
+    """The page's address: the default (first) page is the root, the others are named by their file."""
+    return f"{base}/" if page == pages[0] else f"{base}/{Path(page).stem}"
+
+
+async def _time_page_in_browser(
+    page: str, pages: list[str], config: DashboardBenchConfig, log_dir: Path
+) -> dict[str, Any]:
+    """A fresh server: the first visit straight to ``page``, then warm clicks (from another page), reloads."""
+    from playwright.async_api import async_playwright
+
+    away = pages[1] if page == pages[0] else pages[0]
+    times: dict[str, Any] = {"click": [], "reload": []}
+    with StreamlitServer(config.bundles, log_dir / f"{Path(page).stem}.log") as server:
+        url = _page_url(server.url, page, pages)
+        async with async_playwright() as playwright:
+            chromium = await launch(playwright)
+            try:
+                tab = await (await new_context(chromium)).new_page()
+                times["first"] = await open_timed(tab, url, config.timeout)
+                exceptions = await tab.locator("[data-testid='stException']").count()
+                links = {p: _nav_link(tab, _page_url(server.url, p, pages)) for p in (page, away)}
+                for _ in range(config.warm_runs):
+                    await click_timed(tab, links[away], config.timeout)
+                    times["click"].append(await click_timed(tab, links[page], config.timeout))
+                for _ in range(config.warm_runs):
+                    times["reload"].append(await open_timed(tab, url, config.timeout))
+            finally:
+                await chromium.close()
+        memory = server.memory()
+    return _browser_row(page, times, memory, exceptions)
+
+
+def _nav_link(tab, url: str):
+    return tab.locator(f"[data-testid='stSidebarNav'] a[href='{url}']").first
+
+
+def browser_timings(
+    pages: list[str], config: DashboardBenchConfig, progress: Callable[[str], None] = log
+) -> dict[str, Any]:
+    """Every page's browser timings (see :func:`bench_dashboard`); unavailable, with the reason, without
+    Chromium or playwright."""
+    try:
+        check_browser()
+    except ValueError as exc:
+        return {"available": False, "reason": str(exc)}
+    log_dir = Path(tempfile.mkdtemp(prefix="conceptlens-bench-"))
+    rows = []
+    for page in pages:
+        progress(f"dashboard (browser): {page}, fresh server ...")
+        rows.append(asyncio.run(_time_page_in_browser(page, pages, config, log_dir)))
+    return {"available": True, "server_logs": str(log_dir), "rows": rows}
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def dashboard_table(result: dict[str, Any]) -> str:
     s = result["settings"]
-    head = f"Dashboard render times (AppTest, bundles in {s['bundles']}, {s['warm_runs']} warm reruns)"
-    rows = [
-        [r["page"], r["first_seconds"], r["warm_median_seconds"], "; ".join(r["errors"])[:60]]
-        for r in result["rows"]
+    head = (
+        f"Dashboard page times in seconds (bundles in {s['bundles']}; median of {s['warm_runs']} warm visits)"
+    )
+    rows = []
+    for r in result["rows"]:
+        b = r.get("browser") or {}
+        rows.append(
+            [
+                r["page"],
+                _seconds(b.get("first_feedback_seconds")),
+                _seconds(b.get("first_ready_seconds")),
+                _seconds(b.get("click_ready_median_seconds")),
+                _seconds(b.get("reload_ready_median_seconds")),
+                _seconds(r.get("first_seconds")),
+                _seconds(r.get("warm_median_seconds")),
+                "; ".join(r.get("errors", []))[:60],
+            ]
+        )
+    headers = [
+        "page",
+        "browser first: feedback",
+        "first: ready",
+        "warm click",
+        "warm reload",
+        "server first",
+        "server warm",
+        "errors",
     ]
-    table = format_table(["page", "first s", "warm median s", "errors"], rows)
+    table = format_table(headers, rows)
+    lines = [head, "", table, ""]
+    if not result["browser"].get("available"):
+        lines.append(f"browser timings: not available ({result['browser']['reason']})")
     upload = result["upload"]
     if upload["available"]:
-        line = (
-            f"upload -> labels on {upload['page']}: median {upload['median_seconds']:.3g} s over "
-            f"{len(upload['seconds'])} upload(s) (first {upload['first_seconds']:.3g} s)"
+        lines.append(
+            f"upload -> labels on {upload['page']} (server side): median {upload['median_seconds']:.3g} s "
+            f"over {len(upload['seconds'])} upload(s) (first {upload['first_seconds']:.3g} s)"
         )
     else:
-        line = f"upload -> labels: not available ({upload['reason']})"
-    return "\n".join([head, "", table, "", line, *(f"note: {n}" for n in result["notes"])])
+        lines.append(f"upload -> labels: not available ({upload['reason']})")
+    return "\n".join([*lines, *(f"note: {n}" for n in result["notes"])])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,22 +480,201 @@ def memory_table(result: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# load: several people on the open-world page at once
+# --------------------------------------------------------------------------------------------------
+
+OPEN_WORLD = "views/open_world.py"
+LOAD_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
+# The labels are drawn: every uploaded photo's thumbnail is captioned with its name (the uploader lists the
+# names too, before any label, so only captions count) and the page is ready (see browser.TIMING_SCRIPT).
+LABELLED = """names => {
+  const main = document.querySelector("[data-testid='stMain']");
+  const found = main ? main.querySelectorAll("[data-testid='stImageCaption']") : [];
+  const captions = [...found].map((e) => e.innerText);
+  if (!window.__clReadyNow() || !names.every(n => captions.some(c => c.includes(n)))) return null;
+  return performance.now() - window.__cl.mark;
+}"""
+
+
+@dataclass
+class LoadBenchConfig:
+    """How many browser sessions open the open-world page at once, and how many photos each uploads."""
+
+    bundles: Path = DEFAULT_BUNDLES
+    sessions: int = DEFAULT_SESSIONS
+    photos: int = DEFAULT_PHOTOS
+    timeout: float = DEFAULT_PAGE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.sessions <= MAX_SESSIONS:
+            raise ValueError(f"--sessions must be between 1 and {MAX_SESSIONS}, got {self.sessions}.")
+        if not 1 <= self.photos <= len(LOAD_PHOTOS):
+            raise ValueError(f"--photos must be between 1 and {len(LOAD_PHOTOS)}, got {self.photos}.")
+        if not self.timeout > 0:
+            raise ValueError(f"--timeout must be a positive number of seconds, got {self.timeout}.")
+
+
+def session_photos(session: int, photos: int, folder: Path) -> list[Path]:
+    """``photos`` skimage photos for one session, each cut differently per session (its own pixels, so no
+    session is answered from another's cached labels), saved as PNG in ``folder``."""
+    from core.data.samples import load_sample_photo
+
+    paths = []
+    for name in LOAD_PHOTOS[:photos]:
+        image = load_sample_photo(f"skimage: {name}")
+        width, height = image.size
+        path = folder / f"s{session}-{name}.png"
+        image.crop((session, 0, width, height)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _summary(values: Sequence[float]) -> dict[str, float | None]:
+    return {
+        "median": _median(values),
+        "max": max(values) if values else None,
+        "min": min(values) if values else None,
+    }
+
+
+async def _one_session(browser, url: str, photos: list[Path], start_upload, timeout: float) -> dict[str, Any]:
+    """Open the page (page ready), wait for every session to be ready, upload, wait for the labels."""
+    tab = await (await new_context(browser)).new_page()
+    result: dict[str, Any] = {"page_ready_seconds": None, "labels_seconds": None, "error": None}
+    try:
+        result["page_ready_seconds"] = (await open_timed(tab, url, timeout))[1]
+    except Exception as exc:  # noqa: BLE001 - a session that fails is counted, the others go on
+        result["error"] = f"page did not get ready: {str(exc).splitlines()[0]}"
+    await start_upload()
+    if result["error"]:
+        return result
+    try:
+        await tab.evaluate("() => window.__clRestart()")
+        await tab.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(
+            [str(p) for p in photos]
+        )
+        handle = await tab.wait_for_function(
+            LABELLED, arg=[p.name for p in photos], timeout=timeout * 1000, polling=20
+        )
+        result["labels_seconds"] = await handle.json_value() / 1000
+        result["exceptions_shown"] = await tab.locator("[data-testid='stException']").count()
+    except Exception as exc:  # noqa: BLE001
+        result["error"] = f"labels did not appear: {str(exc).splitlines()[0]}"
+    return result
+
+
+async def _load_sessions(
+    config: LoadBenchConfig, server: StreamlitServer, folder: Path
+) -> list[dict[str, Any]]:
+    from playwright.async_api import async_playwright
+
+    url = f"{server.url}/{Path(OPEN_WORLD).stem}"
+    photos = [session_photos(n, config.photos, folder) for n in range(config.sessions)]
+    barrier, arrived = asyncio.Event(), []
+
+    async def start_upload() -> None:  # every session uploads at once, after all pages are ready
+        arrived.append(1)
+        if len(arrived) == config.sessions:
+            barrier.set()
+        await barrier.wait()
+
+    async with async_playwright() as playwright:
+        chromium = await launch(playwright)
+        try:
+            return await asyncio.gather(
+                *(_one_session(chromium, url, p, start_upload, config.timeout) for p in photos)
+            )
+        finally:
+            await chromium.close()
+
+
+def bench_load(config: LoadBenchConfig, progress: Callable[[str], None] = log) -> dict[str, Any]:
+    """``sessions`` browser sessions open the open-world page of a fresh server at once, then each uploads
+    its photos at once; page-ready and upload-to-labels times and the server's memory."""
+    found = _check_bundles_folder(config.bundles)
+    check_browser()
+    folder = Path(tempfile.mkdtemp(prefix="conceptlens-load-"))
+    progress(f"load: {config.sessions} sessions x {config.photos} photos on the open-world page ...")
+    with StreamlitServer(config.bundles, folder / "streamlit.log") as server:
+        idle = server.memory()
+        sessions = asyncio.run(_load_sessions(config, server, folder))
+        memory = server.memory()
+    ready = [s["page_ready_seconds"] for s in sessions if s["page_ready_seconds"] is not None]
+    labels = [s["labels_seconds"] for s in sessions if s["labels_seconds"] is not None]
+    return {
+        "benchmark": "load",
+        "machine": machine_info(LIBRARIES),
+        "settings": {
+            **asdict(config),
+            "bundles": str(config.bundles),
+            "bundles_found": [p.name for p in found],
+        },
+        "page_ready_seconds": _summary(ready),
+        "labels_seconds": _summary(labels),
+        "sessions_ok": sum(s["error"] is None for s in sessions),
+        "sessions": sessions,
+        "server_start_seconds": server.start_seconds,
+        "server_rss_idle_mib": idle["rss_mib"],
+        "server_rss_mib": memory["rss_mib"],
+        "server_peak_rss_mib": memory["peak_rss_mib"],
+        "server_log": str(folder / "streamlit.log"),
+        "notes": [
+            "a fresh `streamlit run` server; every session is its own headless Chromium context; all open "
+            "the open-world page at once (page ready: see the dashboard benchmark), then all upload at once "
+            "(labels: from setting the files until every photo's labels are drawn)",
+            "the default model (offline ConSE) and concept bank; each session's photos are cut differently, "
+            "so no session gets another's cached labels",
+        ],
+    }
+
+
+def load_table(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    head = (
+        f"{s['sessions']} browser sessions at once, {s['photos']} photo(s) each, on the open-world page "
+        f"({result['sessions_ok']} of {s['sessions']} got labels)"
+    )
+    rows = [
+        ["page ready (s)", result["page_ready_seconds"]["median"], result["page_ready_seconds"]["max"]],
+        ["upload -> labels (s)", result["labels_seconds"]["median"], result["labels_seconds"]["max"]],
+    ]
+    memory = [
+        ["server RSS idle (MiB)", result["server_rss_idle_mib"]],
+        ["server RSS after (MiB)", result["server_rss_mib"]],
+        ["server peak RSS (MiB)", result["server_peak_rss_mib"]],
+    ]
+    errors = [f"session {n}: {e['error']}" for n, e in enumerate(result["sessions"]) if e["error"]]
+    return "\n".join(
+        [
+            head,
+            "",
+            format_table(["measure", "median", "max"], rows),
+            "",
+            format_table(["memory", "value"], memory),
+            *errors,
+            *(f"note: {n}" for n in result["notes"]),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``dashboard`` and ``memory`` with ``conceptlens bench``'s flags, and the hidden memory child."""
+    """``dashboard``, ``memory`` and ``load`` with ``conceptlens bench``'s flags; the hidden memory child."""
     parser = argparse.ArgumentParser(
         prog="python dashboard/benchmark.py", description=__doc__.splitlines()[0]
     )
-    benches = parser.add_subparsers(dest="bench_command", required=True, metavar="{dashboard,memory}")
+    benches = parser.add_subparsers(dest="bench_command", required=True, metavar="{dashboard,memory,load}")
     add_dashboard_flags(
-        benches.add_parser("dashboard", help="page render times and upload-to-labels latency")
+        benches.add_parser("dashboard", help="page times in a real browser and on the server")
     )
     add_memory_flags(
         benches.add_parser("memory", help="peak RSS of loading every bundle and rendering every page")
     )
+    add_load_flags(benches.add_parser("load", help="several browser sessions upload photos at once"))
     child = benches.add_parser(MEMORY_CHILD)
     child.add_argument("--bundles", required=True)
     child.add_argument("--timeout", type=float, required=True)
@@ -364,10 +684,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if args.bench_command == "dashboard":
         config = DashboardBenchConfig(
-            bundles=args.bundles, warm_runs=args.warm_runs, uploads=args.uploads, timeout=args.timeout
+            bundles=args.bundles,
+            warm_runs=args.warm_runs,
+            uploads=args.uploads,
+            timeout=args.timeout,
+            browser=args.browser,
+            server_side=args.server_side,
         )
         result = bench_dashboard(config)
         return result, dashboard_table(result)
+    if args.bench_command == "load":
+        config = LoadBenchConfig(
+            bundles=args.bundles, sessions=args.sessions, photos=args.photos, timeout=args.timeout
+        )
+        result = bench_load(config)
+        return result, load_table(result)
     result = bench_memory(args.bundles, args.timeout)
     return result, memory_table(result)
 

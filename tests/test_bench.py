@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from core import bench
 from core.retrieval.hamming import hamming_topk
@@ -224,6 +225,7 @@ def test_conceptlens_bench_dashboard_times_every_page_and_the_upload(tiny_bundle
         "1",
         "--uploads",
         "1",
+        "--no-browser",  # the browser columns need a server per page: tests/test_browser.py drives one
         "--json-out",
         str(out),
     ]
@@ -232,16 +234,19 @@ def test_conceptlens_bench_dashboard_times_every_page_and_the_upload(tiny_bundle
     assert [row["page"] for row in result["rows"]] == board.dashboard_pages()
     for row in result["rows"]:
         assert row["first_seconds"] > 0 and row["warm_median_seconds"] == row["warm_seconds"][0] > 0
-        assert row["errors"] == []
+        assert row["errors"] == [] and row["browser"] is None
+    assert result["browser"] == {"available": False, "reason": "--no-browser"}
     upload = result["upload"]
     assert upload["available"] is True and len(upload["seconds"]) == 1 and upload["median_seconds"] > 0
     found = set(result["settings"]["bundles_found"])
     assert found == {"toy-clip", "toy-hash-csd", "toy-hash-nocsd", "toy-ceir"}
-    assert result["settings"] | {"warm_runs": 1, "uploads": 1, "timeout": 300.0} == result["settings"]
+    expected = {"warm_runs": 1, "uploads": 1, "timeout": 300.0, "browser": False, "server_side": True}
+    assert result["settings"] | expected == result["settings"]
     assert set(result["machine"]) >= MACHINE_KEYS and result["machine"]["streamlit"] == version("streamlit")
     printed = capfd.readouterr()
-    assert printed.out.splitlines()[0].startswith("Dashboard render times (AppTest, bundles in ")
-    assert "upload -> labels on views/open_world.py: median" in printed.out
+    assert printed.out.splitlines()[0].startswith("Dashboard page times in seconds (bundles in ")
+    assert "upload -> labels on views/open_world.py (server side): median" in printed.out
+    assert "browser timings: not available (--no-browser)" in printed.out
     assert printed.err.strip().splitlines()[-1] == f"Wrote {out}"
 
 
@@ -276,6 +281,8 @@ def test_dashboard_bench_checks_its_flags_in_process(tmp_path, capsys, board):
             "--uploads must be 0 (skip) or more, got -1.",
         ),
         (["memory", "--bundles", "{tmp}"], "No ConceptLens bundles were found in"),
+        (["load", "--sessions", "0"], "--sessions must be between 1 and 32, got 0."),
+        (["load", "--photos", "9"], "--photos must be between 1 and 5, got 9."),
     ],
 )
 def test_dashboard_and_memory_errors_come_back_through_conceptlens_bench(tmp_path, capfd, argv, words):
@@ -306,11 +313,13 @@ def test_conceptlens_bench_passes_every_flag_to_the_script(tmp_path, monkeypatch
         "0",
         "--timeout",
         "2.5",
+        "--no-browser",
         "--json-out",
         "o.json",
     ]
     assert run_bench(argv) == 7
     assert run_bench(["memory"]) == 128 + 9  # killed by SIGKILL, as a shell reports it
+    assert run_bench(["load", "--sessions", "3"]) == 7
     script = [sys.executable, str(BENCHMARK_SCRIPT)]
     assert calls[0][0] == [
         *script,
@@ -319,6 +328,7 @@ def test_conceptlens_bench_passes_every_flag_to_the_script(tmp_path, monkeypatch
         "--warm-runs=-2",
         "--uploads=0",
         "--timeout=2.5",
+        "--no-browser",  # a switch that is off is passed on as such; one that is on is the default
         "--json-out=o.json",
     ]
     assert calls[1][0] == [
@@ -327,6 +337,15 @@ def test_conceptlens_bench_passes_every_flag_to_the_script(tmp_path, monkeypatch
         f"--bundles={bench.DEFAULT_BUNDLES}",
         "--timeout=600.0",
         "--json-out=bench-results/memory.json",
+    ]
+    assert calls[2][0] == [
+        *script,
+        "load",
+        f"--bundles={bench.DEFAULT_BUNDLES}",
+        "--sessions=3",
+        "--photos=3",
+        "--timeout=300.0",
+        "--json-out=bench-results/load.json",
     ]
     assert calls[0][1]["PYTHONPATH"] == os.pathsep.join([str(BENCHMARK_SCRIPT.parents[1]), "elsewhere"])
 
@@ -339,3 +358,22 @@ def test_dashboard_benches_need_the_source_checkout(tmp_path, monkeypatch, capsy
     assert len(err) == 1
     assert "bench memory needs the ConceptLens source checkout (dashboard/benchmark.py)" in err[0]
     assert str(tmp_path) in err[0] and err[0].endswith(".")
+
+
+def test_load_bench_gives_every_session_its_own_photos(tmp_path, board):
+    first, second = (board.session_photos(n, 3, tmp_path) for n in (0, 1))
+    assert [p.name for p in first] == ["s0-astronaut.png", "s0-chelsea.png", "s0-coffee.png"]
+    pixels = [Image.open(p).tobytes() for p in (*first, *second)]
+    assert len(set(pixels)) == 6  # no session is answered from another's cached labels
+    assert Image.open(second[0]).size == (511, 512)
+
+
+def test_browser_helpers_address_pages_and_read_memory(board):
+    pages = board.dashboard_pages()
+    assert board._page_url("http://h:1", pages[0], pages) == "http://h:1/"  # the default page is the root
+    assert board._page_url("http://h:1", "views/open_world.py", pages) == "http://h:1/open_world"
+    from browser import process_memory_mib
+
+    mine = process_memory_mib(os.getpid())
+    assert 0 < mine["rss_mib"] <= mine["peak_rss_mib"]
+    assert process_memory_mib(-1) == {"rss_mib": None, "peak_rss_mib": None}

@@ -1,0 +1,211 @@
+"""A real ``streamlit run dashboard/Home.py`` server and headless Chromium, for the browser benchmarks.
+
+Used by ``dashboard/benchmark.py`` (``conceptlens bench dashboard`` and ``conceptlens bench load``):
+
+* :class:`StreamlitServer` starts the app on a free localhost port with a bundles folder, waits for
+  ``/_stcore/health`` and reads the server's resident memory from ``/proc``;
+* :data:`TIMING_SCRIPT` runs in every page the browser opens and stamps, in the page's own clock
+  (``performance.now()``, milliseconds since navigation started), when the main area first showed
+  anything (``feedback``: a title, a spinner, a progress bar) and when the page was *ready*: the script
+  run finished, the title is drawn, no spinner is left, every chart has drawn and every image has loaded.
+
+Nothing here imports Streamlit or the models: the server is a child process, the browser another.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+HOME_PAGE = HERE / "Home.py"
+REPO_ROOT = HERE.parent
+CHROMIUM = os.environ.get("CONCEPTLENS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+VIEWPORT = {"width": 1400, "height": 1000}
+HEALTH_TIMEOUT = 120.0  # seconds for a fresh server to answer /_stcore/health
+
+# Stamps __cl.feedback and __cl.ready (ms since navigation start, or since __cl.mark for a click).
+# A MutationObserver sees every change of the app's script state, so a run too short to poll is not missed.
+TIMING_SCRIPT = """
+(() => {
+  const cl = (window.__cl = { mark: 0, feedback: null, ready: null, ran: false });
+  const main = () => document.querySelector("[data-testid='stMain']");
+  const state = () => {
+    const app = document.querySelector("[data-testid='stApp']");
+    return app ? app.getAttribute("data-test-script-state") : null;
+  };
+  const shown = (root, selector) => [...root.querySelectorAll(selector)].some((e) => e.offsetParent !== null);
+  const ready = () => {
+    const m = main();
+    if (!cl.ran || state() !== "notRunning" || !m || !shown(m, "h1")) return false;
+    if (m.querySelector("[data-testid='stSpinner'], [data-stale='true']")) return false;
+    for (const chart of m.querySelectorAll("[data-testid='stPlotlyChart']"))
+      if (!chart.querySelector(".main-svg")) return false;
+    for (const image of m.querySelectorAll("img")) if (!image.complete) return false;
+    return true;
+  };
+  const check = () => {
+    const now = performance.now() - cl.mark;
+    const s = state();
+    if (s === "running" || s === "rerunRequested") cl.ran = true;
+    const m = main();
+    if (cl.feedback === null && m && shown(m, "h1, [data-testid='stSpinner'], [data-testid='stProgress']"))
+      cl.feedback = now;
+    if (cl.ready === null && ready()) cl.ready = now;
+  };
+  new MutationObserver(check).observe(document, {
+    subtree: true,
+    childList: true,
+    attributes: true,
+    attributeFilter: ["data-test-script-state", "data-stale"],
+  });
+  setInterval(check, 10);  // images finish loading and charts draw without a DOM mutation we watch
+  window.__clReadyNow = () => { cl.ran = true; return ready(); };
+  window.__clRestart = () => {
+    cl.mark = performance.now(); cl.feedback = null; cl.ready = null; cl.ran = false;
+  };
+})();
+"""
+READ_TIMES = (
+    "() => window.__cl && window.__cl.ready !== null ? [window.__cl.feedback, window.__cl.ready] : null"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_memory_mib(pid: int) -> dict[str, float | None]:
+    """Resident memory now (VmRSS) and at its peak (VmHWM) of a process, in MiB (None off Linux)."""
+    found: dict[str, float | None] = {"rss_mib": None, "peak_rss_mib": None}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key = {"VmRSS:": "rss_mib", "VmHWM:": "peak_rss_mib"}.get(
+                line.split(maxsplit=1)[0] if line else ""
+            )
+            if key:
+                found[key] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return found
+
+
+class StreamlitServer:
+    """``streamlit run Home.py`` on a free port with ``bundles``; a ``with`` block starts and stops it.
+
+    Everything but the port comes from the repository's ``.streamlit/config.toml`` (headless, no usage
+    statistics, no external-IP look-up). The server's output goes to ``log``.
+    """
+
+    def __init__(self, bundles: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.bundles, self.log, self.extra_env = bundles, log, env or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.start_seconds: float | None = None
+
+    def __enter__(self) -> StreamlitServer:
+        path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        env = os.environ | {"CONCEPTLENS_BUNDLES": str(self.bundles.resolve()), "PYTHONPATH": path}
+        command = [sys.executable, "-m", "streamlit", "run", str(HOME_PAGE), "--server.port", str(self.port)]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log, "w")  # noqa: SIM115 - closed in __exit__
+        start = time.perf_counter()
+        self.process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env | self.extra_env, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+        try:
+            self._wait_for_health()
+        except BaseException:
+            self.__exit__()
+            raise
+        self.start_seconds = time.perf_counter() - start
+        return self
+
+    def _wait_for_health(self) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ValueError(
+                    f"The streamlit server exited with status {self.process.returncode}; see {self.log}."
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise ValueError(
+            f"The streamlit server did not answer within {HEALTH_TIMEOUT:.0f} s; see {self.log}."
+        )
+
+    def memory(self) -> dict[str, float | None]:
+        return process_memory_mib(self.process.pid) if self.process else process_memory_mib(-1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+
+
+def check_browser() -> None:
+    """Raise ValueError with one sentence when Chromium or playwright is missing."""
+    problems = []
+    if not Path(CHROMIUM).exists():
+        problems.append(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        problems.append("the playwright package is not installed (pip install playwright)")
+    if problems:
+        raise ValueError("The browser benchmarks need a headless browser: " + "; ".join(problems) + ".")
+
+
+async def launch(playwright):
+    return await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=list(CHROMIUM_ARGS))
+
+
+async def new_context(browser):
+    context = await browser.new_context(viewport=VIEWPORT)
+    await context.add_init_script(TIMING_SCRIPT)
+    return context
+
+
+async def wait_ready(page, timeout: float) -> tuple[float, float]:
+    """(feedback, ready) in seconds, as stamped by :data:`TIMING_SCRIPT` once the page is ready."""
+    handle = await page.wait_for_function(READ_TIMES, timeout=timeout * 1000, polling=20)
+    feedback, ready = await handle.json_value()
+    return (None if feedback is None else feedback / 1000), ready / 1000
+
+
+async def open_timed(page, url: str, timeout: float) -> tuple[float, float]:
+    """Navigate to ``url``; seconds from the navigation's start to first feedback and to the page ready."""
+    await page.goto(url, wait_until="commit", timeout=timeout * 1000)
+    return await wait_ready(page, timeout)
+
+
+async def click_timed(page, link, timeout: float) -> tuple[float, float]:
+    """Click ``link`` (in-app navigation, no page load); seconds from the click to feedback and ready."""
+    await page.evaluate("() => window.__clRestart()")
+    await link.click()
+    return await wait_ready(page, timeout)
