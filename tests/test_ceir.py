@@ -135,6 +135,7 @@ def test_eval_reproduces_the_stored_metrics_and_takes_a_seed(bundle, loaded):
         loaded.metrics["baselines"]["concepts"]["nmi"]
     )
     assert evaluate_bundle(str(bundle), seed=9, device="cpu")["data"]["seed"] == 9
+    assert 0 <= again["ood_warned_share"] <= 0.5  # false alarms on the bundle's own test birds
 
 
 # ---- explanations ---------------------------------------------------------------------------------

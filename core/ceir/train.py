@@ -492,7 +492,8 @@ def load_ceir(path: str | Path, device: str = "auto") -> LoadedCEIR:
 
 
 def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
-    """``conceptlens eval`` for CEIR: clustering metrics with baselines (fresh ToyBirds with ``seed``)."""
+    """``conceptlens eval`` for CEIR: ``evaluate_arrays`` (fresh ToyBirds with ``seed``) and the share of
+    test images the out-of-distribution warning flags."""
     loaded = load_ceir(path, device=device)
     data = loaded.data if seed is None else loaded.data.with_seed(seed)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
@@ -510,4 +511,8 @@ def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") ->
         test_emb,
         seed=seed,
     )
+    from core.ceir.labels import ood_flags
+
+    # the out-of-distribution warning's false alarms: the share of test images it would flag
+    metrics["ood_warned_share"] = float(np.mean(ood_flags(loaded, test_emb)))
     return {"kind": KIND, "bundle": str(loaded.path), "data": data.to_dict(), **metrics}
