@@ -398,3 +398,35 @@ def test_protocols_table_shows_mean_and_std_under_both_protocols():
     assert ceir["inductive ACC"] == "0.900 ± 0.010" and ceir["transductive ACC"] == "0.500 ± 0.100"
     assert pd.isna(table.iloc[1]["transductive ACC"])  # not measured: left empty, not invented
     assert view.protocols_table({"acc": 0.9}).empty  # a bundle from before the protocols
+
+
+def test_filter_table_lists_every_removed_concept_with_its_filter():
+    config = {
+        "concept_bank": {
+            "removed": {
+                "class_relevance": {"webbed feet": "says little about the class"},
+                "near_duplicate": {"spotted wing": "near-duplicate of 'striped wing'"},
+                "length": {},
+            }
+        }
+    }
+    table = view.filter_table(config)
+    assert table.to_dict("records") == [
+        {"concept": "webbed feet", "filter": "class relevance", "reason": "says little about the class"},
+        {"concept": "spotted wing", "filter": "near-duplicate", "reason": "near-duplicate of 'striped wing'"},
+    ]
+    old = view.filter_table({"concept_bank": {"removed": {"x": "low fidelity"}}})  # a flat, older bundle
+    assert old.to_dict("records") == [{"concept": "x", "filter": "", "reason": "low fidelity"}]
+    assert view.filter_table({}).empty
+
+
+def test_ceir_page_shows_what_the_filters_removed(page, toy):
+    removed = toy[0].config["concept_bank"]["removed"]
+    expected = sorted(c for why in removed.values() for c in why)
+    tables = [d.value for d in page.dataframe if list(d.value.columns) == ["concept", "filter", "reason"]]
+    if expected:
+        assert len(tables) == 1 and sorted(tables[0]["concept"]) == expected
+    else:
+        assert tables == []
+    kept = [c.value for c in page.caption if c.value.startswith("Kept: ")]
+    assert kept == ["Kept: " + ", ".join(toy[0].concepts)]

@@ -76,6 +76,31 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", *(c for _, c in SCORES)])
 
 
+FILTER_NAMES = {
+    "length": "length",
+    "class_name": "too close to a class name",
+    "class_relevance": "class relevance",
+    "near_duplicate": "near-duplicate",
+    "never_activated": "never activated",
+    "fidelity": "fidelity",
+}
+
+
+def filter_table(config: Mapping[str, Any]) -> pd.DataFrame:
+    """The bank concepts training removed: one row per concept with the filter and its reason (the
+    ``concept_bank.removed`` section of a bundle's config; older bundles store one flat mapping)."""
+    removed = (config.get("concept_bank") or {}).get("removed") or {}
+    rows = []
+    for key, value in removed.items():
+        if isinstance(value, Mapping):  # per filter: concept -> reason
+            rows += [
+                {"concept": c, "filter": FILTER_NAMES.get(key, key), "reason": r} for c, r in value.items()
+            ]
+        else:
+            rows.append({"concept": key, "filter": "", "reason": str(value)})
+    return pd.DataFrame(rows, columns=["concept", "filter", "reason"])
+
+
 PROTOCOLS: tuple[tuple[str, str], ...] = (
     ("inductive", "inductive (k-means fit on train, test assigned)"),
     ("transductive", "transductive, the paper's (VAE on train + test, k-means fit on test)"),

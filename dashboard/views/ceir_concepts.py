@@ -21,6 +21,7 @@ from lens.concepts_view import (
     distances_table,
     edits_from_sliders,
     file_safe,
+    filter_table,
     image_contributions_table,
     intervention_concepts,
     metrics_table,
@@ -171,6 +172,14 @@ try:
 except (OSError, ValueError):
     split = None
     st.warning("The training images behind this bundle cannot be read here, so no pictures are shown.")
+
+removed = filter_table(loaded.config)
+n_input = (loaded.config.get("concept_bank") or {}).get("n_input", len(concepts) + len(removed))
+with st.expander(f"The concept bank: {len(concepts)} of {n_input} concepts kept", expanded=False):
+    st.caption("Kept: " + ", ".join(concepts))
+    if not removed.empty:
+        st.dataframe(removed, hide_index=True, key="ceir_removed")
+        download_table(removed, "removed_concepts", key="ceir_dl_removed")
 
 # --- the latent map ------------------------------------------------------------------------------------
 st.subheader("The latent space")
