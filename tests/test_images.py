@@ -321,8 +321,16 @@ def test_invalid_limits_are_value_errors(tmp_path: Path) -> None:
 
 
 def test_list_image_files_expands_folders_deterministically(tmp_path: Path) -> None:
-    for relative in ["b/one.JPG", "a/two.png", "a/deep/three.TIFF", "z.webp", "a/readme.txt", ".hidden.png",
-                     ".cache/four.png", "b/._one.jpg"]:
+    for relative in [
+        "b/one.JPG",
+        "a/two.png",
+        "a/deep/three.TIFF",
+        "z.webp",
+        "a/readme.txt",
+        ".hidden.png",
+        ".cache/four.png",
+        "b/._one.jpg",
+    ]:
         target = tmp_path / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(b"x")

@@ -19,6 +19,17 @@ def test_ruff_is_clean():
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
+def test_ruff_format_is_clean():
+    """Formatting is part of the style: a file ``ruff format`` would change fails here, not in review."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[test]' installs it)")
+    proc = subprocess.run(
+        [ruff, "format", "--check", "core", "tests", "dashboard"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
 def test_core_never_imports_streamlit():
     offenders = [
         str(p.relative_to(ROOT))

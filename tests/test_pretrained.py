@@ -44,8 +44,11 @@ def test_results_file_matches_the_bundles():
 
 
 def headline(result: dict) -> dict[str, float]:
-    values = {k: result[k] for k in ("map", "diversity", "acc", "nmi", "ari", "zero_shot_accuracy",
-                                     "concept_precision_at_5") if k in result}
+    values = {
+        k: result[k]
+        for k in ("map", "diversity", "acc", "nmi", "ari", "zero_shot_accuracy", "concept_precision_at_5")
+        if k in result
+    }
     values |= {f"P@{k}": v for k, v in result.get("precision_at", {}).items()}
     for name, protocol in result.get("protocols", {}).items():
         if isinstance(protocol, dict):  # per method: ACC under this protocol (mean over k-means seeds)

@@ -157,7 +157,10 @@ def test_folder_stratified_split(tmp_path: Path) -> None:
             assert path.parent.name == split.classes[label]
     # Pinned membership: the split must be identical on every machine and numpy version.
     assert [p.relative_to(root).as_posix() for p in test.paths] == [
-        "crow/00.png", "crow/03.png", "wren/00.png", "wren/03.png"
+        "crow/00.png",
+        "crow/03.png",
+        "wren/00.png",
+        "wren/03.png",
     ]
 
 

@@ -107,12 +107,19 @@ def test_ranking_is_stable_argsort() -> None:
 
 @pytest.mark.parametrize(
     ("n_bits", "n_db", "n_queries", "k"),
-    [(6, 400, 23, 50), (6, 400, 1, 7), (6, 30, 5, 100), (64, 900, 40, 25), (65, 500, 12, 1),
-     (130, 300, 8, 40)],
+    [
+        (6, 400, 23, 50),
+        (6, 400, 1, 7),
+        (6, 30, 5, 100),
+        (64, 900, 40, 25),
+        (65, 500, 12, 1),
+        (130, 300, 8, 40),
+    ],
 )
 @pytest.mark.parametrize("tiny_tiles", [False, True])
-def test_topk_matches_stable_brute_force(n_bits: int, n_db: int, n_queries: int, k: int, tiny_tiles: bool,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_topk_matches_stable_brute_force(
+    n_bits: int, n_db: int, n_queries: int, k: int, tiny_tiles: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if tiny_tiles:
         monkeypatch.setattr(hamming_module, "_MIN_TILE", 16)
         monkeypatch.setattr(hamming_module, "_TILE_ELEMENTS", 256)
@@ -121,8 +128,9 @@ def test_topk_matches_stable_brute_force(n_bits: int, n_db: int, n_queries: int,
     query_codes, db_codes = random_signs(rng, n_queries, n_bits), random_signs(rng, n_db, n_bits)
     expected_idx, expected_dist = brute_topk(query_codes, db_codes, min(k, n_db))
     for batch_size in (None, 1, 4):
-        idx, dist = hamming_topk(pack_codes(query_codes), pack_codes(db_codes), k, batch_size=batch_size,
-                                 n_threads=2)
+        idx, dist = hamming_topk(
+            pack_codes(query_codes), pack_codes(db_codes), k, batch_size=batch_size, n_threads=2
+        )
         assert idx.dtype == np.int64 and dist.dtype == np.int32
         assert idx.shape == (n_queries, min(k, n_db))
         np.testing.assert_array_equal(idx, expected_idx)
@@ -187,8 +195,9 @@ def test_faiss_tie_correction_gives_numpy_answer() -> None:
     query, db = pack_codes(query_codes), pack_codes(db_codes)
     for k in (1, 5, 40, 260, 500):
         expected = hamming_topk(query, db, k)
-        got = hamming_module._faiss_topk(AdversarialIndex(db_codes), query, db, k,
-                                         lambda q, k=k: hamming_topk(q, db, k))
+        got = hamming_module._faiss_topk(
+            AdversarialIndex(db_codes), query, db, k, lambda q, k=k: hamming_topk(q, db, k)
+        )
         np.testing.assert_array_equal(got[0], expected[0])
         np.testing.assert_array_equal(got[1], expected[1])
 
@@ -266,8 +275,9 @@ def test_map_and_precision_match_reference(multi_hot: bool, top: int | None) -> 
         query_labels = rng.integers(0, 5, n_queries)  # label 4 is never in the database
         query_labels[0] = 4
     ks = (1, 5, 10, 120)
-    expected_map, expected_precision = reference_metrics(query_labels, db_labels, query_codes, db_codes,
-                                                         top, ks)
+    expected_map, expected_precision = reference_metrics(
+        query_labels, db_labels, query_codes, db_codes, top, ks
+    )
     query, db = pack_codes(query_codes), pack_codes(db_codes)
     got = mean_average_precision(query_labels, db_labels, query, db, top=top, batch_size=7)
     assert got == pytest.approx(expected_map, abs=1e-12)
@@ -284,7 +294,8 @@ def test_query_without_relevant_items_scores_zero() -> None:
     got = mean_average_precision(np.array([0, 2]), db_labels, codes[:2], codes)
     assert got == pytest.approx(0.5)
     assert precision_at_k(np.array([0, 2]), db_labels, codes[:2], codes, ks=(1, 3)) == pytest.approx(
-        {1: 0.5, 3: (2 / 3) / 2})
+        {1: 0.5, 3: (2 / 3) / 2}
+    )
 
 
 # ------------------------------------------------------------------------------------------------ validation
