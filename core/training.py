@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.utils.data
 
+from core.distributed import DistContext, RankSliceSampler, check_global_batch
+
 
 def checkpoint_path(out_dir: str | Path) -> Path:
     out = Path(out_dir)
@@ -76,19 +78,37 @@ def epoch_loader(
     epoch: int,
     workers: int = 0,
     collate_fn=None,
+    ctx: DistContext | None = None,
 ) -> torch.utils.data.DataLoader:
     """Shuffled batches of one epoch, ordered by a generator seeded from (seed, epoch), so a resumed
     run sees exactly the batches it would have seen; the last short batch is dropped when there
-    is more than one batch."""
+    is more than one batch.
+
+    Under torchrun (``ctx`` with several processes) every rank shuffles the same way and loads only its
+    contiguous slice of each global batch: the slices of all ranks are the one-process batch.
+    """
     order = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    drop_last = len(dataset) > batch_size
+    if ctx is None or not ctx.distributed:
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=order,
+            drop_last=drop_last,
+            num_workers=workers,
+            collate_fn=collate_fn,
+        )
+    check_global_batch(ctx, batch_size, len(dataset))
+    shuffled = torch.utils.data.RandomSampler(dataset, generator=order)
+    global_batches = torch.utils.data.BatchSampler(shuffled, batch_size, drop_last)
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=order,
-        drop_last=len(dataset) > batch_size,
+        batch_sampler=RankSliceSampler(global_batches, ctx),
+        generator=order,  # drawn from first, as the one-process loader does, so the order is the same
         num_workers=workers,
         collate_fn=collate_fn,
+        pin_memory=ctx.device.type == "cuda",
     )
 
 

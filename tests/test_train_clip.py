@@ -55,7 +55,8 @@ def test_the_stream_draws_fresh_images_every_epoch_and_every_image_is_its_own_po
     a, b = first[3], second[3]
     assert not torch.equal(a[0], b[0])  # another image of the same species
     assert torch.equal(first[3][0], a[0]) and first[3][1] == a[1]  # deterministic
-    pixels, tokens, positives = first.collate([first[i] for i in range(8)])
+    pixels, tokens, facts, claims = first.collate([first[i] for i in range(8)])
+    positives = tc.claim_positives(facts, claims)
     assert pixels.shape[0] == tokens.shape[0] == 8 and positives.diagonal().all()
 
 

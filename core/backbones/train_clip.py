@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,14 @@ from core.backbones.clip import Backbone, build_clip, get_toy_config
 from core.bundle import load_bundle, save_bundle
 from core.data import toybirds
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
+from core.distributed import (
+    DistContext,
+    WithLoss,
+    distributed_run,
+    gather_objects,
+    gather_with_grad,
+    wrap_model,
+)
 from core.progress import Progress, no_progress
 from core.runtime import resolve_device, seed_everything
 from core.training import (
@@ -85,6 +94,23 @@ def multi_positive_clip_loss(
     return 0.5 * (loss_i + loss_t)
 
 
+def global_batch_clip_loss(
+    model: torch.nn.Module,
+    pixels: torch.Tensor,
+    tokens: torch.Tensor,
+    positives: torch.Tensor,
+    ctx: DistContext,
+) -> torch.Tensor:
+    """:func:`multi_positive_clip_loss` of the global batch: under torchrun every rank encodes its slice
+    and the features are gathered (``positives`` is already the global matrix)."""
+    return multi_positive_clip_loss(
+        gather_with_grad(model.encode_image(pixels), ctx),
+        gather_with_grad(model.encode_text(tokens), ctx),
+        model.logit_scale,
+        positives,
+    )
+
+
 def claim_positives(facts: list[frozenset], claims: list[frozenset]) -> torch.Tensor:
     """``[i, j]`` is True when every claim of text j is a fact of image i."""
     return torch.tensor([[c <= f for c in claims] for f in facts], dtype=torch.bool)
@@ -106,17 +132,24 @@ class CaptionStream(Dataset):
         caption = toybirds.random_caption(sample, np.random.default_rng([self.seed, index]))
         return self.preprocess(sample.image), caption.text, toybirds.sample_facts(sample), caption.claims
 
-    def collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor, list[frozenset], list[frozenset]]:
+        """Pixels, caption tokens, and each image's facts and caption's claims (for the positives)."""
         pixels, texts, facts, claims = zip(*items, strict=True)
-        return torch.stack(pixels), self.tokenizer(list(texts)), claim_positives(list(facts), list(claims))
+        return torch.stack(pixels), self.tokenizer(list(texts)), list(facts), list(claims)
 
 
 def _epoch_loader(
-    data: DataSpec, epoch: int, per_epoch: int, preprocess, tokenizer, config: ClipTrainConfig
+    data: DataSpec,
+    epoch: int,
+    per_epoch: int,
+    preprocess,
+    tokenizer,
+    config: ClipTrainConfig,
+    ctx: DistContext | None = None,
 ) -> DataLoader:
-    """The fresh images of one epoch, each with a random caption."""
+    """The fresh images of one epoch, each with a random caption (this rank's slices under torchrun)."""
     stream = CaptionStream(data, epoch * per_epoch, per_epoch, preprocess, tokenizer, config.seed)
-    return epoch_loader(stream, config.batch_size, config.seed, epoch, config.workers, stream.collate)
+    return epoch_loader(stream, config.batch_size, config.seed, epoch, config.workers, stream.collate, ctx)
 
 
 @torch.no_grad()
@@ -219,16 +252,41 @@ def train_clip(
     progress: Progress = no_progress,
     log=print,
 ) -> Path:
-    """Contrastive training on freshly drawn train images; the report on the test split; saves a bundle."""
+    """Contrastive training on freshly drawn train images; the report on the test split; saves a bundle.
+
+    Under ``torchrun`` each process encodes its slice of every global batch and the contrastive loss is
+    taken over the gathered global batch (see :mod:`core.distributed`); rank 0 alone writes.
+    """
     if data.kind != "toybirds":
         raise ValueError("Training a CLIP from scratch needs captions; only --data toybirds provides them.")
     data.check_world()
+    with distributed_run(config.device) as ctx:
+        if not ctx.is_main:
+            progress, log = no_progress, _silent
+        return _train_clip(ctx, data, config, out_dir, resume, overwrite, progress, log)
+
+
+def _silent(*_args) -> None:
+    pass
+
+
+def _train_clip(
+    ctx: DistContext,
+    data: DataSpec,
+    config: ClipTrainConfig,
+    out_dir: str | Path,
+    resume: bool,
+    overwrite: bool,
+    progress: Progress,
+    log,
+) -> Path:
     out = prepare_output(out_dir, resume, overwrite)
-    device = resolve_device(config.device)
+    device = ctx.device
     generator = seed_everything(config.seed)
     clip_config = get_toy_config(config.config_name)
     model, preprocess, tokenizer = build_clip(clip_config)
     model.to(device)
+    trained = wrap_model(WithLoss(model, partial(global_batch_clip_loss, ctx=ctx)), ctx)
     backbone = Backbone(model, preprocess, tokenizer, {}, clip_config["preprocess_cfg"])
     per_epoch = data.train_per_class * len(toybirds.SPECIES)
     if per_epoch < config.batch_size:
@@ -251,18 +309,14 @@ def train_clip(
     for epoch in range(start_epoch, config.epochs):
         model.train()
         running = 0.0
-        loader = _epoch_loader(data, epoch, per_epoch, preprocess, tokenizer, config)
-        for step, (pixels, tokens, positives) in enumerate(loader):
+        loader = _epoch_loader(data, epoch, per_epoch, preprocess, tokenizer, config, ctx)
+        for step, (pixels, tokens, facts, claims) in enumerate(loader):
             global_step = epoch * steps_per_epoch + step
             set_lr(
                 optimizer, cosine_lr(global_step, total, config.lr, config.warmup_epochs * steps_per_epoch)
             )
-            loss = multi_positive_clip_loss(
-                model.encode_image(pixels.to(device)),
-                model.encode_text(tokens.to(device)),
-                model.logit_scale,
-                positives.to(device),
-            )
+            positives = claim_positives(gather_objects(facts, ctx), gather_objects(claims, ctx))
+            loss = trained(pixels.to(device), tokens.to(device), positives.to(device))
             check_finite_loss(loss, epoch, step, out)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -272,8 +326,11 @@ def train_clip(
         history.append({"loss": running / max(1, steps_per_epoch)})
         log(f"epoch {epoch + 1}/{config.epochs} loss={history[-1]['loss']:.4f}")
         check_finite_weights(model, out)  # the checkpoint always holds a usable model
-        save_training_state(ckpt_file, model, optimizer, generator, epoch + 1, history, settings)
+        if ctx.is_main:
+            save_training_state(ckpt_file, model, optimizer, generator, epoch + 1, history, settings)
     seconds = time.perf_counter() - started
+    if not ctx.is_main:
+        return out  # rank 0 evaluates and writes the bundle
 
     model.eval()
     report = clip_report(backbone, data)

@@ -31,6 +31,14 @@ from core.bundle import load_bundle, save_bundle
 from core.concepthash.model import ConceptHash, ConceptHashConfig
 from core.data import toybirds
 from core.data.spec import DataSpec, ImageSplit, open_split
+from core.distributed import (
+    DistContext,
+    WithLoss,
+    distributed_run,
+    global_batchnorm,
+    mean_over_ranks,
+    wrap_model,
+)
 from core.progress import Progress, no_progress
 from core.runtime import resolve_device, seed_everything
 from core.training import (
@@ -111,13 +119,18 @@ class TrainingImages(Dataset):
 
 
 def training_batches(
-    data: DataSpec, split: ImageSplit, epoch: int, preprocess, config: TrainConfig
+    data: DataSpec,
+    split: ImageSplit,
+    epoch: int,
+    preprocess,
+    config: TrainConfig,
+    ctx: DistContext | None = None,
 ) -> DataLoader:
-    """The shuffled, augmented batches of one epoch."""
+    """The shuffled, augmented batches of one epoch (this rank's slices of them under torchrun)."""
     augment = train_augmentation() if config.augment else None
     transform = transforms.Compose([augment, preprocess]) if augment is not None else preprocess
     images = TrainingImages(data, split, epoch, config.stream, transform)
-    return epoch_loader(images, config.batch_size, config.seed, epoch, config.workers)
+    return epoch_loader(images, config.batch_size, config.seed, epoch, config.workers, ctx=ctx)
 
 
 @dataclass
@@ -148,15 +161,44 @@ def train_concepthash(
     progress: Progress = no_progress,
     log=print,
 ) -> Path:
-    """Train on the train split, evaluate on the test split, save a bundle at ``out_dir``."""
+    """Train on the train split, evaluate on the test split, save a bundle at ``out_dir``.
+
+    Under ``torchrun`` every process trains on its slice of each global batch (see
+    :mod:`core.distributed`); rank 0 alone evaluates and writes the checkpoint and the bundle.
+    """
+    with distributed_run(train_config.device) as ctx:
+        if not ctx.is_main:
+            progress, log = no_progress, _silent
+        return _train_concepthash(
+            ctx, backbone_spec, data, model_config, train_config, out_dir, resume, overwrite, progress, log
+        )
+
+
+def _silent(*_args) -> None:
+    pass
+
+
+def _train_concepthash(
+    ctx: DistContext,
+    backbone_spec: str | dict,
+    data: DataSpec,
+    model_config: ConceptHashConfig,
+    train_config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool,
+    overwrite: bool,
+    progress: Progress,
+    log,
+) -> Path:
     from core.concepthash.evaluate import evaluate_model
 
     out = prepare_output(out_dir, resume, overwrite)
-    device = resolve_device(train_config.device)
+    device = ctx.device
     generator = seed_everything(train_config.seed)
     backbone = load_backbone(backbone_spec, device=device)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
-    model = ConceptHash(backbone, train_split.classes, model_config).to(device)
+    model = global_batchnorm(ConceptHash(backbone, train_split.classes, model_config).to(device), ctx)
+    trained = wrap_model(WithLoss(model, concepthash_loss), ctx)
     optimizer = make_optimizer(model.parameters(), train_config)
 
     ckpt_file = checkpoint_path(out)
@@ -177,22 +219,24 @@ def train_concepthash(
     streamed = train_config.stream and data.kind == "toybirds"
     log(
         f"{train_config.epochs} epochs of {len(train_split)} "
-        f"{'freshly drawn' if streamed else 'training'} images ({total_steps} steps)."
+        f"{'freshly drawn' if streamed else 'training'} images ({total_steps} steps)"
+        + (f" on {ctx.world_size} processes." if ctx.distributed else ".")
     )
     started = time.perf_counter()
     for epoch in range(start_epoch, train_config.epochs):
         model.train()
         sums: dict[str, float] = {}
-        loader = training_batches(data, train_split, epoch, backbone.preprocess, train_config)
+        loader = training_batches(data, train_split, epoch, backbone.preprocess, train_config, ctx)
         for step, (pixels, labels) in enumerate(loader):
             global_step = epoch * steps_per_epoch + step
             set_lr(optimizer, cosine_lr(global_step, total_steps, train_config.lr, warmup))
-            terms = model.loss(model(pixels.to(device)), labels.to(device))
-            check_finite_loss(terms["total"], epoch, step, out)
+            terms = trained(pixels.to(device), labels.to(device))
+            reported = global_terms(terms, ctx)
+            check_finite_loss(reported["total"], epoch, step, out)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
-            for name, value in terms.items():
+            for name, value in reported.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             progress(global_step + 1, total_steps)
         history.append({name: value / max(1, steps_per_epoch) for name, value in sums.items()})
@@ -201,8 +245,11 @@ def train_concepthash(
             + " ".join(f"{k}={v:.4f}" for k, v in history[-1].items())
         )
         check_finite_weights(model, out)  # the checkpoint always holds a usable model
-        save_training_state(ckpt_file, model, optimizer, generator, epoch + 1, history, settings)
+        if ctx.is_main:
+            save_training_state(ckpt_file, model, optimizer, generator, epoch + 1, history, settings)
     train_seconds = time.perf_counter() - started
+    if not ctx.is_main:
+        return out  # rank 0 evaluates and writes the bundle
 
     model.eval()
     log("Encoding the database and evaluating on the test split ...")
@@ -226,6 +273,21 @@ def train_concepthash(
     )
     ckpt_file.unlink(missing_ok=True)
     return out
+
+
+def concepthash_loss(
+    model: ConceptHash, pixels: torch.Tensor, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch (``total`` among them)."""
+    return model.loss(model(pixels), labels)
+
+
+def global_terms(terms: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:
+    """The loss terms of the global batch: each rank's batch-slice means averaged over ranks."""
+    if not ctx.distributed:
+        return terms
+    means = mean_over_ranks(torch.stack([value.detach() for value in terms.values()]), ctx)
+    return dict(zip(terms, means, strict=True))
 
 
 def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHash:
