@@ -6,6 +6,7 @@
     conceptlens train concepthash --backbone B --data D --bits K --concepts M --csd-weight W --out DIR
     conceptlens train ceir --backbone B --data D --concepts BANK --out DIR
     conceptlens eval BUNDLE [--json] [--seed S]
+    conceptlens encode BUNDLE --data folder:DIR --out STORE [--shard-size N] [--resume]
     conceptlens label [BUNDLE] PATH... [--top K] [--json] [--concepts BANK] [--model M]
     conceptlens concepts show BANK | conceptlens concepts generate --classes FILE --out BANK
     conceptlens reproduce [--out pretrained] [--overwrite]
@@ -372,6 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_verbose_argument(evaluate)
 
+    encode = commands.add_parser(
+        "encode",
+        help="encode an image folder into a sharded, resumable code store (runs under torchrun too)",
+    )
+    encode.add_argument("bundle", type=Path, help="a concepthash or ceir bundle")
+    encode.add_argument(
+        "--data", required=True, help="folder:DIR, the images to encode (searched recursively)"
+    )
+    encode.add_argument("--out", required=True, type=Path, help="the store directory to write")
+    encode.add_argument(
+        "--shard-size", type=positive_int, default=4096, help="images per shard (the unit of resumption)"
+    )
+    encode.add_argument("--batch-size", type=positive_int, default=64)
+    encode.add_argument("--resume", action="store_true", help="finish a store an earlier run started")
+    encode.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_verbose_argument(encode)
+
     label = commands.add_parser(
         "label", help="concept labels for images or folders, with a CEIR bundle or an image-text backbone"
     )
@@ -511,7 +529,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress=TqdmProgress("train concepthash"),
             log=log,
         )
-    log(f"Saved bundle {out}")
+    from core.distributed import is_main_process
+
+    if is_main_process():  # under torchrun, rank 0 wrote the bundle
+        log(f"Saved bundle {out}")
     return 0
 
 
@@ -552,6 +573,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print_summary(result)
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from core.distributed import is_main_process
+    from core.encode import EncodeConfig, encode_folder
+
+    config = EncodeConfig(shard_size=args.shard_size, batch_size=args.batch_size, device=args.device)
+    manifest = encode_folder(
+        args.bundle, args.data, args.out, config, resume=args.resume, progress=TqdmProgress("encode"), log=log
+    )
+    if is_main_process():
+        for failure in manifest["failed"]:
+            log(f"skipped: {printable(failure['error'])}")
+        log(
+            f"Wrote {manifest['rows']} encodings in {len(manifest['complete_shards'])} shards to {args.out} "
+            f"({len(manifest['failed'])} unreadable files listed in its manifest)."
+        )
     return 0
 
 
@@ -715,6 +754,7 @@ COMMANDS = {
     "toybirds": cmd_toybirds,
     "train": cmd_train,
     "eval": cmd_eval,
+    "encode": cmd_encode,
     "label": cmd_label,
     "concepts": cmd_concepts,
     "reproduce": cmd_reproduce,
