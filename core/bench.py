@@ -1,6 +1,7 @@
 """``conceptlens bench``: speed and memory benchmarks that print a table and write JSON.
 
     conceptlens bench retrieval [--n-db 1000000 --bits 64 --queries 1000 --k 100 --repeats 3]
+                                [--approximate ivf --approximate hnsw --clusters 1000]
     conceptlens bench encoding  [--backbone toyclip-s:random --backbone ViT-B-32-quickgelu:random]
     conceptlens bench dashboard [--bundles pretrained --warm-runs 5 --uploads 3 --no-browser]
     conceptlens bench memory    [--bundles pretrained]
@@ -43,7 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from core.retrieval.hamming import HammingIndex, hamming_topk
+from core.retrieval.approximate import (
+    APPROXIMATE_KINDS,
+    build_approximate_index,
+    id_recall_at_k,
+    recall_at_k,
+    search_approximate,
+)
+from core.retrieval.hamming import HammingIndex, hamming_topk, pack_codes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_SCRIPT = REPO_ROOT / "dashboard" / "benchmark.py"  # runs the dashboard and memory benchmarks
@@ -194,9 +202,14 @@ class RetrievalBenchConfig:
     naive_queries: int = 20  # the naive loop is slow: timed on this many queries, then extrapolated
     seed: int = 0
     faiss_process: str = "subprocess"  # or "same" (in-process, after ours)
+    approximate: tuple[str, ...] = ()  # faiss binary indexes to time and score by recall@k: ivf, hnsw
+    nprobe: int = 16  # IVF lists a query scans
+    ef_search: int = 128  # HNSW search beam
+    clusters: int = 0  # 0: uniform random codes; C: codes near C random centres (like trained hash codes)
+    flip: float = 0.1  # with clusters: chance that a bit differs from its centre's
 
     def __post_init__(self) -> None:
-        for name in ("n_db", "bits", "queries", "k", "repeats"):
+        for name in ("n_db", "bits", "queries", "k", "repeats", "nprobe", "ef_search"):
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
@@ -204,6 +217,11 @@ class RetrievalBenchConfig:
             raise ValueError(f"--naive-queries must be 0 (skip) or more, got {self.naive_queries}.")
         if self.k > self.n_db:
             raise ValueError(f"--k {self.k} is larger than the database (--n-db {self.n_db}); choose k <= N.")
+        unknown = sorted(set(self.approximate) - set(APPROXIMATE_KINDS))
+        if unknown:
+            raise ValueError(f"--approximate takes {' or '.join(APPROXIMATE_KINDS)}, not {unknown[0]!r}.")
+        if self.clusters < 0 or not 0 <= self.flip <= 0.5:
+            raise ValueError("--clusters must be 0 or more and --flip between 0 and 0.5.")
         if self.faiss_process not in FAISS_MODES:
             raise ValueError(
                 f"--faiss-process must be one of {', '.join(FAISS_MODES)}, got {self.faiss_process!r}."
@@ -217,6 +235,59 @@ def random_packed_codes(n: int, bits: int, rng: np.random.Generator) -> np.ndarr
     if bits % _WORD_BITS:
         codes[:, -1] &= np.uint64((1 << (bits % _WORD_BITS)) - 1)
     return codes
+
+
+def clustered_packed_codes(
+    n: int, centres: np.ndarray, flip: float, rng: np.random.Generator, bits: int
+) -> np.ndarray:
+    """Codes of a random centre each (packed ``centres``), every bit flipped with probability ``flip``."""
+    out = np.empty((n, centres.shape[1]), dtype=np.uint64)
+    for lo in range(0, n, 1 << 18):
+        hi = min(n, lo + (1 << 18))
+        noise = pack_codes(rng.random((hi - lo, bits)) < flip)
+        out[lo:hi] = centres[rng.integers(0, len(centres), hi - lo)] ^ noise
+    return out
+
+
+def bench_codes(config: RetrievalBenchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Database and query codes: uniform random bits, or clustered round random centres."""
+    rng = np.random.default_rng(config.seed)
+    if not config.clusters:
+        return random_packed_codes(config.n_db, config.bits, rng), random_packed_codes(
+            config.queries, config.bits, rng
+        )
+    centres = random_packed_codes(config.clusters, config.bits, rng)
+    db = clustered_packed_codes(config.n_db, centres, config.flip, rng, config.bits)
+    return db, clustered_packed_codes(config.queries, centres, config.flip, rng, config.bits)
+
+
+def bench_approximate(
+    config: RetrievalBenchConfig, db: np.ndarray, queries: np.ndarray, exact: tuple[np.ndarray, np.ndarray]
+) -> list[dict[str, Any]]:
+    """Build time, search time and recall@k against the exact answer of every ``--approximate`` index."""
+    rows = []
+    for kind in config.approximate:
+        started = time.perf_counter()
+        index = build_approximate_index(db, kind)
+        build_seconds = time.perf_counter() - started
+        setting = {"nprobe": config.nprobe} if kind == "ivf" else {"ef_search": config.ef_search}
+        seconds, (found_rows, found_dist) = best_time(
+            lambda index=index, setting=setting: search_approximate(index, queries, config.k, **setting),
+            config.repeats,
+        )
+        rows.append(
+            {
+                "index": f"faiss IndexBinary{kind.upper()}",
+                **setting,
+                **({"nlist": index.nlist} if kind == "ivf" else {}),
+                "build_seconds": build_seconds,
+                "seconds": seconds,
+                "queries_per_s": config.queries / seconds if seconds > 0 else None,
+                "recall_at_k": recall_at_k(found_dist, exact[1]),
+                "id_recall_at_k": id_recall_at_k(found_rows, exact[0]),
+            }
+        )
+    return rows
 
 
 def _faiss_run(db: np.ndarray, queries: np.ndarray, bits: int, k: int, repeats: int) -> dict[str, Any]:
@@ -272,9 +343,7 @@ def _same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) ->
 
 def bench_retrieval(config: RetrievalBenchConfig, progress: Callable[[str], None] = log) -> dict[str, Any]:
     """Time exact top-k Hamming search three or four ways on the same codes and check the answers agree."""
-    rng = np.random.default_rng(config.seed)
-    db = random_packed_codes(config.n_db, config.bits, rng)
-    queries = random_packed_codes(config.queries, config.bits, rng)
+    db, queries = bench_codes(config)
     index = HammingIndex(db, config.bits)  # the word-major copy is built once, outside the timing
     progress(f"retrieval: our numpy backend, {config.queries} queries x {config.n_db} codes ...")
     ours_seconds, ours = best_time(lambda: index.search(queries, config.k), config.repeats)
@@ -344,6 +413,12 @@ def bench_retrieval(config: RetrievalBenchConfig, progress: Callable[[str], None
     faiss_seconds = next((r["seconds"] for r in rows if r["method"].startswith("faiss")), None)
     for row in rows:
         row["vs_faiss"] = row["seconds"] / faiss_seconds if faiss_seconds else None
+    approximate = []
+    if config.approximate:
+        progress(f"retrieval: approximate indexes ({', '.join(config.approximate)}), recall against ours ...")
+        approximate = bench_approximate(config, db, queries, ours)
+        for row in approximate:
+            row["speedup_vs_ours"] = ours_seconds / row["seconds"] if row["seconds"] > 0 else None
     return {
         "benchmark": "retrieval",
         "machine": {**machine_info(), "numpy_threads": index_threads(), "faiss_threads": faiss_threads},
@@ -351,6 +426,7 @@ def bench_retrieval(config: RetrievalBenchConfig, progress: Callable[[str], None
         "rows": rows,
         "checks": checks,
         "identical": all(c["identical"] for c in checks.values()),
+        "approximate": approximate,
         "notes": notes,
     }
 
@@ -375,7 +451,25 @@ def retrieval_table(result: dict[str, Any]) -> str:
         f"{name}: {'identical' if c['identical'] else 'DIFFERENT'} on {c['queries']:,} queries"
         for name, c in result["checks"].items()
     ]
-    return "\n".join([head, "", table, "", *checks, *(f"note: {n}" for n in result["notes"])])
+    lines = [head, "", table, "", *checks, *(f"note: {n}" for n in result["notes"])]
+    if result.get("approximate"):
+        approximate = [
+            [
+                r["index"],
+                ", ".join(f"{key}={r[key]}" for key in ("nlist", "nprobe", "ef_search") if key in r),
+                r["build_seconds"],
+                r["seconds"],
+                r["queries_per_s"],
+                r["speedup_vs_ours"],
+                r["recall_at_k"],
+                r["id_recall_at_k"],
+            ]
+            for r in result["approximate"]
+        ]
+        headers = ["approximate index", "settings", "build s", "search s", "queries/s", "vs ours"]
+        headers += [f"recall@{s['k']}", f"same ids@{s['k']}"]
+        lines += ["", format_table(headers, approximate)]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,6 +675,27 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
         help="'subprocess' (default: faiss's OpenMP threads never share a process with "
         "ours) or 'same' (in-process after ours, then ours again)",
     )
+    retrieval.add_argument(
+        "--approximate",
+        action="append",
+        choices=APPROXIMATE_KINDS,
+        default=[],
+        help="also time this approximate faiss index and its recall@k against exact search; repeatable",
+    )
+    retrieval.add_argument("--nprobe", type=int, default=defaults.nprobe, help="IVF lists a query scans")
+    retrieval.add_argument("--ef-search", type=int, default=defaults.ef_search, help="HNSW search beam")
+    retrieval.add_argument(
+        "--clusters",
+        type=int,
+        default=defaults.clusters,
+        help="0: uniform random codes; C: codes near C random centres, as trained hash codes are",
+    )
+    retrieval.add_argument(
+        "--flip",
+        type=float,
+        default=defaults.flip,
+        help="with --clusters: chance a bit differs from its centre",
+    )
     _json_out(retrieval, "retrieval")
 
     encoding = benches.add_parser("encoding", help="images/s: ConceptHash codes vs plain CLIP embeddings")
@@ -620,6 +735,11 @@ def _retrieval(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         naive_queries=args.naive_queries,
         seed=args.seed,
         faiss_process=args.faiss_process,
+        approximate=tuple(args.approximate),
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+        clusters=args.clusters,
+        flip=args.flip,
     )
     result = bench_retrieval(config)
     return result, retrieval_table(result)
