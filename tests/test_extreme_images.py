@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,6 @@ from core.data.images import (
     check_image_shape,
     load_image,
 )
-from tests.conftest import ROOT
 
 
 def flat_png(width: int, height: int) -> bytes:
@@ -205,9 +203,6 @@ def test_one_image_the_model_cannot_take_does_not_cost_the_others_their_labels()
 
 
 # ---------------------------------------------------------------------------------------- the dashboard
-
-
-sys.path.insert(0, str(ROOT / "dashboard"))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (20000, 20), (20, 20000), (1, 20), (20, 1), (4000, 3000), (3, 7)])

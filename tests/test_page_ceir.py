@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -13,10 +12,7 @@ import torch
 
 from core.ceir.explain import ConceptContribution, explain, intervene, top_contributions
 from core.ceir.train import load_ceir
-from tests.conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "dashboard"))
-from lens import concepts_view as view  # noqa: E402
+from lens import concepts_view as view
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers for reading what the page drew

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,7 @@ import pytest
 from PIL import Image
 
 from core.concepthash.evaluate import subcode_values
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboard"))
-
-from lens import counterfactual, hashing  # noqa: E402
+from lens import counterfactual, hashing
 
 # Five images, four bits, two concepts (c0 = columns 0-1, c1 = columns 2-3).
 CODES = np.array(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import sys
 from collections import Counter
 
 import numpy as np
@@ -22,10 +21,7 @@ from core.ceir.labels import (
 )
 from core.ceir.train import load_ceir
 from core.data.images import load_image
-from tests.conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "dashboard"))
-from lens import concepts_view as view  # noqa: E402
+from lens import concepts_view as view
 
 
 def encoded(array: np.ndarray, fmt: str) -> bytes:

@@ -9,7 +9,6 @@ import math
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,11 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "dashboard"))
-
-from core.retrieval import pack_codes  # noqa: E402
-from lens.retrieval_view import (  # noqa: E402
+from core.retrieval import pack_codes
+from lens.retrieval_view import (
     data_mismatch,
     default_pair,
     first_tie_group,
