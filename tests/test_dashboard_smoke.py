@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 
-PAGES = [None, "home", "hash_codes", "concept_attention", "retrieval", "ceir_concepts", "open_world"]
+from tests.conftest import HOME
+
+
+def navigation_pages() -> list[str]:
+    """The pages Home.py's navigation registers (every ``st.Page("views/NAME.py", ...)``), in order."""
+    pages = []
+    for node in ast.walk(ast.parse(HOME.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Page" and node.args:
+            path = node.args[0]
+            if isinstance(path, ast.Constant) and str(path.value).startswith("views/"):
+                pages.append(str(path.value).removeprefix("views/").removesuffix(".py"))
+    return pages
+
+
+PAGES = [None, *navigation_pages()]  # None: the app as it opens
+
+
+def test_every_view_file_is_in_the_navigation():
+    views = sorted(p.stem for p in (HOME.parent / "views").glob("*.py") if not p.stem.startswith("_"))
+    assert sorted(navigation_pages()) == views and len(views) >= 6
 
 
 @pytest.mark.parametrize("page", PAGES)
