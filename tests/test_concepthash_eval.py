@@ -303,3 +303,22 @@ def test_evaluate_model_on_other_data_and_against_the_own_train_database(backbon
     assert {"map", "map_train_database", "flip_invariance", "distinct_centres"} <= set(metrics)
     assert not {"localization", "part_swap", "capacity_ceiling", "subcode_part_nmi"} & set(metrics)
     assert metrics["map_train_database"] == pytest.approx(metrics["map"])
+
+
+def test_centre_part_nmi_separates_factorised_centres_from_family_ones():
+    """The per-part oracle's centres factorise (1 on the matching, ~0 elsewhere); centres that only encode
+    the family (body colour) in every slice match one part and fail the rest."""
+    from core.concepthash.evaluate import centre_part_nmi, per_part_oracle_codes
+    from core.data.toybirds import SPECIES, SPECIES_COLOURS
+
+    oracle = centre_part_nmi(per_part_oracle_codes(6, 3).astype(float), 3)
+    matrix = np.array(oracle["matrix"])
+    np.testing.assert_allclose(np.diag(matrix), 1.0)
+    # off the diagonal only what the 24 species share between parts (24 of 64 colour triples): ~0.04
+    assert matrix[~np.eye(3, dtype=bool)].max() < 0.05
+    assert oracle["matched_mean"] == pytest.approx(1.0) and oracle["largest_off_diagonal"] < 0.05
+    body = np.array([SPECIES_COLOURS.index(s.colours["body"]) for s in SPECIES])
+    bits = np.stack([body & 1, body >> 1], axis=1) * 2 - 1
+    family_only = centre_part_nmi(np.tile(bits, 3).astype(float), 3)
+    assert family_only["matched_mean"] < 0.5  # only the body row can be matched
+    assert family_only["largest_off_diagonal"] == pytest.approx(1.0)  # the body, again, in another slice
