@@ -7,6 +7,7 @@
     conceptlens train ceir --backbone B --data D --concepts BANK --out DIR
     conceptlens eval BUNDLE [--json] [--seed S]
     conceptlens encode BUNDLE --data folder:DIR --out STORE [--shard-size N] [--resume]
+    conceptlens index STORE [--kind ivf|hnsw]
     conceptlens label [BUNDLE] PATH... [--top K] [--json] [--concepts BANK] [--model M]
     conceptlens concepts show BANK | conceptlens concepts generate --classes FILE --out BANK
     conceptlens reproduce [--out pretrained] [--overwrite]
@@ -183,6 +184,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: 
     group.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
     group.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     group.add_argument("--half", action="store_true", help="store weights as float16")
+    group.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="mixed precision of training: auto (bf16 on CUDA, fp32 on the CPU), bf16, fp16 (CUDA) or fp32",
+    )
     add_verbose_argument(group)
 
 
@@ -195,6 +202,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "device": args.device,
         "half": args.half,
+        "precision": args.precision,
     }
 
 
@@ -390,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_verbose_argument(encode)
 
+    index = commands.add_parser(
+        "index", help="build an approximate faiss index (IVF or HNSW) of a ConceptHash code store"
+    )
+    index.add_argument("store", type=Path, help="a store written by conceptlens encode")
+    index.add_argument("--kind", choices=("ivf", "hnsw"), default="ivf")
+    index.add_argument("--nlist", type=positive_int, help="IVF lists (default: about sqrt(codes))")
+    add_verbose_argument(index)
+
     label = commands.add_parser(
         "label", help="concept labels for images or folders, with a CEIR bundle or an image-text backbone"
     )
@@ -458,6 +474,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             log=log,
         )
     elif args.model == "ceir":
+        if args.precision not in ("auto", "fp32"):
+            raise ValueError("--precision is for train clip and train concepthash; CEIR trains in fp32.")
         from core.ceir.bottleneck import ProjectionConfig
         from core.ceir.train import CEIRConfig, train_ceir
         from core.ceir.vae import VAEConfig
@@ -587,10 +605,24 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if is_main_process():
         for failure in manifest["failed"]:
             log(f"skipped: {printable(failure['error'])}")
+        seconds, now = manifest["seconds"], manifest["encoded_now"]
         log(
             f"Wrote {manifest['rows']} encodings in {len(manifest['complete_shards'])} shards to {args.out} "
-            f"({len(manifest['failed'])} unreadable files listed in its manifest)."
+            f"({len(manifest['failed'])} unreadable files listed in its manifest); this run encoded "
+            f"{now} images in {seconds:.1f} s ({now / seconds:.1f} images/s)."
         )
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from core.retrieval.approximate import build_store_index
+    from core.retrieval.store import CodeStore
+
+    store = CodeStore(args.store)
+    if not store.complete:  # rows of later shards move when a missing one is added: the index would go stale
+        raise ValueError(f"The store {args.store} is not complete; finish it with encode --resume first.")
+    path = build_store_index(store, args.kind, nlist=args.nlist)
+    log(f"Wrote the {args.kind} index of {len(store)} codes to {path}")
     return 0
 
 
@@ -755,6 +787,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "encode": cmd_encode,
+    "index": cmd_index,
     "label": cmd_label,
     "concepts": cmd_concepts,
     "reproduce": cmd_reproduce,

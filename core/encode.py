@@ -9,6 +9,7 @@ A file that cannot be read is listed in its shard (and the manifest) and skipped
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -214,7 +215,7 @@ def encode_folder(
     log=print,
 ) -> dict[str, Any]:
     """Encode every image of the folder ``data`` (``folder:DIR``) with ``bundle`` into the store ``out``;
-    returns the final manifest."""
+    returns the final manifest, with ``encoded_now`` (rows this run added) and ``seconds`` (its wall time)."""
     folder, out = parse_folder(data), Path(out)
     with distributed_run(config.device, timeout=ENCODE_TIMEOUT) as ctx:
         if not ctx.is_main:
@@ -239,8 +240,10 @@ def _encode_shards(
     progress: Progress,
     log,
 ) -> dict[str, Any]:
+    started = time.perf_counter()
     manifest, files = read_manifest(out), _read_files(out)
     n_shards = manifest["n_shards"]
+    rows_before = summarise(out, manifest)["rows"]
     done = set(complete_shards(out, n_shards))
     mine = [i for i in range(n_shards) if i % ctx.world_size == ctx.rank and i not in done]
     log(
@@ -258,4 +261,4 @@ def _encode_shards(
     final = summarise(out, manifest)
     if ctx.is_main:
         write_json_atomic(out / MANIFEST_FILE, final)
-    return final
+    return final | {"encoded_now": final["rows"] - rows_before, "seconds": time.perf_counter() - started}

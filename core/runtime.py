@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -39,3 +40,46 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def resolve_precision(name: str | None, device: torch.device) -> str:
+    """``auto`` is bf16 on CUDA and fp32 elsewhere; fp16 needs CUDA (its loss scaling is a CUDA feature)."""
+    name = name or "auto"
+    if name not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {name!r}.")
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"--precision fp16 needs a CUDA device (this run uses {device.type}); use bf16 or fp32."
+        )
+    return name
+
+
+def autocast(precision: str, device: torch.device):
+    """The mixed-precision context of a forward pass and loss; fp32 runs exactly as without one."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (small gradients would underflow); a pass-through for bf16 and fp32."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def backward_and_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> None:
+    """``loss.backward(); optimizer.step()``, through the scaler when fp16 needs one."""
+    if not scaler.is_enabled():
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()

@@ -162,3 +162,20 @@ def test_encode_refuses_other_bundles_and_missing_folders(tiny_bundles, tmp_path
         )
     with pytest.raises(ValueError, match="encode takes a concepthash or ceir bundle"):
         encode_folder(tiny_bundles / "toy-clip", f"folder:{tmp_path}", tmp_path / "s", EncodeConfig())
+
+
+def test_encode_and_index_on_the_command_line(tiny_bundles, image_folder, tmp_path, capsys) -> None:
+    pytest.importorskip("faiss")
+    from core.cli import main
+
+    store = tmp_path / "store"
+    bundle = str(tiny_bundles / "toy-hash-csd")
+    argv = ["encode", bundle, "--data", f"folder:{image_folder}", "--out", str(store), "--device", "cpu"]
+    assert main([*argv, "--shard-size", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "Wrote 22 encodings in 3 shards" in err and "skipped: Cannot open image 'broken.png'" in err
+    assert main(argv) == 2 and "pass --resume" in capsys.readouterr().err
+    assert main(["index", str(store), "--kind", "ivf", "--nlist", "2"]) == 0
+    assert (store / "index-ivf.faiss").is_file()
+    (store / "shards" / "00001.json").unlink()
+    assert main(["index", str(store)]) == 2 and "not complete" in capsys.readouterr().err

@@ -42,7 +42,14 @@ from core.distributed import (
     wrap_model,
 )
 from core.progress import Progress, no_progress
-from core.runtime import resolve_device, seed_everything
+from core.runtime import (
+    autocast,
+    backward_and_step,
+    grad_scaler,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from core.training import (
     check_finite_loss,
     check_finite_weights,
@@ -70,6 +77,7 @@ class ClipTrainConfig:
     seed: int = 0
     device: str = "auto"
     half: bool = False
+    precision: str = "auto"  # of the forward pass: bf16 on CUDA, fp32 elsewhere (core.runtime)
     workers: int = 1  # DataLoader processes that render the stream (0 = render in the main process)
 
 
@@ -282,6 +290,8 @@ def _train_clip(
 ) -> Path:
     out = prepare_output(out_dir, resume, overwrite)
     device = ctx.device
+    precision = resolve_precision(config.precision, device)
+    scaler = grad_scaler(precision, device)
     generator = seed_everything(config.seed)
     clip_config = get_toy_config(config.config_name)
     model, preprocess, tokenizer = build_clip(clip_config)
@@ -297,7 +307,10 @@ def _train_clip(
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ckpt_file = checkpoint_path(out)
-    settings = {"data": data.to_dict(), "train": asdict(config) | {"device": None, "workers": None}}
+    settings = {
+        "data": data.to_dict(),
+        "train": asdict(config) | {"device": None, "workers": None, "precision": None},
+    }
     start_epoch, history = 0, []
     if resume:
         start_epoch, history = restore_training_state(ckpt_file, model, optimizer, generator, settings)
@@ -316,11 +329,11 @@ def _train_clip(
                 optimizer, cosine_lr(global_step, total, config.lr, config.warmup_epochs * steps_per_epoch)
             )
             positives = claim_positives(gather_objects(facts, ctx), gather_objects(claims, ctx))
-            loss = trained(pixels.to(device), tokens.to(device), positives.to(device))
+            with autocast(precision, device):
+                loss = trained(pixels.to(device), tokens.to(device), positives.to(device))
             check_finite_loss(loss, epoch, step, out)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            backward_and_step(loss, optimizer, scaler)
             running += float(loss.detach())
             progress(global_step + 1, total)
         history.append({"loss": running / max(1, steps_per_epoch)})
@@ -342,7 +355,12 @@ def _train_clip(
         "backbone": {"name": config.config_name, **clip_config},
         "data": data.to_dict(),
         "train": asdict(config)
-        | {"seconds": round(seconds, 1), "history": history, "images_seen": total * config.batch_size},
+        | {
+            "precision": precision,
+            "seconds": round(seconds, 1),
+            "history": history,
+            "images_seen": total * config.batch_size,
+        },
         "classes": [s.name for s in toybirds.SPECIES],
         "metrics": report,
     }

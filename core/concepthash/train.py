@@ -40,7 +40,14 @@ from core.distributed import (
     wrap_model,
 )
 from core.progress import Progress, no_progress
-from core.runtime import resolve_device, seed_everything
+from core.runtime import (
+    autocast,
+    backward_and_step,
+    grad_scaler,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from core.training import (
     check_finite_loss,
     check_finite_weights,
@@ -74,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     half: bool = False  # store weights as float16 in the bundle
+    precision: str = "auto"  # of the forward pass: bf16 on CUDA, fp32 elsewhere (core.runtime)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -194,6 +202,8 @@ def _train_concepthash(
 
     out = prepare_output(out_dir, resume, overwrite)
     device = ctx.device
+    precision = resolve_precision(train_config.precision, device)
+    scaler = grad_scaler(precision, device)
     generator = seed_everything(train_config.seed)
     backbone = load_backbone(backbone_spec, device=device)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
@@ -206,7 +216,7 @@ def _train_concepthash(
         "backbone": backbone.reference,
         "data": data.to_dict(),
         "model": model_config.to_dict(),
-        "train": asdict(train_config) | {"device": None, "workers": None},
+        "train": asdict(train_config) | {"device": None, "workers": None, "precision": None},
     }
     start_epoch, history = 0, []
     if resume:
@@ -230,12 +240,12 @@ def _train_concepthash(
         for step, (pixels, labels) in enumerate(loader):
             global_step = epoch * steps_per_epoch + step
             set_lr(optimizer, cosine_lr(global_step, total_steps, train_config.lr, warmup))
-            terms = trained(pixels.to(device), labels.to(device))
+            with autocast(precision, device):
+                terms = trained(pixels.to(device), labels.to(device))
             reported = global_terms(terms, ctx)
             check_finite_loss(reported["total"], epoch, step, out)
             optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
+            backward_and_step(terms["total"], optimizer, scaler)
             for name, value in reported.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             progress(global_step + 1, total_steps)
@@ -258,7 +268,8 @@ def _train_concepthash(
         "backbone": backbone.reference,
         "data": data.to_dict(),
         "model": model_config.to_dict(),
-        "train": asdict(train_config) | {"seconds": round(train_seconds, 1), "history": history},
+        "train": asdict(train_config)
+        | {"precision": precision, "seconds": round(train_seconds, 1), "history": history},
         "classes": list(train_split.classes),
         "metrics": metrics,
     }
