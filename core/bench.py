@@ -684,12 +684,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     )
     retrieval.add_argument("--nprobe", type=int, default=defaults.nprobe, help="IVF lists a query scans")
     retrieval.add_argument("--ef-search", type=int, default=defaults.ef_search, help="HNSW search beam")
-    retrieval.add_argument(
-        "--clusters",
-        type=int,
-        default=defaults.clusters,
-        help="0: uniform random codes; C: codes near C random centres, as trained hash codes are",
-    )
+    clusters_help = "0: uniform random codes; C: codes near C random centres, as trained hash codes are"
+    retrieval.add_argument("--clusters", type=int, default=defaults.clusters, help=clusters_help)
     retrieval.add_argument(
         "--flip",
         type=float,

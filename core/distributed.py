@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.utils.data
 
+from core.progress import Progress, no_progress
 from core.runtime import resolve_device
 
 
@@ -89,6 +90,15 @@ def distributed_run(device: str | None = "auto", timeout: timedelta | None = Non
     finally:
         if joined_here and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def main_rank_only(ctx: DistContext, progress: Progress, log: Callable[[str], None]):
+    """``(progress, log)`` as given on rank 0 and silent on the others: one bar and one log per run."""
+    return (progress, log) if ctx.is_main else (no_progress, _silent)
+
+
+def _silent(*_args) -> None:
+    pass
 
 
 def barrier(ctx: DistContext) -> None:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from core.data.images import ImageLoadError, list_image_files, load_image
-from core.distributed import DistContext, barrier, distributed_run
+from core.distributed import DistContext, barrier, distributed_run, main_rank_only
 from core.progress import Progress, no_progress
 from core.retrieval.hamming import pack_codes
 from core.retrieval.store import (
@@ -218,17 +218,12 @@ def encode_folder(
     returns the final manifest, with ``encoded_now`` (rows this run added) and ``seconds`` (its wall time)."""
     folder, out = parse_folder(data), Path(out)
     with distributed_run(config.device, timeout=ENCODE_TIMEOUT) as ctx:
-        if not ctx.is_main:
-            progress, log = no_progress, _silent
+        progress, log = main_rank_only(ctx, progress, log)
         encoder = open_encoder(bundle, ctx.device, config.batch_size)
         if ctx.is_main:
             plan_store(out, folder, bundle, encoder, config, resume)
         barrier(ctx)
         return _encode_shards(ctx, encoder, folder, out, config, progress, log)
-
-
-def _silent(*_args) -> None:
-    pass
 
 
 def _encode_shards(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -59,27 +60,33 @@ def resolve_precision(name: str | None, device: torch.device) -> str:
     return name
 
 
-def autocast(precision: str, device: torch.device):
-    """The mixed-precision context of a forward pass and loss; fp32 runs exactly as without one."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+@dataclass
+class MixedPrecision:
+    """The precision of a training run's forward passes, with the loss scaling fp16 needs."""
 
+    precision: str
+    device: torch.device
 
-def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 (small gradients would underflow); a pass-through for bf16 and fp32."""
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    def __post_init__(self) -> None:
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
+    @classmethod
+    def resolve(cls, name: str | None, device: torch.device) -> MixedPrecision:
+        return cls(resolve_precision(name, device), device)
 
-def backward_and_step(
-    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
-) -> None:
-    """``loss.backward(); optimizer.step()``, through the scaler when fp16 needs one."""
-    if not scaler.is_enabled():
-        loss.backward()
-        optimizer.step()
-        return
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+    def autocast(self):
+        """The context of a forward pass and loss; fp32 runs exactly as without one."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """``loss.backward(); optimizer.step()``, through the loss scaler under fp16."""
+        if not self.scaler.is_enabled():
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from core.runtime import autocast, grad_scaler, resolve_precision
+from core.runtime import MixedPrecision, resolve_precision
 
 
 def test_auto_precision_is_bf16_on_cuda_and_fp32_on_the_cpu() -> None:
@@ -23,9 +23,10 @@ def test_auto_precision_is_bf16_on_cuda_and_fp32_on_the_cpu() -> None:
 
 
 def test_fp32_has_no_autocast_and_no_loss_scaling() -> None:
-    assert isinstance(autocast("fp32", torch.device("cpu")), contextlib.nullcontext)
-    assert not grad_scaler("bf16", torch.device("cpu")).is_enabled()
-    with autocast("bf16", torch.device("cpu")):
+    assert isinstance(MixedPrecision("fp32", torch.device("cpu")).autocast(), contextlib.nullcontext)
+    bf16 = MixedPrecision.resolve("bf16", torch.device("cpu"))
+    assert not bf16.scaler.is_enabled()
+    with bf16.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 

@@ -39,17 +39,11 @@ from core.distributed import (
     distributed_run,
     gather_objects,
     gather_with_grad,
+    main_rank_only,
     wrap_model,
 )
 from core.progress import Progress, no_progress
-from core.runtime import (
-    autocast,
-    backward_and_step,
-    grad_scaler,
-    resolve_device,
-    resolve_precision,
-    seed_everything,
-)
+from core.runtime import MixedPrecision, resolve_device, seed_everything
 from core.training import (
     check_finite_loss,
     check_finite_weights,
@@ -269,13 +263,8 @@ def train_clip(
         raise ValueError("Training a CLIP from scratch needs captions; only --data toybirds provides them.")
     data.check_world()
     with distributed_run(config.device) as ctx:
-        if not ctx.is_main:
-            progress, log = no_progress, _silent
+        progress, log = main_rank_only(ctx, progress, log)
         return _train_clip(ctx, data, config, out_dir, resume, overwrite, progress, log)
-
-
-def _silent(*_args) -> None:
-    pass
 
 
 def _train_clip(
@@ -290,8 +279,7 @@ def _train_clip(
 ) -> Path:
     out = prepare_output(out_dir, resume, overwrite)
     device = ctx.device
-    precision = resolve_precision(config.precision, device)
-    scaler = grad_scaler(precision, device)
+    mixed = MixedPrecision.resolve(config.precision, device)
     generator = seed_everything(config.seed)
     clip_config = get_toy_config(config.config_name)
     model, preprocess, tokenizer = build_clip(clip_config)
@@ -329,11 +317,11 @@ def _train_clip(
                 optimizer, cosine_lr(global_step, total, config.lr, config.warmup_epochs * steps_per_epoch)
             )
             positives = claim_positives(gather_objects(facts, ctx), gather_objects(claims, ctx))
-            with autocast(precision, device):
+            with mixed.autocast():
                 loss = trained(pixels.to(device), tokens.to(device), positives.to(device))
             check_finite_loss(loss, epoch, step, out)
             optimizer.zero_grad(set_to_none=True)
-            backward_and_step(loss, optimizer, scaler)
+            mixed.backward_and_step(loss, optimizer)
             running += float(loss.detach())
             progress(global_step + 1, total)
         history.append({"loss": running / max(1, steps_per_epoch)})
@@ -356,7 +344,7 @@ def _train_clip(
         "data": data.to_dict(),
         "train": asdict(config)
         | {
-            "precision": precision,
+            "precision": mixed.precision,
             "seconds": round(seconds, 1),
             "history": history,
             "images_seen": total * config.batch_size,

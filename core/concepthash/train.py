@@ -36,18 +36,12 @@ from core.distributed import (
     WithLoss,
     distributed_run,
     global_batchnorm,
+    main_rank_only,
     mean_over_ranks,
     wrap_model,
 )
 from core.progress import Progress, no_progress
-from core.runtime import (
-    autocast,
-    backward_and_step,
-    grad_scaler,
-    resolve_device,
-    resolve_precision,
-    seed_everything,
-)
+from core.runtime import MixedPrecision, resolve_device, seed_everything
 from core.training import (
     check_finite_loss,
     check_finite_weights,
@@ -175,15 +169,10 @@ def train_concepthash(
     :mod:`core.distributed`); rank 0 alone evaluates and writes the checkpoint and the bundle.
     """
     with distributed_run(train_config.device) as ctx:
-        if not ctx.is_main:
-            progress, log = no_progress, _silent
+        progress, log = main_rank_only(ctx, progress, log)
         return _train_concepthash(
             ctx, backbone_spec, data, model_config, train_config, out_dir, resume, overwrite, progress, log
         )
-
-
-def _silent(*_args) -> None:
-    pass
 
 
 def _train_concepthash(
@@ -202,8 +191,7 @@ def _train_concepthash(
 
     out = prepare_output(out_dir, resume, overwrite)
     device = ctx.device
-    precision = resolve_precision(train_config.precision, device)
-    scaler = grad_scaler(precision, device)
+    mixed = MixedPrecision.resolve(train_config.precision, device)
     generator = seed_everything(train_config.seed)
     backbone = load_backbone(backbone_spec, device=device)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
@@ -240,12 +228,12 @@ def _train_concepthash(
         for step, (pixels, labels) in enumerate(loader):
             global_step = epoch * steps_per_epoch + step
             set_lr(optimizer, cosine_lr(global_step, total_steps, train_config.lr, warmup))
-            with autocast(precision, device):
+            with mixed.autocast():
                 terms = trained(pixels.to(device), labels.to(device))
             reported = global_terms(terms, ctx)
             check_finite_loss(reported["total"], epoch, step, out)
             optimizer.zero_grad(set_to_none=True)
-            backward_and_step(terms["total"], optimizer, scaler)
+            mixed.backward_and_step(terms["total"], optimizer)
             for name, value in reported.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             progress(global_step + 1, total_steps)
@@ -269,7 +257,7 @@ def _train_concepthash(
         "data": data.to_dict(),
         "model": model_config.to_dict(),
         "train": asdict(train_config)
-        | {"precision": precision, "seconds": round(train_seconds, 1), "history": history},
+        | {"precision": mixed.precision, "seconds": round(train_seconds, 1), "history": history},
         "classes": list(train_split.classes),
         "metrics": metrics,
     }
