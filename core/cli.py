@@ -276,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ablation: class centres from random vectors instead of class-name text",
     )
     model.add_argument(
+        "--oracle-centres",
+        action="store_true",
+        help="diagnostic (ToyBirds, uses part labels): fixed per-part centres, to see what the encoder does "
+        "when its targets are part-specific",
+    )
+    model.add_argument(
         "--mode",
         choices=("concepts", "cls"),
         default="concepts",
@@ -527,6 +533,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             quan_weight=args.quan_weight,
             cd_weight=args.cd_weight,
             language_guidance=not args.no_language_guidance,
+            oracle_centres=args.oracle_centres,
             mode=args.mode,
         )
         train_config = TrainConfig(

@@ -20,13 +20,20 @@ from core.concepthash.evaluate import (
     part_swap_flip_rates,
     part_swap_metrics,
     per_part_capacity_ceiling,
-    per_part_oracle_codes,
     subcode_part_nmi,
     swap_colour,
 )
 from core.concepthash.model import ConceptHash, ConceptHashConfig
 from core.data.spec import DataSpec, open_split
-from core.data.toybirds import COLOURS, PART_VALUES, PARTS, SPECIES, SPECIES_COLOURS, SPECIES_PARTS
+from core.data.toybirds import (
+    COLOURS,
+    PART_VALUES,
+    PARTS,
+    SPECIES,
+    SPECIES_COLOURS,
+    SPECIES_PARTS,
+    per_part_codes,
+)
 
 # ---- part swap --------------------------------------------------------------------------------
 
@@ -206,18 +213,18 @@ def test_family_code_has_no_family_conditional_information_about_head_and_wing()
 
 
 def test_per_part_capacity_ceiling():
-    codes = per_part_oracle_codes(6, 3)
+    codes = per_part_codes(6, 3)
     assert codes.shape == (24, 6) and len({row.tobytes() for row in codes}) == 24
     assert per_part_capacity_ceiling(6, 3) == 1.0
     assert per_part_capacity_ceiling(12, 3) == 1.0
     assert per_part_capacity_ceiling(3, 3) < 1.0  # one bit per part: species collide
     assert per_part_capacity_ceiling(6, 1) < 1.0  # one concept spells only the head
-    low = per_part_oracle_codes(3, 3)  # keeps the low bit of each colour index
+    low = per_part_codes(3, 3)  # keeps the low bit of each colour index
     expected = [
         [1 if SPECIES_COLOURS.index(s.colours[p]) & 1 else -1 for p in SPECIES_PARTS] for s in SPECIES
     ]
     np.testing.assert_array_equal(low, expected)
-    assert (per_part_oracle_codes(8, 4)[:, 6:] == -1).all()  # a fourth concept is constant
+    assert (per_part_codes(8, 4)[:, 6:] == -1).all()  # a fourth concept is constant
 
 
 def test_centre_sharing_groups_classes_with_one_sign_pattern():
@@ -308,10 +315,10 @@ def test_evaluate_model_on_other_data_and_against_the_own_train_database(backbon
 def test_centre_part_nmi_separates_factorised_centres_from_family_ones():
     """The per-part oracle's centres factorise (1 on the matching, ~0 elsewhere); centres that only encode
     the family (body colour) in every slice match one part and fail the rest."""
-    from core.concepthash.evaluate import centre_part_nmi, per_part_oracle_codes
+    from core.concepthash.evaluate import centre_part_nmi
     from core.data.toybirds import SPECIES, SPECIES_COLOURS
 
-    oracle = centre_part_nmi(per_part_oracle_codes(6, 3).astype(float), 3)
+    oracle = centre_part_nmi(per_part_codes(6, 3).astype(float), 3)
     matrix = np.array(oracle["matrix"])
     np.testing.assert_allclose(np.diag(matrix), 1.0)
     # off the diagonal only what the 24 species share between parts (24 of 64 colour triples): ~0.04
@@ -322,3 +329,21 @@ def test_centre_part_nmi_separates_factorised_centres_from_family_ones():
     family_only = centre_part_nmi(np.tile(bits, 3).astype(float), 3)
     assert family_only["matched_mean"] < 0.5  # only the body row can be matched
     assert family_only["largest_off_diagonal"] == pytest.approx(1.0)  # the body, again, in another slice
+
+
+def test_oracle_centres_are_the_fixed_per_part_codes_and_only_for_toybirds(backbone):
+    """The --oracle-centres diagnostic: the model's centres are the per-part codes (centre_part_nmi 1.0), no
+    gradient reaches them, and a model for other classes refuses the flag."""
+    from core.concepthash.evaluate import centre_part_nmi
+
+    names = [species.name for species in SPECIES]
+    config = ConceptHashConfig(bits=6, n_concepts=3, oracle_centres=True)
+    model = ConceptHash(backbone, names, config)
+    centres = model.hash_centers()
+    np.testing.assert_array_equal(centres.numpy(), per_part_codes(6, 3))
+    assert not centres.requires_grad
+    assert centre_part_nmi(centres.numpy(), 3)["matched_mean"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="only for the ToyBirds species"):
+        ConceptHash(backbone, ["cat", "dog"], config)
+    with pytest.raises(ValueError, match="mode 'concepts'"):
+        ConceptHashConfig(bits=6, n_concepts=3, oracle_centres=True, mode="cls")

@@ -72,9 +72,9 @@ from core.data.toybirds import (
     PART_VALUES,
     PARTS,
     SPECIES,
-    SPECIES_COLOURS,
     SPECIES_PARTS,
     patch_coverage,
+    per_part_codes,
     render_counterfactual,
 )
 from core.retrieval import mean_average_precision, pack_codes, precision_at_k
@@ -114,22 +114,6 @@ def retrieval_metrics(
     }
 
 
-def per_part_oracle_codes(bits: int, n_concepts: int) -> np.ndarray:
-    """(24, bits) {-1, +1} codes of the per-part oracle, one row per species (row = species id).
-
-    Concept m < 3 spells the colour index (in ``SPECIES_COLOURS``) of species part m in its K/M
-    bits, little-endian; a value needing more bits than that keeps only its low bits (so colours
-    collide). Concepts from the fourth on are constant (all -1).
-    """
-    per = bits // n_concepts
-    values = np.zeros((len(SPECIES), n_concepts), dtype=np.int64)
-    for m, part in enumerate(SPECIES_PARTS[:n_concepts]):
-        values[:, m] = [SPECIES_COLOURS.index(s.colours[part]) for s in SPECIES]
-    shifts = np.arange(per)
-    low_bits = (values[..., None] >> np.minimum(shifts, 8)) & 1  # colour indices < 4: bits from 2 on are 0
-    return np.where(low_bits > 0, 1, -1).astype(np.int8).reshape(len(SPECIES), n_concepts * per)
-
-
 def per_part_capacity_ceiling(bits: int, n_concepts: int) -> float:
     """mAP@all of the per-part oracle code with the 24 species as both database and queries.
 
@@ -137,7 +121,7 @@ def per_part_capacity_ceiling(bits: int, n_concepts: int) -> float:
     exactly when every species gets its own code. 6 bits over 3 concepts (2 bits per part) reach
     1; fewer bits per part make species collide and the ceiling drops below 1.
     """
-    codes = per_part_oracle_codes(bits, n_concepts)
+    codes = per_part_codes(bits, n_concepts)
     labels = np.arange(len(SPECIES))
     packed = pack_codes(codes)
     return float(mean_average_precision(labels, labels, packed, packed))

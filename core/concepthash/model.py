@@ -44,6 +44,9 @@ class ConceptHashConfig:
     adapter_ratio: float = 0.5  # adapter bottleneck = backbone width x this (reference: 384 of 768)
     center_hidden: int = 256
     language_guidance: bool = True
+    # Diagnostic, not ConceptHash: fixed ToyBirds per-part centres built from the species' part colours
+    # (part labels!), to measure what the encoder does when its targets are part-specific.
+    oracle_centres: bool = False
     class_template: str = "a photo of a {}."
     scale: float = 8.0
     margin: float = 0.2
@@ -58,6 +61,8 @@ class ConceptHashConfig:
             raise ValueError(f"mode must be 'concepts' or 'cls', not {self.mode!r}.")
         if self.bits < 1 or self.n_concepts < 1:
             raise ValueError("bits and concepts must be positive.")
+        if self.oracle_centres and self.mode != "concepts":
+            raise ValueError("Oracle centres are per concept; they need mode 'concepts'.")
         if self.bits % self.n_concepts:
             raise ValueError(
                 f"{self.bits} bits cannot be split evenly over {self.n_concepts} concepts; "
@@ -183,6 +188,7 @@ class ConceptHash(nn.Module):
         if text_features is None:
             text_features = self.class_text_features(backbone, self.class_names, config)
         self.register_buffer("text_features", text_features.float())
+        self.oracle = self.oracle_centres(self.class_names, config) if config.oracle_centres else None
         self.center_mlp = nn.Sequential(
             nn.Linear(text_features.shape[1], config.center_hidden),
             nn.ReLU(),
@@ -200,12 +206,23 @@ class ConceptHash(nn.Module):
         generator = torch.Generator().manual_seed(len(class_names))
         return torch.sign(torch.randn(len(class_names), backbone.text_width, generator=generator))
 
+    @staticmethod
+    def oracle_centres(class_names: list[str], config: ConceptHashConfig) -> torch.Tensor:
+        """The ToyBirds per-part codes as fixed centres (``oracle_centres``), one row per class."""
+        from core.data.toybirds import SPECIES, per_part_codes
+
+        if class_names != [species.name for species in SPECIES]:
+            raise ValueError("Oracle centres exist only for the ToyBirds species, in their order.")
+        return torch.from_numpy(per_part_codes(config.bits, config.n_concepts).astype("float32"))
+
     @property
     def n_concepts(self) -> int:
         return self.specificity.shape[0]
 
     def hash_centers(self) -> torch.Tensor:
-        """o_c for every class: (C, K)."""
+        """o_c for every class: (C, K) (the fixed per-part codes with the ``oracle_centres`` diagnostic)."""
+        if self.oracle is not None:
+            return self.oracle.to(self.text_features.device)
         return self.center_mlp(self.text_features)
 
     def train(self, mode: bool = True) -> ConceptHash:
