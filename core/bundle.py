@@ -34,18 +34,20 @@ import os
 import platform
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import safetensors.numpy as st_numpy
-import safetensors.torch as st_torch
-import torch
 from safetensors import SafetensorError
+
+if TYPE_CHECKING:  # torch is imported where weights are saved or loaded: finding and describing bundles
+    import torch  # (the dashboard's sidebar and Home page) stays free of its seconds-long import
 
 from core import __version__
 from core.data.images import os_reason
@@ -159,6 +161,8 @@ def save_bundle(
 
     def write(tmp: Path) -> None:
         _write_json(tmp / CONFIG_FILE, full_config)
+        import safetensors.torch as st_torch
+
         st_torch.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         _fsync_file(tmp / WEIGHTS_FILE)
         _write_arrays(tmp, numeric, strings)
@@ -226,6 +230,8 @@ def _full_config(path: Path, kind: str, config: Mapping[str, Any]) -> dict:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that matter for reading a bundle back (open_clip only when installed)."""
+    import torch  # already imported by whoever has weights to save
+
     versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -248,7 +254,8 @@ def _dist_version(distribution: str) -> str:
 
 def _to_json(path: Path, value: Any, where: str) -> Any:
     """Convert ``value`` to strict-JSON-ready Python objects (see the module docstring for the rule)."""
-    if isinstance(value, (np.ndarray, torch.Tensor)):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if isinstance(value, np.ndarray) or (torch is not None and isinstance(value, torch.Tensor)):
         value = value.tolist()
     elif isinstance(value, np.generic):
         value = value.item()
@@ -272,6 +279,8 @@ def _to_json(path: Path, value: Any, where: str) -> Any:
 
 def _prepare_weights(path: Path, weights: Mapping[str, torch.Tensor], half: bool) -> dict[str, torch.Tensor]:
     """Contiguous CPU clones (so tensors sharing memory save fine), floating ones as float16 if ``half``."""
+    import torch
+
     if not isinstance(weights, Mapping):
         raise _cannot_save(path, f"weights must be a dict of tensors, not {type(weights).__name__}")
     prepared = {}
@@ -644,6 +653,8 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
             f"Bundle {path} has a {WEIGHTS_FILE} that {UNREADABLE} ({os_reason(error)})."
         ) from error
     try:
+        import safetensors.torch as st_torch
+
         loaded = st_torch.load_file(str(file), device="cpu")
     except _LOAD_ERRORS as error:
         raise BundleError(

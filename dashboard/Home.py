@@ -8,13 +8,15 @@ treats a folder of that name as legacy auto-discovered pages, and a direct URL w
 import streamlit as st
 
 from lens.bundles import render_sidebar
+from lens.startup import running, start_imports, wait_for_imports
 
 # An emoji icon becomes an inline data: URL; a ":material/...:" page icon would make every page load fetch
 # the favicon from fonts.gstatic.com, which fails (and leaks a request) with no network.
 st.set_page_config(page_title="ConceptLens", page_icon="🔎", layout="wide")
 
+HOME = st.Page("views/home.py", title="Home", icon=":material/home:", default=True)
 PAGES = {
-    "": [st.Page("views/home.py", title="Home", icon=":material/home:", default=True)],
+    "": [HOME],
     "Hashing": [
         st.Page("views/hash_codes.py", title="Hash codes, bit by bit", icon=":material/grid_on:"),
         st.Page(
@@ -30,4 +32,9 @@ PAGES = {
 
 navigation = st.navigation(PAGES)
 render_sidebar()
+# After a restart PyTorch and the models' code take seconds to import: a progress bar says so. Home needs
+# none of it and waits only while the imports run; after it is drawn they start for the page opened next.
+if navigation.url_path != HOME.url_path or running():
+    wait_for_imports()
 navigation.run()
+start_imports()

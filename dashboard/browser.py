@@ -57,11 +57,15 @@ TIMING_SCRIPT = """
     for (const image of m.querySelectorAll("img")) if (!image.complete) return false;
     return true;
   };
-  const check = () => {
+  const busy = (s) => s === "running" || s === "rerunRequested";
+  const check = (records = []) => {
     const now = performance.now() - cl.mark;
-    const s = state();
-    if (s === "running" || s === "rerunRequested") cl.ran = true;
+    // A run can start and end between two looks (React draws both states at once): a script state that
+    // was busy, or new content in the main area, also says the page ran since the mark.
     const m = main();
+    for (const r of records)
+      if (busy(r.oldValue) || (r.type === "childList" && m && m.contains(r.target))) cl.ran = true;
+    if (busy(state())) cl.ran = true;
     if (cl.feedback === null && m && shown(m, "h1, [data-testid='stSpinner'], [data-testid='stProgress']"))
       cl.feedback = now;
     if (cl.ready === null && ready()) cl.ready = now;
@@ -70,9 +74,10 @@ TIMING_SCRIPT = """
     subtree: true,
     childList: true,
     attributes: true,
+    attributeOldValue: true,
     attributeFilter: ["data-test-script-state", "data-stale"],
   });
-  setInterval(check, 10);  // images finish loading and charts draw without a DOM mutation we watch
+  setInterval(() => check(), 10);  // images finish loading and charts draw without a DOM mutation we watch
   window.__clReadyNow = () => { cl.ran = true; return ready(); };
   window.__clRestart = () => {
     cl.mark = performance.now(); cl.feedback = null; cl.ready = null; cl.ran = false;
@@ -82,6 +87,15 @@ TIMING_SCRIPT = """
 READ_TIMES = (
     "() => window.__cl && window.__cl.ready !== null ? [window.__cl.feedback, window.__cl.ready] : null"
 )
+
+PAGE_STATE = """() => ({
+  script: document.querySelector("[data-testid='stApp']")?.getAttribute("data-test-script-state"),
+  timing: window.__cl,
+  titles: document.querySelectorAll("[data-testid='stMain'] h1").length,
+  stale: document.querySelectorAll("[data-stale='true']").length,
+  spinners: document.querySelectorAll("[data-testid='stMain'] [data-testid='stSpinner']").length,
+  loading: [...document.querySelectorAll("[data-testid='stMain'] img")].filter((i) => !i.complete).length,
+})"""
 
 
 def free_port() -> int:
@@ -193,7 +207,13 @@ async def new_context(browser):
 
 async def wait_ready(page, timeout: float) -> tuple[float, float]:
     """(feedback, ready) in seconds, as stamped by :data:`TIMING_SCRIPT` once the page is ready."""
-    handle = await page.wait_for_function(READ_TIMES, timeout=timeout * 1000, polling=20)
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        handle = await page.wait_for_function(READ_TIMES, timeout=timeout * 1000, polling=20)
+    except PlaywrightTimeout:
+        state = await page.evaluate(PAGE_STATE)
+        raise ValueError(f"{page.url} was not ready within {timeout:g} s (page state: {state}).") from None
     feedback, ready = await handle.json_value()
     return (None if feedback is None else feedback / 1000), ready / 1000
 

@@ -51,6 +51,7 @@ RESIZE_SIZE = 256  # timm's crop_pct 0.875 for this model: resize to 256, centre
 MEAN = STD = (0.5, 0.5, 0.5)
 DESCRIPTION_STYLES = ("names", "detailed")
 CACHE_ENV = "CONCEPTLENS_CACHE"
+TEXT_CACHE_SIZE = 8  # concept lists whose embeddings a backbone remembers (see encode_texts)
 
 _TEXT_MODELS: dict[str, Any] = {}
 _DESCRIPTION_EMBEDDINGS: dict[str, torch.Tensor] = {}
@@ -302,6 +303,7 @@ class ConSEBackbone(ImagePreprocessing):
         self.config = config
         self.preprocess = conse_preprocess()
         self.preprocess_cfg = {"mean": list(MEAN), "std": list(STD), "resize": RESIZE_SIZE}
+        self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}  # see encode_texts
         self.set_descriptions(descriptions)
 
     def set_descriptions(self, descriptions: torch.Tensor) -> None:
@@ -340,6 +342,7 @@ class ConSEBackbone(ImagePreprocessing):
         )
 
     def to(self, device: str | torch.device) -> ConSEBackbone:
+        self._text_cache.clear()
         self.model.to(device)
         self.descriptions = self.descriptions.to(device)
         self.description_mean = self.description_mean.to(device)
@@ -369,8 +372,19 @@ class ConSEBackbone(ImagePreprocessing):
     def encode_texts(
         self, texts: Sequence[str], normalize: bool = True, batch_size: int = 128
     ) -> torch.Tensor:
-        """MiniLM sentence embeddings (already unit length, so ``normalize`` changes nothing)."""
-        return _embed_texts(self.text_model, texts, batch_size).to(self.device)
+        """MiniLM sentence embeddings (already unit length, so ``normalize`` changes nothing).
+
+        The last few concept lists asked for are remembered: the dashboard labels every upload against
+        the same bank, and encoding a 400-concept bank costs more than the images themselves.
+        """
+        key = tuple(texts)
+        found = self._text_cache.get(key)
+        if found is None:
+            found = _embed_texts(self.text_model, texts, batch_size).to(self.device)
+            self._text_cache[key] = found
+            while len(self._text_cache) > TEXT_CACHE_SIZE:
+                self._text_cache.pop(next(iter(self._text_cache)))  # the oldest
+        return found.clone()
 
 
 def load_conse(reference: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> ConSEBackbone:

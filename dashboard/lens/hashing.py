@@ -19,6 +19,7 @@ from PIL import Image
 
 from core.concepthash.attention import concept_heatmaps
 from core.concepthash.evaluate import sign_codes, subcode_values
+from lens.inference import one_at_a_time
 
 SORT_MODES = ("class", "code", "original")
 METHODS = {"Last layer": "last", "Rollout": "rollout"}
@@ -144,14 +145,16 @@ def heatmaps_for(loaded: Any, images: Sequence[Image.Image], method: str, batch_
     chunks = []
     for start in range(0, len(images), batch_size):
         pixels = loaded.backbone.preprocess_images(list(images[start : start + batch_size]))
-        chunks.append(concept_heatmaps(loaded.model, pixels, method).astype(np.float32))
+        with one_at_a_time():  # the model is shared by every session in this process
+            chunks.append(concept_heatmaps(loaded.model, pixels, method).astype(np.float32))
     return np.concatenate(chunks)
 
 
 def encode_images(loaded: Any, images: Sequence[Image.Image]) -> np.ndarray:
     """{-1, +1} int8 codes (B, K) of PIL images (for uploads; database codes are in the bundle)."""
     pixels = loaded.backbone.preprocess_images(list(images))
-    return sign_codes(loaded.model.encode(pixels))
+    with one_at_a_time():
+        return sign_codes(loaded.model.encode(pixels))
 
 
 def center_square(image: Image.Image) -> Image.Image:

@@ -26,6 +26,7 @@ from lens.concepts_view import (
     scoring_sentence,
 )
 from lens.figures import download_figure, download_table
+from lens.inference import serialised
 from lens.uploads import IMAGE_TYPES, load_sample_photo, read_uploads, sample_photos, show_errors, thumbnail
 
 REAL_CLIP = "real-clip"
@@ -62,7 +63,8 @@ def cached_labels(
     _images,
 ) -> LabelReport:
     concept_bank = ConceptBank(list(bank), bank_source) if bank is not None else None
-    return label_images(_model, list(_images), top_k, concept_bank)
+    # One forward pass at a time in this process: sessions share the model and the machine's cores.
+    return serialised(label_images, _model, list(_images), top_k, concept_bank)
 
 
 def bank_label(option: str) -> str:

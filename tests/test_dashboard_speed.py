@@ -1,0 +1,93 @@
+"""What keeps the dashboard quick, tested without timing anything.
+
+Home and the sidebar find and describe bundles without importing PyTorch; one process-wide lock lets one
+forward pass run at a time (eight sessions on two cores); ConSE remembers the concept bank it encoded;
+the background imports start once per process. The speeds themselves are measured by
+``conceptlens bench dashboard`` and ``conceptlens bench load``, not here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+from tests.conftest import ROOT
+
+
+def test_finding_and_describing_bundles_does_not_import_torch(tiny_bundles):
+    code = (
+        "import sys; import lens.bundles as b; from core.bundle import find_bundles, read_bundle_config; "
+        f"kinds = sorted(read_bundle_config(p)['kind'] for p in find_bundles({str(tiny_bundles)!r})); "
+        "print(kinds, 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT / "dashboard",
+        env={"PYTHONPATH": f"{ROOT}:{ROOT / 'dashboard'}", "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "['ceir', 'clip', 'concepthash', 'concepthash'] False"
+
+
+def test_one_forward_pass_at_a_time_on_every_usable_core():
+    from lens.inference import serialised, usable_cores, use_cores
+
+    inside, most = [0], [0]
+
+    def forward(n: int) -> int:
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.02)
+        inside[0] -= 1
+        return n * n
+
+    results: dict[int, int] = {}
+    threads = [
+        threading.Thread(target=lambda n=n: results.__setitem__(n, serialised(forward, n))) for n in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {n: n * n for n in range(8)} and most[0] == 1
+    assert use_cores() == usable_cores() == torch.get_num_threads()
+
+
+class CountingTextModel:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts, **_options):
+        self.calls += 1
+        return torch.nn.functional.normalize(torch.randn(len(texts), 4), dim=-1)
+
+
+def test_conse_encodes_a_concept_bank_once():
+    from core.backbones.conse import TEXT_CACHE_SIZE, ConSEBackbone, ConSEConfig
+
+    text_model = CountingTextModel()
+    backbone = ConSEBackbone(torch.nn.Linear(2, 2), text_model, torch.randn(5, 4), ConSEConfig())
+    first = backbone.encode_texts(["red wing", "blue head"])
+    first.zero_()  # a caller's change must not reach the remembered copy
+    again = backbone.encode_texts(["red wing", "blue head"])
+    assert text_model.calls == 1 and again.abs().sum() > 0
+    for n in range(TEXT_CACHE_SIZE):
+        backbone.encode_texts([f"concept {n}"])
+    backbone.encode_texts(["red wing", "blue head"])  # pushed out by the newer lists: encoded again
+    assert text_model.calls == 2 + TEXT_CACHE_SIZE
+
+
+def test_background_imports_start_once_and_cover_every_module():
+    from lens import startup
+
+    thread = startup.start_imports()
+    assert startup.start_imports() is thread
+    thread.join(timeout=300)
+    assert not startup.running()
+    assert startup.imported() == len(startup.MODULES) and not startup._failed
