@@ -5,10 +5,12 @@ each page lives in ``views/`` and only calls ``core``'s public functions. (Not `
 treats a folder of that name as legacy auto-discovered pages, and a direct URL would skip Home.py.)
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from lens.bundles import render_sidebar
-from lens.startup import running, start_imports, wait_for_imports
+from lens.startup import start_imports, wait_for_imports
 
 # An emoji icon becomes an inline data: URL; a ":material/...:" page icon would make every page load fetch
 # the favicon from fonts.gstatic.com, which fails (and leaks a request) with no network.
@@ -32,9 +34,9 @@ PAGES = {
 
 navigation = st.navigation(PAGES)
 render_sidebar()
-# After a restart PyTorch and the models' code take seconds to import: a progress bar says so. Home needs
-# none of it and waits only while the imports run; after it is drawn they start for the page opened next.
-if navigation.url_path != HOME.url_path or running():
-    wait_for_imports()
+# After a restart PyTorch and the models' code take seconds to import: a page waits for its own behind a
+# progress bar. Home needs none of it; after it is drawn the imports start for the page opened next.
+if navigation.url_path != HOME.url_path:
+    wait_for_imports(Path(__file__).parent / "views" / f"{navigation.url_path}.py")
 navigation.run()
 start_imports()

@@ -41,7 +41,7 @@ HEALTH_TIMEOUT = 120.0  # seconds for a fresh server to answer /_stcore/health
 # A MutationObserver sees every change of the app's script state, so a run too short to poll is not missed.
 TIMING_SCRIPT = """
 (() => {
-  const cl = (window.__cl = { mark: 0, feedback: null, ready: null, ran: false });
+  const cl = (window.__cl = { mark: 0, started: null, feedback: null, ready: null, ran: false });
   const main = () => document.querySelector("[data-testid='stMain']");
   const state = () => {
     const app = document.querySelector("[data-testid='stApp']");
@@ -66,6 +66,7 @@ TIMING_SCRIPT = """
     for (const r of records)
       if (busy(r.oldValue) || (r.type === "childList" && m && m.contains(r.target))) cl.ran = true;
     if (busy(state())) cl.ran = true;
+    if (cl.ran && cl.started === null) cl.started = now;
     if (cl.feedback === null && m && shown(m, "h1, [data-testid='stSpinner'], [data-testid='stProgress']"))
       cl.feedback = now;
     if (cl.ready === null && ready()) cl.ready = now;
@@ -80,7 +81,7 @@ TIMING_SCRIPT = """
   setInterval(() => check(), 10);  // images finish loading and charts draw without a DOM mutation we watch
   window.__clReadyNow = () => { cl.ran = true; return ready(); };
   window.__clRestart = () => {
-    cl.mark = performance.now(); cl.feedback = null; cl.ready = null; cl.ran = false;
+    cl.mark = performance.now(); cl.started = null; cl.feedback = null; cl.ready = null; cl.ran = false;
   };
 })();
 """

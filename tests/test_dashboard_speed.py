@@ -83,11 +83,17 @@ def test_conse_encodes_a_concept_bank_once():
     assert text_model.calls == 2 + TEXT_CACHE_SIZE
 
 
-def test_background_imports_start_once_and_cover_every_module():
+def test_background_imports_start_once_with_the_page_first_and_cover_every_module(tmp_path):
     from lens import startup
 
-    thread = startup.start_imports()
+    page = tmp_path / "page.py"
+    page.write_text("from __future__ import annotations\nimport json, os.path\nfrom lens.hashing import x\n")
+    assert startup.page_modules(page) == ["json", "os.path", "lens.hashing"]
+    assert startup.page_modules(tmp_path / "missing.py") == []
+    assert "lens.hashing" in startup.page_modules(ROOT / "dashboard" / "views" / "hash_codes.py")
+    thread = startup.start_imports(["json"])
     assert startup.start_imports() is thread
+    startup.wait_for_imports(page)  # outside a running app: no progress bar, just the wait
+    assert startup.missing(["torch", "open_clip", "lens.hashing"]) == []
     thread.join(timeout=300)
-    assert not startup.running()
-    assert startup.imported() == len(startup.MODULES) and not startup._failed
+    assert not startup.running() and startup.missing(startup.MODULES) == [] and not startup._failed

@@ -1,60 +1,83 @@
 """The first visit after a restart: PyTorch, open_clip and the models' code take seconds to import.
 
-One background thread per process imports everything the pages need (:data:`MODULES`). ``Home.py``
-starts it after drawing the Home page (whose own imports are then done), so the page a person opens next
-finds it imported; any other page waits for it behind a progress bar that names each step, drawn before
-anything slow happens, instead of a blank main area. A page never imports while the thread does (two
-threads importing PyTorch's extensions at once can deadlock), so Home waits too while it runs.
+One background thread per process imports everything the pages need (:data:`MODULES`), the modules of
+the page being opened first (read from its ``import`` lines by :func:`page_modules`). A page other than
+Home waits only for its own modules, behind a progress bar drawn before anything slow happens, instead of
+a blank main area; the thread goes on with the rest while the page draws. ``Home.py`` starts the thread
+after drawing the Home page, which needs none of it, so the page a person opens next finds it imported.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 import threading
-import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import streamlit as st
 
-# (what a person is told, module): PyTorch and open_clip first, they are most of the time.
-MODULES = (
-    ("PyTorch", "torch"),
-    ("open_clip", "open_clip"),
-    ("ConceptHash", "lens.hashing"),
-    ("CEIR", "lens.concepts_view"),
-    ("CEIR interventions", "lens.counterfactual"),
-    ("open-world labels", "core.ceir.labels"),
-    ("retrieval", "lens.retrieval_view"),
-    ("figures", "lens.figures"),
-)
-POLL_SECONDS = 0.05
+# Modules named to a person while they load; anything else a page imports is named "the page's code".
+NAMES = {
+    "torch": "PyTorch",
+    "open_clip": "open_clip",
+    "lens.hashing": "ConceptHash",
+    "lens.concepts_view": "CEIR",
+    "lens.counterfactual": "CEIR interventions",
+    "core.ceir.labels": "open-world labels",
+    "lens.retrieval_view": "retrieval",
+    "lens.figures": "figures",
+}
+FIRST = ("torch", "open_clip")  # every page needs them, and they are most of the time
+MODULES = (*FIRST, *(m for m in NAMES if m not in FIRST))
+POLL_SECONDS = 0.1
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
 _failed: dict[str, str] = {}  # module -> why it did not import (the page's own import then says it)
 
 
-def _import_all() -> None:
-    for _, module in MODULES:
+def page_modules(page: Path) -> list[str]:
+    """The modules a page file imports at its top level, in order (``[]`` if it cannot be read)."""
+    try:
+        tree = ast.parse(page.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    found: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and not node.level
+            and node.module != "__future__"
+        ):
+            found.append(node.module)
+    return list(dict.fromkeys(found))
+
+
+def _import_all(order: Sequence[str]) -> None:
+    for module in order:
         try:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - the page that needs the module reports the error
             _failed[module] = str(exc)
 
 
-def start_imports() -> threading.Thread:
-    """The background import thread, started on the first call in this process."""
+def start_imports(first: Sequence[str] = ()) -> threading.Thread:
+    """The background import thread, started on the first call in this process: :data:`FIRST`, then
+    ``first`` (the modules of the page being opened), then the rest of :data:`MODULES`."""
     global _thread
     with _lock:
         if _thread is None:
-            _thread = threading.Thread(target=_import_all, name="conceptlens-preload", daemon=True)
+            order = list(dict.fromkeys([*FIRST, *first, *MODULES]))
+            _thread = threading.Thread(
+                target=_import_all, args=(order,), name="conceptlens-imports", daemon=True
+            )
             _thread.start()
         return _thread
-
-
-def imported(modules=MODULES) -> int:
-    """How many of ``modules`` are imported (or failed to) so far."""
-    return sum(name in sys.modules or name in _failed for _, name in modules)
 
 
 def running() -> bool:
@@ -62,18 +85,36 @@ def running() -> bool:
     return _thread is not None and _thread.is_alive()
 
 
-def wait_for_imports() -> None:
-    """Start the imports if need be and wait for them behind a progress bar (none when they are done)."""
-    thread = start_imports()
-    if not thread.is_alive():
+def missing(modules: Sequence[str]) -> list[str]:
+    """Those of ``modules`` not imported yet (nor failed)."""
+    return [name for name in modules if name not in sys.modules and name not in _failed]
+
+
+def wait_for_imports(page: Path | None = None) -> None:
+    """Start the imports if need be and wait, behind a progress bar, until ``page``'s modules are imported
+    (all of :data:`MODULES` without a page); at once when they are.
+
+    The bar is drawn before the thread starts: importing PyTorch holds the interpreter for long stretches,
+    and a bar sent after that would reach the browser seconds late."""
+    needed = list(dict.fromkeys([*FIRST, *(page_modules(page) if page else MODULES)]))
+    if not missing(needed):
         return
     placeholder = st.empty()
-    while thread.is_alive():
-        done = imported()
-        step = MODULES[min(done, len(MODULES) - 1)][0]
-        placeholder.progress(
-            done / len(MODULES),
-            text=f"Starting ConceptLens after a restart: loading {step} ({done + 1} of {len(MODULES)}) ...",
-        )
-        time.sleep(POLL_SECONDS)
+    shown = _show_step(placeholder, needed, None)
+    thread = start_imports(needed)
+    while thread.is_alive() and missing(needed):
+        shown = _show_step(placeholder, needed, shown)
+        thread.join(POLL_SECONDS)
     placeholder.empty()
+
+
+def _show_step(placeholder, needed: list[str], shown: str | None) -> str | None:
+    """Draw the step under way, once per step (many sessions may be waiting at once); the module shown."""
+    left = missing(needed)
+    if left and left[0] != shown:
+        done = len(needed) - len(left)
+        step = NAMES.get(left[0], "the page's code")
+        text = f"Starting ConceptLens after a restart: loading {step} ({done + 1} of {len(needed)}) ..."
+        placeholder.progress(done / len(needed), text=text)
+        return left[0]
+    return shown

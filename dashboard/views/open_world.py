@@ -6,6 +6,7 @@ from pathlib import Path
 
 import plotly.express as px
 import streamlit as st
+from PIL import Image
 
 from core.backbones.clip import BackboneOfflineError, load_backbone
 from core.ceir.concept_bank import (
@@ -26,7 +27,7 @@ from lens.concepts_view import (
     scoring_sentence,
 )
 from lens.figures import download_figure, download_table
-from lens.inference import serialised
+from lens.inference import one_at_a_time, serialised
 from lens.uploads import IMAGE_TYPES, load_sample_photo, read_uploads, sample_photos, show_errors, thumbnail
 
 REAL_CLIP = "real-clip"
@@ -49,7 +50,13 @@ def cached_clip(name: str, tag: str):
 
 @st.cache_resource(show_spinner="Loading the offline ConSE model (EfficientNet-Lite0 + MiniLM) ...")
 def cached_conse():
-    return load_backbone(CONSE, device="cpu")
+    """ConSE, once per process, with the default bank already encoded and one forward pass done, so the
+    first upload does not pay for them."""
+    backbone = load_backbone(CONSE, device="cpu")
+    with one_at_a_time():
+        backbone.encode_texts(load_bank(FALLBACK_BANK).concepts)
+        backbone.encode_images(backbone.preprocess_images([Image.new("RGB", (64, 64))]))
+    return backbone
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
