@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.distributed import DistContext, check_global_batch, gather_with_grad, wrap_model
 from core.progress import Progress, no_progress
 
 
@@ -86,21 +87,35 @@ def train_projection(
     teacher: torch.Tensor,
     config: ProjectionConfig,
     progress: Progress = no_progress,
+    ctx: DistContext | None = None,
 ) -> ProjectionResult:
-    """Fit bias-free W so ``embeddings @ W.T`` matches the teacher under cos^3; keep the best held-out W."""
+    """Fit bias-free W so ``embeddings @ W.T`` matches the teacher under cos^3; keep the best held-out W.
+
+    Under torchrun (``ctx``) every rank draws the same batch, projects its contiguous slice and gathers the
+    global batch's outputs before the loss (cos^3 centres over the batch), so the loss is one process's.
+    """
+    ctx = ctx or DistContext()
     fit_idx, val_idx = split_holdout(len(embeddings), config.val_fraction, config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     projection = nn.Linear(embeddings.shape[1], teacher.shape[1], bias=False)
     with torch.no_grad():
         projection.weight.normal_(0, embeddings.shape[1] ** -0.5, generator=generator)
+    trained = wrap_model(projection, ctx)
     optimizer = torch.optim.Adam(projection.parameters(), lr=config.lr)
     x_fit, p_fit = embeddings[fit_idx], teacher[fit_idx]
     x_val, p_val = embeddings[val_idx], teacher[val_idx]
     best, best_state, best_step, stale, history = -np.inf, None, 0, 0, []
     batch = min(config.batch_size, len(x_fit))
+    if ctx.distributed:  # equal slices: the batch rounds down to a multiple of the number of processes
+        batch -= batch % ctx.world_size
+        check_global_batch(ctx, batch, batch)  # at least one image per process
     for step in range(1, config.steps + 1):
         idx = torch.randperm(len(x_fit), generator=generator)[:batch]
-        loss = cos3_loss(projection(x_fit[idx]), p_fit[idx])
+        rows = idx
+        if ctx.distributed:
+            share = batch // ctx.world_size
+            rows = idx[ctx.rank * share : (ctx.rank + 1) * share]
+        loss = cos3_loss(gather_with_grad(trained(x_fit[rows]), ctx), p_fit[idx])
         if not torch.isfinite(loss):
             raise ValueError(
                 f"The concept projection's loss became {float(loss)} at step {step}; lower the learning rate "

@@ -44,6 +44,7 @@ from core.ceir.explain import IG_STEPS, completeness_error, explain
 from core.ceir.model import CEIRModel
 from core.ceir.vae import VAEConfig, train_vae
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
+from core.distributed import DistContext, distributed_run, main_rank_only
 from core.progress import Progress, no_progress
 from core.runtime import resolve_device, seed_everything
 from core.training import checkpoint_path, prepare_output
@@ -165,11 +166,12 @@ def fit_bottleneck(
     teacher: torch.Tensor,
     config: CEIRConfig,
     log=print,
+    ctx: DistContext | None = None,
 ) -> tuple[list[str], torch.nn.Linear, np.ndarray, list[int], dict[str, str]]:
     """Fit the projection from ``train_embeddings`` onto the ``teacher`` similarities, drop low-fidelity
     concepts and refit on the rest. Returns the kept concepts, the projection, their fidelity, their columns
     in ``teacher`` and why the others went."""
-    result = train_projection(train_embeddings, teacher, config.projection)
+    result = train_projection(train_embeddings, teacher, config.projection, ctx=ctx)
     kept, removed = banks.filter_by_fidelity(concepts, result.fidelity, config.projection.fidelity_cutoff)
     if len(kept) < 2:
         raise ValueError(
@@ -179,7 +181,7 @@ def fit_bottleneck(
     index = [concepts.index(c) for c in kept]
     if len(kept) < len(concepts):
         log(f"Fidelity cut-off {config.projection.fidelity_cutoff}: kept {len(kept)}/{len(concepts)}; refit.")
-        result = train_projection(train_embeddings, teacher[:, index], config.projection)
+        result = train_projection(train_embeddings, teacher[:, index], config.projection, ctx=ctx)
     return kept, result.projection, result.fidelity, index, removed
 
 
@@ -223,11 +225,14 @@ def fit_ceir(
     resume: bool = False,
     progress: Progress = no_progress,
     log=print,
+    ctx: DistContext | None = None,
 ) -> FittedCEIR:
     """Steps 2-5 on embeddings already computed: filters, projection, z-scores, VAE and k-means centres.
 
     ``train_embeddings`` are the features the model will take; ``teacher`` and ``teacher_train`` (the same
-    backbone and tensor unless a teacher is configured) give the concept similarities it learns.
+    backbone and tensor unless a teacher is configured) give the concept similarities it learns. Under
+    torchrun (``ctx``) the projection and the VAE train on each rank's slice of every batch; the filters
+    and k-means are cheap and deterministic, so every rank runs them alike.
     """
     seed_everything(config.seed)
     concepts, removed = filter_bank(bank, teacher, teacher_train, class_names, config, log)
@@ -235,7 +240,7 @@ def fit_ceir(
         concepts = with_class_names(concepts, class_names)
     text = concept_text(teacher, concepts, config.centre_concepts)
     concepts, projection, fidelity, columns, removed["fidelity"] = fit_bottleneck(
-        concepts, train_embeddings, teacher_similarities(teacher_train, text), config, log
+        concepts, train_embeddings, teacher_similarities(teacher_train, text), config, log, ctx
     )
     text = text[columns]
     with torch.no_grad():
@@ -251,6 +256,7 @@ def fit_ceir(
         resume=resume,
         progress=progress,
         log=log,
+        ctx=ctx,
     )
     k = config.n_clusters or len(class_names)
     model = CEIRModel(train_embeddings.shape[1], concepts, config.vae, k, text_dim=text.shape[1])
@@ -279,11 +285,32 @@ def train_ceir(
     progress: Progress = no_progress,
     log=print,
 ) -> Path:
-    """The whole CEIR pipeline; writes a ``ceir`` bundle at ``out_dir``."""
+    """The whole CEIR pipeline; writes a ``ceir`` bundle at ``out_dir``.
+
+    Under ``torchrun`` every process embeds the images and trains the projection and the VAE on its slice of
+    each batch (see :mod:`core.distributed`); rank 0 alone evaluates and writes the checkpoint and bundle.
+    """
+    with distributed_run(config.device) as ctx:
+        progress, log = main_rank_only(ctx, progress, log)
+        return _train_ceir(ctx, backbone_spec, data, bank, config, out_dir, resume, overwrite, progress, log)
+
+
+def _train_ceir(
+    ctx: DistContext,
+    backbone_spec: str | dict,
+    data: DataSpec,
+    bank: str,
+    config: CEIRConfig,
+    out_dir: str | Path,
+    resume: bool,
+    overwrite: bool,
+    progress: Progress,
+    log,
+) -> Path:
     from core.ceir.labels import even_subsample
 
     out = prepare_output(out_dir, resume, overwrite)
-    device = resolve_device(config.device)
+    device = ctx.device
     concept_source = banks.load_bank(bank)
     for issue in concept_source.issues:
         log(f"concept bank: {issue}")
@@ -308,7 +335,10 @@ def train_ceir(
         resume=resume,
         progress=progress,
         log=log,
+        ctx=ctx,
     )
+    if not ctx.is_main:
+        return out  # rank 0 evaluates and writes the bundle
     model, removed, fidelity, vae_history = fitted.model, fitted.removed, fitted.fidelity, fitted.history
     with torch.no_grad():
         z_train = model.concept_vectors(train_emb)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.distributed import (
+    DistContext,
+    WithLoss,
+    check_global_batch,
+    global_batchnorm,
+    mean_over_ranks,
+    wrap_model,
+)
 from core.progress import Progress, no_progress
 from core.runtime import seed_everything
 from core.training import batches, cosine_lr, restore_training_state, save_training_state, set_lr
@@ -124,15 +133,18 @@ class ConceptVAE(nn.Module):
         return self.decoder(z)
 
     def forward(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
+        self, x: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(recon, mu, logvar). Train mode decodes a reparameterised sample, eval mode decodes mu.
 
-        ``generator`` (a CPU generator) draws the noise, which makes training reproducible and resumable.
+        ``generator`` (a CPU generator) draws the noise, which makes training reproducible and resumable;
+        ``noise`` gives it instead (a rank's slice of the global batch's noise under torchrun).
         """
         mu, logvar = self.encode(x)
         if self.training:
-            noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
+            if noise is None:
+                noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+            noise = noise.to(mu.device)
             z = mu + torch.exp(0.5 * logvar) * noise
         else:
             z = mu
@@ -199,28 +211,44 @@ def _evaluate(model: ConceptVAE, x: torch.Tensor, beta: float, batch_size: int) 
     return {name: value / len(x) for name, value in sums.items()}
 
 
+def _vae_terms(
+    model: ConceptVAE, batch: torch.Tensor, noise: torch.Tensor, beta: float
+) -> dict[str, torch.Tensor]:
+    recon, mu, logvar = model(batch, noise=noise)
+    return vae_loss(recon, batch, mu, logvar, beta)
+
+
 def _train_epoch(
     model: ConceptVAE,
+    trained: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     config: VAEConfig,
     generator: torch.Generator,
     lr_at: Callable[[int], float],
     first_step: int,
+    ctx: DistContext,
 ) -> dict[str, float]:
+    """One epoch. Under torchrun every rank draws the same global batch and its noise and trains on its
+    contiguous slice (``trained`` is the DDP-wrapped loss; BatchNorm uses global-batch statistics)."""
     model.train()
     sums = {"recon": 0.0, "kl": 0.0, "total": 0.0}
     chunks = batches(len(x), config.batch_size, generator, drop_last=True)
     for step, idx in enumerate(chunks):
         set_lr(optimizer, lr_at(first_step + step))
-        batch = x[idx.to(x.device)]
-        recon, mu, logvar = model(batch, generator=generator)
-        terms = vae_loss(recon, batch, mu, logvar, config.beta)
+        noise = torch.randn((len(idx), config.latent_dim), generator=generator)
+        if ctx.distributed:
+            check_global_batch(ctx, len(idx), len(idx))
+            share = len(idx) // ctx.world_size
+            rows = slice(ctx.rank * share, (ctx.rank + 1) * share)
+            idx, noise = idx[rows], noise[rows]
+        terms = trained(x[idx.to(x.device)], noise)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()
-        for name, value in terms.items():
-            sums[name] += float(value.detach())
+        reported = mean_over_ranks(torch.stack([terms[name].detach() for name in sums]), ctx)
+        for name, value in zip(sums, reported, strict=True):
+            sums[name] += float(value)
     return {name: value / len(chunks) for name, value in sums.items()}
 
 
@@ -237,6 +265,7 @@ def train_vae(
     resume: bool = False,
     progress: Progress = no_progress,
     log=print,
+    ctx: DistContext | None = None,
 ) -> tuple[ConceptVAE, list[dict]]:
     """Train a ``ConceptVAE`` on z-scored concept vectors; returns (model in eval mode, history).
 
@@ -247,7 +276,10 @@ def train_vae(
     ``resume=True`` an existing checkpoint is continued and gives exactly the result of an
     uninterrupted run. The caller deletes the checkpoint once the result is safely stored.
     Shuffled batches drop a short last batch, so BatchNorm never sees a batch of one sample.
+    Under torchrun (``ctx``) each rank trains on its slice of every batch (the same losses as one process);
+    every rank resumes from ``checkpoint``, rank 0 alone writes it.
     """
+    ctx = ctx or DistContext(device=x_train.device)
     _check_matrix(x_train, "x_train")
     if len(x_train) < 2:
         raise ValueError(f"x_train has {len(x_train)} row(s); the VAE needs at least 2 to train BatchNorm.")
@@ -256,7 +288,8 @@ def train_vae(
         _check_matrix(x_val, "x_val", x_train.shape[1])
         x_val = x_val.float()
     generator = seed_everything(config.seed)
-    model = ConceptVAE(x_train.shape[1], config).to(x_train.device)
+    model = global_batchnorm(ConceptVAE(x_train.shape[1], config).to(x_train.device), ctx)
+    trained = wrap_model(WithLoss(model, partial(_vae_terms, beta=config.beta)), ctx)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start_epoch, history = 0, []
     if checkpoint is not None and resume:
@@ -280,7 +313,9 @@ def train_vae(
 
     for epoch in range(start_epoch, config.epochs):
         row: dict[str, Any] = {"epoch": epoch + 1}
-        row |= _train_epoch(model, optimizer, x_train, config, generator, lr_at, epoch * steps_per_epoch)
+        row |= _train_epoch(
+            model, trained, optimizer, x_train, config, generator, lr_at, epoch * steps_per_epoch, ctx
+        )
         if x_val is not None and len(x_val):
             val = _evaluate(model, x_val, config.beta, max(config.batch_size, 1024))
             row |= {f"val_{name}": value for name, value in val.items()}
@@ -293,7 +328,7 @@ def train_vae(
             f"VAE epoch {epoch + 1}/{config.epochs} "
             + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
         )
-        if checkpoint is not None:
+        if checkpoint is not None and ctx.is_main:
             save_training_state(
                 Path(checkpoint), model, optimizer, generator, epoch + 1, history, _settings(config, model)
             )
