@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,21 +21,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, free_port  # dashboard/browser.py, shared with the benchmarks
 
 from tests.conftest import HOME, ROOT
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("CONCEPTLENS_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # (url path, text that proves the page rendered)
 PAGES = [
     ("", "ConceptLens"),
@@ -72,12 +63,6 @@ def require_browser() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"Browser test required under CI=true: {reason}.")
         pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
@@ -142,7 +127,9 @@ def test_every_page_opens_offline_and_an_upload_gets_labels(app_url, tmp_path):
     Image.fromarray(data.chelsea()).save(photo)
     requested: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=list(CHROMIUM_ARGS)
+        )
         context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         context.on("request", lambda request: requested.append(request.url))  # pages and workers alike
         page = context.new_page()
