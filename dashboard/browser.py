@@ -120,6 +120,22 @@ def process_memory_mib(pid: int) -> dict[str, float | None]:
     return found
 
 
+def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: float = HEALTH_TIMEOUT) -> None:
+    """Return once the server at ``url`` answers ``/_stcore/health``; ValueError naming ``log`` if the
+    process exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ValueError(f"The streamlit server exited with status {process.returncode}; see {log}.")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise ValueError(f"The streamlit server did not answer within {timeout:.0f} s; see {log}.")
+
+
 class StreamlitServer:
     """``streamlit run Home.py`` on a free port with ``bundles``; a ``with`` block starts and stops it.
 
@@ -145,29 +161,12 @@ class StreamlitServer:
             command, cwd=REPO_ROOT, env=env | self.extra_env, stdout=self._log_file, stderr=subprocess.STDOUT
         )
         try:
-            self._wait_for_health()
+            wait_for_health(self.url, self.process, self.log)
         except BaseException:
             self.__exit__()
             raise
         self.start_seconds = time.perf_counter() - start
         return self
-
-    def _wait_for_health(self) -> None:
-        deadline = time.monotonic() + HEALTH_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ValueError(
-                    f"The streamlit server exited with status {self.process.returncode}; see {self.log}."
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise ValueError(
-            f"The streamlit server did not answer within {HEALTH_TIMEOUT:.0f} s; see {self.log}."
-        )
 
     def memory(self) -> dict[str, float | None]:
         return process_memory_mib(self.process.pid) if self.process else process_memory_mib(-1)

@@ -15,13 +15,16 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, free_port  # dashboard/browser.py, shared with the benchmarks
+from browser import (  # dashboard/browser.py, shared with the benchmarks
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    free_port,
+    wait_for_health,
+)
 
 from tests.conftest import HOME, ROOT
 
@@ -65,20 +68,6 @@ def require_browser() -> None:
         pytest.skip(reason)
 
 
-def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited early with status {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url}/_stcore/health did not answer within {timeout} s")
-
-
 @pytest.fixture
 def app_url(tiny_bundles):
     require_browser()
@@ -106,7 +95,7 @@ def app_url(tiny_bundles):
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_for_health(url, process)
+            wait_for_health(url, process, log)
             yield url
         finally:
             process.terminate()
@@ -139,6 +128,11 @@ def test_every_page_opens_offline_and_an_upload_gets_labels(app_url, tmp_path):
                 page.goto(f"{app_url}/{path}", wait_until="domcontentloaded")
                 heading = page.locator("h1").filter(has_text=marker).first
                 expect(heading).to_be_visible(timeout=60_000)
+                # wait for the script run to end: a click on a download button while the page is still drawn
+                # reruns it, and the file the button points at can be gone before the browser asks for it
+                expect(page.locator("[data-testid='stApp']")).to_have_attribute(
+                    "data-test-script-state", "notRunning", timeout=60_000
+                )
                 page.wait_for_timeout(1500)  # let charts and images settle before the screenshot
                 expect(page.locator("[data-testid='stException']")).to_have_count(0)
                 page.screenshot(path=str(ARTIFACTS / f"{path or 'home'}.png"), full_page=True)
