@@ -11,7 +11,7 @@
     conceptlens label [BUNDLE] PATH... [--top K] [--json] [--concepts BANK] [--model M]
     conceptlens concepts show BANK | conceptlens concepts generate --classes FILE --out BANK
     conceptlens reproduce [--out pretrained] [--overwrite]
-    conceptlens bench retrieval|encoding|dashboard|memory
+    conceptlens bench retrieval|encoding|dashboard|memory|load
 
 Every user mistake (bad flag value, missing directory, wrong bundle) ends in one sentence on
 stderr and exit status 2; logs and progress go to stderr so ``--json`` output stays clean.
