@@ -91,9 +91,11 @@ def test_background_imports_start_once_with_the_page_first_and_cover_every_modul
     assert startup.page_modules(page) == ["json", "os.path", "lens.hashing"]
     assert startup.page_modules(tmp_path / "missing.py") == []
     assert "lens.hashing" in startup.page_modules(ROOT / "dashboard" / "views" / "hash_codes.py")
-    thread = startup.start_imports(["json"])
-    assert startup.start_imports() is thread
-    startup.wait_for_imports(page)  # outside a running app: no progress bar, just the wait
+    startup.wait_for_imports(page)  # outside a running app: the progress bar goes nowhere, the wait is real
     assert startup.missing(["torch", "open_clip", "lens.hashing"]) == []
-    thread.join(timeout=300)
+    thread = startup.start_imports()  # Home's call: everything else
+    assert thread is None or startup.start_imports() is thread  # one thread at a time
+    if thread is not None:
+        thread.join(timeout=300)
     assert not startup.running() and startup.missing(startup.MODULES) == [] and not startup._failed
+    assert startup.start_imports() is None  # nothing left to import

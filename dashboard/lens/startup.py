@@ -1,10 +1,10 @@
 """The first visit after a restart: PyTorch, open_clip and the models' code take seconds to import.
 
-One background thread per process imports everything the pages need (:data:`MODULES`), the modules of
-the page being opened first (read from its ``import`` lines by :func:`page_modules`). A page other than
-Home waits only for its own modules, behind a progress bar drawn before anything slow happens, instead of
-a blank main area; the thread goes on with the rest while the page draws. ``Home.py`` starts the thread
-after drawing the Home page, which needs none of it, so the page a person opens next finds it imported.
+A background thread does the imports, one at a time per process. A page other than Home starts it for
+its own modules (read from its ``import`` lines by :func:`page_modules`) and waits behind a progress bar
+drawn before anything slow happens, instead of a blank main area. ``Home.py`` starts it for everything the
+pages need (:data:`MODULES`) after drawing the Home page, which needs none of it, so the page a person
+opens next finds it imported.
 """
 
 from __future__ import annotations
@@ -66,13 +66,15 @@ def _import_all(order: Sequence[str]) -> None:
             _failed[module] = str(exc)
 
 
-def start_imports(first: Sequence[str] = ()) -> threading.Thread:
-    """The background import thread, started on the first call in this process: :data:`FIRST`, then
-    ``first`` (the modules of the page being opened), then the rest of :data:`MODULES`."""
+def start_imports(modules: Sequence[str] = MODULES) -> threading.Thread | None:
+    """A background thread importing those of ``modules`` not imported yet (:data:`FIRST` first): the one
+    under way if there is one, a new one otherwise; None when everything is imported."""
     global _thread
     with _lock:
-        if _thread is None:
-            order = list(dict.fromkeys([*FIRST, *first, *MODULES]))
+        if _thread is None or not _thread.is_alive():
+            order = missing(list(dict.fromkeys([*FIRST, *modules])))
+            if not order:
+                return None
             _thread = threading.Thread(
                 target=_import_all, args=(order,), name="conceptlens-imports", daemon=True
             )
@@ -101,8 +103,9 @@ def wait_for_imports(page: Path | None = None) -> None:
         return
     placeholder = st.empty()
     shown = _show_step(placeholder, needed, None)
-    thread = start_imports(needed)
-    while thread.is_alive() and missing(needed):
+    # Only this page's modules: importing the others now would slow the page down. A thread that another
+    # page started may end before this page's modules are in; then the next one starts for them.
+    while (thread := start_imports(needed)) is not None:
         shown = _show_step(placeholder, needed, shown)
         thread.join(POLL_SECONDS)
     placeholder.empty()
