@@ -561,26 +561,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_any(bundle: Path, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
-    """Evaluate a bundle of any kind; the kind is read from the bundle."""
-    from core.bundle import read_bundle_config
-
-    kind = read_bundle_config(bundle)["kind"]
-    if kind == "clip":
-        from core.backbones.train_clip import evaluate_clip_bundle
-
-        return evaluate_clip_bundle(str(bundle), seed=seed, device=device)
-    if kind == "concepthash":
-        from core.concepthash.evaluate import evaluate_bundle
-
-        return evaluate_bundle(str(bundle), seed=seed, device=device)
-    if kind == "ceir":
-        from core.ceir.train import evaluate_bundle as evaluate_ceir
-
-        return evaluate_ceir(str(bundle), seed=seed, device=device)
-    raise ValueError(f"Evaluating '{kind}' bundles is not available in this version of ConceptLens.")
-
-
 def print_summary(result: dict[str, Any], indent: str = "") -> None:
     for key, value in result.items():
         if isinstance(value, dict):
@@ -593,6 +573,8 @@ def print_summary(result: dict[str, Any], indent: str = "") -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from core.kinds import evaluate_any
+
     result = evaluate_any(args.bundle, seed=args.seed, device=args.device)
     if args.json:
         print(json.dumps(result))
@@ -709,7 +691,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         raise ValueError(f"Give at least one image file or folder to label after the bundle {bundle}.")
     check_some_images(paths)
     if bundle is not None:
-        from core.ceir.train import load_ceir
+        from core.ceir.bundle import load_ceir
 
         if args.model:
             raise ValueError(f"--model {args.model} and the bundle {bundle} exclude each other; give one.")

@@ -67,7 +67,7 @@ class ConceptHashEncoder(BundleEncoder):
     kind = "concepthash"
 
     def __init__(self, path: Path, device: torch.device, batch_size: int) -> None:
-        from core.concepthash.train import load_concepthash
+        from core.concepthash.bundle import load_concepthash
 
         self.loaded = load_concepthash(path, device=str(device))
         self.batch_size = batch_size
@@ -86,7 +86,7 @@ class CEIREncoder(BundleEncoder):
     kind = "ceir"
 
     def __init__(self, path: Path, device: torch.device, batch_size: int) -> None:
-        from core.ceir.train import load_ceir
+        from core.ceir.bundle import load_ceir
 
         self.loaded = load_ceir(path, device=str(device))
         model = self.loaded.model

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.results import figure
+
 FRESH_SEED = 123
 SEED_STUDY_DIR = "runs/seed-study"
 # Figures the seed study aggregates (fresh-seed evaluation), as (label, path into the eval result).
@@ -171,14 +173,6 @@ def seed_variant(step: Step, seed: int, seed_dir: str) -> Step:
     return Step(f"{step.name}-seed{seed}", step.description, tuple(argv))
 
 
-def figure(result: dict[str, Any], path: tuple[str, ...]) -> float:
-    """The number at ``path`` (a sequence of keys) in a nested result."""
-    value: Any = result
-    for key in path:
-        value = value[key]
-    return float(value)
-
-
 def seed_study(
     steps: list[Step],
     fresh: dict[str, dict[str, Any]],
@@ -195,7 +189,7 @@ def seed_study(
     """
     import numpy as np
 
-    from core.cli import evaluate_any
+    from core.kinds import evaluate_any
 
     study: dict[str, Any] = {"seeds": [0, *seeds], "fresh_seed": FRESH_SEED, "dir": seed_dir, "variants": {}}
     for step in steps:
@@ -227,19 +221,20 @@ def command_line(step: Step) -> str:
 
 
 def run_step(step: Step, log=print) -> float:
-    """Run one command in-process; returns wall seconds. Raises on failure."""
-    from core.cli import main
+    """Run one command in its own process (``python -m core ...``, so one run's state never leaks into the
+    next and torchrun could run it the same way); returns wall seconds. Raises on failure."""
+    import subprocess
 
     log(f"$ {command_line(step)}")
     started = time.perf_counter()
-    code = main(list(step.argv))
+    code = subprocess.run([sys.executable, "-m", "core", *step.argv], check=False).returncode
     if code != 0:
         raise RuntimeError(f"'{command_line(step)}' failed with exit status {code}.")
     return time.perf_counter() - started
 
 
 def evaluate_step(out: Path, step: Step, seed: int = FRESH_SEED) -> dict[str, Any]:
-    from core.cli import evaluate_any
+    from core.kinds import evaluate_any
 
     path = out / step.name
     return {

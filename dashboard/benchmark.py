@@ -434,8 +434,8 @@ def _memory_child(bundles: str, timeout: float) -> None:
     """Run in the measured process: load every model bundle (with its backbone), render every page."""
     from core.backbones.clip import load_backbone
     from core.bundle import find_bundles, read_bundle_config
-    from core.ceir.train import load_ceir
-    from core.concepthash.train import load_concepthash
+    from core.ceir.bundle import load_ceir
+    from core.concepthash.bundle import load_concepthash
 
     loaded = {"concepthash": 0, "ceir": 0, "clip": 0}
     kept = []  # hold every model, as a dashboard process would after visiting every page

@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 
 from core.ceir.bottleneck import ProjectionConfig, cos3_loss, cos3_similarity, train_projection
+from core.ceir.bundle import load_ceir
+from core.ceir.evaluate import evaluate_bundle
 from core.ceir.explain import (
     IG_STEPS,
     completeness_error,
@@ -22,7 +24,7 @@ from core.ceir.explain import (
     top_contributions,
 )
 from core.ceir.labels import NO_LABELS, SCORING_CONTRIBUTION, SCORING_SIMILARITY, label_paths
-from core.ceir.train import CEIRConfig, evaluate_bundle, load_ceir, train_ceir
+from core.ceir.train import CEIRConfig, train_ceir
 from core.ceir.vae import VAEConfig
 from core.cli import main
 from core.data.spec import DataSpec
@@ -108,7 +110,7 @@ def test_pipeline_bundle_has_metrics_baselines_and_arrays(loaded):
 
 def test_concept_precision_counts_only_the_species_colours():
     from core.ceir.concept_bank import load_bank
-    from core.ceir.train import concept_precision_at_5
+    from core.ceir.evaluate import concept_precision_at_5
     from core.data.spec import ToyBirdsSplit
     from core.data.toybirds import SPECIES, SPECIES_PARTS
 

@@ -7,9 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-import core.ceir.train as ceir_train
+import core.ceir.evaluate as ceir_evaluate
 from core.backbones.clip import load_backbone
 from core.ceir.bottleneck import ProjectionConfig
+from core.ceir.bundle import image_embeddings
+from core.ceir.evaluate import protocol_scores
 from core.ceir.labels import (
     MIN_SHARE,
     OOD_WARNING,
@@ -18,7 +20,7 @@ from core.ceir.labels import (
     label_images,
     labels_from_similarity,
 )
-from core.ceir.train import CEIRConfig, fit_ceir, protocol_scores, with_class_names
+from core.ceir.train import CEIRConfig, fit_ceir, with_class_names
 from core.ceir.vae import VAEConfig
 from tests.conftest import ROOT
 
@@ -93,7 +95,7 @@ def test_transductive_vae_sees_train_and_test(monkeypatch, tiny_backbone):
 
     data = DataSpec(image_size=32, train_per_class=2, test_per_class=1)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
-    train_emb, test_emb = (ceir_train.image_embeddings(tiny_backbone, s) for s in (train_split, test_split))
+    train_emb, test_emb = (image_embeddings(tiny_backbone, s) for s in (train_split, test_split))
     fitted = fit_ceir(
         ["red head", "blue wing", "green body", "red wing"],
         list(train_split.classes),
@@ -104,14 +106,14 @@ def test_transductive_vae_sees_train_and_test(monkeypatch, tiny_backbone):
         log=lambda *_: None,
     )
     rows = []
-    real = ceir_train.train_vae
+    real = ceir_evaluate.train_vae
 
     def recording(x, *args, **kwargs):
         rows.append(len(x))
         return real(x, *args, **kwargs)
 
-    monkeypatch.setattr(ceir_train, "train_vae", recording)
-    metrics = ceir_train.evaluate_arrays(
+    monkeypatch.setattr(ceir_evaluate, "train_vae", recording)
+    metrics = ceir_evaluate.evaluate_arrays(
         fitted.model, tiny_config().vae, train_split, test_split, train_emb, test_emb, seed=0
     )
     assert rows == [len(train_split) + len(test_split)]
@@ -146,7 +148,7 @@ def test_similarity_labels_are_never_negative(tiny_backbone):
 def test_out_of_distribution_warning_fires_on_photos_not_on_birds():
     from skimage import data as photos
 
-    from core.ceir.train import load_ceir
+    from core.ceir.bundle import load_ceir
     from core.data.spec import open_split
 
     loaded = load_ceir(SHIPPED, device="cpu")

@@ -241,8 +241,9 @@ TINY_DATA = DataSpec(image_size=32, train_per_class=2, test_per_class=1)
 
 
 def test_training_lowers_the_loss_and_writes_a_loadable_bundle(tmp_path):
+    from core.concepthash.bundle import load_concepthash
     from core.concepthash.evaluate import evaluate_bundle
-    from core.concepthash.train import TrainConfig, load_concepthash, train_concepthash
+    from core.concepthash.train import TrainConfig, train_concepthash
 
     out = train_concepthash(
         "toyclip-tiny:random",

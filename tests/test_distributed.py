@@ -45,8 +45,9 @@ def assert_same_curve(got: list[dict[str, float]], expected: list[dict[str, floa
 def test_two_processes_resume_one_process_run_with_the_same_losses(tmp_path) -> None:
     """Epoch 1 on one process, killed; epoch 2 resumed by torchrun on two processes: the loss curve is the
     one-process curve, and rank 0's bundle loads."""
+    from core.concepthash.bundle import load_concepthash
     from core.concepthash.model import ConceptHashConfig
-    from core.concepthash.train import TrainConfig, load_concepthash, train_concepthash
+    from core.concepthash.train import TrainConfig, train_concepthash
     from core.data.spec import DataSpec
 
     data = DataSpec(image_size=32, train_per_class=2, test_per_class=1)
@@ -107,7 +108,7 @@ def test_two_process_encode_equals_one_process_encode(tiny_bundles, tmp_path) ->
 def test_two_process_ceir_training_matches_one_process(tmp_path) -> None:
     """CEIR under torchrun: the projection and the VAE train on each rank's slice of every batch; the VAE's
     loss curve and the stored metrics are those of one process, and rank 0's bundle loads."""
-    from core.ceir.train import load_ceir
+    from core.ceir.bundle import load_ceir
 
     # 96 train images: 86 fit the projection (an even batch), the VAE's batches of 16 split in two
     data = ["--data", "toybirds", "--train-per-class", "4", "--test-per-class", "1", "--image-size", "32"]

@@ -88,8 +88,8 @@ def test_load_concepthash_names_the_missing_arrays(tmp_path: Path) -> None:
 
 
 def test_ceir_weights_sized_for_another_backbone_are_refused(tmp_path: Path) -> None:
+    from core.ceir.bundle import load_ceir
     from core.ceir.model import CEIRModel
-    from core.ceir.train import load_ceir
     from core.ceir.vae import VAEConfig
 
     vae = VAEConfig(latent_dim=2, hidden_dims=(4,))

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from core.ceir.bundle import load_ceir
 from core.ceir.explain import ConceptContribution, explain, intervene, top_contributions
-from core.ceir.train import load_ceir
 from lens import concepts_view as view
 
 # ----------------------------------------------------------------------------------------------------------

@@ -338,7 +338,7 @@ def test_colour_choices_and_species_line():
 
 @pytest.fixture(scope="module")
 def loaded(tiny_bundles):
-    from core.concepthash.train import load_concepthash
+    from core.concepthash.bundle import load_concepthash
 
     return load_concepthash(tiny_bundles / "toy-hash-csd", device="cpu")
 

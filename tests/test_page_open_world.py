@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.ceir.bundle import load_ceir
 from core.ceir.concept_bank import ConceptBank, parse_concepts
 from core.ceir.labels import (
     NO_LABELS,
@@ -19,7 +20,6 @@ from core.ceir.labels import (
     LabelReport,
     label_images,
 )
-from core.ceir.train import load_ceir
 from core.data.images import load_image
 from lens import concepts_view as view
 

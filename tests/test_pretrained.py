@@ -7,7 +7,7 @@ import json
 import pytest
 
 from core.bundle import find_bundles, read_bundle_config
-from core.cli import evaluate_any
+from core.kinds import evaluate_any
 from tests.conftest import ROOT
 
 PRETRAINED = ROOT / "pretrained"

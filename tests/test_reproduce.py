@@ -33,7 +33,8 @@ def test_seed_study_aggregates_every_concepthash_step_over_seeds(monkeypatch, tm
     trained = []
     monkeypatch.setattr(reproduce, "run_step", lambda step, log: trained.append(step.argv) or 1.0)
     maps = {"1": 0.8, "2": 0.6}
-    monkeypatch.setattr("core.cli.evaluate_any", lambda path, seed, device: _result(maps[str(path)[-1]], 0.5))
+    fake = lambda path, seed, device: _result(maps[str(path)[-1]], 0.5)  # noqa: E731
+    monkeypatch.setattr("core.kinds.evaluate_any", fake)
     steps = [s for s in reproduce.shipped_steps() if s.name in ("toybirds-clip", "toybirds-concepthash-csd")]
     fresh = {"toybirds-concepthash-csd": _result(1.0, 0.5)}
     study = reproduce.seed_study(steps, fresh, [1, 2], str(tmp_path), log=lambda *_: None)
@@ -61,7 +62,7 @@ def _ceir_result(latent: float) -> dict:
 
 def test_seed_study_gives_ceir_its_own_figures(monkeypatch, tmp_path):
     monkeypatch.setattr(reproduce, "run_step", lambda step, log: 1.0)
-    monkeypatch.setattr("core.cli.evaluate_any", lambda path, seed, device: _ceir_result(0.9))
+    monkeypatch.setattr("core.kinds.evaluate_any", lambda path, seed, device: _ceir_result(0.9))
     steps = [s for s in reproduce.shipped_steps() if s.name == "toybirds-ceir"]
     study = reproduce.seed_study(
         steps, {"toybirds-ceir": _ceir_result(0.96)}, [1, 2], str(tmp_path), log=print

@@ -75,8 +75,8 @@ def image_folder(tmp_path_factory):
 
 
 def test_encode_writes_codes_of_every_readable_image(tiny_bundles, image_folder, tmp_path) -> None:
+    from core.concepthash.bundle import load_concepthash
     from core.concepthash.evaluate import encode_images
-    from core.concepthash.train import load_concepthash
     from core.data.images import load_image
 
     config = EncodeConfig(shard_size=5, batch_size=4, device="cpu")
@@ -136,7 +136,7 @@ def test_killed_encode_resumes_without_redoing_finished_shards(
 def test_encode_ceir_stores_concept_vectors_and_latents(tiny_bundles, image_folder, tmp_path) -> None:
     import torch
 
-    from core.ceir.train import load_ceir
+    from core.ceir.bundle import load_ceir
     from core.data.images import load_image
 
     bundle = tiny_bundles / "toy-ceir"

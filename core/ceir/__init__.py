@@ -5,10 +5,11 @@ concept-level explanations, interventions and open-world labels.
 """
 
 from core.ceir.bottleneck import cos3_loss, cos3_similarity, teacher_similarities, train_projection
+from core.ceir.bundle import LoadedCEIR, load_ceir
 from core.ceir.concept_bank import ConceptBank, ConceptBankError, load_bank, parse_concepts, read_concept_file
 from core.ceir.explain import cluster_top_concepts, explain, intervene, top_contributions
 from core.ceir.model import CEIRModel
-from core.ceir.train import CEIRConfig, LoadedCEIR, load_ceir, train_ceir
+from core.ceir.train import CEIRConfig, train_ceir
 
 __all__ = [
     "CEIRConfig",

@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 
 from core.backbones.conse import ConSEBackbone
+from core.ceir.bundle import LoadedCEIR
 from core.ceir.concept_bank import ConceptBank
 from core.ceir.explain import explain
 from core.ceir.model import CEIRModel
-from core.ceir.train import LoadedCEIR
 from core.data.images import ImageLoadError, list_image_files, load_image
 from core.progress import Progress, no_progress
 

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from core.ceir.train import CEIRConfig, evaluate_arrays, fit_ceir, image_embeddings
+from core.ceir.bundle import image_embeddings
+from core.ceir.evaluate import evaluate_arrays
+from core.ceir.train import CEIRConfig, fit_ceir
 from core.data.spec import DataSpec, open_split
 from core.progress import no_progress
-from core.reproduce import figure
+from core.results import figure
 
 VALIDATION_SEED = 7
 

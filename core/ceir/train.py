@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from core.backbones.clip import Backbone, load_backbone
-from core.bundle import BundleError, check_shapes, load_bundle, save_bundle
+from core.bundle import save_bundle
 from core.ceir import concept_bank as banks
 from core.ceir.bottleneck import (
     ProjectionConfig,
@@ -39,17 +39,17 @@ from core.ceir.bottleneck import (
     teacher_similarities,
     train_projection,
 )
-from core.ceir.clustering import clustering_scores, evaluate_clusterings, fit_kmeans
-from core.ceir.explain import IG_STEPS, completeness_error, explain
+from core.ceir.bundle import KIND, image_embeddings
+from core.ceir.clustering import fit_kmeans
+from core.ceir.evaluate import evaluate_arrays
+from core.ceir.labels import even_subsample
 from core.ceir.model import CEIRModel
 from core.ceir.vae import VAEConfig, train_vae
-from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
+from core.data.spec import DataSpec, open_split
 from core.distributed import DistContext, distributed_run, main_rank_only
 from core.progress import Progress, no_progress
-from core.runtime import resolve_device, seed_everything
+from core.runtime import seed_everything
 from core.training import checkpoint_path, prepare_output
-
-KIND = "ceir"
 
 
 @dataclass
@@ -73,29 +73,6 @@ class CEIRConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"vae": self.vae.to_dict()}
-
-
-@dataclass
-class LoadedCEIR:
-    path: Path
-    model: CEIRModel
-    backbone: Backbone
-    data: DataSpec
-    config: dict[str, Any]
-    arrays: dict[str, np.ndarray]
-
-    @property
-    def concepts(self) -> list[str]:
-        return self.model.concepts
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.config.get("metrics", {})
-
-
-def image_embeddings(backbone: Backbone, split: ImageSplit, progress: Progress = no_progress) -> torch.Tensor:
-    """L2-normalised CLIP image embeddings of a whole split (CPU)."""
-    return backbone.encode_images(backbone.preprocess_split(split, progress=progress)).cpu()
 
 
 def filter_bank(
@@ -183,24 +160,6 @@ def fit_bottleneck(
         log(f"Fidelity cut-off {config.projection.fidelity_cutoff}: kept {len(kept)}/{len(concepts)}; refit.")
         result = train_projection(train_embeddings, teacher[:, index], config.projection, ctx=ctx)
     return kept, result.projection, result.fidelity, index, removed
-
-
-def concept_precision_at_5(concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit) -> float:
-    """Share of each image's top-5 positive concepts that are true attributes of its species (ToyBirds).
-
-    The true attributes are the species' head, wing and body colours (``toybirds_concept_truth``);
-    nuisance concepts (crest, wing pattern, tail) and distractors count as misses. With three true
-    concepts per species, an image with five positive concepts scores at most 3/5; one with three scores 1.
-    """
-    from core.data.toybirds import SPECIES
-
-    truth = np.array([[banks.toybirds_concept_truth(c, s) is True for c in concepts] for s in SPECIES])
-    shares = []
-    for vector, label in zip(concept_vectors, split.labels, strict=True):
-        top = [i for i in np.argsort(-vector, kind="stable")[:5] if vector[i] > 0]
-        if top:
-            shares.append(truth[label, top].mean())
-    return float(np.mean(shares)) if shares else 0.0
 
 
 @dataclass
@@ -307,8 +266,6 @@ def _train_ceir(
     progress: Progress,
     log,
 ) -> Path:
-    from core.ceir.labels import even_subsample
-
     out = prepare_output(out_dir, resume, overwrite)
     device = ctx.device
     concept_source = banks.load_bank(bank)
@@ -383,166 +340,3 @@ def _train_ceir(
     )
     checkpoint_path(out).unlink(missing_ok=True)
     return out
-
-
-KMEANS_SEEDS = 3  # k-means restarts from this many seeds per protocol; the report gives mean and std
-
-
-def _mean_std(runs: list[dict[str, float]]) -> dict[str, float]:
-    """{"acc": mean, "acc_std": std, ...} over runs of the same scores."""
-    summary: dict[str, float] = {}
-    for key in runs[0]:
-        values = [run[key] for run in runs]
-        summary[key], summary[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
-    return summary
-
-
-def protocol_scores(
-    features: dict[str, tuple[np.ndarray, np.ndarray]], labels: np.ndarray, k: int, seeds: list[int]
-) -> dict[str, dict[str, float]]:
-    """Per representation, ACC / NMI / ARI of k-means fit on the first array and scored on the second,
-    as mean and std over the k-means ``seeds``."""
-    runs = [evaluate_clusterings(features, labels, k, seed=seed) for seed in seeds]
-    return {name: _mean_std([run[name] for run in runs]) for name in features}
-
-
-def evaluate_arrays(
-    model: CEIRModel,
-    vae_config: VAEConfig,
-    train_split: ImageSplit,
-    test_split: ImageSplit,
-    train_emb: torch.Tensor,
-    test_emb: torch.Tensor,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Clustering of the test split under both protocols, each beside the raw-CLIP and concept baselines.
-
-    * top level (``acc``, ``nmi``, ``ari``) and ``baselines``: the model as shipped (its stored centres) and
-      k-means with the model's seed on the baselines, fit on train and assigned on test;
-    * ``protocols.inductive``: the same, with k-means refit on the train features from ``KMEANS_SEEDS`` seeds;
-    * ``protocols.transductive`` (the paper's): a VAE trained on train + test concept vectors, k-means fit and
-      scored on the test split, for every representation.
-
-    Concept vectors and latents are derived from the embeddings by the trained model itself.
-    """
-    with torch.no_grad():
-        z_train, z_test = model.concept_vectors(train_emb), model.concept_vectors(test_emb)
-        latent_train, latent_test = model.latent(z_train), model.latent(z_test)
-        predicted = model.assign(latent_test).numpy()
-    labels = test_split.labels
-    metrics: dict[str, Any] = dict(clustering_scores(labels, predicted))
-    clip = (train_emb.numpy(), test_emb.numpy())
-    concepts = (z_train.numpy(), z_test.numpy())
-    metrics["baselines"] = evaluate_clusterings(
-        {"clip_embedding": clip, "concepts": concepts}, labels, model.n_clusters, seed=seed
-    )
-    seeds = [seed + i for i in range(KMEANS_SEEDS)]
-    latents = (latent_train.numpy(), latent_test.numpy())
-    inductive = {"ceir": latents, "clip_embedding": clip, "concepts": concepts}
-    both = torch.cat([z_train, z_test])
-    vae, _ = train_vae(both, VAEConfig.from_dict(vae_config.to_dict() | {"seed": seed}), log=lambda *_: None)
-    with torch.no_grad():
-        transductive_latent = vae.encode(z_test)[0].numpy()
-    transductive = {
-        "ceir": (transductive_latent, transductive_latent),
-        "clip_embedding": (clip[1], clip[1]),
-        "concepts": (concepts[1], concepts[1]),
-    }
-    metrics["protocols"] = {
-        "inductive": protocol_scores(inductive, labels, model.n_clusters, seeds),
-        "transductive": protocol_scores(transductive, labels, model.n_clusters, seeds),
-        "kmeans_seeds": seeds,
-    }
-    metrics["n_train"], metrics["n_test"], metrics["n_concepts"] = (
-        len(train_split),
-        len(test_split),
-        len(model.concepts),
-    )
-    contributions, clusters = explain(model, z_test)
-    error = completeness_error(model, z_test, clusters, contributions)
-    metrics["ig_completeness_error"] = {
-        "median": float(np.median(error)),
-        "p95": float(np.percentile(error, 95)),
-        "steps": IG_STEPS,
-    }
-    if isinstance(test_split, ToyBirdsSplit):
-        metrics["concept_precision_at_5"] = concept_precision_at_5(model.concepts, z_test.numpy(), test_split)
-        metrics["labels"] = toybirds_label_quality(model, test_emb, test_split)
-    return metrics
-
-
-def toybirds_label_quality(
-    model: CEIRModel, embeddings: torch.Tensor, split: ToyBirdsSplit
-) -> dict[str, float]:
-    """What ``conceptlens label`` prints for the split's images, scored against the world: the share of
-    printed labels that are true species attributes, that are distractors (concepts the world never
-    draws, such as "webbed feet"), and of images left with no label."""
-    from core.ceir.labels import contribution_labels
-
-    printed = contribution_labels(model, embeddings, top_k=5)
-    verdicts = [
-        (banks.toybirds_concept_truth(label.concept, int(kind)), banks.toybirds_concept_parts(label.concept))
-        for (labels, _), kind in zip(printed, split.labels, strict=True)
-        for label in labels
-    ]
-    n = max(1, len(verdicts))
-    return {
-        "precision": sum(truth is True for truth, _ in verdicts) / n,
-        "distractor_share": sum(parts is None for _, parts in verdicts) / n,
-        "unlabelled_share": sum(not labels for labels, _ in printed) / max(1, len(printed)),
-    }
-
-
-def load_ceir(path: str | Path, device: str = "auto") -> LoadedCEIR:
-    """Load a CEIR bundle and its backbone."""
-    bundle = load_bundle(path, kind=KIND)
-    concepts = list(bundle.config.get("concepts") or [])
-    settings = bundle.section("ceir")
-    vae_config = VAEConfig.from_dict(settings.get("vae", {}))
-    weights = bundle.weights
-    if "cluster_centers" not in weights or "projection.weight" not in weights:
-        raise ValueError(f"The bundle {bundle.path} lacks CEIR weights (projection, cluster centres).")
-    embed_dim = weights["projection.weight"].shape[1]
-    text_dim = weights["concept_embeddings"].shape[1] if "concept_embeddings" in weights else embed_dim
-    model = CEIRModel(embed_dim, concepts, vae_config, int(weights["cluster_centers"].shape[0]), text_dim)
-    check_shapes(weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, path=bundle.path)
-    model.load_state_dict(weights)
-    model.eval()
-    backbone = load_backbone(
-        bundle.section("backbone"), device=resolve_device(device), relative_to=bundle.path
-    )
-    if backbone.embed_dim != embed_dim:
-        raise BundleError(
-            f"Bundle {bundle.path} has weights for image embeddings of {embed_dim} numbers, but its backbone "
-            f"{backbone.describe()} gives {backbone.embed_dim}; it was trained on another backbone."
-        )
-    return LoadedCEIR(
-        bundle.path, model, backbone, DataSpec.from_dict(bundle.section("data")), bundle.config, bundle.arrays
-    )
-
-
-def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
-    """``conceptlens eval`` for CEIR: ``evaluate_arrays`` (fresh ToyBirds with ``seed``) and the share of
-    test images the out-of-distribution warning flags."""
-    loaded = load_ceir(path, device=device)
-    data = loaded.data if seed is None else loaded.data.with_seed(seed)
-    train_split, test_split = open_split(data, "train"), open_split(data, "test")
-    train_emb, test_emb = (
-        image_embeddings(loaded.backbone, train_split),
-        image_embeddings(loaded.backbone, test_split),
-    )
-    seed = int(loaded.config.get("ceir", {}).get("seed", 0))
-    metrics = evaluate_arrays(
-        loaded.model,
-        VAEConfig.from_dict(loaded.config.get("ceir", {}).get("vae", {})),
-        train_split,
-        test_split,
-        train_emb,
-        test_emb,
-        seed=seed,
-    )
-    from core.ceir.labels import ood_flags
-
-    # the out-of-distribution warning's false alarms: the share of test images it would flag
-    metrics["ood_warned_share"] = float(np.mean(ood_flags(loaded, test_emb)))
-    return {"kind": KIND, "bundle": str(loaded.path), "data": data.to_dict(), **metrics}

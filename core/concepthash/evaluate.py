@@ -65,6 +65,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 
 from core.backbones.clip import Backbone
+from core.concepthash.bundle import load_concepthash
 from core.concepthash.losses import csd_loss
 from core.concepthash.model import ConceptHash
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
@@ -504,8 +505,6 @@ def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") ->
     With ``seed`` the train and test splits are drawn afresh; ``map_train_database`` then ranks the
     fresh queries against the bundle's own (stored, not reseeded) training split.
     """
-    from core.concepthash.train import load_concepthash
-
     loaded = load_concepthash(path, device=device)
     data: DataSpec = loaded.data if seed is None else loaded.data.with_seed(seed)
     own_train = None if seed is None else open_split(loaded.data, "train")

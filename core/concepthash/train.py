@@ -19,15 +19,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from core.backbones.clip import Backbone, load_backbone
-from core.bundle import load_bundle, save_bundle
+from core.backbones.clip import load_backbone
+from core.bundle import save_bundle
+from core.concepthash.bundle import KIND
 from core.concepthash.model import ConceptHash, ConceptHashConfig
 from core.data import toybirds
 from core.data.spec import DataSpec, ImageSplit, open_split
@@ -41,7 +40,7 @@ from core.distributed import (
     wrap_model,
 )
 from core.progress import Progress, no_progress
-from core.runtime import MixedPrecision, resolve_device, seed_everything
+from core.runtime import MixedPrecision, seed_everything
 from core.training import (
     check_finite_loss,
     check_finite_weights,
@@ -53,9 +52,6 @@ from core.training import (
     save_training_state,
     set_lr,
 )
-
-KIND = "concepthash"
-
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -133,22 +129,6 @@ def training_batches(
     transform = transforms.Compose([augment, preprocess]) if augment is not None else preprocess
     images = TrainingImages(data, split, epoch, config.stream, transform)
     return epoch_loader(images, config.batch_size, config.seed, epoch, config.workers, ctx=ctx)
-
-
-@dataclass
-class LoadedConceptHash:
-    """A ConceptHash bundle ready to use: model (eval mode), its backbone, data spec and cached arrays."""
-
-    path: Path
-    model: ConceptHash
-    backbone: Backbone
-    data: DataSpec
-    config: dict[str, Any]
-    arrays: dict[str, np.ndarray]
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.config.get("metrics", {})
 
 
 def train_concepthash(
@@ -287,27 +267,3 @@ def global_terms(terms: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, 
         return terms
     means = mean_over_ranks(torch.stack([value.detach() for value in terms.values()]), ctx)
     return dict(zip(terms, means, strict=True))
-
-
-def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHash:
-    """Load a ConceptHash bundle with its backbone (found by the reference the bundle stores)."""
-    bundle = load_bundle(path, kind=KIND)
-    bundle.require_arrays()
-    model_config = ConceptHashConfig.from_dict(bundle.section("model"))
-    classes = list(bundle.config.get("classes") or [])
-    backbone = load_backbone(
-        bundle.section("backbone"), device=resolve_device(device), relative_to=bundle.path
-    )
-    text_features = bundle.weights.get("text_features")
-    if text_features is None:
-        raise ValueError(
-            f"The bundle {bundle.path} has no 'text_features' weights; it is not a ConceptHash model."
-        )
-    model = ConceptHash(backbone, classes, model_config, text_features=text_features)
-    from core.bundle import check_shapes
-
-    check_shapes(bundle.weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, path=bundle.path)
-    model.load_state_dict(bundle.weights)
-    model.to(backbone.device).eval()
-    data = DataSpec.from_dict(bundle.section("data"))
-    return LoadedConceptHash(bundle.path, model, backbone, data, bundle.config, bundle.arrays)

@@ -1,0 +1,55 @@
+"""A trained ConceptHash bundle loaded back: the model in eval mode, its backbone, data spec and arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.backbones.clip import Backbone, load_backbone
+from core.bundle import check_shapes, load_bundle
+from core.concepthash.model import ConceptHash, ConceptHashConfig
+from core.data.spec import DataSpec
+from core.runtime import resolve_device
+
+KIND = "concepthash"
+
+
+@dataclass
+class LoadedConceptHash:
+    """A ConceptHash bundle ready to use: model (eval mode), its backbone, data spec and cached arrays."""
+
+    path: Path
+    model: ConceptHash
+    backbone: Backbone
+    data: DataSpec
+    config: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.config.get("metrics", {})
+
+
+def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHash:
+    """Load a ConceptHash bundle with its backbone (found by the reference the bundle stores)."""
+    bundle = load_bundle(path, kind=KIND)
+    bundle.require_arrays()
+    model_config = ConceptHashConfig.from_dict(bundle.section("model"))
+    classes = list(bundle.config.get("classes") or [])
+    backbone = load_backbone(
+        bundle.section("backbone"), device=resolve_device(device), relative_to=bundle.path
+    )
+    text_features = bundle.weights.get("text_features")
+    if text_features is None:
+        raise ValueError(
+            f"The bundle {bundle.path} has no 'text_features' weights; it is not a ConceptHash model."
+        )
+    model = ConceptHash(backbone, classes, model_config, text_features=text_features)
+    check_shapes(bundle.weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, path=bundle.path)
+    model.load_state_dict(bundle.weights)
+    model.to(backbone.device).eval()
+    data = DataSpec.from_dict(bundle.section("data"))
+    return LoadedConceptHash(bundle.path, model, backbone, data, bundle.config, bundle.arrays)
