@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KNOWN_CYCLES = [{"core.backbones.clip", "core.backbones.conse"}]
 KNOWN_UPWARD = {("core.backbones.conse_bench", "core.ceir.concept_bank")}
 LOWER = ("core.data", "core.backbones", "core.bundle", "core.runtime", "core.progress", "core.training",
-         "core.distributed", "core.retrieval", "core.results")  # fmt: skip
+         "core.distributed", "core.retrieval", "core.results", "core.loaded")  # fmt: skip
 HIGHER = (
     "core.ceir",
     "core.concepthash",

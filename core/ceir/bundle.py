@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from core.backbones.clip import Backbone, load_backbone
@@ -14,28 +11,19 @@ from core.bundle import BundleError, check_shapes, load_bundle
 from core.ceir.model import CEIRModel
 from core.ceir.vae import VAEConfig
 from core.data.spec import DataSpec, ImageSplit
+from core.loaded import LoadedBundle
 from core.progress import Progress, no_progress
 from core.runtime import resolve_device
 
 KIND = "ceir"
 
 
-@dataclass
-class LoadedCEIR:
-    path: Path
-    model: CEIRModel
-    backbone: Backbone
-    data: DataSpec
-    config: dict[str, Any]
-    arrays: dict[str, np.ndarray]
+class LoadedCEIR(LoadedBundle[CEIRModel]):
+    """A CEIR bundle ready to use."""
 
     @property
     def concepts(self) -> list[str]:
         return self.model.concepts
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.config.get("metrics", {})
 
 
 def image_embeddings(backbone: Backbone, split: ImageSplit, progress: Progress = no_progress) -> torch.Tensor:

@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from core.backbones.clip import Backbone, load_backbone
+from core.backbones.clip import load_backbone
 from core.bundle import check_shapes, load_bundle
 from core.concepthash.model import ConceptHash, ConceptHashConfig
 from core.data.spec import DataSpec
+from core.loaded import LoadedBundle
 from core.runtime import resolve_device
 
 KIND = "concepthash"
 
 
-@dataclass
-class LoadedConceptHash:
+class LoadedConceptHash(LoadedBundle[ConceptHash]):
     """A ConceptHash bundle ready to use: model (eval mode), its backbone, data spec and cached arrays."""
-
-    path: Path
-    model: ConceptHash
-    backbone: Backbone
-    data: DataSpec
-    config: dict[str, Any]
-    arrays: dict[str, np.ndarray]
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.config.get("metrics", {})
 
 
 def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHash:
