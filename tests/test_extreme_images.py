@@ -116,7 +116,7 @@ def test_every_backbone_resizes_within_the_default_short_side() -> None:
 
 def test_preprocessing_refuses_an_image_that_did_not_come_through_the_loader() -> None:
     """A backstop: images made in code (samples, datasets) are checked before the resize allocates."""
-    from core.backbones.clip import ImagePreprocessing
+    from core.backbones.base import ImagePreprocessing
 
     class Guarded(ImagePreprocessing):
         device = "cpu"

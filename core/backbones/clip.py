@@ -31,21 +31,13 @@ from open_clip.transform import image_transform
 from open_clip.transformer import text_global_pool
 from PIL import Image
 
-from core.data.images import check_image_shape
+from core.backbones.base import BackboneError, BackboneOfflineError, ImagePreprocessing
 
 if TYPE_CHECKING:
     from core.backbones.conse import ConSEBackbone
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 RANDOM_TAGS = ("random", "none", "")
-
-
-class BackboneError(ValueError):
-    """A backbone reference that cannot be resolved; the message says why and what to do."""
-
-
-class BackboneOfflineError(BackboneError):
-    """Real CLIP weights that are not cached and cannot be downloaded now (no network, or HF_HUB_OFFLINE)."""
 
 
 @cache
@@ -62,38 +54,6 @@ def get_toy_config(name: str) -> dict[str, Any]:
             f"Unknown ConceptLens CLIP config '{name}'; known: {', '.join(list_toy_configs())}."
         )
     return json.loads(path.read_text())
-
-
-class ImagePreprocessing:
-    """Preprocessing of PIL images and data splits, shared by every backbone with a ``preprocess``
-    transform and a ``device`` (the CLIP ``Backbone`` and the offline ConSE one)."""
-
-    preprocess: Callable[[Image.Image], torch.Tensor]
-
-    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images -> a normalised batch on the backbone's device.
-
-        Images from :func:`core.data.images.load_image` are already shape-checked; this checks again so
-        that an image made in code can never make the shortest-side resize allocate gigabytes.
-        """
-        for n, image in enumerate(images):
-            check_image_shape(*image.size, getattr(image, "filename", "") or f"image {n + 1} of the batch")
-        return torch.stack([self.preprocess(im) for im in images]).to(self.device)
-
-    def preprocess_split(
-        self,
-        split: Any,
-        indices: Sequence[int] | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> torch.Tensor:
-        """Preprocess the images of a data split (all, or ``indices``) into one CPU tensor."""
-        order = range(len(split)) if indices is None else indices
-        out = []
-        for n, i in enumerate(order, 1):
-            out.append(self.preprocess(split.image(i)))
-            if progress is not None and (n % 64 == 0 or n == len(order)):
-                progress(n, len(order))
-        return torch.stack(out)
 
 
 @dataclass

