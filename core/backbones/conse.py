@@ -59,7 +59,7 @@ _DESCRIPTION_EMBEDDINGS: dict[str, torch.Tensor] = {}
 
 @dataclass(frozen=True)
 class ConSEConfig:
-    """How ConSE mixes class probabilities (defaults measured by ``python -m core.backbones.conse_bench``).
+    """How ConSE mixes class probabilities (defaults measured by ``python -m core.bench_conse``).
 
     ``top_t``: number of most probable ImageNet classes mixed; ``temperature``: softmax temperature over
     the logits; ``calibration``: strength of the centring described in the module docstring (0 = off);

@@ -1,6 +1,6 @@
 """Measure ConSE's labels on the sample photos that ship inside installed packages.
 
-``python -m core.backbones.conse_bench`` prints, for a grid of ConSE settings (T, tau, calibration,
+``python -m core.bench_conse`` prints, for a grid of ConSE settings (T, tau, calibration,
 description style), the precision@5 on the labelled check set ``conse_checkset.json`` (expected
 concepts from the ``general`` bank, written down before tuning), then each photo's top-5 for the best
 setting. The check set is small (one photo per subject), so read it as a sanity check, not a benchmark.
@@ -21,7 +21,7 @@ from core.backbones import conse
 from core.ceir.concept_bank import load_bank
 from core.data.samples import sample_photos
 
-CHECKSET = Path(__file__).with_name("conse_checkset.json")
+CHECKSET = Path(__file__).parent / "backbones" / "conse_checkset.json"
 GRID = {
     "top_t": (1, 5, 10, 20),
     "temperature": (1.0, 2.0),
