@@ -838,3 +838,22 @@ def test_cls_baseline_is_not_shown_as_concepts(dashboard, cls_bundles, monkeypat
     text = markdown_text(app)
     assert "whole code" in text and "**Flipped: " in text
     assert any("one code, no concepts" in e.value for e in [*app.success, *app.warning])
+
+
+def test_codes_table_is_the_bit_matrix_as_csv_rows():
+    codes = np.array([[1, -1, 1], [-1, -1, 1], [1, 1, -1]], dtype=np.int8)
+    labels = np.array([2, 0, 1])
+    order, ids = np.array([1, 2, 0]), ["i0", "i1", "i2"]
+    table = hashing.codes_table(codes, labels, order, ["a", "b", "c"], ["x", "y", "z"], ids)
+    assert table.columns.tolist() == ["index", "image", "class", "x", "y", "z"]
+    assert table.to_dict("records")[0] == {"index": 1, "image": "i1", "class": "a", "x": 0, "y": 0, "z": 1}
+    assert table["index"].tolist() == [1, 2, 0]
+    with pytest.raises(ValueError, match="3 bits but 2 bit names"):
+        hashing.codes_table(codes, labels, np.arange(3), ["a", "b", "c"], ["x", "y"])
+
+
+def test_hash_page_offers_the_codes_as_csv(dashboard):
+    app = dashboard("hash_codes")
+    assert not app.exception, [e.value for e in app.exception]
+    labels = [b.label for b in app.get("download_button")]
+    assert "Download database_codes (CSV)" in labels

@@ -45,6 +45,28 @@ def _check_codes(codes: np.ndarray) -> np.ndarray:
     return codes
 
 
+def codes_table(
+    codes: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    class_names: Sequence[str],
+    bit_names: Sequence[str],
+    ids: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The bit matrix as a table, rows in ``order``: database index, image id, class, then one 0/1 column per
+    bit (1 = on, +1), named as the matrix names them."""
+    codes = _check_codes(codes)
+    if len(bit_names) != codes.shape[1]:
+        raise ValueError(f"There are {codes.shape[1]} bits but {len(bit_names)} bit names.")
+    rows = np.asarray(order, dtype=np.int64)
+    table = pd.DataFrame((codes[rows] > 0).astype(np.int8), columns=list(bit_names))
+    classes = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in np.asarray(labels)[rows]]
+    table.insert(0, "class", classes)
+    table.insert(0, "image", [str(ids[i]) for i in rows] if ids is not None else [str(i) for i in rows])
+    table.insert(0, "index", rows)
+    return table
+
+
 def bit_matrix_order(codes: np.ndarray, labels: np.ndarray, mode: str) -> np.ndarray:
     """Row order of the bit matrix.
 

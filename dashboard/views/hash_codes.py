@@ -26,6 +26,7 @@ from lens.hashing import (
     bit_matrix_figure,
     bit_matrix_order,
     bits_per_concept,
+    codes_table,
     concept_label,
     concept_names,
     display_image,
@@ -141,6 +142,12 @@ st.caption(
     "Hover a cell for the image and its class."
 )
 download_figure(matrix, "bit-matrix", key="hash_matrix_html")
+ids = loaded.arrays.get("db_ids")
+download_table(
+    codes_table(codes, labels, bit_matrix_order(codes, labels, mode), class_names, bit_names, ids),
+    "database_codes",
+    key="hash_codes_csv",
+)
 
 # --- images by bit or by sub-code -----------------------------------------------------------------
 st.subheader("Which images turn it on")
