@@ -19,7 +19,7 @@ from core.ceir import concept_bank as banks
 from core.ceir.bundle import KIND, image_embeddings, load_ceir
 from core.ceir.clustering import clustering_scores, evaluate_clusterings
 from core.ceir.explain import IG_STEPS, completeness_error, explain
-from core.ceir.labels import contribution_labels, ood_flags
+from core.ceir.labels import ConceptScore, labels_by_share, ood_flags
 from core.ceir.model import CEIRModel
 from core.ceir.vae import VAEConfig, train_vae
 from core.data.spec import ImageSplit, ToyBirdsSplit, open_split
@@ -125,17 +125,17 @@ def evaluate_arrays(
     }
     if isinstance(test_split, ToyBirdsSplit):
         metrics["concept_precision_at_5"] = concept_precision_at_5(model.concepts, z_test.numpy(), test_split)
-        metrics["labels"] = toybirds_label_quality(model, test_emb, test_split)
+        printed = labels_by_share(model.concepts, z_test, contributions, clusters, top_k=5)
+        metrics["labels"] = toybirds_label_quality(printed, test_split)
     return metrics
 
 
 def toybirds_label_quality(
-    model: CEIRModel, embeddings: torch.Tensor, split: ToyBirdsSplit
+    printed: list[tuple[list[ConceptScore], int]], split: ToyBirdsSplit
 ) -> dict[str, float]:
-    """What ``conceptlens label`` prints for the split's images, scored against the world: the share of
-    printed labels that are true species attributes, that are distractors (concepts the world never
-    draws, such as "webbed feet"), and of images left with no label."""
-    printed = contribution_labels(model, embeddings, top_k=5)
+    """What ``conceptlens label`` prints for the split's images (``printed``, one entry per image), scored
+    against the world: the share of printed labels that are true species attributes, that are distractors
+    (concepts the world never draws, such as "webbed feet"), and of images left with no label."""
     verdicts = [
         (banks.toybirds_concept_truth(label.concept, int(kind)), banks.toybirds_concept_parts(label.concept))
         for (labels, _), kind in zip(printed, split.labels, strict=True)

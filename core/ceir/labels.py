@@ -134,13 +134,25 @@ def contribution_labels(
     with torch.no_grad():
         vectors = model.concept_vectors(embeddings)
     contributions, clusters = explain(model, vectors)
+    return labels_by_share(model.concepts, vectors, contributions, clusters, top_k, min_share)
+
+
+def labels_by_share(
+    concepts: list[str],
+    vectors: torch.Tensor,
+    contributions: torch.Tensor,
+    clusters: torch.Tensor,
+    top_k: int,
+    min_share: float = MIN_SHARE,
+) -> list[tuple[list[ConceptScore], int]]:
+    """``contribution_labels`` from concept vectors and their explanations (``explain``) already at hand."""
     result = []
     for vector, contribution, cluster in zip(
         vectors.numpy(), contributions.numpy(), clusters.tolist(), strict=True
     ):
         share = contribution / max(float(contribution[contribution > 0].sum()), 1e-12)
         eligible = [i for i in np.argsort(-share, kind="stable") if vector[i] > 0 and share[i] >= min_share]
-        result.append(([ConceptScore(model.concepts[i], float(share[i])) for i in eligible[:top_k]], cluster))
+        result.append(([ConceptScore(concepts[i], float(share[i])) for i in eligible[:top_k]], cluster))
     return result
 
 
@@ -179,6 +191,24 @@ def ood_radius(reference: torch.Tensor, percentile: float = OOD_PERCENTILE) -> f
     return float(np.percentile(neighbour_distance(reference, reference, exclude_self=True), percentile))
 
 
+def _ood_reference(loaded: LoadedCEIR | BackboneOnly) -> tuple[torch.Tensor, float, bool] | None:
+    """(reference rows, radius, whether the rows are image embeddings) of a loaded bundle, worked out on
+    first use and kept on it: every later batch of labels compares with the same rows and radius."""
+    model, arrays = getattr(loaded, "model", None), getattr(loaded, "arrays", {})
+    if model is None:
+        return None
+    if "_ood_reference" not in vars(loaded):
+        reference, in_embedding_space = arrays.get("ood_reference"), True
+        if reference is None or reference.ndim != 2 or reference.shape[1] != model.projection.in_features:
+            reference, in_embedding_space = arrays.get("train_concepts"), False
+        found = None
+        if reference is not None and len(reference) >= 2:
+            rows = torch.from_numpy(even_subsample(reference))
+            found = (rows, ood_radius(rows), in_embedding_space)
+        vars(loaded)["_ood_reference"] = found
+    return vars(loaded)["_ood_reference"]
+
+
 def ood_flags(loaded: LoadedCEIR | BackboneOnly, embeddings: torch.Tensor) -> list[bool]:
     """Per image: whether it is farther from its nearest training images than ``OOD_PERCENTILE`` % of the
     training images are from theirs (all False for a bare backbone).
@@ -189,18 +219,15 @@ def ood_flags(loaded: LoadedCEIR | BackboneOnly, embeddings: torch.Tensor) -> li
     on the shipped 13-concept ToyBirds model both let a photo of coffee through (its colours read like a
     bird's), while the embedding test flags every ``skimage`` photo tried and ~1 % of test birds.
     """
-    model, arrays = getattr(loaded, "model", None), getattr(loaded, "arrays", {})
-    if model is None:
+    found = _ood_reference(loaded)
+    if found is None:
         return [False] * len(embeddings)
-    reference, vectors = arrays.get("ood_reference"), embeddings
-    if reference is None or reference.ndim != 2 or reference.shape[1] != embeddings.shape[1]:
-        reference = arrays.get("train_concepts")
+    reference, radius, in_embedding_space = found
+    vectors = embeddings
+    if not in_embedding_space:
         with torch.no_grad():
-            vectors = model.concept_vectors(embeddings)
-    if reference is None or len(reference) < 2:
-        return [False] * len(embeddings)
-    reference = torch.from_numpy(even_subsample(reference))
-    return (neighbour_distance(vectors, reference) > ood_radius(reference)).tolist()
+            vectors = loaded.model.concept_vectors(embeddings)
+    return (neighbour_distance(vectors, reference) > radius).tolist()
 
 
 def labels_from_similarity(
