@@ -1,4 +1,5 @@
-"""Train CEIR end to end and write it as a bundle; load a bundle back.
+"""Train CEIR end to end and write it as a bundle (loaded back by ``core.ceir.bundle``, scored by
+``core.ceir.evaluate``).
 
 Steps (CEIR, Cui et al. 2023, on Label-free CBM):
 1. CLIP image embeddings of the train and test splits; text embeddings of the concept bank. With a
@@ -96,14 +97,14 @@ def filter_bank(
         text = text[[kept.index(c) for c in kept_next]]
         return kept_next
 
+    needs_class_text = config.class_name_threshold is not None or config.class_relevance_fraction is not None
+    class_text = backbone.encode_texts(class_names).cpu().numpy() if needs_class_text else None
     if config.class_name_threshold is not None:
-        class_text = backbone.encode_texts(class_names).cpu().numpy()
         kept_next, removed["class_name"] = banks.filter_close_to_classes(
             kept, text, class_names, class_text, config.class_name_threshold
         )
         kept = keep(kept_next)
     if config.class_relevance_fraction is not None:
-        class_text = backbone.encode_texts(class_names).cpu().numpy()
         kept_next, removed["class_relevance"] = banks.filter_class_irrelevant(
             kept, text, class_text, config.class_relevance_fraction
         )
