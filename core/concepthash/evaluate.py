@@ -153,15 +153,28 @@ def centre_part_nmi(centres: np.ndarray, n_concepts: int) -> dict[str, Any]:
             for part in SPECIES_PARTS
         ]
     )
-    parts, concepts = linear_sum_assignment(matrix, maximize=True)
-    off = matrix.copy()
-    off[parts, concepts] = -np.inf
+    parts, concepts, off = match_species_parts(matrix)
     return {
         "parts": list(SPECIES_PARTS),
         "matrix": matrix.round(4).tolist(),
         "matched_mean": float(matrix[parts, concepts].mean()),
-        "largest_off_diagonal": float(off.max()) if np.isfinite(off).any() else 0.0,
+        "largest_off_diagonal": off[2] if off is not None else 0.0,
     }
+
+
+def match_species_parts(
+    matrix: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, float] | None]:
+    """Concepts (columns) matched one-to-one to the species parts (the first rows) by Hungarian assignment
+    maximising the matrix, and the largest unmatched cell of the whole matrix as (row, column, value),
+    None when every cell is matched."""
+    parts, concepts = linear_sum_assignment(matrix[:N_SPECIES_PARTS], maximize=True)
+    off = np.array(matrix, dtype=float)
+    off[parts, concepts] = -np.inf
+    if not np.isfinite(off).any():
+        return parts, concepts, None
+    p, m = np.unravel_index(int(np.argmax(off)), off.shape)
+    return parts, concepts, (int(p), int(m), float(off[p, m]))
 
 
 # ---- localisation -----------------------------------------------------------------------------
@@ -356,7 +369,7 @@ def part_swap_summary(flip_rates: np.ndarray) -> dict[str, Any]:
     Only the species-part rows take part in the matching; every other cell (the tail row
     included) is off-diagonal.
     """
-    parts, concepts = linear_sum_assignment(flip_rates[:N_SPECIES_PARTS], maximize=True)
+    parts, concepts, (off_part, off_concept, off_rate) = match_species_parts(flip_rates)
     matched = sorted(
         (
             {"concept": int(m), "part": PARTS[p], "flip_rate": float(flip_rates[p, m])}
@@ -364,15 +377,12 @@ def part_swap_summary(flip_rates: np.ndarray) -> dict[str, Any]:
         ),
         key=lambda entry: entry["concept"],
     )
-    off = np.array(flip_rates, dtype=float)
-    off[parts, concepts] = -np.inf
-    p, m = np.unravel_index(int(np.argmax(off)), off.shape)
     rates = [entry["flip_rate"] for entry in matched]
     return {
         "matched": matched,
         "matched_flip_rate_mean": float(np.mean(rates)),
         "matched_flip_rate_min": float(np.min(rates)),
-        "largest_off_diagonal": {"part": PARTS[p], "concept": int(m), "flip_rate": float(off[p, m])},
+        "largest_off_diagonal": {"part": PARTS[off_part], "concept": off_concept, "flip_rate": off_rate},
     }
 
 
