@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.bundle import read_bundle_config
 from core.results import figure
 
 FRESH_SEED = 123
@@ -280,7 +281,7 @@ def reproduce(
     for step in steps:
         bundle = out / step.name
         if bundle.is_dir() and not overwrite:
-            seconds = float(read_config(bundle).get("train", {}).get("seconds", float("nan")))
+            seconds = float(read_bundle_config(bundle).get("train", {}).get("seconds", float("nan")))
             log(f"{bundle} exists; keeping it (--overwrite retrains).")
         else:
             argv = step.argv + (("--overwrite",) if overwrite else ())
@@ -302,7 +303,7 @@ def reproduce(
         from core.data.spec import DataSpec
 
         backbone = ceir.argv[ceir.argv.index("--backbone") + 1]
-        data = DataSpec.from_dict(read_config(out / ceir.name)["data"])
+        data = DataSpec.from_dict(read_bundle_config(out / ceir.name)["data"])
         results["ceir_options"] = option_study(backbone, data, log=log)
     if seeds:
         fresh = {name: step["fresh_seed"] for name, step in results["steps"].items() if name in order}
@@ -313,12 +314,6 @@ def reproduce(
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "README.md").write_text(render_readme(results))
     return results
-
-
-def read_config(bundle: Path) -> dict[str, Any]:
-    from core.bundle import read_bundle_config
-
-    return read_bundle_config(bundle)
 
 
 def machine_description() -> str:
