@@ -116,6 +116,12 @@ def check_global_batch(ctx: DistContext, batch_size: int, n_items: int) -> None:
         )
 
 
+def rank_slice(ctx: DistContext, n: int) -> slice:
+    """This rank's contiguous share of a global batch of ``n`` items (all of it in one process)."""
+    share = n // ctx.world_size
+    return slice(ctx.rank * share, (ctx.rank + 1) * share)
+
+
 class RankSliceSampler(torch.utils.data.Sampler):
     """This rank's contiguous slice of every batch of ``batches`` (a batch sampler of global batches)."""
 
@@ -127,8 +133,7 @@ class RankSliceSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches:
-            share = len(batch) // self.ctx.world_size
-            yield batch[self.ctx.rank * share : (self.ctx.rank + 1) * share]
+            yield batch[rank_slice(self.ctx, len(batch))]
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.distributed import DistContext, check_global_batch, gather_with_grad, wrap_model
+from core.distributed import DistContext, check_global_batch, gather_with_grad, rank_slice, wrap_model
 from core.progress import Progress, no_progress
 
 
@@ -111,10 +111,7 @@ def train_projection(
         check_global_batch(ctx, batch, batch)  # at least one image per process
     for step in range(1, config.steps + 1):
         idx = torch.randperm(len(x_fit), generator=generator)[:batch]
-        rows = idx
-        if ctx.distributed:
-            share = batch // ctx.world_size
-            rows = idx[ctx.rank * share : (ctx.rank + 1) * share]
+        rows = idx[rank_slice(ctx, batch)]  # this rank's share of the batch (all of it in one process)
         loss = cos3_loss(gather_with_grad(trained(x_fit[rows]), ctx), p_fit[idx])
         if not torch.isfinite(loss):
             raise ValueError(

@@ -42,6 +42,7 @@ from core.distributed import (
     check_global_batch,
     global_batchnorm,
     mean_over_ranks,
+    rank_slice,
     wrap_model,
 )
 from core.progress import Progress, no_progress
@@ -239,8 +240,7 @@ def _train_epoch(
         noise = torch.randn((len(idx), config.latent_dim), generator=generator)
         if ctx.distributed:
             check_global_batch(ctx, len(idx), len(idx))
-            share = len(idx) // ctx.world_size
-            rows = slice(ctx.rank * share, (ctx.rank + 1) * share)
+            rows = rank_slice(ctx, len(idx))
             idx, noise = idx[rows], noise[rows]
         terms = trained(x[idx.to(x.device)], noise)
         optimizer.zero_grad(set_to_none=True)
