@@ -1,8 +1,9 @@
 """The bundle kinds ConceptLens knows, in one table: what each is and how to evaluate it.
 
-Every place that acts per kind (``conceptlens eval``, ``conceptlens reproduce``, the tests) looks the kind
-up here instead of writing its own ``if kind == ...`` chain. Evaluators are named as ``module:function``
-and imported only when used, so reading this table costs nothing (no PyTorch).
+``conceptlens eval`` and ``conceptlens reproduce`` (and the shipped-bundle tests) look the kind up here
+instead of writing their own ``if kind == ...`` chain; the dashboard benchmark's loaders and the bundle
+validation in ``core.bundle`` still switch on the kind themselves. Evaluators are named as
+``module:function`` and imported only when used, so reading this table costs nothing (no PyTorch).
 """
 
 from __future__ import annotations
