@@ -201,3 +201,29 @@ def test_projection_stops_on_a_non_finite_loss():
     teacher = torch.randn(40, 3)
     with pytest.raises(ValueError, match="loss became nan"):
         train_projection(x, teacher, ProjectionConfig(steps=20, lr=float("inf"), eval_every=5))
+
+
+def test_label_quality_scores_an_oracle_perfect_and_a_counterfeit_badly():
+    """Printed labels that name each bird's own part colours score precision 1 with no distractors; a
+    labeller that always says "red head" and "webbed feet" is caught on both counts."""
+    from core.ceir.evaluate import toybirds_label_quality
+    from core.ceir.labels import ConceptScore
+    from core.data.spec import ToyBirdsSplit
+    from core.data.toybirds import SPECIES, SPECIES_PARTS
+
+    split = ToyBirdsSplit("test", per_class=1, seed=0, image_size=32)  # labels only, nothing rendered
+    oracle = [
+        ([ConceptScore(f"{SPECIES[k].colours[part]} {part}", 0.3) for part in SPECIES_PARTS], 0)
+        for k in split.labels
+    ]
+    assert toybirds_label_quality(oracle, split) == {
+        "precision": 1.0,
+        "distractor_share": 0.0,
+        "unlabelled_share": 0.0,
+    }
+    fixed = [([ConceptScore("red head", 0.5), ConceptScore("webbed feet", 0.5)], 0) for _ in split.labels]
+    counterfeit = toybirds_label_quality(fixed, split)
+    assert counterfeit["distractor_share"] == 0.5
+    reds = sum(SPECIES[k].colours["head"] == "red" for k in split.labels)
+    assert counterfeit["precision"] == pytest.approx(reds / (2 * len(split.labels)))  # 6 of 24 red-headed
+    assert toybirds_label_quality([([], 0) for _ in split.labels], split)["unlabelled_share"] == 1.0
