@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -167,23 +168,25 @@ def download_png(
     make: Callable[[], Image.Image], name: str, key: str | None = None, label: str | None = None
 ) -> None:
     """A button for an image as ``name``.png; ``make`` draws it only when the button is pressed."""
-    st.download_button(
+    _download_button(
         f"Download {label or name} (PNG)",
         lambda: png_bytes(make()),
-        file_name=f"{name}.png",
-        mime="image/png",
-        key=key or f"png-{name}",
+        f"{name}.png",
+        "image/png",
+        key or f"png-{name}",
     )
+
+
+def _download_button(label: str, data: Any, file_name: str, mime: str, key: str) -> None:
+    """Every download button of the app. ``on_click="ignore"``: a download does not rerun the page, which
+    would redraw it for nothing and could drop the file the browser is about to fetch (the browser test saw
+    a download never arrive when it did)."""
+    st.download_button(label, data, file_name=file_name, mime=mime, key=key, on_click="ignore")
 
 
 def download_table(df: pd.DataFrame, name: str, key: str | None = None) -> None:
-    st.download_button(
-        f"Download {name} (CSV)",
-        df.to_csv(index=False).encode(),
-        file_name=f"{name}.csv",
-        mime="text/csv",
-        key=key or f"csv-{name}",
-    )
+    csv = df.to_csv(index=False).encode()
+    _download_button(f"Download {name} (CSV)", csv, f"{name}.csv", "text/csv", key or f"csv-{name}")
 
 
 def figure_html(fig) -> bytes:
@@ -196,10 +199,5 @@ def download_figure(fig, name: str, key: str | None = None) -> None:
 
     The file (about 5 MB with plotly.js inside) is built only when the button is pressed, not on every rerun.
     """
-    st.download_button(
-        f"Download {name} (HTML)",
-        partial(figure_html, fig),
-        file_name=f"{name}.html",
-        mime="text/html",
-        key=key or f"html-{name}",
-    )
+    html = partial(figure_html, fig)
+    _download_button(f"Download {name} (HTML)", html, f"{name}.html", "text/html", key or f"html-{name}")
