@@ -11,7 +11,6 @@ import torch
 from core.bundle import BundleError
 from core.ceir.explain import intervene, top_contributions
 from core.ceir.projection2d import ensure_umap, projection_method
-from core.data.spec import open_split
 from lens.bundles import require
 from lens.concepts_view import (
     PROTOCOLS,
@@ -33,6 +32,7 @@ from lens.concepts_view import (
     train_contributions,
     umap_frame,
 )
+from lens.data import data_json, open_data_split
 from lens.figures import download_figure, download_table, image_grid
 
 GRID_CAP = 24  # selected images shown at most
@@ -52,11 +52,6 @@ def cached_contributions(
     path: str, mtime: float, _model, _vectors: np.ndarray, _clusters: np.ndarray
 ) -> np.ndarray:
     return train_contributions(_model, _vectors, _clusters)
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def cached_split(path: str, mtime: float, _data):
-    return open_split(_data, "train")
 
 
 def train_image(split, index: int):
@@ -168,7 +163,7 @@ with st.spinner(f"Computing the 2-D map of {n_points} latents (first time only) 
 mtime = info.mtime  # after the map was stored in the bundle
 contributions = cached_contributions(info.path, mtime, loaded.model, vectors, clusters)
 try:
-    split = cached_split(info.path, mtime, loaded.data)
+    split = open_data_split(data_json(loaded.data), "train")
 except (OSError, ValueError):
     split = None
     st.warning("The training images behind this bundle cannot be read here, so no pictures are shown.")

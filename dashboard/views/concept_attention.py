@@ -5,12 +5,10 @@ Concepts are named by the part they are matched to ("concept 1 ≈ wing"); the C
 attention map (the CLS token's) and one code, and is shown as such."""
 
 import hashlib
-import json
 
 import numpy as np
 import streamlit as st
 
-from core.data.spec import DataSpec, open_split
 from core.data.toybirds import PARTS
 from lens.bundles import require
 from lens.counterfactual import (
@@ -23,6 +21,7 @@ from lens.counterfactual import (
     subcode_changes,
     verdict,
 )
+from lens.data import data_json, open_data_split
 from lens.figures import ATTENTION_SCALE, image_grid, mask_overlay, overlay, show_colour_scale
 from lens.hashing import (
     METHODS,
@@ -43,12 +42,6 @@ from lens.uploads import IMAGE_TYPES, read_uploads, show_errors
 
 SHOWN = 192  # display size (px) of the image and its overlays
 ALL = "All classes"
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def database(data_json: str):
-    """The bundle's database split (ToyBirds renders on demand and keeps what it rendered)."""
-    return open_split(DataSpec.from_dict(json.loads(data_json)), "train")
 
 
 @st.cache_data(show_spinner="Computing attention maps ...", max_entries=256)
@@ -90,7 +83,7 @@ source = st.radio("Image", ["Database image", "Upload"], horizontal=True, key="a
 image, code, masks, key, title, index = None, None, None, "", "", None
 if source == "Database image":
     try:
-        split = database(json.dumps(loaded.data.to_dict(), sort_keys=True))
+        split = open_data_split(data_json(loaded.data), "train")
     except (ValueError, OSError) as exc:
         st.error(f"The database images of '{info.name}' cannot be opened: {exc}")
         st.stop()

@@ -4,13 +4,11 @@ sub-code on, and how each sub-code follows the ToyBirds parts (part swap, NMI, l
 Concepts are named by the part they are matched to ("concept 1 ≈ wing") wherever they appear;
 the CLS baseline has one code and no concepts, and the page says so instead of naming any."""
 
-import json
-
 import numpy as np
 import streamlit as st
 
-from core.data.spec import DataSpec, open_split
 from lens.bundles import require
+from lens.data import data_json, open_data_split
 from lens.figures import (
     ATTENTION_SCALE,
     download_figure,
@@ -52,12 +50,6 @@ TILE = 112  # px
 SORT_LABELS = {"class": "By class", "code": "By code", "original": "Original order"}
 REEVALUATE = "conceptlens eval BUNDLE --json"  # prints every metric of a bundle, part_swap included
 REBUILD = "conceptlens reproduce"  # retrains and re-evaluates the shipped bundles, storing the metrics
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def database(data_json: str):
-    """The bundle's database split (ToyBirds renders on demand and keeps what it rendered)."""
-    return open_split(DataSpec.from_dict(json.loads(data_json)), "train")
 
 
 @st.cache_data(show_spinner="Computing attention maps ...", max_entries=64)
@@ -152,7 +144,7 @@ download_table(
 # --- images by bit or by sub-code -----------------------------------------------------------------
 st.subheader("Which images turn it on")
 try:
-    split = database(json.dumps(loaded.data.to_dict(), sort_keys=True))
+    split = open_data_split(data_json(loaded.data), "train")
 except (ValueError, OSError) as exc:
     split = None
     st.error(f"The database images of '{info.name}' cannot be opened: {exc}")

@@ -7,7 +7,6 @@ shows its top k; below come both models' stored metrics and their concept heatma
 from __future__ import annotations
 
 import hashlib
-import json
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from PIL import Image
 
 from core.concepthash.attention import concept_heatmaps
 from core.concepthash.evaluate import sign_codes
-from core.data.spec import DataSpec, open_split
 from core.retrieval import pack_codes
 from lens.bundles import available, load_model, no_bundle_message
+from lens.data import data_json, open_data_split
 from lens.figures import (
     ATTENTION_SCALE,
     download_png,
@@ -55,12 +54,6 @@ MAX_TIE_SHOWN = 120  # images of the first tie group drawn at most (its CSV list
 # ---------------------------------------------------------------------------------------------- cached
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _split(data_json: str, split: str):
-    """A data split (ToyBirds renders on demand and keeps its samples), shared by all reruns."""
-    return open_split(DataSpec.from_dict(json.loads(data_json)), split)
-
-
 @st.cache_data(show_spinner=False, max_entries=8)
 def _packed_db(path: str, mtime: float, _codes: np.ndarray) -> np.ndarray:
     """The bundle's stored database codes, packed once per bundle version."""
@@ -86,10 +79,6 @@ def _forget_out_of_range(key: str, low: int, high: int) -> None:
     value = st.session_state.get(key)
     if value is not None and not low <= value <= high:
         del st.session_state[key]
-
-
-def data_json(config: dict[str, Any]) -> str:
-    return json.dumps(config.get("data", {}), sort_keys=True)
 
 
 def pick_models() -> tuple[Any, Any] | None:
@@ -142,7 +131,8 @@ def pick_query(info_a) -> tuple[str, Image.Image, str | None, str] | None:
         image.thumbnail((256, 256))
         return f"upload:{digest}", image, None, f"query: {name} (uploaded)"
     try:
-        split = _split(data_json(info_a.config), "test")
+        data = data_json(info_a.config.get("data", {}))
+        split = open_data_split(data, "test")
     except (ValueError, OSError) as exc:
         st.error(f"The test split of '{info_a.name}' could not be opened: {exc}")
         return None
@@ -159,7 +149,7 @@ def pick_query(info_a) -> tuple[str, Image.Image, str | None, str] | None:
     )
     query_class = split.classes[int(split.labels[index])]
     return (
-        f"test:{data_json(info_a.config)}:{index}",
+        f"test:{data}:{index}",
         split.image(index),
         query_class,
         f"query: {query_class}",
@@ -192,7 +182,7 @@ def run_model(info, loaded, query, k: int, method: str):
 
 def database_images(info, n_db: int, indices: list[int]) -> list[Image.Image] | None:
     try:
-        split = _split(data_json(info.config), "train")
+        split = open_data_split(data_json(info.config.get("data", {})), "train")
     except (ValueError, OSError):
         return None
     if len(split) != n_db:
