@@ -12,7 +12,7 @@ import torch
 
 from core.ceir.bundle import load_ceir
 from core.ceir.explain import ConceptContribution, explain, intervene, top_contributions
-from lens import concepts_view as view
+from lens import ceir as view
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers for reading what the page drew

@@ -21,7 +21,7 @@ from core.ceir.labels import (
     label_images,
 )
 from core.data.images import load_image
-from lens import concepts_view as view
+from lens import labels as view
 
 
 def encoded(array: np.ndarray, fmt: str) -> bytes:

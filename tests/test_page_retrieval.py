@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from core.retrieval import pack_codes
-from lens.retrieval_view import (
+from lens.retrieval import (
     data_mismatch,
     default_pair,
     first_tie_group,

@@ -23,10 +23,10 @@ NAMES = {
     "torch": "PyTorch",
     "open_clip": "open_clip",
     "lens.hashing": "ConceptHash",
-    "lens.concepts_view": "CEIR",
+    "lens.ceir": "CEIR",
     "lens.counterfactual": "CEIR interventions",
-    "core.ceir.labels": "open-world labels",
-    "lens.retrieval_view": "retrieval",
+    "lens.labels": "open-world labels",
+    "lens.retrieval": "retrieval",
     "lens.figures": "figures",
 }
 FIRST = ("torch", "open_clip")  # every page needs them, and they are most of the time

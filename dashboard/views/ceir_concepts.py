@@ -12,7 +12,7 @@ from core.bundle import BundleError
 from core.ceir.explain import intervene, top_contributions
 from core.ceir.projection2d import ensure_umap, projection_method
 from lens.bundles import require
-from lens.concepts_view import (
+from lens.ceir import (
     PROTOCOLS,
     cluster_composition,
     cluster_table,

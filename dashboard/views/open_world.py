@@ -19,15 +19,15 @@ from core.ceir.concept_bank import (
 )
 from core.ceir.labels import BackboneOnly, LabelReport, label_images
 from lens.bundles import available, load_model
-from lens.concepts_view import (
+from lens.figures import download_figure, download_table
+from lens.inference import one_at_a_time, serialised
+from lens.labels import (
     candidates_table,
     decode_bank_upload,
     image_digest,
     labels_table,
     scoring_sentence,
 )
-from lens.figures import download_figure, download_table
-from lens.inference import one_at_a_time, serialised
 from lens.uploads import IMAGE_TYPES, load_sample_photo, read_uploads, sample_photos, show_errors, thumbnail
 
 REAL_CLIP = "real-clip"

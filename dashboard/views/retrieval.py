@@ -31,7 +31,7 @@ from lens.figures import (
     show_colour_scale,
 )
 from lens.hashing import concept_label, concept_names, is_cls_baseline, model_view
-from lens.retrieval_view import (
+from lens.retrieval import (
     data_mismatch,
     default_pair,
     first_tie_group,

@@ -1,13 +1,12 @@
-"""Plain helpers for the CEIR pages (no Streamlit): tables, plot selections, interventions, label reports.
+"""Plain helpers for the CEIR concepts and clusters page (no Streamlit): tables, selections, interventions.
 
-The pages ``ceir_concepts.py`` and ``open_world.py`` only read widgets and draw; what deserves a test
-— which train images a lasso selected, what a selection's shared concepts are, which slider edits
-make an intervention, how a label report becomes a table — lives here.
+The page ``ceir_concepts.py`` only reads widgets and draws; what deserves a test — which train images a
+lasso selected, what a selection's shared concepts are, which slider edits make an intervention — lives
+here. The open-world labels page has its own helpers in :mod:`lens.labels`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from core.ceir.explain import (
     IG_STEPS,
@@ -24,7 +22,6 @@ from core.ceir.explain import (
     explain,
     top_contributions,
 )
-from core.ceir.labels import MIN_SHARE, SCORING_CONTRIBUTION, LabelReport
 
 # Order and names of the rows of the clustering metrics table (keys as stored in bundle metrics).
 METHODS: tuple[tuple[str, str], ...] = (
@@ -33,11 +30,6 @@ METHODS: tuple[tuple[str, str], ...] = (
     ("concepts", "k-means on concept vectors"),
 )
 SCORES: tuple[tuple[str, str], ...] = (("acc", "ACC"), ("nmi", "NMI"), ("ari", "ARI"))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CEIR concepts and clusters
-# ----------------------------------------------------------------------------------------------------------
 
 
 def train_contributions(
@@ -298,64 +290,3 @@ def distances_table(distances: np.ndarray, original: int, edited: int) -> pd.Dat
     return pd.DataFrame(
         {"cluster": np.arange(len(distances)), "distance": distances.astype(float), "role": roles}
     )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Open-world labels
-# ----------------------------------------------------------------------------------------------------------
-
-
-def image_digest(image: Image.Image) -> str:
-    """A short fingerprint of an image's pixels (a cache key for its labels)."""
-    digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def labels_table(report: LabelReport) -> pd.DataFrame:
-    """One long table: image, rank, concept, score (and the cluster when CEIR scored them)."""
-    with_cluster = any(image.cluster is not None for image in report.images)
-    rows = []
-    for image in report.images:
-        for rank, label in enumerate(image.labels, 1):
-            row = {"image": image.file, "rank": rank, "concept": label.concept, "score": label.score}
-            if with_cluster:
-                row["cluster"] = image.cluster
-            rows.append(row)
-    columns = ["image", "rank", "concept", "score", *(["cluster"] if with_cluster else [])]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def candidates_table(report: LabelReport, limit: int = 20) -> pd.DataFrame:
-    """Candidate labels of a batch: concepts by how many images carry them."""
-    return pd.DataFrame(report.candidate_labels(limit), columns=["concept", "count", "share"])
-
-
-def scoring_sentence(report: LabelReport, model_label: str) -> str:
-    """Which model and which scoring produced the labels, in one sentence."""
-    if report.scoring == SCORING_CONTRIBUTION:
-        how = (
-            "each label's score is its share of the image's evidence for its CEIR cluster (its contribution, "
-            "activation × integrated gradient, over the sum of the positive ones), among the concepts the "
-            f"image shows; concepts under {MIN_SHARE:.0%} are not labels"
-        )
-    else:
-        how = (
-            "each label's score is the model's cosine similarity between the image and the concept text "
-            "(CLIP cosine similarity for a CLIP; ConSE's for the offline model); only positive ones count"
-        )
-    return f"Labels by {model_label} with the concept bank '{report.bank}': {how}."
-
-
-def decode_bank_upload(name: str, data: bytes, max_bytes: int) -> str:
-    """The text of an uploaded concept list; ValueError with one sentence naming the file otherwise."""
-    if len(data) > max_bytes:
-        raise ValueError(
-            f"The concept list {name} is {len(data)} bytes, more than the {max_bytes}-byte limit."
-        )
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"The concept list {name} is not UTF-8 text (undecodable byte at offset {error.start})."
-        ) from None
