@@ -52,118 +52,33 @@ class Step:
     argv: tuple[str, ...]
 
 
+RUNS_FILE = Path(__file__).with_name("shipped_runs.toml")
+
+
+def shipped_runs() -> dict[str, Any]:
+    """The shipped runs as data (``core/shipped_runs.toml``)."""
+    import tomllib
+
+    return tomllib.loads(RUNS_FILE.read_text())
+
+
 def shipped_steps(out: str = "pretrained", quick: bool = False) -> list[Step]:
     """The commands behind the shipped bundles (``quick`` shrinks them for a smoke test)."""
-    clip_size = ["--train-per-class", "200", "--test-per-class", "20", "--epochs", "50"]
-    hash_size = ["--epochs", "40"]
-    ceir_size: list[str] = []  # the defaults, chosen by the option study (core.ceir.options)
-    if quick:
-        clip_size = [
-            "--train-per-class",
-            "2",
-            "--test-per-class",
-            "1",
-            "--epochs",
-            "1",
-            "--config",
-            "toyclip-tiny",
-            "--image-size",
-            "32",
-            "--batch-size",
-            "16",
-        ]
-        hash_size = [
-            "--epochs",
-            "1",
-            "--train-per-class",
-            "2",
-            "--test-per-class",
-            "1",
-            "--image-size",
-            "32",
-            "--batch-size",
-            "16",
-        ]
-        ceir_size = [
-            "--epochs",
-            "2",
-            "--train-per-class",
-            "3",
-            "--test-per-class",
-            "1",
-            "--image-size",
-            "32",
-            "--batch-size",
-            "16",
-            "--projection-steps",
-            "100",
-            "--latent-dim",
-            "4",
-        ]
-    clip = f"{out}/toybirds-clip"
-    common = ["--data", "toybirds", "--seed", "0"]
-    hashing = [
-        "train",
-        "concepthash",
-        "--backbone",
-        clip,
-        "--bits",
-        "6",
-        "--concepts",
-        "3",
-        *common,
-        *hash_size,
-    ]
-    return [
-        Step(
-            "toybirds-clip",
-            "small CLIP trained from scratch on ToyBirds images and captions",
-            ("train", "clip", *common, *clip_size, "--out", clip),
-        ),
-        Step(
-            "toybirds-concepthash-csd",
-            "ConceptHash, 3 concepts x 2 bits, with L_csd (weight 1)",
-            (*hashing, "--csd-weight", "1", "--out", f"{out}/toybirds-concepthash-csd"),
-        ),
-        Step(
-            "toybirds-concepthash-nocsd",
-            "the same without L_csd (weight 0)",
-            (*hashing, "--csd-weight", "0", "--out", f"{out}/toybirds-concepthash-nocsd"),
-        ),
-        Step(
-            "toybirds-concepthash-nolang",
-            "ablation: with L_csd, class centres from random vectors, not text",
-            (
-                *hashing,
-                "--csd-weight",
-                "1",
-                "--no-language-guidance",
-                "--out",
-                f"{out}/toybirds-concepthash-nolang",
-            ),
-        ),
-        Step(
-            "toybirds-concepthash-cls",
-            "baseline: hash the CLS embedding with the same losses",
-            (*hashing, "--csd-weight", "1", "--mode", "cls", "--out", f"{out}/toybirds-concepthash-cls"),
-        ),
-        Step(
-            "toybirds-ceir",
-            "CEIR with the shipped toybirds concept bank",
-            (
-                "train",
-                "ceir",
-                "--backbone",
-                clip,
-                "--concepts",
-                "toybirds",
-                *common,
-                *ceir_size,
-                "--out",
-                f"{out}/toybirds-ceir",
-            ),
-        ),
-    ]
+    runs = shipped_runs()
+    sizes = runs["quick" if quick else "full"]
+
+    def expand(argv: list[str]) -> tuple[str, ...]:
+        out_argv: list[str] = []
+        for token in argv:
+            if token == "@common":
+                out_argv += runs["common"]["argv"]
+            elif token == "@size":
+                out_argv += sizes[argv[1]]
+            else:
+                out_argv.append(token.format(out=out, clip=f"{out}/toybirds-clip"))
+        return tuple(out_argv)
+
+    return [Step(step["name"], step["description"], expand(step["argv"])) for step in runs["step"]]
 
 
 def seed_variant(step: Step, seed: int, seed_dir: str) -> Step:

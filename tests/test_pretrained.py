@@ -8,17 +8,12 @@ import pytest
 
 from core.bundle import find_bundles, read_bundle_config
 from core.kinds import evaluate_any
+from core.reproduce import shipped_steps
 from tests.conftest import ROOT
 
 PRETRAINED = ROOT / "pretrained"
-SHIPPED = {
-    "toybirds-clip": "clip",
-    "toybirds-concepthash-csd": "concepthash",
-    "toybirds-concepthash-nocsd": "concepthash",
-    "toybirds-concepthash-nolang": "concepthash",
-    "toybirds-concepthash-cls": "concepthash",
-    "toybirds-ceir": "ceir",
-}
+# name -> kind, from the shipped runs (core/shipped_runs.toml): "train KIND ..."
+SHIPPED = {step.name: step.argv[1] for step in shipped_steps()}
 # Stored metrics were computed on the machine that trained the bundle; another CPU may round differently.
 TOLERANCE = 0.02
 
