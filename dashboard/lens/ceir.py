@@ -18,10 +18,13 @@ import torch
 from core.ceir.explain import (
     IG_STEPS,
     ConceptContribution,
+    Intervention,
     cluster_top_concepts,
     explain,
+    intervene,
     top_contributions,
 )
+from core.ceir.projection2d import ensure_umap, projection_method
 
 # Order and names of the rows of the clustering metrics table (keys as stored in bundle metrics).
 METHODS: tuple[tuple[str, str], ...] = (
@@ -47,6 +50,17 @@ def train_contributions(
         for start in range(0, len(x), batch_size)
     ]
     return torch.cat(parts).detach().numpy() if parts else np.zeros((0, x.shape[1]), dtype=np.float32)
+
+
+def latent_map(bundle_path: str) -> np.ndarray:
+    """The (N, 2) map of a CEIR bundle's training latents: stored in the bundle, else cached, else computed.
+    ValueError (a ``BundleError`` among them) or OSError when the bundle cannot give one."""
+    return ensure_umap(bundle_path)
+
+
+def latent_map_method(n_points: int) -> str:
+    """How :func:`latent_map` maps ``n_points`` latents, in the page's words."""
+    return "UMAP" if projection_method(n_points) == "umap" else "PCA (too few points for UMAP)"
 
 
 def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
@@ -195,10 +209,13 @@ def contributions_table(items: Sequence[ConceptContribution]) -> pd.DataFrame:
 
 
 def image_contributions_table(
-    concepts: list[str], activations: np.ndarray, contributions: np.ndarray
+    concepts: list[str], activations: np.ndarray, contributions: np.ndarray, k: int | None = None
 ) -> pd.DataFrame:
-    """Every concept of one image, largest |contribution| first (the downloadable CSV)."""
-    return contributions_table(top_contributions(concepts, activations, contributions, k=len(concepts)))
+    """One image's ``k`` concepts with the largest |contribution|, largest first; every concept (the
+    downloadable CSV) when ``k`` is None."""
+    return contributions_table(
+        top_contributions(concepts, activations, contributions, k=len(concepts) if k is None else k)
+    )
 
 
 def file_safe(text: str) -> str:
@@ -275,6 +292,15 @@ def edits_from_sliders(
         for i in concepts
         if i in values and abs(float(values[i]) - slider_start(activations[i])) > 1e-9
     }
+
+
+def intervention(
+    model: Any, activations: np.ndarray, edits: Mapping[int, float]
+) -> tuple[Intervention, Intervention]:
+    """Where one image's z-scored concept vector lands before and after ``edits`` (concept index -> value):
+    each an :class:`Intervention` with its cluster and its distance to every cluster centre."""
+    vector = torch.from_numpy(activations)
+    return intervene(model, vector, {}), intervene(model, vector, dict(edits))
 
 
 def distances_table(distances: np.ndarray, original: int, edited: int) -> pd.DataFrame:

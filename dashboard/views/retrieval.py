@@ -16,9 +16,6 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.concepthash.attention import concept_heatmaps
-from core.concepthash.evaluate import sign_codes
-from core.retrieval import pack_codes
 from lens.bundles import available, load_model, no_bundle_message
 from lens.data import data_json, open_data_split
 from lens.figures import (
@@ -34,8 +31,10 @@ from lens.hashing import concept_label, concept_names, is_cls_baseline, model_vi
 from lens.retrieval import (
     data_mismatch,
     default_pair,
+    encode_query,
     first_tie_group,
     metrics_table,
+    pack_codes,
     precision_of,
     result_caption,
     results_table,
@@ -65,10 +64,7 @@ def _encode_query(
     path: str, mtime: float, query_key: str, method: str, _loaded: Any, _image: Image.Image
 ) -> tuple[np.ndarray, np.ndarray]:
     """The query's ±1 code (K,) and its concept heatmaps (M, H, W) under one model."""
-    pixels = _loaded.backbone.preprocess_images([_image])
-    code = sign_codes(_loaded.model.encode(pixels))[0]
-    heatmaps = concept_heatmaps(_loaded.model, pixels, method)[0]
-    return code, heatmaps
+    return encode_query(_loaded, _image, method)
 
 
 # ---------------------------------------------------------------------------------------------- widgets
