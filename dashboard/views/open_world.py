@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import plotly.express as px
 import streamlit as st
@@ -38,6 +40,31 @@ PASTED_BANK = "paste"
 UPLOADED_BANK = "upload"
 SHOWN_IMAGES = 12  # per-image panels; the long table holds every image
 MAX_PASTED_CHARS = 20_000  # ~1,500 concepts; 10,000 pasted lines froze the browser tab for over a minute
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model chosen to label with."""
+
+    model: Any  # what label_images takes: a loaded CEIR bundle, or a backbone in BackboneOnly
+    key: str  # the labels' cache key for this model
+    words: str  # how the report names it ("the CEIR bundle 'x'")
+    has_own_bank: bool  # a CEIR bundle labels with its own concepts; ConSE and CLIP have none
+
+
+@dataclass(frozen=True)
+class BankChoice:
+    """The concepts chosen to label with: a concept bank, or the model's own concepts (``bank`` None)."""
+
+    bank: ConceptBank | None = None
+
+    @property
+    def concepts(self) -> tuple[str, ...] | None:
+        return tuple(self.bank.concepts) if self.bank is not None else None
+
+    @property
+    def source(self) -> str:
+        return self.bank.source if self.bank is not None else ""
 
 
 @st.cache_resource(
@@ -88,8 +115,8 @@ def collect_images() -> tuple[list[tuple[str, object]], list[str]]:
     return images, errors
 
 
-def choose_model():
-    """(model for label_images, cache key, words for the report, has its own bank) or None after a message."""
+def choose_model() -> ModelChoice | None:
+    """The chosen model, or None after a message saying why there is none."""
     bundles = {b.path: b for b in available("ceir")}
     options = [CONSE, *bundles, REAL_CLIP]
     # Uploads are real photos: the offline ConSE model is the default (the ToyBirds bundles know birds).
@@ -111,11 +138,11 @@ def choose_model():
         loaded = load_model(info)
         if loaded is None:
             return None
-        return loaded, f"{info.path}@{info.mtime}", f"the CEIR bundle '{info.name}'", True
+        return ModelChoice(loaded, f"{info.path}@{info.mtime}", f"the CEIR bundle '{info.name}'", True)
     return choose_real_clip()
 
 
-def choose_conse():
+def choose_conse() -> ModelChoice | None:
     try:
         backbone = cached_conse()
     except ValueError as exc:  # BackboneError: a missing package, named with its pip install
@@ -125,10 +152,10 @@ def choose_conse():
         "ConSE (Norouzi et al. 2014): the ImageNet classifier's most probable classes, mixed by probability, "
         "in the text space of all-MiniLM-L6-v2; nothing downloads. Labels are cosine similarities there."
     )
-    return BackboneOnly(backbone), CONSE, f"the offline model {backbone.describe()}", False
+    return ModelChoice(BackboneOnly(backbone), CONSE, f"the offline model {backbone.describe()}", False)
 
 
-def choose_real_clip():
+def choose_real_clip() -> ModelChoice | None:
     left, right, button = st.columns([3, 2, 1], vertical_alignment="bottom")
     name = left.text_input("open_clip model name", "ViT-B-32", key="ow_clip_name").strip()
     tag = right.text_input("Pretrained tag", "openai", key="ow_clip_tag").strip()
@@ -161,24 +188,24 @@ def choose_real_clip():
         return None
     if not tag:
         st.warning("No pretrained tag: the CLIP has random weights, so its labels mean nothing.")
-    return BackboneOnly(backbone), f"clip:{name}:{tag}", f"CLIP {name}:{tag or 'random'}", False
+    return ModelChoice(BackboneOnly(backbone), f"clip:{name}:{tag}", f"CLIP {name}:{tag or 'random'}", False)
 
 
-def choose_bank(has_own_bank: bool) -> ConceptBank | None | bool:
-    """The chosen bank; None for the model's own; False after an error message."""
+def choose_bank(has_own_bank: bool) -> BankChoice | None:
+    """The chosen concepts, or None after a message saying why there are none."""
     options = [OWN_BANK, *SHIPPED_BANKS, PASTED_BANK, UPLOADED_BANK]
     choice = st.selectbox("Concept bank", options, format_func=bank_label, key="ow_bank")
     try:
         if choice == OWN_BANK:
             if has_own_bank:
-                return None
+                return BankChoice()
             st.info(
                 f"This model (ConSE or a real CLIP) has no concept bank of its own; the shipped "
                 f"'{FALLBACK_BANK}' bank is used."
             )
-            return load_bank(FALLBACK_BANK)
+            return BankChoice(load_bank(FALLBACK_BANK))
         if choice in SHIPPED_BANKS:
-            return load_bank(choice)
+            return BankChoice(load_bank(choice))
         if choice == PASTED_BANK:
             text = st.text_area(
                 "Concepts, one per line",
@@ -199,20 +226,20 @@ def choose_bank(has_own_bank: bool) -> ConceptBank | None | bool:
             )
             if file is None:
                 st.info("Upload a concept list to label with it.")
-                return False
+                return None
             bank = parse_concepts(
                 decode_bank_upload(file.name, file.getvalue(), MAX_BANK_BYTES), source=file.name
             )
     except (ConceptBankError, ValueError) as exc:
         st.error(str(exc))
-        return False
+        return None
     if bank.issues:
         shown = "; ".join(bank.issues[:8]) + (
             f"; and {len(bank.issues) - 8} more" if len(bank.issues) > 8 else ""
         )
         st.warning(f"{len(bank.issues)} line(s) of the concept list were dropped: {shown}.")
     st.caption(f"{len(bank)} concepts from {bank.source}.")
-    return bank
+    return BankChoice(bank)
 
 
 def show_results(report: LabelReport, images) -> None:
@@ -263,22 +290,21 @@ show_errors(upload_errors)
 
 st.subheader("Model and concepts")
 model_choice = choose_model()
-bank = choose_bank(model_choice[3]) if model_choice is not None else False
+bank = choose_bank(model_choice.has_own_bank) if model_choice is not None else None
 top_k = st.slider("Labels per image", 1, 15, 5, key="ow_top_k")
 
 st.subheader("Concept labels")
 if not images:
     st.info("Upload images or pick sample photos above to label them.")
-elif model_choice is not None and bank is not False:
-    model, model_key, model_words, _ = model_choice
+elif model_choice is not None and bank is not None:
     keys = tuple((name, image_digest(image)) for name, image in images)
     try:
         with st.spinner(f"Labelling {len(images)} image(s) ..."):
             report = cached_labels(
-                model_key,
-                model,
-                tuple(bank.concepts) if bank else None,
-                bank.source if bank else "",
+                model_choice.key,
+                model_choice.model,
+                bank.concepts,
+                bank.source,
                 top_k,
                 keys,
                 images,
@@ -288,5 +314,5 @@ elif model_choice is not None and bank is not False:
     else:
         show_errors([failure["error"] for failure in report.failed])
         failed = {failure["file"] for failure in report.failed}
-        st.caption(scoring_sentence(report, model_words))
+        st.caption(scoring_sentence(report, model_choice.words))
         show_results(report, [(name, image) for name, image in images if name not in failed])

@@ -7,6 +7,7 @@ shows its top k; below come both models' stored metrics and their concept heatma
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,26 @@ from lens.uploads import IMAGE_TYPES, read_uploads, show_errors, thumbnail
 THUMB = 96
 MAX_K = 50
 MAX_TIE_SHOWN = 120  # images of the first tie group drawn at most (its CSV lists all)
+
+
+@dataclass(frozen=True)
+class Query:
+    """The image both models search with."""
+
+    key: str  # cache key of its code and heatmaps
+    image: Image.Image
+    class_name: str | None  # None for an upload: its results are not marked correct or not
+    caption: str
+
+
+@dataclass(frozen=True)
+class Results:
+    """One model's answer to the query."""
+
+    table: pd.DataFrame  # the top k, as results_table builds them
+    indices: list[int]  # their rows in the model's database
+    heatmaps: np.ndarray  # (M, H, W) the query's concept heatmaps under this model
+    code: np.ndarray  # (K,) the query's ±1 code under this model
 
 
 # ---------------------------------------------------------------------------------------------- cached
@@ -111,8 +132,8 @@ def pick_models() -> tuple[Any, Any] | None:
     return chosen[0], chosen[1]
 
 
-def pick_query(info_a) -> tuple[str, Image.Image, str | None, str] | None:
-    """(cache key, image, class name or None, caption) of the query, or None after a message."""
+def pick_query(info_a) -> Query | None:
+    """The query, or None after a message."""
     source = st.radio("Query", ["Test image", "Upload"], key="ret_source", horizontal=True)
     if source == "Upload":
         upload = st.file_uploader("An image to search with", type=IMAGE_TYPES, key="ret_upload")
@@ -125,7 +146,7 @@ def pick_query(info_a) -> tuple[str, Image.Image, str | None, str] | None:
         name, image = images[0]
         digest = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
         image.thumbnail((256, 256))
-        return f"upload:{digest}", image, None, f"query: {name} (uploaded)"
+        return Query(f"upload:{digest}", image, None, f"query: {name} (uploaded)")
     try:
         data = data_json(info_a.config.get("data", {}))
         split = open_data_split(data, "test")
@@ -144,27 +165,20 @@ def pick_query(info_a) -> tuple[str, Image.Image, str | None, str] | None:
         )
     )
     query_class = split.classes[int(split.labels[index])]
-    return (
-        f"test:{data}:{index}",
-        split.image(index),
-        query_class,
-        f"query: {query_class}",
-    )
+    return Query(f"test:{data}:{index}", split.image(index), query_class, f"query: {query_class}")
 
 
 # ---------------------------------------------------------------------------------------------- drawing
 
 
-def run_model(info, loaded, query, k: int, method: str):
-    """Search one model's database: (results table, database indices, heatmaps, query code), or None after
-    st.error."""
-    query_key, image, query_class, _ = query
+def run_model(info, loaded, query: Query, k: int, method: str) -> Results | None:
+    """Search one model's database with the query, or None after st.error."""
     arrays = loaded.arrays
     if "db_codes" not in arrays:
         st.error(f"The bundle '{info.name}' stores no database codes; train it again to add them.")
         return None
     try:
-        code, heatmaps = _encode_query(info.path, info.mtime, query_key, method, loaded, image)
+        code, heatmaps = _encode_query(info.path, info.mtime, query.key, method, loaded, query.image)
         hits = search(_packed_db(info.path, info.mtime, arrays["db_codes"]), code, k)
     except ValueError as exc:
         st.error(f"'{info.name}' could not search with this query: {exc}")
@@ -172,8 +186,10 @@ def run_model(info, loaded, query, k: int, method: str):
     n_db = len(arrays["db_codes"])
     db_ids = arrays.get("db_ids", [str(i) for i in range(n_db)])
     db_labels = arrays.get("db_labels", np.zeros(n_db, dtype=np.int64))
-    table = results_table(info.name, hits, db_ids, db_labels, info.config.get("classes", []), query_class)
-    return table, [int(i) for i in hits["index"]], heatmaps, code
+    table = results_table(
+        info.name, hits, db_ids, db_labels, info.config.get("classes", []), query.class_name
+    )
+    return Results(table, [int(i) for i in hits["index"]], heatmaps, code)
 
 
 def database_images(info, n_db: int, indices: list[int]) -> list[Image.Image] | None:
@@ -290,15 +306,15 @@ def main() -> None:
         )
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="ret_opacity")
     with view:
-        st.image(thumbnail(query[1], 160), caption=query[3], width=160)
+        st.image(thumbnail(query.image, 160), caption=query.caption, width=160)
 
-    outputs = [run_model(info, model, query, k, method) for info, model in zip(pair, loaded, strict=True)]
-    if any(out is None for out in outputs):
+    results = [run_model(info, model, query, k, method) for info, model in zip(pair, loaded, strict=True)]
+    if any(result is None for result in results):
         return
     st.subheader(f"Top {k} results")
-    for column, info, model, (table, indices, _, _) in zip(st.columns(2), pair, loaded, outputs, strict=True):
-        draw_results(column, info, model, table, indices)
-    both = pd.concat([table for table, _, _, _ in outputs], ignore_index=True)
+    for column, info, model, result in zip(st.columns(2), pair, loaded, results, strict=True):
+        draw_results(column, info, model, result.table, result.indices)
+    both = pd.concat([result.table for result in results], ignore_index=True)
     with st.expander("Results as a table"):
         st.dataframe(both, hide_index=True, width="stretch")
     download_table(both, "retrieval_results", key="ret_csv")
@@ -308,8 +324,8 @@ def main() -> None:
         "A short code has few distances (a 6-bit code has 7), so many database images tie; which of them "
         "make the top k is decided by database index, not by how alike they are."
     )
-    for column, info, model, (_, _, _, code) in zip(st.columns(2), pair, loaded, outputs, strict=True):
-        draw_ties(column, info, model, code, k)
+    for column, info, model, result in zip(st.columns(2), pair, loaded, results, strict=True):
+        draw_ties(column, info, model, result.code, k)
 
     st.subheader("Stored metrics")
     metrics = metrics_table({info.name: info.config for info in pair})
@@ -324,8 +340,8 @@ def main() -> None:
     download_table(metrics, "retrieval_metrics", key="ret_metrics_csv")
 
     st.subheader("Concept heatmaps for the query")
-    for column, info, (_, _, heatmaps, _) in zip(st.columns(2), pair, outputs, strict=True):
-        draw_heatmaps(column, info, query[1], heatmaps, opacity)
+    for column, info, result in zip(st.columns(2), pair, results, strict=True):
+        draw_heatmaps(column, info, query.image, result.heatmaps, opacity)
     show_colour_scale()
 
 
