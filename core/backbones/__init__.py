@@ -1,15 +1,16 @@
 """CLIP backbones: one loader, the token-extended ViT forward, and ToyBirds CLIP training."""
 
-from core.backbones.clip import Backbone, BackboneError, list_toy_configs, load_backbone, parse_backbone_spec
-from core.backbones.vit import ViTOutput, attention_rollout, vit_forward
+from core.lazy import lazy_exports
 
-__all__ = [
-    "Backbone",
-    "BackboneError",
-    "ViTOutput",
-    "attention_rollout",
-    "list_toy_configs",
-    "load_backbone",
-    "parse_backbone_spec",
-    "vit_forward",
-]
+_EXPORTS = {
+    "attention_rollout": "core.backbones.vit",
+    "Backbone": "core.backbones.clip",
+    "BackboneError": "core.backbones.clip",
+    "list_toy_configs": "core.backbones.clip",
+    "load_backbone": "core.backbones.clip",
+    "parse_backbone_spec": "core.backbones.clip",
+    "vit_forward": "core.backbones.vit",
+    "ViTOutput": "core.backbones.vit",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

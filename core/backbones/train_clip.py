@@ -19,7 +19,7 @@ batch would teach the text tower the wrong thing.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from core.backbones.clip import Backbone, build_clip, get_toy_config
+from core.backbones.train_config import ClipTrainConfig
 from core.bundle import load_bundle, save_bundle
 from core.data import toybirds
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
@@ -58,21 +59,6 @@ from core.training import (
 
 KIND = "clip"
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
-
-
-@dataclass
-class ClipTrainConfig:
-    config_name: str = "toyclip-s"
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup_epochs: int = 1
-    seed: int = 0
-    device: str = "auto"
-    half: bool = False
-    precision: str = "auto"  # of the forward pass: bf16 on CUDA, fp32 elsewhere (core.runtime)
-    workers: int = 1  # DataLoader processes that render the stream (0 = render in the main process)
 
 
 def multi_positive_clip_loss(

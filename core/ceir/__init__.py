@@ -4,30 +4,27 @@ Concept bank -> CLIP concept bottleneck (cos^3) -> VAE latent -> k-means cluster
 concept-level explanations, interventions and open-world labels.
 """
 
-from core.ceir.bottleneck import cos3_loss, cos3_similarity, teacher_similarities, train_projection
-from core.ceir.bundle import LoadedCEIR, load_ceir
-from core.ceir.concept_bank import ConceptBank, ConceptBankError, load_bank, parse_concepts, read_concept_file
-from core.ceir.explain import cluster_top_concepts, explain, intervene, top_contributions
-from core.ceir.model import CEIRModel
-from core.ceir.train import CEIRConfig, train_ceir
+from core.lazy import lazy_exports
 
-__all__ = [
-    "CEIRConfig",
-    "CEIRModel",
-    "ConceptBank",
-    "ConceptBankError",
-    "LoadedCEIR",
-    "cluster_top_concepts",
-    "cos3_loss",
-    "cos3_similarity",
-    "explain",
-    "intervene",
-    "load_bank",
-    "load_ceir",
-    "parse_concepts",
-    "read_concept_file",
-    "teacher_similarities",
-    "top_contributions",
-    "train_ceir",
-    "train_projection",
-]
+_EXPORTS = {
+    "CEIRConfig": "core.ceir.config",
+    "CEIRModel": "core.ceir.model",
+    "cluster_top_concepts": "core.ceir.explain",
+    "ConceptBank": "core.ceir.concept_bank",
+    "ConceptBankError": "core.ceir.concept_bank",
+    "cos3_loss": "core.ceir.bottleneck",
+    "cos3_similarity": "core.ceir.bottleneck",
+    "explain": "core.ceir.explain",
+    "intervene": "core.ceir.explain",
+    "load_bank": "core.ceir.concept_bank",
+    "load_ceir": "core.ceir.bundle",
+    "LoadedCEIR": "core.ceir.bundle",
+    "parse_concepts": "core.ceir.concept_bank",
+    "read_concept_file": "core.ceir.concept_bank",
+    "teacher_similarities": "core.ceir.bottleneck",
+    "top_contributions": "core.ceir.explain",
+    "train_ceir": "core.ceir.train",
+    "train_projection": "core.ceir.bottleneck",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

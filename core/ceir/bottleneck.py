@@ -14,13 +14,14 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.ceir.config import ProjectionConfig
 from core.distributed import DistContext, check_global_batch, gather_with_grad, rank_slice, wrap_model
 from core.progress import Progress, no_progress
 
@@ -46,21 +47,6 @@ def cos3_similarity(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
 def cos3_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """The label-free projection loss: minus the mean per-concept cos^3 similarity."""
     return -cos3_similarity(student, teacher).mean()
-
-
-@dataclass
-class ProjectionConfig:
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
-    val_fraction: float = 0.1
-    eval_every: int = 50
-    patience: int = 10  # evaluations without improvement before stopping
-    fidelity_cutoff: float = 0.45
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -22,9 +22,8 @@ Steps (CEIR, Cui et al. 2023, on Label-free CBM):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +33,6 @@ from core.backbones.clip import Backbone, load_backbone
 from core.bundle import save_bundle
 from core.ceir import concept_bank as banks
 from core.ceir.bottleneck import (
-    ProjectionConfig,
     ZScore,
     split_holdout,
     teacher_similarities,
@@ -42,38 +40,16 @@ from core.ceir.bottleneck import (
 )
 from core.ceir.bundle import KIND, image_embeddings
 from core.ceir.clustering import fit_kmeans
+from core.ceir.config import CEIRConfig
 from core.ceir.evaluate import evaluate_arrays
 from core.ceir.labels import even_subsample
 from core.ceir.model import CEIRModel
-from core.ceir.vae import VAEConfig, train_vae
+from core.ceir.vae import train_vae
 from core.data.spec import DataSpec, open_split
 from core.distributed import DistContext, distributed_run, main_rank_only
 from core.progress import Progress, no_progress
 from core.runtime import seed_everything
 from core.training import checkpoint_path, prepare_output
-
-
-@dataclass
-class CEIRConfig:
-    """Every choice of a CEIR run; the defaults are those that measured best on a validation seed
-    (``conceptlens reproduce`` records the comparison)."""
-
-    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    n_clusters: int | None = None  # default: number of classes
-    near_duplicate_fraction: float = 0.1  # of the bank's median pairwise text distance
-    class_name_threshold: float | None = None  # Label-free CBM's closeness filter; off (CEIR appends names)
-    class_relevance_fraction: float | None = 0.5  # of the bank's 90th-percentile class spread; None: off
-    activation_fraction: float | None = 0.5  # of the bank's 90th-percentile activation lift; None: off
-    include_class_names: bool = False
-    centre_concepts: bool = False
-    teacher: str | dict | None = None  # backbone whose towers give the concept similarities; None: backbone
-    seed: int = 0
-    device: str = "auto"
-    half: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"vae": self.vae.to_dict()}
 
 
 def filter_bank(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.ceir.config import VAEConfig
 from core.distributed import (
     DistContext,
     WithLoss,
@@ -48,55 +48,6 @@ from core.distributed import (
 from core.progress import Progress, no_progress
 from core.runtime import seed_everything
 from core.training import batches, cosine_lr, restore_training_state, save_training_state, set_lr
-
-
-@dataclass
-class VAEConfig:
-    """Hyper-parameters of the concept VAE and its training run.
-
-    ``beta`` weights the KL term against the per-element MSE; see the module docstring for why the
-    default is 0.01 rather than 1. ``warmup_epochs`` epochs of linear warm-up precede the cosine decay.
-    """
-
-    latent_dim: int = 32
-    hidden_dims: tuple[int, ...] = (256, 128)
-    beta: float = 0.01
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_epochs: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
-        if self.latent_dim < 1 or any(h < 1 for h in self.hidden_dims):
-            raise ValueError(
-                f"latent_dim ({self.latent_dim}) and every hidden size ({self.hidden_dims}) must be positive."
-            )
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError(
-                f"epochs must be at least 1 and batch_size at least 2 (BatchNorm needs two samples), "
-                f"got epochs={self.epochs}, batch_size={self.batch_size}."
-            )
-        if not (self.beta >= 0 and self.lr > 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0):
-            raise ValueError(
-                f"beta ({self.beta}), weight_decay ({self.weight_decay}) and warmup_epochs "
-                f"({self.warmup_epochs}) must be non-negative and lr ({self.lr}) positive."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["hidden_dims"] = list(self.hidden_dims)  # JSON and weights-only checkpoints both like lists
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
-        known = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in data.items() if k in known}
-        if "hidden_dims" in values:
-            values["hidden_dims"] = tuple(values["hidden_dims"])
-        return cls(**values)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

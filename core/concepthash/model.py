@@ -22,8 +22,7 @@ Layout (names follow the paper):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -31,55 +30,7 @@ from torch import nn
 from core.backbones.clip import Backbone
 from core.backbones.vit import vit_forward
 from core.concepthash import losses
-
-
-@dataclass
-class ConceptHashConfig:
-    """Hyper-parameters of the model and its losses (defaults follow the reference where known)."""
-
-    bits: int = 12
-    n_concepts: int = 3
-    generator_dim: int = 128
-    generator_heads: int = 4
-    adapter_ratio: float = 0.5  # adapter bottleneck = backbone width x this (reference: 384 of 768)
-    center_hidden: int = 256
-    language_guidance: bool = True
-    # Diagnostic, not ConceptHash: fixed ToyBirds per-part centres built from the species' part colours
-    # (part labels!), to measure what the encoder does when its targets are part-specific.
-    oracle_centres: bool = False
-    class_template: str = "a photo of a {}."
-    scale: float = 8.0
-    margin: float = 0.2
-    clf_weight: float = 1.0
-    quan_weight: float = 1.0
-    cd_weight: float = 1.0
-    csd_weight: float = 1.0
-    mode: str = "concepts"  # "concepts" (ConceptHash) or "cls" (baseline: hash the CLS embedding)
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("concepts", "cls"):
-            raise ValueError(f"mode must be 'concepts' or 'cls', not {self.mode!r}.")
-        if self.bits < 1 or self.n_concepts < 1:
-            raise ValueError("bits and concepts must be positive.")
-        if self.oracle_centres and self.mode != "concepts":
-            raise ValueError("Oracle centres are per concept; they need mode 'concepts'.")
-        if self.bits % self.n_concepts:
-            raise ValueError(
-                f"{self.bits} bits cannot be split evenly over {self.n_concepts} concepts; "
-                "choose bits divisible by the number of concepts."
-            )
-
-    @property
-    def bits_per_concept(self) -> int:
-        return self.bits // self.n_concepts
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ConceptHashConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+from core.concepthash.config import ConceptHashConfig
 
 
 class ConceptTokenGenerator(nn.Module):

@@ -17,7 +17,7 @@ colours, so the colour operations of TrivialAugmentWide would change the label.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -27,7 +27,8 @@ from torchvision import transforms
 from core.backbones.clip import load_backbone
 from core.bundle import save_bundle
 from core.concepthash.bundle import KIND
-from core.concepthash.model import ConceptHash, ConceptHashConfig
+from core.concepthash.config import ConceptHashConfig, TrainConfig
+from core.concepthash.model import ConceptHash
 from core.data import toybirds
 from core.data.spec import DataSpec, ImageSplit, open_split
 from core.distributed import (
@@ -52,32 +53,6 @@ from core.training import (
     save_training_state,
     set_lr,
 )
-
-OPTIMIZERS = ("sgd", "adamw")
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adamw"  # reference: SGD, momentum 0.9 (slower in a short CPU budget; see above)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_fraction: float = 0.1  # share of all steps spent in the linear warm-up
-    augment: bool = True  # flips + small rotation/shift/scale
-    stream: bool = True  # ToyBirds: fresh images every epoch (other data sets repeat the train split)
-    workers: int = 1  # DataLoader processes that render / load and augment the images
-    seed: int = 0
-    device: str = "auto"
-    half: bool = False  # store weights as float16 in the bundle
-    precision: str = "auto"  # of the forward pass: bf16 on CUDA, fp32 elsewhere (core.runtime)
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}.")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
