@@ -110,6 +110,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -277,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-language-guidance",
         action="store_true",
         help="ablation: class centres from random vectors instead of class-name text",
+    )
+    model.add_argument(
+        "--concept-blocks",
+        type=non_negative_int,
+        default=HASH.concept_blocks,
+        help="concept tokens take part only in the last N blocks (0: all blocks, as in the reference)",
     )
     model.add_argument(
         "--oracle-centres",
@@ -534,6 +547,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             cd_weight=args.cd_weight,
             language_guidance=not args.no_language_guidance,
             oracle_centres=args.oracle_centres,
+            concept_blocks=args.concept_blocks,
             mode=args.mode,
         )
         train_config = TrainConfig(

@@ -47,6 +47,23 @@ def test_extra_tokens_are_appended_and_attended(tiny):
     assert not torch.allclose(out.pooled, plain.pooled)
 
 
+def test_extra_tokens_can_join_at_a_later_block(tiny):
+    """``extra_from_block=k``: blocks before k run as without the tokens; from block k on they take part."""
+    pixels = torch.randn(2, 3, tiny.image_size, tiny.image_size)
+    extra = torch.randn(3, tiny.width)
+    blocks = len(tiny.visual.transformer.resblocks)
+    plain = vit_forward(tiny.visual, pixels, return_hidden_states=True)
+    late = vit_forward(
+        tiny.visual, pixels, extra_tokens=extra, extra_from_block=blocks - 1, return_hidden_states=True
+    )
+    for before in range(blocks - 1):
+        torch.testing.assert_close(late.hidden_states[before], plain.hidden_states[before])
+    assert late.hidden_states[-1].shape[1] == plain.hidden_states[-1].shape[1] + 3
+    assert not torch.allclose(late.pooled, plain.pooled)  # in the last block CLS attends to them
+    with pytest.raises(ValueError, match="extra_from_block"):
+        vit_forward(tiny.visual, pixels, extra_tokens=extra, extra_from_block=blocks)
+
+
 @pytest.mark.parametrize("which", ["attention", "mlp"])
 def test_zero_initialised_adapters_leave_the_forward_unchanged(tiny, which):
     pixels = torch.randn(2, 3, tiny.image_size, tiny.image_size)

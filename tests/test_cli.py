@@ -234,6 +234,7 @@ def _flag_fields():
             "bits": (HASH, "bits"),
             "concepts": (HASH, "n_concepts"),
             **{f"{w}_weight": (HASH, f"{w}_weight") for w in ("csd", "clf", "quan", "cd")},
+            "concept_blocks": (HASH, "concept_blocks"),
             "mode": (HASH, "mode"),
         },
         "ceir": {

@@ -88,8 +88,11 @@ def test_config_rejects_uneven_split():
         ConceptHashConfig(bits=10, n_concepts=3)
 
 
-def test_forward_shapes_and_codes(backbone):
-    model = make_model(backbone).eval()
+@pytest.mark.parametrize("concept_blocks", [0, 1])
+def test_forward_shapes_and_codes(backbone, concept_blocks):
+    model = make_model(backbone, concept_blocks=concept_blocks).eval()
+    blocks = len(backbone.visual.transformer.resblocks)
+    assert model.concept_entry_block == (blocks - 1 if concept_blocks else 0)
     pixels = torch.randn(5, 3, backbone.image_size, backbone.image_size)
     out = model(pixels)
     n_patches = backbone.grid_size[0] * backbone.grid_size[1]

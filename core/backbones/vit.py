@@ -109,23 +109,31 @@ def vit_forward(
     adapters: Sequence[BlockAdapters] | None = None,
     attention_layers: AttentionLayers = "none",
     return_hidden_states: bool = False,
+    extra_from_block: int = 0,
 ) -> ViTOutput:
     """Run the vision tower with optional extra tokens (B, M, width) or (M, width) and per-block
-    (attention, MLP) adapter pairs."""
+    (attention, MLP) adapter pairs. The extra tokens join before block ``extra_from_block``
+    (0: before ``ln_pre``, with the patches; k > 0: after block k - 1, through ``ln_pre``)."""
     check_supported(visual)
     blocks = visual.transformer.resblocks
     if adapters is not None and len(adapters) != len(blocks):
         raise ValueError(f"Got {len(adapters)} adapters for {len(blocks)} blocks.")
+    if not 0 <= extra_from_block < len(blocks):
+        raise ValueError(f"extra_from_block must be in [0, {len(blocks)}), not {extra_from_block}.")
     x = patch_embeddings(visual, images)
     n_patches = x.shape[1] - 1
+    extra = None
     if extra_tokens is not None:
         extra = (
             extra_tokens if extra_tokens.dim() == 3 else extra_tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
-        )
-        x = torch.cat([x, extra.to(x.dtype)], dim=1)
+        ).to(x.dtype)
+        if extra_from_block == 0:
+            x = torch.cat([x, extra], dim=1)
     x = visual.ln_pre(x)
     attentions, hidden = [], []
     for i, block in enumerate(blocks):
+        if extra is not None and extra_from_block > 0 and i == extra_from_block:
+            x = torch.cat([x, visual.ln_pre(extra)], dim=1)
         want = attention_layers == "all" or (attention_layers == "last" and i == len(blocks) - 1)
         x, probs = block_forward(block, x, adapters[i] if adapters is not None else None, want)
         if probs is not None:

@@ -21,6 +21,8 @@ class ConceptHashConfig:
     generator_heads: int = 4
     adapter_ratio: float = 0.5  # adapter bottleneck = backbone width x this (reference: 384 of 768)
     center_hidden: int = 256
+    # Blocks the concept tokens take part in, counted from the last (0: all, as in the reference).
+    concept_blocks: int = 0
     language_guidance: bool = True
     # Diagnostic, not ConceptHash: fixed ToyBirds per-part centres built from the species' part colours
     # (part labels!), to measure what the encoder does when its targets are part-specific.

@@ -167,6 +167,12 @@ class ConceptHash(nn.Module):
         return torch.from_numpy(per_part_codes(config.bits, config.n_concepts).astype("float32"))
 
     @property
+    def concept_entry_block(self) -> int:
+        n_blocks = len(self.backbone.visual.transformer.resblocks)
+        blocks = self.config.concept_blocks
+        return 0 if blocks <= 0 or blocks >= n_blocks or self.config.mode != "concepts" else n_blocks - blocks
+
+    @property
     def n_concepts(self) -> int:
         return self.specificity.shape[0]
 
@@ -189,6 +195,7 @@ class ConceptHash(nn.Module):
             extra_tokens=tokens,
             adapters=[block.pair() for block in self.adapters],
             attention_layers=attention_layers,
+            extra_from_block=self.concept_entry_block,
         )
         n_patches = out.n_patches
         z = out.last_hidden[:, n_patches + 1 :] if self.config.mode == "concepts" else out.last_hidden[:, :1]
