@@ -14,8 +14,8 @@ Writes are atomic: everything goes into a ``.tmp-`` sibling directory, is fsynce
 so a crash never leaves a half-written bundle at the target path; a process killed between the two renames of
 a replacement leaves hidden copies that the next load, save or listing restores (see
 :func:`recover_interrupted_save`). Loading validates kind, format version, the backbone reference, files and
-the shapes of the cached arrays (:data:`ARRAY_LAYOUT`), and raises :class:`BundleError` with one sentence
-naming the bundle and what is wrong.
+the shapes of the cached arrays (the :class:`ArrayLayout` the kind's loader passes), and raises
+:class:`BundleError` with one sentence naming the bundle and what is wrong.
 
 Rule for ``config.json`` values (strict JSON): numpy scalars become Python numbers, numpy arrays and tensors
 become (nested) lists, tuples become lists, paths become strings, and non-finite floats (NaN, +inf, -inf)
@@ -67,25 +67,34 @@ _LOAD_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
 _MAX_LISTED = 8
 _MADE_BY = "`conceptlens train ...`"
 
-# The cached arrays the dashboard reads, per kind: name -> shape. "rows" is one length shared by every
-# array of the table; other names are sizes read from config.json (see _layout_sizes). Arrays a kind's
-# loader cannot work without are in REQUIRED_ARRAYS; other names in a bundle are not checked.
-ARRAY_LAYOUT: dict[str, dict[str, tuple[str | int, ...]]] = {
-    "concepthash": {"db_codes": ("rows", "bits"), "db_labels": ("rows",), "db_ids": ("rows",)},
-    "ceir": {
-        "train_concepts": ("rows", "concepts"),
-        "train_latents": ("rows", "latent_dim"),
-        "train_clusters": ("rows",),
-        "train_labels": ("rows",),
-        "train_ids": ("rows",),
-        "train_umap": ("rows", 2),
-        "concept_fidelity": ("concepts",),
-    },
-}
-REQUIRED_ARRAYS = {
-    "concepthash": ("db_codes", "db_labels"),
-    "ceir": ("train_concepts", "train_latents", "train_clusters", "train_labels"),
-}
+Dims = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """The cached arrays of one kind (declared by the kind's own ``bundle`` module), checked on load.
+
+    ``shapes``: name -> dims, where "rows" is one length shared by every array of the table and other names
+    are sizes that ``sizes`` reads from config.json; names ending in ``_ids`` hold strings. ``required``:
+    the arrays the kind's loader cannot work without. Other names in a bundle are not checked.
+    """
+
+    shapes: Mapping[str, Dims]
+    required: tuple[str, ...] = ()
+    sizes: Callable[[dict], dict[str, int]] = lambda config: {}
+
+
+NO_ARRAYS = ArrayLayout({})
+
+
+def nested_value(config: Mapping, *keys: str) -> Any:
+    """``config[k1][k2]...``, or None where a level is missing or not a JSON object (hand-edited files)."""
+    value: Any = config
+    for key in keys:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
 
 
 class BundleError(ValueError):
@@ -100,6 +109,7 @@ class Bundle:
     config: dict
     weights: dict[str, torch.Tensor] = field(repr=False)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    layout: ArrayLayout = field(default=NO_ARRAYS, repr=False)
 
     @property
     def kind(self) -> str:
@@ -119,8 +129,8 @@ class Bundle:
         return value
 
     def require_arrays(self) -> None:
-        """Raise BundleError unless every cached array the kind's pages need (REQUIRED_ARRAYS) is present."""
-        missing = [name for name in REQUIRED_ARRAYS.get(self.kind, ()) if name not in self.arrays]
+        """Raise BundleError unless every cached array the loader needs (``layout.required``) is present."""
+        missing = [name for name in self.layout.required if name not in self.arrays]
         if missing:
             raise BundleError(
                 f"Bundle {self.path} lacks the cached arrays {_name_list(missing)} (saving was interrupted "
@@ -561,8 +571,10 @@ def load_bundle(
     *,
     kind: str | Sequence[str] | None = None,
     load_arrays: bool = True,
+    layout: ArrayLayout = NO_ARRAYS,
 ) -> Bundle:
-    """Load and validate a bundle; ``kind`` (one or several) says which kinds the caller can use."""
+    """Load and validate a bundle; ``kind`` (one or several) says which kinds the caller can use, ``layout``
+    how its cached arrays must look."""
     path = Path(path)
     wanted = _wanted_kinds(kind)
     config = read_bundle_config(path)
@@ -571,17 +583,19 @@ def load_bundle(
         raise BundleError(f"Bundle {path} is a '{config['kind']}' bundle, but a {needed} bundle is needed.")
     weights = _load_weights(path)
     arrays = _load_arrays(path) if load_arrays else {}
-    _check_array_layout(path, config, arrays)
-    return Bundle(path=path, config=config, weights=weights, arrays=arrays)
+    _check_array_layout(path, config, arrays, layout)
+    return Bundle(path=path, config=config, weights=weights, arrays=arrays, layout=layout)
 
 
-def _check_array_layout(path: Path, config: dict, arrays: Mapping[str, np.ndarray]) -> None:
-    """Raise BundleError when a cached array of :data:`ARRAY_LAYOUT` has the wrong shape or type, is empty,
-    or has another length than the arrays it shares rows with."""
-    sizes = _layout_sizes(config)
+def _check_array_layout(
+    path: Path, config: dict, arrays: Mapping[str, np.ndarray], layout: ArrayLayout
+) -> None:
+    """Raise BundleError when a cached array of ``layout`` has the wrong shape or type, is empty, or has
+    another length than the arrays it shares rows with."""
+    sizes = {name: value for name, value in layout.sizes(config).items() if isinstance(value, int)}
     rows: tuple[str, int] | None = None
     again = f"train it again with {_MADE_BY}"
-    for name, dims in ARRAY_LAYOUT.get(config["kind"], {}).items():
+    for name, dims in layout.shapes.items():
         array = arrays.get(name)
         if array is None:
             continue
@@ -612,19 +626,6 @@ def _check_array_layout(path: Path, config: dict, arrays: Mapping[str, np.ndarra
                     f"Bundle {path} has a cached array '{name}' of shape {array.shape}, which does not fit "
                     f"its {dim} ({expected}); {again}."
                 )
-
-
-def _layout_sizes(config: dict) -> dict[str, int]:
-    """The sizes :data:`ARRAY_LAYOUT` names, where config.json states them."""
-    model = config.get("model")
-    ceir = config.get("ceir")
-    vae = ceir.get("vae") if isinstance(ceir, dict) else None
-    candidates = {
-        "bits": model.get("bits") if isinstance(model, dict) else None,
-        "concepts": len(config["concepts"]) if isinstance(config.get("concepts"), list) else None,
-        "latent_dim": vae.get("latent_dim") if isinstance(vae, dict) else None,
-    }
-    return {name: value for name, value in candidates.items() if isinstance(value, int)}
 
 
 def _wanted_kinds(kind: str | Sequence[str] | None) -> tuple[str, ...] | None:

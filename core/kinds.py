@@ -1,8 +1,9 @@
-"""The bundle kinds ConceptLens knows, in one table: what each is and how to evaluate it.
+"""The bundle kinds ConceptLens knows, in one table: what each is, how to load it and how to evaluate it.
 
-``conceptlens eval`` and ``conceptlens reproduce`` (and the shipped-bundle tests) look the kind up here
-instead of writing their own ``if kind == ...`` chain; the dashboard benchmark's loaders and the bundle
-validation in ``core.bundle`` still switch on the kind themselves. Evaluators are named as
+``conceptlens eval``, ``conceptlens reproduce``, the dashboard benchmark and the tests look the kind up here
+instead of writing their own ``if kind == ...`` chain. ``core.bundle`` (a lower layer) knows only the kind
+names, to validate ``config.json``; what a kind's cached arrays look like its own ``bundle`` module declares
+(an ``ArrayLayout`` its loader passes to ``load_bundle``). Loaders and evaluators are named as
 ``module:function`` and imported only when used, so reading this table costs nothing (no PyTorch).
 """
 
@@ -20,11 +21,19 @@ class Kind:
 
     name: str
     summary: str
+    loader: str  # "module:function" taking (path, device="auto") -> the loaded model
     evaluator: str  # "module:function" taking (path, seed=None, device="auto") -> metrics dict
 
+    def load(self, bundle: str | Path, device: str = "auto") -> Any:
+        return _function(self.loader)(str(bundle), device=device)
+
     def evaluate(self, bundle: str | Path, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
-        module, function = self.evaluator.split(":")
-        return getattr(import_module(module), function)(str(bundle), seed=seed, device=device)
+        return _function(self.evaluator)(str(bundle), seed=seed, device=device)
+
+
+def _function(name: str) -> Any:
+    module, function = name.split(":")
+    return getattr(import_module(module), function)
 
 
 KINDS: dict[str, Kind] = {
@@ -33,15 +42,20 @@ KINDS: dict[str, Kind] = {
         Kind(
             "clip",
             "an image-text backbone trained on ToyBirds",
+            "core.backbones.clip:load_backbone",
             "core.backbones.train_clip:evaluate_clip_bundle",
         ),
         Kind(
             "concepthash",
             "ConceptHash: concept tokens -> sub-codes",
+            "core.concepthash.bundle:load_concepthash",
             "core.concepthash.evaluate:evaluate_bundle",
         ),
         Kind(
-            "ceir", "CEIR: concept bottleneck -> VAE latent -> clusters", "core.ceir.evaluate:evaluate_bundle"
+            "ceir",
+            "CEIR: concept bottleneck -> VAE latent -> clusters",
+            "core.ceir.bundle:load_ceir",
+            "core.ceir.evaluate:evaluate_bundle",
         ),
     )
 }
@@ -53,8 +67,13 @@ def kind_of(bundle: str | Path) -> Kind:
 
     name = read_bundle_config(Path(bundle))["kind"]
     if name not in KINDS:
-        raise ValueError(f"Evaluating '{name}' bundles is not available in this version of ConceptLens.")
+        raise ValueError(f"'{name}' bundles are not known to this version of ConceptLens.")
     return KINDS[name]
+
+
+def load_any(bundle: str | Path, device: str = "auto") -> Any:
+    """Load a bundle of any kind with its kind's loader."""
+    return kind_of(bundle).load(bundle, device=device)
 
 
 def evaluate_any(bundle: str | Path, seed: int | None = None, device: str = "auto") -> dict[str, Any]:

@@ -432,22 +432,15 @@ def dashboard_table(result: dict[str, Any]) -> str:
 
 def _memory_child(bundles: str, timeout: float) -> None:
     """Run in the measured process: load every model bundle (with its backbone), render every page."""
-    from core.backbones.clip import load_backbone
-    from core.bundle import find_bundles, read_bundle_config
-    from core.ceir.bundle import load_ceir
-    from core.concepthash.bundle import load_concepthash
+    from core.bundle import find_bundles
+    from core.kinds import KINDS, kind_of
 
-    loaded = {"concepthash": 0, "ceir": 0, "clip": 0}
+    loaded = dict.fromkeys(KINDS, 0)
     kept = []  # hold every model, as a dashboard process would after visiting every page
     for path in find_bundles(bundles):
-        kind = read_bundle_config(path)["kind"]
-        if kind == "concepthash":
-            kept.append(load_concepthash(path, device="cpu"))
-        elif kind == "ceir":
-            kept.append(load_ceir(path, device="cpu"))
-        elif kind == "clip":
-            kept.append(load_backbone(str(path), device="cpu"))
-        loaded[kind] = loaded.get(kind, 0) + 1
+        kind = kind_of(path)
+        kept.append(kind.load(path, device="cpu"))
+        loaded[kind.name] += 1
     pages = dashboard_pages()
     with _BundlesEnv(Path(bundles)):
         errors = {page: _page_errors(_open_page(page, timeout)[0]) for page in pages}

@@ -19,6 +19,7 @@ import torch
 
 from core import bundle as bundle_module
 from core.bundle import BundleError, find_broken_bundles, find_bundles, load_bundle, save_bundle
+from core.concepthash.bundle import ARRAYS as HASH_ARRAYS
 
 HASH_CONFIG = {
     "backbone": {"name": "toyclip-tiny", "pretrained": None},
@@ -63,20 +64,20 @@ def test_short_cached_arrays_are_refused(tmp_path: Path) -> None:
     codes = np.ones((4, 6), dtype=np.int8)
     path = _hash_bundle(tmp_path / "b", {"db_codes": codes, "db_labels": np.zeros(3, dtype=np.int64)})
     with pytest.raises(BundleError, match=r"different lengths \('db_codes' has 4 rows, 'db_labels' has 3\)"):
-        load_bundle(path)
+        load_bundle(path, layout=HASH_ARRAYS)
 
 
 def test_codes_of_another_length_than_the_config_says_are_refused(tmp_path: Path) -> None:
     codes = np.ones((4, 5), dtype=np.int8)
     path = _hash_bundle(tmp_path / "b", {"db_codes": codes, "db_labels": np.zeros(4, dtype=np.int64)})
     with pytest.raises(BundleError, match=r"'db_codes' of shape \(4, 5\), which does not fit its bits \(6\)"):
-        load_bundle(path)
+        load_bundle(path, layout=HASH_ARRAYS)
 
 
 def test_ids_must_be_strings_and_codes_numbers(tmp_path: Path) -> None:
     arrays = {"db_codes": np.ones((2, 6), np.int8), "db_labels": np.zeros(2), "db_ids": np.zeros(2)}
     with pytest.raises(BundleError, match="'db_ids' that does not hold strings"):
-        load_bundle(_hash_bundle(tmp_path / "b", arrays))
+        load_bundle(_hash_bundle(tmp_path / "b", arrays), layout=HASH_ARRAYS)
 
 
 def test_load_concepthash_names_the_missing_arrays(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.backbones.clip import load_backbone
-from core.bundle import check_shapes, load_bundle
+from core.bundle import ArrayLayout, check_shapes, load_bundle, nested_value
 from core.concepthash.model import ConceptHash, ConceptHashConfig
 from core.data.spec import DataSpec
 from core.loaded import LoadedBundle
@@ -13,14 +13,32 @@ from core.runtime import resolve_device
 
 KIND = "concepthash"
 
+# The cached arrays: the database's codes (±1), class indices and image ids, one row per image.
+DB_CODES, DB_LABELS, DB_IDS = "db_codes", "db_labels", "db_ids"
+ARRAYS = ArrayLayout(
+    {DB_CODES: ("rows", "bits"), DB_LABELS: ("rows",), DB_IDS: ("rows",)},
+    required=(DB_CODES, DB_LABELS),
+    sizes=lambda config: {"bits": nested_value(config, "model", "bits")},
+)
+
 
 class LoadedConceptHash(LoadedBundle[ConceptHash]):
     """A ConceptHash bundle ready to use: model (eval mode), its backbone, data spec and cached arrays."""
 
+    @property
+    def db_codes(self):
+        """The database's ±1 codes (N, K)."""
+        return self.arrays[DB_CODES]
+
+    @property
+    def db_labels(self):
+        """The database's class indices (N,)."""
+        return self.arrays[DB_LABELS]
+
 
 def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHash:
     """Load a ConceptHash bundle with its backbone (found by the reference the bundle stores)."""
-    bundle = load_bundle(path, kind=KIND)
+    bundle = load_bundle(path, kind=KIND, layout=ARRAYS)
     bundle.require_arrays()
     model_config = ConceptHashConfig.from_dict(bundle.section("model"))
     classes = list(bundle.config.get("classes") or [])
