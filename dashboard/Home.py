@@ -12,10 +12,6 @@ import streamlit as st
 from lens.bundles import render_sidebar
 from lens.startup import start_imports, wait_for_imports
 
-# An emoji icon becomes an inline data: URL; a ":material/...:" page icon would make every page load fetch
-# the favicon from fonts.gstatic.com, which fails (and leaks a request) with no network.
-st.set_page_config(page_title="ConceptLens", page_icon="🔎", layout="wide")
-
 HOME = st.Page("views/home.py", title="Home", icon=":material/home:", default=True)
 PAGES = {
     "": [HOME],
@@ -32,11 +28,19 @@ PAGES = {
     ],
 }
 
-navigation = st.navigation(PAGES)
-render_sidebar()
-# After a restart PyTorch and the models' code take seconds to import: a page waits for its own behind a
-# progress bar. Home needs none of it; after it is drawn the imports start for the page opened next.
-if navigation.url_path != HOME.url_path:
-    wait_for_imports(Path(__file__).parent / "views" / f"{navigation.url_path}.py")
-navigation.run()
-start_imports()
+
+def main() -> None:
+    # An emoji icon becomes an inline data: URL; a ":material/...:" page icon would make every page load fetch
+    # the favicon from fonts.gstatic.com, which fails (and leaks a request) with no network.
+    st.set_page_config(page_title="ConceptLens", page_icon="🔎", layout="wide")
+    navigation = st.navigation(PAGES)
+    render_sidebar()
+    # After a restart PyTorch and the models' code take seconds to import: a page waits for its own behind a
+    # progress bar. Home needs none of it; after it is drawn the imports start for the page opened next.
+    if navigation.url_path != HOME.url_path:
+        wait_for_imports(Path(__file__).parent / "views" / f"{navigation.url_path}.py")
+    navigation.run()
+    start_imports()
+
+
+main()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
@@ -131,73 +134,71 @@ def distance_bars(table):
     return fig
 
 
-st.title("CEIR concepts and clusters")
-info, loaded = require("ceir")
-if loaded is None:
-    st.stop()
-st.caption(f"Model: **{info.name}** — {info.summary}.")
+@dataclass(frozen=True)
+class TrainSet:
+    """A CEIR bundle's training images as the page shows them: their cached arrays and, when the data can be
+    read here, the images themselves."""
 
-missing = [name for name in REQUIRED if name not in loaded.arrays]
-if missing:
-    st.error(
-        f"The bundle '{info.name}' lacks the cached arrays {', '.join(missing)}; train it again with "
-        "`conceptlens train ceir`."
+    concepts: list[str]
+    vectors: np.ndarray  # (N, C) z-scored concept activations
+    clusters: np.ndarray  # (N,) stored cluster of each image
+    labels: np.ndarray  # (N,) true class of each image
+    classes: list[str]
+    ids: list[str]
+    contributions: np.ndarray  # (N, C) each concept's contribution to the image's cluster
+    split: Any  # the images, or None when they cannot be read here
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+
+def show_concept_bank(loaded) -> None:
+    removed = filter_table(loaded.config)
+    concepts = loaded.concepts
+    n_input = (loaded.config.get("concept_bank") or {}).get("n_input", len(concepts) + len(removed))
+    with st.expander(f"The concept bank: {len(concepts)} of {n_input} concepts kept", expanded=False):
+        st.caption("Kept: " + ", ".join(concepts))
+        if not removed.empty:
+            st.dataframe(removed, hide_index=True, key="ceir_removed")
+            download_table(removed, "removed_concepts", key="ceir_dl_removed")
+
+
+def show_latent_map(train: TrainSet, embedding: np.ndarray):
+    """The map of the training latents, with the images and shared concepts of a selection in it; the
+    map's rows (one per training image)."""
+    st.subheader("The latent space")
+    colour = st.radio("Colour by", ["cluster", "true label"], horizontal=True, key="ceir_colour")
+    st.caption(
+        f"{latent_map_method(len(train))} of the {len(train)} training latents (fixed random state). Drag a "
+        "box or lasso to select images; their shared concepts appear below."
     )
-    st.stop()
+    frame = umap_frame(embedding, train.clusters, train.labels, train.classes, train.ids)
+    figure = scatter(frame, colour)
+    event = st.plotly_chart(
+        figure, on_select="rerun", selection_mode=("points", "box", "lasso"), key="ceir_umap"
+    )
+    download_figure(figure, "ceir_umap", key="ceir_dl_umap")
 
-concepts = loaded.concepts
-vectors = loaded.arrays["train_concepts"].astype(np.float32)
-clusters = loaded.arrays["train_clusters"].astype(np.int64)
-labels = loaded.arrays["train_labels"].astype(np.int64)
-classes = list(loaded.config.get("classes") or [])
-ids = [str(i) for i in loaded.arrays.get("train_ids", np.arange(len(vectors)))]
-n_points = len(vectors)
+    chosen = selected_indices(event.selection if event else None, len(train))
+    if chosen and tuple(chosen) != st.session_state.get("ceir_selected"):
+        # A new selection (or a click on one point) puts its first image in the one-image panel below;
+        # the picker there stays free until the selection changes again.
+        st.session_state["ceir_image"] = chosen[0]
+    st.session_state["ceir_selected"] = tuple(chosen)
+    if chosen:
+        show_selection(train, chosen)
+    else:
+        st.info(
+            "Select points in the map (box or lasso, or click one) to see those images and the concepts they "
+            "share; the first one opens in the panel below."
+        )
+    return frame
 
-with st.spinner(f"Computing the 2-D map of {n_points} latents (first time only) ..."):
-    try:
-        embedding = cached_umap(info.path, info.mtime)
-    except (ValueError, OSError) as exc:
-        st.error(f"The 2-D map of '{info.name}' could not be computed: {exc}")
-        st.stop()
-mtime = info.mtime  # after the map was stored in the bundle
-contributions = cached_contributions(info.path, mtime, loaded.model, vectors, clusters)
-try:
-    split = open_data_split(data_json(loaded.data), "train")
-except (OSError, ValueError):
-    split = None
-    st.warning("The training images behind this bundle cannot be read here, so no pictures are shown.")
 
-removed = filter_table(loaded.config)
-n_input = (loaded.config.get("concept_bank") or {}).get("n_input", len(concepts) + len(removed))
-with st.expander(f"The concept bank: {len(concepts)} of {n_input} concepts kept", expanded=False):
-    st.caption("Kept: " + ", ".join(concepts))
-    if not removed.empty:
-        st.dataframe(removed, hide_index=True, key="ceir_removed")
-        download_table(removed, "removed_concepts", key="ceir_dl_removed")
-
-# --- the latent map ------------------------------------------------------------------------------------
-st.subheader("The latent space")
-colour = st.radio("Colour by", ["cluster", "true label"], horizontal=True, key="ceir_colour")
-method = latent_map_method(n_points)
-st.caption(
-    f"{method} of the {n_points} training latents (fixed random state). Drag a box or lasso to "
-    "select images; their shared concepts appear below."
-)
-frame = umap_frame(embedding, clusters, labels, classes, ids)
-figure = scatter(frame, colour)
-event = st.plotly_chart(figure, on_select="rerun", selection_mode=("points", "box", "lasso"), key="ceir_umap")
-download_figure(figure, "ceir_umap", key="ceir_dl_umap")
-
-chosen = selected_indices(event.selection if event else None, n_points)
-if chosen and tuple(chosen) != st.session_state.get("ceir_selected"):
-    # A new selection (or a click on one point) puts its first image in the one-image panel below;
-    # the picker there stays free until the selection changes again.
-    st.session_state["ceir_image"] = chosen[0]
-st.session_state["ceir_selected"] = tuple(chosen)
-if chosen:
+def show_selection(train: TrainSet, chosen: list[int]) -> None:
     st.subheader(f"Selected images ({len(chosen)})")
     pictures = [
-        (f"{ids[i].rsplit('/', 1)[-1]} · cluster {clusters[i]}", train_image(split, i))
+        (f"{train.ids[i].rsplit('/', 1)[-1]} · cluster {train.clusters[i]}", train_image(train.split, i))
         for i in chosen[:GRID_CAP]
     ]
     image_grid(
@@ -209,147 +210,203 @@ if chosen:
     )
     if len(chosen) > GRID_CAP:
         st.caption(f"Showing {GRID_CAP} of {len(chosen)} selected images.")
-    shared = contributions_table(selection_concepts(concepts, vectors, contributions, chosen))
+    shared = contributions_table(
+        selection_concepts(train.concepts, train.vectors, train.contributions, chosen)
+    )
     st.markdown("**Concepts they share** (largest mean contribution to their clusters)")
     st.dataframe(shared, hide_index=True, key="ceir_shared")
     download_table(shared, "selection_concepts", key="ceir_dl_shared")
-else:
-    st.info(
-        "Select points in the map (box or lasso, or click one) to see those images and the concepts they "
-        "share; the first one opens in the panel below."
+
+
+def show_one_image(train: TrainSet, frame) -> int:
+    """One training image's top concepts; the image's row."""
+    st.subheader("One image's concepts")
+    ids, clusters = train.ids, train.clusters
+    index = st.selectbox(
+        "Image",
+        list(range(len(train))),
+        key="ceir_image",
+        format_func=lambda i: f"{ids[i]} — {frame['true label'][i]} (cluster {clusters[i]})",
+    )
+    left, right = st.columns([1, 3])
+    picture = train_image(train.split, index)
+    if picture is not None:
+        left.image(picture, caption=ids[index], width=160)
+    left.metric("Cluster", int(clusters[index]))
+    vector, contributions = train.vectors[index], train.contributions[index]
+    bars = contribution_bars(image_contributions_table(train.concepts, vector, contributions, k=TOP_K))
+    with right:
+        st.plotly_chart(bars, key="ceir_bars")
+        st.caption(
+            'Green bars argue for the image\'s cluster, orange ones against; "NOT …" means the concept '
+            "is weaker than on an average training image."
+        )
+    download_table(
+        image_contributions_table(train.concepts, vector, contributions),
+        f"contributions_{file_safe(ids[index])}",
+        key="ceir_dl_contrib",
+    )
+    download_figure(bars, f"top_concepts_{file_safe(ids[index])}", key="ceir_dl_bars_html")
+    return index
+
+
+def show_intervention(train: TrainSet, model, index: int) -> None:
+    """Sliders for the image's top concepts and where the edited image lands."""
+    st.subheader("What if? Edit the image's top concepts")
+    vector = train.vectors[index]
+    editable = intervention_concepts(train.contributions[index], N_EDITABLE)
+    prefix = f"ceir_iv_{index}_"
+
+    def reset_sliders() -> None:
+        # Setting (not popping) the state makes Streamlit send ``set_value`` so the browser sliders move back
+        # too; a popped key left them showing the edits, and the next touch sent every old edit back.
+        for i in editable:
+            st.session_state[f"{prefix}{i}"] = slider_start(float(vector[i]))
+
+    values = {}
+    slider_columns = st.columns(len(editable))
+    for column, i in zip(slider_columns, editable, strict=True):
+        low, high = slider_bounds(float(vector[i]))
+        values[i] = column.slider(
+            train.concepts[i],
+            low,
+            high,
+            slider_start(float(vector[i])),
+            step=0.05,
+            key=f"{prefix}{i}",
+            help="z-score: 0 is the training average",
+        )
+    st.button("Reset the sliders", on_click=reset_sliders, key="ceir_iv_reset")
+    before, after = intervention(model, vector, edits_from_sliders(editable, vector, values))
+    c1, c2 = st.columns(2)
+    c1.metric("Cluster before", before.cluster)
+    c2.metric(
+        "Cluster after the edit",
+        after.cluster,
+        delta="moved" if after.cluster != before.cluster else "unchanged",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    distances = distances_table(after.distances, before.cluster, after.cluster)
+    distance_chart = distance_bars(distances)
+    st.plotly_chart(distance_chart, key="ceir_distances")
+    name = file_safe(train.ids[index])
+    download_table(distances, f"intervention_distances_{name}", key="ceir_dl_distances")
+    download_figure(distance_chart, f"intervention_distances_{name}", key="ceir_dl_distances_html")
+
+
+def show_clusters(train: TrainSet) -> None:
+    st.subheader("Clusters and their concepts")
+    per_cluster = cluster_table(train.concepts, train.vectors, train.contributions, train.clusters)
+    composition = cluster_composition(train.clusters, train.labels, train.classes)
+    concepts_side, species_side = st.columns([3, 2])
+    with concepts_side:
+        st.dataframe(per_cluster, hide_index=True, key="ceir_clusters")
+        download_table(per_cluster, "cluster_concepts", key="ceir_dl_clusters")
+    with species_side:
+        st.dataframe(
+            composition,
+            hide_index=True,
+            key="ceir_composition",
+            column_config={
+                "purity": st.column_config.ProgressColumn(
+                    "purity", format="percent", min_value=0.0, max_value=1.0
+                )
+            },
+        )
+        st.caption("Species in each training cluster; purity is the share of its most common species.")
+        download_table(composition, "cluster_composition", key="ceir_dl_composition")
+
+
+def show_metrics(stored: dict) -> None:
+    """The clustering metrics and the concept and label quality the bundle stored."""
+    st.subheader("Clustering quality on the test split")
+    metrics = metrics_table(stored)
+    if metrics.empty:
+        st.info("This bundle stores no clustering metrics.")
+    else:
+        st.dataframe(metrics.round(4), hide_index=True, key="ceir_metrics")
+        download_table(metrics, "clustering_metrics", key="ceir_dl_metrics")
+    protocols = protocols_table(stored)
+    if not protocols.empty:
+        st.markdown("**Both protocols, mean ± std over k-means seeds**")
+        st.caption(" · ".join(f"{name}: {meaning}" for name, meaning in PROTOCOLS))
+        st.dataframe(protocols, hide_index=True, key="ceir_protocols")
+        download_table(protocols, "clustering_protocols", key="ceir_dl_protocols")
+    precision = stored.get("concept_precision_at_5")
+    label_quality = stored.get("labels") or {}
+    columns = st.columns(3)
+    if isinstance(precision, int | float):
+        columns[0].metric(
+            "Concept precision@5",
+            f"{precision:.3f}",
+            help=(
+                "Share of each test image's top-5 positive concepts that are true attributes of its species "
+                "(its head, wing and body colours). A species has three, so with five positive concepts the "
+                "best is 0.6."
+            ),
+        )
+    if isinstance(label_quality.get("precision"), int | float):
+        columns[1].metric(
+            "Printed labels that are true",
+            f"{label_quality['precision']:.3f}",
+            help="Of the labels `conceptlens label` prints for the test images, the share that are true "
+            "species attributes.",
+        )
+        columns[2].metric(
+            "Printed labels that are distractors",
+            f"{label_quality['distractor_share']:.3f}",
+            help="Of those labels, the share naming something the world never draws (e.g. 'webbed feet').",
+        )
+
+
+def main() -> None:
+    st.title("CEIR concepts and clusters")
+    info, loaded = require("ceir")
+    if loaded is None:
+        return
+    st.caption(f"Model: **{info.name}** — {info.summary}.")
+
+    missing = [name for name in REQUIRED if name not in loaded.arrays]
+    if missing:
+        st.error(
+            f"The bundle '{info.name}' lacks the cached arrays {', '.join(missing)}; train it again with "
+            "`conceptlens train ceir`."
+        )
+        return
+
+    vectors = loaded.arrays["train_concepts"].astype(np.float32)
+    clusters = loaded.arrays["train_clusters"].astype(np.int64)
+    with st.spinner(f"Computing the 2-D map of {len(vectors)} latents (first time only) ..."):
+        try:
+            embedding = cached_umap(info.path, info.mtime)
+        except (ValueError, OSError) as exc:
+            st.error(f"The 2-D map of '{info.name}' could not be computed: {exc}")
+            return
+    mtime = info.mtime  # after the map was stored in the bundle
+    contributions = cached_contributions(info.path, mtime, loaded.model, vectors, clusters)
+    try:
+        split = open_data_split(data_json(loaded.data), "train")
+    except (OSError, ValueError):
+        split = None
+        st.warning("The training images behind this bundle cannot be read here, so no pictures are shown.")
+    train = TrainSet(
+        concepts=loaded.concepts,
+        vectors=vectors,
+        clusters=clusters,
+        labels=loaded.arrays["train_labels"].astype(np.int64),
+        classes=list(loaded.config.get("classes") or []),
+        ids=[str(i) for i in loaded.arrays.get("train_ids", np.arange(len(vectors)))],
+        contributions=contributions,
+        split=split,
     )
 
-# --- one image -----------------------------------------------------------------------------------------
-st.subheader("One image's concepts")
-index = st.selectbox(
-    "Image",
-    list(range(n_points)),
-    key="ceir_image",
-    format_func=lambda i: f"{ids[i]} — {frame['true label'][i]} (cluster {clusters[i]})",
-)
-left, right = st.columns([1, 3])
-picture = train_image(split, index)
-if picture is not None:
-    left.image(picture, caption=ids[index], width=160)
-left.metric("Cluster", int(clusters[index]))
-top = image_contributions_table(concepts, vectors[index], contributions[index], k=TOP_K)
-bars = contribution_bars(top)
-with right:
-    st.plotly_chart(bars, key="ceir_bars")
-    st.caption(
-        'Green bars argue for the image\'s cluster, orange ones against; "NOT …" means the concept '
-        "is weaker than on an average training image."
-    )
-download_table(
-    image_contributions_table(concepts, vectors[index], contributions[index]),
-    f"contributions_{file_safe(ids[index])}",
-    key="ceir_dl_contrib",
-)
-download_figure(bars, f"top_concepts_{file_safe(ids[index])}", key="ceir_dl_bars_html")
-
-# --- intervention ---------------------------------------------------------------------------------------
-st.subheader("What if? Edit the image's top concepts")
-editable = intervention_concepts(contributions[index], N_EDITABLE)
-prefix = f"ceir_iv_{index}_"
+    show_concept_bank(loaded)
+    frame = show_latent_map(train, embedding)
+    index = show_one_image(train, frame)
+    show_intervention(train, loaded.model, index)
+    show_clusters(train)
+    show_metrics(loaded.metrics)
 
 
-def reset_sliders() -> None:
-    # Setting (not popping) the state makes Streamlit send ``set_value`` so the browser sliders move back too;
-    # a popped key left them showing the edits, and the next touch sent every old edit back.
-    for i in editable:
-        st.session_state[f"{prefix}{i}"] = slider_start(float(vectors[index, i]))
-
-
-values = {}
-slider_columns = st.columns(len(editable))
-for column, i in zip(slider_columns, editable, strict=True):
-    low, high = slider_bounds(float(vectors[index, i]))
-    values[i] = column.slider(
-        concepts[i],
-        low,
-        high,
-        slider_start(float(vectors[index, i])),
-        step=0.05,
-        key=f"{prefix}{i}",
-        help="z-score: 0 is the training average",
-    )
-st.button("Reset the sliders", on_click=reset_sliders, key="ceir_iv_reset")
-edits = edits_from_sliders(editable, vectors[index], values)
-before, after = intervention(loaded.model, vectors[index], edits)
-c1, c2 = st.columns(2)
-c1.metric("Cluster before", before.cluster)
-c2.metric(
-    "Cluster after the edit",
-    after.cluster,
-    delta="moved" if after.cluster != before.cluster else "unchanged",
-    delta_color="off",
-    delta_arrow="off",
-)
-distances = distances_table(after.distances, before.cluster, after.cluster)
-distance_chart = distance_bars(distances)
-st.plotly_chart(distance_chart, key="ceir_distances")
-download_table(distances, f"intervention_distances_{file_safe(ids[index])}", key="ceir_dl_distances")
-download_figure(
-    distance_chart, f"intervention_distances_{file_safe(ids[index])}", key="ceir_dl_distances_html"
-)
-
-# --- clusters and metrics ------------------------------------------------------------------------------
-st.subheader("Clusters and their concepts")
-per_cluster = cluster_table(concepts, vectors, contributions, clusters)
-composition = cluster_composition(clusters, labels, classes)
-concepts_side, species_side = st.columns([3, 2])
-with concepts_side:
-    st.dataframe(per_cluster, hide_index=True, key="ceir_clusters")
-    download_table(per_cluster, "cluster_concepts", key="ceir_dl_clusters")
-with species_side:
-    st.dataframe(
-        composition,
-        hide_index=True,
-        key="ceir_composition",
-        column_config={
-            "purity": st.column_config.ProgressColumn(
-                "purity", format="percent", min_value=0.0, max_value=1.0
-            )
-        },
-    )
-    st.caption("Species in each training cluster; purity is the share of its most common species.")
-    download_table(composition, "cluster_composition", key="ceir_dl_composition")
-
-st.subheader("Clustering quality on the test split")
-metrics = metrics_table(loaded.metrics)
-if metrics.empty:
-    st.info("This bundle stores no clustering metrics.")
-else:
-    st.dataframe(metrics.round(4), hide_index=True, key="ceir_metrics")
-    download_table(metrics, "clustering_metrics", key="ceir_dl_metrics")
-protocols = protocols_table(loaded.metrics)
-if not protocols.empty:
-    st.markdown("**Both protocols, mean ± std over k-means seeds**")
-    st.caption(" · ".join(f"{name}: {meaning}" for name, meaning in PROTOCOLS))
-    st.dataframe(protocols, hide_index=True, key="ceir_protocols")
-    download_table(protocols, "clustering_protocols", key="ceir_dl_protocols")
-precision = loaded.metrics.get("concept_precision_at_5")
-label_quality = loaded.metrics.get("labels") or {}
-columns = st.columns(3)
-if isinstance(precision, int | float):
-    columns[0].metric(
-        "Concept precision@5",
-        f"{precision:.3f}",
-        help=(
-            "Share of each test image's top-5 positive concepts that are true attributes of its species (its "
-            "head, wing and body colours). A species has three, so with five positive concepts the best "
-            "is 0.6."
-        ),
-    )
-if isinstance(label_quality.get("precision"), int | float):
-    columns[1].metric(
-        "Printed labels that are true",
-        f"{label_quality['precision']:.3f}",
-        help="Of the labels `conceptlens label` prints for the test images, the share that are true species "
-        "attributes.",
-    )
-    columns[2].metric(
-        "Printed labels that are distractors",
-        f"{label_quality['distractor_share']:.3f}",
-        help="Of those labels, the share naming something the world never draws (e.g. 'webbed feet').",
-    )
+main()

@@ -4,10 +4,15 @@ ToyBirds, what happens to the code when one part of that very bird is repainted.
 Concepts are named by the part they are matched to ("concept 1 ≈ wing"); the CLS baseline has one
 attention map (the CLS token's) and one code, and is shown as such."""
 
+from __future__ import annotations
+
 import hashlib
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from lens.bundles import require
 from lens.counterfactual import (
@@ -67,44 +72,82 @@ def reset_index() -> None:
     st.session_state.pop("attn_index", None)
 
 
-st.title("Concept attention")
-info, loaded = require("concepthash")
-if loaded is None:
-    st.stop()
+@dataclass(frozen=True)
+class Naming:
+    """How the page names a model's concepts."""
 
-codes, labels = loaded.arrays["db_codes"], loaded.arrays["db_labels"]
-n_concepts = loaded.model.n_concepts
-per = bits_per_concept(codes.shape[1], n_concepts)
-class_names = list(loaded.config.get("classes") or [])
-cls_baseline = is_cls_baseline(loaded.config)
-names, named_by = concept_names(loaded.metrics, cls_baseline)
+    n_concepts: int
+    cls_baseline: bool  # one code from the CLS token: no concepts, no sub-codes
+    names: dict[int, str]  # concept -> the part it is matched to (empty when none is)
+    named_by: str | None  # "part swap", or how else the parts were matched
 
-source = st.radio("Image", ["Database image", "Upload"], horizontal=True, key="attn_source")
-image, code, masks, key, title, index = None, None, None, "", "", None
-if source == "Database image":
+    @classmethod
+    def of(cls, loaded) -> Naming:
+        cls_baseline = is_cls_baseline(loaded.config)
+        names, named_by = concept_names(loaded.metrics, cls_baseline)
+        return cls(loaded.model.n_concepts, cls_baseline, names, named_by)
+
+
+@dataclass(frozen=True)
+class Picked:
+    """The image the page looks at: a database image or an upload."""
+
+    image: Image.Image
+    code: np.ndarray  # its ±1 code
+    key: str  # the cache key of its heatmaps
+    title: str
+    index: int | None = None  # its row in the database; None for an upload
+    split: Any = None  # the database split it comes from
+    masks: dict[str, np.ndarray] | None = None  # its ToyBirds part masks, when the data has them
+
+
+@dataclass(frozen=True)
+class Attention:
+    """The attention maps drawn for the picked image, which the repaint panel draws again."""
+
+    heat: np.ndarray  # (M, H, W)
+    shown: Image.Image  # the model's view of the image, at twice the display size
+    opacity: float
+    method_label: str
+    stem: str  # file-name stem of the downloads
+    columns: int  # tiles per row
+
+
+def pick_database_image(info, loaded) -> Picked | None:
+    """A database image picked by class and index, or None after a message."""
+    codes, labels = loaded.arrays["db_codes"], loaded.arrays["db_labels"]
+    class_names = list(loaded.config.get("classes") or [])
     try:
         split = open_data_split(data_json(loaded.data), "train")
     except (ValueError, OSError) as exc:
         st.error(f"The database images of '{info.name}' cannot be opened: {exc}")
-        st.stop()
+        return None
     left, right = st.columns([1, 2])
     chosen = left.selectbox("Class", [ALL, *class_names], key="attn_class", on_change=reset_index)
     in_class = labels == class_names.index(chosen) if chosen != ALL else np.ones(len(codes), dtype=bool)
     candidates = np.flatnonzero(in_class)
     if len(candidates) == 0:
         st.warning(f"The database has no image of class '{chosen}'.")
-        st.stop()
+        return None
     index = int(
         right.select_slider(
             "Database image", [int(i) for i in candidates], key="attn_index", format_func=lambda i: f"#{i}"
         )
     )
-    image, code, key = split.image(index), codes[index], f"db-{index}"
     label = labels[index]
-    title = f"#{index} · {class_names[label] if label < len(class_names) else label}"
-    if loaded.data.has_parts and hasattr(split, "sample"):
-        masks = split.sample(index).masks
-else:
+    return Picked(
+        image=split.image(index),
+        code=codes[index],
+        key=f"db-{index}",
+        title=f"#{index} · {class_names[label] if label < len(class_names) else label}",
+        index=index,
+        split=split,
+        masks=split.sample(index).masks if loaded.data.has_parts and hasattr(split, "sample") else None,
+    )
+
+
+def pick_upload(info, loaded) -> Picked | None:
+    """An uploaded image (its central square) and its code, or None after a message."""
     upload = st.file_uploader(
         "Upload an image",
         type=IMAGE_TYPES,
@@ -116,77 +159,87 @@ else:
     if not images:
         if not errors:
             st.info("Upload a JPEG, PNG, WebP, BMP, GIF or TIFF image to see where each concept looks.")
-        st.stop()
+        return None
     name, full = images[0]
     image = center_square(full)
     key = "upload-" + hashlib.sha1(image.tobytes() + str(image.size).encode()).hexdigest()
-    title = name
     try:
         code = upload_code(loaded, image, info.path, info.mtime, key)
     except (ValueError, RuntimeError) as exc:
         st.error(f"The model could not encode '{name}': {exc}")
-        st.stop()
+        return None
+    return Picked(image=image, code=code, key=key, title=name)
 
-controls = st.columns([1, 1, 2])
-method_label = controls[0].radio(
-    "Attention",
-    list(METHODS),
-    horizontal=True,
-    key="attn_method",
-    help="Last layer: the concept token's attention in the final block (what "
-    "L_csd acts on). Rollout: attention propagated through every block.",
-)
-opacity = controls[1].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="attn_opacity")
-try:
-    heat = image_heatmaps(loaded, image, info.path, info.mtime, key, METHODS[method_label])
-except (ValueError, RuntimeError) as exc:
-    st.error(f"The attention maps of '{title}' could not be computed: {exc}")
-    st.stop()
 
-shown = model_view(image, 2 * SHOWN)  # twice the shown size: crisp on high-density screens
-groups = code_groups(code, n_concepts)
-overlays = [overlay(shown, heat[m], opacity) for m in range(n_concepts)]
-items = [("image", shown)]
-if cls_baseline:
-    st.markdown(f"**{title}** — code `{groups[0]}`")
-    items.append((f"CLS token = {groups[0]}", overlays[0]))
-else:
-    st.markdown(f"**{title}** — code `{format_code(code, n_concepts)}`")
-    items += [(f"{concept_label(m, names)} = {groups[m]}", overlaid) for m, overlaid in enumerate(overlays)]
-stem = title.rsplit(".", 1)[0].replace("#", "").replace(" · ", "-").replace(" ", "_")
-image_grid(
-    items,
-    columns=min(len(items), 6),
-    width=SHOWN,
-    download=f"concept-attention-{stem}-{METHODS[method_label]}",
-    scale=ATTENTION_SCALE,
-    key="attn_download",
-    label="the overlays",
-)
-show_colour_scale()
-if cls_baseline:
-    st.caption(
-        f"The CLS baseline has no concept tokens: one {code.shape[0]}-bit code from the CLS token, whose "
-        f"{method_label.lower()} attention is shown (bright = attended)."
+def show_attention(info, loaded, picked: Picked, naming: Naming) -> Attention | None:
+    """Each concept's attention over the picked image, or None after a message."""
+    n_concepts, names, code, title = naming.n_concepts, naming.names, picked.code, picked.title
+    controls = st.columns([1, 1, 2])
+    method_label = controls[0].radio(
+        "Attention",
+        list(METHODS),
+        horizontal=True,
+        key="attn_method",
+        help="Last layer: the concept token's attention in the final block (what "
+        "L_csd acts on). Rollout: attention propagated through every block.",
     )
-else:
-    st.caption(
-        f"{method_label} attention of each concept token (bright = attended), with its sub-code bits "
-        f"b0…b{per - 1}"
-        + (
-            "; '≈ part' names the part the concept is matched to "
-            + (
-                "(the part whose colour change flips its sub-code)."
-                if named_by == "part swap"
-                else "(the part its attention points at on the test images)."
-            )
-            if names
-            else "."
+    opacity = controls[1].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="attn_opacity")
+    try:
+        heat = image_heatmaps(loaded, picked.image, info.path, info.mtime, picked.key, METHODS[method_label])
+    except (ValueError, RuntimeError) as exc:
+        st.error(f"The attention maps of '{title}' could not be computed: {exc}")
+        return None
+
+    shown = model_view(picked.image, 2 * SHOWN)  # twice the shown size: crisp on high-density screens
+    groups = code_groups(code, n_concepts)
+    overlays = [overlay(shown, heat[m], opacity) for m in range(n_concepts)]
+    items = [("image", shown)]
+    if naming.cls_baseline:
+        st.markdown(f"**{title}** — code `{groups[0]}`")
+        items.append((f"CLS token = {groups[0]}", overlays[0]))
+    else:
+        st.markdown(f"**{title}** — code `{format_code(code, n_concepts)}`")
+        items += [
+            (f"{concept_label(m, names)} = {groups[m]}", overlaid) for m, overlaid in enumerate(overlays)
+        ]
+    stem = title.rsplit(".", 1)[0].replace("#", "").replace(" · ", "-").replace(" ", "_")
+    image_grid(
+        items,
+        columns=min(len(items), 6),
+        width=SHOWN,
+        download=f"concept-attention-{stem}-{METHODS[method_label]}",
+        scale=ATTENTION_SCALE,
+        key="attn_download",
+        label="the overlays",
+    )
+    show_colour_scale()
+    if naming.cls_baseline:
+        st.caption(
+            f"The CLS baseline has no concept tokens: one {code.shape[0]}-bit code from the CLS token, whose "
+            f"{method_label.lower()} attention is shown (bright = attended)."
         )
-    )
+    else:
+        per = bits_per_concept(loaded.arrays["db_codes"].shape[1], n_concepts)
+        st.caption(
+            f"{method_label} attention of each concept token (bright = attended), with its sub-code bits "
+            f"b0…b{per - 1}"
+            + (
+                "; '≈ part' names the part the concept is matched to "
+                + (
+                    "(the part whose colour change flips its sub-code)."
+                    if naming.named_by == "part swap"
+                    else "(the part its attention points at on the test images)."
+                )
+                if names
+                else "."
+            )
+        )
+    return Attention(heat, shown, opacity, method_label, stem, min(len(items), 6))
 
-if masks is not None:
+
+def show_part_masks(masks: dict[str, np.ndarray], attention: Attention) -> None:
     st.markdown("**Part masks** (ToyBirds ground truth; the rest of the image is faded)")
+    shown = attention.shown
     # Fade everything outside the part: a tint alone vanishes on a part of the same colour.
     part_items = [
         (part, mask_overlay(shown, ~resize_mask(masks[part], shown.size), (255, 255, 255), 0.8))
@@ -195,16 +248,18 @@ if masks is not None:
     ]
     image_grid(
         part_items,
-        columns=min(len(items), 6),
+        columns=attention.columns,
         width=SHOWN,
-        download=f"part-masks-{stem}",
+        download=f"part-masks-{attention.stem}",
         key="attn_masks_png",
         label="the part masks",
     )
 
 
-# --- counterfactual: the same bird with one part repainted ----------------------------------------
-if index is not None and masks is not None:
+def show_repaint(info, loaded, picked: Picked, attention: Attention, naming: Naming) -> None:
+    """The same bird with one part repainted: which sub-code flips, and the attention before and after."""
+    index, method_label = picked.index, attention.method_label
+    n_concepts, names, cls_baseline = naming.n_concepts, naming.names, naming.cls_baseline
     st.divider()
     st.subheader("Repaint one part of this bird: which sub-code flips?")
     st.caption(
@@ -218,7 +273,7 @@ if index is not None and masks is not None:
             else ""
         )
     )
-    current = split.sample(index).part_values
+    current = picked.split.sample(index).part_values
     pick = st.columns([1, 1])
     part = pick[0].radio("Repaint the", list(PARTS), horizontal=True, key="attn_cf_part")
     value = pick[1].selectbox(
@@ -238,7 +293,7 @@ if index is not None and masks is not None:
         )
     except (ValueError, RuntimeError) as exc:
         st.error(f"The repainted bird could not be drawn or encoded: {exc}")
-        st.stop()
+        return
     changes = subcode_changes(cf.before, cf.after, n_concepts, names, cls_baseline)
     st.markdown(f"**{species_line(cf.original, cf.redrawn, part)}**")
 
@@ -264,6 +319,7 @@ if index is not None and masks is not None:
 
     flipped = {c.concept for c in changes if c.flipped}
     label = (lambda m: "CLS token") if cls_baseline else (lambda m: concept_label(m, names))
+    shown, heat, opacity = attention.shown, attention.heat, attention.opacity
     rows = [(f"before · {label(m)}", overlay(shown, heat[m], opacity)) for m in range(n_concepts)]
     rows += [
         (
@@ -277,8 +333,30 @@ if index is not None and masks is not None:
         rows,
         columns=n_concepts if n_concepts > 1 else 2,
         width=SHOWN,
-        download=f"repaint-{stem}-{part}-{value}-{METHODS[method_label]}",
+        download=f"repaint-{attention.stem}-{part}-{value}-{METHODS[method_label]}",
         scale=ATTENTION_SCALE,
         key="attn_cf_download",
         label="the overlays before and after",
     )
+
+
+def main() -> None:
+    st.title("Concept attention")
+    info, loaded = require("concepthash")
+    if loaded is None:
+        return
+    naming = Naming.of(loaded)
+    source = st.radio("Image", ["Database image", "Upload"], horizontal=True, key="attn_source")
+    picked = pick_database_image(info, loaded) if source == "Database image" else pick_upload(info, loaded)
+    if picked is None:
+        return
+    attention = show_attention(info, loaded, picked, naming)
+    if attention is None:
+        return
+    if picked.masks is not None:
+        show_part_masks(picked.masks, attention)
+        if picked.index is not None:
+            show_repaint(info, loaded, picked, attention, naming)
+
+
+main()

@@ -4,6 +4,10 @@ sub-code on, and how each sub-code follows the ToyBirds parts (part swap, NMI, l
 Concepts are named by the part they are matched to ("concept 1 ≈ wing") wherever they appear;
 the CLS baseline has one code and no concepts, and the page says so instead of naming any."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 import numpy as np
 import streamlit as st
 
@@ -85,79 +89,119 @@ def draw_grid(
         st.caption(" · ".join(cut))
 
 
-st.title("Hash codes, bit by bit")
-info, loaded = require("concepthash")
-if loaded is None:
-    st.stop()
+@dataclass(frozen=True)
+class Database:
+    """A ConceptHash bundle's database codes, and how the page names their bits and concepts."""
 
-codes, labels = loaded.arrays["db_codes"], loaded.arrays["db_labels"]
-n_images, n_bits = codes.shape
-n_concepts = loaded.model.n_concepts
-per = bits_per_concept(n_bits, n_concepts)
-class_names = list(loaded.config.get("classes") or [])
-cls_baseline = is_cls_baseline(loaded.config)
-names, named_by = concept_names(loaded.metrics, cls_baseline)
-bit_names = [f"b{k}" for k in range(n_bits)] if cls_baseline else bit_labels(n_bits, n_concepts)
-if cls_baseline:
-    st.caption(
-        f"**{info.name}** is the **CLS baseline**: {n_images} database images, one {n_bits}-bit code "
-        "hashed from the CLS token. It has no concept tokens, so its code has no sub-codes and no part "
-        "to name; the attention shown is the CLS token's. A bit is *on* when it is +1."
-    )
-else:
-    st.caption(
-        f"**{info.name}**: {n_images} database images, {n_bits} bits = {n_concepts} concepts × {per} bits. "
-        "Bit `c1·b0` is the first bit of concept 1's sub-code; a bit is *on* when it is +1."
-        + (
-            " Concepts are named by the part they are matched to"
-            + (
-                " (the part whose colour change flips their sub-code; see *part swap* below): "
-                if named_by == "part swap"
-                else " (the part their attention points at; this bundle predates the part-swap metric): "
-            )
-            + ", ".join(concept_label(m, names) for m in range(n_concepts))
-            + "."
-            if names
-            else ""
+    codes: np.ndarray  # (N, K) ±1
+    labels: np.ndarray  # (N,) class of each database image
+    class_names: list[str]
+    n_concepts: int
+    cls_baseline: bool  # one code from the CLS token: no concepts, no sub-codes
+    names: dict[int, str]  # concept -> the part it is matched to (empty when none is)
+    named_by: str | None  # "part swap", or how else the parts were matched
+    bit_names: list[str]
+
+    @classmethod
+    def of(cls, loaded) -> Database:
+        codes = loaded.arrays["db_codes"]
+        n_concepts = loaded.model.n_concepts
+        cls_baseline = is_cls_baseline(loaded.config)
+        names, named_by = concept_names(loaded.metrics, cls_baseline)
+        n_bits = codes.shape[1]
+        bit_names = [f"b{k}" for k in range(n_bits)] if cls_baseline else bit_labels(n_bits, n_concepts)
+        class_names = list(loaded.config.get("classes") or [])
+        return cls(
+            codes,
+            loaded.arrays["db_labels"],
+            class_names,
+            n_concepts,
+            cls_baseline,
+            names,
+            named_by,
+            bit_names,
         )
+
+    @property
+    def n_images(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def n_bits(self) -> int:
+        return self.codes.shape[1]
+
+    @property
+    def per(self) -> int:
+        """Bits per concept."""
+        return bits_per_concept(self.n_bits, self.n_concepts)
+
+
+def describe(info, db: Database) -> None:
+    n_images, n_bits, n_concepts, names = db.n_images, db.n_bits, db.n_concepts, db.names
+    if db.cls_baseline:
+        st.caption(
+            f"**{info.name}** is the **CLS baseline**: {n_images} database images, one {n_bits}-bit code "
+            "hashed from the CLS token. It has no concept tokens, so its code has no sub-codes and no part "
+            "to name; the attention shown is the CLS token's. A bit is *on* when it is +1."
+        )
+    else:
+        st.caption(
+            f"**{info.name}**: {n_images} database images, {n_bits} bits = {n_concepts} concepts × {db.per} "
+            "bits. Bit `c1·b0` is the first bit of concept 1's sub-code; a bit is *on* when it is +1."
+            + (
+                " Concepts are named by the part they are matched to"
+                + (
+                    " (the part whose colour change flips their sub-code; see *part swap* below): "
+                    if db.named_by == "part swap"
+                    else " (the part their attention points at; this bundle predates the part-swap metric): "
+                )
+                + ", ".join(concept_label(m, names) for m in range(n_concepts))
+                + "."
+                if names
+                else ""
+            )
+        )
+
+
+def show_bit_matrix(db: Database, ids) -> None:
+    st.subheader("The database codes")
+    codes, labels = db.codes, db.labels
+    mode = st.radio("Sort rows", SORT_MODES, format_func=SORT_LABELS.get, horizontal=True, key="hash_sort")
+    order = bit_matrix_order(codes, labels, mode)
+    matrix = bit_matrix_figure(codes, labels, order, db.n_concepts, db.class_names, db.names)
+    st.plotly_chart(matrix, key="hash_matrix")
+    st.caption(
+        "Yellow = on (+1), dark = off (−1); red lines separate the concepts' sub-codes. "
+        "Hover a cell for the image and its class."
+    )
+    download_figure(matrix, "bit-matrix", key="hash_matrix_html")
+    download_table(
+        codes_table(codes, labels, order, db.class_names, db.bit_names, ids),
+        "database_codes",
+        key="hash_codes_csv",
     )
 
-# --- the bit matrix -------------------------------------------------------------------------------
-st.subheader("The database codes")
-mode = st.radio("Sort rows", SORT_MODES, format_func=SORT_LABELS.get, horizontal=True, key="hash_sort")
-matrix = bit_matrix_figure(
-    codes, labels, bit_matrix_order(codes, labels, mode), n_concepts, class_names, names
-)
-st.plotly_chart(matrix, key="hash_matrix")
-st.caption(
-    "Yellow = on (+1), dark = off (−1); red lines separate the concepts' sub-codes. "
-    "Hover a cell for the image and its class."
-)
-download_figure(matrix, "bit-matrix", key="hash_matrix_html")
-ids = loaded.arrays.get("db_ids")
-download_table(
-    codes_table(codes, labels, bit_matrix_order(codes, labels, mode), class_names, bit_names, ids),
-    "database_codes",
-    key="hash_codes_csv",
-)
 
-# --- images by bit or by sub-code -----------------------------------------------------------------
-st.subheader("Which images turn it on")
-try:
-    split = open_data_split(data_json(loaded.data), "train")
-except (ValueError, OSError) as exc:
-    split = None
-    st.error(f"The database images of '{info.name}' cannot be opened: {exc}")
-
-if split is not None:
+def show_images(info, loaded, db: Database) -> None:
+    """The images that turn a bit, or a sub-code value, on."""
+    st.subheader("Which images turn it on")
+    try:
+        split = open_data_split(data_json(loaded.data), "train")
+    except (ValueError, OSError) as exc:
+        st.error(f"The database images of '{info.name}' cannot be opened: {exc}")
+        return
+    codes, labels, names, per = db.codes, db.labels, db.names, db.per
+    bit_names, n_images, class_names = db.bit_names, db.n_images, db.class_names
     pick = (
-        "Bit" if cls_baseline else st.radio("Look at", ["Bit", "Sub-code"], horizontal=True, key="hash_pick")
+        "Bit"
+        if db.cls_baseline
+        else st.radio("Look at", ["Bit", "Sub-code"], horizontal=True, key="hash_pick")
     )
     left, right = st.columns(2)
     with right:
         attend = st.checkbox(
             "Overlay the CLS token's attention (last layer)"
-            if cls_baseline
+            if db.cls_baseline
             else "Overlay the concept's attention (last layer)",
             value=True,
             key="hash_overlay",
@@ -176,7 +220,7 @@ if split is not None:
     if pick == "Bit":
         bit = left.selectbox(
             "Bit",
-            range(n_bits),
+            range(db.n_bits),
             format_func=lambda k: bit_names[k] + (f" ({concept_label(k // per, names)})" if names else ""),
             key="hash_bit",
         )
@@ -186,11 +230,11 @@ if split is not None:
     else:
         concept = left.selectbox(
             "Sub-code",
-            range(n_concepts),
+            range(db.n_concepts),
             key="hash_subcode",
             format_func=lambda m: f"{concept_label(m, names)} (bits c{m}·b0 … c{m}·b{per - 1})",
         )
-        groups = images_by_subcode(codes, concept, n_concepts)
+        groups = images_by_subcode(codes, concept, db.n_concepts)
         values = sorted(sorted(groups, key=lambda v: (-len(groups[v]), v))[:MAX_VALUES])
         samples = {v: balanced_sample(groups[v], labels, PER_VALUE, seed) for v in values}
 
@@ -242,21 +286,25 @@ if split is not None:
                 split, chosen, heat, overlaid, class_names, labels, f"c{concept}-value{value}-sample{seed}"
             )
 
-# --- part swap -----------------------------------------------------------------------------------
-st.subheader("Repaint one part: which sub-code flips?")
-swap = part_swap(loaded.metrics) if loaded.data.has_parts else None
-if not loaded.data.has_parts:
-    st.info(
-        "This needs ToyBirds, where a bird can be redrawn with one part repainted; this bundle's data is not."
-    )
-elif swap is None:
-    st.info(
-        f"'{info.name}' predates the part-swap metric: its bundle stores no part-swap matrix. "
-        f"`{REEVALUATE.replace('BUNDLE', info.path)}` computes it; to show it here, retrain the bundle "
-        f"(the shipped ones: `{REBUILD}`), which stores it with the other metrics."
-    )
-else:
-    if cls_baseline:
+
+def show_part_swap(info, loaded, db: Database) -> None:
+    """Which sub-code flips when one part of a bird is repainted (the bundle's stored part-swap matrix)."""
+    st.subheader("Repaint one part: which sub-code flips?")
+    swap = part_swap(loaded.metrics) if loaded.data.has_parts else None
+    if not loaded.data.has_parts:
+        st.info(
+            "This needs ToyBirds, where a bird can be redrawn with one part repainted; this bundle's data is "
+            "not."
+        )
+        return
+    if swap is None:
+        st.info(
+            f"'{info.name}' predates the part-swap metric: its bundle stores no part-swap matrix. "
+            f"`{REEVALUATE.replace('BUNDLE', info.path)}` computes it; to show it here, retrain the bundle "
+            f"(the shipped ones: `{REBUILD}`), which stores it with the other metrics."
+        )
+        return
+    if db.cls_baseline:
         st.caption(
             "Each test bird is redrawn with one part's colour changed and nothing else. The CLS baseline has "
             "one code and no concepts, so the single column is the probability that its whole code changes."
@@ -268,25 +316,28 @@ else:
             "stands for one part is bright in its part's row (outlined: the matching) and dark elsewhere, "
             "and the nuisance tail should flip nothing."
         )
-    swap_table, matched = part_swap_table(swap, names, cls_baseline)
+    swap_table, matched = part_swap_table(swap, db.names, db.cls_baseline)
     swap_figure = part_swap_figure(swap_table, matched)
     st.plotly_chart(swap_figure, key="hash_swap")
     download_figure(swap_figure, "part-swap", key="hash_swap_html")
-    summary = "" if cls_baseline else part_swap_summary(swap, names)
+    summary = "" if db.cls_baseline else part_swap_summary(swap, db.names)
     if summary:
         st.markdown(summary[0].upper() + summary[1:])
     download_table(
         swap_table.rename_axis("part repainted").reset_index().round(4), "part-swap", key="hash_swap_csv"
     )
 
-# --- sub-codes vs parts ---------------------------------------------------------------------------
-st.subheader(
-    "What the code tells about the parts" if cls_baseline else "What each sub-code tells about the parts"
-)
-table = nmi_table(loaded.metrics, names, cls_baseline) if loaded.data.has_parts else None
-if table is None:
-    st.info("This needs data with part annotations (ToyBirds); this bundle's data has none.")
-else:
+
+def show_subcodes_vs_parts(loaded, db: Database) -> None:
+    """What each sub-code tells about the parts' colours (NMI), and where the concepts look (localisation)."""
+    cls_baseline, names = db.cls_baseline, db.names
+    st.subheader(
+        "What the code tells about the parts" if cls_baseline else "What each sub-code tells about the parts"
+    )
+    table = nmi_table(loaded.metrics, names, cls_baseline) if loaded.data.has_parts else None
+    if table is None:
+        st.info("This needs data with part annotations (ToyBirds); this bundle's data has none.")
+        return
     st.caption(
         "Normalised mutual information between "
         + ("the whole code's value" if cls_baseline else "each concept's sub-code value")
@@ -301,7 +352,7 @@ else:
         st.plotly_chart(nmi, key="hash_nmi")
         download_table(table.round(4), "subcode-part-nmi", key="hash_nmi_csv")
         download_figure(nmi, "subcode-part-nmi", key="hash_nmi_html")
-    local = localisation_table(loaded.metrics, cls_baseline, names if named_by == "part swap" else None)
+    local = localisation_table(loaded.metrics, cls_baseline, names if db.named_by == "part swap" else None)
     if local is not None:
         with right:
             st.markdown(
@@ -312,3 +363,19 @@ else:
             )
             st.dataframe(local.round(3), hide_index=True)
             download_table(local.round(4), "localisation", key="hash_local_csv")
+
+
+def main() -> None:
+    st.title("Hash codes, bit by bit")
+    info, loaded = require("concepthash")
+    if loaded is None:
+        return
+    db = Database.of(loaded)
+    describe(info, db)
+    show_bit_matrix(db, loaded.arrays.get("db_ids"))
+    show_images(info, loaded, db)
+    show_part_swap(info, loaded, db)
+    show_subcodes_vs_parts(loaded, db)
+
+
+main()

@@ -278,25 +278,8 @@ def show_results(report: LabelReport, images) -> None:
         download_figure(figure, "candidate_labels", key="ow_dl_candidates_html")
 
 
-st.title("Open-world concept labels")
-st.caption(
-    "Upload images (or pick sample photos), choose a model and a concept bank, and get each image's "
-    "top concepts; for several images, the concepts they share become candidate labels."
-)
-
-st.subheader("Images")
-images, upload_errors = collect_images()
-show_errors(upload_errors)
-
-st.subheader("Model and concepts")
-model_choice = choose_model()
-bank = choose_bank(model_choice.has_own_bank) if model_choice is not None else None
-top_k = st.slider("Labels per image", 1, 15, 5, key="ow_top_k")
-
-st.subheader("Concept labels")
-if not images:
-    st.info("Upload images or pick sample photos above to label them.")
-elif model_choice is not None and bank is not None:
+def show_labels(images, model_choice: ModelChoice, bank: BankChoice, top_k: int) -> None:
+    """Label the images and show the labels, or say why they could not be labelled."""
     keys = tuple((name, image_digest(image)) for name, image in images)
     try:
         with st.spinner(f"Labelling {len(images)} image(s) ..."):
@@ -311,8 +294,34 @@ elif model_choice is not None and bank is not None:
             )
     except (ValueError, RuntimeError) as exc:
         st.error(f"The images could not be labelled: {exc}")
-    else:
-        show_errors([failure["error"] for failure in report.failed])
-        failed = {failure["file"] for failure in report.failed}
-        st.caption(scoring_sentence(report, model_choice.words))
-        show_results(report, [(name, image) for name, image in images if name not in failed])
+        return
+    show_errors([failure["error"] for failure in report.failed])
+    failed = {failure["file"] for failure in report.failed}
+    st.caption(scoring_sentence(report, model_choice.words))
+    show_results(report, [(name, image) for name, image in images if name not in failed])
+
+
+def main() -> None:
+    st.title("Open-world concept labels")
+    st.caption(
+        "Upload images (or pick sample photos), choose a model and a concept bank, and get each image's "
+        "top concepts; for several images, the concepts they share become candidate labels."
+    )
+
+    st.subheader("Images")
+    images, upload_errors = collect_images()
+    show_errors(upload_errors)
+
+    st.subheader("Model and concepts")
+    model_choice = choose_model()
+    bank = choose_bank(model_choice.has_own_bank) if model_choice is not None else None
+    top_k = st.slider("Labels per image", 1, 15, 5, key="ow_top_k")
+
+    st.subheader("Concept labels")
+    if not images:
+        st.info("Upload images or pick sample photos above to label them.")
+    elif model_choice is not None and bank is not None:
+        show_labels(images, model_choice, bank, top_k)
+
+
+main()
