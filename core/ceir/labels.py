@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from core.backbones.conse import ConSEBackbone
+from core.ceir import arrays as arr
 from core.ceir.bundle import LoadedCEIR
 from core.ceir.concept_bank import ConceptBank
 from core.ceir.explain import explain
@@ -164,7 +165,7 @@ def labels_from_contributions(
 
 
 OOD_NEIGHBOURS = 5
-OOD_REFERENCE = 2000  # training images the distance is measured against (an even subsample beyond this)
+OOD_REFERENCE_ROWS = 2000  # training images the distance is measured against (an even subsample beyond this)
 
 
 def neighbour_distance(
@@ -180,7 +181,7 @@ def neighbour_distance(
         return distances.topk(k, dim=1, largest=False).values.mean(dim=1).numpy()
 
 
-def even_subsample(rows: np.ndarray, limit: int = OOD_REFERENCE) -> np.ndarray:
+def even_subsample(rows: np.ndarray, limit: int = OOD_REFERENCE_ROWS) -> np.ndarray:
     """All of ``rows``, or ``limit`` of them evenly spaced (deterministic)."""
     rows = np.asarray(rows, dtype=np.float32)
     return rows[np.linspace(0, len(rows) - 1, limit).astype(int)] if len(rows) > limit else rows
@@ -198,9 +199,9 @@ def _ood_reference(loaded: LoadedCEIR | BackboneOnly) -> tuple[torch.Tensor, flo
     if model is None:
         return None
     if "_ood_reference" not in vars(loaded):
-        reference, in_embedding_space = arrays.get("ood_reference"), True
+        reference, in_embedding_space = arrays.get(arr.OOD_REFERENCE), True
         if reference is None or reference.ndim != 2 or reference.shape[1] != model.projection.in_features:
-            reference, in_embedding_space = arrays.get("train_concepts"), False
+            reference, in_embedding_space = arrays.get(arr.TRAIN_CONCEPTS), False
         found = None
         if reference is not None and len(reference) >= 2:
             rows = torch.from_numpy(even_subsample(reference))

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from core.bundle import ARRAYS_FILE, BundleError, read_bundle_config, update_bundle_arrays
+from core.ceir.arrays import TRAIN_LATENTS, TRAIN_UMAP
 
-UMAP_ARRAY = "train_umap"
-LATENTS_ARRAY = "train_latents"
+UMAP_ARRAY, LATENTS_ARRAY = TRAIN_UMAP, TRAIN_LATENTS
 DEFAULT_SEED = 0
 DEFAULT_NEIGHBORS = 15
 MIN_UMAP_POINTS = 5  # below this UMAP has no neighbourhood graph worth the name: PCA instead

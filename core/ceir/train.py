@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from core.backbones.clip import Backbone, load_backbone
 from core.bundle import save_bundle
+from core.ceir import arrays as arr
 from core.ceir import concept_bank as banks
 from core.ceir.bottleneck import (
     ZScore,
@@ -283,13 +284,13 @@ def _train_ceir(
         model, config.vae, train_split, test_split, train_emb, test_emb, seed=config.seed
     )
     arrays = {
-        "train_concepts": z_train.numpy().astype(np.float32),
-        "train_latents": latent_train.numpy().astype(np.float32),
-        "train_clusters": model.assign(latent_train).numpy().astype(np.int64),
-        "train_labels": train_split.labels.astype(np.int64),
-        "train_ids": np.array([train_split.image_id(i) for i in range(len(train_split))]),
-        "concept_fidelity": fidelity.astype(np.float32),
-        "ood_reference": even_subsample(train_emb.numpy()),  # for the out-of-distribution warning
+        arr.TRAIN_CONCEPTS: z_train.numpy().astype(np.float32),
+        arr.TRAIN_LATENTS: latent_train.numpy().astype(np.float32),
+        arr.TRAIN_CLUSTERS: model.assign(latent_train).numpy().astype(np.int64),
+        arr.TRAIN_LABELS: train_split.labels.astype(np.int64),
+        arr.TRAIN_IDS: np.array([train_split.image_id(i) for i in range(len(train_split))]),
+        arr.CONCEPT_FIDELITY: fidelity.astype(np.float32),
+        arr.OOD_REFERENCE: even_subsample(train_emb.numpy()),  # for the out-of-distribution warning
     }
     bundle_config = {
         "backbone": backbone.reference,

@@ -5,21 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.backbones.clip import load_backbone
-from core.bundle import ArrayLayout, check_shapes, load_bundle, nested_value
+from core.bundle import check_shapes, load_bundle
+from core.concepthash.arrays import ARRAYS, DB_CODES, DB_LABELS
 from core.concepthash.model import ConceptHash, ConceptHashConfig
 from core.data.spec import DataSpec
 from core.loaded import LoadedBundle
 from core.runtime import resolve_device
 
 KIND = "concepthash"
-
-# The cached arrays: the database's codes (±1), class indices and image ids, one row per image.
-DB_CODES, DB_LABELS, DB_IDS = "db_codes", "db_labels", "db_ids"
-ARRAYS = ArrayLayout(
-    {DB_CODES: ("rows", "bits"), DB_LABELS: ("rows",), DB_IDS: ("rows",)},
-    required=(DB_CODES, DB_LABELS),
-    sizes=lambda config: {"bits": nested_value(config, "model", "bits")},
-)
 
 
 class LoadedConceptHash(LoadedBundle[ConceptHash]):

@@ -65,6 +65,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 
 from core.backbones.clip import Backbone
+from core.concepthash.arrays import DB_CODES, DB_IDS, DB_LABELS
 from core.concepthash.bundle import load_concepthash
 from core.concepthash.losses import csd_loss
 from core.concepthash.model import ConceptHash
@@ -502,9 +503,9 @@ def evaluate_model(
                 centres = model.hash_centers().cpu().numpy()
             metrics["centre_part_nmi"] = centre_part_nmi(centres, m)
     arrays = {
-        "db_codes": db_codes,
-        "db_labels": database.labels.astype(np.int64),
-        "db_ids": np.array([database.image_id(i) for i in range(len(database))]),
+        DB_CODES: db_codes,
+        DB_LABELS: database.labels.astype(np.int64),
+        DB_IDS: np.array([database.image_id(i) for i in range(len(database))]),
     }
     return metrics, arrays
 
