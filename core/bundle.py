@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # torch is imported where weights are saved or loaded: findin
     import torch  # (the dashboard's sidebar and Home page) stays free of its seconds-long import
 
 from core import __version__
+from core.atomic import swap_folder_into_place
 from core.data.images import os_reason
 
 FORMAT_VERSION = 1
@@ -470,17 +471,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool)
 def _install(tmp: Path, path: Path, overwrite: bool) -> None:
     """Rename ``tmp`` to ``path``; an old bundle moves to a ``.old-`` sibling first and is deleted after."""
     check_save_target(path, overwrite)
-    if path.exists() or path.is_symlink():
-        old = _sibling(path, ".old-")
-        os.rename(path, old)
-        try:
-            os.rename(tmp, path)
-        except BaseException:
-            os.rename(old, path)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
+    swap_folder_into_place(tmp, path, _sibling(path, ".old-"))
     _fsync_dir(path.parent)
 
 

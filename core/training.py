@@ -8,13 +8,13 @@ checkpoint is removed once the bundle is written; ``--resume`` continues from it
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.utils.data
 
+from core.atomic import write_file_atomic
 from core.distributed import DistContext, RankSliceSampler, check_global_batch
 
 
@@ -26,9 +26,7 @@ def checkpoint_path(out_dir: str | Path) -> Path:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda stream: torch.save(state, stream))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:

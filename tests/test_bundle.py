@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 import core
+from core import atomic
 from core import bundle as bundle_module
 from core.bundle import (
     FORMAT_VERSION,
@@ -355,14 +356,14 @@ def test_failure_on_new_path_leaves_nothing(tmp_path: Path, monkeypatch: pytest.
 
 def test_failed_final_rename_puts_old_bundle_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _save(tmp_path / "b", seed=1)
-    real_rename = os.rename
+    real_replace = os.replace
 
-    def rename(source, target):
+    def replace(source, target):
         if Path(source).name.startswith(".tmp-"):
             raise OSError("rename failed")
-        real_rename(source, target)
+        real_replace(source, target)
 
-    monkeypatch.setattr(bundle_module.os, "rename", rename)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     with pytest.raises(OSError, match="rename failed"):
         _save(path, seed=2, overwrite=True)
     monkeypatch.undo()

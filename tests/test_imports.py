@@ -15,7 +15,7 @@ KNOWN_CYCLES: list[set[str]] = []  # none left; a new one fails
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 LOWER = ("core.data", "core.backbones", "core.bundle", "core.runtime", "core.progress", "core.training",
          "core.distributed", "core.retrieval", "core.results", "core.loaded", "core.settings",
-         "core.lazy")  # fmt: skip
+         "core.lazy", "core.atomic")  # fmt: skip
 HIGHER = (
     "core.ceir",
     "core.concepthash",

@@ -22,14 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 KILLED_SAVE = textwrap.dedent(
     """
     import os, sys, torch
-    from core import bundle
-    real_rename, calls = os.rename, []
-    def rename(source, target):
-        real_rename(source, target)
+    from core import atomic, bundle
+    real_replace, calls = os.replace, []
+    def replace(source, target):
+        real_replace(source, target)
         calls.append(target)
         if len(calls) == 1:  # the old bundle is out of the way, the new one not yet in place
             os._exit(9)
-    bundle.os.rename = rename
+    atomic.os.replace = replace
     bundle.save_bundle(sys.argv[1], kind="clip", config={"run": 2}, weights={"w": torch.full((3,), 2.0)},
                        overwrite=True)
     """

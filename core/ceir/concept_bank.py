@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.atomic import write_file_atomic
 from core.data import toybirds
 
 SHIPPED_BANKS: tuple[str, ...] = ("toybirds", "cifar10", "cub200", "general")
@@ -221,16 +221,7 @@ def write_concept_file(
         raise ConceptBankError(f"Cannot write concept bank to {path}: it is a directory.")
     if not path.parent.is_dir():
         raise ConceptBankError(f"Cannot write concept bank to {path}: folder {path.parent} does not exist.")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(body)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, lambda stream: stream.write(body.encode("utf-8")), fsync=True)
 
 
 # ---------------------------------------------------------------------------------------------

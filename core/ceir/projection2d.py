@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from core.atomic import write_file_atomic
 from core.bundle import ARRAYS_FILE, BundleError, read_bundle_config, update_bundle_arrays
 from core.ceir.arrays import TRAIN_LATENTS, TRAIN_UMAP
 
@@ -166,10 +166,7 @@ def _save_disk_cache(file: Path, array: np.ndarray) -> None:
     """Write atomically (temporary file + rename); a cache that cannot be written is only a warning."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{file.name}")
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, file)
+        write_file_atomic(file, lambda stream: np.save(stream, array, allow_pickle=False))
     except OSError as error:
         warnings.warn(
             f"The 2-D map could not be cached in {file.parent} ({error}).", UserWarning, stacklevel=3

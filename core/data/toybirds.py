@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core.atomic import swap_folder_into_place
+
 WORLD_VERSION = 2  # bump when the drawing or the species table changes; bundles record it
 
 PARTS: tuple[str, ...] = ("head", "wing", "body", "tail")
@@ -913,24 +915,10 @@ def render_to_disk(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         _write_folder(tmp, split, count, seed, image_size, progress)
-        _swap_into_place(tmp, out)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old.rmdir()  # a fresh name for the old folder, free for the rename
+        swap_folder_into_place(tmp, out, old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is first moved aside, then deleted."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from core.atomic import write_file_atomic
 from core.retrieval.hamming import hamming_topk
 
 STORE_FORMAT = "conceptlens-store"
@@ -49,15 +50,11 @@ def shard_name(index: int) -> str:
 
 def write_json_atomic(path: Path, content: Any) -> None:
     """Write JSON through a temporary file and a rename: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda stream: stream.write(json.dumps(content, indent=1).encode("utf-8")))
 
 
 def write_array_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda stream: np.save(stream, array, allow_pickle=False))
 
 
 def write_shard(
