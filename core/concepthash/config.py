@@ -11,6 +11,13 @@ from typing import Any
 from core.settings import RunSettings
 
 
+def bits_per_concept(bits: int, n_concepts: int) -> int:
+    """K/M, the length of each concept's sub-code, with one sentence when the bits do not split evenly."""
+    if n_concepts < 1 or bits % n_concepts:
+        raise ValueError(f"{bits} bits cannot be split evenly over {n_concepts} concepts.")
+    return bits // n_concepts
+
+
 @dataclass
 class ConceptHashConfig:
     """Hyper-parameters of the model and its losses (defaults follow the reference where known)."""
@@ -51,7 +58,7 @@ class ConceptHashConfig:
 
     @property
     def bits_per_concept(self) -> int:
-        return self.bits // self.n_concepts
+        return bits_per_concept(self.bits, self.n_concepts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,18 +18,12 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from core.concepthash.attention import concept_heatmaps
+from core.concepthash.config import bits_per_concept  # K/M, shared with the model's config
 from core.concepthash.evaluate import sign_codes, subcode_values
 from lens.inference import one_at_a_time
 
 SORT_MODES = ("class", "code", "original")
 METHODS = {"Last layer": "last", "Rollout": "rollout"}
-
-
-def bits_per_concept(n_bits: int, n_concepts: int) -> int:
-    """K/M, with one sentence when the bits do not split evenly over the concepts."""
-    if n_concepts < 1 or n_bits % n_concepts:
-        raise ValueError(f"{n_bits} bits cannot be split evenly over {n_concepts} concepts.")
-    return n_bits // n_concepts
 
 
 def bit_labels(n_bits: int, n_concepts: int) -> list[str]:
