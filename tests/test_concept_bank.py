@@ -9,11 +9,7 @@ import numpy as np
 import pytest
 
 from core.ceir import concept_bank as cb
-from core.ceir.concept_bank import (
-    MAX_CONCEPT_CHARS,
-    SHIPPED_BANKS,
-    ConceptBank,
-    ConceptBankError,
+from core.ceir.bank_filters import (
     activation_lift,
     class_spread,
     filter_by_fidelity,
@@ -22,15 +18,21 @@ from core.ceir.concept_bank import (
     filter_close_to_classes,
     filter_near_duplicates,
     filter_never_activated,
+    relative_cutoff,
+    relative_duplicate_threshold,
+)
+from core.ceir.concept_bank import (
+    MAX_CONCEPT_CHARS,
+    SHIPPED_BANKS,
+    ConceptBank,
+    ConceptBankError,
     load_bank,
     parse_concepts,
     read_concept_file,
-    relative_cutoff,
-    relative_duplicate_threshold,
-    toybirds_concept_truth,
     write_concept_file,
 )
 from core.data import toybirds
+from core.data.toybirds_concepts import toybirds_concept_parts, toybirds_concept_truth
 
 # ---------------------------------------------------------------------------------------------
 # Parsing
@@ -454,7 +456,7 @@ def test_toybirds_bank_covers_every_part_value_pair():
     distractors = set(concepts) - species - nuisance
     assert len(distractors) >= 20
     # distractors are not about the world's attributes
-    assert all(cb.toybirds_concept_parts(c) is None for c in distractors)
+    assert all(toybirds_concept_parts(c) is None for c in distractors)
     header = cb.resources.files("core.ceir").joinpath("banks", "toybirds.txt").read_text(encoding="utf-8")
     assert "Species attributes" in header and "Nuisance" in header and "Distractors" in header
 
@@ -511,17 +513,17 @@ def test_toybirds_concept_truth_variants():
 
 
 def test_toybirds_concept_parts_reads_species_and_nuisance_attributes():
-    assert cb.toybirds_concept_parts("red crested head") == ("head", {"colour": "red", "crest": "crested"})
-    assert cb.toybirds_concept_parts("Blue Spotted Wings") == (
+    assert toybirds_concept_parts("red crested head") == ("head", {"colour": "red", "crest": "crested"})
+    assert toybirds_concept_parts("Blue Spotted Wings") == (
         "wing",
         {"colour": "blue", "pattern": "spotted"},
     )
-    assert cb.toybirds_concept_parts("purple forked tail") == (
+    assert toybirds_concept_parts("purple forked tail") == (
         "tail",
         {"colour": "purple", "shape": "forked"},
     )
-    assert cb.toybirds_concept_parts("purple head") is None
-    assert cb.toybirds_concept_parts("red crested body") is None
+    assert toybirds_concept_parts("purple head") is None
+    assert toybirds_concept_parts("red crested body") is None
 
 
 def test_general_bank_has_the_everyday_categories():

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.ceir import concept_bank as banks
 from core.ceir.bundle import KIND, image_embeddings, load_ceir
 from core.ceir.clustering import clustering_scores, evaluate_clusterings
 from core.ceir.explain import IG_STEPS, completeness_error, explain
@@ -23,6 +22,7 @@ from core.ceir.labels import ConceptScore, labels_by_share, ood_flags
 from core.ceir.model import CEIRModel
 from core.ceir.vae import VAEConfig, train_vae
 from core.data.spec import ImageSplit, ToyBirdsSplit, open_split
+from core.data.toybirds_concepts import toybirds_concept_parts, toybirds_concept_truth
 
 
 def concept_precision_at_5(concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit) -> float:
@@ -34,7 +34,7 @@ def concept_precision_at_5(concepts: list[str], concept_vectors: np.ndarray, spl
     """
     from core.data.toybirds import SPECIES
 
-    truth = np.array([[banks.toybirds_concept_truth(c, s) is True for c in concepts] for s in SPECIES])
+    truth = np.array([[toybirds_concept_truth(c, s) is True for c in concepts] for s in SPECIES])
     shares = []
     for vector, label in zip(concept_vectors, split.labels, strict=True):
         top = [i for i in np.argsort(-vector, kind="stable")[:5] if vector[i] > 0]
@@ -137,7 +137,7 @@ def toybirds_label_quality(
     against the world: the share of printed labels that are true species attributes, that are distractors
     (concepts the world never draws, such as "webbed feet"), and of images left with no label."""
     verdicts = [
-        (banks.toybirds_concept_truth(label.concept, int(kind)), banks.toybirds_concept_parts(label.concept))
+        (toybirds_concept_truth(label.concept, int(kind)), toybirds_concept_parts(label.concept))
         for (labels, _), kind in zip(printed, split.labels, strict=True)
         for label in labels
     ]

@@ -23,13 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.ceir.concept_bank import (
-    MAX_CONCEPT_CHARS,
-    ConceptBank,
-    filter_by_length,
-    read_concept_file,
-    write_concept_file,
-)
+from core.ceir.bank_filters import filter_by_length
+from core.ceir.concept_bank import MAX_CONCEPT_CHARS, ConceptBank, read_concept_file, write_concept_file
 
 ENV_URL = "CONCEPTLENS_LLM_URL"
 ENV_KEY = "CONCEPTLENS_LLM_KEY"

@@ -5,7 +5,7 @@ Steps (CEIR, Cui et al. 2023, on Label-free CBM):
 1. CLIP image embeddings of the train and test splits; text embeddings of the concept bank. With a
    ``teacher`` backbone (the paper projects ViT-L/14 features onto ViT-B/16 concept similarities), the
    teacher's image and text towers give the concept similarities and ``backbone`` gives the features.
-2. Bank filters, every threshold relative to the bank (see ``concept_bank``): length, unrelated to every
+2. Bank filters, every threshold relative to the bank (see ``bank_filters``): length, unrelated to every
    class name, near-duplicates, never activated on training images. Optionally the class names are then
    appended to the bank (the paper does; ``include_class_names``) and the concept text embeddings centred
    (``centre_concepts``: subtract their mean, so a concept scores what sets it apart from the others).
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from core.backbones.clip import Backbone, load_backbone
 from core.bundle import save_bundle
 from core.ceir import arrays as arr
-from core.ceir import concept_bank as banks
+from core.ceir import bank_filters as filters
 from core.ceir.bottleneck import (
     ZScore,
     split_holdout,
@@ -41,6 +41,7 @@ from core.ceir.bottleneck import (
 )
 from core.ceir.bundle import KIND, image_embeddings
 from core.ceir.clustering import fit_kmeans
+from core.ceir.concept_bank import load_bank
 from core.ceir.config import CEIRConfig
 from core.ceir.evaluate import evaluate_arrays
 from core.ceir.labels import even_subsample
@@ -66,7 +67,7 @@ def filter_bank(
     ``backbone`` and ``train_embeddings`` are the teacher's (the towers the concept similarities come from).
     """
     removed: dict[str, dict[str, str]] = {}
-    kept, removed["length"] = banks.filter_by_length(concepts)
+    kept, removed["length"] = filters.filter_by_length(concepts)
     text = backbone.encode_texts(kept).cpu().numpy()
 
     def keep(kept_next: list[str]) -> list[str]:
@@ -77,21 +78,21 @@ def filter_bank(
     needs_class_text = config.class_name_threshold is not None or config.class_relevance_fraction is not None
     class_text = backbone.encode_texts(class_names).cpu().numpy() if needs_class_text else None
     if config.class_name_threshold is not None:
-        kept_next, removed["class_name"] = banks.filter_close_to_classes(
+        kept_next, removed["class_name"] = filters.filter_close_to_classes(
             kept, text, class_names, class_text, config.class_name_threshold
         )
         kept = keep(kept_next)
     if config.class_relevance_fraction is not None:
-        kept_next, removed["class_relevance"] = banks.filter_class_irrelevant(
+        kept_next, removed["class_relevance"] = filters.filter_class_irrelevant(
             kept, text, class_text, config.class_relevance_fraction
         )
         kept = keep(kept_next)
-    threshold = banks.relative_duplicate_threshold(text, config.near_duplicate_fraction)
-    kept_next, removed["near_duplicate"] = banks.filter_near_duplicates(kept, text, threshold)
+    threshold = filters.relative_duplicate_threshold(text, config.near_duplicate_fraction)
+    kept_next, removed["near_duplicate"] = filters.filter_near_duplicates(kept, text, threshold)
     kept = keep(kept_next)
     if config.activation_fraction is not None:
         activations = teacher_similarities(train_embeddings, torch.from_numpy(text)).numpy()
-        kept, removed["never_activated"] = banks.filter_never_activated(
+        kept, removed["never_activated"] = filters.filter_never_activated(
             kept, activations, config.activation_fraction, top_k=5
         )
     if len(kept) < 2:
@@ -127,7 +128,7 @@ def fit_bottleneck(
     concepts and refit on the rest. Returns the kept concepts, the projection, their fidelity, their columns
     in ``teacher`` and why the others went."""
     result = train_projection(train_embeddings, teacher, config.projection, ctx=ctx)
-    kept, removed = banks.filter_by_fidelity(concepts, result.fidelity, config.projection.fidelity_cutoff)
+    kept, removed = filters.filter_by_fidelity(concepts, result.fidelity, config.projection.fidelity_cutoff)
     if len(kept) < 2:
         raise ValueError(
             f"Only {len(kept)} concepts reach the fidelity cut-off "
@@ -246,7 +247,7 @@ def _train_ceir(
 ) -> Path:
     out = prepare_output(out_dir, resume, overwrite)
     device = ctx.device
-    concept_source = banks.load_bank(bank)
+    concept_source = load_bank(bank)
     for issue in concept_source.issues:
         log(f"concept bank: {issue}")
     backbone = load_backbone(backbone_spec, device=device)
