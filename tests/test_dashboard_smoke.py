@@ -79,6 +79,15 @@ def test_a_bundle_that_fails_validation_is_named_with_the_reason(tiny_bundles, t
     assert set(app.dataframe[0].value["bundle"]) == {"good-hash"}
 
 
+def test_the_dashboard_knows_every_registered_kind():
+    from core.kinds import KINDS
+    from lens.bundles import KIND_VIEWS
+
+    assert set(KIND_VIEWS) == set(KINDS), "a new kind needs its line in lens.bundles.KIND_VIEWS"
+    assert len({view.state_key for view in KIND_VIEWS.values()}) == len(KIND_VIEWS)
+    assert all((view.picker is None) == (view.load is None) for view in KIND_VIEWS.values())
+
+
 def test_pickers_default_to_the_published_method_before_ablations():
     from lens.bundles import BundleInfo, default_rank
 

@@ -10,6 +10,7 @@ pages read the choice from ``st.session_state``. Models are loaded once per proc
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from typing import Any
 import streamlit as st
 
 from core.bundle import find_broken_bundles, find_bundles, is_unreadable, os_reason, read_bundle_config
+from core.kinds import KINDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "pretrained"
 ENV_VAR = "CONCEPTLENS_BUNDLES"
-STATE_KEYS = {"concepthash": "bundle_concepthash", "ceir": "bundle_ceir", "clip": "bundle_clip"}
 MAX_UNREADABLE_SHOWN = (
     5  # /proc as a bundle folder has dozens of unreadable entries; name a few, count the rest
 )
@@ -65,30 +66,82 @@ def backbone_label(reference: dict[str, Any]) -> str:
     return f"{reference.get('name')}:{reference.get('pretrained') or 'random'}"
 
 
+def _describe_concepthash(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    model, metrics = config.get("model", {}), config.get("metrics", {})
+    lcsd = f"L_csd×{model.get('csd_weight')}"
+    mode = "CLS baseline" if model.get("mode") == "cls" else f"{model.get('n_concepts')} concepts"
+    summary = (
+        f"{model.get('bits')} bits, {mode}, {lcsd}, "
+        f"{'language-guided' if model.get('language_guidance', True) else 'no language'}"
+    )
+    return summary, {"mAP": metrics.get("map"), "P@1": metrics.get("precision_at", {}).get("1")}
+
+
+def _describe_ceir(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    metrics = config.get("metrics", {})
+    summary = f"{len(config.get('concepts', []))} concepts, k={config.get('ceir', {}).get('n_clusters')}"
+    return summary, {"ACC": metrics.get("acc"), "NMI": metrics.get("nmi")}
+
+
+def _describe_clip(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    summary = f"CLIP {config.get('backbone', {}).get('name', '')}"
+    return summary, {"zero-shot acc": config.get("metrics", {}).get("zero_shot_accuracy")}
+
+
+def _published_first(config: dict[str, Any]) -> tuple:
+    """ConceptHash models with concept tokens and L_csd (the method as published) before ablations and
+    baselines."""
+    model = config.get("model", {})
+    is_ablation = model.get("mode", "concepts") != "concepts" or not model.get("language_guidance", True)
+    return (is_ablation, not (model.get("csd_weight") or 0) > 0) if model else (False, False)
+
+
+@st.cache_resource(show_spinner="Loading the ConceptHash model ...", max_entries=6)
+def _load_concepthash(path: str, mtime: float):
+    return KINDS["concepthash"].load(path, device="cpu")
+
+
+@st.cache_resource(show_spinner="Loading the CEIR model ...", max_entries=4)
+def _load_ceir(path: str, mtime: float):
+    return KINDS["ceir"].load(path, device="cpu")
+
+
+@dataclass(frozen=True)
+class KindView:
+    """What the dashboard does with one bundle kind. What the kind is and how a bundle of it loads is
+    ``core.kinds.KINDS``; this adds the sidebar's picker and how a bundle is described in a line."""
+
+    state_key: str  # st.session_state key of the bundle chosen in the sidebar
+    describe: Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]  # config -> details, headline metrics
+    picker: str | None = None  # label of the sidebar's picker; None: no picker, no page loads this kind
+    # (path, mtime) -> the loaded model, cached once per process (st.cache_resource, one cache per kind so
+    # each keeps its own spinner and size); None: no page loads this kind. Only called when loading, so
+    # listing bundles imports no loader module (no PyTorch).
+    load: Callable[[str, float], Any] | None = None
+    rank: Callable[[dict[str, Any]], tuple] = lambda config: ()  # order in the picker, before the name
+    on_backbone: bool = True  # trained on a backbone, which the description names
+
+
+# In the order Home lists the kinds and the sidebar draws the pickers.
+KIND_VIEWS: dict[str, KindView] = {
+    "concepthash": KindView(
+        "bundle_concepthash", _describe_concepthash, "ConceptHash model", _load_concepthash, _published_first
+    ),
+    "ceir": KindView("bundle_ceir", _describe_ceir, "CEIR model", _load_ceir),
+    "clip": KindView("bundle_clip", _describe_clip, on_backbone=False),
+}
+
+
 def describe_bundle(path: Path, config: dict[str, Any]) -> BundleInfo:
     """One-line summary and headline metrics of a bundle, from its config only."""
     kind = config["kind"]
+    view = KIND_VIEWS[kind]
     data = config.get("data", {})
-    metrics = config.get("metrics", {})
     data_label = data.get("kind", "?")
     if data_label == "toybirds":
         data_label += f" (seed {data.get('seed')})"
-    if kind == "concepthash":
-        model = config.get("model", {})
-        lcsd = f"L_csd×{model.get('csd_weight')}"
-        mode = "CLS baseline" if model.get("mode") == "cls" else f"{model.get('n_concepts')} concepts"
-        summary = (
-            f"{model.get('bits')} bits, {mode}, {lcsd}, "
-            f"{'language-guided' if model.get('language_guidance', True) else 'no language'}"
-        )
-        headline = {"mAP": metrics.get("map"), "P@1": metrics.get("precision_at", {}).get("1")}
-    elif kind == "ceir":
-        summary = f"{len(config.get('concepts', []))} concepts, k={config.get('ceir', {}).get('n_clusters')}"
-        headline = {"ACC": metrics.get("acc"), "NMI": metrics.get("nmi")}
-    else:
-        summary = f"CLIP {config.get('backbone', {}).get('name', '')}"
-        headline = {"zero-shot acc": metrics.get("zero_shot_accuracy")}
-    backbone = backbone_label(config.get("backbone", {})) if kind != "clip" else "—"
+    summary, headline = view.describe(config)
+    backbone = backbone_label(config.get("backbone", {})) if view.on_backbone else "—"
     summary = f"{summary}; backbone {backbone}; data {data_label}"
     headline = {k: v for k, v in headline.items() if isinstance(v, int | float)}
     return BundleInfo(str(path), kind, path.name, summary, headline, config)
@@ -137,15 +190,9 @@ def list_broken(roots: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def default_rank(info: BundleInfo) -> tuple:
-    """Order in the pickers: ConceptHash models with concept tokens and L_csd (the method as published) first,
-    ablations and baselines after them; otherwise by name."""
-    model = info.config.get("model", {}) if info.kind == "concepthash" else {}
-    is_ablation = model.get("mode", "concepts") != "concepts" or not model.get("language_guidance", True)
-    return (
-        (is_ablation, not (model.get("csd_weight") or 0) > 0, info.name)
-        if model
-        else (False, False, info.name)
-    )
+    """Order in the pickers: the kind's own order first (ConceptHash: the method as published before ablations
+    and baselines), then by name."""
+    return KIND_VIEWS[info.kind].rank(info.config), info.name
 
 
 def available(kind: str) -> list[BundleInfo]:
@@ -156,7 +203,7 @@ def available(kind: str) -> list[BundleInfo]:
 def selected(kind: str) -> BundleInfo | None:
     """The bundle of this kind chosen in the sidebar (or the first one found)."""
     choices = available(kind)
-    wanted = st.session_state.get(STATE_KEYS[kind])
+    wanted = st.session_state.get(KIND_VIEWS[kind].state_key)
     for info in choices:
         if info.path == wanted:
             return info
@@ -187,47 +234,32 @@ def render_sidebar() -> None:
             st.warning(
                 f"{len(unreadable) - MAX_UNREADABLE_SHOWN} more folders cannot be read and were skipped."
             )
-        for kind, label in (("concepthash", "ConceptHash model"), ("ceir", "CEIR model")):
-            choices = available(kind)
+        for kind, view in KIND_VIEWS.items():
+            choices = available(kind) if view.picker else []
             if not choices:
                 continue
             paths = [b.path for b in choices]
-            current = st.session_state.get(STATE_KEYS[kind])
+            current = st.session_state.get(view.state_key)
             st.selectbox(
-                label,
+                view.picker,
                 paths,
                 index=paths.index(current) if current in paths else 0,
                 format_func=lambda p: Path(p).name,
-                key=STATE_KEYS[kind],
+                key=view.state_key,
             )
 
 
 def no_bundle_message(kind: str) -> None:
     roots = ", ".join(str(r) for r in bundle_roots(st.session_state.get("extra_bundle_root")))
-    command = {"concepthash": "conceptlens train concepthash ...", "ceir": "conceptlens train ceir ..."}[kind]
     st.warning(
-        f"No {kind} bundle was found in {roots}. Train one with `{command} --out DIR` and add its "
-        f"folder in the sidebar, or set {ENV_VAR}."
+        f"No {kind} bundle was found in {roots}. Train one with `conceptlens train {kind} ... --out DIR` and "
+        f"add its folder in the sidebar, or set {ENV_VAR}."
     )
-
-
-@st.cache_resource(show_spinner="Loading the ConceptHash model ...", max_entries=6)
-def _load_concepthash(path: str, mtime: float):
-    from core.concepthash import load_concepthash
-
-    return load_concepthash(path, device="cpu")
-
-
-@st.cache_resource(show_spinner="Loading the CEIR model ...", max_entries=4)
-def _load_ceir(path: str, mtime: float):
-    from core.ceir import load_ceir
-
-    return load_ceir(path, device="cpu")
 
 
 def load_model(info: BundleInfo):
     """The loaded model of a bundle, or None after one st.error sentence saying what is wrong."""
-    loader = {"concepthash": _load_concepthash, "ceir": _load_ceir}.get(info.kind)
+    loader = KIND_VIEWS[info.kind].load
     if loader is None:
         st.error(f"'{info.name}' is a {info.kind} bundle; this page needs a ConceptHash or CEIR model.")
         return None

@@ -3,13 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from lens.bundles import ENV_VAR, available, bundle_roots
+from lens.bundles import ENV_VAR, KIND_VIEWS, available, bundle_roots
 from lens.figures import download_table
 
 
 def show_bundles() -> None:
     """The bundles found, with their details and headline metrics, or where to get some."""
-    bundles = [b for kind in ("concepthash", "ceir", "clip") for b in available(kind)]
+    bundles = [b for kind in KIND_VIEWS for b in available(kind)]
     roots = ", ".join(f"`{r}`" for r in bundle_roots(st.session_state.get("extra_bundle_root")))
     if not bundles:
         st.warning(
