@@ -697,7 +697,7 @@ def check_some_images(paths: list[Path]) -> None:
 def cmd_label(args: argparse.Namespace) -> int:
     check_label_paths(args)
     from core.ceir.concept_bank import load_bank
-    from core.ceir.labels import BackboneOnly, label_paths
+    from core.ceir.labels import SimilarityLabeller, label_paths
 
     bundle = args.paths[0] if holds_config(args.paths[0]) else None
     paths = args.paths[1:] if bundle is not None else args.paths
@@ -720,7 +720,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
         bank = load_bank(args.concepts or DEFAULT_LABEL_BANK)
         log_bank_notes(bank)
-        loaded = BackboneOnly(
+        loaded = SimilarityLabeller(
             load_backbone(args.model or DEFAULT_LABEL_MODEL, device=resolve_device(args.device))
         )
         source = {"model": loaded.backbone.describe()}

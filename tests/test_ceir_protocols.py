@@ -15,7 +15,7 @@ from core.ceir.evaluate import protocol_scores
 from core.ceir.labels import (
     MIN_SHARE,
     OOD_WARNING,
-    BackboneOnly,
+    SimilarityLabeller,
     contribution_labels,
     label_images,
     labels_from_similarity,
@@ -139,7 +139,7 @@ def test_similarity_labels_are_never_negative(tiny_backbone):
 
     bank = parse_concepts("\n".join(f"concept {i}" for i in range(20)))
     embeddings = unit_rows(10, tiny_backbone.embed_dim, 2)
-    labels = labels_from_similarity(BackboneOnly(tiny_backbone), embeddings, bank, top_k=20)
+    labels = labels_from_similarity(SimilarityLabeller(tiny_backbone), embeddings, bank, top_k=20)
     assert all(label.score > 0 for image in labels for label in image)
     assert sum(len(image) for image in labels) < 200  # a random model gives some negative cosines
 
@@ -178,7 +178,9 @@ def test_out_of_distribution_test_uses_the_embedding_reference(tiny_backbone):
     far = torch.nn.functional.normalize(-axis + 0.05 * unit_rows(1, dim, 8), dim=-1)
     loaded = SimpleNamespace(model=fitted.model, arrays={"ood_reference": reference.numpy()})
     assert ood_flags(loaded, torch.cat([near, far])) == [False, False, False, True]
-    assert ood_flags(BackboneOnly(tiny_backbone), far) == [False]  # no clusters, no reference: no verdict
+    assert ood_flags(SimilarityLabeller(tiny_backbone), far) == [
+        False
+    ]  # no clusters, no reference: no verdict
 
 
 def test_a_teacher_gives_the_similarities_and_the_backbone_the_features(tiny_backbone):

@@ -184,12 +184,12 @@ class _PickyBackbone:
 
 def test_one_image_the_model_cannot_take_does_not_cost_the_others_their_labels() -> None:
     from core.ceir.concept_bank import ConceptBank
-    from core.ceir.labels import BackboneOnly, label_images
+    from core.ceir.labels import SimilarityLabeller, label_images
 
     bank = ConceptBank(["a", "b", "c"], "test bank")
     named = [("one.png", Image.new("RGB", (8, 8))), ("bad.png", Image.new("RGB", (7, 8)))]
     named.append(("two.png", Image.new("RGB", (9, 8))))
-    report = label_images(BackboneOnly(_PickyBackbone()), named, top_k=2, bank=bank)
+    report = label_images(SimilarityLabeller(_PickyBackbone()), named, top_k=2, bank=bank)
     assert [image.file for image in report.images] == ["one.png", "two.png"]
     assert all(len(image.labels) == 2 for image in report.images)
     assert report.failed == [
@@ -199,7 +199,7 @@ def test_one_image_the_model_cannot_take_does_not_cost_the_others_their_labels()
         }
     ]
     with pytest.raises(RuntimeError, match="7-pixel-wide"):  # nothing could be labelled: one error, raised
-        label_images(BackboneOnly(_PickyBackbone()), [named[1]], top_k=2, bank=bank)
+        label_images(SimilarityLabeller(_PickyBackbone()), [named[1]], top_k=2, bank=bank)
 
 
 # ---------------------------------------------------------------------------------------- the dashboard

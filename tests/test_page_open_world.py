@@ -14,10 +14,10 @@ from core.ceir.concept_bank import ConceptBank, parse_concepts
 from core.ceir.labels import (
     NO_LABELS,
     SCORING_SIMILARITY,
-    BackboneOnly,
     ConceptScore,
     ImageLabels,
     LabelReport,
+    SimilarityLabeller,
     label_images,
 )
 from core.data.images import load_image
@@ -243,7 +243,7 @@ def test_real_clip_labels_with_clip_similarity(page, tiny_bundles, monkeypatch):
     assert any("no concept bank of its own" in i.value for i in page.info)
     table = labels_frame(page)
     expected = label_images(
-        BackboneOnly(toy_clip),
+        SimilarityLabeller(toy_clip),
         [("skimage: rocket", view_sample("skimage: rocket"))],
         5,
         ConceptBank(list(_general()), "shipped:general"),

