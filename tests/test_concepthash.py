@@ -100,7 +100,7 @@ def test_forward_shapes_and_codes(backbone, concept_blocks):
     assert out.concept_features.shape == (5, 3, backbone.width)
     assert out.concept_attention.shape == (5, 3, n_patches)
     assert set(out.codes.unique().tolist()) <= {-1.0, 1.0}
-    assert model.hash_centers().shape == (3, 6)
+    assert model.hash_centres().shape == (3, 6)
     # attention to the patches is part of a softmax row, so it sums to at most 1
     assert float(out.concept_attention.detach().sum(-1).max()) <= 1.0 + 1e-5
 

@@ -339,7 +339,7 @@ def test_oracle_centres_are_the_fixed_per_part_codes_and_only_for_toybirds(backb
     names = [species.name for species in SPECIES]
     config = ConceptHashConfig(bits=6, n_concepts=3, oracle_centres=True)
     model = ConceptHash(backbone, names, config)
-    centres = model.hash_centers()
+    centres = model.hash_centres()
     np.testing.assert_array_equal(centres.numpy(), per_part_codes(6, 3))
     assert not centres.requires_grad
     assert centre_part_nmi(centres.numpy(), 3)["matched_mean"] == pytest.approx(1.0)

@@ -154,3 +154,21 @@ def test_dashboard_names_a_half_loaded_bundle_and_skips_corrupt_weights(tiny_bun
     assert not app.exception
     errors = [e.value for e in app.error]
     assert any("short-hash" in e and "different lengths" in e for e in errors), errors
+
+
+def test_weight_names_from_before_a_rename_still_load(tmp_path: Path, tiny_bundles: Path) -> None:
+    """class_centroids became class_prototypes; bundles saved with the old name (shipped ones) still load."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from core.concepthash import load_concepthash
+    from core.concepthash.model import RENAMED_WEIGHTS
+
+    path = Path(shutil.copytree(tiny_bundles / "toy-hash-csd", tmp_path / "old"))
+    weights = load_file(path / "weights.safetensors")
+    old_names = {new: old for old, new in RENAMED_WEIGHTS.items()}
+    save_file({old_names.get(k, k): v for k, v in weights.items()}, path / "weights.safetensors")
+    assert "class_centroids" in load_file(path / "weights.safetensors")
+    loaded = load_concepthash(path, device="cpu")
+    assert torch.equal(loaded.model.class_prototypes.detach(), weights["class_prototypes"])

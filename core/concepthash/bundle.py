@@ -7,7 +7,7 @@ from pathlib import Path
 from core.backbones.clip import load_backbone
 from core.bundle import check_shapes, load_bundle
 from core.concepthash.arrays import ARRAYS, DB_CODES, DB_LABELS
-from core.concepthash.model import ConceptHash, ConceptHashConfig
+from core.concepthash.model import ConceptHash, ConceptHashConfig, current_weight_names
 from core.data.spec import DataSpec
 from core.loaded import LoadedBundle
 from core.runtime import resolve_device
@@ -44,8 +44,9 @@ def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHas
             f"The bundle {bundle.path} has no 'text_features' weights; it is not a ConceptHash model."
         )
     model = ConceptHash(backbone, classes, model_config, text_features=text_features)
-    check_shapes(bundle.weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, path=bundle.path)
-    model.load_state_dict(bundle.weights)
+    weights = current_weight_names(bundle.weights)
+    check_shapes(weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, path=bundle.path)
+    model.load_state_dict(weights)
     model.to(backbone.device).eval()
     data = DataSpec.from_dict(bundle.section("data"))
     return LoadedConceptHash(bundle.path, model, backbone, data, bundle.config, bundle.arrays)

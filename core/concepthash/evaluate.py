@@ -140,7 +140,7 @@ def centre_sharing(centres: np.ndarray) -> list[list[int]]:
 @torch.no_grad()
 def centre_metrics(model: ConceptHash) -> dict[str, Any]:
     """``distinct_centres``: every class has its own sign(o_c); ``classes_sharing_a_centre``: who does not."""
-    shared = centre_sharing(model.hash_centers().cpu().numpy())
+    shared = centre_sharing(model.hash_centres().cpu().numpy())
     return {"distinct_centres": not shared, "classes_sharing_a_centre": shared}
 
 
@@ -500,7 +500,7 @@ def evaluate_model(
         metrics["part_swap"] = part_swap(model, backbone, queries, query_codes)
         if model.class_names == [species.name for species in SPECIES]:  # centres in species order
             with torch.no_grad():
-                centres = model.hash_centers().cpu().numpy()
+                centres = model.hash_centres().cpu().numpy()
             metrics["centre_part_nmi"] = centre_part_nmi(centres, m)
     arrays = {
         DB_CODES: db_codes,

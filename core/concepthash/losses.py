@@ -24,35 +24,35 @@ def margin_cosine_loss(
 
 
 def clf_loss(
-    u: torch.Tensor, hash_centers: torch.Tensor, labels: torch.Tensor, scale: float = 8.0, margin: float = 0.2
+    u: torch.Tensor, hash_centres: torch.Tensor, labels: torch.Tensor, scale: float = 8.0, margin: float = 0.2
 ) -> torch.Tensor:
     """L_clf: continuous codes u against the (language-guided) class centres o_c."""
-    return margin_cosine_loss(cosine_logits(u, hash_centers), labels, scale, margin)
+    return margin_cosine_loss(cosine_logits(u, hash_centres), labels, scale, margin)
 
 
 def quan_loss(
-    u: torch.Tensor, hash_centers: torch.Tensor, labels: torch.Tensor, scale: float = 8.0, margin: float = 0.2
+    u: torch.Tensor, hash_centres: torch.Tensor, labels: torch.Tensor, scale: float = 8.0, margin: float = 0.2
 ) -> torch.Tensor:
     """L_quan: u against the *binarised* centres sign(o_c), pulling codes towards binary targets."""
-    return margin_cosine_loss(cosine_logits(u, torch.sign(hash_centers)), labels, scale, margin)
+    return margin_cosine_loss(cosine_logits(u, torch.sign(hash_centres)), labels, scale, margin)
 
 
 def cd_loss(
     concept_features: torch.Tensor,
     concept_positions: torch.Tensor,
-    class_centroids: torch.Tensor,
+    class_prototypes: torch.Tensor,
     labels: torch.Tensor,
     scale: float = 8.0,
     margin: float = 0.2,
 ) -> torch.Tensor:
     """L_cd: every concept alone must tell the class.
 
-    ``concept_features`` Z (B, M, D), ``concept_positions`` P (M, D), ``class_centroids`` w (C, D)
+    ``concept_features`` Z (B, M, D), ``concept_positions`` P (M, D), ``class_prototypes`` w (C, D)
     shared by all concepts; mean over concepts of the margin cosine loss of Z_m + P_m.
     """
     z = concept_features + concept_positions.unsqueeze(0)
     batch, n_concepts, _ = z.shape
-    cos = cosine_logits(z.reshape(batch * n_concepts, -1), class_centroids)
+    cos = cosine_logits(z.reshape(batch * n_concepts, -1), class_prototypes)
     return margin_cosine_loss(cos, labels.repeat_interleave(n_concepts), scale, margin)
 
 

@@ -13,10 +13,10 @@ Layout (names follow the paper):
   is concept token m's last hidden state (before ``ln_post``, as in the authors' code) and E_m
   a learned concept-specificity embedding (Gaussian initialisation); the M sub-codes are
   concatenated and batch-normalised into u; the binary code is sign(u);
-* ``hash_centers``: class centres o_c from the text tower ("a photo of a {class}"), the pooled
+* ``hash_centres``: class centres o_c from the text tower ("a photo of a {class}"), the pooled
   feature before the projection, signed, then a learnable MLP -> K dims. With language
   guidance off, the text features are replaced by fixed random Gaussian vectors (the ablation);
-* ``concept_positions`` P (Gaussian, std 0.02) and ``class_centroids`` w for the
+* ``concept_positions`` P (Gaussian, std 0.02) and ``class_prototypes`` w (learned, one per class) for the
   concept-discrimination loss L_cd.
 """
 
@@ -31,6 +31,14 @@ from core.backbones.clip import Backbone
 from core.backbones.vit import vit_forward
 from core.concepthash import losses
 from core.concepthash.config import ConceptHashConfig
+
+# Weight names that bundles written before a rename still carry: old name -> current name.
+RENAMED_WEIGHTS = {"class_centroids": "class_prototypes"}  # learned parameters, not centroids of anything
+
+
+def current_weight_names(weights: dict) -> dict:
+    """``weights`` with every name of :data:`RENAMED_WEIGHTS` changed to its current one."""
+    return {RENAMED_WEIGHTS.get(name, name): value for name, value in weights.items()}
 
 
 class ConceptTokenGenerator(nn.Module):
@@ -135,7 +143,7 @@ class ConceptHash(nn.Module):
         self.hash_head = nn.Linear(width, config.bits // m, bias=False)
         self.bn = nn.BatchNorm1d(config.bits)
         self.concept_positions = nn.Parameter(torch.randn(m, width) * 0.02)
-        self.class_centroids = nn.Parameter(torch.randn(n_classes, width) * width**-0.5)
+        self.class_prototypes = nn.Parameter(torch.randn(n_classes, width) * width**-0.5)
         if text_features is None:
             text_features = self.class_text_features(backbone, self.class_names, config)
         self.register_buffer("text_features", text_features.float())
@@ -176,7 +184,7 @@ class ConceptHash(nn.Module):
     def n_concepts(self) -> int:
         return self.specificity.shape[0]
 
-    def hash_centers(self) -> torch.Tensor:
+    def hash_centres(self) -> torch.Tensor:
         """o_c for every class: (C, K) (the fixed per-part codes with the ``oracle_centres`` diagnostic)."""
         if self.oracle is not None:
             return self.oracle.to(self.text_features.device)
@@ -211,14 +219,14 @@ class ConceptHash(nn.Module):
     def loss(self, output: ConceptHashOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every loss term and the weighted total."""
         cfg = self.config
-        centers = self.hash_centers()
+        centers = self.hash_centres()
         terms = {
             "clf": losses.clf_loss(output.u, centers, labels, cfg.scale, cfg.margin),
             "quan": losses.quan_loss(output.u, centers, labels, cfg.scale, cfg.margin),
             "cd": losses.cd_loss(
                 output.concept_features,
                 self.concept_positions,
-                self.class_centroids,
+                self.class_prototypes,
                 labels,
                 cfg.scale,
                 cfg.margin,
