@@ -15,6 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.ceir.arrays import ARRAYS as ARRAYS  # the bundle's array keys, for the page
+from core.ceir.arrays import TRAIN_CLUSTERS as TRAIN_CLUSTERS
+from core.ceir.arrays import TRAIN_CONCEPTS as TRAIN_CONCEPTS
+from core.ceir.arrays import TRAIN_IDS as TRAIN_IDS
+from core.ceir.arrays import TRAIN_LABELS as TRAIN_LABELS
 from core.ceir.explain import (
     IG_STEPS,
     ConceptContribution,

@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from PIL import Image
 
+from core.concepthash.arrays import DB_IDS as DB_IDS  # the pages read the optional image ids by it
 from core.concepthash.attention import concept_heatmaps
 from core.concepthash.config import bits_per_concept  # K/M, shared with the model's config
 from core.concepthash.evaluate import sign_codes, subcode_values

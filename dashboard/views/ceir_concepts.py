@@ -12,7 +12,12 @@ import streamlit as st
 
 from lens.bundles import require
 from lens.ceir import (
+    ARRAYS,
     PROTOCOLS,
+    TRAIN_CLUSTERS,
+    TRAIN_CONCEPTS,
+    TRAIN_IDS,
+    TRAIN_LABELS,
     cluster_composition,
     cluster_table,
     contributions_table,
@@ -41,7 +46,6 @@ GRID_CAP = 24  # selected images shown at most
 TOP_K = 10  # bars in the per-image chart
 N_EDITABLE = 5  # sliders in the intervention panel
 COLOURS = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
-REQUIRED = ("train_concepts", "train_latents", "train_clusters", "train_labels")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -367,7 +371,7 @@ def main() -> None:
         return
     st.caption(f"Model: **{info.name}** — {info.summary}.")
 
-    missing = [name for name in REQUIRED if name not in loaded.arrays]
+    missing = [name for name in ARRAYS.required if name not in loaded.arrays]
     if missing:
         st.error(
             f"The bundle '{info.name}' lacks the cached arrays {', '.join(missing)}; train it again with "
@@ -375,8 +379,8 @@ def main() -> None:
         )
         return
 
-    vectors = loaded.arrays["train_concepts"].astype(np.float32)
-    clusters = loaded.arrays["train_clusters"].astype(np.int64)
+    vectors = loaded.arrays[TRAIN_CONCEPTS].astype(np.float32)
+    clusters = loaded.arrays[TRAIN_CLUSTERS].astype(np.int64)
     with st.spinner(f"Computing the 2-D map of {len(vectors)} latents (first time only) ..."):
         try:
             embedding = cached_umap(info.path, info.mtime)
@@ -394,9 +398,9 @@ def main() -> None:
         concepts=loaded.concepts,
         vectors=vectors,
         clusters=clusters,
-        labels=loaded.arrays["train_labels"].astype(np.int64),
+        labels=loaded.arrays[TRAIN_LABELS].astype(np.int64),
         classes=list(loaded.config.get("classes") or []),
-        ids=[str(i) for i in loaded.arrays.get("train_ids", np.arange(len(vectors)))],
+        ids=[str(i) for i in loaded.arrays.get(TRAIN_IDS, np.arange(len(vectors)))],
         contributions=contributions,
         split=split,
     )

@@ -115,7 +115,7 @@ class Attention:
 
 def pick_database_image(info, loaded) -> Picked | None:
     """A database image picked by class and index, or None after a message."""
-    codes, labels = loaded.arrays["db_codes"], loaded.arrays["db_labels"]
+    codes, labels = loaded.db_codes, loaded.db_labels
     class_names = list(loaded.config.get("classes") or [])
     try:
         split = open_data_split(data_json(loaded.data), "train")
@@ -219,7 +219,7 @@ def show_attention(info, loaded, picked: Picked, naming: Naming) -> Attention | 
             f"{method_label.lower()} attention is shown (bright = attended)."
         )
     else:
-        per = bits_per_concept(loaded.arrays["db_codes"].shape[1], n_concepts)
+        per = bits_per_concept(loaded.db_codes.shape[1], n_concepts)
         st.caption(
             f"{method_label} attention of each concept token (bright = attended), with its sub-code bits "
             f"b0…b{per - 1}"

@@ -22,6 +22,7 @@ from lens.figures import (
     show_colour_scale,
 )
 from lens.hashing import (
+    DB_IDS,
     SORT_MODES,
     balanced_sample,
     bit_labels,
@@ -104,7 +105,7 @@ class Database:
 
     @classmethod
     def of(cls, loaded) -> Database:
-        codes = loaded.arrays["db_codes"]
+        codes = loaded.db_codes
         n_concepts = loaded.model.n_concepts
         cls_baseline = is_cls_baseline(loaded.config)
         names, named_by = concept_names(loaded.metrics, cls_baseline)
@@ -113,7 +114,7 @@ class Database:
         class_names = list(loaded.config.get("classes") or [])
         return cls(
             codes,
-            loaded.arrays["db_labels"],
+            loaded.db_labels,
             class_names,
             n_concepts,
             cls_baseline,
@@ -372,7 +373,7 @@ def main() -> None:
         return
     db = Database.of(loaded)
     describe(info, db)
-    show_bit_matrix(db, loaded.arrays.get("db_ids"))
+    show_bit_matrix(db, loaded.arrays.get(DB_IDS))
     show_images(info, loaded, db)
     show_part_swap(info, loaded, db)
     show_subcodes_vs_parts(loaded, db)

@@ -28,7 +28,7 @@ from lens.figures import (
     overlay,
     show_colour_scale,
 )
-from lens.hashing import concept_label, concept_names, is_cls_baseline, model_view
+from lens.hashing import DB_IDS, concept_label, concept_names, is_cls_baseline, model_view
 from lens.retrieval import (
     data_mismatch,
     default_pair,
@@ -173,21 +173,16 @@ def pick_query(info_a) -> Query | None:
 
 def run_model(info, loaded, query: Query, k: int, method: str) -> Results | None:
     """Search one model's database with the query, or None after st.error."""
-    arrays = loaded.arrays
-    if "db_codes" not in arrays:
-        st.error(f"The bundle '{info.name}' stores no database codes; train it again to add them.")
-        return None
     try:
         code, heatmaps = _encode_query(info.path, info.mtime, query.key, method, loaded, query.image)
-        hits = search(_packed_db(info.path, info.mtime, arrays["db_codes"]), code, k)
+        hits = search(_packed_db(info.path, info.mtime, loaded.db_codes), code, k)
     except ValueError as exc:
         st.error(f"'{info.name}' could not search with this query: {exc}")
         return None
-    n_db = len(arrays["db_codes"])
-    db_ids = arrays.get("db_ids", [str(i) for i in range(n_db)])
-    db_labels = arrays.get("db_labels", np.zeros(n_db, dtype=np.int64))
+    n_db = len(loaded.db_codes)
+    db_ids = loaded.arrays.get(DB_IDS, [str(i) for i in range(n_db)])
     table = results_table(
-        info.name, hits, db_ids, db_labels, info.config.get("classes", []), query.class_name
+        info.name, hits, db_ids, loaded.db_labels, info.config.get("classes", []), query.class_name
     )
     return Results(table, [int(i) for i in hits["index"]], heatmaps, code)
 
@@ -208,7 +203,7 @@ def draw_results(column, info, loaded, table, hits_index: list[int]) -> None:
         precision = precision_of(table)
         note = "" if precision is None else f"; {precision:.0%} of these {len(table)} share the query's class"
         st.caption(f"{info.summary}{note}")
-        images = database_images(info, len(loaded.arrays["db_codes"]), hits_index)
+        images = database_images(info, len(loaded.db_codes), hits_index)
         captions = [
             result_caption(int(r), int(d), c)
             for r, d, c in zip(table["rank"], table["distance"], table["correct"], strict=True)
@@ -226,10 +221,10 @@ def draw_results(column, info, loaded, table, hits_index: list[int]) -> None:
 
 def draw_ties(column, info, loaded, code: np.ndarray, k: int) -> None:
     """How many database images tie at each distance, and on request the whole nearest tie group."""
-    packed = _packed_db(info.path, info.mtime, loaded.arrays["db_codes"])
+    packed = _packed_db(info.path, info.mtime, loaded.db_codes)
     ties = tie_table(packed, code, k)
     with column:
-        st.markdown(f"**{info.name}** — {loaded.arrays['db_codes'].shape[1]}-bit codes")
+        st.markdown(f"**{info.name}** — {loaded.db_codes.shape[1]}-bit codes")
         st.dataframe(ties, hide_index=True, key=f"ret_ties_{info.path}")
         st.caption(tie_sentence(ties, k))
         download_table(ties, f"ties-{info.name}", key=f"ret_ties_csv_{info.path}")
@@ -239,8 +234,8 @@ def draw_ties(column, info, loaded, code: np.ndarray, k: int) -> None:
             key=f"ret_tie_group_{info.path}",
         ):
             return
-        n_db = len(loaded.arrays["db_codes"])
-        db_ids = loaded.arrays.get("db_ids", [str(i) for i in range(n_db)])
+        n_db = len(loaded.db_codes)
+        db_ids = loaded.arrays.get(DB_IDS, [str(i) for i in range(n_db)])
         shown = [int(i) for i in group[:MAX_TIE_SHOWN]]
         images = database_images(info, n_db, shown)
         if images is None:
@@ -293,7 +288,7 @@ def main() -> None:
         loaded = [load_model(info) for info in pair]
         if query is None or any(model is None for model in loaded):
             return
-        n_db = min(len(model.arrays.get("db_codes", [0])) for model in loaded)
+        n_db = min(len(model.db_codes) for model in loaded)
         top = max(2, min(MAX_K, n_db))
         _forget_out_of_range("ret_k", 1, top)
         k = st.slider("Top k", 1, top, min(8, n_db), key="ret_k")
