@@ -43,7 +43,7 @@ KINDS: dict[str, Kind] = {
             "clip",
             "an image-text backbone trained on ToyBirds",
             "core.backbones.clip:load_backbone",
-            "core.backbones.train_clip:evaluate_clip_bundle",
+            "core.backbones.evaluate_clip:evaluate_clip_bundle",
         ),
         Kind(
             "concepthash",

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.backbones import evaluate_clip as ev
 from core.backbones import train_clip as tc
 from core.data import toybirds
 from core.data.spec import DataSpec, open_split
@@ -93,18 +94,18 @@ def small_test_split():
 
 def test_part_value_accuracy_is_one_for_an_oracle_and_chance_for_a_body_only_counterfeit(small_test_split):
     oracle = _StubBackbone()
-    scores = tc.part_value_accuracy(oracle, small_test_split, oracle.encode_samples(small_test_split))
+    scores = ev.part_value_accuracy(oracle, small_test_split, oracle.encode_samples(small_test_split))
     assert scores == {part: 1.0 for part in toybirds.PARTS}
     body_only = _StubBackbone(seen=("body",))
-    scores = tc.part_value_accuracy(body_only, small_test_split, body_only.encode_samples(small_test_split))
+    scores = ev.part_value_accuracy(body_only, small_test_split, body_only.encode_samples(small_test_split))
     assert scores["body"] == 1.0
     assert scores["head"] == pytest.approx(0.25) and scores["wing"] == pytest.approx(0.25)
 
 
 def test_text_cosines_separate_an_oracle_from_a_part_blind_text_tower():
-    oracle = tc.part_text_cosines(_StubBackbone())
+    oracle = ev.part_text_cosines(_StubBackbone())
     assert oracle["same_value_other_part"] == 0.0 and oracle["matrix"][0][0] == 1.0
-    blind = tc.part_text_cosines(_StubBackbone(part_blind=True))
+    blind = ev.part_text_cosines(_StubBackbone(part_blind=True))
     assert blind["same_value_other_part"] == pytest.approx(1.0)
     assert blind["same_part_other_value"] == 0.0
 
@@ -113,16 +114,16 @@ def test_linear_probe_separates_informative_from_random_features():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(6), 20)
     informative = np.eye(6)[labels] + 0.05 * rng.normal(size=(120, 6))
-    assert tc.linear_probe_accuracy(informative[::2], labels[::2], informative[1::2], labels[1::2]) == 1.0
+    assert ev.linear_probe_accuracy(informative[::2], labels[::2], informative[1::2], labels[1::2]) == 1.0
     noise = rng.normal(size=(120, 6))
-    assert tc.linear_probe_accuracy(noise[::2], labels[::2], noise[1::2], labels[1::2]) < 0.45
+    assert ev.linear_probe_accuracy(noise[::2], labels[::2], noise[1::2], labels[1::2]) < 0.45
 
 
 def test_a_random_clip_scores_near_chance(tmp_path):
     from core.backbones.clip import load_backbone
 
     backbone = load_backbone("toyclip-tiny:random")
-    report = tc.clip_report(backbone, DataSpec(image_size=32, train_per_class=2, test_per_class=2))
+    report = ev.clip_report(backbone, DataSpec(image_size=32, train_per_class=2, test_per_class=2))
     assert report["zero_shot_accuracy"] < 0.2
     assert all(acc < 0.6 for acc in report["part_value_accuracy"].values())
     assert set(report) >= {"linear_probe_accuracy", "text_cosine", "n_train", "n_test"}

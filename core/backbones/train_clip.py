@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from core.backbones.clip import Backbone, build_clip, get_toy_config
+from core.backbones.evaluate_clip import KIND, clip_report
 from core.backbones.train_config import ClipTrainConfig
-from core.bundle import load_bundle, save_bundle
+from core.bundle import save_bundle
 from core.data import toybirds
-from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
+from core.data.spec import DataSpec
 from core.distributed import (
     DistContext,
     WithLoss,
@@ -44,7 +45,7 @@ from core.distributed import (
     wrap_model,
 )
 from core.progress import Progress, no_progress
-from core.runtime import MixedPrecision, resolve_device, seed_everything
+from core.runtime import MixedPrecision, seed_everything
 from core.training import (
     check_finite_loss,
     check_finite_weights,
@@ -56,9 +57,6 @@ from core.training import (
     save_training_state,
     set_lr,
 )
-
-KIND = "clip"
-ZERO_SHOT_TEMPLATE = "a photo of a {}."
 
 
 def multi_positive_clip_loss(
@@ -138,96 +136,6 @@ def _epoch_loader(
     """The fresh images of one epoch, each with a random caption (this rank's slices under torchrun)."""
     stream = CaptionStream(data, epoch * per_epoch, per_epoch, preprocess, tokenizer, config.seed)
     return epoch_loader(stream, config.batch_size, config.seed, epoch, config.workers, stream.collate, ctx)
-
-
-@torch.no_grad()
-def zero_shot_accuracy(
-    backbone: Backbone,
-    split: ImageSplit,
-    images: torch.Tensor,
-    template: str = ZERO_SHOT_TEMPLATE,
-) -> float:
-    """Top-1 accuracy of classifying ``split`` (its normalised image embeddings ``images``) by the
-    prompts ``template.format(class name)``."""
-    texts = backbone.encode_texts([template.format(name) for name in split.classes])
-    predicted = (images @ texts.t()).argmax(dim=1).cpu().numpy()
-    return float((predicted == split.labels).mean())
-
-
-@torch.no_grad()
-def part_value_accuracy(backbone: Backbone, split: ToyBirdsSplit, images: torch.Tensor) -> dict[str, float]:
-    """Per part, zero-shot accuracy of naming its colour with ``a photo of a bird with a {value} {part}.``
-
-    Species parts are scored on every image; the nuisance tail on images where it is visible.
-    """
-    scores = {}
-    for part in toybirds.PARTS:
-        values = toybirds.PART_VALUES[part]
-        texts = backbone.encode_texts([toybirds.part_value_prompt(part, v) for v in values])
-        predicted = (images @ texts.t()).argmax(dim=1).cpu().numpy()
-        truth, keep = [], []
-        for i in range(len(split)):
-            sample = split.sample(i)
-            truth.append(values.index(sample.traits[part]["colour"]))
-            keep.append(part in toybirds.SPECIES_PARTS or sample.visible[part])
-        keep_mask = np.array(keep)
-        scores[part] = float((predicted[keep_mask] == np.array(truth)[keep_mask]).mean())
-    return scores
-
-
-@torch.no_grad()
-def part_text_cosines(backbone: Backbone) -> dict[str, Any]:
-    """Cosine between the texts of the same colour on different parts, and of other colours on one part.
-
-    ``matrix[a][b]`` is the mean over the species colours v of cos(prompt(a, v), prompt(b, v)); a
-    text tower that ignores the part word gives ~1 off the diagonal.  ``same_value_other_part``
-    is the mean off-diagonal entry; ``same_part_other_value`` the mean cosine between two
-    colours on one part (for scale).
-    """
-    parts, colours = toybirds.PARTS, toybirds.SPECIES_COLOURS
-    texts = backbone.encode_texts([toybirds.part_value_prompt(p, v) for p in parts for v in colours])
-    emb = texts.reshape(len(parts), len(colours), -1)
-    matrix = torch.einsum("avd,bvd->abv", emb, emb).mean(dim=-1)
-    off = ~torch.eye(len(parts), dtype=torch.bool)
-    within = torch.einsum("avd,awd->avw", emb, emb)
-    other_value = ~torch.eye(len(colours), dtype=torch.bool)
-    return {
-        "parts": list(parts),
-        "matrix": [[round(float(x), 4) for x in row] for row in matrix],
-        "same_value_other_part": float(matrix[off].mean()),
-        "same_part_other_value": float(within[:, other_value].mean()),
-    }
-
-
-def linear_probe_accuracy(
-    train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, test_labels: np.ndarray
-) -> float:
-    """Accuracy of a logistic-regression probe fit on the train features, scored on the test ones."""
-    from sklearn.linear_model import LogisticRegression
-
-    probe = LogisticRegression(C=10.0, max_iter=2000)
-    probe.fit(train_features, train_labels)
-    return float((probe.predict(test_features) == test_labels).mean())
-
-
-def clip_report(backbone: Backbone, data: DataSpec, progress: Progress = no_progress) -> dict[str, Any]:
-    """Everything ``conceptlens eval`` says about a ToyBirds CLIP, on the splits of ``data``."""
-    test_split = open_split(data, "test")
-    train_split = open_split(data, "train")
-    test_images = backbone.encode_images(backbone.preprocess_split(test_split))
-    train_images = backbone.encode_images(backbone.preprocess_split(train_split, progress=progress))
-    return {
-        "zero_shot_accuracy": zero_shot_accuracy(backbone, test_split, test_images),
-        "zero_shot_template": ZERO_SHOT_TEMPLATE,
-        "part_value_accuracy": part_value_accuracy(backbone, test_split, test_images),
-        "part_value_template": toybirds.part_value_prompt("{part}", "{value}"),
-        "text_cosine": part_text_cosines(backbone),
-        "linear_probe_accuracy": linear_probe_accuracy(
-            train_images.cpu().numpy(), train_split.labels, test_images.cpu().numpy(), test_split.labels
-        ),
-        "n_train": len(train_split),
-        "n_test": len(test_split),
-    }
 
 
 def train_clip(
@@ -348,15 +256,3 @@ def _train_clip(
     )
     ckpt_file.unlink(missing_ok=True)
     return out
-
-
-def evaluate_clip_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
-    """``conceptlens eval`` for a CLIP bundle: the :func:`clip_report` on its test split (or ``seed``)."""
-    from core.backbones.clip import load_backbone
-
-    bundle = load_bundle(path, kind=KIND, load_arrays=False)
-    data = DataSpec.from_dict(bundle.section("data"))
-    if seed is not None:
-        data = data.with_seed(seed)
-    backbone = load_backbone(str(bundle.path), device=resolve_device(device))
-    return {"kind": KIND, "bundle": str(bundle.path), "data": data.to_dict(), **clip_report(backbone, data)}
