@@ -9,6 +9,7 @@ from PIL import Image
 
 import core.ceir.evaluate as ceir_evaluate
 from core.backbones.clip import load_backbone
+from core.ceir.arrays import OOD_REFERENCE
 from core.ceir.bottleneck import ProjectionConfig
 from core.ceir.bundle import image_embeddings
 from core.ceir.evaluate import protocol_scores
@@ -176,7 +177,7 @@ def test_out_of_distribution_test_uses_the_embedding_reference(tiny_backbone):
     reference = torch.nn.functional.normalize(axis + 0.05 * unit_rows(200, dim, 6), dim=-1)
     near = torch.nn.functional.normalize(axis + 0.05 * unit_rows(3, dim, 7), dim=-1)
     far = torch.nn.functional.normalize(-axis + 0.05 * unit_rows(1, dim, 8), dim=-1)
-    loaded = SimpleNamespace(model=fitted.model, arrays={"ood_reference": reference.numpy()})
+    loaded = SimpleNamespace(model=fitted.model, arrays={OOD_REFERENCE: reference.numpy()})
     assert ood_flags(loaded, torch.cat([near, far])) == [False, False, False, True]
     assert ood_flags(SimilarityLabeller(tiny_backbone), far) == [
         False

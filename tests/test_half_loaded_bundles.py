@@ -19,6 +19,7 @@ import torch
 
 from core import bundle as bundle_module
 from core.bundle import BundleError, find_broken_bundles, find_bundles, load_bundle, save_bundle
+from core.concepthash.arrays import DB_CODES, DB_IDS, DB_LABELS
 from core.concepthash.bundle import ARRAYS as HASH_ARRAYS
 
 HASH_CONFIG = {
@@ -30,7 +31,7 @@ HASH_CONFIG = {
 
 def _hash_bundle(path: Path, arrays: dict[str, np.ndarray] | None = None, **config) -> Path:
     codes = np.ones((4, 6), dtype=np.int8)
-    arrays = {"db_codes": codes, "db_labels": np.zeros(4, dtype=np.int64)} if arrays is None else arrays
+    arrays = {DB_CODES: codes, DB_LABELS: np.zeros(4, dtype=np.int64)} if arrays is None else arrays
     return save_bundle(
         path,
         kind="concepthash",
@@ -62,20 +63,20 @@ def test_a_clip_bundle_without_its_architecture_is_refused(tmp_path: Path) -> No
 
 def test_short_cached_arrays_are_refused(tmp_path: Path) -> None:
     codes = np.ones((4, 6), dtype=np.int8)
-    path = _hash_bundle(tmp_path / "b", {"db_codes": codes, "db_labels": np.zeros(3, dtype=np.int64)})
+    path = _hash_bundle(tmp_path / "b", {DB_CODES: codes, DB_LABELS: np.zeros(3, dtype=np.int64)})
     with pytest.raises(BundleError, match=r"different lengths \('db_codes' has 4 rows, 'db_labels' has 3\)"):
         load_bundle(path, layout=HASH_ARRAYS)
 
 
 def test_codes_of_another_length_than_the_config_says_are_refused(tmp_path: Path) -> None:
     codes = np.ones((4, 5), dtype=np.int8)
-    path = _hash_bundle(tmp_path / "b", {"db_codes": codes, "db_labels": np.zeros(4, dtype=np.int64)})
+    path = _hash_bundle(tmp_path / "b", {DB_CODES: codes, DB_LABELS: np.zeros(4, dtype=np.int64)})
     with pytest.raises(BundleError, match=r"'db_codes' of shape \(4, 5\), which does not fit its bits \(6\)"):
         load_bundle(path, layout=HASH_ARRAYS)
 
 
 def test_ids_must_be_strings_and_codes_numbers(tmp_path: Path) -> None:
-    arrays = {"db_codes": np.ones((2, 6), np.int8), "db_labels": np.zeros(2), "db_ids": np.zeros(2)}
+    arrays = {DB_CODES: np.ones((2, 6), np.int8), DB_LABELS: np.zeros(2), DB_IDS: np.zeros(2)}
     with pytest.raises(BundleError, match="'db_ids' that does not hold strings"):
         load_bundle(_hash_bundle(tmp_path / "b", arrays), layout=HASH_ARRAYS)
 
@@ -83,7 +84,7 @@ def test_ids_must_be_strings_and_codes_numbers(tmp_path: Path) -> None:
 def test_load_concepthash_names_the_missing_arrays(tmp_path: Path) -> None:
     from core.concepthash import load_concepthash
 
-    path = _hash_bundle(tmp_path / "b", {"db_labels": np.zeros(4, dtype=np.int64)})
+    path = _hash_bundle(tmp_path / "b", {DB_LABELS: np.zeros(4, dtype=np.int64)})
     with pytest.raises(BundleError, match=r"lacks the cached arrays 'db_codes'"):
         load_concepthash(path, device="cpu")
 
@@ -140,7 +141,7 @@ def test_dashboard_names_a_half_loaded_bundle_and_skips_corrupt_weights(tiny_bun
     shutil.copytree(tiny_bundles / "toy-clip", tmp_path / "toy-clip")
     short = shutil.copytree(tiny_bundles / "toy-hash-csd", tmp_path / "short-hash")
     strings = json.loads((short / "arrays.json").read_text())
-    (short / "arrays.json").write_text(json.dumps({"db_ids": strings["db_ids"][:-1]}))
+    (short / "arrays.json").write_text(json.dumps({DB_IDS: strings[DB_IDS][:-1]}))
     corrupt = shutil.copytree(tiny_bundles / "toy-hash-nocsd", tmp_path / "corrupt-hash")
     (corrupt / "weights.safetensors").write_bytes(b"\x08" + bytes(20))
     monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tmp_path))

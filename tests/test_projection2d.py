@@ -11,6 +11,7 @@ import torch
 
 from core.bundle import BundleError, load_bundle, save_bundle
 from core.ceir import projection2d
+from core.ceir.arrays import TRAIN_IDS, TRAIN_LATENTS, TRAIN_UMAP
 from core.ceir.projection2d import ensure_umap, pca_2d, umap_2d
 
 
@@ -25,8 +26,8 @@ def two_blobs(n_per_blob: int = 12, dim: int = 4, seed: int = 0) -> tuple[np.nda
 
 def make_bundle(path, latents: np.ndarray, extra: dict | None = None):
     arrays = {
-        "train_latents": latents.astype(np.float32),
-        "train_ids": np.array([f"id{i}" for i in range(len(latents))]),
+        TRAIN_LATENTS: latents.astype(np.float32),
+        TRAIN_IDS: np.array([f"id{i}" for i in range(len(latents))]),
     }
     return save_bundle(
         path,
@@ -112,8 +113,8 @@ def test_ensure_umap_stores_the_map_in_the_bundle_and_does_not_recompute(tmp_pat
     first = ensure_umap(bundle)
     assert calls == [24]
     stored = load_bundle(bundle).arrays
-    assert stored["train_umap"].tobytes() == first.tobytes()
-    assert stored["train_ids"].tolist()[:2] == ["id0", "id1"]  # other arrays kept
+    assert stored[TRAIN_UMAP].tobytes() == first.tobytes()
+    assert stored[TRAIN_IDS].tolist()[:2] == ["id0", "id1"]  # other arrays kept
     assert (bundle / "weights.safetensors").read_bytes() == weights_before
 
     second = ensure_umap(bundle)
@@ -125,10 +126,10 @@ def test_ensure_umap_stores_the_map_in_the_bundle_and_does_not_recompute(tmp_pat
 def test_a_stale_cached_map_is_recomputed(tmp_path, home, monkeypatch):
     calls = counting(monkeypatch)
     latents, _ = two_blobs()
-    bundle = make_bundle(tmp_path / "b", latents, {"train_umap": np.zeros((3, 2), dtype=np.float32)})
+    bundle = make_bundle(tmp_path / "b", latents, {TRAIN_UMAP: np.zeros((3, 2), dtype=np.float32)})
     out = ensure_umap(bundle)
     assert calls == [24] and out.shape == (24, 2)
-    assert load_bundle(bundle).arrays["train_umap"].shape == (24, 2)
+    assert load_bundle(bundle).arrays[TRAIN_UMAP].shape == (24, 2)
 
 
 def test_read_only_bundle_is_cached_on_disk(tmp_path, home, monkeypatch):
@@ -143,7 +144,7 @@ def test_read_only_bundle_is_cached_on_disk(tmp_path, home, monkeypatch):
     assert len(cached) == 1 and np.load(cached[0]).tobytes() == first.tobytes()
     assert cached[0] == projection2d.disk_cache_file(bundle)
     assert sorted(p.name for p in bundle.iterdir()) == files_before
-    assert "train_umap" not in load_bundle(bundle).arrays
+    assert TRAIN_UMAP not in load_bundle(bundle).arrays
 
     second = ensure_umap(bundle)
     assert calls == [24] and second.tobytes() == first.tobytes()
