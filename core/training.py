@@ -1,4 +1,4 @@
-"""Pieces every training loop shares: resumable checkpoints, batching, learning-rate schedule.
+"""Pieces every training loop shares: the epoch loop, resumable checkpoints, batching, learning-rate schedule.
 
 A run that writes the bundle ``OUT`` keeps its checkpoint next to it in ``OUT.ckpt`` (a file
 saved with ``torch.save`` and read back with ``weights_only=True``, so no pickle code runs). The
@@ -8,6 +8,7 @@ checkpoint is removed once the bundle is written; ``--resume`` continues from it
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,66 @@ def check_finite_weights(model: torch.nn.Module, out: Path) -> None:
             f"Training made {len(broken)} weight tensors non-finite (e.g. '{broken[0]}'), so {out} was not "
             "saved; lower --lr or the loss weights."
         )
+
+
+def rank0_checkpoint(
+    ctx: DistContext,
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    settings: dict,
+) -> Callable[[int, list[dict]], None]:
+    """The ``checkpoint`` of :func:`run_epochs`: rank 0 saves the training state after each epoch."""
+
+    def checkpoint(epochs_done: int, history: list[dict]) -> None:
+        if ctx.is_main:
+            save_training_state(path, model, optimizer, generator, epochs_done, history, settings)
+
+    return checkpoint
+
+
+def run_epochs(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    mixed: Any,
+    epochs: range,
+    steps_per_epoch: int,
+    lr: float,
+    warmup_steps: int,
+    batches: Callable[[int], Iterable[Any]],
+    step: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    history: list[dict],
+    checkpoint: Callable[[int, list[dict]], None],
+    out: Path,
+    progress: Callable[[int, int], None],
+    log: Callable[[str], None],
+) -> list[dict]:
+    """The epoch loop every trainer runs; returns ``history`` with one row of mean loss terms per epoch.
+
+    Each step: the cosine learning rate (after ``warmup_steps`` linear steps), ``step(batch)`` (the forward
+    pass under the caller's autocast; it returns the loss to back-propagate and the terms of the global
+    batch to report, "total" among them if there are several), a stop on a non-finite loss, then the
+    backward pass and optimiser step through ``mixed`` (a ``core.runtime.MixedPrecision``). After each
+    epoch the weights are checked and ``checkpoint(epochs_done, history)`` saves the state to resume from.
+    """
+    total_steps = epochs.stop * steps_per_epoch
+    for epoch in epochs:
+        model.train()
+        sums: dict[str, float] = {}
+        for index, batch in enumerate(batches(epoch)):
+            global_step = epoch * steps_per_epoch + index
+            set_lr(optimizer, cosine_lr(global_step, total_steps, lr, warmup_steps))
+            loss, reported = step(batch)
+            check_finite_loss(reported.get("total", loss), epoch, index, out)
+            optimizer.zero_grad(set_to_none=True)
+            mixed.backward_and_step(loss, optimizer)
+            for name, value in reported.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            progress(global_step + 1, total_steps)
+        history.append({name: value / max(1, steps_per_epoch) for name, value in sums.items()})
+        log(f"epoch {epoch + 1}/{epochs.stop} " + " ".join(f"{k}={v:.4f}" for k, v in history[-1].items()))
+        check_finite_weights(model, out)  # the checkpoint always holds a usable model
+        checkpoint(epoch + 1, history)
+    return history

@@ -47,15 +47,12 @@ from core.distributed import (
 from core.progress import Progress, no_progress
 from core.runtime import MixedPrecision, seed_everything
 from core.training import (
-    check_finite_loss,
-    check_finite_weights,
     checkpoint_path,
-    cosine_lr,
     epoch_loader,
     prepare_output,
+    rank0_checkpoint,
     restore_training_state,
-    save_training_state,
-    set_lr,
+    run_epochs,
 )
 
 
@@ -200,29 +197,31 @@ def _train_clip(
     steps_per_epoch = per_epoch // config.batch_size
     total = config.epochs * steps_per_epoch
     log(f"Streaming {per_epoch} fresh images per epoch, {config.epochs} epochs ({total} steps).")
+
+    def step(batch):
+        pixels, tokens, facts, claims = batch
+        positives = claim_positives(gather_objects(facts, ctx), gather_objects(claims, ctx))
+        with mixed.autocast():
+            loss = trained(pixels.to(device), tokens.to(device), positives.to(device))
+        return loss, {"loss": loss}  # the contrastive loss is already the global batch's
+
     started = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        running = 0.0
-        loader = _epoch_loader(data, epoch, per_epoch, preprocess, tokenizer, config, ctx)
-        for step, (pixels, tokens, facts, claims) in enumerate(loader):
-            global_step = epoch * steps_per_epoch + step
-            set_lr(
-                optimizer, cosine_lr(global_step, total, config.lr, config.warmup_epochs * steps_per_epoch)
-            )
-            positives = claim_positives(gather_objects(facts, ctx), gather_objects(claims, ctx))
-            with mixed.autocast():
-                loss = trained(pixels.to(device), tokens.to(device), positives.to(device))
-            check_finite_loss(loss, epoch, step, out)
-            optimizer.zero_grad(set_to_none=True)
-            mixed.backward_and_step(loss, optimizer)
-            running += float(loss.detach())
-            progress(global_step + 1, total)
-        history.append({"loss": running / max(1, steps_per_epoch)})
-        log(f"epoch {epoch + 1}/{config.epochs} loss={history[-1]['loss']:.4f}")
-        check_finite_weights(model, out)  # the checkpoint always holds a usable model
-        if ctx.is_main:
-            save_training_state(ckpt_file, model, optimizer, generator, epoch + 1, history, settings)
+    history = run_epochs(
+        model=model,
+        optimizer=optimizer,
+        mixed=mixed,
+        epochs=range(start_epoch, config.epochs),
+        steps_per_epoch=steps_per_epoch,
+        lr=config.lr,
+        warmup_steps=config.warmup_epochs * steps_per_epoch,
+        batches=lambda epoch: _epoch_loader(data, epoch, per_epoch, preprocess, tokenizer, config, ctx),
+        step=step,
+        history=history,
+        checkpoint=rank0_checkpoint(ctx, ckpt_file, model, optimizer, generator, settings),
+        out=out,
+        progress=progress,
+        log=log,
+    )
     seconds = time.perf_counter() - started
     if not ctx.is_main:
         return out  # rank 0 evaluates and writes the bundle

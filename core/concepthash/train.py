@@ -43,15 +43,12 @@ from core.distributed import (
 from core.progress import Progress, no_progress
 from core.runtime import MixedPrecision, seed_everything
 from core.training import (
-    check_finite_loss,
-    check_finite_weights,
     checkpoint_path,
-    cosine_lr,
     epoch_loader,
     prepare_output,
+    rank0_checkpoint,
     restore_training_state,
-    save_training_state,
-    set_lr,
+    run_epochs,
 )
 
 
@@ -175,31 +172,32 @@ def _train_concepthash(
         f"{'freshly drawn' if streamed else 'training'} images ({total_steps} steps)"
         + (f" on {ctx.world_size} processes." if ctx.distributed else ".")
     )
+
+    def step(batch):
+        pixels, labels = batch
+        with mixed.autocast():
+            terms = trained(pixels.to(device), labels.to(device))
+        return terms["total"], global_terms(terms, ctx)
+
     started = time.perf_counter()
-    for epoch in range(start_epoch, train_config.epochs):
-        model.train()
-        sums: dict[str, float] = {}
-        loader = training_batches(data, train_split, epoch, backbone.preprocess, train_config, ctx)
-        for step, (pixels, labels) in enumerate(loader):
-            global_step = epoch * steps_per_epoch + step
-            set_lr(optimizer, cosine_lr(global_step, total_steps, train_config.lr, warmup))
-            with mixed.autocast():
-                terms = trained(pixels.to(device), labels.to(device))
-            reported = global_terms(terms, ctx)
-            check_finite_loss(reported["total"], epoch, step, out)
-            optimizer.zero_grad(set_to_none=True)
-            mixed.backward_and_step(terms["total"], optimizer)
-            for name, value in reported.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            progress(global_step + 1, total_steps)
-        history.append({name: value / max(1, steps_per_epoch) for name, value in sums.items()})
-        log(
-            f"epoch {epoch + 1}/{train_config.epochs} "
-            + " ".join(f"{k}={v:.4f}" for k, v in history[-1].items())
-        )
-        check_finite_weights(model, out)  # the checkpoint always holds a usable model
-        if ctx.is_main:
-            save_training_state(ckpt_file, model, optimizer, generator, epoch + 1, history, settings)
+    history = run_epochs(
+        model=model,
+        optimizer=optimizer,
+        mixed=mixed,
+        epochs=range(start_epoch, train_config.epochs),
+        steps_per_epoch=steps_per_epoch,
+        lr=train_config.lr,
+        warmup_steps=warmup,
+        batches=lambda epoch: training_batches(
+            data, train_split, epoch, backbone.preprocess, train_config, ctx
+        ),
+        step=step,
+        history=history,
+        checkpoint=rank0_checkpoint(ctx, ckpt_file, model, optimizer, generator, settings),
+        out=out,
+        progress=progress,
+        log=log,
+    )
     train_seconds = time.perf_counter() - started
     if not ctx.is_main:
         return out  # rank 0 evaluates and writes the bundle
