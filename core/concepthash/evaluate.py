@@ -67,6 +67,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from core.backbones.clip import Backbone
 from core.concepthash.arrays import DB_CODES, DB_IDS, DB_LABELS
 from core.concepthash.bundle import load_concepthash
+from core.concepthash.config import bits_per_concept
 from core.concepthash.losses import csd_loss
 from core.concepthash.model import ConceptHash
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
@@ -96,7 +97,7 @@ def sign_codes(u: torch.Tensor | np.ndarray) -> np.ndarray:
 def subcode_values(codes: np.ndarray, n_concepts: int) -> np.ndarray:
     """(N, M) integer value of every concept's sub-code (its bits, +1 -> 1, read little-endian)."""
     n, bits = codes.shape
-    per = bits // n_concepts
+    per = bits_per_concept(bits, n_concepts)
     binary = (codes.reshape(n, n_concepts, per) > 0).astype(np.int64)
     return (binary << np.arange(per)).sum(axis=-1)
 

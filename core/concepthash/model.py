@@ -30,7 +30,7 @@ from torch import nn
 from core.backbones.clip import Backbone
 from core.backbones.vit import vit_forward
 from core.concepthash import losses
-from core.concepthash.config import ConceptHashConfig
+from core.concepthash.config import ConceptHashConfig, bits_per_concept
 
 # Weight names that bundles written before a rename still carry: old name -> current name.
 RENAMED_WEIGHTS = {"class_centroids": "class_prototypes"}  # learned parameters, not centroids of anything
@@ -140,7 +140,7 @@ class ConceptHash(nn.Module):
         bottleneck = max(1, round(width * config.adapter_ratio))
         self.adapters = nn.ModuleList(BlockAdapters(width, bottleneck) for _ in range(n_blocks))
         self.specificity = nn.Parameter(torch.randn(m, width))
-        self.hash_head = nn.Linear(width, config.bits // m, bias=False)
+        self.hash_head = nn.Linear(width, bits_per_concept(config.bits, m), bias=False)
         self.bn = nn.BatchNorm1d(config.bits)
         self.concept_positions = nn.Parameter(torch.randn(m, width) * 0.02)
         self.class_prototypes = nn.Parameter(torch.randn(n_classes, width) * width**-0.5)
