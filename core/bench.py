@@ -52,6 +52,7 @@ from core.retrieval.approximate import (
     search_approximate,
 )
 from core.retrieval.hamming import HammingIndex, hamming_topk, pack_codes
+from core.settings import from_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_SCRIPT = REPO_ROOT / "dashboard" / "benchmark.py"  # runs the dashboard and memory benchmarks
@@ -722,36 +723,13 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
 
 
 def _retrieval(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    config = RetrievalBenchConfig(
-        n_db=args.n_db,
-        bits=args.bits,
-        queries=args.queries,
-        k=args.k,
-        repeats=args.repeats,
-        naive_queries=args.naive_queries,
-        seed=args.seed,
-        faiss_process=args.faiss_process,
-        approximate=tuple(args.approximate),
-        nprobe=args.nprobe,
-        ef_search=args.ef_search,
-        clusters=args.clusters,
-        flip=args.flip,
-    )
-    result = bench_retrieval(config)
+    result = bench_retrieval(from_args(RetrievalBenchConfig, args))
     return result, retrieval_table(result)
 
 
 def _encoding(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    config = EncodingBenchConfig(
-        backbones=tuple(args.backbones or DEFAULT_ENCODING_BACKBONES),
-        batch_size=args.batch_size,
-        batches=args.batches,
-        warmup=args.warmup,
-        bits=args.bits,
-        concepts=args.concepts,
-        device=args.device,
-    )
-    result = bench_encoding(config)
+    backbones = tuple(args.backbones or DEFAULT_ENCODING_BACKBONES)
+    result = bench_encoding(from_args(EncodingBenchConfig, args, backbones=backbones))
     return result, encoding_table(result)
 
 

@@ -6,9 +6,25 @@ Free of PyTorch on purpose: the CLI reads its defaults from these dataclasses (a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from argparse import Namespace
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def from_args(cls: type[T], args: Namespace, **overrides: Any) -> T:
+    """A ``cls`` dataclass from the parsed flags named like its fields (``--n-db`` fills ``n_db``); fields
+    with no flag keep their defaults, ``overrides`` win. Lists become tuples where the default is one."""
+    values: dict[str, Any] = {}
+    for field in fields(cls):  # type: ignore[arg-type]
+        if field.name in vars(args):
+            value = getattr(args, field.name)
+            as_tuple = isinstance(field.default, tuple) and value is not None
+            values[field.name] = tuple(value) if as_tuple else value
+    return cls(**(values | overrides))
 
 
 @dataclass

@@ -68,6 +68,7 @@ from core.bench import (  # noqa: E402 (after the sys.path line above)
     machine_info,
     report,
 )
+from core.settings import from_args  # noqa: E402
 
 HOME_PAGE = HERE / "Home.py"
 PAGE_FOLDERS = ("pages", "views")  # where dashboard page files have lived; Home.py is asked first
@@ -716,21 +717,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if args.bench_command == "dashboard":
-        config = DashboardBenchConfig(
-            bundles=args.bundles,
-            warm_runs=args.warm_runs,
-            uploads=args.uploads,
-            timeout=args.timeout,
-            browser=args.browser,
-            server_side=args.server_side,
-        )
-        result = bench_dashboard(config)
+        result = bench_dashboard(from_args(DashboardBenchConfig, args))
         return result, dashboard_table(result)
     if args.bench_command == "load":
-        config = LoadBenchConfig(
-            bundles=args.bundles, sessions=args.sessions, photos=args.photos, timeout=args.timeout
-        )
-        result = bench_load(config)
+        result = bench_load(from_args(LoadBenchConfig, args))
         return result, load_table(result)
     result = bench_memory(args.bundles, args.timeout)
     return result, memory_table(result)

@@ -270,3 +270,20 @@ def test_the_cli_starts_without_importing_torch():
     code = "import sys, core.cli; core.cli.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_from_args_fills_a_dataclass_from_flags_named_like_its_fields():
+    import argparse
+    from dataclasses import dataclass
+
+    from core.settings import from_args
+
+    @dataclass
+    class Config:
+        n_db: int = 1
+        kinds: tuple[str, ...] = ()
+        untouched: str = "default"
+
+    args = argparse.Namespace(n_db=5, kinds=["ivf", "hnsw"], other=3)
+    assert from_args(Config, args) == Config(n_db=5, kinds=("ivf", "hnsw"))
+    assert from_args(Config, args, untouched="x").untouched == "x"
