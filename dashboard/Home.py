@@ -40,7 +40,8 @@ def main() -> None:
     if navigation.url_path != HOME.url_path:
         wait_for_imports(Path(__file__).parent / "views" / f"{navigation.url_path}.py")
     navigation.run()
-    start_imports()
+    if navigation.url_path == HOME.url_path:
+        start_imports()
 
 
 main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,9 @@ HOME = ROOT / "dashboard" / "Home.py"
 # The dashboard's helpers (``lens``) are imported as streamlit run imports them: from dashboard/.
 if str(ROOT / "dashboard") not in sys.path:
     sys.path.insert(0, str(ROOT / "dashboard"))
+# No background model loading in page tests: a thread loading ConSE while a test stands in for load_backbone
+# would keep the stand-in as ConSE for later tests (a test in test_page_open_world.py runs one).
+os.environ["CONCEPTLENS_NO_WARM_UP"] = "1"  # lens.startup.NO_WARM_UP
 
 
 def _quiet(*_args) -> None:

