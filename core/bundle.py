@@ -131,12 +131,16 @@ class Bundle:
 
     def require_arrays(self) -> None:
         """Raise BundleError unless every cached array the loader needs (``layout.required``) is present."""
-        missing = [name for name in self.layout.required if name not in self.arrays]
-        if missing:
-            raise BundleError(
-                f"Bundle {self.path} lacks the cached arrays {_name_list(missing)} (saving was interrupted "
-                f"or a file was removed); train it again with {_MADE_BY}."
-            )
+        _require_arrays(self.path, self.arrays, self.layout)
+
+
+def _require_arrays(path: Path, arrays: Mapping[str, np.ndarray], layout: ArrayLayout) -> None:
+    missing = [name for name in layout.required if name not in arrays]
+    if missing:
+        raise BundleError(
+            f"Bundle {path} lacks the cached arrays {_name_list(missing)} (saving was interrupted "
+            f"or a file was removed); train it again with {_MADE_BY}."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -576,6 +580,17 @@ def load_bundle(
     arrays = _load_arrays(path) if load_arrays else {}
     _check_array_layout(path, config, arrays, layout)
     return Bundle(path=path, config=config, weights=weights, arrays=arrays, layout=layout)
+
+
+def read_bundle_arrays(path: str | os.PathLike, layout: ArrayLayout = NO_ARRAYS) -> dict[str, np.ndarray]:
+    """A bundle's cached arrays, checked against ``layout`` (the required ones present), without its weights
+    (nor PyTorch): what a page needs to draw a bundle before, or without, loading its model."""
+    path = Path(path)
+    config = read_bundle_config(path)
+    arrays = _load_arrays(path)
+    _check_array_layout(path, config, arrays, layout)
+    _require_arrays(path, arrays, layout)
+    return arrays
 
 
 def _check_array_layout(

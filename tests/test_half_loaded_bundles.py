@@ -173,3 +173,35 @@ def test_weight_names_from_before_a_rename_still_load(tmp_path: Path, tiny_bundl
     assert "class_centroids" in load_file(path / "weights.safetensors")
     loaded = load_concepthash(path, device="cpu")
     assert torch.equal(loaded.model.class_prototypes.detach(), weights["class_prototypes"])
+
+
+def test_arrays_read_without_the_model_are_checked_like_a_full_load(tmp_path: Path) -> None:
+    from core.bundle import read_bundle_arrays
+
+    path = _hash_bundle(tmp_path / "b", {"db_labels": np.zeros(4, dtype=np.int64)})
+    with pytest.raises(BundleError, match=r"lacks the cached arrays 'db_codes'"):
+        read_bundle_arrays(path, HASH_ARRAYS)
+    codes = np.ones((4, 5), dtype=np.int8)
+    path = _hash_bundle(tmp_path / "c", {"db_codes": codes, "db_labels": np.zeros(4, dtype=np.int64)})
+    with pytest.raises(BundleError, match=r"does not fit its bits \(6\)"):
+        read_bundle_arrays(path, HASH_ARRAYS)
+
+
+def test_attention_added_to_a_bundle_saved_without_it(tmp_path: Path, tiny_bundles: Path) -> None:
+    import shutil
+
+    from core.bundle import read_bundle_arrays, update_bundle_arrays
+    from core.concepthash.arrays import DB_ATTENTION
+    from core.concepthash.evaluate import add_database_attention
+
+    path = Path(shutil.copytree(tiny_bundles / "toy-hash-csd", tmp_path / "old"))
+    stored = read_bundle_arrays(path, HASH_ARRAYS)
+    weights = (path / "weights.safetensors").read_bytes()
+    old = {name: array for name, array in stored.items() if name != DB_ATTENTION}
+    (path / "arrays.safetensors").unlink()
+    update_bundle_arrays(path, old)  # the bundle as saved before it held the attention
+    assert DB_ATTENTION not in read_bundle_arrays(path, HASH_ARRAYS)
+    add_database_attention(str(path), device="cpu")
+    again = read_bundle_arrays(path, HASH_ARRAYS)
+    np.testing.assert_allclose(again[DB_ATTENTION], stored[DB_ATTENTION], atol=1e-3)
+    assert (path / "weights.safetensors").read_bytes() == weights

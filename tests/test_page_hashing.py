@@ -362,6 +362,58 @@ def test_heatmaps_and_codes_of_database_images(loaded, db_images):
     assert hashing.heatmaps_for(loaded, [], "last").shape == (0, 3, 32, 32)
 
 
+def test_stored_database_heatmaps_match_the_model_and_need_no_model(loaded, db_images, tiny_bundles):
+    """The bundle stores each concept's last-layer attention over the patch grid; heatmaps drawn from it match
+    those the model computes (float16 storage), read from the arrays alone (no model)."""
+    from types import SimpleNamespace
+
+    from core.bundle import read_bundle_arrays
+    from core.concepthash.arrays import ARRAYS, DB_ATTENTION
+
+    arrays = read_bundle_arrays(tiny_bundles / "toy-hash-csd", ARRAYS)
+    assert arrays[DB_ATTENTION].shape == (len(arrays["db_codes"]), 3, 4, 4)  # 32 px / 8 px patches
+    light = SimpleNamespace(arrays=arrays, data=loaded.data)  # what a page has before loading the model
+    stored = hashing.stored_heatmaps(light, [0, 1, 2, 3])
+    assert stored.shape == (4, 3, 32, 32)
+    np.testing.assert_allclose(stored, hashing.heatmaps_for(loaded, db_images, "last"), atol=2e-3)
+    assert hashing.stored_heatmaps(SimpleNamespace(arrays={}, data=loaded.data), [0]) is None  # older bundle
+
+
+def test_numpy_upsampling_is_torch_bilinear():
+    import torch
+    import torch.nn.functional as F
+
+    from core.concepthash.codes import upsample_maps
+
+    maps = torch.rand(2, 3, 4, 5)
+    for size in (32, (7, 9), 4):
+        shape = (size, size) if isinstance(size, int) else size
+        up = F.interpolate(maps, size=shape, mode="bilinear", align_corners=False).flatten(2)
+        low, high = up.min(-1, keepdim=True).values, up.max(-1, keepdim=True).values
+        expected = ((up - low) / (high - low)).reshape(2, 3, *shape).numpy()
+        np.testing.assert_allclose(upsample_maps(maps.numpy(), size), expected, atol=1e-5)
+
+
+def test_hash_codes_page_draws_from_the_arrays_without_loading_the_model(dashboard, monkeypatch):
+    """A bundle whose attention is stored: the page (overlays on) never asks for the model."""
+    from lens import bundles
+
+    def refuse(path, mtime):
+        raise AssertionError("the hash-codes page loaded the model")
+
+    monkeypatch.setitem(
+        bundles.KIND_VIEWS,
+        "concepthash",
+        bundles.KIND_VIEWS["concepthash"].__class__(
+            **{**vars(bundles.KIND_VIEWS["concepthash"]), "load": refuse}
+        ),
+    )
+    app = dashboard("hash_codes")
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, [e.value for e in app.error]
+    assert colour_scales(app) == 1 and images(app)  # overlays drawn
+
+
 # --- pages through AppTest ------------------------------------------------------------------------
 
 

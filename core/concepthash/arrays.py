@@ -4,10 +4,25 @@ from __future__ import annotations
 
 from core.bundle import ArrayLayout, nested_value
 
-# The cached arrays: the database's codes (±1), class indices and image ids, one row per image.
-DB_CODES, DB_LABELS, DB_IDS = "db_codes", "db_labels", "db_ids"
+
+def _attended(config: dict) -> int | None:
+    """Rows of attention per image: one per concept, or the CLS token's one for the CLS baseline."""
+    return (
+        1 if nested_value(config, "model", "mode") == "cls" else nested_value(config, "model", "n_concepts")
+    )
+
+
+# The cached arrays: the database's codes (±1), class indices and image ids, one row per image, and each
+# concept's last-layer attention over the patch grid (float16), so the dashboard draws the database's
+# heatmaps without running the model (bundles saved before it have none; the page then computes them).
+DB_CODES, DB_LABELS, DB_IDS, DB_ATTENTION = "db_codes", "db_labels", "db_ids", "db_attention"
 ARRAYS = ArrayLayout(
-    {DB_CODES: ("rows", "bits"), DB_LABELS: ("rows",), DB_IDS: ("rows",)},
+    {
+        DB_CODES: ("rows", "bits"),
+        DB_LABELS: ("rows",),
+        DB_IDS: ("rows",),
+        DB_ATTENTION: ("rows", "attended", "grid_h", "grid_w"),
+    },
     required=(DB_CODES, DB_LABELS),
-    sizes=lambda config: {"bits": nested_value(config, "model", "bits")},
+    sizes=lambda config: {"bits": nested_value(config, "model", "bits"), "attended": _attended(config)},
 )

@@ -14,9 +14,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from core.backbones.vit import attention_rollout
+from core.concepthash.codes import upsample_maps
 from core.concepthash.model import ConceptHash
 
 HeatmapMethod = Literal["last", "rollout"]
@@ -42,17 +42,6 @@ def concept_attention_maps(
     return maps.reshape(maps.shape[0], maps.shape[1], gh, gw).cpu()
 
 
-def upsample_maps(maps: torch.Tensor, size: int | tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of (B, M, gh, gw) maps to image size, each map min-max scaled to [0, 1]."""
-    size = (size, size) if isinstance(size, int) else size
-    up = F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
-    flat = up.flatten(2)
-    low = flat.min(dim=-1, keepdim=True).values
-    high = flat.max(dim=-1, keepdim=True).values
-    scaled = (flat - low) / (high - low).clamp_min(1e-12)
-    return scaled.reshape(up.shape).numpy()
-
-
 def concept_heatmaps(
     model: ConceptHash,
     pixels: torch.Tensor,
@@ -61,4 +50,4 @@ def concept_heatmaps(
 ) -> np.ndarray:
     """Per-concept heatmaps (B, M, H, W) in [0, 1] to overlay on images (default size: the model input)."""
     maps = concept_attention_maps(model, pixels, method)
-    return upsample_maps(maps, size or model.backbone.image_size)
+    return upsample_maps(maps.numpy(), size or model.backbone.image_size)

@@ -65,9 +65,11 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
 
 from core.backbones.clip import Backbone
-from core.concepthash.arrays import DB_CODES, DB_IDS, DB_LABELS
+from core.bundle import update_bundle_arrays
+from core.concepthash.arrays import DB_ATTENTION, DB_CODES, DB_IDS, DB_LABELS
+from core.concepthash.attention import concept_attention_maps
 from core.concepthash.bundle import load_concepthash
-from core.concepthash.config import bits_per_concept
+from core.concepthash.codes import sign_codes, subcode_values
 from core.concepthash.losses import csd_loss
 from core.concepthash.model import ConceptHash
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
@@ -86,20 +88,6 @@ PRECISION_KS = (1, 5, 10)
 N_SPECIES_PARTS = len(SPECIES_PARTS)  # the first rows of every parts matrix (PARTS starts with them)
 if PARTS[:N_SPECIES_PARTS] != SPECIES_PARTS:
     raise ImportError("ToyBirds PARTS must start with SPECIES_PARTS: the part matrices rely on it.")
-
-
-def sign_codes(u: torch.Tensor | np.ndarray) -> np.ndarray:
-    """{-1, +1} int8 codes from continuous codes (0 -> +1)."""
-    values = u.numpy() if isinstance(u, torch.Tensor) else np.asarray(u)
-    return np.where(values >= 0, 1, -1).astype(np.int8)
-
-
-def subcode_values(codes: np.ndarray, n_concepts: int) -> np.ndarray:
-    """(N, M) integer value of every concept's sub-code (its bits, +1 -> 1, read little-endian)."""
-    n, bits = codes.shape
-    per = bits_per_concept(bits, n_concepts)
-    binary = (codes.reshape(n, n_concepts, per) > 0).astype(np.int64)
-    return (binary << np.arange(per)).sum(axis=-1)
 
 
 # ---- retrieval --------------------------------------------------------------------------------
@@ -507,8 +495,27 @@ def evaluate_model(
         DB_CODES: db_codes,
         DB_LABELS: database.labels.astype(np.int64),
         DB_IDS: np.array([database.image_id(i) for i in range(len(database))]),
+        DB_ATTENTION: database_attention(model, backbone, database),
     }
     return metrics, arrays
+
+
+def database_attention(
+    model: ConceptHash, backbone: Backbone, database: ImageSplit, batch_size: int = 128
+) -> np.ndarray:
+    """(N, M, gh, gw) float16 last-layer attention of every concept over the patch grid, for the bundle."""
+    pixels = backbone.preprocess_split(database)
+    maps = [
+        concept_attention_maps(model, pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)
+    ]
+    return torch.cat(maps).numpy().astype(np.float16)
+
+
+def add_database_attention(path: str, device: str = "auto") -> None:
+    """Store :func:`database_attention` in a bundle saved before bundles held it (nothing else changes)."""
+    loaded = load_concepthash(path, device=device)
+    database = open_split(loaded.data, "train")
+    update_bundle_arrays(path, {DB_ATTENTION: database_attention(loaded.model, loaded.backbone, database)})
 
 
 def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:

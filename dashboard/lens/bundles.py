@@ -4,7 +4,9 @@ Bundles are searched in the folders named by the ``CONCEPTLENS_BUNDLES`` environ
 (several separated by ``os.pathsep``), else in the repository's ``pretrained/``. The sidebar
 (drawn by ``Home.py`` on every page) lets a person add a folder and pick one bundle per kind;
 pages read the choice from ``st.session_state``. Models are loaded once per process
-(``st.cache_resource``) keyed on path and modification time.
+(``st.cache_resource``) keyed on path and modification time; a page gets a :class:`LazyBundle`, which reads
+config and cached arrays without PyTorch and loads the model the first time the page asks for it, so a page
+that can draw from the arrays draws at once after a restart.
 """
 
 from __future__ import annotations
@@ -17,7 +19,20 @@ from typing import Any
 
 import streamlit as st
 
-from core.bundle import find_broken_bundles, find_bundles, is_unreadable, os_reason, read_bundle_config
+from core.bundle import (
+    NO_ARRAYS,
+    ArrayLayout,
+    find_broken_bundles,
+    find_bundles,
+    is_unreadable,
+    os_reason,
+    read_bundle_arrays,
+    read_bundle_config,
+)
+from core.ceir.arrays import ARRAYS as CEIR_ARRAYS
+from core.concepthash.arrays import ARRAYS as HASH_ARRAYS
+from core.concepthash.arrays import DB_CODES, DB_LABELS
+from core.data import DataSpec
 from core.kinds import KINDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -270,10 +285,79 @@ def load_model(info: BundleInfo):
         return None
 
 
-def require(kind: str):
-    """Selected bundle of ``kind`` and its loaded model, or (None, None) with a message on the page."""
+ARRAY_LAYOUTS: dict[str, ArrayLayout] = {"concepthash": HASH_ARRAYS, "ceir": CEIR_ARRAYS}
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _read_arrays(path: str, mtime: float, kind: str) -> dict:
+    return read_bundle_arrays(path, ARRAY_LAYOUTS.get(kind, NO_ARRAYS))
+
+
+class LazyBundle:
+    """A bundle as a page first needs it: config, metrics, data spec and cached arrays, read without PyTorch;
+    ``model`` and ``backbone`` load the model (once per process) the first time a page asks for them, and a
+    bundle that cannot load stops the page after one st.error sentence."""
+
+    def __init__(self, info: BundleInfo, arrays: dict) -> None:
+        self.info = info
+        self.path = Path(info.path)
+        self.config = info.config
+        self.arrays = arrays
+        self.data = DataSpec.from_dict(self.config.get("data") or {})
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.config.get("metrics", {})
+
+    @property
+    def db_codes(self):
+        return self.arrays[DB_CODES]
+
+    @property
+    def db_labels(self):
+        return self.arrays[DB_LABELS]
+
+    @property
+    def concepts(self) -> list[str]:
+        return list(self.config.get("concepts") or [])
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the model is loaded in this process already (asking for it then costs nothing)."""
+        return self.info.path in _loaded_paths
+
+    def loaded(self) -> Any:
+        """The fully loaded bundle (model and backbone), loading it now if need be."""
+        full = load_model(self.info)
+        if full is None:
+            st.stop()  # load_model said why on the page
+        _loaded_paths.add(self.info.path)
+        return full
+
+    @property
+    def model(self) -> Any:
+        return self.loaded().model
+
+    @property
+    def backbone(self) -> Any:
+        return self.loaded().backbone
+
+
+_loaded_paths: set[str] = set()
+
+
+def require(kind: str) -> tuple[BundleInfo | None, LazyBundle | None]:
+    """Selected bundle of ``kind`` as a :class:`LazyBundle`, or (None, None) with a message on the page."""
     info = selected(kind)
     if info is None:
         no_bundle_message(kind)
         return None, None
-    return info, load_model(info)
+    if KIND_VIEWS[info.kind].load is None:
+        load_model(info)  # says the bundle is of a kind no page loads
+        return None, None
+    try:
+        arrays = _read_arrays(info.path, info.mtime, info.kind)
+        return info, LazyBundle(info, arrays)
+    except (ValueError, OSError) as exc:
+        st.error(f"The bundle '{info.name}' could not be loaded: {exc}")
+        return None, None

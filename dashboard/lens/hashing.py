@@ -17,10 +17,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from PIL import Image
 
+from core.concepthash.arrays import DB_ATTENTION
 from core.concepthash.arrays import DB_IDS as DB_IDS  # the pages read the optional image ids by it
-from core.concepthash.attention import concept_heatmaps
+from core.concepthash.codes import sign_codes, subcode_values, upsample_maps
 from core.concepthash.config import bits_per_concept  # K/M, shared with the model's config
-from core.concepthash.evaluate import sign_codes, subcode_values
 from lens.inference import one_at_a_time
 
 SORT_MODES = ("class", "code", "original")
@@ -155,6 +155,8 @@ def heatmaps_for(loaded: Any, images: Sequence[Image.Image], method: str, batch_
     is preprocessed the model's way (shortest side resized, centre crop), so the maps line up
     with :func:`center_square` of the image.
     """
+    from core.concepthash.attention import concept_heatmaps  # the model's code: PyTorch
+
     if not images:
         m = loaded.model.n_concepts
         size = loaded.backbone.image_size
@@ -165,6 +167,16 @@ def heatmaps_for(loaded: Any, images: Sequence[Image.Image], method: str, batch_
         with one_at_a_time():  # the model is shared by every session in this process
             chunks.append(concept_heatmaps(loaded.model, pixels, method).astype(np.float32))
     return np.concatenate(chunks)
+
+
+def stored_heatmaps(loaded: Any, indices: Sequence[int]) -> np.ndarray | None:
+    """(B, M, H, W) last-layer heatmaps of database images from the attention the bundle stores (no model
+    run, no PyTorch), at the data's image size; None for a bundle saved before bundles stored it."""
+    attention = loaded.arrays.get(DB_ATTENTION)
+    if attention is None:
+        return None
+    size = loaded.data.image_size or 224
+    return upsample_maps(attention[np.asarray(indices, dtype=np.int64)].astype(np.float32), size)
 
 
 def encode_images(loaded: Any, images: Sequence[Image.Image]) -> np.ndarray:
@@ -241,6 +253,11 @@ WHOLE_CODE = "whole code"  # how the CLS baseline's single group of bits is name
 def is_cls_baseline(config: dict[str, Any]) -> bool:
     """Whether a ConceptHash bundle is the CLS baseline: one code from the CLS token, no concept tokens."""
     return config.get("model", {}).get("mode", "concepts") == "cls"
+
+
+def n_attended(config: dict) -> int:
+    """Attention maps per image: one per concept, or the CLS token's one for the CLS baseline."""
+    return 1 if is_cls_baseline(config) else int((config.get("model") or {}).get("n_concepts", 1))
 
 
 def part_swap(metrics: dict[str, Any]) -> dict[str, Any] | None:

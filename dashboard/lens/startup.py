@@ -34,7 +34,7 @@ NAMES = {
     "lens.figures": "figures",
 }
 FIRST = ("torch", "open_clip")  # the model pages need them, and they are most of the time
-NEED_MODELS = ("lens.hashing", "lens.ceir", "lens.counterfactual", "lens.retrieval")  # import PyTorch
+NEED_MODELS = ("lens.ceir", "lens.counterfactual", "lens.retrieval")  # import PyTorch
 MODULES = (*FIRST, *(m for m in NAMES if m not in FIRST))
 POLL_SECONDS = 0.1
 

@@ -38,12 +38,14 @@ from lens.hashing import (
     images_by_subcode,
     is_cls_baseline,
     localisation_table,
+    n_attended,
     nmi_figure,
     nmi_table,
     part_swap,
     part_swap_figure,
     part_swap_summary,
     part_swap_table,
+    stored_heatmaps,
     subcode_bits,
     tile_caption,
 )
@@ -59,7 +61,11 @@ REBUILD = "conceptlens reproduce"  # retrains and re-evaluates the shipped bundl
 
 @st.cache_data(show_spinner="Computing attention maps ...", max_entries=64)
 def database_heatmaps(_loaded, _split, path: str, mtime: float, indices: tuple[int, ...]) -> np.ndarray:
-    """Last-layer heatmaps (B, M, H, W) of database images, cached per bundle version and image set."""
+    """Last-layer heatmaps (B, M, H, W) of database images, cached per bundle version and image set: from the
+    attention the bundle stores, else (an older bundle) computed by the model."""
+    stored = stored_heatmaps(_loaded, indices)
+    if stored is not None:
+        return stored
     return heatmaps_for(_loaded, [_split.image(i) for i in indices], "last")
 
 
@@ -106,7 +112,7 @@ class Database:
     @classmethod
     def of(cls, loaded) -> Database:
         codes = loaded.db_codes
-        n_concepts = loaded.model.n_concepts
+        n_concepts = n_attended(loaded.config)
         cls_baseline = is_cls_baseline(loaded.config)
         names, named_by = concept_names(loaded.metrics, cls_baseline)
         n_bits = codes.shape[1]

@@ -1,0 +1,52 @@
+"""Reading ConceptHash codes and attention without PyTorch: signs, sub-code values, heatmaps from stored maps.
+
+The dashboard draws a bundle's database from its stored arrays with these, before (or without) importing the
+model's code; ``core.concepthash.evaluate`` and ``core.concepthash.attention`` use the same functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from core.concepthash.config import bits_per_concept
+
+
+def sign_codes(u: Any) -> np.ndarray:
+    """{-1, +1} int8 codes from continuous codes (a tensor or an array; 0 -> +1)."""
+    values = u.numpy() if hasattr(u, "numpy") else np.asarray(u)
+    return np.where(values >= 0, 1, -1).astype(np.int8)
+
+
+def subcode_values(codes: np.ndarray, n_concepts: int) -> np.ndarray:
+    """(N, M) integer value of every concept's sub-code (its bits, +1 -> 1, read little-endian)."""
+    n, bits = codes.shape
+    per = bits_per_concept(bits, n_concepts)
+    binary = (codes.reshape(n, n_concepts, per) > 0).astype(np.int64)
+    return (binary << np.arange(per)).sum(axis=-1)
+
+
+def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D linear resampling with half-pixel centres (align_corners=False)."""
+    position = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, None)
+    low = np.minimum(np.floor(position).astype(int), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = position - low
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), low), 1 - frac)
+    np.add.at(weights, (np.arange(n_out), high), frac)
+    return weights
+
+
+def upsample_maps(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of (B, M, gh, gw) maps to image size (as torch's ``F.interpolate`` with
+    ``align_corners=False``), each map min-max scaled to [0, 1]; float32."""
+    maps = np.asarray(maps, dtype=np.float64)
+    height, width = (size, size) if isinstance(size, int) else size
+    rows, cols = _linear_weights(maps.shape[-2], height), _linear_weights(maps.shape[-1], width)
+    up = np.einsum("hi,bmij,wj->bmhw", rows, maps, cols)
+    flat = up.reshape(*up.shape[:2], -1)
+    low, high = flat.min(axis=-1, keepdims=True), flat.max(axis=-1, keepdims=True)
+    scaled = (flat - low) / np.maximum(high - low, 1e-12)
+    return scaled.reshape(up.shape).astype(np.float32)
