@@ -352,12 +352,18 @@ def require(kind: str) -> tuple[BundleInfo | None, LazyBundle | None]:
     if info is None:
         no_bundle_message(kind)
         return None, None
+    lazy = open_bundle(info)
+    return (info, lazy) if lazy is not None else (None, None)
+
+
+def open_bundle(info: BundleInfo) -> LazyBundle | None:
+    """A bundle as a :class:`LazyBundle` (its arrays read and checked, its model not loaded yet), or None
+    after one st.error sentence saying what is wrong."""
     if KIND_VIEWS[info.kind].load is None:
         load_model(info)  # says the bundle is of a kind no page loads
-        return None, None
+        return None
     try:
-        arrays = _read_arrays(info.path, info.mtime, info.kind)
-        return info, LazyBundle(info, arrays)
+        return LazyBundle(info, _read_arrays(info.path, info.mtime, info.kind))
     except (ValueError, OSError) as exc:
         st.error(f"The bundle '{info.name}' could not be loaded: {exc}")
-        return None, None
+        return None
