@@ -26,3 +26,20 @@ ARRAYS = ArrayLayout(
     required=(DB_CODES, DB_LABELS),
     sizes=lambda config: {"bits": nested_value(config, "model", "bits"), "attended": _attended(config)},
 )
+
+
+class DatabaseArrays:
+    """``db_codes`` and ``db_labels`` of anything that holds a ConceptHash bundle's ``arrays`` (the loaded
+    model, or the dashboard's bundle read without it)."""
+
+    arrays: dict
+
+    @property
+    def db_codes(self):
+        """The database's ±1 codes (N, K)."""
+        return self.arrays[DB_CODES]
+
+    @property
+    def db_labels(self):
+        """The database's class indices (N,)."""
+        return self.arrays[DB_LABELS]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from core.backbones.clip import load_backbone
 from core.bundle import check_shapes, load_bundle
-from core.concepthash.arrays import ARRAYS, DB_CODES, DB_LABELS
+from core.concepthash.arrays import ARRAYS, DatabaseArrays
 from core.concepthash.model import ConceptHash, ConceptHashConfig, current_weight_names
 from core.data.spec import DataSpec
 from core.loaded import LoadedBundle
@@ -15,18 +15,8 @@ from core.runtime import resolve_device
 KIND = "concepthash"
 
 
-class LoadedConceptHash(LoadedBundle[ConceptHash]):
+class LoadedConceptHash(LoadedBundle[ConceptHash], DatabaseArrays):
     """A ConceptHash bundle ready to use: model (eval mode), its backbone, data spec and cached arrays."""
-
-    @property
-    def db_codes(self):
-        """The database's ±1 codes (N, K)."""
-        return self.arrays[DB_CODES]
-
-    @property
-    def db_labels(self):
-        """The database's class indices (N,)."""
-        return self.arrays[DB_LABELS]
 
 
 def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHash:

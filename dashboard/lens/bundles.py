@@ -31,7 +31,7 @@ from core.bundle import (
 )
 from core.ceir.arrays import ARRAYS as CEIR_ARRAYS
 from core.concepthash.arrays import ARRAYS as HASH_ARRAYS
-from core.concepthash.arrays import DB_CODES, DB_LABELS
+from core.concepthash.arrays import DatabaseArrays
 from core.data import DataSpec
 from core.kinds import KINDS
 
@@ -293,7 +293,7 @@ def _read_arrays(path: str, mtime: float, kind: str) -> dict:
     return read_bundle_arrays(path, ARRAY_LAYOUTS.get(kind, NO_ARRAYS))
 
 
-class LazyBundle:
+class LazyBundle(DatabaseArrays):
     """A bundle as a page first needs it: config, metrics, data spec and cached arrays, read without PyTorch;
     ``model`` and ``backbone`` load the model (once per process) the first time a page asks for them, and a
     bundle that cannot load stops the page after one st.error sentence."""
@@ -308,14 +308,6 @@ class LazyBundle:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.config.get("metrics", {})
-
-    @property
-    def db_codes(self):
-        return self.arrays[DB_CODES]
-
-    @property
-    def db_labels(self):
-        return self.arrays[DB_LABELS]
 
     @property
     def concepts(self) -> list[str]:
