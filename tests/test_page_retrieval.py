@@ -456,3 +456,53 @@ def test_heatmaps_are_named_by_their_part_and_carry_a_colour_scale(dashboard, ti
         assert any(list(image.captions) == wanted for image in app.image), wanted
     # the colour scale: an image without a caption after the heatmaps
     assert any(not any(image.captions) for image in app.image)
+
+
+# --------------------------------------------------------------------------------------------------
+# the queries' arrays a bundle stores
+# --------------------------------------------------------------------------------------------------
+
+
+def test_stored_query_arrays_are_what_the_model_gives_each_test_image(tiny_bundles):
+    """Evaluation stores the test split's codes, ids and last-layer attention; encoding one test image at a
+    time (what the page does for a query) gives the same code and, to float16, the same attention."""
+    from core.bundle import read_bundle_arrays
+    from core.concepthash import load_concepthash
+    from core.concepthash.arrays import QUERY_ARRAYS, QUERY_ATTENTION, QUERY_CODES, QUERY_IDS
+    from core.concepthash.attention import concept_attention_maps
+    from core.concepthash.evaluate import sign_codes
+    from core.data.spec import open_split
+
+    for name in ("toy-hash-csd", "toy-hash-nocsd"):
+        stored = read_bundle_arrays(tiny_bundles / name, QUERY_ARRAYS)
+        loaded = load_concepthash(tiny_bundles / name, device="cpu")
+        queries = open_split(loaded.data, "test")
+        assert stored[QUERY_CODES].shape == (len(queries), 6)
+        assert stored[QUERY_ATTENTION].shape == (len(queries), 3, 4, 4)  # 32 px / 8 px patches
+        assert stored[QUERY_IDS].tolist() == [queries.image_id(i) for i in range(len(queries))]
+        for i in range(len(queries)):
+            pixels = loaded.backbone.preprocess_images([queries.image(i)])
+            np.testing.assert_array_equal(sign_codes(loaded.model.encode(pixels))[0], stored[QUERY_CODES][i])
+            maps = concept_attention_maps(loaded.model, pixels).numpy()[0]
+            np.testing.assert_allclose(stored[QUERY_ATTENTION][i].astype(np.float32), maps, atol=1e-3)
+
+
+def test_query_arrays_added_to_a_bundle_saved_without_them(tiny_bundles, tmp_path):
+    from core.bundle import read_bundle_arrays, update_bundle_arrays
+    from core.concepthash.arrays import ARRAYS, QUERY_ARRAYS, QUERY_ATTENTION, QUERY_CODES, QUERY_IDS
+    from core.concepthash.evaluate import add_query_arrays
+
+    path = Path(shutil.copytree(tiny_bundles / "toy-hash-csd", tmp_path / "old"))
+    stored = read_bundle_arrays(path, QUERY_ARRAYS)
+    weights = (path / "weights.safetensors").read_bytes()
+    old = {name: array for name, array in stored.items() if name not in QUERY_ARRAYS.shapes}
+    (path / "arrays.safetensors").unlink()
+    (path / "arrays.json").unlink()
+    update_bundle_arrays(path, old)  # the bundle as saved before it held the queries' arrays
+    assert not set(QUERY_ARRAYS.shapes) & set(read_bundle_arrays(path, ARRAYS))
+    add_query_arrays(str(path), device="cpu")
+    again = read_bundle_arrays(path, QUERY_ARRAYS)
+    np.testing.assert_array_equal(again[QUERY_CODES], stored[QUERY_CODES])
+    np.testing.assert_array_equal(again[QUERY_IDS], stored[QUERY_IDS])
+    np.testing.assert_allclose(again[QUERY_ATTENTION], stored[QUERY_ATTENTION], atol=1e-3)
+    assert (path / "weights.safetensors").read_bytes() == weights

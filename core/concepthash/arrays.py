@@ -12,6 +12,10 @@ def _attended(config: dict) -> int | None:
     )
 
 
+def _sizes(config: dict) -> dict[str, int | None]:
+    return {"bits": nested_value(config, "model", "bits"), "attended": _attended(config)}
+
+
 # The cached arrays: the database's codes (±1), class indices and image ids, one row per image, and each
 # concept's last-layer attention over the patch grid (float16), so the dashboard draws the database's
 # heatmaps without running the model (bundles saved before it have none; the page then computes them).
@@ -24,7 +28,20 @@ ARRAYS = ArrayLayout(
         DB_ATTENTION: ("rows", "attended", "grid_h", "grid_w"),
     },
     required=(DB_CODES, DB_LABELS),
-    sizes=lambda config: {"bits": nested_value(config, "model", "bits"), "attended": _attended(config)},
+    sizes=_sizes,
+)
+
+# The test split's (the queries') codes, image ids and last-layer attention, a table of its own (as many rows
+# as test images), so the retrieval page searches with a test image without running the model (bundles saved
+# before it have none; the page then encodes the query).
+QUERY_CODES, QUERY_IDS, QUERY_ATTENTION = "query_codes", "query_ids", "query_attention"
+QUERY_ARRAYS = ArrayLayout(
+    {
+        QUERY_CODES: ("rows", "bits"),
+        QUERY_IDS: ("rows",),
+        QUERY_ATTENTION: ("rows", "attended", "grid_h", "grid_w"),
+    },
+    sizes=_sizes,
 )
 
 

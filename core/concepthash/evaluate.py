@@ -66,7 +66,15 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from core.backbones.clip import Backbone
 from core.bundle import update_bundle_arrays
-from core.concepthash.arrays import DB_ATTENTION, DB_CODES, DB_IDS, DB_LABELS
+from core.concepthash.arrays import (
+    DB_ATTENTION,
+    DB_CODES,
+    DB_IDS,
+    DB_LABELS,
+    QUERY_ATTENTION,
+    QUERY_CODES,
+    QUERY_IDS,
+)
 from core.concepthash.attention import concept_attention_maps
 from core.concepthash.bundle import load_concepthash
 from core.concepthash.codes import sign_codes, subcode_values
@@ -467,7 +475,8 @@ def evaluate_model(
     queries: ImageSplit,
     train_database: ImageSplit | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """All metrics, and the arrays a bundle caches for the dashboard (database codes, labels, ids).
+    """All metrics, and the arrays a bundle caches for the dashboard (the database's codes, labels, ids and
+    attention; the queries' codes, ids and attention).
 
     ``train_database`` is the model's own training database when it differs from ``database``
     (a reseeded evaluation); None means ``database`` is it, so ``map_train_database`` = ``map``.
@@ -496,8 +505,21 @@ def evaluate_model(
         DB_LABELS: database.labels.astype(np.int64),
         DB_IDS: np.array([database.image_id(i) for i in range(len(database))]),
         DB_ATTENTION: database_attention(model, backbone, database),
+        **query_arrays(queries, query_codes, attention, backbone.grid_size),
     }
     return metrics, arrays
+
+
+def query_arrays(
+    queries: ImageSplit, codes: np.ndarray, attention: np.ndarray, grid: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """The queries' codes (N, K), image ids and last-layer attention (N, M, P) as a bundle stores them: the
+    attention over the patch grid (N, M, gh, gw), float16, like the database's."""
+    return {
+        QUERY_CODES: codes,
+        QUERY_IDS: np.array([queries.image_id(i) for i in range(len(queries))]),
+        QUERY_ATTENTION: attention.reshape(*attention.shape[:2], *grid).astype(np.float16),
+    }
 
 
 def database_attention(
@@ -516,6 +538,15 @@ def add_database_attention(path: str, device: str = "auto") -> None:
     loaded = load_concepthash(path, device=device)
     database = open_split(loaded.data, "train")
     update_bundle_arrays(path, {DB_ATTENTION: database_attention(loaded.model, loaded.backbone, database)})
+
+
+def add_query_arrays(path: str, device: str = "auto") -> None:
+    """Store :func:`query_arrays` of the bundle's test split in a bundle saved before bundles held them
+    (nothing else changes)."""
+    loaded = load_concepthash(path, device=device)
+    queries = open_split(loaded.data, "test")
+    codes, attention = encode_with_attention(loaded.model, loaded.backbone.preprocess_split(queries))
+    update_bundle_arrays(path, query_arrays(queries, codes, attention, loaded.backbone.grid_size))
 
 
 def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
