@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core.ceir.arrays import TRAIN_CLUSTERS, TRAIN_CONCEPTS, TRAIN_CONTRIBUTIONS
 from core.ceir.bottleneck import ProjectionConfig, cos3_loss, cos3_similarity, train_projection
 from core.ceir.bundle import load_ceir
 from core.ceir.evaluate import evaluate_bundle
@@ -18,6 +19,7 @@ from core.ceir.explain import (
     IG_STEPS,
     completeness_error,
     concept_label,
+    contributions_in_batches,
     explain,
     integrated_gradients,
     intervene,
@@ -169,6 +171,42 @@ def test_completeness_error_is_small_at_the_default_steps_and_shrinks_with_more(
     assert np.median(errors[IG_STEPS]) < 0.01
     assert np.median(errors[IG_STEPS]) < np.median(errors[4])
     assert loaded.metrics["ig_completeness_error"]["steps"] == IG_STEPS
+
+
+def test_bundle_stores_the_train_contributions_the_model_computes(loaded):
+    """``train_contributions``: every train image's concept contributions to its stored cluster, as
+    :func:`explain` gives them for the loaded model (what the dashboard draws without running it)."""
+    stored = loaded.arrays[TRAIN_CONTRIBUTIONS]
+    x = torch.from_numpy(loaded.arrays[TRAIN_CONCEPTS])
+    clusters = torch.from_numpy(loaded.arrays[TRAIN_CLUSTERS])
+    assert stored.dtype == np.float32 and stored.shape == tuple(x.shape)
+    expected, _ = explain(loaded.model, x, clusters)
+    np.testing.assert_allclose(stored, expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    batched = contributions_in_batches(loaded.model, x.numpy(), clusters.numpy(), batch_size=5)
+    np.testing.assert_allclose(batched, stored, rtol=1e-5, atol=1e-6)
+
+
+def test_train_contributions_added_to_a_bundle_saved_without_them(bundle, tmp_path):
+    import shutil
+
+    from core.bundle import read_bundle_arrays, update_bundle_arrays
+    from core.ceir.arrays import ARRAYS
+    from core.ceir.evaluate import add_train_contributions
+
+    path = shutil.copytree(bundle, tmp_path / "old")
+    stored = read_bundle_arrays(path, ARRAYS)
+    weights = (path / "weights.safetensors").read_bytes()
+    (path / "arrays.safetensors").unlink()
+    (path / "arrays.json").unlink()
+    old = {name: array for name, array in stored.items() if name != TRAIN_CONTRIBUTIONS}
+    update_bundle_arrays(path, old)  # the bundle as saved before it held the contributions
+    assert TRAIN_CONTRIBUTIONS not in read_bundle_arrays(path, ARRAYS)
+    add_train_contributions(str(path), device="cpu")
+    again = read_bundle_arrays(path, ARRAYS)
+    np.testing.assert_allclose(again[TRAIN_CONTRIBUTIONS], stored[TRAIN_CONTRIBUTIONS], rtol=1e-5, atol=1e-6)
+    for name in old:
+        np.testing.assert_array_equal(again[name], stored[name])
+    assert (path / "weights.safetensors").read_bytes() == weights
 
 
 def test_completeness_error_by_hand():

@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.bundle import update_bundle_arrays
+from core.ceir.arrays import TRAIN_CLUSTERS, TRAIN_CONCEPTS, TRAIN_CONTRIBUTIONS
 from core.ceir.bundle import KIND, image_embeddings, load_ceir
 from core.ceir.clustering import clustering_scores, evaluate_clusterings
-from core.ceir.explain import IG_STEPS, completeness_error, explain
+from core.ceir.explain import IG_STEPS, completeness_error, contributions_in_batches, explain
 from core.ceir.labels import ConceptScore, labels_by_share, ood_flags
 from core.ceir.model import CEIRModel
 from core.ceir.vae import VAEConfig, train_vae
@@ -147,6 +149,17 @@ def toybirds_label_quality(
         "distractor_share": sum(parts is None for _, parts in verdicts) / n,
         "unlabelled_share": sum(not labels for labels, _ in printed) / max(1, len(printed)),
     }
+
+
+def add_train_contributions(path: str, device: str = "auto") -> None:
+    """Store every train image's concept contributions to its stored cluster (``train_contributions``,
+    :func:`~core.ceir.explain.contributions_in_batches`) in a bundle saved before bundles held them; the
+    weights and every other array stay as they are."""
+    loaded = load_ceir(path, device=device)
+    contributions = contributions_in_batches(
+        loaded.model, loaded.arrays[TRAIN_CONCEPTS], loaded.arrays[TRAIN_CLUSTERS]
+    )
+    update_bundle_arrays(path, {TRAIN_CONTRIBUTIONS: contributions})
 
 
 def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:

@@ -84,6 +84,25 @@ def explain(
     return integrated_gradients(model, concept_vectors, clusters, steps), clusters
 
 
+def contributions_in_batches(
+    model: CEIRModel,
+    concept_vectors: np.ndarray,
+    clusters: np.ndarray,
+    batch_size: int = 256,
+    steps: int = IG_STEPS,
+) -> np.ndarray:
+    """(N, C) float32 contributions of every row's concepts to its given cluster (:func:`explain`), batched to
+    bound memory: the ``train_contributions`` a bundle stores, and what the dashboard computes for a bundle
+    saved before it stored them."""
+    x = torch.as_tensor(np.asarray(concept_vectors, dtype=np.float32))
+    k = torch.as_tensor(np.asarray(clusters, dtype=np.int64))
+    parts = [
+        explain(model, x[start : start + batch_size], k[start : start + batch_size], steps)[0]
+        for start in range(0, len(x), batch_size)
+    ]
+    return torch.cat(parts).detach().numpy() if parts else np.zeros((0, x.shape[1]), dtype=np.float32)
+
+
 def top_contributions(
     concepts: list[str],
     activations: np.ndarray,

@@ -44,6 +44,7 @@ from core.ceir.clustering import fit_kmeans
 from core.ceir.concept_bank import load_bank
 from core.ceir.config import CEIRConfig
 from core.ceir.evaluate import evaluate_arrays
+from core.ceir.explain import contributions_in_batches
 from core.ceir.labels import even_subsample
 from core.ceir.model import CEIRModel
 from core.ceir.vae import train_vae
@@ -279,6 +280,7 @@ def _train_ceir(
     with torch.no_grad():
         z_train = model.concept_vectors(train_emb)
         latent_train = model.latent(z_train)
+        clusters_train = model.assign(latent_train).numpy().astype(np.int64)
     seconds = time.perf_counter() - started
 
     metrics = evaluate_arrays(
@@ -287,9 +289,10 @@ def _train_ceir(
     arrays = {
         arr.TRAIN_CONCEPTS: z_train.numpy().astype(np.float32),
         arr.TRAIN_LATENTS: latent_train.numpy().astype(np.float32),
-        arr.TRAIN_CLUSTERS: model.assign(latent_train).numpy().astype(np.int64),
+        arr.TRAIN_CLUSTERS: clusters_train,
         arr.TRAIN_LABELS: train_split.labels.astype(np.int64),
         arr.TRAIN_IDS: np.array([train_split.image_id(i) for i in range(len(train_split))]),
+        arr.TRAIN_CONTRIBUTIONS: contributions_in_batches(model, z_train.numpy(), clusters_train),
         arr.CONCEPT_FIDELITY: fidelity.astype(np.float32),
         arr.OOD_REFERENCE: even_subsample(train_emb.numpy()),  # for the out-of-distribution warning
     }

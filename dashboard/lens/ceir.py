@@ -21,11 +21,10 @@ from core.ceir.arrays import TRAIN_CONCEPTS as TRAIN_CONCEPTS
 from core.ceir.arrays import TRAIN_IDS as TRAIN_IDS
 from core.ceir.arrays import TRAIN_LABELS as TRAIN_LABELS
 from core.ceir.explain import (
-    IG_STEPS,
     ConceptContribution,
     Intervention,
     cluster_top_concepts,
-    explain,
+    contributions_in_batches,
     intervene,
     top_contributions,
 )
@@ -40,21 +39,10 @@ METHODS: tuple[tuple[str, str], ...] = (
 SCORES: tuple[tuple[str, str], ...] = (("acc", "ACC"), ("nmi", "NMI"), ("ari", "ARI"))
 
 
-def train_contributions(
-    model: Any,
-    concept_vectors: np.ndarray,
-    clusters: np.ndarray,
-    batch_size: int = 256,
-    steps: int = IG_STEPS,
-) -> np.ndarray:
-    """(N, C) contributions of every train image's concepts to its stored cluster, batched to bound memory."""
-    x = torch.as_tensor(np.asarray(concept_vectors, dtype=np.float32))
-    k = torch.as_tensor(np.asarray(clusters, dtype=np.int64))
-    parts = [
-        explain(model, x[start : start + batch_size], k[start : start + batch_size], steps)[0]
-        for start in range(0, len(x), batch_size)
-    ]
-    return torch.cat(parts).detach().numpy() if parts else np.zeros((0, x.shape[1]), dtype=np.float32)
+def train_contributions(model: Any, concept_vectors: np.ndarray, clusters: np.ndarray, batch_size: int = 256):
+    """(N, C) contributions of every train image's concepts to its stored cluster, computed by the model (for
+    a bundle saved before bundles stored them as ``train_contributions``)."""
+    return contributions_in_batches(model, concept_vectors, clusters, batch_size)
 
 
 def latent_map(bundle_path: str) -> np.ndarray:
