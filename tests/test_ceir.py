@@ -18,14 +18,13 @@ from core.ceir.evaluate import evaluate_bundle
 from core.ceir.explain import (
     IG_STEPS,
     completeness_error,
-    concept_label,
     contributions_in_batches,
     explain,
     integrated_gradients,
     intervene,
-    top_contributions,
 )
 from core.ceir.labels import NO_LABELS, SCORING_CONTRIBUTION, SCORING_SIMILARITY, label_paths
+from core.ceir.reading import concept_label, top_contributions
 from core.ceir.train import CEIRConfig, train_ceir
 from core.ceir.vae import VAEConfig
 from core.cli import main
@@ -354,7 +353,7 @@ def test_train_ceir_cli_rejects_a_bad_bank(tmp_path, capsys):
 
 
 def test_cluster_top_concepts_aggregate_member_contributions():
-    from core.ceir.explain import cluster_top_concepts
+    from core.ceir.reading import cluster_top_concepts
 
     concepts = ["red head", "blue wings", "forked tail"]
     activations = np.array([[1.0, -1.0, 0.5], [2.0, -3.0, 0.5], [0.1, 1.0, -2.0]])

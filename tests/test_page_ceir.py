@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from core.ceir.bundle import load_ceir
-from core.ceir.explain import ConceptContribution, explain, intervene, top_contributions
+from core.ceir.explain import explain, intervene
+from core.ceir.reading import ConceptContribution, top_contributions
 from lens import ceir as view
 
 # ----------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from core.lazy import lazy_exports
 _EXPORTS = {
     "CEIRConfig": "core.ceir.config",
     "CEIRModel": "core.ceir.model",
-    "cluster_top_concepts": "core.ceir.explain",
+    "cluster_top_concepts": "core.ceir.reading",
     "ConceptBank": "core.ceir.concept_bank",
     "ConceptBankError": "core.ceir.concept_bank",
     "cos3_loss": "core.ceir.bottleneck",
@@ -22,7 +22,7 @@ _EXPORTS = {
     "parse_concepts": "core.ceir.concept_bank",
     "read_concept_file": "core.ceir.concept_bank",
     "teacher_similarities": "core.ceir.bottleneck",
-    "top_contributions": "core.ceir.explain",
+    "top_contributions": "core.ceir.reading",
     "train_ceir": "core.ceir.train",
     "train_projection": "core.ceir.bottleneck",
 }

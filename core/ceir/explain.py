@@ -11,17 +11,17 @@ the trapezoid rule over ``steps`` intervals; by IG's completeness the contributi
 f_k(x) - f_k(0) up to its error, which ``completeness_error`` measures (``conceptlens eval`` reports it).
 A concept whose activation is below the train mean (x_c < 0) is read as its absence, so its
 label is "NOT <concept>"; the sign of the contribution says whether it argues for (+) or
-against (-) the cluster.
+against (-) the cluster. Reading contributions (top concepts, per cluster) and where a latent lands needs no
+model: :mod:`core.ceir.reading`, free of PyTorch, holds that.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from core.ceir.model import CEIRModel
+from core.ceir.reading import Intervention, landing
 
 IG_STEPS = 64  # trapezoid intervals; the shipped model's completeness error: median 0.2 %, p95 0.6 %
 
@@ -59,18 +59,6 @@ def completeness_error(
         return (gap / change.abs().clamp_min(1e-12)).numpy()
 
 
-def concept_label(concept: str, activation: float) -> str:
-    return concept if activation >= 0 else f"NOT {concept}"
-
-
-@dataclass
-class ConceptContribution:
-    concept: str
-    label: str  # "concept" or "NOT concept"
-    activation: float  # z-scored
-    contribution: float
-
-
 def explain(
     model: CEIRModel,
     concept_vectors: torch.Tensor,
@@ -103,52 +91,6 @@ def contributions_in_batches(
     return torch.cat(parts).detach().numpy() if parts else np.zeros((0, x.shape[1]), dtype=np.float32)
 
 
-def top_contributions(
-    concepts: list[str],
-    activations: np.ndarray,
-    contributions: np.ndarray,
-    k: int = 10,
-    positive_only: bool = False,
-) -> list[ConceptContribution]:
-    """The ``k`` concepts with the largest |contribution| (largest positive if ``positive_only``)."""
-    order = np.argsort(-contributions if positive_only else -np.abs(contributions), kind="stable")
-    picked = [i for i in order if not positive_only or contributions[i] > 0][:k]
-    return [
-        ConceptContribution(
-            concepts[i],
-            concept_label(concepts[i], float(activations[i])),
-            float(activations[i]),
-            float(contributions[i]),
-        )
-        for i in picked
-    ]
-
-
-def cluster_top_concepts(
-    concepts: list[str], activations: np.ndarray, contributions: np.ndarray, clusters: np.ndarray, k: int = 10
-) -> dict[int, list[ConceptContribution]]:
-    """Per cluster: concepts with the largest mean contribution over its images (label by mean activation)."""
-    result = {}
-    for cluster in np.unique(clusters):
-        members = clusters == cluster
-        result[int(cluster)] = top_contributions(
-            concepts,
-            activations[members].mean(axis=0),
-            contributions[members].mean(axis=0),
-            k,
-            positive_only=True,
-        )
-    return result
-
-
-@dataclass
-class Intervention:
-    concept_vector: np.ndarray  # (C,) after the edit
-    latent: np.ndarray  # (latent_dim,)
-    cluster: int
-    distances: np.ndarray  # (k,) Euclidean distance to every cluster centre
-
-
 @torch.no_grad()
 def intervene(model: CEIRModel, concept_vector: torch.Tensor, edits: dict[str | int, float]) -> Intervention:
     """Set some concepts (by name or index) of one image's z-scored vector; return where it lands."""
@@ -165,5 +107,4 @@ def intervene(model: CEIRModel, concept_vector: torch.Tensor, edits: dict[str | 
         edited[0, index] = float(value)
     model.eval()
     latent = model.latent(edited)
-    distances = torch.cdist(latent, model.cluster_centers)[0]
-    return Intervention(edited[0].numpy(), latent[0].numpy(), int(distances.argmin()), distances.numpy())
+    return landing(edited[0].numpy(), latent[0].numpy(), model.cluster_centers.numpy())

@@ -20,15 +20,9 @@ from core.ceir.arrays import TRAIN_CLUSTERS as TRAIN_CLUSTERS
 from core.ceir.arrays import TRAIN_CONCEPTS as TRAIN_CONCEPTS
 from core.ceir.arrays import TRAIN_IDS as TRAIN_IDS
 from core.ceir.arrays import TRAIN_LABELS as TRAIN_LABELS
-from core.ceir.explain import (
-    ConceptContribution,
-    Intervention,
-    cluster_top_concepts,
-    contributions_in_batches,
-    intervene,
-    top_contributions,
-)
+from core.ceir.explain import contributions_in_batches, intervene
 from core.ceir.projection2d import ensure_umap, projection_method
+from core.ceir.reading import ConceptContribution, Intervention, cluster_top_concepts, top_contributions
 
 # Order and names of the rows of the clustering metrics table (keys as stored in bundle metrics).
 METHODS: tuple[tuple[str, str], ...] = (
