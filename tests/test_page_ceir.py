@@ -276,6 +276,73 @@ def test_intervention_chart_has_a_legend_and_downloads(page):
     )
 
 
+def ceir_loads(monkeypatch, refuse: bool = False) -> list[str]:
+    """Replace the page's CEIR loader by one that fails the test (``refuse``) or one that loads and counts."""
+    from lens import bundles
+
+    view_of_kind = bundles.KIND_VIEWS["ceir"]
+    real = getattr(view_of_kind.load, "real", view_of_kind.load)
+    loads: list[str] = []
+
+    def load(path, mtime):
+        if refuse:
+            raise AssertionError("the CEIR page loaded the model")
+        loads.append(path)
+        return real(path, mtime)
+
+    load.real = real
+    monkeypatch.setitem(
+        bundles.KIND_VIEWS, "ceir", view_of_kind.__class__(**{**vars(view_of_kind), "load": load})
+    )
+    return loads
+
+
+def test_page_draws_from_the_arrays_and_loads_the_model_at_the_first_edit(dashboard, monkeypatch, toy):
+    """A bundle storing its train contributions: the first render (contributions, clusters, the untouched
+    intervention) never asks for the model; moving a slider loads it, and the edit is the model's."""
+    loaded, vectors, _, contributions = toy
+    ceir_loads(monkeypatch, refuse=True)
+    app = dashboard("ceir_concepts")
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, [e.value for e in app.error]
+    index = app.selectbox(key="ceir_image").value
+    bars = chart(app, 1)["data"][0]
+    expected = top_contributions(loaded.concepts, vectors[index], contributions[index], k=10)
+    assert list(bars["y"]) == [c.label for c in expected][::-1]
+    np.testing.assert_allclose(
+        decode(bars["x"]), [c.contribution for c in expected][::-1], rtol=1e-4, atol=1e-6
+    )
+    untouched = intervene(loaded.model, torch.from_numpy(vectors[index]), {})
+    np.testing.assert_allclose(distance_bars(app), untouched.distances, rtol=1e-5, atol=1e-6)
+    before = next(m for m in app.metric if m.label == "Cluster before")
+    assert before.value == str(untouched.cluster)
+    editable = view.intervention_concepts(contributions[index], 5)
+    assert [s.key for s in app.slider] == [f"ceir_iv_{index}_{i}" for i in editable]
+
+    loads = ceir_loads(monkeypatch)
+    target = editable[0]
+    app.slider(key=f"ceir_iv_{index}_{target}").set_value(-3.0).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert loads  # the edit needed the model
+    edited = intervene(loaded.model, torch.from_numpy(vectors[index]), {target: -3.0})
+    np.testing.assert_allclose(distance_bars(app), edited.distances, rtol=1e-5)
+    after = next(m for m in app.metric if m.label == "Cluster after the edit")
+    assert after.value == str(edited.cluster)
+
+
+def test_a_bundle_saved_without_contributions_gets_them_from_the_model(dashboard, monkeypatch, toy):
+    loaded, vectors, _, contributions = toy
+    monkeypatch.setattr(view, "stored_contributions", lambda arrays: None)  # as a bundle saved before
+    loads = ceir_loads(monkeypatch)
+    app = dashboard("ceir_concepts")
+    assert not app.exception, [e.value for e in app.exception]
+    app.selectbox(key="ceir_image").set_value(5).run()
+    bars = chart(app, 1)["data"][0]
+    expected = top_contributions(loaded.concepts, vectors[5], contributions[5], k=10)
+    assert list(bars["y"]) == [c.label for c in expected][::-1]
+    assert loads
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Plain helpers
 # ----------------------------------------------------------------------------------------------------------
@@ -369,6 +436,59 @@ def test_train_contributions_in_batches_equal_one_batch(toy):
     loaded, vectors, clusters, contributions = toy
     batched = view.train_contributions(loaded.model, vectors, clusters, batch_size=7)
     np.testing.assert_allclose(batched, contributions, rtol=1e-5, atol=1e-7)
+
+
+def test_stored_contributions_are_the_models(toy, tiny_bundles):
+    """The contributions the toy bundle stores are those the model computes (None for an older bundle)."""
+    from core.bundle import read_bundle_arrays
+
+    _, _, _, contributions = toy
+    arrays = read_bundle_arrays(tiny_bundles / "toy-ceir", view.ARRAYS)
+    np.testing.assert_allclose(view.stored_contributions(arrays), contributions, rtol=1e-5, atol=1e-6)
+    assert view.stored_contributions({}) is None
+
+
+def test_untouched_intervention_from_the_stored_arrays_is_the_models(toy, tiny_bundles):
+    loaded, vectors, clusters, _ = toy
+    centres = view.cluster_centres(str(tiny_bundles / "toy-ceir"))
+    np.testing.assert_array_equal(centres, loaded.model.cluster_centers.numpy())
+    latents = loaded.arrays[view.TRAIN_LATENTS]
+    for row in range(len(vectors)):
+        before, after = view.unedited(vectors[row], latents[row], centres)
+        model_before, _ = view.intervention(loaded.model, vectors[row], {})
+        assert before is after and before.cluster == model_before.cluster == clusters[row]
+        np.testing.assert_allclose(before.distances, model_before.distances, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(before.latent, model_before.latent, rtol=1e-5, atol=1e-6)
+
+
+def test_cluster_centres_of_a_bundle_that_cannot_give_them_raise(tmp_path, tiny_bundles):
+    import shutil
+
+    from core.bundle import BundleError
+
+    path = shutil.copytree(tiny_bundles / "toy-ceir", tmp_path / "b")
+    (path / "weights.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(BundleError, match="corrupt"):
+        view.cluster_centres(str(path))
+    (path / "weights.safetensors").unlink()
+    with pytest.raises(OSError):
+        view.cluster_centres(str(path))
+
+
+def test_the_page_helpers_import_without_pytorch():
+    """After a restart the page draws without PyTorch or open_clip: its helpers import neither."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys; sys.path.insert(0, 'dashboard'); "
+        "import lens.ceir, lens.bundles, lens.figures, lens.data; "
+        "print('torch' in sys.modules, 'open_clip' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr
 
 
 def test_umap_frame_names_classes_and_keeps_row_indices():

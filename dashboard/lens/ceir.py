@@ -3,6 +3,11 @@
 The page ``ceir_concepts.py`` only reads widgets and draws; what deserves a test — which train images a
 lasso selected, what a selection's shared concepts are, which slider edits make an intervention — lives
 here. The open-world labels page has its own helpers in :mod:`lens.labels`.
+
+Importing this module imports no PyTorch: the page draws from the bundle's arrays (and its cluster centres,
+read from the weights file), and the two helpers that run the model (:func:`train_contributions` for a
+bundle saved before bundles stored the contributions, :func:`intervention` once a slider moves) import the
+model's code when called.
 """
 
 from __future__ import annotations
@@ -13,16 +18,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from core.ceir.arrays import ARRAYS as ARRAYS  # the bundle's array keys, for the page
 from core.ceir.arrays import TRAIN_CLUSTERS as TRAIN_CLUSTERS
 from core.ceir.arrays import TRAIN_CONCEPTS as TRAIN_CONCEPTS
+from core.ceir.arrays import TRAIN_CONTRIBUTIONS as TRAIN_CONTRIBUTIONS
 from core.ceir.arrays import TRAIN_IDS as TRAIN_IDS
 from core.ceir.arrays import TRAIN_LABELS as TRAIN_LABELS
-from core.ceir.explain import contributions_in_batches, intervene
+from core.ceir.arrays import TRAIN_LATENTS as TRAIN_LATENTS
 from core.ceir.projection2d import ensure_umap, projection_method
-from core.ceir.reading import ConceptContribution, Intervention, cluster_top_concepts, top_contributions
+from core.ceir.reading import (
+    ConceptContribution,
+    Intervention,
+    cluster_top_concepts,
+    landing,
+    read_cluster_centres,
+    top_contributions,
+)
 
 # Order and names of the rows of the clustering metrics table (keys as stored in bundle metrics).
 METHODS: tuple[tuple[str, str], ...] = (
@@ -36,7 +48,21 @@ SCORES: tuple[tuple[str, str], ...] = (("acc", "ACC"), ("nmi", "NMI"), ("ari", "
 def train_contributions(model: Any, concept_vectors: np.ndarray, clusters: np.ndarray, batch_size: int = 256):
     """(N, C) contributions of every train image's concepts to its stored cluster, computed by the model (for
     a bundle saved before bundles stored them as ``train_contributions``)."""
+    from core.ceir.explain import contributions_in_batches  # the model's code: PyTorch
+
     return contributions_in_batches(model, concept_vectors, clusters, batch_size)
+
+
+def stored_contributions(arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """(N, C) float32 contributions the bundle stores, or None for a bundle saved before it stored them."""
+    stored = arrays.get(TRAIN_CONTRIBUTIONS)
+    return None if stored is None else np.asarray(stored, dtype=np.float32)
+
+
+def cluster_centres(bundle_path: str) -> np.ndarray:
+    """The bundle's k-means centres (k, latent_dim), read from its weights without loading the model;
+    ValueError (a ``BundleError`` among them) or OSError when it cannot give them."""
+    return read_cluster_centres(bundle_path)
 
 
 def latent_map(bundle_path: str) -> np.ndarray:
@@ -286,8 +312,21 @@ def intervention(
 ) -> tuple[Intervention, Intervention]:
     """Where one image's z-scored concept vector lands before and after ``edits`` (concept index -> value):
     each an :class:`Intervention` with its cluster and its distance to every cluster centre."""
+    import torch  # the model's code: loaded when a person edits a concept
+
+    from core.ceir.explain import intervene
+
     vector = torch.from_numpy(activations)
     return intervene(model, vector, {}), intervene(model, vector, dict(edits))
+
+
+def unedited(
+    activations: np.ndarray, latent: np.ndarray, centres: np.ndarray
+) -> tuple[Intervention, Intervention]:
+    """:func:`intervention` with no edits, from what the bundle stores (the image's latent and the cluster
+    centres) instead of the model: where the image lands, before and after alike."""
+    where = landing(activations, latent, centres)
+    return where, where
 
 
 def distances_table(distances: np.ndarray, original: int, edited: int) -> pd.DataFrame:

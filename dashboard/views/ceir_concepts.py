@@ -18,6 +18,8 @@ from lens.ceir import (
     TRAIN_CONCEPTS,
     TRAIN_IDS,
     TRAIN_LABELS,
+    TRAIN_LATENTS,
+    cluster_centres,
     cluster_composition,
     cluster_table,
     contributions_table,
@@ -36,8 +38,10 @@ from lens.ceir import (
     selection_concepts,
     slider_bounds,
     slider_start,
+    stored_contributions,
     train_contributions,
     umap_frame,
+    unedited,
 )
 from lens.data import data_json, open_data_split
 from lens.figures import download_figure, download_table, image_grid
@@ -58,6 +62,15 @@ def cached_contributions(
     path: str, mtime: float, _model, _vectors: np.ndarray, _clusters: np.ndarray
 ) -> np.ndarray:
     return train_contributions(_model, _vectors, _clusters)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_centres(path: str, mtime: float) -> np.ndarray | None:
+    """The bundle's cluster centres, or None when its weights cannot give them (the model then says why)."""
+    try:
+        return cluster_centres(path)
+    except (ValueError, OSError):
+        return None
 
 
 def train_image(split, index: int):
@@ -145,11 +158,13 @@ class TrainSet:
 
     concepts: list[str]
     vectors: np.ndarray  # (N, C) z-scored concept activations
+    latents: np.ndarray  # (N, latent_dim) each image's latent
     clusters: np.ndarray  # (N,) stored cluster of each image
     labels: np.ndarray  # (N,) true class of each image
     classes: list[str]
     ids: list[str]
     contributions: np.ndarray  # (N, C) each concept's contribution to the image's cluster
+    centres: np.ndarray | None  # (k, latent_dim) cluster centres, None when only the model can give them
     split: Any  # the images, or None when they cannot be read here
 
     def __len__(self) -> int:
@@ -254,8 +269,9 @@ def show_one_image(train: TrainSet, frame) -> int:
     return index
 
 
-def show_intervention(train: TrainSet, model, index: int) -> None:
-    """Sliders for the image's top concepts and where the edited image lands."""
+def show_intervention(train: TrainSet, loaded, index: int) -> None:
+    """Sliders for the image's top concepts and where the edited image lands: untouched, from the bundle's
+    arrays; edited, by the model (loaded then)."""
     st.subheader("What if? Edit the image's top concepts")
     vector = train.vectors[index]
     editable = intervention_concepts(train.contributions[index], N_EDITABLE)
@@ -281,7 +297,11 @@ def show_intervention(train: TrainSet, model, index: int) -> None:
             help="z-score: 0 is the training average",
         )
     st.button("Reset the sliders", on_click=reset_sliders, key="ceir_iv_reset")
-    before, after = intervention(model, vector, edits_from_sliders(editable, vector, values))
+    edits = edits_from_sliders(editable, vector, values)
+    if edits or train.centres is None:
+        before, after = intervention(loaded.model, vector, edits)
+    else:
+        before, after = unedited(vector, train.latents[index], train.centres)
     c1, c2 = st.columns(2)
     c1.metric("Cluster before", before.cluster)
     c2.metric(
@@ -388,7 +408,9 @@ def main() -> None:
             st.error(f"The 2-D map of '{info.name}' could not be computed: {exc}")
             return
     mtime = info.mtime  # after the map was stored in the bundle
-    contributions = cached_contributions(info.path, mtime, loaded.model, vectors, clusters)
+    contributions = stored_contributions(loaded.arrays)
+    if contributions is None:  # a bundle saved before bundles stored them
+        contributions = cached_contributions(info.path, mtime, loaded.model, vectors, clusters)
     try:
         split = open_data_split(data_json(loaded.data), "train")
     except (OSError, ValueError):
@@ -397,18 +419,20 @@ def main() -> None:
     train = TrainSet(
         concepts=loaded.concepts,
         vectors=vectors,
+        latents=loaded.arrays[TRAIN_LATENTS].astype(np.float32),
         clusters=clusters,
         labels=loaded.arrays[TRAIN_LABELS].astype(np.int64),
         classes=list(loaded.config.get("classes") or []),
         ids=[str(i) for i in loaded.arrays.get(TRAIN_IDS, np.arange(len(vectors)))],
         contributions=contributions,
+        centres=cached_centres(info.path, mtime),
         split=split,
     )
 
     show_concept_bank(loaded)
     frame = show_latent_map(train, embedding)
     index = show_one_image(train, frame)
-    show_intervention(train, loaded.model, index)
+    show_intervention(train, loaded, index)
     show_clusters(train)
     show_metrics(loaded.metrics)
 
