@@ -414,6 +414,77 @@ def test_hash_codes_page_draws_from_the_arrays_without_loading_the_model(dashboa
     assert colour_scales(app) == 1 and images(app)  # overlays drawn
 
 
+def count_model_asks(monkeypatch) -> list[str]:
+    """The path of every ConceptHash model pages ask for from now on, once per ask (lens.bundles' loader,
+    which loads each model once per process); results that earlier tests left in st.cache_data are dropped,
+    so no page skips the model by finding them there."""
+    import dataclasses
+
+    import streamlit as st
+
+    from lens import bundles
+
+    view = bundles.KIND_VIEWS["concepthash"]
+    asks: list[str] = []
+
+    def counting(path: str, mtime: float):
+        asks.append(path)
+        return view.load(path, mtime)
+
+    monkeypatch.setitem(bundles.KIND_VIEWS, "concepthash", dataclasses.replace(view, load=counting))
+    st.cache_data.clear()
+    return asks
+
+
+def test_concept_attention_page_draws_a_database_image_without_the_model(dashboard, loaded, monkeypatch):
+    """The first draw (a database image, last layer) comes from the bundle's arrays; rollout and the repaint
+    panel, once asked for, load the model and still work."""
+    asks = count_model_asks(monkeypatch)
+    app = dashboard("concept_attention")
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, [e.value for e in app.error]
+    assert asks == [], "the first draw loaded the model"
+    assert len(overlays(app)) == 3 and colour_scales(app) == 1
+    assert f"`{hashing.format_code(loaded.arrays['db_codes'][0], 3)}`" in markdown_text(app)
+    assert "Repaint one part of this bird: which sub-code flips?" in [h.value for h in app.subheader]
+    assert "attn_cf_go" in [b.key for b in app.button] and "**Flipped" not in markdown_text(app)
+
+    app.radio(key="attn_method").set_value("Rollout").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert asks, "rollout runs the model"
+    assert len(overlays(app)) == 3
+
+    app.radio(key="attn_method").set_value("Last layer").run()
+    app.button(key="attn_cf_go").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert "**Flipped" in markdown_text(app) and any(c.startswith("after · ") for c, _ in images(app))
+    app.radio(key="attn_cf_part").set_value("tail").run()
+    assert "attn_cf_go" not in [b.key for b in app.button], "asked once, the panel follows every pick"
+    assert "**Flipped" in markdown_text(app)
+
+
+def test_concept_attention_page_for_a_bundle_saved_without_stored_attention(
+    dashboard, tiny_bundles, tmp_path, monkeypatch
+):
+    """An older bundle (no db_attention) is drawn through the model, as before bundles stored it."""
+    import shutil
+
+    from core.bundle import read_bundle_arrays, update_bundle_arrays
+    from core.concepthash.arrays import ARRAYS, DB_ATTENTION
+
+    path = Path(shutil.copytree(tiny_bundles / "toy-hash-csd", tmp_path / "old-hash"))
+    arrays = read_bundle_arrays(path, ARRAYS)
+    (path / "arrays.safetensors").unlink()
+    update_bundle_arrays(path, {name: a for name, a in arrays.items() if name != DB_ATTENTION})
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tmp_path))
+    asks = count_model_asks(monkeypatch)
+    app = dashboard("concept_attention")
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, [e.value for e in app.error]
+    assert set(asks) == {str(path)}
+    assert len(overlays(app)) == 3 and colour_scales(app) == 1
+
+
 # --- pages through AppTest ------------------------------------------------------------------------
 
 
@@ -799,6 +870,7 @@ def test_concept_attention_counterfactual_panel(dashboard, swap_bundles, loaded,
     assert not app.exception, [e.value for e in app.exception]
     assert "Repaint one part of this bird: which sub-code flips?" in [h.value for h in app.subheader]
     assert [c for c, _ in overlays(app)][0].startswith(f"concept 0 ≈ {matched[0]} = ")
+    app.button(key="attn_cf_go").click().run()  # the panel runs the model once asked
 
     def check(index: int, part: str, value: str) -> list:
         """The panel shows this repaint: both birds, both codes, what flipped and the verdict."""
@@ -887,6 +959,8 @@ def test_cls_baseline_is_not_shown_as_concepts(dashboard, cls_bundles, monkeypat
     assert not app.exception, [e.value for e in app.exception]
     assert not [t for t in page_text(app) if "≈" in t or t.startswith("concept ")]
     assert [c for c, _ in images(app) if c.startswith("CLS token = ")]
+    app.button(key="attn_cf_go").click().run()
+    assert not app.exception, [e.value for e in app.exception]
     text = markdown_text(app)
     assert "whole code" in text and "**Flipped: " in text
     assert any("one code, no concepts" in e.value for e in [*app.success, *app.warning])
@@ -909,3 +983,19 @@ def test_hash_page_offers_the_codes_as_csv(dashboard):
     assert not app.exception, [e.value for e in app.exception]
     labels = [b.label for b in app.get("download_button")]
     assert "Download database_codes (CSV)" in labels
+
+
+def test_lens_counterfactual_and_hashing_imports_without_torch():
+    """The concept-attention page's code imports neither PyTorch nor open_clip: its first draw needs
+    neither."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys; sys.path.insert(0, 'dashboard'); "
+        "import lens.counterfactual, lens.hashing, lens.bundles, lens.data, lens.figures, lens.uploads; "
+        "print('torch' in sys.modules, 'open_clip' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert out.stdout.strip() == "False False", out.stderr

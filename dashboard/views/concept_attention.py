@@ -2,7 +2,9 @@
 ToyBirds, what happens to the code when one part of that very bird is repainted.
 
 Concepts are named by the part they are matched to ("concept 1 ≈ wing"); the CLS baseline has one
-attention map (the CLS token's) and one code, and is shown as such."""
+attention map (the CLS token's) and one code, and is shown as such. A database image is drawn from the
+bundle's arrays (its code, and its last-layer attention where the bundle stores it); the model is loaded only
+for an upload, the rollout method, a bundle without stored attention, or the repaint panel once asked."""
 
 from __future__ import annotations
 
@@ -41,18 +43,31 @@ from lens.hashing import (
     heatmaps_for,
     is_cls_baseline,
     model_view,
+    n_attended,
     resize_mask,
+    stored_heatmaps,
 )
 from lens.uploads import IMAGE_TYPES, read_uploads, show_errors
 
 SHOWN = 192  # display size (px) of the image and its overlays
 ALL = "All classes"
+REPAINT_ASKED = "attn_cf_asked"  # set once the person asks for the repaint panel (it runs the model)
 
 
 @st.cache_data(show_spinner="Computing attention maps ...", max_entries=256)
 def image_heatmaps(_loaded, _image, path: str, mtime: float, image_key: str, method: str) -> np.ndarray:
     """(M, H, W) heatmaps of one image, cached per bundle version, image and method."""
     return heatmaps_for(_loaded, [_image], method)[0]
+
+
+def picked_heatmaps(info, loaded, picked: Picked, method: str) -> np.ndarray:
+    """(M, H, W) heatmaps of the picked image: a database image's last-layer maps from the attention the
+    bundle stores (no model), else (an upload, rollout, an older bundle) computed by the model."""
+    if picked.index is not None and method == "last":
+        stored = stored_heatmaps(loaded, [picked.index])
+        if stored is not None:
+            return stored[0]
+    return image_heatmaps(loaded, picked.image, info.path, info.mtime, picked.key, method)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -72,6 +87,11 @@ def reset_index() -> None:
     st.session_state.pop("attn_index", None)
 
 
+def ask_for_repaint() -> None:
+    """The repaint panel runs the model from now on, in this session."""
+    st.session_state[REPAINT_ASKED] = True
+
+
 @dataclass(frozen=True)
 class Naming:
     """How the page names a model's concepts."""
@@ -85,7 +105,7 @@ class Naming:
     def of(cls, loaded) -> Naming:
         cls_baseline = is_cls_baseline(loaded.config)
         names, named_by = concept_names(loaded.metrics, cls_baseline)
-        return cls(loaded.model.n_concepts, cls_baseline, names, named_by)
+        return cls(n_attended(loaded.config), cls_baseline, names, named_by)
 
 
 @dataclass(frozen=True)
@@ -185,7 +205,7 @@ def show_attention(info, loaded, picked: Picked, naming: Naming) -> Attention | 
     )
     opacity = controls[1].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="attn_opacity")
     try:
-        heat = image_heatmaps(loaded, picked.image, info.path, info.mtime, picked.key, METHODS[method_label])
+        heat = picked_heatmaps(info, loaded, picked, METHODS[method_label])
     except (ValueError, RuntimeError) as exc:
         st.error(f"The attention maps of '{title}' could not be computed: {exc}")
         return None
@@ -281,6 +301,16 @@ def show_repaint(info, loaded, picked: Picked, attention: Attention, naming: Nam
         colour_choices(part, current),
         key=f"attn_cf_colour_{index}_{part}",
     )
+    if not st.session_state.get(REPAINT_ASKED):
+        # Encoding the birds needs the model: it loads when the person asks, not on the page's first draw.
+        st.button(
+            "Redraw and encode both birds",
+            key="attn_cf_go",
+            on_click=ask_for_repaint,
+            help="Runs the model on the original and the repainted bird (loading it takes a few seconds the "
+            "first time); after that the panel follows every part and colour you pick.",
+        )
+        return
     try:
         cf = redraw(loaded, info.path, info.mtime, index, part, value)
         cf_heat = image_heatmaps(
