@@ -283,6 +283,87 @@ def test_page_compares_the_csd_pair_side_by_side(dashboard, tiny_bundles):
     )
 
 
+def concept_heatmaps_shown(app) -> list:
+    """The two models' rows of concept heatmaps (captions starting "concept 0")."""
+    return [
+        image
+        for column in app.columns
+        for image in column.image
+        if image.captions and image.captions[0].startswith("concept 0")
+    ]
+
+
+def test_page_searches_with_a_test_image_without_loading_a_model(dashboard, tiny_bundles, monkeypatch):
+    """A test image's code and last-layer heatmaps come from the arrays each bundle stores: the first draw
+    asks for no model and finds what the models find; the rollout heatmaps load both models."""
+    from tests.test_page_hashing import count_model_asks
+
+    asks = count_model_asks(monkeypatch)
+    app = dashboard(PAGE)
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, [e.value for e in app.error]
+    assert asks == [], "the first draw loaded a model"
+    k = app.slider(key="ret_k").value
+    results = app.dataframe[0].value
+    for name in ("toy-hash-csd", "toy-hash-nocsd"):
+        rows = results[results["model"] == name]
+        got = list(zip(rows["database id"], rows["distance"].astype(int), strict=True))
+        assert got == expected_hits(tiny_bundles / name, 0, k)
+    last = concept_heatmaps_shown(app)
+    assert [len(h.captions) for h in last] == [3, 3]
+
+    app.radio(key="ret_method").set_value("rollout").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert set(asks) == {str(tiny_bundles / "toy-hash-csd"), str(tiny_bundles / "toy-hash-nocsd")}
+    assert app.dataframe[0].value.equals(results), "the same code, whichever heatmaps"
+    rollout = concept_heatmaps_shown(app)
+    assert [len(h.captions) for h in rollout] == [3, 3]
+    assert {u for h in rollout for u in h.value}.isdisjoint({u for h in last for u in h.value})
+
+
+def test_upload_query_loads_the_models(dashboard, tiny_bundles, monkeypatch):
+    from skimage import data
+
+    from tests.test_page_hashing import count_model_asks
+
+    asks = count_model_asks(monkeypatch)
+    app = dashboard(PAGE)
+    app.radio(key="ret_source").set_value("Upload").run()
+    assert asks == []
+    app.file_uploader(key="ret_upload").set_value(("cat.png", png(data.chelsea()), "image/png")).run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert set(asks) == {str(tiny_bundles / "toy-hash-csd"), str(tiny_bundles / "toy-hash-nocsd")}
+    assert [len(c) for c in result_columns(app)] == [app.slider(key="ret_k").value] * 2
+
+
+def test_bundles_saved_without_the_query_arrays_encode_the_query(
+    dashboard, tiny_bundles, tmp_path, monkeypatch
+):
+    """Bundles saved before they stored the test split's arrays: the models encode the query, same results."""
+    from core.bundle import read_bundle_arrays, update_bundle_arrays
+    from core.concepthash.arrays import ARRAYS, QUERY_ARRAYS
+    from tests.test_page_hashing import count_model_asks
+
+    for name in ("toy-hash-csd", "toy-hash-nocsd"):
+        path = Path(shutil.copytree(tiny_bundles / name, tmp_path / name))
+        arrays = read_bundle_arrays(path, ARRAYS)
+        (path / "arrays.safetensors").unlink()
+        (path / "arrays.json").unlink()
+        update_bundle_arrays(path, {n: a for n, a in arrays.items() if n not in QUERY_ARRAYS.shapes})
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tmp_path))
+    asks = count_model_asks(monkeypatch)
+    app = dashboard(PAGE)
+    assert not app.exception, [e.value for e in app.exception]
+    assert set(asks) == {str(tmp_path / "toy-hash-csd"), str(tmp_path / "toy-hash-nocsd")}
+    k = app.slider(key="ret_k").value
+    results = app.dataframe[0].value
+    for name in ("toy-hash-csd", "toy-hash-nocsd"):
+        rows = results[results["model"] == name]
+        got = list(zip(rows["database id"], rows["distance"].astype(int), strict=True))
+        assert got == expected_hits(tiny_bundles / name, 0, k)
+    assert [len(h.captions) for h in concept_heatmaps_shown(app)] == [3, 3]
+
+
 def png(array: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -487,6 +568,40 @@ def test_stored_query_arrays_are_what_the_model_gives_each_test_image(tiny_bundl
             np.testing.assert_allclose(stored[QUERY_ATTENTION][i].astype(np.float32), maps, atol=1e-3)
 
 
+def test_stored_query_stands_in_for_the_model_only_when_it_fits():
+    from core.concepthash.codes import upsample_maps
+    from lens.retrieval import stored_query
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "db_codes": np.ones((5, 6), dtype=np.int8),
+        "query_codes": rng.choice(np.array([-1, 1], dtype=np.int8), size=(3, 6)),
+        "query_ids": np.array(["q0", "q1", "q2"]),
+        "query_attention": rng.random((3, 3, 4, 4)).astype(np.float16),
+    }
+
+    def bundle(**changed):
+        config = {"model": {"n_concepts": 3, "mode": "concepts"}}
+        return SimpleNamespace(
+            arrays={**arrays, **changed},
+            db_codes=arrays["db_codes"],
+            config=config,
+            data=SimpleNamespace(image_size=8),
+        )
+
+    code, heatmaps = stored_query(bundle(), 1, "q1")
+    np.testing.assert_array_equal(code, arrays["query_codes"][1])
+    expected = upsample_maps(arrays["query_attention"][1:2].astype(np.float32), 8)[0]
+    np.testing.assert_allclose(heatmaps, expected)
+    assert heatmaps.shape == (3, 8, 8)
+    assert stored_query(bundle(), 1, "q2") is None, "another image at that index"
+    assert stored_query(bundle(), 3, "q3") is None, "beyond the stored queries"
+    assert stored_query(bundle(query_codes=None), 1, "q1") is None, "a bundle saved before"
+    assert stored_query(bundle(query_codes=np.ones((3, 8), dtype=np.int8)), 1, "q1") is None, "other bits"
+    assert stored_query(bundle(query_attention=arrays["query_attention"][:, :1]), 1, "q1") is None
+    assert stored_query(bundle(query_ids=np.array(["q0", "q1"])), 1, "q1") is None
+
+
 def test_query_arrays_added_to_a_bundle_saved_without_them(tiny_bundles, tmp_path):
     from core.bundle import read_bundle_arrays, update_bundle_arrays
     from core.concepthash.arrays import ARRAYS, QUERY_ARRAYS, QUERY_ATTENTION, QUERY_CODES, QUERY_IDS
@@ -506,3 +621,18 @@ def test_query_arrays_added_to_a_bundle_saved_without_them(tiny_bundles, tmp_pat
     np.testing.assert_array_equal(again[QUERY_IDS], stored[QUERY_IDS])
     np.testing.assert_allclose(again[QUERY_ATTENTION], stored[QUERY_ATTENTION], atol=1e-3)
     assert (path / "weights.safetensors").read_bytes() == weights
+
+
+def test_lens_retrieval_imports_without_torch():
+    """The retrieval page's code imports neither PyTorch nor open_clip: its first draw needs neither."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys; sys.path.insert(0, 'dashboard'); "
+        "import lens.retrieval, lens.hashing, lens.bundles, lens.data, lens.figures, lens.uploads; "
+        "print('torch' in sys.modules, 'open_clip' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert out.stdout.strip() == "False False", out.stderr

@@ -1,9 +1,11 @@
 """Plain logic behind the retrieval page (a model with vs without L_csd); no Streamlit in here.
 
 The page compares two ConceptHash bundles: which pair to show first (:func:`default_pair`), the query's
-code and heatmaps under one bundle (:func:`encode_query`), the top-k Hamming search of that code in the
-bundle's stored database codes (:func:`search`), the results as a table with correct / incorrect marks
-(:func:`results_table`), and the metrics both bundles stored when they were evaluated (:func:`metrics_table`).
+code and heatmaps under one bundle (:func:`stored_query` for a test image, from the arrays the bundle stores;
+:func:`encode_query` runs the model, for an upload or the rollout heatmaps), the top-k Hamming search of that
+code in the bundle's stored database codes (:func:`search`), the results as a table with correct / incorrect
+marks (:func:`results_table`), and the metrics both bundles stored when they were evaluated
+(:func:`metrics_table`). Nothing here imports PyTorch until :func:`encode_query` runs.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.concepthash.attention import concept_heatmaps
-from core.concepthash.evaluate import sign_codes
+from core.concepthash.arrays import QUERY_ATTENTION, QUERY_CODES, QUERY_IDS
+from core.concepthash.codes import sign_codes, upsample_maps
 from core.retrieval import hamming_distances, hamming_topk, pack_codes
+from lens.hashing import n_attended
 
 RESULT_COLUMNS = ["rank", "model", "database id", "distance", "correct", "class"]
 _NO_CSD = re.compile(r"no[-_ ]?csd")
@@ -117,11 +120,32 @@ def data_mismatch(config_a: Mapping[str, Any], config_b: Mapping[str, Any]) -> s
 
 
 def encode_query(loaded: Any, image: Image.Image, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """The query's ±1 code (K,) and its concept heatmaps (M, H, W) under one loaded ConceptHash bundle."""
+    """The query's ±1 code (K,) and its concept heatmaps (M, H, W) under one ConceptHash bundle's model."""
+    from core.concepthash.attention import concept_heatmaps  # the model's code: PyTorch
+
     pixels = loaded.backbone.preprocess_images([image])
     code = sign_codes(loaded.model.encode(pixels))[0]
     heatmaps = concept_heatmaps(loaded.model, pixels, method)[0]
     return code, heatmaps
+
+
+def stored_query(loaded: Any, index: int, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Test image ``index``'s ±1 code (K,) and last-layer heatmaps (M, H, W, at the data's image size) from
+    the arrays the bundle stores (no model run, no PyTorch); the caller makes sure the query comes from the
+    bundle's own data. None when they cannot stand in for the model: a bundle saved before it stored them,
+    arrays that do not fit the bundle, or another image at ``index`` (its id is not the stored one)."""
+    arrays = loaded.arrays
+    codes, attention, ids = (arrays.get(name) for name in (QUERY_CODES, QUERY_ATTENTION, QUERY_IDS))
+    if codes is None or attention is None or ids is None:
+        return None
+    bits, attended = np.asarray(loaded.db_codes).shape[1], n_attended(loaded.config)
+    if codes.ndim != 2 or codes.shape[1] != bits or attention.ndim != 4 or attention.shape[1] != attended:
+        return None
+    if not len(codes) == len(attention) == len(ids) or not 0 <= index < len(codes) or ids[index] != image_id:
+        return None
+    size = loaded.data.image_size or 224
+    heatmaps = upsample_maps(attention[index : index + 1].astype(np.float32), size)[0]
+    return codes[index].astype(np.int8), heatmaps
 
 
 def _packed_query(query_code: np.ndarray) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Retrieval: the same query searched by two ConceptHash models, one trained with L_csd and one without.
 
 Each model encodes the query, searches its own stored database codes by Hamming distance, and
-shows its top k; below come both models' stored metrics and their concept heatmaps for the query.
+shows its top k; below come both models' stored metrics and their concept heatmaps for the query. A test
+image's code and last-layer heatmaps come from the arrays each bundle stores, so the page draws without
+loading a model; the models load for an upload, the rollout heatmaps, or a bundle saved without those arrays.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from lens.bundles import available, load_model, no_bundle_message
+from lens.bundles import available, no_bundle_message, open_bundle
 from lens.data import data_json, open_data_split
 from lens.figures import (
     ATTENTION_SCALE,
@@ -40,6 +42,7 @@ from lens.retrieval import (
     result_caption,
     results_table,
     search,
+    stored_query,
     table_for_display,
     tie_sentence,
     tie_table,
@@ -59,6 +62,9 @@ class Query:
     image: Image.Image
     class_name: str | None  # None for an upload: its results are not marked correct or not
     caption: str
+    index: int | None = None  # a test image: its index in the test split of ``data``; None for an upload
+    image_id: str | None = None  # that test image's id
+    data: str | None = None  # the data spec (lens.data.data_json) whose test split holds it
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,20 @@ def _packed_db(path: str, mtime: float, _codes: np.ndarray) -> np.ndarray:
 def _encode_query(
     path: str, mtime: float, query_key: str, method: str, _loaded: Any, _image: Image.Image
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The query's ±1 code (K,) and its concept heatmaps (M, H, W) under one model."""
+    """The query's ±1 code (K,) and its concept heatmaps (M, H, W) under one model (run here)."""
     return encode_query(_loaded, _image, method)
+
+
+def query_code_and_heatmaps(info, loaded, query: Query, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The query's ±1 code (K,) and heatmaps (M, H, W) under one bundle: a test image of the bundle's own data
+    from the arrays the bundle stores (the heatmaps too for the last layer), else from its model."""
+    stored = None
+    if query.index is not None and query.data == data_json(loaded.data):
+        stored = stored_query(loaded, query.index, query.image_id)
+    if stored is not None and method == "last":
+        return stored
+    code, heatmaps = _encode_query(info.path, info.mtime, query.key, method, loaded.loaded(), query.image)
+    return (code if stored is None else stored[0]), heatmaps
 
 
 # ---------------------------------------------------------------------------------------------- widgets
@@ -165,7 +183,15 @@ def pick_query(info_a) -> Query | None:
         )
     )
     query_class = split.classes[int(split.labels[index])]
-    return Query(f"test:{data}:{index}", split.image(index), query_class, f"query: {query_class}")
+    return Query(
+        f"test:{data}:{index}",
+        split.image(index),
+        query_class,
+        f"query: {query_class}",
+        index=index,
+        image_id=split.image_id(index),
+        data=data,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -174,7 +200,7 @@ def pick_query(info_a) -> Query | None:
 def run_model(info, loaded, query: Query, k: int, method: str) -> Results | None:
     """Search one model's database with the query, or None after st.error."""
     try:
-        code, heatmaps = _encode_query(info.path, info.mtime, query.key, method, loaded, query.image)
+        code, heatmaps = query_code_and_heatmaps(info, loaded, query, method)
         hits = search(_packed_db(info.path, info.mtime, loaded.db_codes), code, k)
     except ValueError as exc:
         st.error(f"'{info.name}' could not search with this query: {exc}")
@@ -285,7 +311,7 @@ def main() -> None:
     controls, view = st.columns([2, 1])
     with controls:
         query = pick_query(pair[0])
-        loaded = [load_model(info) for info in pair]
+        loaded = [open_bundle(info) for info in pair]  # arrays only: a model loads when a query needs it
         if query is None or any(model is None for model in loaded):
             return
         n_db = min(len(model.db_codes) for model in loaded)
