@@ -83,7 +83,7 @@ def test_conse_encodes_a_concept_bank_once():
     assert text_model.calls == 2 + TEXT_CACHE_SIZE
 
 
-def test_background_imports_start_once_with_the_page_first_and_cover_every_module(tmp_path):
+def test_a_page_imports_its_own_light_modules_and_home_warms_the_models_code_once(tmp_path):
     from lens import startup
 
     page = tmp_path / "page.py"
@@ -91,11 +91,27 @@ def test_background_imports_start_once_with_the_page_first_and_cover_every_modul
     assert startup.page_modules(page) == ["json", "os.path", "lens.hashing"]
     assert startup.page_modules(tmp_path / "missing.py") == []
     assert "lens.hashing" in startup.page_modules(ROOT / "dashboard" / "views" / "hash_codes.py")
-    startup.wait_for_imports(page)  # outside a running app: the progress bar goes nowhere, the wait is real
-    assert startup.missing(["torch", "open_clip", "lens.hashing"]) == []
-    thread = startup.start_imports()  # Home's call: everything else
+    startup.wait_for_imports(page)  # outside a running app: the progress bar goes nowhere, the import is real
+    assert startup.missing(["json", "lens.hashing"]) == []
+    thread = startup.start_imports()  # Home's call: the models' code, in the background
     assert thread is None or startup.start_imports() is thread  # one thread at a time
     if thread is not None:
         thread.join(timeout=300)
     assert not startup.running() and startup.missing(startup.MODULES) == [] and not startup._failed
     assert startup.start_imports() is None  # nothing left to import
+
+
+def test_no_page_needs_the_models_code_to_draw():
+    """Every page's own imports stay free of PyTorch and open_clip (they load when a person runs a model)."""
+    import subprocess
+    import sys
+
+    from lens import startup
+
+    pages = sorted((ROOT / "dashboard" / "views").glob("*.py"))
+    modules = sorted({m for page in pages for m in startup.page_modules(page)})
+    code = f"import sys; sys.path.insert(0, 'dashboard'); [__import__(m) for m in {modules!r}]; " + (
+        "print('torch' in sys.modules, 'open_clip' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.stdout.split()[-2:] == ["False", "False"], out.stderr[-2000:]

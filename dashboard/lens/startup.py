@@ -1,12 +1,12 @@
 """The first visit after a restart: PyTorch, open_clip and the models' code take seconds to import.
 
-A background thread does the imports, one at a time per process. A page other than Home starts it for
-its own modules (read from its ``import`` lines by :func:`page_modules`) and waits behind a progress bar
-drawn before anything slow happens, instead of a blank main area; PyTorch and open_clip come first, but only
-for a page whose modules need them (:data:`NEED_MODELS`): the open-world page draws without them and loads
-its model when there is an image to label. ``Home.py`` starts the thread for everything the pages need
-(:data:`MODULES`) after drawing itself, so the page a person opens next finds it imported; the open-world
-page instead loads its own model in the background once it is drawn, so a first upload finds it ready.
+No page needs them to draw: every page draws from its bundle's config and stored arrays
+(``lens.bundles.LazyBundle``), and imports the models' code only when a person asks for something that runs a
+model (an upload, the rollout maps, a counterfactual, an intervention), behind that action's spinner. What a
+page imports itself is light; :func:`wait_for_imports` imports it before the page runs, behind a progress bar
+drawn first. ``Home.py`` then starts one background thread for the heavy modules (:data:`MODULES`) after
+drawing Home, so the action a person takes next finds them imported; the open-world page starts the same
+thread for its labelling code and ConSE once it is drawn (``then`` steps).
 """
 
 from __future__ import annotations
@@ -22,20 +22,17 @@ from pathlib import Path
 
 import streamlit as st
 
-# Modules named to a person while they load; anything else a page imports is named "the page's code".
+# Modules named to a person while a page's own imports load; anything else is named "the page's code".
 NAMES = {
-    "torch": "PyTorch",
-    "open_clip": "open_clip",
     "lens.hashing": "ConceptHash",
     "lens.ceir": "CEIR",
-    "lens.counterfactual": "CEIR interventions",
+    "lens.counterfactual": "counterfactual birds",
     "lens.labels": "open-world labels",
     "lens.retrieval": "retrieval",
     "lens.figures": "figures",
 }
-FIRST = ("torch", "open_clip")  # the model pages need them, and they are most of the time
-NEED_MODELS = ("lens.ceir", "lens.counterfactual", "lens.retrieval")  # import PyTorch
-MODULES = (*FIRST, *(m for m in NAMES if m not in FIRST))
+# What running a model needs, heaviest first: imported in the background after Home is drawn.
+MODULES = ("torch", "open_clip", "core.concepthash.attention", "core.ceir.explain", "core.ceir.labels")
 POLL_SECONDS = 0.1
 
 _lock = threading.Lock()
@@ -80,17 +77,13 @@ def _import_all(order: Sequence[str], then: Sequence[Callable[[], object]] = ())
 def start_imports(
     modules: Sequence[str] = MODULES, then: Sequence[Callable[[], object]] = ()
 ) -> threading.Thread | None:
-    """A background thread importing those of ``modules`` not imported yet (:data:`FIRST` first where they
-    are needed), then running the ``then`` steps (e.g. loading a model a page will want; skipped where the
-    environment sets :data:`NO_WARM_UP`): the one under way if there is one, a new one otherwise; None when
-    there is nothing to do."""
+    """A background thread importing those of ``modules`` not imported yet, then running the ``then`` steps
+    (e.g. loading a model a page will want; skipped where the environment sets :data:`NO_WARM_UP`): the one
+    under way if there is one, a new one otherwise; None when there is nothing to do."""
     global _thread
     with _lock:
         if _thread is None or not _thread.is_alive():
-            wanted = list(modules)
-            if any(module in NEED_MODELS or module in FIRST for module in wanted):
-                wanted = list(dict.fromkeys([*FIRST, *wanted]))
-            order = missing(wanted)
+            order = missing(list(modules))
             steps = () if os.environ.get(NO_WARM_UP) else tuple(then)
             if not order and not steps:
                 return None
@@ -111,24 +104,21 @@ def missing(modules: Sequence[str]) -> list[str]:
     return [name for name in modules if name not in sys.modules and name not in _failed]
 
 
-def wait_for_imports(page: Path | None = None) -> None:
-    """Start the imports if need be and wait, behind a progress bar, until ``page``'s modules are imported
-    (all of :data:`MODULES` without a page); at once when they are.
-
-    The bar is drawn before the thread starts: importing PyTorch holds the interpreter for long stretches,
-    and a bar sent after that would reach the browser seconds late."""
-    needed = page_modules(page) if page else list(MODULES)
-    if any(module in NEED_MODELS for module in needed):
-        needed = list(dict.fromkeys([*FIRST, *needed]))
+def wait_for_imports(page: Path) -> None:
+    """Import ``page``'s own modules before it runs, behind a progress bar drawn first; at once when they are
+    imported. In this script's thread, not the background one: the page's modules are light, and must not
+    wait behind the models' code that Home may be importing in the background."""
+    needed = page_modules(page)
     if not missing(needed):
         return
     placeholder = st.empty()
-    shown = _show_step(placeholder, needed, None)
-    # Only this page's modules: importing the others now would slow the page down. A thread that another
-    # page started may end before this page's modules are in; then the next one starts for them.
-    while (thread := start_imports(needed)) is not None:
+    shown = None
+    for module in missing(needed):
         shown = _show_step(placeholder, needed, shown)
-        thread.join(POLL_SECONDS)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - the page's own import says what went wrong
+            _failed[module] = str(exc)
     placeholder.empty()
 
 
