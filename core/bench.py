@@ -611,6 +611,13 @@ def add_dashboard_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uploads", type=int, default=DEFAULT_UPLOADS, help="uploads timed; 0 skips them")
     parser.add_argument("--timeout", type=float, default=DEFAULT_PAGE_TIMEOUT, help="seconds allowed per run")
     parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="browser: before the warm visits, open Home and wait this many seconds, so they are timed once "
+        "its background imports are done (default 0: right after the first visit, as a person would)",
+    )
+    parser.add_argument(
         "--no-browser",
         dest="browser",
         action="store_false",

@@ -217,8 +217,11 @@ class DashboardBenchConfig:
     timeout: float = DEFAULT_PAGE_TIMEOUT
     browser: bool = True
     server_side: bool = True
+    settle: float = 0.0  # seconds on Home before the warm visits (0: at once)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.settle <= 600:
+            raise ValueError(f"--settle must be between 0 and 600 seconds, got {self.settle}.")
         if self.warm_runs < 1:
             raise ValueError(f"--warm-runs must be at least 1, got {self.warm_runs}.")
         if self.uploads < 0:
@@ -263,7 +266,9 @@ def bench_dashboard(config: DashboardBenchConfig, progress: Callable[[str], None
             "first visit pays every import and model load; first via Home = another fresh server, Home "
             f"opened first and read for {HOME_PAUSE:g} s, then a sidebar click to the page; warm click = a "
             "sidebar click from another page, warm reload = the page opened anew (median of "
-            f"{config.warm_runs})",
+            f"{config.warm_runs}"
+            + (f", after {config.settle:g} s on Home" if config.settle else ", right after the first visit")
+            + ")",
             "server first = the page's first render in a fresh AppTest session (models cached in this "
             "process stay loaded across pages); server warm = median of reruns",
         ],
@@ -319,6 +324,9 @@ async def _time_page_in_browser(
                 times["first"] = await open_timed(tab, url, config.timeout)
                 exceptions = await tab.locator("[data-testid='stException']").count()
                 links = {p: _nav_link(tab, _page_url(server.url, p, pages)) for p in (page, away)}
+                if config.settle:  # Home starts importing the models' code: time the visits after it
+                    await open_timed(tab, _page_url(server.url, pages[0], pages), config.timeout)
+                    await asyncio.sleep(config.settle)
                 for _ in range(config.warm_runs):
                     await click_timed(tab, links[away], config.timeout)
                     times["click"].append(await click_timed(tab, links[page], config.timeout))

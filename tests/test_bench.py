@@ -241,6 +241,7 @@ def test_conceptlens_bench_dashboard_times_every_page_and_the_upload(tiny_bundle
     found = set(result["settings"]["bundles_found"])
     assert found == {"toy-clip", "toy-hash-csd", "toy-hash-nocsd", "toy-ceir"}
     expected = {"warm_runs": 1, "uploads": 1, "timeout": 300.0, "browser": False, "server_side": True}
+    expected["settle"] = 0
     assert result["settings"] | expected == result["settings"]
     assert set(result["machine"]) >= MACHINE_KEYS and result["machine"]["streamlit"] == version("streamlit")
     printed = capfd.readouterr()
@@ -253,6 +254,8 @@ def test_conceptlens_bench_dashboard_times_every_page_and_the_upload(tiny_bundle
 def test_dashboard_bench_checks_its_flags_in_process(tmp_path, capsys, board):
     with pytest.raises(ValueError, match="--warm-runs must be at least 1, got 0."):
         board.DashboardBenchConfig(bundles=tmp_path, warm_runs=0)
+    with pytest.raises(ValueError, match="--settle must be between 0 and 600 seconds, got -1"):
+        board.DashboardBenchConfig(bundles=tmp_path, settle=-1)
     assert (
         board.main(
             [
