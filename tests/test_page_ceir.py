@@ -475,22 +475,6 @@ def test_cluster_centres_of_a_bundle_that_cannot_give_them_raise(tmp_path, tiny_
         view.cluster_centres(str(path))
 
 
-def test_the_page_helpers_import_without_pytorch():
-    """After a restart the page draws without PyTorch or open_clip: its helpers import neither."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    code = (
-        "import sys; sys.path.insert(0, 'dashboard'); "
-        "import lens.ceir, lens.bundles, lens.figures, lens.data; "
-        "print('torch' in sys.modules, 'open_clip' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr
-
-
 def test_umap_frame_names_classes_and_keeps_row_indices():
     frame = view.umap_frame(
         np.array([[0.0, 1.0], [2.0, 3.0]]), np.array([1, 0]), np.array([0, 5]), ["finch", "wren"], ["a", "b"]
