@@ -35,8 +35,9 @@ def main() -> None:
     st.set_page_config(page_title="ConceptLens", page_icon="🔎", layout="wide")
     navigation = st.navigation(PAGES)
     render_sidebar()
-    # After a restart PyTorch and the models' code take seconds to import: a page waits for its own behind a
-    # progress bar. Home needs none of it; after it is drawn the imports start for the page opened next.
+    # No page needs PyTorch to draw (each draws from its bundle's stored arrays); a page's own light modules
+    # are imported first, behind a progress bar. After Home is drawn, the models' code (seconds to import
+    # after a restart) is imported in the background for the first action that runs a model.
     if navigation.url_path != HOME.url_path:
         wait_for_imports(Path(__file__).parent / "views" / f"{navigation.url_path}.py")
     navigation.run()
