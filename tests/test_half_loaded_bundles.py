@@ -192,7 +192,7 @@ def test_attention_added_to_a_bundle_saved_without_it(tmp_path: Path, tiny_bundl
 
     from core.bundle import read_bundle_arrays, update_bundle_arrays
     from core.concepthash.arrays import DB_ATTENTION
-    from core.concepthash.evaluate import add_database_attention
+    from core.concepthash.evaluate import add_view_arrays
 
     path = Path(shutil.copytree(tiny_bundles / "toy-hash-csd", tmp_path / "old"))
     stored = read_bundle_arrays(path, HASH_ARRAYS)
@@ -201,7 +201,7 @@ def test_attention_added_to_a_bundle_saved_without_it(tmp_path: Path, tiny_bundl
     (path / "arrays.safetensors").unlink()
     update_bundle_arrays(path, old)  # the bundle as saved before it held the attention
     assert DB_ATTENTION not in read_bundle_arrays(path, HASH_ARRAYS)
-    add_database_attention(str(path), device="cpu")
+    add_view_arrays(str(path), device="cpu")
     again = read_bundle_arrays(path, HASH_ARRAYS)
     np.testing.assert_allclose(again[DB_ATTENTION], stored[DB_ATTENTION], atol=1e-3)
     assert (path / "weights.safetensors").read_bytes() == weights

@@ -605,7 +605,7 @@ def test_stored_query_stands_in_for_the_model_only_when_it_fits():
 def test_query_arrays_added_to_a_bundle_saved_without_them(tiny_bundles, tmp_path):
     from core.bundle import read_bundle_arrays, update_bundle_arrays
     from core.concepthash.arrays import ARRAYS, QUERY_ARRAYS, QUERY_ATTENTION, QUERY_CODES, QUERY_IDS
-    from core.concepthash.evaluate import add_query_arrays
+    from core.concepthash.evaluate import add_view_arrays
 
     path = Path(shutil.copytree(tiny_bundles / "toy-hash-csd", tmp_path / "old"))
     stored = read_bundle_arrays(path, QUERY_ARRAYS)
@@ -615,7 +615,7 @@ def test_query_arrays_added_to_a_bundle_saved_without_them(tiny_bundles, tmp_pat
     (path / "arrays.json").unlink()
     update_bundle_arrays(path, old)  # the bundle as saved before it held the queries' arrays
     assert not set(QUERY_ARRAYS.shapes) & set(read_bundle_arrays(path, ARRAYS))
-    add_query_arrays(str(path), device="cpu")
+    add_view_arrays(str(path), device="cpu")
     again = read_bundle_arrays(path, QUERY_ARRAYS)
     np.testing.assert_array_equal(again[QUERY_CODES], stored[QUERY_CODES])
     np.testing.assert_array_equal(again[QUERY_IDS], stored[QUERY_IDS])

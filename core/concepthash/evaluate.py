@@ -75,7 +75,6 @@ from core.concepthash.arrays import (
     QUERY_CODES,
     QUERY_IDS,
 )
-from core.concepthash.attention import concept_attention_maps
 from core.concepthash.bundle import load_concepthash
 from core.concepthash.codes import sign_codes, subcode_values
 from core.concepthash.losses import csd_loss
@@ -481,7 +480,8 @@ def evaluate_model(
     ``train_database`` is the model's own training database when it differs from ``database``
     (a reseeded evaluation); None means ``database`` is it, so ``map_train_database`` = ``map``.
     """
-    db_codes = sign_codes(model.encode(backbone.preprocess_split(database)))
+    db_pixels = backbone.preprocess_split(database)
+    db_codes = sign_codes(model.encode(db_pixels))
     query_codes, attention = encode_with_attention(model, backbone.preprocess_split(queries))
     metrics = retrieval_metrics(db_codes, database.labels, query_codes, queries.labels)
     metrics["map_train_database"] = (
@@ -504,49 +504,38 @@ def evaluate_model(
         DB_CODES: db_codes,
         DB_LABELS: database.labels.astype(np.int64),
         DB_IDS: np.array([database.image_id(i) for i in range(len(database))]),
-        DB_ATTENTION: database_attention(model, backbone, database),
+        DB_ATTENTION: attention_grid(encode_with_attention(model, db_pixels)[1], backbone.grid_size),
         **query_arrays(queries, query_codes, attention, backbone.grid_size),
     }
     return metrics, arrays
 
 
+def attention_grid(attention: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Last-layer attention (N, M, P) as a bundle stores it: over the patch grid (N, M, gh, gw), float16."""
+    return attention.reshape(*attention.shape[:2], *grid).astype(np.float16)
+
+
 def query_arrays(
     queries: ImageSplit, codes: np.ndarray, attention: np.ndarray, grid: tuple[int, int]
 ) -> dict[str, np.ndarray]:
-    """The queries' codes (N, K), image ids and last-layer attention (N, M, P) as a bundle stores them: the
-    attention over the patch grid (N, M, gh, gw), float16, like the database's."""
+    """The queries' codes (N, K), image ids and last-layer attention (N, M, P) as a bundle stores them."""
     return {
         QUERY_CODES: codes,
         QUERY_IDS: np.array([queries.image_id(i) for i in range(len(queries))]),
-        QUERY_ATTENTION: attention.reshape(*attention.shape[:2], *grid).astype(np.float16),
+        QUERY_ATTENTION: attention_grid(attention, grid),
     }
 
 
-def database_attention(
-    model: ConceptHash, backbone: Backbone, database: ImageSplit, batch_size: int = 128
-) -> np.ndarray:
-    """(N, M, gh, gw) float16 last-layer attention of every concept over the patch grid, for the bundle."""
-    pixels = backbone.preprocess_split(database)
-    maps = [
-        concept_attention_maps(model, pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)
-    ]
-    return torch.cat(maps).numpy().astype(np.float16)
-
-
-def add_database_attention(path: str, device: str = "auto") -> None:
-    """Store :func:`database_attention` in a bundle saved before bundles held it (nothing else changes)."""
+def add_view_arrays(path: str, device: str = "auto") -> None:
+    """Store what the dashboard draws from without running the model — the database's attention, the test
+    split's codes, ids and attention — in a bundle saved before bundles held them (nothing else changes)."""
     loaded = load_concepthash(path, device=device)
-    database = open_split(loaded.data, "train")
-    update_bundle_arrays(path, {DB_ATTENTION: database_attention(loaded.model, loaded.backbone, database)})
-
-
-def add_query_arrays(path: str, device: str = "auto") -> None:
-    """Store :func:`query_arrays` of the bundle's test split in a bundle saved before bundles held them
-    (nothing else changes)."""
-    loaded = load_concepthash(path, device=device)
-    queries = open_split(loaded.data, "test")
-    codes, attention = encode_with_attention(loaded.model, loaded.backbone.preprocess_split(queries))
-    update_bundle_arrays(path, query_arrays(queries, codes, attention, loaded.backbone.grid_size))
+    model, backbone, grid = loaded.model, loaded.backbone, loaded.backbone.grid_size
+    database, queries = open_split(loaded.data, "train"), open_split(loaded.data, "test")
+    _, db_attention = encode_with_attention(model, backbone.preprocess_split(database))
+    codes, attention = encode_with_attention(model, backbone.preprocess_split(queries))
+    arrays = query_arrays(queries, codes, attention, grid)
+    update_bundle_arrays(path, arrays | {DB_ATTENTION: attention_grid(db_attention, grid)})
 
 
 def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
