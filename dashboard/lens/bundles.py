@@ -135,14 +135,20 @@ class KindView:
     load: Callable[[str, float], Any] | None = None
     rank: Callable[[dict[str, Any]], tuple] = lambda config: ()  # order in the picker, before the name
     on_backbone: bool = True  # trained on a backbone, which the description names
+    arrays: ArrayLayout = NO_ARRAYS  # the cached arrays a page reads before (or without) loading the model
 
 
 # In the order Home lists the kinds and the sidebar draws the pickers.
 KIND_VIEWS: dict[str, KindView] = {
     "concepthash": KindView(
-        "bundle_concepthash", _describe_concepthash, "ConceptHash model", _load_concepthash, _published_first
+        "bundle_concepthash",
+        _describe_concepthash,
+        "ConceptHash model",
+        _load_concepthash,
+        _published_first,
+        arrays=HASH_ARRAYS,
     ),
-    "ceir": KindView("bundle_ceir", _describe_ceir, "CEIR model", _load_ceir),
+    "ceir": KindView("bundle_ceir", _describe_ceir, "CEIR model", _load_ceir, arrays=CEIR_ARRAYS),
     "clip": KindView("bundle_clip", _describe_clip, on_backbone=False),
 }
 
@@ -281,16 +287,16 @@ def load_model(info: BundleInfo):
     try:
         return loader(info.path, info.mtime)
     except (ValueError, OSError) as exc:
-        st.error(f"The bundle '{info.name}' could not be loaded: {exc}")
-        return None
+        return _cannot_load(info, exc)
 
 
-ARRAY_LAYOUTS: dict[str, ArrayLayout] = {"concepthash": HASH_ARRAYS, "ceir": CEIR_ARRAYS}
+def _cannot_load(info: BundleInfo, exc: Exception) -> None:
+    st.error(f"The bundle '{info.name}' could not be loaded: {exc}")
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _read_arrays(path: str, mtime: float, kind: str) -> dict:
-    return read_bundle_arrays(path, ARRAY_LAYOUTS.get(kind, NO_ARRAYS))
+    return read_bundle_arrays(path, KIND_VIEWS[kind].arrays)
 
 
 class LazyBundle(DatabaseArrays):
@@ -313,17 +319,11 @@ class LazyBundle(DatabaseArrays):
     def concepts(self) -> list[str]:
         return list(self.config.get("concepts") or [])
 
-    @property
-    def is_loaded(self) -> bool:
-        """Whether the model is loaded in this process already (asking for it then costs nothing)."""
-        return self.info.path in _loaded_paths
-
     def loaded(self) -> Any:
         """The fully loaded bundle (model and backbone), loading it now if need be."""
         full = load_model(self.info)
         if full is None:
             st.stop()  # load_model said why on the page
-        _loaded_paths.add(self.info.path)
         return full
 
     @property
@@ -333,9 +333,6 @@ class LazyBundle(DatabaseArrays):
     @property
     def backbone(self) -> Any:
         return self.loaded().backbone
-
-
-_loaded_paths: set[str] = set()
 
 
 def require(kind: str) -> tuple[BundleInfo | None, LazyBundle | None]:
@@ -357,5 +354,4 @@ def open_bundle(info: BundleInfo) -> LazyBundle | None:
     try:
         return LazyBundle(info, _read_arrays(info.path, info.mtime, info.kind))
     except (ValueError, OSError) as exc:
-        st.error(f"The bundle '{info.name}' could not be loaded: {exc}")
-        return None
+        return _cannot_load(info, exc)
