@@ -67,7 +67,7 @@ def _import_all(order: Sequence[str], then: Sequence[Callable[[], object]] = ())
     for module in order:
         try:
             importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001 - the page that needs the module reports the error
+        except Exception as exc:  # noqa: BLE001 - the page's own import of the module says what went wrong
             _failed[module] = str(exc)
     for step in then:
         with contextlib.suppress(Exception):  # the page's own call of the step says what went wrong
@@ -115,10 +115,7 @@ def wait_for_imports(page: Path) -> None:
     shown = None
     for module in missing(needed):
         shown = _show_step(placeholder, needed, shown)
-        try:
-            importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001 - the page's own import says what went wrong
-            _failed[module] = str(exc)
+        _import_all([module])
     placeholder.empty()
 
 
