@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -213,27 +214,38 @@ def check_finite_weights(model: torch.nn.Module, out: Path) -> None:
         )
 
 
-def rank0_checkpoint(
-    ctx: DistContext,
-    path: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    settings: dict,
-) -> Callable[[int, list[dict]], None]:
-    """The ``checkpoint`` of :func:`run_epochs`: rank 0 saves the training state after each epoch."""
+@dataclass
+class RunState:
+    """What a resumable run keeps in ``path`` after each epoch, under the ``settings`` it ran with: the model,
+    the optimiser and the random generator. Rank 0 writes; every rank restores."""
 
-    def checkpoint(epochs_done: int, history: list[dict]) -> None:
-        if ctx.is_main:
-            save_training_state(path, model, optimizer, generator, epochs_done, history, settings)
+    ctx: DistContext
+    path: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    settings: dict
 
-    return checkpoint
+    def restore(self, resume: bool, log: Callable[[str], None]) -> tuple[int, list[dict]]:
+        """(epochs done, history): (0, []) for a fresh run; with ``resume``, what the checkpoint holds."""
+        if not resume:
+            return 0, []
+        epoch, history = restore_training_state(
+            self.path, self.model, self.optimizer, self.generator, self.settings
+        )
+        log(f"Resuming from {self.path} at epoch {epoch}.")
+        return epoch, history
+
+    def save(self, epochs_done: int, history: list[dict]) -> None:
+        if self.ctx.is_main:
+            save_training_state(
+                self.path, self.model, self.optimizer, self.generator, epochs_done, history, self.settings
+            )
 
 
 def run_epochs(
     *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    state: RunState,
     mixed: Any,
     epochs: range,
     steps_per_epoch: int,
@@ -242,7 +254,6 @@ def run_epochs(
     batches: Callable[[int], Iterable[Any]],
     step: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
     history: list[dict],
-    checkpoint: Callable[[int, list[dict]], None],
     out: Path,
     progress: Callable[[int, int], None],
     log: Callable[[str], None],
@@ -253,8 +264,9 @@ def run_epochs(
     pass under the caller's autocast; it returns the loss to back-propagate and the terms of the global
     batch to report, "total" among them if there are several), a stop on a non-finite loss, then the
     backward pass and optimiser step through ``mixed`` (a ``core.runtime.MixedPrecision``). After each
-    epoch the weights are checked and ``checkpoint(epochs_done, history)`` saves the state to resume from.
+    epoch the weights are checked and ``state`` is saved to resume from.
     """
+    model, optimizer = state.model, state.optimizer
     total_steps = epochs.stop * steps_per_epoch
     for epoch in epochs:
         model.train()
@@ -272,5 +284,5 @@ def run_epochs(
         history.append({name: value / max(1, steps_per_epoch) for name, value in sums.items()})
         log(f"epoch {epoch + 1}/{epochs.stop} " + " ".join(f"{k}={v:.4f}" for k, v in history[-1].items()))
         check_finite_weights(model, out)  # the checkpoint always holds a usable model
-        checkpoint(epoch + 1, history)
+        state.save(epoch + 1, history)
     return history

@@ -47,11 +47,10 @@ from core.distributed import (
 from core.progress import Progress, no_progress
 from core.runtime import MixedPrecision, seed_everything
 from core.training import (
+    RunState,
     checkpoint_path,
     epoch_loader,
     prepare_output,
-    rank0_checkpoint,
-    restore_training_state,
     run_epochs,
 )
 
@@ -185,15 +184,12 @@ def _train_clip(
         )
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ckpt_file = checkpoint_path(out)
     settings = {
         "data": data.to_dict(),
         "train": asdict(config) | {"device": None, "workers": None, "precision": None},
     }
-    start_epoch, history = 0, []
-    if resume:
-        start_epoch, history = restore_training_state(ckpt_file, model, optimizer, generator, settings)
-        log(f"Resuming from {ckpt_file} at epoch {start_epoch}.")
+    state = RunState(ctx, checkpoint_path(out), model, optimizer, generator, settings)
+    start_epoch, history = state.restore(resume, log)
     steps_per_epoch = per_epoch // config.batch_size
     total = config.epochs * steps_per_epoch
     log(f"Streaming {per_epoch} fresh images per epoch, {config.epochs} epochs ({total} steps).")
@@ -207,8 +203,7 @@ def _train_clip(
 
     started = time.perf_counter()
     history = run_epochs(
-        model=model,
-        optimizer=optimizer,
+        state=state,
         mixed=mixed,
         epochs=range(start_epoch, config.epochs),
         steps_per_epoch=steps_per_epoch,
@@ -217,7 +212,6 @@ def _train_clip(
         batches=lambda epoch: _epoch_loader(data, epoch, per_epoch, preprocess, tokenizer, config, ctx),
         step=step,
         history=history,
-        checkpoint=rank0_checkpoint(ctx, ckpt_file, model, optimizer, generator, settings),
         out=out,
         progress=progress,
         log=log,
@@ -253,5 +247,5 @@ def _train_clip(
         half=config.half,
         overwrite=overwrite,
     )
-    ckpt_file.unlink(missing_ok=True)
+    state.path.unlink(missing_ok=True)
     return out

@@ -43,11 +43,10 @@ from core.distributed import (
 from core.progress import Progress, no_progress
 from core.runtime import MixedPrecision, seed_everything
 from core.training import (
+    RunState,
     checkpoint_path,
     epoch_loader,
     prepare_output,
-    rank0_checkpoint,
-    restore_training_state,
     run_epochs,
 )
 
@@ -151,17 +150,14 @@ def _train_concepthash(
     trained = wrap_model(WithLoss(model, concepthash_loss), ctx)
     optimizer = make_optimizer(model.parameters(), train_config)
 
-    ckpt_file = checkpoint_path(out)
     settings = {
         "backbone": backbone.reference,
         "data": data.to_dict(),
         "model": model_config.to_dict(),
         "train": asdict(train_config) | {"device": None, "workers": None, "precision": None},
     }
-    start_epoch, history = 0, []
-    if resume:
-        start_epoch, history = restore_training_state(ckpt_file, model, optimizer, generator, settings)
-        log(f"Resuming from {ckpt_file} at epoch {start_epoch}.")
+    state = RunState(ctx, checkpoint_path(out), model, optimizer, generator, settings)
+    start_epoch, history = state.restore(resume, log)
 
     steps_per_epoch = max(1, len(train_split) // train_config.batch_size)
     total_steps = train_config.epochs * steps_per_epoch
@@ -181,8 +177,7 @@ def _train_concepthash(
 
     started = time.perf_counter()
     history = run_epochs(
-        model=model,
-        optimizer=optimizer,
+        state=state,
         mixed=mixed,
         epochs=range(start_epoch, train_config.epochs),
         steps_per_epoch=steps_per_epoch,
@@ -193,7 +188,6 @@ def _train_concepthash(
         ),
         step=step,
         history=history,
-        checkpoint=rank0_checkpoint(ctx, ckpt_file, model, optimizer, generator, settings),
         out=out,
         progress=progress,
         log=log,
@@ -223,7 +217,7 @@ def _train_concepthash(
         half=train_config.half,
         overwrite=overwrite,
     )
-    ckpt_file.unlink(missing_ok=True)
+    state.path.unlink(missing_ok=True)
     return out
 
 
