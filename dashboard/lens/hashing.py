@@ -175,8 +175,12 @@ def stored_heatmaps(loaded: Any, indices: Sequence[int]) -> np.ndarray | None:
     attention = loaded.arrays.get(DB_ATTENTION)
     if attention is None:
         return None
-    size = loaded.data.image_size or 224
-    return upsample_maps(attention[np.asarray(indices, dtype=np.int64)].astype(np.float32), size)
+    return heatmaps_of_stored(loaded, attention[np.asarray(indices, dtype=np.int64)])
+
+
+def heatmaps_of_stored(loaded: Any, attention: np.ndarray) -> np.ndarray:
+    """(B, M, H, W) heatmaps in [0, 1] at the data's image size from stored attention (B, M, gh, gw)."""
+    return upsample_maps(np.asarray(attention, dtype=np.float32), loaded.data.image_size or 224)
 
 
 def encode_images(loaded: Any, images: Sequence[Image.Image]) -> np.ndarray:

@@ -20,9 +20,9 @@ import pandas as pd
 from PIL import Image
 
 from core.concepthash.arrays import QUERY_ATTENTION, QUERY_CODES, QUERY_IDS
-from core.concepthash.codes import sign_codes, upsample_maps
+from core.concepthash.codes import sign_codes
 from core.retrieval import hamming_distances, hamming_topk, pack_codes
-from lens.hashing import n_attended
+from lens.hashing import heatmaps_of_stored, n_attended
 
 RESULT_COLUMNS = ["rank", "model", "database id", "distance", "correct", "class"]
 _NO_CSD = re.compile(r"no[-_ ]?csd")
@@ -143,9 +143,7 @@ def stored_query(loaded: Any, index: int, image_id: str) -> tuple[np.ndarray, np
         return None
     if not len(codes) == len(attention) == len(ids) or not 0 <= index < len(codes) or ids[index] != image_id:
         return None
-    size = loaded.data.image_size or 224
-    heatmaps = upsample_maps(attention[index : index + 1].astype(np.float32), size)[0]
-    return codes[index].astype(np.int8), heatmaps
+    return codes[index].astype(np.int8), heatmaps_of_stored(loaded, attention[index : index + 1])[0]
 
 
 def _packed_query(query_code: np.ndarray) -> np.ndarray:
