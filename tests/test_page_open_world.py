@@ -348,15 +348,25 @@ def test_once_drawn_the_page_loads_conse_once_in_the_background(monkeypatch):
         def preprocess_images(self, images):
             return images
 
+    import threading
+
     import core.backbones.clip as clip
 
-    monkeypatch.setattr(clip, "load_backbone", lambda spec, **kwargs: calls.append(spec) or FakeConSE())
+    release = threading.Event()  # holds the background load until the test has looked at the thread
+
+    def load_backbone(spec, **kwargs):
+        release.wait(timeout=60)
+        calls.append(spec)
+        return FakeConSE()
+
+    monkeypatch.setattr(clip, "load_backbone", load_backbone)
     monkeypatch.setattr(lens_labels, "_conse", None)
     monkeypatch.setattr(startup, "_thread", None)
     assert startup.start_imports(lens_labels.MODULES, then=[lens_labels.load_conse]) is None  # tests: off
     monkeypatch.delenv(startup.NO_WARM_UP)
     thread = startup.start_imports(lens_labels.MODULES, then=[lens_labels.load_conse])
     assert thread is not None and startup.start_imports() is thread  # one background thread at a time
+    release.set()
     thread.join(timeout=120)
     assert isinstance(lens_labels.load_conse(), FakeConSE)  # the page's call finds it loaded
     assert calls == [lens_labels.CONSE, "texts", "images"]  # loaded once
