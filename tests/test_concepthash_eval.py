@@ -44,16 +44,40 @@ def random_colours(n: int, seed: int = 0) -> list[dict[str, str]]:
     return [{part: str(rng.choice(PART_VALUES[part])) for part in PARTS} for _ in range(n)]
 
 
+def swapped_colours(colours: list[dict[str, str]]) -> list[list[dict[str, str]]]:
+    """Per part, every image's colours after the evaluator's colour swap of that part."""
+
+    def repaint(i: int, c: dict[str, str], p: int, part: str) -> dict[str, str]:
+        return c | {part: swap_colour(i, p, c[part])}
+
+    return [[repaint(i, c, p, part) for i, c in enumerate(colours)] for p, part in enumerate(PARTS)]
+
+
 def swapped_values(colours: list[dict[str, str]], code) -> tuple[np.ndarray, np.ndarray]:
     """Original (N, M) sub-code values and, per part, those after the evaluator's colour swap."""
     original = np.array([code(c) for c in colours])
-    swapped = np.array(
-        [
-            [code(c | {part: swap_colour(i, p, c[part])}) for i, c in enumerate(colours)]
-            for p, part in enumerate(PARTS)
-        ]
-    )
+    swapped = np.array([[code(c) for c in row] for row in swapped_colours(colours)])
     return original, swapped
+
+
+TRAINED_SPECIES = {tuple(s.colours[part] for part in SPECIES_PARTS) for s in SPECIES}
+
+
+def is_species(colours: dict[str, str]) -> bool:
+    return tuple(colours[part] for part in SPECIES_PARTS) in TRAINED_SPECIES
+
+
+def species_colours(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """n images of trained species (species parts from the table, any tail)."""
+    rng = np.random.default_rng(seed)
+    species = [SPECIES[int(rng.integers(len(SPECIES)))] for _ in range(n)]
+    return [dict(s.colours) | {"tail": str(rng.choice(PART_VALUES["tail"]))} for s in species]
+
+
+def species_lookup_code(colours: dict[str, str]) -> list[int]:
+    """Per-part code for a trained species, the same fixed code for any other combination: part-specific
+    on swaps that give a trained species, not on swaps that give a new combination."""
+    return part_code(colours) if is_species(colours) else [0, 0, 0]
 
 
 def part_code(colours: dict[str, str]) -> list[int]:
@@ -98,6 +122,24 @@ def test_part_swap_of_a_family_code_fails():
     assert result["matched_flip_rate_min"] == 0.0
     assert result["largest_off_diagonal"]["flip_rate"] == 1.0
     assert result["largest_off_diagonal"]["part"] == "body"
+
+
+def test_part_swap_split_by_counterfactual_tells_a_species_lookup_from_a_part_code():
+    colours = species_colours(400)
+    new = np.array([[not is_species(c) for c in row] for row in swapped_colours(colours)])
+    assert new[PARTS.index("tail")].sum() == 0 and 0 < new[:3].mean() < 1
+    lookup = part_swap_metrics(*swapped_values(colours, species_lookup_code), new)["by_counterfactual"]
+    trained, novel = lookup["trained_species"], lookup["new_combination"]
+    np.testing.assert_array_equal(trained["matrix"], np.eye(3))
+    assert trained["largest_off_diagonal"]["flip_rate"] == 0.0
+    assert novel["largest_off_diagonal"]["flip_rate"] > 0.5  # leaving the table scrambles every sub-code
+    assert trained["pairs"] == (~new[:3]).sum(axis=1).tolist()
+    assert novel["pairs"] == new[:3].sum(axis=1).tolist()
+    part = part_swap_metrics(*swapped_values(colours, part_code), new)["by_counterfactual"]
+    for subset in part.values():  # a real part code is the identity on both
+        np.testing.assert_array_equal(subset["matrix"], np.eye(3))
+    no_novel = part_swap_metrics(*swapped_values(colours, part_code), np.zeros_like(new))
+    assert no_novel["by_counterfactual"]["new_combination"]["matrix"] is None
 
 
 def test_part_swap_compares_sub_codes_bit_by_bit_and_works_for_one_concept():

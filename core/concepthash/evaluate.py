@@ -40,7 +40,10 @@ ToyBirds only (the queries are a :class:`ToyBirdsSplit`):
   only part p's colour is changed (counterfactual render of the same scene). Concepts are
   matched to species parts by Hungarian assignment maximising the flip rate; a per-part code
   gives 1 on the matching and 0 everywhere else; ``largest_off_diagonal`` is the largest
-  unmatched cell (its part, concept and flip rate).
+  unmatched cell (its part, concept and flip rate). ``by_counterfactual`` splits the species-part
+  rows by what the repaint makes: another ``trained_species`` (16 of the 72 single-part swaps of
+  the 24 species) or a ``new_combination`` of part colours that no species has, so never seen in
+  training; a species lookup table is part-specific on the first and not on the second.
 * ``capacity_ceiling``: mAP of the per-part oracle code at the model's code length
   (:func:`per_part_capacity_ceiling`): what a perfect per-part code of this size can reach.
 * ``centre_part_nmi``: M x species-parts NMI, over the 24 species, between the sign pattern of each
@@ -85,6 +88,7 @@ from core.data.toybirds import (
     PARTS,
     SPECIES,
     SPECIES_PARTS,
+    ToyBirdSample,
     patch_coverage,
     per_part_codes,
     render_counterfactual,
@@ -383,10 +387,44 @@ def part_swap_summary(flip_rates: np.ndarray) -> dict[str, Any]:
     }
 
 
-def part_swap_metrics(original: np.ndarray, swapped: np.ndarray) -> dict[str, Any]:
-    """The part-swap matrix (parts x concepts flip rates) and its summary; inputs as for the rates."""
+def part_swap_metrics(
+    original: np.ndarray, swapped: np.ndarray, new_combination: np.ndarray | None = None
+) -> dict[str, Any]:
+    """The part-swap matrix (parts x concepts flip rates) and its summary; inputs as for the rates.
+
+    With ``new_combination`` (parts, N), True where the repainted bird's species parts match no
+    species of the table, the species-part rows are also split into swaps that give another
+    trained species and swaps that give a combination never seen in training
+    (``by_counterfactual``): a code can be part-specific on the first and not on the second.
+    """
     rates = part_swap_flip_rates(original, swapped)
-    return {"parts": list(PARTS), "matrix": rates.round(4).tolist(), **part_swap_summary(rates)}
+    result = {"parts": list(PARTS), "matrix": rates.round(4).tolist(), **part_swap_summary(rates)}
+    if new_combination is not None:
+        result["by_counterfactual"] = {
+            name: _species_part_swap(original, swapped, np.asarray(new_combination) == novel)
+            for name, novel in (("trained_species", False), ("new_combination", True))
+        }
+    return result
+
+
+def _species_part_swap(original: np.ndarray, swapped: np.ndarray, chosen: np.ndarray) -> dict[str, Any]:
+    """Part-swap matrix and summary over the species parts, each row from its ``chosen`` images only."""
+    rows = [
+        part_swap_flip_rates(original[chosen[p]], swapped[p : p + 1, chosen[p]])[0]
+        if chosen[p].any()
+        else np.full(swapped.shape[2], np.nan)
+        for p in range(N_SPECIES_PARTS)
+    ]
+    counts = [int(chosen[p].sum()) for p in range(N_SPECIES_PARTS)]
+    rates = np.array(rows)
+    if np.isnan(rates).any():
+        return {"parts": list(SPECIES_PARTS), "pairs": counts, "matrix": None}
+    return {
+        "parts": list(SPECIES_PARTS),
+        "pairs": counts,
+        "matrix": rates.round(4).tolist(),
+        **part_swap_summary(rates),
+    }
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -410,12 +448,12 @@ def encode_images(
     return np.concatenate(codes) if codes else np.zeros((0, model.config.bits), dtype=np.int8)
 
 
-def counterfactual_images(split: ToyBirdsSplit, part_index: int) -> Iterator[Image.Image]:
+def counterfactual_samples(split: ToyBirdsSplit, part_index: int) -> Iterator[ToyBirdSample]:
     """Every query image redrawn with part ``PARTS[part_index]`` in its :func:`swap_colour` colour."""
     part = PARTS[part_index]
     for i in range(len(split)):
         value = swap_colour(i, part_index, split.sample(i).traits[part]["colour"])
-        yield render_counterfactual(split.split, i, part, value, split.seed, split.image_size).image
+        yield render_counterfactual(split.split, i, part, value, split.seed, split.image_size)
 
 
 def part_swap(
@@ -423,10 +461,13 @@ def part_swap(
 ) -> dict[str, Any]:
     """Part-swap matrix of the model: 4 x N counterfactual renders, compared to the query codes."""
     n, m = len(query_codes), model.n_concepts
-    swapped = np.stack(
-        [encode_images(model, backbone, counterfactual_images(split, p)) for p in range(len(PARTS))]
-    )
-    return part_swap_metrics(query_codes.reshape(n, m, -1), swapped.reshape(len(PARTS), n, m, -1))
+    codes, new_combination = [], []
+    for p in range(len(PARTS)):
+        samples = list(counterfactual_samples(split, p))
+        codes.append(encode_images(model, backbone, (sample.image for sample in samples)))
+        new_combination.append([sample.species is None for sample in samples])
+    swapped = np.stack(codes).reshape(len(PARTS), n, m, -1)
+    return part_swap_metrics(query_codes.reshape(n, m, -1), swapped, np.array(new_combination))
 
 
 def flip_invariance(
