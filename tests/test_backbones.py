@@ -64,6 +64,48 @@ def test_extra_tokens_can_join_at_a_later_block(tiny):
         vit_forward(tiny.visual, pixels, extra_tokens=extra, extra_from_block=blocks)
 
 
+def test_depth_runs_only_the_first_blocks(tiny):
+    pixels = torch.randn(2, 3, tiny.image_size, tiny.image_size)
+    extra = torch.randn(3, tiny.width)
+    full = vit_forward(tiny.visual, pixels, extra_tokens=extra, return_hidden_states=True)
+    blocks = len(tiny.visual.transformer.resblocks)
+    for depth in range(1, blocks + 1):
+        out = vit_forward(tiny.visual, pixels, extra_tokens=extra, depth=depth, attention_layers="all")
+        torch.testing.assert_close(out.last_hidden, full.hidden_states[depth - 1])
+        assert len(out.attentions) == depth
+    for bad in (0, blocks + 1):
+        with pytest.raises(ValueError, match="depth"):
+            vit_forward(tiny.visual, pixels, depth=bad)
+
+
+def patch_pixels(tiny, pixels, patches, value):
+    """``pixels`` with every patch in ``patches`` (flat grid indices) set to ``value``."""
+    out, size = pixels.clone(), tiny.image_size // tiny.grid_size[1]
+    for p in patches:
+        row, col = divmod(int(p), tiny.grid_size[1])
+        out[:, :, row * size : (row + 1) * size, col * size : (col + 1) * size] = value
+    return out
+
+
+def test_keep_patches_sees_only_the_kept_patches(tiny):
+    pixels = torch.randn(2, 3, tiny.image_size, tiny.image_size)
+    n_patches = tiny.grid_size[0] * tiny.grid_size[1]
+    every = torch.arange(n_patches).expand(2, -1)
+    torch.testing.assert_close(
+        vit_forward(tiny.visual, pixels, keep_patches=every).pooled, vit_forward(tiny.visual, pixels).pooled
+    )
+    keep = torch.tensor([[0, 5, 9], [3, 4, 10]])
+    out = vit_forward(tiny.visual, pixels, extra_tokens=torch.randn(2, tiny.width), keep_patches=keep)
+    assert out.n_patches == 3 and out.tokens.shape[1] == 1 + 3 + 2
+    # repainting any patch that was not kept changes nothing; repainting a kept one does
+    dropped = [p for p in range(n_patches) if p not in (0, 3, 4, 5, 9, 10)]
+    same = vit_forward(tiny.visual, patch_pixels(tiny, pixels, dropped, 3.0), keep_patches=keep)
+    torch.testing.assert_close(same.pooled, vit_forward(tiny.visual, pixels, keep_patches=keep).pooled)
+    moved = vit_forward(tiny.visual, patch_pixels(tiny, pixels, [5], 3.0), keep_patches=keep)
+    assert not torch.allclose(moved.pooled[0], same.pooled[0])  # image 0 kept patch 5
+    torch.testing.assert_close(moved.pooled[1], same.pooled[1])  # image 1 did not
+
+
 @pytest.mark.parametrize("which", ["attention", "mlp"])
 def test_zero_initialised_adapters_leave_the_forward_unchanged(tiny, which):
     pixels = torch.randn(2, 3, tiny.image_size, tiny.image_size)

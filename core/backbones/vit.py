@@ -110,17 +110,30 @@ def vit_forward(
     attention_layers: AttentionLayers = "none",
     return_hidden_states: bool = False,
     extra_from_block: int = 0,
+    keep_patches: torch.Tensor | None = None,
+    depth: int | None = None,
 ) -> ViTOutput:
     """Run the vision tower with optional extra tokens (B, M, width) or (M, width) and per-block
     (attention, MLP) adapter pairs. The extra tokens join before block ``extra_from_block``
-    (0: before ``ln_pre``, with the patches; k > 0: after block k - 1, through ``ln_pre``)."""
+    (0: before ``ln_pre``, with the patches; k > 0: after block k - 1, through ``ln_pre``).
+
+    ``keep_patches`` (B, k) indices into the patch grid keep only those patches (each with its
+    own positional embedding) besides CLS: the tower then sees nothing else of the image.
+    ``depth`` runs only the first ``depth`` blocks (None: all); everything returned, ``ln_post`` and
+    the pooled output included, is then computed from the output of block ``depth - 1``."""
     check_supported(visual)
     blocks = visual.transformer.resblocks
     if adapters is not None and len(adapters) != len(blocks):
         raise ValueError(f"Got {len(adapters)} adapters for {len(blocks)} blocks.")
+    if depth is not None and not 1 <= depth <= len(blocks):
+        raise ValueError(f"depth must be in [1, {len(blocks)}], not {depth}.")
+    blocks = blocks[:depth] if depth is not None else blocks
     if not 0 <= extra_from_block < len(blocks):
         raise ValueError(f"extra_from_block must be in [0, {len(blocks)}), not {extra_from_block}.")
     x = patch_embeddings(visual, images)
+    if keep_patches is not None:
+        index = (keep_patches + 1).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        x = torch.cat([x[:, :1], torch.gather(x, 1, index)], dim=1)
     n_patches = x.shape[1] - 1
     extra = None
     if extra_tokens is not None:
