@@ -293,6 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="concept tokens take part only in the last N blocks (0: all blocks, as in the reference)",
     )
     model.add_argument(
+        "--concept-depth",
+        type=non_negative_int,
+        default=HASH.concept_depth,
+        help="not in the paper: read the concept tokens after the first N blocks (0: after all blocks)",
+    )
+    model.add_argument(
+        "--locality-weight",
+        type=non_negative_float,
+        default=HASH.locality_weight,
+        help="weight of L_loc (not in the paper; 0 = off): the code rebuilt from each concept's own "
+        "most-attended patches must still hit its class centre",
+    )
+    model.add_argument(
+        "--locality-patches",
+        type=positive_int_at_most(64),
+        default=HASH.locality_patches,
+        help="patches each concept keeps for L_loc",
+    )
+    model.add_argument(
         "--oracle-centres",
         action="store_true",
         help="diagnostic (ToyBirds, uses part labels): fixed per-part centres, to see what the encoder does "
@@ -549,6 +568,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             language_guidance=not args.no_language_guidance,
             oracle_centres=args.oracle_centres,
             concept_blocks=args.concept_blocks,
+            concept_depth=args.concept_depth,
+            locality_weight=args.locality_weight,
+            locality_patches=args.locality_patches,
             mode=args.mode,
         )
         train_config = TrainConfig(

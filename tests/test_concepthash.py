@@ -88,10 +88,10 @@ def test_config_rejects_uneven_split():
         ConceptHashConfig(bits=10, n_concepts=3)
 
 
-@pytest.mark.parametrize("concept_blocks", [0, 1])
-def test_forward_shapes_and_codes(backbone, concept_blocks):
-    model = make_model(backbone, concept_blocks=concept_blocks).eval()
-    blocks = len(backbone.visual.transformer.resblocks)
+@pytest.mark.parametrize(("concept_blocks", "concept_depth"), [(0, 0), (1, 0), (0, 1), (1, 2)])
+def test_forward_shapes_and_codes(backbone, concept_blocks, concept_depth):
+    model = make_model(backbone, concept_blocks=concept_blocks, concept_depth=concept_depth).eval()
+    blocks = concept_depth or len(backbone.visual.transformer.resblocks)
     assert model.concept_entry_block == (blocks - 1 if concept_blocks else 0)
     pixels = torch.randn(5, 3, backbone.image_size, backbone.image_size)
     out = model(pixels)
@@ -103,6 +103,21 @@ def test_forward_shapes_and_codes(backbone, concept_blocks):
     assert model.hash_centres().shape == (3, 6)
     # attention to the patches is part of a softmax row, so it sums to at most 1
     assert float(out.concept_attention.detach().sum(-1).max()) <= 1.0 + 1e-5
+
+
+def test_concept_depth_reads_the_concepts_after_that_block(backbone):
+    """With ``concept_depth`` d, later blocks play no part: changing them changes no code."""
+    model = make_model(backbone, concept_depth=1).eval()
+    pixels = torch.randn(3, 3, backbone.image_size, backbone.image_size)
+    before = model(pixels)
+    assert len(before.attentions) == 1  # the attention of block 0, the last block run
+    with torch.no_grad():
+        for parameter in model.adapters[1:].parameters():
+            parameter.add_(1.0)
+    torch.testing.assert_close(model(pixels).u, before.u)
+    with torch.no_grad():
+        model.adapters[0].mlp.up.bias.add_(1.0)
+    assert not torch.allclose(model(pixels).u, before.u)
 
 
 def test_shared_hash_head_and_specificity(backbone):
@@ -159,6 +174,46 @@ def test_csd_weight_changes_the_total(backbone):
     with_csd, without = make_model(backbone, csd_weight=1.0), make_model(backbone, csd_weight=0.0)
     t1, t0 = with_csd.loss(with_csd(pixels), labels), without.loss(without(pixels), labels)
     assert t1["total"].item() - t0["total"].item() == pytest.approx(t1["csd"].item(), rel=1e-4)
+
+
+def test_local_codes_read_only_each_concepts_own_patches(backbone):
+    """L_loc's code: sub-code m comes from the patches concept m attends to most, and from nothing else."""
+    model = make_model(backbone, locality_patches=2).train()
+    n_patches = backbone.grid_size[0] * backbone.grid_size[1]
+    pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size)
+    attention = torch.zeros(4, 3, n_patches)
+    attention[:, 0, [0, 1]] = 1.0  # concept 0 looks at patches 0 and 1, concept 1 at 2 and 3, ...
+    attention[:, 1, [2, 3]] = 1.0
+    attention[:, 2, [4, 5]] = 1.0
+    base = model.local_codes(pixels, attention)
+    assert base.shape == (4, 6)
+    # batch statistics of a fixed batch: repaint patch 2 (concept 1's) in every image, so only
+    # sub-code 1 (bits 2, 3) can move; patches nobody keeps move nothing
+    size = backbone.image_size // backbone.grid_size[1]
+    repainted = pixels.clone()
+    repainted[:, :, :size, 2 * size : 3 * size] = 5.0
+    moved = model.local_codes(repainted, attention)
+    assert not torch.allclose(moved[:, 2:4], base[:, 2:4])
+    torch.testing.assert_close(moved[:, [0, 1, 4, 5]], base[:, [0, 1, 4, 5]])
+    ignored = pixels.clone()
+    ignored[:, :, -size:, -size:] = 5.0  # the last patch of the grid
+    torch.testing.assert_close(model.local_codes(ignored, attention), base)
+
+
+def test_locality_weight_adds_the_local_code_loss(backbone):
+    pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size)
+    labels = torch.tensor([0, 1, 2, 0])
+    with_loc, without = make_model(backbone, locality_weight=0.5), make_model(backbone)
+    t1, t0 = with_loc.loss(with_loc(pixels), labels, pixels), without.loss(without(pixels), labels)
+    assert "loc" not in t0
+    out = with_loc(pixels)
+    local = with_loc.local_codes(pixels, out.concept_attention)
+    centres = with_loc.hash_centres()
+    expected = losses.clf_loss(local, centres, labels) + losses.quan_loss(local, centres, labels)
+    assert t1["loc"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert t1["total"].item() - t0["total"].item() == pytest.approx(0.5 * t1["loc"].item(), rel=1e-4)
+    with pytest.raises(ValueError, match="pixels"):
+        with_loc.loss(with_loc(pixels), labels)
 
 
 def test_heatmaps(backbone):

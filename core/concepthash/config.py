@@ -30,6 +30,14 @@ class ConceptHashConfig:
     center_hidden: int = 256
     # Blocks the concept tokens take part in, counted from the last (0: all, as in the reference).
     concept_blocks: int = 0
+    # Not in the paper (0 = all blocks): read the concept tokens after the first N blocks, where the
+    # patch tokens have mixed in little of the rest of the image, so a concept knows mostly what it sees.
+    concept_depth: int = 0
+    # Not in the paper (0 = off): L_loc, each concept re-encodes only the `locality_patches` patches
+    # it attends to most, and the code assembled from these local sub-codes must still hit its class
+    # centre; so each slice of the centres has to be predictable from one concept's own region.
+    locality_weight: float = 0.0
+    locality_patches: int = 6
     language_guidance: bool = True
     # Diagnostic, not ConceptHash: fixed ToyBirds per-part centres built from the species' part colours
     # (part labels!), to measure what the encoder does when its targets are part-specific.
@@ -46,6 +54,8 @@ class ConceptHashConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("concepts", "cls"):
             raise ValueError(f"mode must be 'concepts' or 'cls', not {self.mode!r}.")
+        if self.locality_patches < 1:
+            raise ValueError("locality_patches must be positive.")
         if self.bits < 1 or self.n_concepts < 1:
             raise ValueError("bits and concepts must be positive.")
         if self.oracle_centres and self.mode != "concepts":

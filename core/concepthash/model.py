@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.backbones.clip import Backbone
@@ -175,8 +176,15 @@ class ConceptHash(nn.Module):
         return torch.from_numpy(per_part_codes(config.bits, config.n_concepts).astype("float32"))
 
     @property
-    def concept_entry_block(self) -> int:
+    def depth(self) -> int | None:
+        """Blocks run before the concept tokens are read (None: all, as in the reference)."""
         n_blocks = len(self.backbone.visual.transformer.resblocks)
+        depth = self.config.concept_depth
+        return None if depth <= 0 or depth >= n_blocks or self.config.mode != "concepts" else depth
+
+    @property
+    def concept_entry_block(self) -> int:
+        n_blocks = self.depth or len(self.backbone.visual.transformer.resblocks)
         blocks = self.config.concept_blocks
         return 0 if blocks <= 0 or blocks >= n_blocks or self.config.mode != "concepts" else n_blocks - blocks
 
@@ -204,6 +212,7 @@ class ConceptHash(nn.Module):
             adapters=[block.pair() for block in self.adapters],
             attention_layers=attention_layers,
             extra_from_block=self.concept_entry_block,
+            depth=self.depth,
         )
         n_patches = out.n_patches
         z = out.last_hidden[:, n_patches + 1 :] if self.config.mode == "concepts" else out.last_hidden[:, :1]
@@ -216,8 +225,32 @@ class ConceptHash(nn.Module):
             concept_attention = last.mean(dim=1)[:, rows, 1 : n_patches + 1]
         return ConceptHashOutput(u, z, concept_attention, out.attentions)
 
-    def loss(self, output: ConceptHashOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every loss term and the weighted total."""
+    def local_codes(self, pixels: torch.Tensor, concept_attention: torch.Tensor) -> torch.Tensor:
+        """The code assembled from local views: sub-code m of image i computed from only the
+        ``locality_patches`` patches concept m attends to most in ``concept_attention`` (B, M, P),
+        then batch-normalised with this batch's statistics and the code's BN affine (B, K)."""
+        n_concepts = self.n_concepts
+        k = min(self.config.locality_patches, concept_attention.shape[-1])
+        keep = concept_attention.detach().topk(k, dim=-1).indices.flatten(0, 1)  # (B*M, k)
+        tokens = self.concept_tokens() if self.concept_tokens is not None else None
+        out = vit_forward(
+            self.backbone.visual,
+            pixels.repeat_interleave(n_concepts, dim=0),
+            extra_tokens=tokens,
+            adapters=[block.pair() for block in self.adapters],
+            extra_from_block=self.concept_entry_block,
+            keep_patches=keep,
+            depth=self.depth,
+        )
+        z = out.last_hidden[:, k + 1 :].reshape(len(pixels), n_concepts, n_concepts, -1)
+        own = z[:, torch.arange(n_concepts), torch.arange(n_concepts)]  # concept m from its own view
+        sub_codes = self.hash_head(own + self.specificity.unsqueeze(0)).flatten(1)
+        return F.batch_norm(sub_codes, None, None, self.bn.weight, self.bn.bias, training=True)
+
+    def loss(
+        self, output: ConceptHashOutput, labels: torch.Tensor, pixels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every loss term and the weighted total (L_loc needs the batch's ``pixels``)."""
         cfg = self.config
         centers = self.hash_centres()
         terms = {
@@ -234,7 +267,20 @@ class ConceptHash(nn.Module):
         }
         if output.concept_attention is not None:
             terms["csd"] = losses.csd_loss(output.concept_attention)
-        weights = {"clf": cfg.clf_weight, "quan": cfg.quan_weight, "cd": cfg.cd_weight, "csd": cfg.csd_weight}
+        if cfg.locality_weight > 0 and cfg.mode == "concepts":
+            if pixels is None or output.concept_attention is None:
+                raise ValueError("L_loc needs the batch's pixels and the concepts' last-layer attention.")
+            local = self.local_codes(pixels, output.concept_attention)
+            terms["loc"] = losses.clf_loss(local, centers, labels, cfg.scale, cfg.margin) + losses.quan_loss(
+                local, centers, labels, cfg.scale, cfg.margin
+            )
+        weights = {
+            "clf": cfg.clf_weight,
+            "quan": cfg.quan_weight,
+            "cd": cfg.cd_weight,
+            "csd": cfg.csd_weight,
+            "loc": cfg.locality_weight,
+        }
         terms["total"] = sum(weights[name] * value for name, value in terms.items())
         return terms
 

@@ -225,7 +225,7 @@ def concepthash_loss(
     model: ConceptHash, pixels: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The loss terms of one batch (``total`` among them)."""
-    return model.loss(model(pixels), labels)
+    return model.loss(model(pixels), labels, pixels)
 
 
 def global_terms(terms: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:
