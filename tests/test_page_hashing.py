@@ -165,6 +165,22 @@ SWAP = {
     "matched_flip_rate_min": 0.8,
     "largest_off_diagonal": {"part": "tail", "concept": 2, "flip_rate": 0.3},
 }
+BY_COUNTERFACTUAL = {  # species-part repaints split by what they make (core.concepthash.evaluate)
+    "trained_species": {
+        "parts": ["head", "wing", "body"],
+        "pairs": [5, 6, 7],
+        "matrix": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        "matched_flip_rate_mean": 1.0,
+        "largest_off_diagonal": {"part": "head", "concept": 1, "flip_rate": 0.0},
+    },
+    "new_combination": {
+        "parts": ["head", "wing", "body"],
+        "pairs": [20, 21, 22],
+        "matrix": [[0.5, 0.7, 0.6], [0.6, 0.5, 0.6], [0.6, 0.6, 0.5]],
+        "matched_flip_rate_mean": 0.55,
+        "largest_off_diagonal": {"part": "head", "concept": 1, "flip_rate": 0.7},
+    },
+}
 LOCALISED = {"localization": {"concepts": [{"concept": 0, "part": "head", "hit_rate": 0.5, "random": 0.1}]}}
 
 
@@ -203,6 +219,15 @@ def test_part_swap_table_summary_and_figure():
     fig = hashing.part_swap_figure(table, matched)
     assert np.allclose(np.asarray(fig.data[0].z), SWAP["matrix"]) and len(fig.layout.shapes) == 3
     assert fig.layout.shapes[0].x0 == -0.5 and fig.layout.shapes[0].y0 == 0.5  # concept 0, wing row
+
+    assert hashing.part_swap_split_table(SWAP) is None, "evaluated before the split"
+    split = hashing.part_swap_split_table({**SWAP, "by_counterfactual": BY_COUNTERFACTUAL})
+    assert split["repaints"].tolist() == [18, 63]
+    assert split["matched sub-code flips"].tolist() == [1.0, 0.55]
+    assert split["largest unmatched flip"].tolist() == [0.0, 0.7]
+    assert split["the repaint"].str.contains("no species has").tolist() == [False, True]
+    one_kind = {"trained_species": BY_COUNTERFACTUAL["trained_species"], "new_combination": {"matrix": None}}
+    assert len(hashing.part_swap_split_table({**SWAP, "by_counterfactual": one_kind})) == 1
 
     cls = {"parts": SWAP["parts"], "matrix": [[0.9], [0.8], [0.7], [0.4]]}
     table, matched = hashing.part_swap_table(cls, {}, cls_baseline=True)
@@ -530,7 +555,7 @@ def test_hash_codes_page(dashboard, loaded):
     order = hashing.bit_matrix_order(codes, labels, "class")
     assert np.array_equal(chart_z(charts[0]), codes[order] > 0)
     assert np.allclose(chart_z(charts[-1]), loaded.metrics["subcode_part_nmi"]["matrix"])
-    local = app.dataframe[0].value
+    local = next(frame.value for frame in app.dataframe if "concept" in frame.value.columns)
     assert local["part"].tolist() == [c["part"] for c in loaded.metrics["localization"]["concepts"]]
     assert {b.label for b in app.get("download_button")} >= {
         "Download bit-matrix (HTML)",
@@ -720,6 +745,7 @@ def swap_bundles(tiny_bundles, tmp_path_factory) -> tuple[Path, tuple[str, ...]]
         "matched_flip_rate_mean": 0.9,
         "matched_flip_rate_min": 0.9,
         "largest_off_diagonal": {"part": "tail", "concept": 2, "flip_rate": 0.3},
+        "by_counterfactual": BY_COUNTERFACTUAL,
     }
     write_part_swap(root / "toy-hash-csd", tiny_bundles, swap)
     return root, matched
@@ -794,8 +820,10 @@ def test_hash_codes_page_names_concepts_by_part_swap(dashboard, swap_bundles, mo
         in markdown_text(app)
     )
     assert "Download part-swap (CSV)" in {b.label for b in app.get("download_button")}
+    split = next(frame.value for frame in app.dataframe if "the repaint" in frame.value.columns)
+    assert split["largest unmatched flip"].tolist() == [0.0, 0.7]
     assert app.selectbox(key="hash_bit").options[0] == f"c0·b0 ({named[0]})"
-    local = app.dataframe[0].value
+    local = next(frame.value for frame in app.dataframe if "concept" in frame.value.columns)
     assert local["concept"].tolist() == [
         f"c{c['concept']} ≈ {matched[c['concept']]}" for c in loaded_metrics(root)["localization"]["concepts"]
     ]

@@ -344,6 +344,36 @@ def part_swap_summary(swap: dict[str, Any], names: dict[int, str]) -> str:
     return "; ".join(sentences) + "." if sentences else ""
 
 
+SPLIT_ROWS = {
+    "trained_species": "gives another species of the training set",
+    "new_combination": "gives a colour combination no species has",
+}
+
+
+def part_swap_split_table(swap: dict[str, Any]) -> pd.DataFrame | None:
+    """The species-part repaints split by what they make (``by_counterfactual``): one row per kind, with the
+    number of repaints, the matched sub-codes' mean flip rate and the largest unmatched one; None when the
+    bundle's metrics have no split (evaluated before it) or a kind has no repaint."""
+    split = swap.get("by_counterfactual")
+    if not isinstance(split, dict):
+        return None
+    rows = []
+    for key, meaning in SPLIT_ROWS.items():
+        part = split.get(key)
+        if not isinstance(part, dict) or part.get("matrix") is None:
+            continue
+        off = part.get("largest_off_diagonal") or {}
+        rows.append(
+            {
+                "the repaint": meaning,
+                "repaints": int(sum(part.get("pairs", []))),
+                "matched sub-code flips": float(part.get("matched_flip_rate_mean", float("nan"))),
+                "largest unmatched flip": float(off.get("flip_rate", float("nan"))),
+            }
+        )
+    return pd.DataFrame(rows) if rows else None
+
+
 def unit_heatmap(
     values: np.ndarray, x: list, y: list, colorscale: str, decimals: int, hover: str, title: str
 ) -> go.Figure:

@@ -43,6 +43,7 @@ from lens.hashing import (
     nmi_table,
     part_swap,
     part_swap_figure,
+    part_swap_split_table,
     part_swap_summary,
     part_swap_table,
     stored_heatmaps,
@@ -333,6 +334,14 @@ def show_part_swap(info, loaded, db: Database) -> None:
     download_table(
         swap_table.rename_axis("part repainted").reset_index().round(4), "part-swap", key="hash_swap_csv"
     )
+    split = None if db.cls_baseline else part_swap_split_table(swap)
+    if split is not None:
+        st.caption(
+            "Most repaints make a bird no species has (the 24 species use 24 of the 64 colour "
+            "combinations), so the model never saw it in training. A code that only looks the species up "
+            "is part-specific on the first row and not on the second; a part code is on both."
+        )
+        st.dataframe(split.round(3), hide_index=True, key="hash_swap_split")
 
 
 def show_subcodes_vs_parts(loaded, db: Database) -> None:
