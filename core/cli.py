@@ -420,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--seed", type=seed_int, help="score on fresh ToyBirds samples drawn with this seed"
     )
+    evaluate.add_argument(
+        "--store",
+        action="store_true",
+        help="also write the metrics into the bundle's config.json (its own data only, so not with --seed); "
+        "a bundle trained before a metric existed then shows it in the dashboard without retraining",
+    )
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_verbose_argument(evaluate)
 
@@ -610,9 +616,17 @@ def print_summary(result: dict[str, Any], indent: str = "") -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from core.kinds import evaluate_any
+    from core.kinds import evaluate_any, store_metrics
 
+    if args.store and args.seed is not None:
+        raise ValueError(
+            "--store keeps the metrics of the bundle's own data; "
+            "scores on fresh samples (--seed) are not stored."
+        )
     result = evaluate_any(args.bundle, seed=args.seed, device=args.device)
+    if args.store:
+        store_metrics(args.bundle, result)
+        log(f"Stored the metrics in {args.bundle / 'config.json'}.")
     if args.json:
         print(json.dumps(result))
     else:

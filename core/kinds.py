@@ -79,3 +79,17 @@ def load_any(bundle: str | Path, device: str = "auto") -> Any:
 def evaluate_any(bundle: str | Path, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
     """Evaluate a bundle of any kind; the kind is read from the bundle."""
     return kind_of(bundle).evaluate(bundle, seed=seed, device=device)
+
+
+# What an evaluator's report says about the run rather than measures: not stored as metrics.
+REPORT_KEYS = ("kind", "bundle", "data")
+
+
+def store_metrics(bundle: str | Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Merge the metrics of ``report`` (an :func:`evaluate_any` result on the bundle's own data) into the
+    bundle's ``config.json`` atomically, weights and arrays untouched; returns what was stored."""
+    from core.bundle import update_bundle_arrays
+
+    metrics = {key: value for key, value in report.items() if key not in REPORT_KEYS}
+    update_bundle_arrays(bundle, {}, metrics=metrics)
+    return metrics

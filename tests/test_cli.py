@@ -287,3 +287,37 @@ def test_from_args_fills_a_dataclass_from_flags_named_like_its_fields():
     args = argparse.Namespace(n_db=5, kinds=["ivf", "hnsw"], other=3)
     assert from_args(Config, args) == Config(n_db=5, kinds=("ivf", "hnsw"))
     assert from_args(Config, args, untouched="x").untouched == "x"
+
+
+def test_eval_store_writes_the_bundles_own_metrics_and_nothing_else(tmp_path, capsys):
+    """``eval --store`` merges a fresh eval's metrics into config.json; weights stay byte for byte; a
+    metric the bundle predates appears; scores on fresh samples (--seed) are refused before any work."""
+    from core.bundle import read_bundle_config
+
+    clip_dir = tmp_path / "clip"
+    code, _, err = run(
+        capsys, "train", "clip", "--config", "toyclip-tiny", "--epochs", "1", "--batch-size", "16",
+        "--out", str(clip_dir), *TINY,
+    )  # fmt: skip
+    assert code == 0, err
+    config_file = clip_dir / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    stored = dict(config["metrics"])
+    del config["metrics"]["zero_shot_accuracy"]  # as if trained before the metric existed
+    config["metrics"]["kept"] = 1.0  # a metric this eval does not compute stays
+    config_file.write_text(json.dumps(config), encoding="utf-8")
+    weights = (clip_dir / "weights.safetensors").read_bytes()
+
+    code, out, err = run(capsys, "eval", str(clip_dir), "--seed", "3", "--store")
+    assert code == 2 and "--store" in err and "Traceback" not in err
+    assert "zero_shot_accuracy" not in read_bundle_config(clip_dir)["metrics"]
+
+    code, out, err = run(capsys, "eval", str(clip_dir), "--json", "--store")
+    assert code == 0, err
+    fresh = json.loads(out)
+    metrics = read_bundle_config(clip_dir)["metrics"]
+    assert metrics["zero_shot_accuracy"] == fresh["zero_shot_accuracy"] == stored["zero_shot_accuracy"]
+    assert metrics["kept"] == 1.0
+    assert not {"kind", "bundle", "data"} & set(metrics), "what the report says about the run is not a metric"
+    assert (clip_dir / "weights.safetensors").read_bytes() == weights
+    assert "Stored the metrics" in err

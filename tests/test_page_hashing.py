@@ -875,8 +875,7 @@ def test_hash_codes_page_for_a_bundle_that_predates_part_swap(dashboard, tiny_bu
     app = dashboard("hash_codes")
     assert not app.exception, [e.value for e in app.exception]
     notes = [i.value for i in app.info if "predates the part-swap metric" in i.value]
-    assert len(notes) == 1 and f"conceptlens eval {tmp_path / 'old-hash'} --json" in notes[0]
-    assert "conceptlens reproduce" in notes[0]
+    assert len(notes) == 1 and f"conceptlens eval {tmp_path / 'old-hash'} --store" in notes[0]
     assert len(app.get("plotly_chart")) == 2, "bit matrix and NMI, no part-swap chart"
     # the concepts are still named, by the localisation matching
     assert localised and any(

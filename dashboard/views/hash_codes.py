@@ -56,8 +56,7 @@ PER_VALUE = 6  # images per sub-code value
 MAX_VALUES = 16  # sub-code values drawn (the most frequent ones)
 TILE = 112  # px
 SORT_LABELS = {"class": "By class", "code": "By code", "original": "Original order"}
-REEVALUATE = "conceptlens eval BUNDLE --json"  # prints every metric of a bundle, part_swap included
-REBUILD = "conceptlens reproduce"  # retrains and re-evaluates the shipped bundles, storing the metrics
+REEVALUATE = "conceptlens eval BUNDLE --store"  # evaluates the bundle again and stores every metric in it
 
 
 @st.cache_data(show_spinner="Computing attention maps ...", max_entries=64)
@@ -308,8 +307,8 @@ def show_part_swap(info, loaded, db: Database) -> None:
     if swap is None:
         st.info(
             f"'{info.name}' predates the part-swap metric: its bundle stores no part-swap matrix. "
-            f"`{REEVALUATE.replace('BUNDLE', info.path)}` computes it; to show it here, retrain the bundle "
-            f"(the shipped ones: `{REBUILD}`), which stores it with the other metrics."
+            f"`{REEVALUATE.replace('BUNDLE', info.path)}` computes it and stores it in the bundle (weights "
+            "untouched); reload the page afterwards to see it here."
         )
         return
     if db.cls_baseline:
