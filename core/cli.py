@@ -312,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="patches each concept keeps for L_loc",
     )
     model.add_argument(
+        "--focus-weight",
+        type=non_negative_float,
+        default=HASH.focus_weight,
+        help="weight of L_focus (not in the paper; 0 = off): the entropy of each concept's attention map",
+    )
+    model.add_argument(
         "--oracle-centres",
         action="store_true",
         help="diagnostic (ToyBirds, uses part labels): fixed per-part centres, to see what the encoder does "
@@ -577,6 +583,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             concept_depth=args.concept_depth,
             locality_weight=args.locality_weight,
             locality_patches=args.locality_patches,
+            focus_weight=args.focus_weight,
             mode=args.mode,
         )
         train_config = TrainConfig(

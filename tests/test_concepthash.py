@@ -83,6 +83,15 @@ def test_csd_loss_hand_computed():
 # ---- model ------------------------------------------------------------------------------------
 
 
+def test_focus_loss_hand_computed():
+    attention = torch.zeros(2, 2, 4)
+    attention[:, 0, 1] = 0.5  # one patch (renormalised): entropy 0
+    attention[:, 1] = 0.2  # all four alike: entropy log 4, normalised 1
+    assert losses.focus_loss(attention).item() == pytest.approx(0.5)
+    attention[0, 1] = torch.tensor([0.5, 0.5, 0.0, 0.0])  # two patches: log 2 / log 4
+    assert losses.focus_loss(attention).item() == pytest.approx((0 + 1 + 0 + 1) / 4 - 0.25 / 2)
+
+
 def test_config_rejects_uneven_split():
     with pytest.raises(ValueError, match="cannot be split evenly"):
         ConceptHashConfig(bits=10, n_concepts=3)
@@ -166,6 +175,16 @@ def test_cls_baseline_hashes_the_cls_token(backbone):
     assert model.concept_tokens is None
     assert out.concept_features.shape == (2, 1, backbone.width)
     assert model.hash_head.weight.shape == (6, backbone.width)
+
+
+def test_focus_weight_adds_its_term(backbone):
+    pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size)
+    labels = torch.tensor([0, 1, 2, 0])
+    focused, plain = make_model(backbone, focus_weight=2.0), make_model(backbone)
+    t1, t0 = focused.loss(focused(pixels), labels), plain.loss(plain(pixels), labels)
+    assert "focus" not in t0
+    assert t1["focus"].item() == pytest.approx(losses.focus_loss(focused(pixels).concept_attention).item())
+    assert t1["total"].item() - t0["total"].item() == pytest.approx(2.0 * t1["focus"].item(), rel=1e-4)
 
 
 def test_csd_weight_changes_the_total(backbone):

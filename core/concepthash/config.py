@@ -38,6 +38,9 @@ class ConceptHashConfig:
     # centre; so each slice of the centres has to be predictable from one concept's own region.
     locality_weight: float = 0.0
     locality_patches: int = 6
+    # Not in the paper (0 = off): L_focus, the normalised entropy of each concept's read-out attention,
+    # so that a concept gathers from a few patches rather than from the whole image.
+    focus_weight: float = 0.0
     language_guidance: bool = True
     # Diagnostic, not ConceptHash: fixed ToyBirds per-part centres built from the species' part colours
     # (part labels!), to measure what the encoder does when its targets are part-specific.

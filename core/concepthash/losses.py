@@ -6,6 +6,8 @@ All classification-style terms use a margin cosine softmax (CosFace): logits are
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -71,3 +73,15 @@ def csd_loss(concept_attention: torch.Tensor) -> torch.Tensor:
         return gram.new_zeros(())
     off_diagonal = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=-1)
     return (off_diagonal / (n * (n - 1))).mean()
+
+
+def focus_loss(concept_attention: torch.Tensor) -> torch.Tensor:
+    """Spread of each concept's attention over the patches: the entropy of its map (renormalised over the
+    patches) divided by log(P), so 0 when it looks at one patch and 1 when at all alike; mean over
+    concepts and batch. Not in the paper (``ConceptHashConfig.focus_weight``)."""
+    n_patches = concept_attention.shape[-1]
+    if n_patches < 2:
+        return concept_attention.new_zeros(())
+    maps = concept_attention / concept_attention.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    entropy = -(maps * maps.clamp_min(1e-12).log()).sum(dim=-1)
+    return (entropy / math.log(n_patches)).mean()

@@ -267,6 +267,8 @@ class ConceptHash(nn.Module):
         }
         if output.concept_attention is not None:
             terms["csd"] = losses.csd_loss(output.concept_attention)
+            if cfg.focus_weight > 0:
+                terms["focus"] = losses.focus_loss(output.concept_attention)
         if cfg.locality_weight > 0 and cfg.mode == "concepts":
             if pixels is None or output.concept_attention is None:
                 raise ValueError("L_loc needs the batch's pixels and the concepts' last-layer attention.")
@@ -280,6 +282,7 @@ class ConceptHash(nn.Module):
             "cd": cfg.cd_weight,
             "csd": cfg.csd_weight,
             "loc": cfg.locality_weight,
+            "focus": cfg.focus_weight,
         }
         terms["total"] = sum(weights[name] * value for name, value in terms.items())
         return terms
