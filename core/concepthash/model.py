@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.backbones.clip import Backbone
-from core.backbones.vit import vit_forward
+from core.backbones.vit import ViTOutput, vit_forward
 from core.concepthash import losses
 from core.concepthash.config import ConceptHashConfig, bits_per_concept
 
@@ -203,17 +203,23 @@ class ConceptHash(nn.Module):
         self.backbone.model.eval()
         return self
 
-    def forward(self, pixels: torch.Tensor, attention_layers: str = "last") -> ConceptHashOutput:
-        tokens = self.concept_tokens() if self.concept_tokens is not None else None
-        out = vit_forward(
+    def run_tower(
+        self, pixels: torch.Tensor, attention_layers: str = "none", keep_patches: torch.Tensor | None = None
+    ) -> ViTOutput:
+        """The frozen tower with this model's concept tokens, adapters, entry block and depth."""
+        return vit_forward(
             self.backbone.visual,
             pixels,
-            extra_tokens=tokens,
+            extra_tokens=self.concept_tokens() if self.concept_tokens is not None else None,
             adapters=[block.pair() for block in self.adapters],
             attention_layers=attention_layers,
             extra_from_block=self.concept_entry_block,
+            keep_patches=keep_patches,
             depth=self.depth,
         )
+
+    def forward(self, pixels: torch.Tensor, attention_layers: str = "last") -> ConceptHashOutput:
+        out = self.run_tower(pixels, attention_layers=attention_layers)
         n_patches = out.n_patches
         z = out.last_hidden[:, n_patches + 1 :] if self.config.mode == "concepts" else out.last_hidden[:, :1]
         sub_codes = self.hash_head(z + self.specificity.unsqueeze(0))
@@ -232,16 +238,7 @@ class ConceptHash(nn.Module):
         n_concepts = self.n_concepts
         k = min(self.config.locality_patches, concept_attention.shape[-1])
         keep = concept_attention.detach().topk(k, dim=-1).indices.flatten(0, 1)  # (B*M, k)
-        tokens = self.concept_tokens() if self.concept_tokens is not None else None
-        out = vit_forward(
-            self.backbone.visual,
-            pixels.repeat_interleave(n_concepts, dim=0),
-            extra_tokens=tokens,
-            adapters=[block.pair() for block in self.adapters],
-            extra_from_block=self.concept_entry_block,
-            keep_patches=keep,
-            depth=self.depth,
-        )
+        out = self.run_tower(pixels.repeat_interleave(n_concepts, dim=0), keep_patches=keep)
         z = out.last_hidden[:, k + 1 :].reshape(len(pixels), n_concepts, n_concepts, -1)
         own = z[:, torch.arange(n_concepts), torch.arange(n_concepts)]  # concept m from its own view
         sub_codes = self.hash_head(own + self.specificity.unsqueeze(0)).flatten(1)
