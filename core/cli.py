@@ -312,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="patches each concept keeps for L_loc",
     )
     model.add_argument(
+        "--centres-from-local",
+        action="store_true",
+        help="with --locality-weight: only L_loc trains the hash centres; the whole-image code follows them",
+    )
+    model.add_argument(
         "--focus-weight",
         type=non_negative_float,
         default=HASH.focus_weight,
@@ -584,6 +589,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             locality_weight=args.locality_weight,
             locality_patches=args.locality_patches,
             focus_weight=args.focus_weight,
+            centres_from_local=args.centres_from_local,
             mode=args.mode,
         )
         train_config = TrainConfig(

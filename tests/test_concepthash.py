@@ -177,6 +177,24 @@ def test_cls_baseline_hashes_the_cls_token(backbone):
     assert model.hash_head.weight.shape == (6, backbone.width)
 
 
+def test_centres_from_local_lets_only_the_local_code_move_the_centres(backbone):
+    pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size)
+    labels = torch.tensor([0, 1, 2, 0])
+    model = make_model(backbone, locality_weight=1.0, centres_from_local=True).train()
+    terms = model.loss(model(pixels), labels, pixels)
+
+    def centre_gradient(term: str) -> float:
+        model.zero_grad()
+        terms[term].backward(retain_graph=True)
+        return sum(float(p.grad.abs().sum()) for p in model.center_mlp.parameters() if p.grad is not None)
+
+    assert centre_gradient("clf") == centre_gradient("quan") == 0.0
+    assert centre_gradient("loc") > 0
+    plain = make_model(backbone, locality_weight=1.0).train()
+    plain.loss(plain(pixels), labels, pixels)["clf"].backward()
+    assert sum(float(p.grad.abs().sum()) for p in plain.center_mlp.parameters()) > 0
+
+
 def test_focus_weight_adds_its_term(backbone):
     pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size)
     labels = torch.tensor([0, 1, 2, 0])

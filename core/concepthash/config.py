@@ -38,6 +38,9 @@ class ConceptHashConfig:
     # centre; so each slice of the centres has to be predictable from one concept's own region.
     locality_weight: float = 0.0
     locality_patches: int = 6
+    # With L_loc on: the centres learn from L_loc alone (the whole-image losses see them detached), so each
+    # slice can only be what one concept's own patches can tell.
+    centres_from_local: bool = False
     # Not in the paper (0 = off): L_focus, the normalised entropy of each concept's read-out attention,
     # so that a concept gathers from a few patches rather than from the whole image.
     focus_weight: float = 0.0

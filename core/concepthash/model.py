@@ -250,9 +250,12 @@ class ConceptHash(nn.Module):
         """Every loss term and the weighted total (L_loc needs the batch's ``pixels``)."""
         cfg = self.config
         centers = self.hash_centres()
+        # With centres_from_local the whole-image code follows the centres but does not move them: only L_loc
+        # (local views, each concept seeing its own patches) shapes them.
+        targets = centers.detach() if cfg.centres_from_local and cfg.locality_weight > 0 else centers
         terms = {
-            "clf": losses.clf_loss(output.u, centers, labels, cfg.scale, cfg.margin),
-            "quan": losses.quan_loss(output.u, centers, labels, cfg.scale, cfg.margin),
+            "clf": losses.clf_loss(output.u, targets, labels, cfg.scale, cfg.margin),
+            "quan": losses.quan_loss(output.u, targets, labels, cfg.scale, cfg.margin),
             "cd": losses.cd_loss(
                 output.concept_features,
                 self.concept_positions,
