@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,27 @@ def test_pickers_default_to_the_published_method_before_ablations():
         info("d-csd", mode="concepts", csd_weight=1.0, language_guidance=True),
     ]
     assert [b.name for b in sorted(bundles, key=default_rank)] == ["d-csd", "b-nocsd", "a-cls", "c-nolang"]
+    # options the paper does not have make a bundle a variant, not the method: it comes after it
+    variants = [info("e-depth", mode="concepts", csd_weight=1.0, concept_depth=2), *bundles]
+    assert sorted(variants, key=default_rank)[0].name == "d-csd"
+
+
+def test_home_names_options_that_are_not_in_the_paper():
+    from lens.bundles import beyond_the_paper, describe_bundle
+
+    assert beyond_the_paper({"csd_weight": 1.0, "concept_depth": 0, "locality_weight": 0.0}) == []
+    model = {
+        "bits": 6,
+        "n_concepts": 3,
+        "csd_weight": 1.0,
+        "concept_depth": 2,
+        "locality_weight": 1.0,
+        "centres_from_local": True,
+        "focus_weight": 0.5,
+        "oracle_centres": True,
+    }
+    summary = describe_bundle(Path("/b/x"), {"kind": "concepthash", "model": model}).summary
+    assert summary.startswith(
+        "6 bits, 3 concepts, L_csd×1.0, language-guided, read after block 2, L_loc×1.0, centres from L_loc, "
+        "L_focus×0.5, oracle centres (diagnostic: part labels); backbone"
+    )

@@ -81,13 +81,37 @@ def backbone_label(reference: dict[str, Any]) -> str:
     return f"{reference.get('name')}:{reference.get('pretrained') or 'random'}"
 
 
+def beyond_the_paper(model: dict[str, Any]) -> list[str]:
+    """The ConceptHash options a bundle was trained with that the paper does not have (empty for the method
+    as published): the Home list names them, and such a bundle is not shown first."""
+    named = []
+    if model.get("concept_blocks"):
+        named.append(f"concepts in the last {model['concept_blocks']} block(s)")
+    if model.get("concept_depth"):
+        named.append(f"read after block {model['concept_depth']}")
+    if model.get("locality_weight"):
+        named.append(f"L_loc×{model['locality_weight']}")
+        if model.get("centres_from_local"):
+            named.append("centres from L_loc")
+    if model.get("focus_weight"):
+        named.append(f"L_focus×{model['focus_weight']}")
+    if model.get("oracle_centres"):
+        named.append("oracle centres (diagnostic: part labels)")
+    return named
+
+
 def _describe_concepthash(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     model, metrics = config.get("model", {}), config.get("metrics", {})
     lcsd = f"L_csd×{model.get('csd_weight')}"
     mode = "CLS baseline" if model.get("mode") == "cls" else f"{model.get('n_concepts')} concepts"
-    summary = (
-        f"{model.get('bits')} bits, {mode}, {lcsd}, "
-        f"{'language-guided' if model.get('language_guidance', True) else 'no language'}"
+    summary = ", ".join(
+        [
+            f"{model.get('bits')} bits",
+            mode,
+            lcsd,
+            "language-guided" if model.get("language_guidance", True) else "no language",
+            *beyond_the_paper(model),
+        ]
     )
     return summary, {"mAP": metrics.get("map"), "P@1": metrics.get("precision_at", {}).get("1")}
 
@@ -107,7 +131,11 @@ def _published_first(config: dict[str, Any]) -> tuple:
     """ConceptHash models with concept tokens and L_csd (the method as published) before ablations and
     baselines."""
     model = config.get("model", {})
-    is_ablation = model.get("mode", "concepts") != "concepts" or not model.get("language_guidance", True)
+    is_ablation = (
+        model.get("mode", "concepts") != "concepts"
+        or not model.get("language_guidance", True)
+        or bool(beyond_the_paper(model))
+    )
     return (is_ablation, not (model.get("csd_weight") or 0) > 0) if model else (False, False)
 
 
