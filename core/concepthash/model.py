@@ -18,6 +18,11 @@ Layout (names follow the paper):
   guidance off, the text features are replaced by fixed random Gaussian vectors (the ablation);
 * ``concept_positions`` P (Gaussian, std 0.02) and ``class_prototypes`` w (learned, one per class) for the
   concept-discrimination loss L_cd.
+
+Options that are not in the paper, all off by default and measured in the README: ``concept_depth``
+(read the concept tokens after the first N blocks: :attr:`ConceptHash.depth`), L_loc
+(:meth:`ConceptHash.local_codes`: each concept re-encodes only its most-attended patches; its batch
+statistics are per process under torchrun), L_focus (attention entropy) and ``centres_from_local``.
 """
 
 from __future__ import annotations
