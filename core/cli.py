@@ -317,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --locality-weight: only L_loc trains the hash centres; the whole-image code follows them",
     )
     model.add_argument(
+        "--centre-hidden",
+        type=non_negative_int,
+        default=HASH.center_hidden,
+        help="hidden width of the MLP from class-name text features to hash centres (0: a linear map, not in "
+        "the paper)",
+    )
+    model.add_argument(
         "--focus-weight",
         type=non_negative_float,
         default=HASH.focus_weight,
@@ -590,6 +597,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             locality_patches=args.locality_patches,
             focus_weight=args.focus_weight,
             centres_from_local=args.centres_from_local,
+            center_hidden=args.centre_hidden,
             mode=args.mode,
         )
         train_config = TrainConfig(

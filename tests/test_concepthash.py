@@ -169,6 +169,15 @@ def test_language_guidance_switch(backbone):
     assert set(unguided.text_features.unique().tolist()) <= {-1.0, 1.0}
 
 
+def test_linear_centres(backbone):
+    model = make_model(backbone, center_hidden=0)
+    (linear,) = model.center_mlp
+    torch.testing.assert_close(model.hash_centres(), model.text_features @ linear.weight.t() + linear.bias)
+    assert len(make_model(backbone).center_mlp) == 3  # the reference: Linear, ReLU, Linear
+    with pytest.raises(ValueError, match="center_hidden"):
+        ConceptHashConfig(center_hidden=-1)
+
+
 def test_cls_baseline_hashes_the_cls_token(backbone):
     model = make_model(backbone, mode="cls").eval()
     out = model(torch.randn(2, 3, backbone.image_size, backbone.image_size))

@@ -27,7 +27,7 @@ class ConceptHashConfig:
     generator_dim: int = 128
     generator_heads: int = 4
     adapter_ratio: float = 0.5  # adapter bottleneck = backbone width x this (reference: 384 of 768)
-    center_hidden: int = 256
+    center_hidden: int = 256  # 0: the centres are a linear map of the text features (not in the paper)
     # Blocks the concept tokens take part in, counted from the last (0: all, as in the reference).
     concept_blocks: int = 0
     # Not in the paper (0 = all blocks): read the concept tokens after the first N blocks, where the
@@ -60,6 +60,8 @@ class ConceptHashConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("concepts", "cls"):
             raise ValueError(f"mode must be 'concepts' or 'cls', not {self.mode!r}.")
+        if self.center_hidden < 0:
+            raise ValueError("center_hidden must be 0 (a linear map) or positive.")
         if self.locality_patches < 1:
             raise ValueError("locality_patches must be positive.")
         if self.bits < 1 or self.n_concepts < 1:

@@ -154,10 +154,14 @@ class ConceptHash(nn.Module):
             text_features = self.class_text_features(backbone, self.class_names, config)
         self.register_buffer("text_features", text_features.float())
         self.oracle = self.oracle_centres(self.class_names, config) if config.oracle_centres else None
-        self.center_mlp = nn.Sequential(
-            nn.Linear(text_features.shape[1], config.center_hidden),
-            nn.ReLU(),
-            nn.Linear(config.center_hidden, config.bits),
+        self.center_mlp = (
+            nn.Sequential(
+                nn.Linear(text_features.shape[1], config.center_hidden),
+                nn.ReLU(),
+                nn.Linear(config.center_hidden, config.bits),
+            )
+            if config.center_hidden > 0
+            else nn.Sequential(nn.Linear(text_features.shape[1], config.bits))  # linear in the text features
         )
 
     @staticmethod
