@@ -230,6 +230,13 @@ def expected_hits(bundle: Path, query_index: int, k: int) -> list[tuple[str, int
     return [(str(loaded.arrays["db_ids"][i]), d) for i, d in brute_force(db, code, k)]
 
 
+def shown_hits(app, model: str) -> list[tuple[str, int]]:
+    """(database id, distance) of ``model``'s rows in the page's results table, in rank order."""
+    results = app.dataframe[0].value
+    rows = results[results["model"] == model]
+    return list(zip(rows["database id"], rows["distance"].astype(int), strict=True))
+
+
 def test_page_compares_the_csd_pair_side_by_side(dashboard, tiny_bundles):
     app = dashboard(PAGE)
     assert not app.exception, [e.value for e in app.exception]
@@ -244,12 +251,9 @@ def test_page_compares_the_csd_pair_side_by_side(dashboard, tiny_bundles):
         assert ranks == list(range(1, k + 1)) and distances == sorted(distances)
         assert all(mark in (" · ✓", " · ✗") for _, _, mark in column)
 
-    results = app.dataframe[0].value
-    assert len(results) == 2 * k
+    assert len(app.dataframe[0].value) == 2 * k
     for name in ("toy-hash-csd", "toy-hash-nocsd"):
-        rows = results[results["model"] == name]
-        got = list(zip(rows["database id"], rows["distance"].astype(int), strict=True))
-        assert got == expected_hits(tiny_bundles / name, 0, k)
+        assert shown_hits(app, name) == expected_hits(tiny_bundles / name, 0, k)
 
     metrics = next(d.value for d in app.dataframe if "mAP" in d.value.columns).set_index("model")
     for name in ("toy-hash-csd", "toy-hash-nocsd"):
@@ -276,11 +280,7 @@ def test_page_compares_the_csd_pair_side_by_side(dashboard, tiny_bundles):
     assert len(app.dataframe[0].value) == 6
 
     app.number_input(key="ret_query").set_value(5).run()
-    results = app.dataframe[0].value
-    rows = results[results["model"] == "toy-hash-csd"]
-    assert list(zip(rows["database id"], rows["distance"].astype(int), strict=True)) == expected_hits(
-        tiny_bundles / "toy-hash-csd", 5, 3
-    )
+    assert shown_hits(app, "toy-hash-csd") == expected_hits(tiny_bundles / "toy-hash-csd", 5, 3)
 
 
 def concept_heatmaps_shown(app) -> list:
@@ -306,9 +306,7 @@ def test_page_searches_with_a_test_image_without_loading_a_model(dashboard, tiny
     k = app.slider(key="ret_k").value
     results = app.dataframe[0].value
     for name in ("toy-hash-csd", "toy-hash-nocsd"):
-        rows = results[results["model"] == name]
-        got = list(zip(rows["database id"], rows["distance"].astype(int), strict=True))
-        assert got == expected_hits(tiny_bundles / name, 0, k)
+        assert shown_hits(app, name) == expected_hits(tiny_bundles / name, 0, k)
     last = concept_heatmaps_shown(app)
     assert [len(h.captions) for h in last] == [3, 3]
 
@@ -356,11 +354,8 @@ def test_bundles_saved_without_the_query_arrays_encode_the_query(
     assert not app.exception, [e.value for e in app.exception]
     assert set(asks) == {str(tmp_path / "toy-hash-csd"), str(tmp_path / "toy-hash-nocsd")}
     k = app.slider(key="ret_k").value
-    results = app.dataframe[0].value
     for name in ("toy-hash-csd", "toy-hash-nocsd"):
-        rows = results[results["model"] == name]
-        got = list(zip(rows["database id"], rows["distance"].astype(int), strict=True))
-        assert got == expected_hits(tiny_bundles / name, 0, k)
+        assert shown_hits(app, name) == expected_hits(tiny_bundles / name, 0, k)
     assert [len(h.captions) for h in concept_heatmaps_shown(app)] == [3, 3]
 
 
