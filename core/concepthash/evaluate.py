@@ -408,23 +408,19 @@ def part_swap_metrics(
 
 
 def _species_part_swap(original: np.ndarray, swapped: np.ndarray, chosen: np.ndarray) -> dict[str, Any]:
-    """Part-swap matrix and summary over the species parts, each row from its ``chosen`` images only."""
-    rows = [
-        part_swap_flip_rates(original[chosen[p]], swapped[p : p + 1, chosen[p]])[0]
-        if chosen[p].any()
-        else np.full(swapped.shape[2], np.nan)
-        for p in range(N_SPECIES_PARTS)
-    ]
+    """Part-swap matrix and summary over the species parts, each row from its ``chosen`` images only
+    (no matrix when a part has none)."""
     counts = [int(chosen[p].sum()) for p in range(N_SPECIES_PARTS)]
-    rates = np.array(rows)
-    if np.isnan(rates).any():
-        return {"parts": list(SPECIES_PARTS), "pairs": counts, "matrix": None}
-    return {
-        "parts": list(SPECIES_PARTS),
-        "pairs": counts,
-        "matrix": rates.round(4).tolist(),
-        **part_swap_summary(rates),
-    }
+    result: dict[str, Any] = {"parts": list(SPECIES_PARTS), "pairs": counts, "matrix": None}
+    if not all(counts):
+        return result
+    rates = np.array(
+        [
+            part_swap_flip_rates(original[chosen[p]], swapped[p : p + 1, chosen[p]])[0]
+            for p in range(N_SPECIES_PARTS)
+        ]
+    )
+    return result | {"matrix": rates.round(4).tolist(), **part_swap_summary(rates)}
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
