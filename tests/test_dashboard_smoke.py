@@ -111,6 +111,9 @@ def test_home_names_options_that_are_not_in_the_paper():
     from lens.bundles import beyond_the_paper, describe_bundle
 
     assert beyond_the_paper({"csd_weight": 1.0, "concept_depth": 0, "locality_weight": 0.0}) == []
+    assert beyond_the_paper({"center_hidden": 256}) == [] and beyond_the_paper({"center_hidden": 0}) == [
+        "linear centres"
+    ]
     model = {
         "bits": 6,
         "n_concepts": 3,

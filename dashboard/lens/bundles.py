@@ -93,6 +93,8 @@ def beyond_the_paper(model: dict[str, Any]) -> list[str]:
         named.append(f"L_loc×{model['locality_weight']}")
         if model.get("centres_from_local"):
             named.append("centres from L_loc")
+    if model.get("center_hidden") == 0:
+        named.append("linear centres")
     if model.get("focus_weight"):
         named.append(f"L_focus×{model['focus_weight']}")
     if model.get("oracle_centres"):
