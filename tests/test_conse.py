@@ -6,6 +6,7 @@ import socket
 import urllib.request
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from core.backbones import conse
 from core.backbones.clip import BackboneError, load_backbone
 from core.ceir.concept_bank import load_bank
 from core.ceir.labels import labels_from_similarity
+from core.ceir.shipped_texts import shipped_text_lists
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 NETWORK_ATTEMPTS: list[str] = []
@@ -48,6 +50,7 @@ def backbone():
         bank = load_bank("general")
         embeddings = loaded.encode_images(loaded.preprocess_images([chelsea()])).cpu()
         labels = labels_from_similarity(SimpleNamespace(backbone=loaded), embeddings, bank, 5)[0]
+        loaded.encode_texts(["a list no shipped bank holds"])  # loads the text model, under the guard
     loaded.guarded_cat_labels = [label.concept for label in labels]
     return loaded
 
@@ -100,6 +103,50 @@ def test_text_model_loads_offline_and_relates_words(backbone):
     assert text.shape == (3, 384) == (3, backbone.embed_dim)
     torch.testing.assert_close(text.norm(dim=-1), torch.ones(3))
     assert text[0] @ text[1] > text[0] @ text[2] + 0.2
+
+
+def test_shipped_text_embeddings_are_current_and_equal_the_text_models(backbone):
+    lists = shipped_text_lists()
+    names = {conse.stored_text_name(texts, prefix) for prefix, texts in lists}
+    shipped = {path.name for path in conse.SHIPPED_TEXT_DIR.glob("*.npy")}
+    assert shipped == names, "a bank or the descriptions changed: run `python -m core.ceir.shipped_texts`"
+    for prefix, texts in lists:
+        stored = np.load(conse.SHIPPED_TEXT_DIR / conse.stored_text_name(texts, prefix))
+        assert stored.shape == (len(texts), backbone.embed_dim)
+        rows = [0, len(texts) // 2, len(texts) - 1]
+        fresh = conse.embed_texts(backbone.text_model, [texts[i] for i in rows])
+        torch.testing.assert_close(torch.from_numpy(stored[rows]), fresh, atol=1e-5, rtol=0)
+
+
+def test_labelling_with_a_shipped_bank_never_loads_the_text_model(monkeypatch, tmp_path):
+    def no_text_model(*_args, **_kwargs):
+        raise AssertionError("the text model was loaded")
+
+    monkeypatch.setenv(conse.CACHE_ENV, str(tmp_path))  # an empty user cache: only what ships
+    monkeypatch.setattr(conse, "load_text_model", no_text_model)
+    monkeypatch.setattr(conse, "_DESCRIPTION_EMBEDDINGS", {})
+    loaded = conse.load_conse()
+    bank = load_bank("general").concepts
+    text = loaded.encode_texts(bank)
+    assert text.shape == (len(bank), loaded.embed_dim) and loaded.descriptions.shape[0] == 1000
+    with pytest.raises(AssertionError, match="text model was loaded"):
+        loaded.encode_texts(["a concept no shipped bank has"])
+
+
+def test_stored_text_embeddings_are_read_back_and_bad_files_ignored(monkeypatch, tmp_path):
+    monkeypatch.setenv(conse.CACHE_ENV, str(tmp_path))
+    name = conse.stored_text_name(["red wing", "blue head"])
+    assert name != conse.stored_text_name(["blue head", "red wing"])  # order matters: rows follow texts
+    assert conse.read_stored_texts(name, 2) is None
+    conse.write_stored_texts(tmp_path, name, torch.arange(6.0).reshape(2, 3))
+    torch.testing.assert_close(conse.read_stored_texts(name, 2), torch.arange(6.0).reshape(2, 3))
+    assert conse.read_stored_texts(name, 3) is None  # another number of rows: not these texts
+    assert not list(tmp_path.glob("*.tmp.npy"))  # written whole, then renamed
+    (tmp_path / name).write_bytes(b"not an array")
+    assert conse.read_stored_texts(name, 2) is None
+    (tmp_path / "file").write_text("")
+    conse.write_stored_texts(tmp_path / "file" / "below", name, torch.ones(1, 1))  # cannot write: no error
+    assert not (tmp_path / "file" / "below").exists()
 
 
 def test_conse_embedding_by_hand():
@@ -169,8 +216,9 @@ def test_missing_package_names_what_to_install(monkeypatch, module, package):
 
     monkeypatch.setattr(conse.importlib, "import_module", fake_import)
     monkeypatch.setattr(conse, "_TEXT_MODELS", {})
-    with pytest.raises(BackboneError, match=f"pip install {package}"):
-        load_backbone(conse.CONSE_NAME)
+    monkeypatch.setattr(conse, "_DESCRIPTION_EMBEDDINGS", {})
+    with pytest.raises(BackboneError, match=f"pip install {package}"):  # the text model: when first needed
+        load_backbone(conse.CONSE_NAME).encode_texts(["a list no shipped bank holds"])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ MEAN = STD = (0.5, 0.5, 0.5)
 DESCRIPTION_STYLES = ("names", "detailed")
 CACHE_ENV = "CONCEPTLENS_CACHE"
 TEXT_CACHE_SIZE = 8  # concept lists whose embeddings a backbone remembers (see encode_texts)
+# Text embeddings that ship with the package (the ImageNet descriptions and the concept banks), so the
+# dashboard and `label` need not load the text model for them; `python -m core.ceir.shipped_texts`
+# writes them.
+SHIPPED_TEXT_DIR = Path(__file__).parent / "conse_text"
 
 _TEXT_MODELS: dict[str, Any] = {}
 _DESCRIPTION_EMBEDDINGS: dict[str, torch.Tensor] = {}
@@ -227,7 +231,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "conceptlens")
 
 
-def _embed_texts(text_model: Any, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
+def embed_texts(text_model: Any, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
     """Mean-pooled, L2-normalised 384-d MiniLM embeddings (CPU, float32)."""
     if not texts:
         return torch.zeros(0, text_model.get_sentence_embedding_dimension())
@@ -242,37 +246,58 @@ def _embed_texts(text_model: Any, texts: Sequence[str], batch_size: int = 128) -
     return out.detach().float().cpu()
 
 
-def description_embeddings(text_model: Any, style: str = "detailed") -> torch.Tensor:
+def stored_text_name(texts: Sequence[str], prefix: str = "conse-texts") -> str:
+    """File name of the stored embeddings of ``texts``: a hash of the texts and the text model's weights."""
+    digest = hashlib.sha1("\n".join(texts).encode())
+    digest.update(f"{(text_model_dir() / 'model.safetensors').stat().st_size}".encode())
+    return f"{prefix}-{digest.hexdigest()[:16]}.npy"
+
+
+def read_stored_texts(name: str, n_texts: int) -> torch.Tensor | None:
+    """Embeddings stored as ``name`` in the user's cache or among those that ship with the package, or None.
+
+    A file that cannot be read or has the wrong number of rows is ignored (the texts are then encoded)."""
+    for folder in (cache_dir(), SHIPPED_TEXT_DIR):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            continue
+        if array.ndim == 2 and array.shape[0] == n_texts:
+            return torch.from_numpy(array.astype(np.float32))
+    return None
+
+
+def write_stored_texts(folder: Path, name: str, embeddings: torch.Tensor) -> None:
+    """Keep ``embeddings`` as ``folder/name`` (written whole, then renamed); a folder that cannot be
+    written is simply not used."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f"{name}.{os.getpid()}.tmp.npy"
+        np.save(partial, embeddings.numpy())
+        partial.replace(folder / name)
+    except OSError:
+        pass
+
+
+def description_embeddings(text_model: Any | None = None, style: str = "detailed") -> torch.Tensor:
     """(1000, 384) text embeddings of the ImageNet descriptions: computed once per process.
 
-    They are also kept in ``~/.cache/conceptlens`` (or ``$CONCEPTLENS_CACHE``) as ``.npy`` named by a
-    hash of the texts and the text model's weight file, so a new process skips the ~10 s of encoding.
-    A cache that cannot be written is simply not used.
+    They are read from ``~/.cache/conceptlens`` (or ``$CONCEPTLENS_CACHE``) or from the embeddings that ship
+    with the package (:data:`SHIPPED_TEXT_DIR`), both named by a hash of the texts and the text model's
+    weight file, so a new process skips the ~10 s of encoding and, usually, loading the text model at all
+    (``text_model`` None: load it only if the texts must be encoded). New ones go to the user's cache.
     """
     if style in _DESCRIPTION_EMBEDDINGS:
         return _DESCRIPTION_EMBEDDINGS[style]
     texts = imagenet_descriptions(style)
-    weights = text_model_dir() / "model.safetensors"
-    digest = hashlib.sha1("\n".join(texts).encode())
-    digest.update(f"{weights.stat().st_size}".encode())
-    path = cache_dir() / f"conse-descriptions-{style}-{digest.hexdigest()[:16]}.npy"
-    embeddings = None
-    if path.is_file():
-        try:
-            array = np.load(path, allow_pickle=False)
-            if array.shape[0] == len(texts):
-                embeddings = torch.from_numpy(array.astype(np.float32))
-        except (OSError, ValueError):
-            embeddings = None
+    name = stored_text_name(texts, prefix=f"conse-descriptions-{style}")
+    embeddings = read_stored_texts(name, len(texts))
     if embeddings is None:
-        embeddings = _embed_texts(text_model, texts)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(partial, embeddings.numpy())
-            partial.replace(path)
-        except OSError:
-            pass
+        embeddings = embed_texts(text_model or load_text_model("cpu"), texts)
+        write_stored_texts(cache_dir(), name, embeddings)
     _DESCRIPTION_EMBEDDINGS[style] = embeddings
     return embeddings
 
@@ -294,12 +319,13 @@ class ConSEBackbone(ImagePreprocessing):
     def __init__(
         self,
         image_model: torch.nn.Module,
-        text_model: Any,
+        text_model: Any | None,
         descriptions: torch.Tensor,
         config: ConSEConfig,
     ) -> None:
+        """``text_model`` None: MiniLM is loaded the first time a list of texts has to be encoded."""
         self.model = image_model
-        self.text_model = text_model
+        self._text_model = text_model
         self.config = config
         self.preprocess = conse_preprocess()
         self.preprocess_cfg = {"mean": list(MEAN), "std": list(STD), "resize": RESIZE_SIZE}
@@ -309,6 +335,12 @@ class ConSEBackbone(ImagePreprocessing):
     def set_descriptions(self, descriptions: torch.Tensor) -> None:
         self.descriptions = descriptions.to(self.device)
         self.description_mean = self.descriptions.mean(0)
+
+    @property
+    def text_model(self) -> Any:
+        if self._text_model is None:
+            self._text_model = load_text_model("cpu")
+        return self._text_model
 
     @property
     def reference(self) -> dict[str, Any]:
@@ -375,12 +407,17 @@ class ConSEBackbone(ImagePreprocessing):
         """MiniLM sentence embeddings (already unit length, so ``normalize`` changes nothing).
 
         The last few concept lists asked for are remembered: the dashboard labels every upload against
-        the same bank, and encoding a 400-concept bank costs more than the images themselves.
+        the same bank, and encoding a 400-concept bank costs more than the images themselves. A list
+        whose embeddings are stored (:func:`read_stored_texts`: the shipped concept banks) is read, not
+        encoded, so labelling with a shipped bank never loads the text model.
         """
         key = tuple(texts)
         found = self._text_cache.get(key)
         if found is None:
-            found = _embed_texts(self.text_model, texts, batch_size).to(self.device)
+            found = read_stored_texts(stored_text_name(texts), len(texts)) if texts else None
+            if found is None:
+                found = embed_texts(self.text_model, texts, batch_size)
+            found = found.to(self.device)
             self._text_cache[key] = found
             while len(self._text_cache) > TEXT_CACHE_SIZE:
                 self._text_cache.pop(next(iter(self._text_cache)))  # the oldest
@@ -388,13 +425,12 @@ class ConSEBackbone(ImagePreprocessing):
 
 
 def load_conse(reference: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> ConSEBackbone:
-    """The ConSE backbone from a stored reference (missing settings take the defaults); no download."""
+    """The ConSE backbone from a stored reference (missing settings take the defaults); no download.
+
+    The text model loads only when texts without stored embeddings are encoded (see ``encode_texts``)."""
     config = ConSEConfig.from_reference(reference or {})
     image_model = load_image_model()
-    text_model = load_text_model("cpu")
-    backbone = ConSEBackbone(
-        image_model, text_model, description_embeddings(text_model, config.descriptions), config
-    )
+    backbone = ConSEBackbone(image_model, None, description_embeddings(None, config.descriptions), config)
     for p in image_model.parameters():
         p.requires_grad_(False)
     return backbone.to(device)
