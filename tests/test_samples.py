@@ -1,5 +1,10 @@
 """Sample photos that ship inside installed packages load as RGB images, with no download."""
 
+import importlib.util
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -27,3 +32,18 @@ def test_unknown_photo_names_the_known_ones():
     with pytest.raises(ValueError, match="skimage: chelsea"):
         load_sample_photo("skimage: dog")
     assert set(sample_photo_names()) <= set(LOADERS)
+
+
+def test_listing_the_photos_finds_their_packages_without_importing_them(monkeypatch):
+    code = (
+        "import json, sys; from core.data.samples import sample_photo_names; names = sample_photo_names(); "
+        "print(json.dumps([names, [m for m in ('sklearn', 'skimage', 'matplotlib') if m in sys.modules]]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    names, imported = json.loads(out)
+    assert imported == [] and names == sample_photo_names()
+    assert any(name.startswith("sklearn") for name in names)  # a test dependency: found
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "sklearn" else real(name))
+    assert sample_photo_names() == [name for name in names if not name.startswith("sklearn")]

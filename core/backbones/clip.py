@@ -25,16 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
-from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transform import image_transform
-from open_clip.transformer import text_global_pool
 from PIL import Image
 
 from core.backbones.base import BackboneError, BackboneOfflineError, ImagePreprocessing
 from core.backbones.names import CONSE_NAME
 
 if TYPE_CHECKING:
+    from open_clip.model import CLIP  # imported where a model is built: open_clip takes ~1-3 s to import
+
     from core.backbones.conse import ConSEBackbone
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -143,11 +141,17 @@ def pooled_text_features(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
     x = model.token_embedding(tokens).to(cast) + model.positional_embedding.to(cast)
     x = model.transformer(x, attn_mask=model.attn_mask)
     x = model.ln_final(x)
+    from open_clip.transformer import text_global_pool
+
     return text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
 
 
 def build_clip(config: dict[str, Any]) -> tuple[CLIP, Callable, Callable]:
     """Model (random init), eval preprocessing and tokenizer from a ``{model_cfg, preprocess_cfg}`` dict."""
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer
+    from open_clip.transform import image_transform
+
     model_cfg = dict(config["model_cfg"])
     model = CLIP(**model_cfg)
     pre = config.get("preprocess_cfg", {})
