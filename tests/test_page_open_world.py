@@ -109,6 +109,10 @@ def test_uploads_good_and_bad_in_one_batch(page, files, toy):
         )
         assert rows["rank"].tolist() == list(range(1, len(image.labels) + 1))
         assert set(rows["cluster"]) == {image.cluster}
+    # beside each thumbnail, the image's own labels in rank order (a plain table)
+    shown = [t.value for t in app.table]
+    assert [list(t["concept"]) for t in shown] == [[x.concept for x in i.labels] for i in expected.images]
+    assert all(list(t.index) == list(range(1, len(t) + 1)) for t in shown)
     assert any("contribution" in c.value and "toy-ceir" in c.value for c in app.caption)
 
     # two good images: candidate labels by frequency, and CSV downloads
@@ -116,6 +120,8 @@ def test_uploads_good_and_bad_in_one_batch(page, files, toy):
     candidates = next(d.value for d in app.dataframe if "count" in d.value.columns)
     counts = Counter(table["concept"])
     assert dict(zip(candidates["concept"], candidates["count"], strict=True)) == dict(counts)
+    np.testing.assert_allclose(candidates["share"], candidates["count"] / 2)  # drawn as bars, no chart
+    assert not app.get("plotly_chart")
     labels = [b.label for b in app.get("download_button")]
     assert "Download concept_labels (CSV)" in labels and "Download candidate_labels (CSV)" in labels
 

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import plotly.express as px
 import streamlit as st
 
 from lens.bundles import available, load_model
-from lens.figures import download_figure, download_table
+from lens.figures import download_table
 from lens.labels import (
     CONSE,
     FALLBACK_BANK,
@@ -275,7 +274,7 @@ def show_results(report: LabelReport, images) -> None:
         if rows.empty and name in labelled:
             right.info(f"{name}: {report.no_labels_note}.")
         else:
-            right.dataframe(rows, hide_index=True)
+            right.table(rows.round({"score": 3}).set_index("rank"))  # a few rows: a plain table draws fastest
     if len(images) > SHOWN_IMAGES:
         st.caption(f"Showing {SHOWN_IMAGES} of {len(images)} images; the table below holds all of them.")
     if table.empty:
@@ -288,14 +287,19 @@ def show_results(report: LabelReport, images) -> None:
         st.subheader("Candidate labels for the batch")
         candidates = candidates_table(report)
         st.caption("How many of the images carry each concept among their top labels.")
-        figure = px.bar(candidates.iloc[::-1], x="count", y="concept", orientation="h")
-        figure.update_layout(height=60 + 24 * len(candidates), margin={"l": 10, "r": 10, "t": 10, "b": 10})
-        if candidates["count"].max() <= 10:
-            figure.update_xaxes(dtick=1)  # whole images, no half ticks
-        st.plotly_chart(figure, key="ow_candidates_chart")
-        st.dataframe(candidates, hide_index=True, key="ow_candidates")
+        # One table with bars (no chart beside it: the same numbers, and no charting library for the browser
+        # to load on a page that is otherwise tables and images).
+        st.dataframe(
+            candidates,
+            hide_index=True,
+            key="ow_candidates",
+            column_config={
+                "share": st.column_config.ProgressColumn(
+                    "share of the images", min_value=0.0, max_value=1.0, format="percent"
+                )
+            },
+        )
         download_table(candidates, "candidate_labels", key="ow_dl_candidates")
-        download_figure(figure, "candidate_labels", key="ow_dl_candidates_html")
 
 
 def show_labels(images, model_choice: ModelChoice, bank: BankChoice, top_k: int) -> None:
