@@ -43,6 +43,7 @@ if importlib.util.find_spec("core") is None:  # a source checkout that was not p
     sys.path.insert(0, str(REPO_ROOT))
 
 from browser import (  # noqa: E402 (the dashboard folder, next to this file)
+    FLOOR_APP,
     StreamlitServer,
     check_browser,
     click_timed,
@@ -599,6 +600,32 @@ async def _one_session(browser, url: str, photos: list[Path], start_upload, time
     return result
 
 
+async def _open_only(browser, url: str, timeout: float) -> dict[str, Any]:
+    """One session opening ``url``: seconds to the script's start and to the page ready (or the error)."""
+    tab = await (await new_context(browser)).new_page()
+    try:
+        _, ready = await open_timed(tab, url, timeout)
+        started = await tab.evaluate("() => window.__cl.started")
+        started = None if started is None else started / 1000
+        return {"script_started_seconds": started, "page_ready_seconds": ready}
+    except Exception as exc:  # noqa: BLE001 - a session that fails is counted, the others go on
+        return {"error": str(exc).splitlines()[0]}
+
+
+async def _floor_sessions(config: LoadBenchConfig, server: StreamlitServer) -> list[dict[str, Any]]:
+    """The same number of sessions opening the floor app (:data:`browser.FLOOR_APP`) at once."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await launch(playwright)
+        try:
+            return await asyncio.gather(
+                *(_open_only(chromium, server.url, config.timeout) for _ in range(config.sessions))
+            )
+        finally:
+            await chromium.close()
+
+
 async def _load_sessions(
     config: LoadBenchConfig, server: StreamlitServer, folder: Path
 ) -> list[dict[str, Any]]:
@@ -635,6 +662,9 @@ def bench_load(config: LoadBenchConfig, progress: Callable[[str], None] = log) -
         idle = server.memory()
         sessions = asyncio.run(_load_sessions(config, server, folder))
         memory = server.memory()
+    progress(f"floor: {config.sessions} sessions open a one-title Streamlit app ...")
+    with StreamlitServer(config.bundles, folder / "floor.log", script=FLOOR_APP) as server:
+        floor = asyncio.run(_floor_sessions(config, server))
     ready = [s["page_ready_seconds"] for s in sessions if s["page_ready_seconds"] is not None]
     labels = [s["labels_seconds"] for s in sessions if s["labels_seconds"] is not None]
     started = [s["script_started_seconds"] for s in sessions if s.get("script_started_seconds") is not None]
@@ -647,6 +677,11 @@ def bench_load(config: LoadBenchConfig, progress: Callable[[str], None] = log) -
         "feedback_seconds": _summary(feedback),
         "page_ready_seconds": _summary(ready),
         "labels_seconds": _summary(labels),
+        "floor": {
+            key: _summary([f[key] for f in floor if f.get(key) is not None])
+            for key in ("script_started_seconds", "page_ready_seconds")
+        }
+        | {"errors": [f["error"] for f in floor if "error" in f]},
         "sessions_ok": sum(s["error"] is None for s in sessions),
         "sessions": sessions,
         "server_start_seconds": server.start_seconds,
@@ -660,6 +695,9 @@ def bench_load(config: LoadBenchConfig, progress: Callable[[str], None] = log) -
             "(labels: from setting the files until every photo's labels are drawn)",
             "the default model (offline ConSE) and concept bank; each session's photos are cut differently, "
             "so no session gets another's cached labels",
+            "floor: the same number of fresh Chromium sessions open a Streamlit app that only draws a title "
+            "(dashboard/floor_app.py, same server settings); no page of any Streamlit app can be ready "
+            "sooner on this machine with these browsers",
         ],
     }
 
@@ -679,6 +717,11 @@ def load_table(result: dict[str, Any]) -> str:
         ["first feedback (s)", result["feedback_seconds"]["median"], result["feedback_seconds"]["max"]],
         ["page ready (s)", result["page_ready_seconds"]["median"], result["page_ready_seconds"]["max"]],
         ["upload -> labels (s)", result["labels_seconds"]["median"], result["labels_seconds"]["max"]],
+        [
+            "floor: a one-title Streamlit app ready (s)",
+            result["floor"]["page_ready_seconds"]["median"],
+            result["floor"]["page_ready_seconds"]["max"],
+        ],
     ]
     memory = [
         ["server RSS idle (MiB)", result["server_rss_idle_mib"]],
@@ -686,6 +729,7 @@ def load_table(result: dict[str, Any]) -> str:
         ["server peak RSS (MiB)", result["server_peak_rss_mib"]],
     ]
     errors = [f"session {n}: {e['error']}" for n, e in enumerate(result["sessions"]) if e["error"]]
+    errors += [f"floor session: {e}" for e in result["floor"]["errors"]]
     return "\n".join(
         [
             head,

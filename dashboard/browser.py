@@ -24,6 +24,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 HOME_PAGE = HERE / "Home.py"
+# The smallest Streamlit app (a title): what the same browsers cost with nothing of ConceptLens in it.
+FLOOR_APP = HERE / "floor_app.py"
 REPO_ROOT = HERE.parent
 CHROMIUM = os.environ.get("CONCEPTLENS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = (
@@ -137,14 +139,18 @@ def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: flo
 
 
 class StreamlitServer:
-    """``streamlit run Home.py`` on a free port with ``bundles``; a ``with`` block starts and stops it.
+    """``streamlit run Home.py`` (or another ``script``) on a free port with ``bundles``; a ``with`` block
+    starts and stops it.
 
     Everything but the port comes from the repository's ``.streamlit/config.toml`` (headless, no usage
     statistics, no external-IP look-up). The server's output goes to ``log``.
     """
 
-    def __init__(self, bundles: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.bundles, self.log, self.extra_env = bundles, log, env or {}
+    def __init__(
+        self, bundles: Path, log: Path, env: dict[str, str] | None = None, script: Path = HOME_PAGE
+    ) -> None:
+        """``script``: the app to run (another than Home only for the load benchmark's floor)."""
+        self.bundles, self.log, self.extra_env, self.script = bundles, log, env or {}, script
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -153,7 +159,8 @@ class StreamlitServer:
     def __enter__(self) -> StreamlitServer:
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         env = os.environ | {"CONCEPTLENS_BUNDLES": str(self.bundles.resolve()), "PYTHONPATH": path}
-        command = [sys.executable, "-m", "streamlit", "run", str(HOME_PAGE), "--server.port", str(self.port)]
+        port = ["--server.port", str(self.port)]
+        command = [sys.executable, "-m", "streamlit", "run", str(self.script), *port]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log, "w")  # noqa: SIM115 - closed in __exit__
         start = time.perf_counter()
