@@ -380,3 +380,29 @@ def test_browser_helpers_address_pages_and_read_memory(board):
     mine = process_memory_mib(os.getpid())
     assert 0 < mine["rss_mib"] <= mine["peak_rss_mib"]
     assert process_memory_mib(-1) == {"rss_mib": None, "peak_rss_mib": None}
+
+
+def test_load_report_sets_the_floor_beside_the_pages_figures(board):
+    summary = {"median": 1.0, "max": 2.0, "min": 0.5}
+    result = {
+        "settings": {"sessions": 2, "photos": 1},
+        "sessions_ok": 2,
+        "sessions": [{"error": None}, {"error": None}],
+        **{key: summary for key in ("script_started_seconds", "feedback_seconds", "labels_seconds")},
+        "page_ready_seconds": {"median": 3.25, "max": 4.0, "min": 3.0},
+        "floor": {
+            "script_started_seconds": summary,
+            "page_ready_seconds": {"median": 2.75, "max": 2.9, "min": 2.5},
+            "errors": ["timed out"],
+        },
+        "server_rss_idle_mib": 70.0,
+        "server_rss_mib": 900.0,
+        "server_peak_rss_mib": 950.0,
+        "notes": [],
+    }
+    lines = board.load_table(result).splitlines()
+    assert any(line.startswith("page ready (s)") and "3.25" in line for line in lines)
+    floor = [line for line in lines if line.startswith("floor: a one-title Streamlit app ready (s)")]
+    assert len(floor) == 1 and "2.75" in floor[0] and "2.9" in floor[0]
+    assert "floor session: timed out" in lines
+    assert board.FLOOR_APP.read_text().count("st.") == 1  # the floor draws a title and nothing else
