@@ -47,6 +47,7 @@ from browser import (  # noqa: E402 (the dashboard folder, next to this file)
     StreamlitServer,
     check_browser,
     click_timed,
+    cpu_seconds,
     launch,
     new_context,
     open_timed,
@@ -651,6 +652,16 @@ async def _load_sessions(
             await chromium.close()
 
 
+def _cpu_split(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
+    """CPU seconds the server and everything else on the machine (the browsers, mostly) used in between."""
+    used = {
+        key: None if before[key] is None or after[key] is None else round(after[key] - before[key], 2)
+        for key in ("server", "machine")
+    }
+    rest = None if None in used.values() else round(used["machine"] - used["server"], 2)
+    return {"server": used["server"], "rest_of_machine": rest}
+
+
 def bench_load(config: LoadBenchConfig, progress: Callable[[str], None] = log) -> dict[str, Any]:
     """``sessions`` browser sessions open the open-world page of a fresh server at once, then each uploads
     its photos at once; page-ready and upload-to-labels times and the server's memory."""
@@ -660,7 +671,9 @@ def bench_load(config: LoadBenchConfig, progress: Callable[[str], None] = log) -
     progress(f"load: {config.sessions} sessions x {config.photos} photos on the open-world page ...")
     with StreamlitServer(config.bundles, folder / "streamlit.log") as server:
         idle = server.memory()
+        before = {"server": server.cpu_seconds(), "machine": cpu_seconds()}
         sessions = asyncio.run(_load_sessions(config, server, folder))
+        cpu = _cpu_split(before, {"server": server.cpu_seconds(), "machine": cpu_seconds()})
         memory = server.memory()
     progress(f"floor: {config.sessions} sessions open a one-title Streamlit app ...")
     with StreamlitServer(config.bundles, folder / "floor.log", script=FLOOR_APP) as server:
@@ -684,6 +697,7 @@ def bench_load(config: LoadBenchConfig, progress: Callable[[str], None] = log) -
         | {"errors": [f["error"] for f in floor if "error" in f]},
         "sessions_ok": sum(s["error"] is None for s in sessions),
         "sessions": sessions,
+        "cpu_seconds": cpu,
         "server_start_seconds": server.start_seconds,
         "server_rss_idle_mib": idle["rss_mib"],
         "server_rss_mib": memory["rss_mib"],
@@ -724,6 +738,8 @@ def load_table(result: dict[str, Any]) -> str:
         ],
     ]
     memory = [
+        ["server CPU during the sessions (s)", result["cpu_seconds"]["server"]],
+        ["rest of the machine's CPU, the browsers mostly (s)", result["cpu_seconds"]["rest_of_machine"]],
         ["server RSS idle (MiB)", result["server_rss_idle_mib"]],
         ["server RSS after (MiB)", result["server_rss_mib"]],
         ["server peak RSS (MiB)", result["server_peak_rss_mib"]],
@@ -736,7 +752,7 @@ def load_table(result: dict[str, Any]) -> str:
             "",
             format_table(["measure", "median", "max"], rows),
             "",
-            format_table(["memory", "value"], memory),
+            format_table(["resources", "value"], memory),
             *errors,
             *(f"note: {n}" for n in result["notes"]),
         ]

@@ -107,6 +107,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU time (user + system) used so far by process ``pid``, or by the whole machine when None (busy
+    time of every core from ``/proc/stat``); None off Linux or for a process that is gone."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        if pid is None:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+            return (user + nice + system + irq + softirq + steal) / ticks
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def process_memory_mib(pid: int) -> dict[str, float | None]:
     """Resident memory now (VmRSS) and at its peak (VmHWM) of a process, in MiB (None off Linux)."""
     found: dict[str, float | None] = {"rss_mib": None, "peak_rss_mib": None}
@@ -174,6 +190,9 @@ class StreamlitServer:
             raise
         self.start_seconds = time.perf_counter() - start
         return self
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.process.pid) if self.process else None
 
     def memory(self) -> dict[str, float | None]:
         return process_memory_mib(self.process.pid) if self.process else process_memory_mib(-1)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -395,6 +396,7 @@ def test_load_report_sets_the_floor_beside_the_pages_figures(board):
             "page_ready_seconds": {"median": 2.75, "max": 2.9, "min": 2.5},
             "errors": ["timed out"],
         },
+        "cpu_seconds": {"server": 14.5, "rest_of_machine": 57.25},
         "server_rss_idle_mib": 70.0,
         "server_rss_mib": 900.0,
         "server_peak_rss_mib": 950.0,
@@ -405,4 +407,24 @@ def test_load_report_sets_the_floor_beside_the_pages_figures(board):
     floor = [line for line in lines if line.startswith("floor: a one-title Streamlit app ready (s)")]
     assert len(floor) == 1 and "2.75" in floor[0] and "2.9" in floor[0]
     assert "floor session: timed out" in lines
+    assert any(line.startswith("server CPU during the sessions (s)") and "14.5" in line for line in lines)
+    assert any(line.startswith("rest of the machine's CPU") and "57.25" in line for line in lines)
     assert board.FLOOR_APP.read_text().count("st.") == 1  # the floor draws a title and nothing else
+
+
+def test_cpu_seconds_grow_with_work_and_split_server_from_the_rest(board):
+    from browser import cpu_seconds
+
+    mine, machine = cpu_seconds(os.getpid()), cpu_seconds()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # burn 0.3 s of this process's CPU
+        pass
+    assert cpu_seconds(os.getpid()) - mine >= 0.25
+    assert cpu_seconds() - machine >= 0.25
+    assert cpu_seconds(2**22 + 12345) is None  # no such process
+    split = board._cpu_split({"server": 1.0, "machine": 10.0}, {"server": 4.5, "machine": 20.0})
+    assert split == {"server": 3.5, "rest_of_machine": 6.5}
+    assert board._cpu_split({"server": None, "machine": 1.0}, {"server": 2.0, "machine": 3.0}) == {
+        "server": None,
+        "rest_of_machine": None,
+    }
