@@ -32,7 +32,7 @@ from core.backbones.names import CONSE_NAME
 from core.backbones.train_config import ClipTrainConfig
 from core.bench import add_bench_parser, cmd_bench
 from core.ceir.config import CEIRConfig, ProjectionConfig, VAEConfig
-from core.concepthash.config import OPTIMIZERS, ConceptHashConfig, TrainConfig
+from core.concepthash.config import OPTIMIZERS, ConceptHashConfig, TrainConfig, read_part_phrases
 from core.progress import TqdmProgress
 from core.settings import PRECISIONS, RunSettings
 
@@ -336,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
         "when its targets are part-specific",
     )
     model.add_argument(
+        "--part-phrases",
+        metavar="toybirds|FILE.json",
+        help="not in the paper: centres from language alone, one group of phrases per concept "
+        '(JSON {"head": ["a photo of a bird with a red head.", ...], ...}; \'toybirds\': the species parts)',
+    )
+    model.add_argument(
         "--mode",
         choices=("concepts", "cls"),
         default=HASH.mode,
@@ -591,6 +597,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             cd_weight=args.cd_weight,
             language_guidance=not args.no_language_guidance,
             oracle_centres=args.oracle_centres,
+            part_phrases=read_part_phrases(args.part_phrases) if args.part_phrases else None,
             concept_blocks=args.concept_blocks,
             concept_depth=args.concept_depth,
             locality_weight=args.locality_weight,

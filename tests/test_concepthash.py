@@ -11,10 +11,12 @@ import torch
 from core.backbones.clip import load_backbone
 from core.concepthash import losses
 from core.concepthash.attention import concept_heatmaps
+from core.concepthash.codes import value_codes
+from core.concepthash.config import read_part_phrases
 from core.concepthash.evaluate import interpretability_metrics, subcode_values
 from core.concepthash.model import ConceptHash, ConceptHashConfig
 from core.data.spec import DataSpec, ToyBirdsSplit
-from core.data.toybirds import PARTS, SPECIES, SPECIES_PARTS
+from core.data.toybirds import PARTS, SPECIES, SPECIES_PARTS, per_part_codes
 
 CLASSES = ["red finch", "blue finch", "green finch"]
 
@@ -282,6 +284,90 @@ def test_heatmaps(backbone):
 def test_subcode_values_read_bits_little_endian():
     codes = np.array([[1, -1, -1, 1], [1, 1, -1, -1]])
     np.testing.assert_array_equal(subcode_values(codes, 2), [[1, 2], [3, 0]])
+
+
+def test_value_codes_spell_sub_code_values_and_refuse_what_the_bits_cannot_hold():
+    values = np.array([[0, 3, 1], [2, 2, 0]])
+    codes = value_codes(values, 2)
+    np.testing.assert_array_equal(codes, [[-1, -1, 1, 1, 1, -1], [-1, 1, -1, 1, -1, -1]])
+    np.testing.assert_array_equal(subcode_values(codes, 3), values)
+    with pytest.raises(ValueError, match=r"in \[0, 4\)"):
+        value_codes(np.array([[4]]), 2)
+
+
+class PhraseBackbone:
+    """Text embeddings chosen by hand: each text is a fixed unit vector (cosines known in advance)."""
+
+    def __init__(self, vectors: dict[str, list[float]]) -> None:
+        self.vectors = vectors
+
+    def encode_texts(self, texts):
+        return torch.tensor([self.vectors[t] for t in texts])
+
+
+def test_part_phrase_centres_hold_the_closest_phrase_of_each_group():
+    config = ConceptHashConfig(
+        bits=4, n_concepts=2, part_phrases={"head": ["h0", "h1", "h2"], "wing": ["w0", "w1"]}
+    )
+    backbone = PhraseBackbone(
+        {
+            "a photo of a red finch.": [1.0, 0.0, 0.2],
+            "a photo of a blue finch.": [0.0, 1.0, -0.2],
+            "h0": [0.0, 1.0, 0.0],  # blue
+            "h1": [0.1, 0.0, 1.0],
+            "h2": [1.0, 0.1, 0.0],  # red
+            "w0": [0.0, 0.0, 1.0],  # the red finch leans this way (+0.2)
+            "w1": [0.0, 0.0, -1.0],  # the blue finch (-0.2)
+        }
+    )
+    centres = ConceptHash.phrase_centres(backbone, ["red finch", "blue finch"], config)
+    # red finch: head h2 (value 2), wing w0 (0); blue finch: head h0 (0), wing w1 (1)
+    torch.testing.assert_close(
+        centres, torch.tensor(value_codes(np.array([[2, 0], [0, 1]]), 2), dtype=torch.float32)
+    )
+
+
+def test_part_phrases_on_the_shipped_toy_clip_give_the_per_part_codes():
+    """Language alone (species names against part phrases) recovers every species' three colours."""
+    toy_clip = load_backbone("pretrained/toybirds-clip")
+    config = ConceptHashConfig(bits=6, n_concepts=3, part_phrases=read_part_phrases("toybirds"))
+    model = ConceptHash(toy_clip, [s.name for s in SPECIES], config)
+    np.testing.assert_array_equal(model.hash_centres().numpy(), per_part_codes(6, 3))
+    assert list(config.part_phrases) == list(SPECIES_PARTS)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"part_phrases": {"head": ["a", "b"]}}, "1 group\\(s\\) for 3 concepts"),
+        ({"part_phrases": {"h": ["a"], "w": ["a", "b"], "b": ["a", "b"]}}, "'h' has 1 phrase"),
+        ({"part_phrases": {"h": list("abcde"), "w": ["a", "b"], "b": ["a", "b"]}}, "holds 2 to 4 values"),
+        ({"part_phrases": {"h": ["a", ""], "w": ["a", "b"], "b": ["a", "b"]}}, "non-empty texts"),
+        ({"part_phrases": {"h": ["a", "b"]}, "n_concepts": 1, "bits": 2, "mode": "cls"}, "mode 'concepts'"),
+    ],
+)
+def test_part_phrases_are_checked(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ConceptHashConfig(**({"bits": 6, "n_concepts": 3} | overrides))
+
+
+def test_part_phrases_are_read_from_json_or_named_and_bad_files_get_one_sentence(tmp_path):
+    assert read_part_phrases("toybirds")["wing"][2] == "a photo of a bird with a blue wing."
+    good = tmp_path / "parts.json"
+    good.write_text('{"crown": ["red crown", "blue crown"], "belly": ["white belly", "grey belly"]}')
+    assert read_part_phrases(str(good)) == {
+        "crown": ["red crown", "blue crown"],
+        "belly": ["white belly", "grey belly"],
+    }
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "list.json").write_text('["red crown"]')
+    for name, message in [
+        ("bad.json", "is not JSON"),
+        ("list.json", "must hold an object"),
+        ("missing.json", "Cannot read the part phrases file"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            read_part_phrases(str(tmp_path / name))
 
 
 def test_localisation_finds_a_concept_that_points_at_the_head():

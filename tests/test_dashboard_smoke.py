@@ -114,6 +114,10 @@ def test_home_names_options_that_are_not_in_the_paper():
     assert beyond_the_paper({"center_hidden": 256}) == [] and beyond_the_paper({"center_hidden": 0}) == [
         "linear centres"
     ]
+    assert beyond_the_paper({"part_phrases": {"head": ["a", "b"], "wing": ["c", "d"]}}) == [
+        "centres from part phrases (head, wing)"
+    ]
+    assert beyond_the_paper({"part_phrases": None}) == []
     model = {
         "bits": 6,
         "n_concepts": 3,

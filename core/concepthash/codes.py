@@ -27,6 +27,16 @@ def subcode_values(codes: np.ndarray, n_concepts: int) -> np.ndarray:
     return (binary << np.arange(per)).sum(axis=-1)
 
 
+def value_codes(values: np.ndarray, bits_per: int) -> np.ndarray:
+    """(N, M * bits_per) ±1 codes whose sub-codes hold ``values`` (N, M), little-endian: the inverse of
+    :func:`subcode_values`."""
+    values = np.asarray(values, dtype=np.int64)
+    if values.min(initial=0) < 0 or values.max(initial=0) >= 2**bits_per:
+        raise ValueError(f"Sub-code values must be in [0, {2**bits_per}), the range of {bits_per} bits.")
+    bits = (values[..., None] >> np.arange(bits_per)) & 1
+    return np.where(bits > 0, 1, -1).astype(np.int8).reshape(len(values), -1)
+
+
 def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights of 1-D linear resampling with half-pixel centres (align_corners=False)."""
     position = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, None)

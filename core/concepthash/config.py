@@ -48,6 +48,11 @@ class ConceptHashConfig:
     # Diagnostic, not ConceptHash: fixed ToyBirds per-part centres built from the species' part colours
     # (part labels!), to measure what the encoder does when its targets are part-specific.
     oracle_centres: bool = False
+    # Not in the paper (None = off): centres from language alone. One group of phrases per concept, e.g.
+    # {"head": ["a photo of a bird with a red head.", ...], ...}; concept m's part of class c's centre is
+    # the code of the phrase in group m that the text tower finds closest to the class prompt. No image
+    # part labels, but a part vocabulary whose values the class names imply (see read_part_phrases).
+    part_phrases: dict[str, list[str]] | None = None
     class_template: str = "a photo of a {}."
     scale: float = 8.0
     margin: float = 0.2
@@ -73,6 +78,27 @@ class ConceptHashConfig:
                 f"{self.bits} bits cannot be split evenly over {self.n_concepts} concepts; "
                 "choose bits divisible by the number of concepts."
             )
+        if self.part_phrases is not None:
+            self._check_part_phrases()
+
+    def _check_part_phrases(self) -> None:
+        groups = self.part_phrases or {}
+        if self.mode != "concepts" or self.oracle_centres:
+            raise ValueError("Part phrases set the centres; they need mode 'concepts' and no oracle.")
+        if len(groups) != self.n_concepts:
+            raise ValueError(
+                f"Part phrases give {len(groups)} group(s) for {self.n_concepts} concepts; "
+                "give one group per concept."
+            )
+        values = 2**self.bits_per_concept
+        for part, phrases in groups.items():
+            if not isinstance(phrases, list) or not all(isinstance(x, str) and x.strip() for x in phrases):
+                raise ValueError(f"Part phrases for {part!r} must be a list of non-empty texts.")
+            if not 2 <= len(phrases) <= values:
+                raise ValueError(
+                    f"Part {part!r} has {len(phrases)} phrase(s); a {self.bits_per_concept}-bit sub-code "
+                    f"holds 2 to {values} values."
+                )
 
     @property
     def bits_per_concept(self) -> int:
@@ -109,3 +135,25 @@ class TrainConfig(RunSettings):
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}.")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
+
+
+def read_part_phrases(source: str) -> dict[str, list[str]]:
+    """Part phrases (see ``ConceptHashConfig.part_phrases``) from ``toybirds`` (the ToyBirds species parts
+    and colours) or a JSON file ``{"part": ["phrase", ...], ...}``; ValueError with one sentence otherwise."""
+    import json
+    from pathlib import Path
+
+    if source == "toybirds":
+        from core.data.toybirds import part_value_phrases
+
+        return part_value_phrases()
+    path = Path(source)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"Cannot read the part phrases file {source} ({exc.strerror or exc}).") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"The part phrases file {source} is not JSON ({exc}).") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"The part phrases file {source} must hold an object of part: [phrases].")
+    return {str(part): phrases for part, phrases in data.items()}

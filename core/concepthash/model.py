@@ -36,6 +36,7 @@ from torch import nn
 from core.backbones.clip import Backbone
 from core.backbones.vit import ViTOutput, vit_forward
 from core.concepthash import losses
+from core.concepthash.codes import value_codes
 from core.concepthash.config import ConceptHashConfig, bits_per_concept
 
 # Weight names that bundles written before a rename still carry: old name -> current name.
@@ -153,7 +154,13 @@ class ConceptHash(nn.Module):
         if text_features is None:
             text_features = self.class_text_features(backbone, self.class_names, config)
         self.register_buffer("text_features", text_features.float())
-        self.oracle = self.oracle_centres(self.class_names, config) if config.oracle_centres else None
+        self.fixed_centres = (
+            self.oracle_centres(self.class_names, config)
+            if config.oracle_centres
+            else self.phrase_centres(backbone, self.class_names, config)
+            if config.part_phrases
+            else None
+        )
         self.center_mlp = (
             nn.Sequential(
                 nn.Linear(text_features.shape[1], config.center_hidden),
@@ -184,6 +191,20 @@ class ConceptHash(nn.Module):
             raise ValueError("Oracle centres exist only for the ToyBirds species, in their order.")
         return torch.from_numpy(per_part_codes(config.bits, config.n_concepts).astype("float32"))
 
+    @staticmethod
+    def phrase_centres(backbone: Backbone, class_names: list[str], config: ConceptHashConfig) -> torch.Tensor:
+        """Centres from language (``part_phrases``): sub-code m of class c holds the index of the phrase of
+        group m whose text embedding is closest (cosine) to the class prompt's, one row per class."""
+        with torch.no_grad():
+            prompts = [config.class_template.format(name) for name in class_names]
+            classes = F.normalize(backbone.encode_texts(prompts).float(), dim=-1)
+            values = [
+                (classes @ F.normalize(backbone.encode_texts(phrases).float(), dim=-1).T).argmax(dim=1)
+                for phrases in (config.part_phrases or {}).values()
+            ]
+        codes = value_codes(torch.stack(values, dim=1).cpu().numpy(), config.bits_per_concept)
+        return torch.from_numpy(codes.astype("float32"))
+
     @property
     def depth(self) -> int | None:
         """Blocks run before the concept tokens are read (None: all, as in the reference)."""
@@ -202,9 +223,9 @@ class ConceptHash(nn.Module):
         return self.specificity.shape[0]
 
     def hash_centres(self) -> torch.Tensor:
-        """o_c for every class: (C, K) (the fixed per-part codes with the ``oracle_centres`` diagnostic)."""
-        if self.oracle is not None:
-            return self.oracle.to(self.text_features.device)
+        """o_c for every class: (C, K) (fixed ones with ``oracle_centres`` or ``part_phrases``)."""
+        if self.fixed_centres is not None:
+            return self.fixed_centres.to(self.text_features.device)
         return self.center_mlp(self.text_features)
 
     def train(self, mode: bool = True) -> ConceptHash:

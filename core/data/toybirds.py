@@ -697,6 +697,12 @@ def part_value_prompt(part: str, value: str) -> str:
     return f"a photo of a bird with {_article(value)} {value} {part}."
 
 
+def part_value_phrases() -> dict[str, list[str]]:
+    """Every species part's values as zero-shot prompts, in ``SPECIES_COLOURS`` order (a part vocabulary
+    for ConceptHash's ``part_phrases``: language only, no image labels)."""
+    return {part: [part_value_prompt(part, value) for value in PART_VALUES[part]] for part in SPECIES_PARTS}
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------
