@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -613,25 +613,28 @@ async def _open_only(browser, url: str, timeout: float) -> dict[str, Any]:
         return {"error": str(exc).splitlines()[0]}
 
 
-async def _floor_sessions(config: LoadBenchConfig, server: StreamlitServer) -> list[dict[str, Any]]:
-    """The same number of sessions opening the floor app (:data:`browser.FLOOR_APP`) at once."""
+async def _in_one_chromium(sessions: Callable[[Any], Iterable[Awaitable[Any]]]) -> list[Any]:
+    """Launch one headless Chromium, run at once the sessions ``sessions(browser)`` makes, close it."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         chromium = await launch(playwright)
         try:
-            return await asyncio.gather(
-                *(_open_only(chromium, server.url, config.timeout) for _ in range(config.sessions))
-            )
+            return await asyncio.gather(*sessions(chromium))
         finally:
             await chromium.close()
+
+
+async def _floor_sessions(config: LoadBenchConfig, server: StreamlitServer) -> list[dict[str, Any]]:
+    """The same number of sessions opening the floor app (:data:`browser.FLOOR_APP`) at once."""
+    return await _in_one_chromium(
+        lambda chromium: [_open_only(chromium, server.url, config.timeout) for _ in range(config.sessions)]
+    )
 
 
 async def _load_sessions(
     config: LoadBenchConfig, server: StreamlitServer, folder: Path
 ) -> list[dict[str, Any]]:
-    from playwright.async_api import async_playwright
-
     url = f"{server.url}/{Path(OPEN_WORLD).stem}"
     photos = [session_photos(n, config.photos, folder) for n in range(config.sessions)]
     barrier, arrived = asyncio.Event(), []
@@ -642,14 +645,9 @@ async def _load_sessions(
             barrier.set()
         await barrier.wait()
 
-    async with async_playwright() as playwright:
-        chromium = await launch(playwright)
-        try:
-            return await asyncio.gather(
-                *(_one_session(chromium, url, p, start_upload, config.timeout) for p in photos)
-            )
-        finally:
-            await chromium.close()
+    return await _in_one_chromium(
+        lambda chromium: [_one_session(chromium, url, p, start_upload, config.timeout) for p in photos]
+    )
 
 
 def _cpu_split(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
