@@ -151,13 +151,17 @@ def _open_page(page: str, timeout: float) -> tuple[Any, float]:
 
 def _page_timing(page: str, warm_runs: int, timeout: float) -> dict[str, Any]:
     app, first = _open_page(page, timeout)
-    warm = [_timed_run(app) for _ in range(warm_runs)]
+    errors = _page_errors(app)  # of every run, not only the last: a first visit can fail where reruns do not
+    warm = []
+    for _ in range(warm_runs):
+        warm.append(_timed_run(app))
+        errors += [e for e in _page_errors(app) if e not in errors]
     return {
         "page": page,
         "first_seconds": first,
         "warm_median_seconds": statistics.median(warm),
         "warm_seconds": warm,
-        "errors": _page_errors(app),
+        "errors": errors,
     }
 
 
