@@ -293,6 +293,19 @@ def concept_heatmaps_shown(app) -> list:
     ]
 
 
+def test_both_sides_may_show_the_same_model(dashboard, tiny_bundles):
+    """One ConceptHash bundle on both sides (a folder with only one, or a person's choice): no clash."""
+    app = dashboard(PAGE)
+    csd = app.selectbox(key="ret_model_a").value
+    app.selectbox(key="ret_model_b").set_value(csd).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("Both sides show the same model" in i.value for i in app.info)
+    k = app.slider(key="ret_k").value
+    assert [len(c) for c in result_columns(app)] == [k, k]
+    assert shown_hits(app, "toy-hash-csd") == 2 * expected_hits(tiny_bundles / "toy-hash-csd", 0, k)  # a, b
+    assert len(concept_heatmaps_shown(app)) == 2
+
+
 def test_page_searches_with_a_test_image_without_loading_a_model(dashboard, tiny_bundles, monkeypatch):
     """A test image's code and last-layer heatmaps come from the arrays each bundle stores: the first draw
     asks for no model and finds what the models find; the rollout heatmaps load both models."""

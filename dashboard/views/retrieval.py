@@ -223,7 +223,8 @@ def database_images(info, n_db: int, indices: list[int]) -> list[Image.Image] | 
     return [split.image(i) for i in indices]
 
 
-def draw_results(column, info, loaded, table, hits_index: list[int]) -> None:
+def draw_results(column, side: str, info, loaded, table, hits_index: list[int]) -> None:
+    """Model ``side`` ("a" or "b", part of every widget key: both sides may show the same bundle)."""
     with column:
         st.subheader(info.name)
         precision = precision_of(table)
@@ -240,24 +241,23 @@ def draw_results(column, info, loaded, table, hits_index: list[int]) -> None:
         else:
             st.image(images, caption=captions, width=THUMB)
             labelled = [(f"{c} {n}", im) for c, n, im in zip(captions, table["class"], images, strict=True)]
-            download_png(
-                partial(labelled_grid, labelled, 8, 96), f"results-{info.name}", key=f"ret_png_{info.path}"
-            )
+            grid = partial(labelled_grid, labelled, 8, 96)
+            download_png(grid, f"results-{info.name}", key=f"ret_png_{side}_{info.path}")
 
 
-def draw_ties(column, info, loaded, code: np.ndarray, k: int) -> None:
+def draw_ties(column, side: str, info, loaded, code: np.ndarray, k: int) -> None:
     """How many database images tie at each distance, and on request the whole nearest tie group."""
     packed = _packed_db(info.path, info.mtime, loaded.db_codes)
     ties = tie_table(packed, code, k)
     with column:
         st.markdown(f"**{info.name}** — {loaded.db_codes.shape[1]}-bit codes")
-        st.dataframe(ties, hide_index=True, key=f"ret_ties_{info.path}")
+        st.dataframe(ties, hide_index=True, key=f"ret_ties_{side}_{info.path}")
         st.caption(tie_sentence(ties, k))
-        download_table(ties, f"ties-{info.name}", key=f"ret_ties_csv_{info.path}")
+        download_table(ties, f"ties-{info.name}", key=f"ret_ties_csv_{side}_{info.path}")
         nearest, group = first_tie_group(packed, code)
         if not st.checkbox(
             f"Show the whole first tie group ({len(group)} images at distance {nearest})",
-            key=f"ret_tie_group_{info.path}",
+            key=f"ret_tie_group_{side}_{info.path}",
         ):
             return
         n_db = len(loaded.db_codes)
@@ -274,10 +274,10 @@ def draw_ties(column, info, loaded, code: np.ndarray, k: int) -> None:
         listed = pd.DataFrame(
             {"rank": np.arange(1, len(group) + 1), "database id": [str(db_ids[i]) for i in group]}
         )
-        download_table(listed, f"first-tie-group-{info.name}", key=f"ret_tie_csv_{info.path}")
+        download_table(listed, f"first-tie-group-{info.name}", key=f"ret_tie_csv_{side}_{info.path}")
 
 
-def draw_heatmaps(column, info, image: Image.Image, heatmaps: np.ndarray, opacity: float) -> None:
+def draw_heatmaps(column, side: str, info, image: Image.Image, heatmaps: np.ndarray, opacity: float) -> None:
     cls_baseline = is_cls_baseline(info.config)
     names, _ = concept_names(info.config.get("metrics", {}), cls_baseline)
     with column:
@@ -294,7 +294,7 @@ def draw_heatmaps(column, info, image: Image.Image, heatmaps: np.ndarray, opacit
         download_png(
             partial(labelled_grid, labelled, 6, scale=ATTENTION_SCALE),
             f"heatmaps-{info.name}",
-            key=f"ret_heat_png_{info.path}",
+            key=f"ret_heat_png_{side}_{info.path}",
         )
 
 
@@ -333,8 +333,8 @@ def main() -> None:
     if any(result is None for result in results):
         return
     st.subheader(f"Top {k} results")
-    for column, info, model, result in zip(st.columns(2), pair, loaded, results, strict=True):
-        draw_results(column, info, model, result.table, result.indices)
+    for side, column, info, model, result in zip("ab", st.columns(2), pair, loaded, results, strict=True):
+        draw_results(column, side, info, model, result.table, result.indices)
     both = pd.concat([result.table for result in results], ignore_index=True)
     with st.expander("Results as a table"):
         st.dataframe(both, hide_index=True, width="stretch")
@@ -345,8 +345,8 @@ def main() -> None:
         "A short code has few distances (a 6-bit code has 7), so many database images tie; which of them "
         "make the top k is decided by database index, not by how alike they are."
     )
-    for column, info, model, result in zip(st.columns(2), pair, loaded, results, strict=True):
-        draw_ties(column, info, model, result.code, k)
+    for side, column, info, model, result in zip("ab", st.columns(2), pair, loaded, results, strict=True):
+        draw_ties(column, side, info, model, result.code, k)
 
     st.subheader("Stored metrics")
     metrics = metrics_table({info.name: info.config for info in pair})
@@ -361,8 +361,8 @@ def main() -> None:
     download_table(metrics, "retrieval_metrics", key="ret_metrics_csv")
 
     st.subheader("Concept heatmaps for the query")
-    for column, info, result in zip(st.columns(2), pair, results, strict=True):
-        draw_heatmaps(column, info, query.image, result.heatmaps, opacity)
+    for side, column, info, result in zip("ab", st.columns(2), pair, results, strict=True):
+        draw_heatmaps(column, side, info, query.image, result.heatmaps, opacity)
     show_colour_scale()
 
 
