@@ -158,6 +158,11 @@ def image_grid(
         )
 
 
+def share_bars(column: str, label: str) -> dict[str, Any]:
+    """``column_config`` drawing ``column`` (shares from 0 to 1) as bars with percentages, named ``label``."""
+    return {column: st.column_config.ProgressColumn(label, format="percent", min_value=0.0, max_value=1.0)}
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

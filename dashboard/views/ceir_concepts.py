@@ -44,7 +44,7 @@ from lens.ceir import (
     unedited,
 )
 from lens.data import data_json, open_data_split
-from lens.figures import download_figure, download_table, image_grid
+from lens.figures import download_figure, download_table, image_grid, share_bars
 
 GRID_CAP = 24  # selected images shown at most
 TOP_K = 10  # bars in the per-image chart
@@ -341,11 +341,7 @@ def show_clusters(train: TrainSet) -> None:
             composition,
             hide_index=True,
             key="ceir_composition",
-            column_config={
-                "purity": st.column_config.ProgressColumn(
-                    "purity", format="percent", min_value=0.0, max_value=1.0
-                )
-            },
+            column_config=share_bars("purity", "purity"),
         )
         st.caption("Species in each training cluster; purity is the share of its most common species.")
         download_table(composition, "cluster_composition", key="ceir_dl_composition")

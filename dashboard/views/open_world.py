@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from lens.bundles import available, load_model
-from lens.figures import download_table
+from lens.figures import download_table, share_bars
 from lens.labels import (
     CONSE,
     FALLBACK_BANK,
@@ -293,11 +293,7 @@ def show_results(report: LabelReport, images) -> None:
             candidates,
             hide_index=True,
             key="ow_candidates",
-            column_config={
-                "share": st.column_config.ProgressColumn(
-                    "share of the images", min_value=0.0, max_value=1.0, format="percent"
-                )
-            },
+            column_config=share_bars("share", "share of the images"),
         )
         download_table(candidates, "candidate_labels", key="ow_dl_candidates")
 
