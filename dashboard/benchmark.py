@@ -577,16 +577,24 @@ def _summary(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-async def _one_session(browser, url: str, photos: list[Path], start_upload, timeout: float) -> dict[str, Any]:
-    """Open the page (page ready), wait for every session to be ready, upload, wait for the labels."""
+async def _open_session(browser, url: str, timeout: float) -> tuple[Any, dict[str, Any]]:
+    """A fresh context opening ``url``: its tab, and the seconds to the first feedback, to the script's start
+    (the browser's part: loading the app) and to the page ready, or why it did not get ready."""
     tab = await (await new_context(browser)).new_page()
-    result: dict[str, Any] = {"page_ready_seconds": None, "labels_seconds": None, "error": None}
+    result: dict[str, Any] = {"page_ready_seconds": None, "error": None}
     try:
         result["feedback_seconds"], result["page_ready_seconds"] = await open_timed(tab, url, timeout)
-        started = await tab.evaluate("() => window.__cl.started")  # the browser's part: loading the app
+        started = await tab.evaluate("() => window.__cl.started")
         result["script_started_seconds"] = None if started is None else started / 1000
     except Exception as exc:  # noqa: BLE001 - a session that fails is counted, the others go on
         result["error"] = f"page did not get ready: {str(exc).splitlines()[0]}"
+    return tab, result
+
+
+async def _one_session(browser, url: str, photos: list[Path], start_upload, timeout: float) -> dict[str, Any]:
+    """Open the page (page ready), wait for every session to be ready, upload, wait for the labels."""
+    tab, result = await _open_session(browser, url, timeout)
+    result["labels_seconds"] = None
     await start_upload()
     if result["error"]:
         return result
@@ -605,18 +613,6 @@ async def _one_session(browser, url: str, photos: list[Path], start_upload, time
     return result
 
 
-async def _open_only(browser, url: str, timeout: float) -> dict[str, Any]:
-    """One session opening ``url``: seconds to the script's start and to the page ready (or the error)."""
-    tab = await (await new_context(browser)).new_page()
-    try:
-        _, ready = await open_timed(tab, url, timeout)
-        started = await tab.evaluate("() => window.__cl.started")
-        started = None if started is None else started / 1000
-        return {"script_started_seconds": started, "page_ready_seconds": ready}
-    except Exception as exc:  # noqa: BLE001 - a session that fails is counted, the others go on
-        return {"error": str(exc).splitlines()[0]}
-
-
 async def _in_one_chromium(sessions: Callable[[Any], Iterable[Awaitable[Any]]]) -> list[Any]:
     """Launch one headless Chromium, run at once the sessions ``sessions(browser)`` makes, close it."""
     from playwright.async_api import async_playwright
@@ -631,9 +627,11 @@ async def _in_one_chromium(sessions: Callable[[Any], Iterable[Awaitable[Any]]]) 
 
 async def _floor_sessions(config: LoadBenchConfig, server: StreamlitServer) -> list[dict[str, Any]]:
     """The same number of sessions opening the floor app (:data:`browser.FLOOR_APP`) at once."""
-    return await _in_one_chromium(
-        lambda chromium: [_open_only(chromium, server.url, config.timeout) for _ in range(config.sessions)]
-    )
+
+    async def open_floor(chromium) -> dict[str, Any]:
+        return (await _open_session(chromium, server.url, config.timeout))[1]
+
+    return await _in_one_chromium(lambda chromium: [open_floor(chromium) for _ in range(config.sessions)])
 
 
 async def _load_sessions(
@@ -696,7 +694,7 @@ def bench_load(config: LoadBenchConfig, progress: Callable[[str], None] = log) -
             key: _summary([f[key] for f in floor if f.get(key) is not None])
             for key in ("script_started_seconds", "page_ready_seconds")
         }
-        | {"errors": [f["error"] for f in floor if "error" in f]},
+        | {"errors": [f["error"] for f in floor if f["error"]]},
         "sessions_ok": sum(s["error"] is None for s in sessions),
         "sessions": sessions,
         "cpu_seconds": cpu,
