@@ -5,7 +5,9 @@ Free of PyTorch, so the CLI takes its defaults from here without importing torch
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from core.settings import RunSettings
@@ -140,9 +142,6 @@ class TrainConfig(RunSettings):
 def read_part_phrases(source: str) -> dict[str, list[str]]:
     """Part phrases (see ``ConceptHashConfig.part_phrases``) from ``toybirds`` (the ToyBirds species parts
     and colours) or a JSON file ``{"part": ["phrase", ...], ...}``; ValueError with one sentence otherwise."""
-    import json
-    from pathlib import Path
-
     if source == "toybirds":
         from core.data.toybirds import part_value_phrases
 
