@@ -66,12 +66,6 @@ DEFAULT_MEMORY_TIMEOUT = 600.0  # seconds per page run in the memory benchmark
 DEFAULT_SESSIONS = 8  # browser sessions at once in the load benchmark
 MAX_SESSIONS = 32  # each is a Chromium context: more than this would measure the browser, not the app
 DEFAULT_PHOTOS = 3  # photos each session uploads
-# The flags each sub-command run by DASHBOARD_SCRIPT takes; they are passed on to it unchanged.
-SCRIPT_BENCH_FLAGS = {
-    "dashboard": ("bundles", "warm_runs", "uploads", "timeout", "browser", "server_side", "json_out"),
-    "memory": ("bundles", "timeout", "json_out"),
-    "load": ("bundles", "sessions", "photos", "timeout", "json_out"),
-}
 FAISS_MODES = ("subprocess", "same")
 _WORD_BITS = 64
 
@@ -658,6 +652,18 @@ def add_memory_flags(parser: argparse.ArgumentParser) -> None:
     _json_out(parser, "memory")
 
 
+# The sub-commands run by DASHBOARD_SCRIPT, each with the function that adds its flags: both parsers call it,
+# and every flag it adds is passed on (``script_flags``), so a new flag cannot be dropped on the way.
+SCRIPT_BENCHES = {"dashboard": add_dashboard_flags, "memory": add_memory_flags, "load": add_load_flags}
+
+
+def script_flags(bench_command: str) -> list[str]:
+    """The argument names (``dest``) of the flags ``bench_command`` takes, read from its flag function."""
+    parser = argparse.ArgumentParser(add_help=False)
+    SCRIPT_BENCHES[bench_command](parser)
+    return [action.dest for action in parser._actions]
+
+
 def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``bench`` and its sub-commands to the ``conceptlens`` sub-command parsers."""
     bench = commands.add_parser("bench", help="speed and memory benchmarks: a table, and JSON in a file")
@@ -753,7 +759,7 @@ def script_command(args: argparse.Namespace) -> list[str]:
     (``browser``) is passed on as ``--no-browser`` when it is off.
     """
     flags = []
-    for name in SCRIPT_BENCH_FLAGS[args.bench_command]:
+    for name in script_flags(args.bench_command):
         value, flag = getattr(args, name), name.replace("_", "-")
         if isinstance(value, bool):
             flags += [] if value else [f"--no-{flag}"]
@@ -800,7 +806,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ``dashboard`` and ``memory`` run in ``dashboard/benchmark.py``, and its exit status is returned.
     Bad flag values raise ValueError with one sentence (the command line turns that into exit 2).
     """
-    if args.bench_command in SCRIPT_BENCH_FLAGS:
+    if args.bench_command in SCRIPT_BENCHES:
         return run_dashboard_script(args)
     result, table = BENCHES[args.bench_command](args)
     return report(result, table, args.json_out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -319,6 +320,8 @@ def test_conceptlens_bench_passes_every_flag_to_the_script(tmp_path, monkeypatch
         "0",
         "--timeout",
         "2.5",
+        "--settle",
+        "15",
         "--no-browser",
         "--json-out",
         "o.json",
@@ -334,6 +337,7 @@ def test_conceptlens_bench_passes_every_flag_to_the_script(tmp_path, monkeypatch
         "--warm-runs=-2",
         "--uploads=0",
         "--timeout=2.5",
+        "--settle=15.0",
         "--no-browser",  # a switch that is off is passed on as such; one that is on is the default
         "--json-out=o.json",
     ]
@@ -354,6 +358,28 @@ def test_conceptlens_bench_passes_every_flag_to_the_script(tmp_path, monkeypatch
         "--json-out=bench-results/load.json",
     ]
     assert calls[0][1]["PYTHONPATH"] == os.pathsep.join([str(BENCHMARK_SCRIPT.parents[1]), "elsewhere"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dashboard", "--warm-runs", "2", "--uploads", "0", "--settle", "15", "--no-server-side"],
+        ["memory", "--timeout", "30"],
+        ["load", "--sessions", "3", "--photos", "1"],
+    ],
+)
+def test_the_script_reads_back_every_value_conceptlens_bench_was_given(argv, board):
+    """What ``conceptlens bench`` passes on parses, in the script, to the very values it was given (a flag
+    left out on the way would come back as its default)."""
+    parser = argparse.ArgumentParser()
+    bench.add_bench_parser(parser.add_subparsers(dest="command"))
+    given = vars(parser.parse_args(["bench", *argv]))
+    command = bench.script_command(argparse.Namespace(**given))
+    received = vars(board.build_parser().parse_args(command[2:]))
+    assert {name: received[name] for name in bench.script_flags(argv[0])} == {
+        name: given[name] for name in bench.script_flags(argv[0])
+    }
+    assert len(bench.script_flags(argv[0])) == len(received) - 1  # all but the sub-command's name
 
 
 def test_dashboard_benches_need_the_source_checkout(tmp_path, monkeypatch, capsys):
