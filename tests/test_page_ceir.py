@@ -31,10 +31,23 @@ def chart(app, index: int) -> dict:
     return json.loads(app.get("plotly_chart")[index].proto.spec)
 
 
+MAP, ONE_IMAGE, CLUSTERS, QUALITY = "Latent map", "One image: concepts and what-if", "Clusters", "Quality"
+
+
+def open_tab(app, label: str):
+    """Open one of the page's tabs, as a click on it in the browser does (the page reruns)."""
+    app.session_state["ceir_tab"] = label
+    return app.run()
+
+
+# The charts of the one-image tab, in the order it draws them.
+BARS, DISTANCES = 0, 1
+
+
 def distance_bars(app) -> np.ndarray:
     """The intervention chart's distances in cluster order, gathered over its traces (one per role)."""
     by_cluster = {}
-    for trace in chart(app, 2)["data"]:
+    for trace in chart(app, DISTANCES)["data"]:
         for x, y in zip(trace["x"], decode(trace["y"]), strict=True):
             by_cluster[int(x.split()[-1])] = float(y)
     return np.array([by_cluster[c] for c in sorted(by_cluster)])
@@ -97,20 +110,50 @@ def page(tiny_bundles):
 
 
 def test_page_shows_every_section_without_errors(page):
-    assert not page.exception, [e.value for e in page.exception]
-    assert not page.error, [e.value for e in page.error]
-    headings = [s.value for s in page.subheader]
-    for wanted in ("The latent space", "One image's concepts", "Clusters and their concepts"):
-        assert wanted in headings
-    labels = [b.label for b in page.get("download_button")]
+    assert [t.label for t in page.tabs] == [MAP, ONE_IMAGE, CLUSTERS, QUALITY]
+    headings, labels = {}, []
+    for tab in (MAP, ONE_IMAGE, CLUSTERS, QUALITY):
+        open_tab(page, tab)
+        assert not page.exception, [e.value for e in page.exception]
+        assert not page.error, [e.value for e in page.error]
+        headings[tab] = [s.value for s in page.subheader]
+        labels += [b.label for b in page.get("download_button")]
+    assert headings[MAP] == ["The latent space"]  # only the open tab is drawn
+    assert headings[ONE_IMAGE] == ["One image's concepts", "What if? Edit the image's top concepts"]
+    assert headings[CLUSTERS] == ["Clusters and their concepts"]
+    assert headings[QUALITY] == ["Clustering quality on the test split"]
     assert "Download ceir_umap (HTML)" in labels
     assert "Download clustering_metrics (CSV)" in labels
     assert any(label.startswith("Download contributions_") and "/" not in label for label in labels)
+    open_tab(page, MAP)
+
+
+def test_widgets_in_a_closed_tab_keep_their_values(page, toy):
+    """Streamlit forgets a widget that a run did not draw; the page gives it back its value."""
+    open_tab(page, MAP)
+    page.radio(key="ceir_colour").set_value("true label").run()
+    open_tab(page, ONE_IMAGE)
+    page.selectbox(key="ceir_image").set_value(5).run()
+    editable = view.intervention_concepts(toy[3][5], 5)
+    page.slider(key=f"ceir_iv_5_{editable[0]}").set_value(2.0).run()
+    open_tab(page, CLUSTERS)
+    assert page.get("plotly_chart") == [] and "ceir_image" not in page.session_state  # not drawn: forgotten
+    open_tab(page, ONE_IMAGE)
+    assert page.selectbox(key="ceir_image").value == 5
+    assert page.slider(key=f"ceir_iv_5_{editable[0]}").value == 2.0
+    open_tab(page, MAP)
+    assert page.radio(key="ceir_colour").value == "true label"
+    page.radio(key="ceir_colour").set_value("cluster").run()
+    open_tab(page, ONE_IMAGE)
+    page.button(key="ceir_iv_reset").click().run()
+    page.selectbox(key="ceir_image").set_value(0).run()
+    open_tab(page, MAP)
 
 
 def test_map_is_the_umap_cached_in_the_bundle(page, tiny_bundles, toy):
     from core.bundle import load_bundle
 
+    open_tab(page, MAP)
     stored = load_bundle(tiny_bundles / "toy-ceir").arrays["train_umap"]
     points = umap_points(page)
     assert sorted(points) == list(range(len(toy[1])))
@@ -120,6 +163,7 @@ def test_map_is_the_umap_cached_in_the_bundle(page, tiny_bundles, toy):
 
 def test_metrics_table_equals_the_bundle_metrics(page, toy):
     metrics = toy[0].metrics
+    open_tab(page, QUALITY)
     table = next(d.value for d in page.dataframe if "method" in d.value.columns)
     assert table["method"].tolist() == ["CEIR", "k-means on CLIP embeddings", "k-means on concept vectors"]
     expected = [
@@ -136,12 +180,14 @@ def test_metrics_table_equals_the_bundle_metrics(page, toy):
 
 def test_cluster_table_sizes_match_the_stored_clusters(page, toy):
     clusters = toy[2]
+    open_tab(page, CLUSTERS)
     table = next(d.value for d in page.dataframe if "top concepts" in d.value.columns)
     sizes = dict(zip(table["cluster"], table["size"], strict=True))
     assert sizes == {int(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True), strict=True)}
 
 
 def test_colouring_switches_between_clusters_and_true_labels(page, toy):
+    open_tab(page, MAP)
     page.radio(key="ceir_colour").set_value("cluster").run()
     by_cluster = {t["name"] for t in chart(page, 0)["data"]}
     assert by_cluster == {f"cluster {c}" for c in np.unique(toy[2])}
@@ -155,8 +201,9 @@ def test_colouring_switches_between_clusters_and_true_labels(page, toy):
 @pytest.mark.parametrize("index", [0, 5])
 def test_bar_chart_shows_the_chosen_image_contributions(page, toy, index):
     loaded, vectors, _, contributions = toy
+    open_tab(page, ONE_IMAGE)
     page.selectbox(key="ceir_image").set_value(index).run()
-    bars = chart(page, 1)["data"][0]
+    bars = chart(page, BARS)["data"][0]
     expected = top_contributions(loaded.concepts, vectors[index], contributions[index], k=10)
     assert list(bars["y"]) == [c.label for c in expected][::-1]
     np.testing.assert_allclose(
@@ -167,6 +214,7 @@ def test_bar_chart_shows_the_chosen_image_contributions(page, toy, index):
 
 def test_sliders_intervene_on_the_top_concepts(page, toy):
     loaded, vectors, _, contributions = toy
+    open_tab(page, ONE_IMAGE)
     page.selectbox(key="ceir_image").set_value(0).run()
     editable = view.intervention_concepts(contributions[0], 5)
     keys = [s.key for s in page.slider]
@@ -192,6 +240,7 @@ def test_reset_pushes_the_start_values_to_the_browser_sliders(page, toy):
     """The browser keeps a slider's own value unless the proto says ``set_value``: a reset that only forgets
     the state left the sliders showing the edits, and the next touch sent them all back."""
     _, vectors, _, contributions = toy
+    open_tab(page, ONE_IMAGE)
     page.selectbox(key="ceir_image").set_value(0).run()
     editable = view.intervention_concepts(contributions[0], 5)
     first, second = editable[0], editable[1]
@@ -212,6 +261,7 @@ def test_reset_pushes_the_start_values_to_the_browser_sliders(page, toy):
 
 def test_lasso_selection_shows_the_images_and_their_shared_concepts(page, toy):
     loaded, vectors, _, contributions = toy
+    open_tab(page, MAP)
     assert any("Select points" in i.value for i in page.info)
     rows = [1, 2, 7]
     select_points(page, rows)
@@ -220,33 +270,39 @@ def test_lasso_selection_shows_the_images_and_their_shared_concepts(page, toy):
     shared = next(d.value for d in page.dataframe if "label" in d.value.columns and len(d.value) <= 8)
     expected = view.selection_concepts(loaded.concepts, vectors, contributions, rows)
     assert shared["label"].tolist() == [c.label for c in expected]
-    # the grid: one picture per selected image, plus the chosen image's picture
-    assert len(page.image) == len(rows) + 1
+    # the grid: one picture per selected image (the one-image tab is not drawn)
+    assert len(page.image) == len(rows)
 
 
 def test_a_new_selection_opens_its_first_image_in_the_one_image_panel(page, toy):
     loaded, vectors, _, contributions = toy
+    open_tab(page, ONE_IMAGE)
     page.selectbox(key="ceir_image").set_value(0).run()
+    open_tab(page, MAP)
     select_points(page, [9, 4, 6])
     assert not page.exception, [e.value for e in page.exception]
+    assert "Download selected_images (PNG)" in {b.label for b in page.get("download_button")}
+    open_tab(page, ONE_IMAGE)
     assert page.selectbox(key="ceir_image").value == 4
-    bars = chart(page, 1)["data"][0]
+    bars = chart(page, BARS)["data"][0]
     expected = top_contributions(loaded.concepts, vectors[4], contributions[4], k=10)
     assert list(bars["y"]) == [c.label for c in expected][::-1]
     assert [s.key for s in page.slider][0].startswith("ceir_iv_4_")
-    labels = {b.label for b in page.get("download_button")}
-    assert "Download selected_images (PNG)" in labels
-    # The picker stays free: choosing another image is not undone by the selection that is still there.
+    # The picker stays free: choosing another image is not undone by the selection.
     page.selectbox(key="ceir_image").set_value(5).run()
     assert page.selectbox(key="ceir_image").value == 5
+    open_tab(page, MAP)
     select_points(page, [1])  # a click on one point
+    open_tab(page, ONE_IMAGE)
     assert page.selectbox(key="ceir_image").value == 1
+    open_tab(page, MAP)
 
 
 def test_cluster_composition_sits_next_to_the_cluster_table(page, toy):
     loaded = toy[0]
     clusters, labels = loaded.arrays["train_clusters"], loaded.arrays["train_labels"]
     classes = loaded.config["classes"]
+    open_tab(page, CLUSTERS)
     table = next(d.value for d in page.dataframe if "purity" in d.value.columns)
     assert table["cluster"].tolist() == sorted(set(clusters.tolist()))
     for row in table.itertuples(index=False):
@@ -261,8 +317,9 @@ def test_cluster_composition_sits_next_to_the_cluster_table(page, toy):
 
 
 def test_intervention_chart_has_a_legend_and_downloads(page):
+    open_tab(page, ONE_IMAGE)
     page.selectbox(key="ceir_image").set_value(0).run()
-    figure = chart(page, 2)
+    figure = chart(page, DISTANCES)
     assert figure["layout"]["showlegend"] is True
     names = {trace["name"] for trace in figure["data"]}
     assert "other clusters" in names
@@ -305,8 +362,11 @@ def test_page_draws_from_the_arrays_and_loads_the_model_at_the_first_edit(dashbo
     app = dashboard("ceir_concepts")
     assert not app.exception, [e.value for e in app.exception]
     assert not app.error, [e.value for e in app.error]
+    for tab in (CLUSTERS, QUALITY, ONE_IMAGE):
+        open_tab(app, tab)
+        assert not app.exception, [e.value for e in app.exception]
     index = app.selectbox(key="ceir_image").value
-    bars = chart(app, 1)["data"][0]
+    bars = chart(app, BARS)["data"][0]
     expected = top_contributions(loaded.concepts, vectors[index], contributions[index], k=10)
     assert list(bars["y"]) == [c.label for c in expected][::-1]
     np.testing.assert_allclose(
@@ -336,8 +396,9 @@ def test_a_bundle_saved_without_contributions_gets_them_from_the_model(dashboard
     loads = ceir_loads(monkeypatch)
     app = dashboard("ceir_concepts")
     assert not app.exception, [e.value for e in app.exception]
+    open_tab(app, ONE_IMAGE)
     app.selectbox(key="ceir_image").set_value(5).run()
-    bars = chart(app, 1)["data"][0]
+    bars = chart(app, BARS)["data"][0]
     expected = top_contributions(loaded.concepts, vectors[5], contributions[5], k=10)
     assert list(bars["y"]) == [c.label for c in expected][::-1]
     assert loads
@@ -524,6 +585,7 @@ def test_filter_table_lists_every_removed_concept_with_its_filter():
 def test_ceir_page_shows_what_the_filters_removed(page, toy):
     removed = toy[0].config["concept_bank"]["removed"]
     expected = sorted(c for why in removed.values() for c in why)
+    open_tab(page, QUALITY)
     tables = [d.value for d in page.dataframe if list(d.value.columns) == ["concept", "filter", "reason"]]
     if expected:
         assert len(tables) == 1 and sorted(tables[0]["concept"]) == expected

@@ -146,6 +146,11 @@ def protocols_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def class_names(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Each label's class name (the number itself when the bundle names no such class)."""
+    return [classes[int(y)] if 0 <= int(y) < len(classes) else str(int(y)) for y in labels]
+
+
 def umap_frame(
     embedding: np.ndarray,
     clusters: np.ndarray,
@@ -154,7 +159,7 @@ def umap_frame(
     ids: Sequence[str],
 ) -> pd.DataFrame:
     """One row per train image for the scatter plot; ``index`` is the image's row in the train arrays."""
-    names = [classes[int(y)] if 0 <= int(y) < len(classes) else str(int(y)) for y in labels]
+    names = class_names(labels, classes)
     return pd.DataFrame(
         {
             "index": np.arange(len(embedding)),

@@ -19,6 +19,7 @@ from lens.ceir import (
     TRAIN_IDS,
     TRAIN_LABELS,
     TRAIN_LATENTS,
+    class_names,
     cluster_centres,
     cluster_composition,
     cluster_table,
@@ -45,11 +46,14 @@ from lens.ceir import (
 )
 from lens.data import data_json, open_data_split
 from lens.figures import download_figure, download_table, image_grid, share_bars
+from lens.tabs import kept, lazy_tabs
 
 GRID_CAP = 24  # selected images shown at most
 TOP_K = 10  # bars in the per-image chart
 N_EDITABLE = 5  # sliders in the intervention panel
 COLOURS = qualitative.Dark24 + qualitative.Light24
+# The page's tabs; a visit draws the open one only (the map alone, at first), so it is ready sooner.
+MAP, ONE_IMAGE, CLUSTERS, QUALITY = "Latent map", "One image: concepts and what-if", "Clusters", "Quality"
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -194,17 +198,15 @@ def show_concept_bank(loaded) -> None:
             download_table(removed, "removed_concepts", key="ceir_dl_removed")
 
 
-def show_latent_map(train: TrainSet, embedding: np.ndarray):
-    """The map of the training latents, with the images and shared concepts of a selection in it; the
-    map's rows (one per training image)."""
+def show_latent_map(train: TrainSet, embedding: np.ndarray) -> None:
+    """The map of the training latents, with the images and shared concepts of a selection in it."""
     st.subheader("The latent space")
-    colour = st.radio("Colour by", ["cluster", "true label"], horizontal=True, key="ceir_colour")
+    colour = kept(st.radio, "Colour by", ["cluster", "true label"], horizontal=True, key="ceir_colour")
     st.caption(
         f"{latent_map_method(len(train))} of the {len(train)} training latents (fixed random state). Drag a "
         "box or lasso to select images; their shared concepts appear below."
     )
-    frame = umap_frame(embedding, train.clusters, train.labels, train.classes, train.ids)
-    figure = scatter(frame, colour)
+    figure = scatter(umap_frame(embedding, train.clusters, train.labels, train.classes, train.ids), colour)
     event = st.plotly_chart(
         figure, on_select="rerun", selection_mode=("points", "box", "lasso"), key="ceir_umap"
     )
@@ -212,8 +214,8 @@ def show_latent_map(train: TrainSet, embedding: np.ndarray):
 
     chosen = selected_indices(event.selection if event else None, len(train))
     if chosen and tuple(chosen) != st.session_state.get("ceir_selected"):
-        # A new selection (or a click on one point) puts its first image in the one-image panel below;
-        # the picker there stays free until the selection changes again.
+        # A new selection (or a click on one point) puts its first image in the one-image tab; the picker
+        # there stays free until the selection changes again.
         st.session_state["ceir_image"] = chosen[0]
     st.session_state["ceir_selected"] = tuple(chosen)
     if chosen:
@@ -221,9 +223,8 @@ def show_latent_map(train: TrainSet, embedding: np.ndarray):
     else:
         st.info(
             "Select points in the map (box or lasso, or click one) to see those images and the concepts they "
-            "share; the first one opens in the panel below."
+            f"share; the first one opens in the '{ONE_IMAGE}' tab."
         )
-    return frame
 
 
 def show_selection(train: TrainSet, chosen: list[int]) -> None:
@@ -249,13 +250,15 @@ def show_selection(train: TrainSet, chosen: list[int]) -> None:
     download_table(shared, "selection_concepts", key="ceir_dl_shared")
 
 
-def show_one_image(train: TrainSet, frame) -> int:
+def show_one_image(train: TrainSet) -> int:
     """One training image's top concepts; the image's row."""
     st.subheader("One image's concepts")
     ids, clusters = train.ids, train.clusters
-    rows = zip(ids, frame["true label"], clusters, strict=True)
+    rows = zip(ids, class_names(train.labels, train.classes), clusters, strict=True)
     names = [f"{image} — {label} (cluster {cluster})" for image, label, cluster in rows]
-    index = st.selectbox("Image", list(range(len(train))), key="ceir_image", format_func=names.__getitem__)
+    index = kept(
+        st.selectbox, "Image", list(range(len(train))), key="ceir_image", format_func=names.__getitem__
+    )
     left, right = st.columns([1, 3])
     picture = train_image(train.split, index)
     if picture is not None:
@@ -296,11 +299,12 @@ def show_intervention(train: TrainSet, loaded, index: int) -> None:
     slider_columns = st.columns(len(editable))
     for column, i in zip(slider_columns, editable, strict=True):
         low, high = slider_bounds(float(vector[i]))
-        values[i] = column.slider(
+        values[i] = kept(
+            column.slider,
             train.concepts[i],
             low,
             high,
-            slider_start(float(vector[i])),
+            value=slider_start(float(vector[i])),
             step=0.05,
             key=f"{prefix}{i}",
             help="z-score: 0 is the training average",
@@ -434,12 +438,20 @@ def main() -> None:
         split=split,
     )
 
-    show_concept_bank(loaded)
-    frame = show_latent_map(train, embedding)
-    index = show_one_image(train, frame)
-    show_intervention(train, loaded, index)
-    show_clusters(train)
-    show_metrics(loaded.metrics)
+    tabs = lazy_tabs([MAP, ONE_IMAGE, CLUSTERS, QUALITY], key="ceir_tab")
+    if tabs[MAP].open:
+        with tabs[MAP]:
+            show_latent_map(train, embedding)
+    if tabs[ONE_IMAGE].open:
+        with tabs[ONE_IMAGE]:
+            show_intervention(train, loaded, show_one_image(train))
+    if tabs[CLUSTERS].open:
+        with tabs[CLUSTERS]:
+            show_clusters(train)
+    if tabs[QUALITY].open:
+        with tabs[QUALITY]:
+            show_metrics(loaded.metrics)
+            show_concept_bank(loaded)
 
 
 main()

@@ -1,0 +1,33 @@
+"""Tabs that draw only the open one, and widgets in them that keep their value while their tab is closed.
+
+A long page drawn whole makes the browser lay out every chart, table and image on every visit; with
+``lazy_tabs`` a visit draws the open tab only, and a switch reruns the page. Streamlit forgets a widget's
+value after a run that did not draw it, so a widget in such a tab is drawn through ``kept``, which stores its
+value under a second key and gives it back when the tab opens again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import streamlit as st
+
+SHADOW = "_kept_"  # prefix of the key that holds a widget's value while its tab is closed
+
+
+def lazy_tabs(labels: Sequence[str], key: str) -> dict[str, Any]:
+    """``st.tabs`` that reruns the page on a switch; each tab's ``open`` says whether to draw it now."""
+    return dict(zip(labels, st.tabs(list(labels), key=key, on_change="rerun"), strict=True))
+
+
+def kept(widget: Callable[..., Any], *args: Any, key: str, **kwargs: Any) -> Any:
+    """``widget(*args, key=key, **kwargs)``, starting from the value it had when last drawn (or from a value
+    the page put under ``key`` meanwhile, which wins); its value. A restored widget is drawn without its
+    ``value``/``index`` default, which the state overrides anyway (Streamlit logs a warning for both)."""
+    if key not in st.session_state and SHADOW + key in st.session_state:
+        st.session_state[key] = st.session_state[SHADOW + key]
+        kwargs = {name: v for name, v in kwargs.items() if name not in ("value", "index")}
+    value = widget(*args, key=key, **kwargs)
+    st.session_state[SHADOW + key] = value
+    return value
