@@ -136,6 +136,13 @@ def test_every_page_opens_offline_and_an_upload_gets_labels(app_url, tmp_path):
                 page.wait_for_timeout(1500)  # let charts and images settle before the screenshot
                 expect(page.locator("[data-testid='stException']")).to_have_count(0)
                 page.screenshot(path=str(ARTIFACTS / f"{path or 'home'}.png"), full_page=True)
+                if path == "ceir_concepts":  # a tab is drawn when it is opened, with no error
+                    expect(page.get_by_text("What if? Edit the image's top concepts")).to_have_count(0)
+                    page.get_by_role("tab", name="One image: concepts and what-if").click()
+                    expect(page.get_by_text("What if? Edit the image's top concepts")).to_be_visible(
+                        timeout=60_000
+                    )
+                    expect(page.locator("[data-testid='stException']")).to_have_count(0)
                 if path == "hash_codes":  # a downloaded figure opens with no network: plotly.js inside
                     with page.expect_download(timeout=60_000) as download:
                         page.get_by_role("button", name="Download bit-matrix (HTML)").click()
