@@ -149,6 +149,34 @@ def _open_page(page: str, timeout: float) -> tuple[Any, float]:
     return app, _timed_run(app)
 
 
+def tab_sets(app) -> list[tuple[str, list[str]]]:
+    """The page's stateful tab sets (``lens.tabs.lazy_tabs``): each one's key (its element id ends in it)
+    and its tabs' labels."""
+    found = []
+
+    def walk(node) -> None:
+        for child in getattr(node, "children", {}).values():
+            if getattr(child, "type", None) == "tab_container" and child.proto.id.count("-") >= 2:
+                labels = [tab.label for tab in child.children.values()]
+                found.append((child.proto.id.split("-", 2)[2], labels))
+            walk(child)
+
+    walk(app._tree)
+    return found
+
+
+def every_tab(app) -> list[str]:
+    """Open every tab of the page's stateful tab sets in turn (each is drawn only when open); the errors
+    of those runs."""
+    errors = []
+    for key, labels in tab_sets(app):
+        for label in labels:
+            app.session_state[key] = label
+            app.run()
+            errors += [e for e in _page_errors(app) if e not in errors]
+    return errors
+
+
 def _page_timing(page: str, warm_runs: int, timeout: float) -> dict[str, Any]:
     app, first = _open_page(page, timeout)
     errors = _page_errors(app)  # of every run, not only the last: a first visit can fail where reruns do not
@@ -446,7 +474,8 @@ def dashboard_table(result: dict[str, Any]) -> str:
 
 
 def _memory_child(bundles: str, timeout: float) -> None:
-    """Run in the measured process: load every model bundle (with its backbone), render every page."""
+    """Run in the measured process: load every model bundle (with its backbone), render every tab of every
+    page."""
     from core.bundle import find_bundles
     from core.kinds import KINDS, kind_of
 
@@ -458,7 +487,10 @@ def _memory_child(bundles: str, timeout: float) -> None:
         loaded[kind.name] += 1
     pages = dashboard_pages()
     with _BundlesEnv(Path(bundles)):
-        errors = {page: _page_errors(_open_page(page, timeout)[0]) for page in pages}
+        errors = {}
+        for page in pages:  # every tab of every page
+            app = _open_page(page, timeout)[0]
+            errors[page] = _page_errors(app) + every_tab(app)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"loaded": loaded, "pages": pages, "errors": errors, "self_peak_kib": peak}))
 

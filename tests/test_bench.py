@@ -382,6 +382,33 @@ def test_the_script_reads_back_every_value_conceptlens_bench_was_given(argv, boa
     assert len(bench.script_flags(argv[0])) == len(received) - 1  # all but the sub-command's name
 
 
+def test_every_tab_of_a_page_is_drawn_for_the_memory_bench(board, tiny_bundles, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tiny_bundles))
+    app = AppTest.from_file(str(board.HOME_PAGE), default_timeout=120)
+    app.switch_page("views/ceir_concepts.py")
+    app.run()
+    labels = ["Latent map", "One image: concepts and what-if", "Clusters", "Quality"]
+    assert board.tab_sets(app) == [("ceir_tab", labels)]
+    headings = []
+    original_run = app.run
+
+    def run(*args, **kwargs):
+        result = original_run(*args, **kwargs)
+        headings.append([s.value for s in app.subheader])
+        return result
+
+    monkeypatch.setattr(app, "run", run)
+    assert board.every_tab(app) == []
+    assert [h[0] for h in headings] == [
+        "The latent space",
+        "One image's concepts",
+        "Clusters and their concepts",
+        "Clustering quality on the test split",
+    ]
+
+
 def test_dashboard_benches_need_the_source_checkout(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "DASHBOARD_SCRIPT", tmp_path / "dashboard" / "benchmark.py")
     monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("nothing should run"))

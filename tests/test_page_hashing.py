@@ -434,8 +434,9 @@ def test_hash_codes_page_draws_from_the_arrays_without_loading_the_model(dashboa
         ),
     )
     app = dashboard("hash_codes")
-    assert not app.exception, [e.value for e in app.exception]
-    assert not app.error, [e.value for e in app.error]
+    for tab in (TAB_CODES, TAB_SWAP, TAB_PARTS, TAB_IMAGES):
+        hash_tab(app, tab)
+        assert not app.error, [e.value for e in app.error]
     assert colour_scales(app) == 1 and images(app)  # overlays drawn
 
 
@@ -541,29 +542,49 @@ def markdown_text(app) -> str:
     return "\n".join(m.value for m in app.markdown)
 
 
+# The hash-codes page's tabs; each is drawn only when open ("Code and parts" for the CLS baseline).
+TAB_CODES, TAB_IMAGES = "Codes", "Images that turn it on"
+TAB_SWAP, TAB_PARTS = "Part swap", "Sub-codes and parts"
+
+
+def hash_tab(app, label: str):
+    """Open one of the hash-codes page's tabs, as a click on it does (the page reruns); the app."""
+    app.session_state["hash_tab"] = label
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
 def test_hash_codes_page(dashboard, loaded):
     codes, labels = loaded.arrays["db_codes"], loaded.arrays["db_labels"]
     app = dashboard("hash_codes")
     assert not app.exception, [e.value for e in app.exception]
+    assert [t.label for t in app.tabs] == [TAB_CODES, TAB_IMAGES, TAB_SWAP, TAB_PARTS]
     charts = app.get("plotly_chart")
+    assert len(charts) == 1, "the first tab only: the bit matrix"
+    order = hashing.bit_matrix_order(codes, labels, "class")
+    assert np.array_equal(chart_z(charts[0]), codes[order] > 0)
+    assert json.loads(charts[0].proto.spec)["data"][0]["colorbar"]["ticktext"] == ["off (−1)", "on (+1)"]
+    assert "Download bit-matrix (HTML)" in {b.label for b in app.get("download_button")}
+
     swap = hashing.part_swap(loaded.metrics)
-    assert len(charts) == (3 if swap else 2), "bit matrix, part swap (when evaluated) and sub-code/part NMI"
+    hash_tab(app, TAB_SWAP)
+    assert len(app.get("plotly_chart")) == (1 if swap else 0), "the part swap, when evaluated"
     if swap is None:
         assert any(
             "predates the part-swap metric" in i.value and "conceptlens eval" in i.value for i in app.info
         )
-    order = hashing.bit_matrix_order(codes, labels, "class")
-    assert np.array_equal(chart_z(charts[0]), codes[order] > 0)
-    assert np.allclose(chart_z(charts[-1]), loaded.metrics["subcode_part_nmi"]["matrix"])
+    hash_tab(app, TAB_PARTS)
+    assert np.allclose(chart_z(app.get("plotly_chart")[0]), loaded.metrics["subcode_part_nmi"]["matrix"])
     local = next(frame.value for frame in app.dataframe if "concept" in frame.value.columns)
     assert local["part"].tolist() == [c["part"] for c in loaded.metrics["localization"]["concepts"]]
     assert {b.label for b in app.get("download_button")} >= {
-        "Download bit-matrix (HTML)",
         "Download subcode-part-nmi (CSV)",
         "Download subcode-part-nmi (HTML)",
-        "Download bit-0-on-sample0 (PNG)",  # (the tiny model may have bit 0 on everywhere: no "off" grid)
     }
-    assert json.loads(charts[0].proto.spec)["data"][0]["colorbar"]["ticktext"] == ["off (−1)", "on (+1)"]
+    hash_tab(app, TAB_IMAGES)
+    # (the tiny model may have bit 0 on everywhere: no "off" grid)
+    assert "Download bit-0-on-sample0 (PNG)" in {b.label for b in app.get("download_button")}
     assert colour_scales(app) == 1, "the overlays' colour scale"
 
     # bit c0·b0: 12 + 12 images (48 in the database, both sides have more than 12)
@@ -572,11 +593,13 @@ def test_hash_codes_page(dashboard, loaded):
     shown = images(app)
     assert len(shown) == min(12, n_on) + min(12, 48 - n_on)
 
+    hash_tab(app, TAB_CODES)
     app.radio(key="hash_sort").set_value("code").run()
     by_code = hashing.bit_matrix_order(codes, labels, "code")
     assert not np.array_equal(by_code, order)
     assert np.array_equal(chart_z(app.get("plotly_chart")[0]), codes[by_code] > 0)
 
+    hash_tab(app, TAB_IMAGES)
     app.checkbox(key="hash_overlay").uncheck().run()
     plain = images(app)
     assert [c for c, _ in plain] == [c for c, _ in shown] and [u for _, u in plain] != [u for _, u in shown]
@@ -613,8 +636,7 @@ def test_bit_view_tiles_have_short_captions_and_full_names_below(dashboard, load
     """At a 1400 px window six tiles sit in half the page: long captions ran into their neighbours."""
     labels = loaded.arrays["db_labels"]
     names = list(loaded.config.get("classes") or [])
-    app = dashboard("hash_codes")
-    assert not app.exception, [e.value for e in app.exception]
+    app = hash_tab(dashboard("hash_codes"), TAB_IMAGES)
     captions = [c for c, _ in images(app) if c.startswith("#")]
     assert captions, "the bit view shows database tiles"
     assert all(len(c) <= hashing.TILE_CAPTION_CHARS for c in captions), captions
@@ -698,8 +720,12 @@ def test_pages_without_part_annotations(dashboard, monkeypatch):
     monkeypatch.setattr(DataSpec, "has_parts", property(lambda self: False))
     app = dashboard("hash_codes")
     assert not app.exception, [e.value for e in app.exception]
-    assert len(app.get("plotly_chart")) == 1, "the bit matrix only, no NMI chart"
+    assert len(app.get("plotly_chart")) == 1, "the bit matrix"
+    hash_tab(app, TAB_PARTS)
+    assert app.get("plotly_chart") == [], "no NMI chart"
     assert any("needs data with part annotations" in i.value for i in app.info)
+    hash_tab(app, TAB_SWAP)
+    assert app.get("plotly_chart") == [] and any("needs ToyBirds" in i.value for i in app.info)
     app = dashboard("concept_attention")
     assert not app.exception, [e.value for e in app.exception]
     assert len(overlays(app)) == 3 and "head" not in [c for c, _ in images(app)]
@@ -799,22 +825,21 @@ def test_hash_codes_page_names_concepts_by_part_swap(dashboard, swap_bundles, mo
     app = dashboard("hash_codes")
     assert not app.exception, [e.value for e in app.exception]
     named = [f"concept {m} ≈ {part}" for m, part in enumerate(matched)]
+    assert any(", ".join(named) in c.value and "*Part swap* tab" in c.value for c in app.caption)
 
-    charts = app.get("plotly_chart")
-    assert len(charts) == 3, "bit matrix, part swap, sub-code/part NMI"
-    swap = chart_spec(charts[1])
+    hash_tab(app, TAB_SWAP)
+    (chart,) = app.get("plotly_chart")
+    swap = chart_spec(chart)
     assert list(swap["y"]) == ["head", "wing", "body", "tail"], "parts as rows, the nuisance tail included"
     assert list(swap["x"]) == named
     assert np.allclose(
-        chart_z(charts[1]),
+        chart_z(chart),
         [
             [0.9 if matched[m] == p else 0.1 * (m + 1) for m in range(3)]
             for p in ("head", "wing", "body", "tail")
         ],
     )
-    assert list(chart_spec(charts[2])["y"]) == [f"c{m} ≈ {part}" for m, part in enumerate(matched)]
     assert any(("probability that the concept's sub-code flips" in c.value) for c in app.caption)
-    assert any(", ".join(named) in c.value and "part swap" in c.value for c in app.caption)
     assert (
         "A matched sub-code flips on 90% of its part's colour swaps on average (lowest 90%)"
         in markdown_text(app)
@@ -822,12 +847,16 @@ def test_hash_codes_page_names_concepts_by_part_swap(dashboard, swap_bundles, mo
     assert "Download part-swap (CSV)" in {b.label for b in app.get("download_button")}
     split = next(frame.value for frame in app.dataframe if "the repaint" in frame.value.columns)
     assert split["largest unmatched flip"].tolist() == [0.0, 0.7]
-    assert app.selectbox(key="hash_bit").options[0] == f"c0·b0 ({named[0]})"
+    hash_tab(app, TAB_PARTS)
+    (chart,) = app.get("plotly_chart")
+    assert list(chart_spec(chart)["y"]) == [f"c{m} ≈ {part}" for m, part in enumerate(matched)]
     local = next(frame.value for frame in app.dataframe if "concept" in frame.value.columns)
     assert local["concept"].tolist() == [
         f"c{c['concept']} ≈ {matched[c['concept']]}" for c in loaded_metrics(root)["localization"]["concepts"]
     ]
 
+    hash_tab(app, TAB_IMAGES)
+    assert app.selectbox(key="hash_bit").options[0] == f"c0·b0 ({named[0]})"
     app.radio(key="hash_pick").set_value("Sub-code").run()
     assert app.selectbox(key="hash_subcode").options == [
         f"{name} (bits c{m}·b0 … c{m}·b1)" for m, name in enumerate(named)
@@ -874,9 +903,11 @@ def test_hash_codes_page_for_a_bundle_that_predates_part_swap(dashboard, tiny_bu
     monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tmp_path))
     app = dashboard("hash_codes")
     assert not app.exception, [e.value for e in app.exception]
+    hash_tab(app, TAB_SWAP)
     notes = [i.value for i in app.info if "predates the part-swap metric" in i.value]
     assert len(notes) == 1 and f"conceptlens eval {tmp_path / 'old-hash'} --store" in notes[0]
-    assert len(app.get("plotly_chart")) == 2, "bit matrix and NMI, no part-swap chart"
+    assert app.get("plotly_chart") == [], "no part-swap chart"
+    assert len(hash_tab(app, TAB_PARTS).get("plotly_chart")) == 1, "the NMI chart"
     # the concepts are still named, by the localisation matching
     assert localised and any(
         "this bundle predates the part-swap metric" in c.value
@@ -972,14 +1003,18 @@ def test_cls_baseline_is_not_shown_as_concepts(dashboard, cls_bundles, monkeypat
     app = dashboard("hash_codes")
     assert not app.exception, [e.value for e in app.exception]
     assert any("**CLS baseline**" in c.value and "no concept tokens" in c.value for c in app.caption)
+    assert [t.label for t in app.tabs] == [TAB_CODES, TAB_IMAGES, TAB_SWAP, "Code and parts"]
+    assert not [t for t in page_text(app) if "≈" in t], "no concept is named"
+    hash_tab(app, TAB_SWAP)
+    assert not [t for t in page_text(app) if "≈" in t], "no concept is named"
+    assert list(chart_spec(app.get("plotly_chart")[0])["x"]) == ["whole code"]
+    hash_tab(app, "Code and parts")
+    assert not [t for t in page_text(app) if "≈" in t], "no concept is named"
+    assert list(chart_spec(app.get("plotly_chart")[0])["y"]) == ["whole code"]
+    assert app.dataframe[0].value["concept"].tolist() == ["CLS token"]
+    hash_tab(app, TAB_IMAGES)
     assert not [t for t in page_text(app) if "≈" in t], "no concept is named"
     assert "hash_pick" not in [r.key for r in app.radio], "no sub-codes to look at"
-    charts = app.get("plotly_chart")
-    assert len(charts) == 3
-    assert list(chart_spec(charts[1])["x"]) == ["whole code"] and list(chart_spec(charts[2])["y"]) == [
-        "whole code"
-    ]
-    assert app.dataframe[0].value["concept"].tolist() == ["CLS token"]
     assert app.selectbox(key="hash_bit").options[:2] == ["b0", "b1"]
 
     app = dashboard("concept_attention")

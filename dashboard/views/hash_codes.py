@@ -50,6 +50,7 @@ from lens.hashing import (
     subcode_bits,
     tile_caption,
 )
+from lens.tabs import kept, lazy_tabs
 
 SAMPLE = 12  # images per side (bit on / off)
 PER_VALUE = 6  # images per sub-code value
@@ -57,6 +58,9 @@ MAX_VALUES = 16  # sub-code values drawn (the most frequent ones)
 TILE = 112  # px
 SORT_LABELS = {"class": "By class", "code": "By code", "original": "Original order"}
 REEVALUATE = "conceptlens eval BUNDLE --store"  # evaluates the bundle again and stores every metric in it
+# The page's tabs; a visit draws the open one only (the bit matrix, at first), so it is ready sooner.
+# The last is "Code and parts" for the CLS baseline, which has no sub-codes.
+CODES, IMAGES, SWAP, PARTS = "Codes", "Images that turn it on", "Part swap", "Sub-codes and parts"
 
 
 @st.cache_data(show_spinner="Computing attention maps ...", max_entries=64)
@@ -158,7 +162,7 @@ def describe(info, db: Database) -> None:
             + (
                 " Concepts are named by the part they are matched to"
                 + (
-                    " (the part whose colour change flips their sub-code; see *part swap* below): "
+                    " (the part whose colour change flips their sub-code; see the *Part swap* tab): "
                     if db.named_by == "part swap"
                     else " (the part their attention points at; this bundle predates the part-swap metric): "
                 )
@@ -173,7 +177,9 @@ def describe(info, db: Database) -> None:
 def show_bit_matrix(db: Database, ids) -> None:
     st.subheader("The database codes")
     codes, labels = db.codes, db.labels
-    mode = st.radio("Sort rows", SORT_MODES, format_func=SORT_LABELS.get, horizontal=True, key="hash_sort")
+    mode = kept(
+        st.radio, "Sort rows", SORT_MODES, format_func=SORT_LABELS.get, horizontal=True, key="hash_sort"
+    )
     order = bit_matrix_order(codes, labels, mode)
     matrix = bit_matrix_figure(codes, labels, order, db.n_concepts, db.class_names, db.names)
     st.plotly_chart(matrix, key="hash_matrix")
@@ -202,11 +208,12 @@ def show_images(info, loaded, db: Database) -> None:
     pick = (
         "Bit"
         if db.cls_baseline
-        else st.radio("Look at", ["Bit", "Sub-code"], horizontal=True, key="hash_pick")
+        else kept(st.radio, "Look at", ["Bit", "Sub-code"], horizontal=True, key="hash_pick")
     )
     left, right = st.columns(2)
     with right:
-        attend = st.checkbox(
+        attend = kept(
+            st.checkbox,
             "Overlay the CLS token's attention (last layer)"
             if db.cls_baseline
             else "Overlay the concept's attention (last layer)",
@@ -214,7 +221,8 @@ def show_images(info, loaded, db: Database) -> None:
             key="hash_overlay",
         )
         seed = int(
-            st.number_input(
+            kept(
+                st.number_input,
                 "Sample",
                 min_value=0,
                 value=0,
@@ -225,7 +233,8 @@ def show_images(info, loaded, db: Database) -> None:
         )
 
     if pick == "Bit":
-        bit = left.selectbox(
+        bit = kept(
+            left.selectbox,
             "Bit",
             range(db.n_bits),
             format_func=lambda k: bit_names[k] + (f" ({concept_label(k // per, names)})" if names else ""),
@@ -235,7 +244,8 @@ def show_images(info, loaded, db: Database) -> None:
         on, off = images_by_bit(codes, bit, SAMPLE, seed, labels)
         samples = {"on (+1)": on, "off (−1)": off}
     else:
-        concept = left.selectbox(
+        concept = kept(
+            left.selectbox,
             "Sub-code",
             range(db.n_concepts),
             key="hash_subcode",
@@ -387,10 +397,20 @@ def main() -> None:
         return
     db = Database.of(loaded)
     describe(info, db)
-    show_bit_matrix(db, loaded.arrays.get(DB_IDS))
-    show_images(info, loaded, db)
-    show_part_swap(info, loaded, db)
-    show_subcodes_vs_parts(loaded, db)
+    parts = "Code and parts" if db.cls_baseline else PARTS
+    tabs = lazy_tabs([CODES, IMAGES, SWAP, parts], key="hash_tab")
+    if tabs[CODES].open:
+        with tabs[CODES]:
+            show_bit_matrix(db, loaded.arrays.get(DB_IDS))
+    if tabs[IMAGES].open:
+        with tabs[IMAGES]:
+            show_images(info, loaded, db)
+    if tabs[SWAP].open:
+        with tabs[SWAP]:
+            show_part_swap(info, loaded, db)
+    if tabs[parts].open:
+        with tabs[parts]:
+            show_subcodes_vs_parts(loaded, db)
 
 
 main()
