@@ -62,12 +62,13 @@ TIMING_SCRIPT = """
   const busy = (s) => s === "running" || s === "rerunRequested";
   const check = (records = []) => {
     const now = performance.now() - cl.mark;
-    // A run can start and end between two looks (React draws both states at once): a script state that
-    // was busy, or new content in the main area, also says the page ran since the mark.
+    // A run can start and end between two looks: a recorded change away from a busy script state also
+    // says the page ran since the mark, and so does a main area without its title (a navigation empties
+    // it before its run). New content alone does not: a late chart or image of the page left behind can
+    // land just after a click, and the page would read as ready before the click's run began.
     const m = main();
-    for (const r of records)
-      if (busy(r.oldValue) || (r.type === "childList" && m && m.contains(r.target))) cl.ran = true;
-    if (busy(state())) cl.ran = true;
+    for (const r of records) if (busy(r.oldValue)) cl.ran = true;
+    if (busy(state()) || !m || !shown(m, "h1")) cl.ran = true;
     if (cl.ran && cl.started === null) cl.started = now;
     if (cl.feedback === null && m && shown(m, "h1, [data-testid='stSpinner'], [data-testid='stProgress']"))
       cl.feedback = now;

@@ -498,3 +498,44 @@ def test_page_timing_keeps_the_errors_of_every_run(board, monkeypatch):
     monkeypatch.setattr(board, "_open_page", lambda page, timeout: (FirstRunFails(), 0.5))
     row = board._page_timing("views/x.py", 2, 10.0)
     assert row["errors"] == ["boom on the first visit"] and len(row["warm_seconds"]) == 2
+
+
+FAKE_APP = """<div data-testid="stApp" data-test-script-state="notRunning">
+<div data-testid="stMain"><h1>Old page</h1><div id="body"></div></div></div>"""
+
+
+@pytest.mark.browser
+def test_a_click_is_ready_only_after_its_run_not_at_a_late_element_of_the_old_page(board):
+    """The timing script on a hand-made page: content that lands after the click on the page still shown
+    (a late chart of the old page) is not the click's run; emptying the main area (a navigation) and the
+    new page's title with the script state idle again is."""
+    from browser import CHROMIUM_ARGS, TIMING_SCRIPT
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM, require_browser
+
+    require_browser()
+    ready = "() => window.__cl.ready !== null"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=list(CHROMIUM_ARGS)
+        )
+        try:
+            page = chromium.new_page()
+            page.set_content(FAKE_APP)
+            page.evaluate(TIMING_SCRIPT)
+            page.evaluate("() => window.__clRestart()")  # the click
+            page.evaluate("() => document.getElementById('body').append(document.createElement('p'))")
+            page.wait_for_timeout(100)
+            assert not page.evaluate(ready), "a late element of the old page read as the click's run"
+            state = "document.querySelector(\"[data-testid='stApp']\").dataset.testScriptState"
+            page.evaluate(f"() => {{ document.querySelector('h1').remove(); {state} = 'running'; }}")
+            page.wait_for_timeout(50)
+            title = "Object.assign(document.createElement('h1'), {textContent: 'New page'})"
+            page.evaluate(f"() => document.getElementById('body').before({title})")
+            page.wait_for_timeout(50)
+            assert not page.evaluate(ready), "ready while the script still runs"
+            page.evaluate(f"() => {{ {state} = 'notRunning'; }}")
+            page.wait_for_function(ready, timeout=2000)
+        finally:
+            chromium.close()
