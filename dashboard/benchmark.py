@@ -302,7 +302,8 @@ def bench_dashboard(config: DashboardBenchConfig, progress: Callable[[str], None
             "sidebar click from another page, warm reload = the page opened anew (median of "
             f"{config.warm_runs}"
             + (f", after {config.settle:g} s on Home" if config.settle else ", right after the first visit")
-            + ")",
+            + "); tab switch = on a page in tabs, which draws the open tab only, a click on each other tab "
+            "and back to the first (median; blank for a page without tabs)",
             "server first = the page's first render in a fresh AppTest session (models cached in this "
             "process stay loaded across pages); server warm = median of reruns",
         ],
@@ -329,8 +330,10 @@ def _browser_row(page: str, times: dict[str, Any], memory: dict[str, Any], excep
         "click_ready_median_seconds": _median([r for _, r in times["click"]]),
         "reload_ready_median_seconds": _median([r for _, r in times["reload"]]),
         "reload_feedback_median_seconds": _median([f for f, _ in times["reload"] if f is not None]),
+        "tab_ready_median_seconds": _median([r for _, r in times["tab"]]),
         "click_ready_seconds": [r for _, r in times["click"]],
         "reload_ready_seconds": [r for _, r in times["reload"]],
+        "tab_ready_seconds": [r for _, r in times["tab"]],
         "exceptions_shown": exceptions,
         "server_rss_mib": memory["rss_mib"],
     }
@@ -348,7 +351,7 @@ async def _time_page_in_browser(
     from playwright.async_api import async_playwright
 
     away = pages[1] if page == pages[0] else pages[0]
-    times: dict[str, Any] = {"click": [], "reload": []}
+    times: dict[str, Any] = {"click": [], "reload": [], "tab": []}
     with StreamlitServer(config.bundles, log_dir / f"{Path(page).stem}.log") as server:
         url = _page_url(server.url, page, pages)
         async with async_playwright() as playwright:
@@ -370,6 +373,11 @@ async def _time_page_in_browser(
                     current = page
                 for _ in range(config.warm_runs):
                     times["reload"].append(await open_timed(tab, url, config.timeout))
+                # a page in tabs draws the open one only: a click on each other tab, then back to the first
+                tabs = tab.locator("[data-testid='stMain'] [role='tab']")
+                n_tabs = await tabs.count()
+                for i in [*range(1, n_tabs), 0] if n_tabs > 1 else []:
+                    times["tab"].append(await click_timed(tab, tabs.nth(i), config.timeout))
             finally:
                 await chromium.close()
         memory = server.memory()
@@ -441,6 +449,7 @@ def dashboard_table(result: dict[str, Any]) -> str:
                 _seconds(b.get("from_home_ready_seconds")),
                 _seconds(b.get("click_ready_median_seconds")),
                 _seconds(b.get("reload_ready_median_seconds")),
+                _seconds(b.get("tab_ready_median_seconds")),
                 _seconds(r.get("first_seconds")),
                 _seconds(r.get("warm_median_seconds")),
                 "; ".join(r.get("errors", []))[:60],
@@ -453,6 +462,7 @@ def dashboard_table(result: dict[str, Any]) -> str:
         "first via Home",
         "warm click",
         "warm reload",
+        "tab switch",
         "server first",
         "server warm",
         "errors",
