@@ -330,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of L_focus (not in the paper; 0 = off): the entropy of each concept's attention map",
     )
     model.add_argument(
+        "--mix-weight",
+        type=non_negative_float,
+        default=HASH.mix_weight,
+        help="weight of L_mix (not in the paper; 0 = off): on images with a rectangle pasted in from "
+        "another, each concept's sub-code must be that of the image its attention falls on",
+    )
+    model.add_argument(
         "--oracle-centres",
         action="store_true",
         help="diagnostic (ToyBirds, uses part labels): fixed per-part centres, to see what the encoder does "
@@ -603,6 +610,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             locality_weight=args.locality_weight,
             locality_patches=args.locality_patches,
             focus_weight=args.focus_weight,
+            mix_weight=args.mix_weight,
             centres_from_local=args.centres_from_local,
             center_hidden=args.centre_hidden,
             mode=args.mode,

@@ -94,6 +94,57 @@ def test_focus_loss_hand_computed():
     assert losses.focus_loss(attention).item() == pytest.approx((0 + 1 + 0 + 1) / 4 - 0.25 / 2)
 
 
+def test_mix_loss_hand_computed():
+    """Two concepts of two bits: concept 0 looks into the pasted rectangle (target: the other image's slice),
+    concept 1 at its own image; a concept split between both has no target."""
+    u = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    own, other = torch.ones(1, 4), -torch.ones(1, 4)
+    # concept 0: cos([1, 0], [-1, -1]) = -1/sqrt2; concept 1: cos([0, 1], [1, 1]) = 1/sqrt2
+    both = losses.mix_loss(u, torch.tensor([[0.9, 0.1]]), own, other)
+    assert both.item() == pytest.approx(((1 + 1 / math.sqrt(2)) + (1 - 1 / math.sqrt(2))) / 2)
+    only_first = losses.mix_loss(u, torch.tensor([[0.9, 0.5]]), own, other)
+    assert only_first.item() == pytest.approx(1 + 1 / math.sqrt(2))
+    assert losses.mix_loss(u, torch.tensor([[0.5, 0.4]]), own, other).item() == 0.0  # nobody is sure
+
+
+def test_paste_rectangles_by_hand():
+    from core.concepthash.model import paste_rectangles
+
+    pixels = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])  # a 2 x 2 grid of 2-pixel patches
+    starts = [torch.tensor([0, 1]), torch.tensor([1, 0])]
+    sizes = [torch.tensor([1, 1]), torch.tensor([1, 2])]
+    mixed, inside = paste_rectangles(pixels, torch.tensor([1, 0]), (2, 2), starts, sizes)
+    assert inside.tolist() == [[[False, True], [False, False]], [[False, False], [True, True]]]
+    expected = pixels.clone()
+    expected[0, :, 0:2, 2:4] = 1.0  # image 0: patch (0, 1) from image 1
+    expected[1, :, 2:4, :] = 0.0  # image 1: patches (1, 0) and (1, 1) from image 0
+    assert torch.equal(mixed, expected)
+
+
+def test_mix_weight_adds_its_term_and_training_lowers_it(backbone):
+    pixels = torch.randn(8, 3, backbone.image_size, backbone.image_size)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    mixing, plain = make_model(backbone, mix_weight=2.0).train(), make_model(backbone).train()
+    torch.manual_seed(3)
+    t1 = mixing.loss(mixing(pixels), labels, pixels)
+    t0 = plain.loss(plain(pixels), labels, pixels)
+    assert "mix" not in t0 and 0 < t1["mix"].item() < 2
+    assert t1["total"].item() - t0["total"].item() == pytest.approx(2.0 * t1["mix"].item(), rel=1e-4)
+    with pytest.raises(ValueError, match="L_mix needs the batch's pixels"):
+        mixing.loss(mixing(pixels), labels)
+
+    optimizer = torch.optim.Adam(mixing.parameters(), lr=1e-2)
+    before = []
+    for step in range(12):
+        torch.manual_seed(100 + step % 2)  # two fixed pastings, alternating
+        terms = mixing.loss(mixing(pixels), labels, pixels)
+        before.append(terms["mix"].item())
+        optimizer.zero_grad()
+        terms["total"].backward()
+        optimizer.step()
+    assert np.mean(before[-2:]) < np.mean(before[:2])
+
+
 def test_config_rejects_uneven_split():
     with pytest.raises(ValueError, match="cannot be split evenly"):
         ConceptHashConfig(bits=10, n_concepts=3)

@@ -46,6 +46,12 @@ class ConceptHashConfig:
     # Not in the paper (0 = off): L_focus, the normalised entropy of each concept's read-out attention,
     # so that a concept gathers from a few patches rather than from the whole image.
     focus_weight: float = 0.0
+    # Not in the paper (0 = off): L_mix. Each image gets a rectangle of whole patches pasted in from another
+    # image of the batch; a concept whose attention falls (mostly) inside the rectangle must give the other
+    # image's sub-code, one looking (mostly) outside its own image's (the slice of the class centre, sign).
+    # So a sub-code may depend only on what its concept looks at, not on the rest of the bird. No labels
+    # beyond the class; one more forward pass per step.
+    mix_weight: float = 0.0
     language_guidance: bool = True
     # Diagnostic, not ConceptHash: fixed ToyBirds per-part centres built from the species' part colours
     # (part labels!), to measure what the encoder does when its targets are part-specific.

@@ -85,3 +85,24 @@ def focus_loss(concept_attention: torch.Tensor) -> torch.Tensor:
     maps = concept_attention / concept_attention.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     entropy = -(maps * maps.clamp_min(1e-12).log()).sum(dim=-1)
     return (entropy / math.log(n_patches)).mean()
+
+
+MIX_SURE = 0.7  # share of a concept's attention on one image that makes that image its target in L_mix
+
+
+def mix_loss(u: torch.Tensor, share: torch.Tensor, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """L_mix (not in the paper) on images pasted together from two: 1 - cos(sub-code, target), averaged
+    over the concepts that have a target.
+
+    ``u`` (B, K) codes of the pasted images; ``share`` (B, M) the part of each concept's attention that lies
+    in the pasted rectangle; ``own`` / ``other`` (B, K) sign(centre) of the image's class and of the class of
+    the image the rectangle came from. Concept m's target is slice m of ``other`` when ``share`` ≥
+    ``MIX_SURE``, of ``own`` when ``share`` ≤ 1 - ``MIX_SURE``, none in between.
+    """
+    batch, n_concepts = share.shape
+    target = torch.where(
+        (share >= 0.5)[..., None], other.reshape(batch, n_concepts, -1), own.reshape(batch, n_concepts, -1)
+    )
+    sure = ((share >= MIX_SURE) | (share <= 1 - MIX_SURE)).to(u.dtype)
+    cos = F.cosine_similarity(u.reshape(batch, n_concepts, -1), target, dim=-1)
+    return ((1 - cos) * sure).sum() / sure.sum().clamp_min(1)

@@ -69,6 +69,26 @@ class ConceptTokenGenerator(nn.Module):
         return self.to_width(self.layer(self.queries.unsqueeze(0))).squeeze(0)
 
 
+def paste_rectangles(
+    pixels: torch.Tensor,
+    perm: torch.Tensor,
+    grid: tuple[int, int],
+    starts: list[torch.Tensor],
+    sizes: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image i with the rectangle of patches at rows ``starts[0][i]`` … + ``sizes[0][i]`` and columns
+    ``starts[1][i]`` … + ``sizes[1][i]`` taken from image ``perm[i]``; the images and the (B, gh, gw) mask of
+    pasted patches."""
+    gh, gw = grid
+    ph, pw = pixels.shape[-2] // gh, pixels.shape[-1] // gw
+    rows, cols = torch.arange(gh), torch.arange(gw)
+    in_rows = (rows >= starts[0][:, None]) & (rows < (starts[0] + sizes[0])[:, None])
+    in_cols = (cols >= starts[1][:, None]) & (cols < (starts[1] + sizes[1])[:, None])
+    inside = (in_rows[:, :, None] & in_cols[:, None, :]).to(pixels.device)
+    pixel_mask = inside.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)[:, None]
+    return torch.where(pixel_mask, pixels[perm], pixels), inside
+
+
 class Adapter(nn.Module):
     """LayerNorm -> down -> GELU -> up (zero-initialised) times a learnable scale (starts at 1).
 
@@ -274,6 +294,29 @@ class ConceptHash(nn.Module):
         sub_codes = self.hash_head(own + self.specificity.unsqueeze(0)).flatten(1)
         return F.batch_norm(sub_codes, None, None, self.bn.weight, self.bn.bias, training=True)
 
+    def mix_loss(self, pixels: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """L_mix (``ConceptHashConfig.mix_weight``): codes of pasted-together images against the centre slices
+        of the image each concept looks at (``losses.mix_loss``).
+
+        Image i gets a random rectangle of whole patches (a quarter to three quarters of each side) from
+        image ``perm[i]`` of the batch. Batch statistics normalise the codes (running ones stay untouched).
+        """
+        batch = len(pixels)
+        grid = self.backbone.grid_size
+        perm = torch.randperm(batch).to(pixels.device)
+        sizes = [torch.randint(max(1, g // 4), max(1, 3 * g // 4) + 1, (batch,)) for g in grid]
+        starts = [torch.randint(0, 1 << 30, (batch,)) % (g - n + 1) for g, n in zip(grid, sizes, strict=True)]
+        mixed, inside = paste_rectangles(pixels, perm, grid, starts, sizes)
+
+        out = self.run_tower(mixed, attention_layers="last")
+        n_patches = out.n_patches
+        sub_codes = self.hash_head(out.last_hidden[:, n_patches + 1 :] + self.specificity.unsqueeze(0))
+        u = F.batch_norm(sub_codes.flatten(1), None, None, self.bn.weight, self.bn.bias, training=True)
+        attention = out.attentions[-1].mean(dim=1)[:, n_patches + 1 :, 1 : n_patches + 1].detach()
+        share = (attention * inside.flatten(1)[:, None].to(attention.dtype)).sum(-1)
+        share = share / attention.sum(-1).clamp_min(1e-12)
+        return losses.mix_loss(u, share, torch.sign(centres[labels]), torch.sign(centres[labels[perm]]))
+
     def loss(
         self, output: ConceptHashOutput, labels: torch.Tensor, pixels: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
@@ -306,7 +349,12 @@ class ConceptHash(nn.Module):
             terms["loc"] = losses.clf_loss(local, centers, labels, cfg.scale, cfg.margin) + losses.quan_loss(
                 local, centers, labels, cfg.scale, cfg.margin
             )
+        if cfg.mix_weight > 0 and cfg.mode == "concepts":
+            if pixels is None:
+                raise ValueError("L_mix needs the batch's pixels.")
+            terms["mix"] = self.mix_loss(pixels, labels, centers.detach())
         weights = {
+            "mix": cfg.mix_weight,
             "clf": cfg.clf_weight,
             "quan": cfg.quan_weight,
             "cd": cfg.cd_weight,

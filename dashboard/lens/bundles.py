@@ -97,6 +97,8 @@ def beyond_the_paper(model: dict[str, Any]) -> list[str]:
         named.append("linear centres")
     if model.get("focus_weight"):
         named.append(f"L_focus×{model['focus_weight']}")
+    if model.get("mix_weight"):
+        named.append(f"L_mix×{model['mix_weight']}")
     if model.get("oracle_centres"):
         named.append("oracle centres (diagnostic: part labels)")
     if model.get("part_phrases"):
