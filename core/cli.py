@@ -337,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
         "another, each concept's sub-code must be that of the image its attention falls on",
     )
     model.add_argument(
+        "--bit-weight",
+        type=non_negative_float,
+        default=HASH.bit_weight,
+        help="weight of L_bit (not in the paper; 0 = off): a hinge of margin 1 on every bit towards its "
+        "class centre's sign",
+    )
+    model.add_argument(
         "--oracle-centres",
         action="store_true",
         help="diagnostic (ToyBirds, uses part labels): fixed per-part centres, to see what the encoder does "
@@ -611,6 +618,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             locality_patches=args.locality_patches,
             focus_weight=args.focus_weight,
             mix_weight=args.mix_weight,
+            bit_weight=args.bit_weight,
             centres_from_local=args.centres_from_local,
             center_hidden=args.centre_hidden,
             mode=args.mode,

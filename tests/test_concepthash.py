@@ -107,6 +107,24 @@ def test_mix_loss_hand_computed():
     assert losses.mix_loss(u, torch.tensor([[0.5, 0.4]]), own, other).item() == 0.0  # nobody is sure
 
 
+def test_bit_loss_hand_computed():
+    centres = torch.tensor([[1.0, -1.0], [-1.0, -1.0]])
+    u = torch.tensor([[2.0, 0.5], [0.0, -0.5]])
+    # image 0 (class 0): bits 2*1 -> 0, 0.5*-1 -> 1.5; image 1 (class 1): 0 -> 1, -0.5*-1 -> 0.5
+    assert losses.bit_loss(u, centres, torch.tensor([0, 1])).item() == pytest.approx((0 + 1.5 + 1 + 0.5) / 4)
+
+
+def test_bit_weight_adds_its_term(backbone):
+    pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size)
+    labels = torch.tensor([0, 1, 2, 0])
+    hinged, plain = make_model(backbone, bit_weight=3.0), make_model(backbone)
+    t1, t0 = hinged.loss(hinged(pixels), labels), plain.loss(plain(pixels), labels)
+    assert "bit" not in t0
+    expected = losses.bit_loss(hinged(pixels).u, hinged.hash_centres(), labels)
+    assert t1["bit"].item() == pytest.approx(expected.item())
+    assert t1["total"].item() - t0["total"].item() == pytest.approx(3.0 * t1["bit"].item(), rel=1e-4)
+
+
 def test_paste_rectangles_by_hand():
     from core.concepthash.model import paste_rectangles
 

@@ -127,10 +127,11 @@ def test_home_names_options_that_are_not_in_the_paper():
         "centres_from_local": True,
         "focus_weight": 0.5,
         "mix_weight": 2.0,
+        "bit_weight": 0.5,
         "oracle_centres": True,
     }
     summary = describe_bundle(Path("/b/x"), {"kind": "concepthash", "model": model}).summary
     assert summary.startswith(
         "6 bits, 3 concepts, L_csd×1.0, language-guided, read after block 2, L_loc×1.0, centres from L_loc, "
-        "L_focus×0.5, L_mix×2.0, oracle centres (diagnostic: part labels); backbone"
+        "L_focus×0.5, L_mix×2.0, L_bit×0.5, oracle centres (diagnostic: part labels); backbone"
     )

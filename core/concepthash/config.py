@@ -52,6 +52,10 @@ class ConceptHashConfig:
     # So a sub-code may depend only on what its concept looks at, not on the rest of the bird. No labels
     # beyond the class; one more forward pass per step.
     mix_weight: float = 0.0
+    # Not in the paper (0 = off): L_bit, a hinge on every bit of the code towards its class centre's sign,
+    # mean(max(0, 1 - u * sign(o_y))): the cosine losses leave single bits near 0, where any change of the
+    # image can flip them.
+    bit_weight: float = 0.0
     language_guidance: bool = True
     # Diagnostic, not ConceptHash: fixed ToyBirds per-part centres built from the species' part colours
     # (part labels!), to measure what the encoder does when its targets are part-specific.

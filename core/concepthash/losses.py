@@ -106,3 +106,9 @@ def mix_loss(u: torch.Tensor, share: torch.Tensor, own: torch.Tensor, other: tor
     sure = ((share >= MIX_SURE) | (share <= 1 - MIX_SURE)).to(u.dtype)
     cos = F.cosine_similarity(u.reshape(batch, n_concepts, -1), target, dim=-1)
     return ((1 - cos) * sure).sum() / sure.sum().clamp_min(1)
+
+
+def bit_loss(u: torch.Tensor, hash_centres: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """L_bit (not in the paper): mean over images and bits of max(0, 1 - u * sign(o_y)), a margin of 1 on
+    every bit towards the image's class centre (``u`` is batch-normalised, so 1 is about one std)."""
+    return F.relu(1 - u * torch.sign(hash_centres[labels])).mean()

@@ -349,12 +349,15 @@ class ConceptHash(nn.Module):
             terms["loc"] = losses.clf_loss(local, centers, labels, cfg.scale, cfg.margin) + losses.quan_loss(
                 local, centers, labels, cfg.scale, cfg.margin
             )
+        if cfg.bit_weight > 0:
+            terms["bit"] = losses.bit_loss(output.u, targets, labels)
         if cfg.mix_weight > 0 and cfg.mode == "concepts":
             if pixels is None:
                 raise ValueError("L_mix needs the batch's pixels.")
             terms["mix"] = self.mix_loss(pixels, labels, centers.detach())
         weights = {
             "mix": cfg.mix_weight,
+            "bit": cfg.bit_weight,
             "clf": cfg.clf_weight,
             "quan": cfg.quan_weight,
             "cd": cfg.cd_weight,

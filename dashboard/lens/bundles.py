@@ -99,6 +99,8 @@ def beyond_the_paper(model: dict[str, Any]) -> list[str]:
         named.append(f"L_focus×{model['focus_weight']}")
     if model.get("mix_weight"):
         named.append(f"L_mix×{model['mix_weight']}")
+    if model.get("bit_weight"):
+        named.append(f"L_bit×{model['bit_weight']}")
     if model.get("oracle_centres"):
         named.append("oracle centres (diagnostic: part labels)")
     if model.get("part_phrases"):
