@@ -150,6 +150,22 @@ def test_widgets_in_a_closed_tab_keep_their_values(page, toy):
     open_tab(page, MAP)
 
 
+def test_a_kept_slider_value_outside_the_range_is_dropped(page, toy):
+    """A value kept from another bundle (or image) that this slider cannot show must not break the page."""
+    from lens.tabs import SHADOW
+
+    _, vectors, _, contributions = toy
+    open_tab(page, ONE_IMAGE)
+    page.selectbox(key="ceir_image").set_value(0).run()
+    first = view.intervention_concepts(contributions[0], 5)[0]
+    open_tab(page, CLUSTERS)
+    page.session_state[SHADOW + f"ceir_iv_0_{first}"] = 99.0  # beyond any z-score slider here
+    open_tab(page, ONE_IMAGE)
+    assert not page.exception, [e.value for e in page.exception]
+    assert page.slider(key=f"ceir_iv_0_{first}").value == view.slider_start(vectors[0, first])
+    open_tab(page, MAP)
+
+
 def test_map_is_the_umap_cached_in_the_bundle(page, tiny_bundles, toy):
     from core.bundle import load_bundle
 

@@ -21,13 +21,27 @@ def lazy_tabs(labels: Sequence[str], key: str) -> dict[str, Any]:
     return dict(zip(labels, st.tabs(list(labels), key=key, on_change="rerun"), strict=True))
 
 
-def kept(widget: Callable[..., Any], *args: Any, key: str, **kwargs: Any) -> Any:
+def kept(
+    widget: Callable[..., Any],
+    *args: Any,
+    key: str,
+    valid: Callable[[Any], bool] | None = None,
+    **kwargs: Any,
+) -> Any:
     """``widget(*args, key=key, **kwargs)``, starting from the value it had when last drawn (or from a value
-    the page put under ``key`` meanwhile, which wins); its value. A restored widget is drawn without its
-    ``value``/``index`` default, which the state overrides anyway (Streamlit logs a warning for both)."""
-    if key not in st.session_state and SHADOW + key in st.session_state:
-        st.session_state[key] = st.session_state[SHADOW + key]
+    the page put under ``key`` meanwhile, which wins); its value.
+
+    A value that ``valid`` rejects (say a slider value outside this image's range, kept from another bundle)
+    is dropped, so the widget starts from its default. A restored widget is drawn without its
+    ``value``/``index`` default, which the state overrides anyway (Streamlit logs a warning for both).
+    """
+    state = st.session_state
+    if key not in state and SHADOW + key in state:
+        state[key] = state[SHADOW + key]
+    if valid is not None and key in state and not valid(state[key]):
+        del state[key]
+    if key in state:
         kwargs = {name: v for name, v in kwargs.items() if name not in ("value", "index")}
     value = widget(*args, key=key, **kwargs)
-    st.session_state[SHADOW + key] = value
+    state[SHADOW + key] = value
     return value

@@ -307,6 +307,7 @@ def show_intervention(train: TrainSet, loaded, index: int) -> None:
             value=slider_start(float(vector[i])),
             step=0.05,
             key=f"{prefix}{i}",
+            valid=lambda v, low=low, high=high: isinstance(v, int | float) and low <= v <= high,
             help="z-score: 0 is the training average",
         )
     st.button("Reset the sliders", on_click=reset_sliders, key="ceir_iv_reset")
