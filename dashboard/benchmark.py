@@ -149,6 +149,17 @@ def _open_page(page: str, timeout: float) -> tuple[Any, float]:
     return app, _timed_run(app)
 
 
+def _wait_for_background_work(timeout: float) -> None:
+    """Wait until the pages' background thread (Home's imports and warm-ups, ``lens.startup``) is done: it
+    belongs to what a visited dashboard holds, and a thread still inside PyTorch when the interpreter exits
+    aborts it ("terminate called without an active exception")."""
+    from lens import startup
+
+    deadline = time.monotonic() + timeout
+    while startup.running() and time.monotonic() < deadline:
+        time.sleep(startup.POLL_SECONDS)
+
+
 def tab_sets(app) -> list[tuple[str, list[str]]]:
     """The page's stateful tab sets (``lens.tabs.lazy_tabs``): each one's key (its element id ends in it)
     and its tabs' labels."""
@@ -279,6 +290,7 @@ def bench_dashboard(config: DashboardBenchConfig, progress: Callable[[str], None
             if config.uploads:
                 progress(f"dashboard: {config.uploads} upload(s) on the open-world page ...")
                 upload = _upload_latency(pages, config.uploads, config.timeout)
+            _wait_for_background_work(config.timeout)
     browser: dict[str, Any] = {"available": False, "reason": "--no-browser"}
     if config.browser:
         browser = browser_timings(pages, config, progress)
@@ -505,6 +517,7 @@ def _memory_child(bundles: str, timeout: float) -> None:
         for page in pages:  # every tab of every page
             app = _open_page(page, timeout)[0]
             errors[page] = _page_errors(app) + every_tab(app)
+        _wait_for_background_work(timeout)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"loaded": loaded, "pages": pages, "errors": errors, "self_peak_kib": peak}))
 

@@ -409,6 +409,22 @@ def test_every_tab_of_a_page_is_drawn_for_the_memory_bench(board, tiny_bundles, 
     ]
 
 
+def test_memory_bench_waits_for_the_pages_background_work(tiny_bundles, tmp_path):
+    """With the warm-ups on (as in a real dashboard), the open-world page loads ConSE in a background thread;
+    a measured process that exits while that thread is inside PyTorch aborts ("terminate called without an
+    active exception"), so the child waits for it."""
+    env = {k: v for k, v in os.environ.items() if k != "CONCEPTLENS_NO_WARM_UP"}
+    root = str(BENCHMARK_SCRIPT.parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    out = tmp_path / "memory.json"
+    command = [sys.executable, str(BENCHMARK_SCRIPT), "memory", f"--bundles={tiny_bundles}"]
+    command.append(f"--json-out={out}")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert len(result["pages"]) == 6 and not any(result["page_errors"].values())
+
+
 def test_dashboard_benches_need_the_source_checkout(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "DASHBOARD_SCRIPT", tmp_path / "dashboard" / "benchmark.py")
     monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("nothing should run"))
