@@ -419,6 +419,21 @@ def test_numpy_upsampling_is_torch_bilinear():
         np.testing.assert_allclose(upsample_maps(maps.numpy(), size), expected, atol=1e-5)
 
 
+def test_no_figure_carries_a_streamlit_theme_placeholder_colour(dashboard):
+    """Streamlit swaps #000001 … #000099 in a figure for theme colours: Magma's #000004 drew a 0 pink."""
+    magma = hashing.plotly_colorscale("Magma")
+    assert magma[0] == [0.0, "#000104"] and len(magma) == len(hashing.get_colorscale("Magma"))
+    assert [c for _, c in magma[1:]] == [c for _, c in hashing.get_colorscale("Magma")[1:]]
+    app = dashboard("hash_codes")
+    specs = []
+    for tab in (TAB_CODES, TAB_IMAGES, TAB_SWAP, TAB_PARTS):
+        specs += [chart.proto.spec for chart in hash_tab(app, tab).get("plotly_chart")]
+    assert len(specs) >= 3
+    # the traces' colours (Streamlit's own template, under layout, is made of placeholders on purpose)
+    traces = [json.dumps(json.loads(spec)["data"]) for spec in specs]
+    assert [hashing.THEME_PLACEHOLDER.findall(data) for data in traces] == [[] for _ in traces]
+
+
 def test_hash_codes_page_draws_from_the_arrays_without_loading_the_model(dashboard, monkeypatch):
     """A bundle whose attention is stored: the page (overlays on) never asks for the model."""
     from lens import bundles

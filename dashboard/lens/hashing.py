@@ -9,6 +9,7 @@ the bits in column order ``b0 b1 ...`` with 1 for +1, so ``c0·b1`` is the secon
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from PIL import Image
+from plotly.colors import get_colorscale
 
 from core.concepthash.arrays import DB_ATTENTION
 from core.concepthash.arrays import DB_IDS as DB_IDS  # the pages read the optional image ids by it
@@ -374,16 +376,30 @@ def part_swap_split_table(swap: dict[str, Any]) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
+# Streamlit's front end swaps the colours #000001 … #000099 anywhere in a figure for its theme's colours
+# (they are placeholders in its plotly template), so a scale with one of them (Magma and Inferno start at
+# #000004) would show its darkest cells in a theme colour: a flip rate of 0 drawn pink.
+THEME_PLACEHOLDER = re.compile(r"#0000([0-9]{2})", re.IGNORECASE)
+
+
+def plotly_colorscale(name: str) -> list[list]:
+    """Plotly's named colour scale as [position, colour] pairs, each Streamlit theme placeholder colour
+    moved to its neighbour #0001.. (the same colour to the eye)."""
+    scale = get_colorscale(name)
+    return [[position, THEME_PLACEHOLDER.sub(r"#0001\1", colour)] for position, colour in scale]
+
+
 def unit_heatmap(
     values: np.ndarray, x: list, y: list, colorscale: str, decimals: int, hover: str, title: str
 ) -> go.Figure:
-    """A heatmap of values in [0, 1], each cell labelled with its value rounded to ``decimals``."""
+    """A heatmap of values in [0, 1], each cell labelled with its value rounded to ``decimals``
+    (``colorscale``: a plotly scale name)."""
     return go.Figure(
         go.Heatmap(
             z=values,
             x=x,
             y=y,
-            colorscale=colorscale,
+            colorscale=plotly_colorscale(colorscale),
             zmin=0,
             zmax=1,
             text=np.round(values, decimals),
