@@ -293,30 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="concept tokens take part only in the last N blocks (0: all blocks, as in the reference)",
     )
     model.add_argument(
-        "--concept-depth",
-        type=non_negative_int,
-        default=HASH.concept_depth,
-        help="not in the paper: read the concept tokens after the first N blocks (0: after all blocks)",
-    )
-    model.add_argument(
-        "--locality-weight",
-        type=non_negative_float,
-        default=HASH.locality_weight,
-        help="weight of L_loc (not in the paper; 0 = off): the code rebuilt from each concept's own "
-        "most-attended patches must still hit its class centre",
-    )
-    model.add_argument(
-        "--locality-patches",
-        type=positive_int_at_most(64),
-        default=HASH.locality_patches,
-        help="patches each concept keeps for L_loc",
-    )
-    model.add_argument(
-        "--centres-from-local",
-        action="store_true",
-        help="with --locality-weight: only L_loc trains the hash centres; the whole-image code follows them",
-    )
-    model.add_argument(
         "--centre-hidden",
         type=non_negative_int,
         default=HASH.center_hidden,
@@ -324,42 +300,68 @@ def build_parser() -> argparse.ArgumentParser:
         "the paper)",
     )
     model.add_argument(
+        "--mode",
+        choices=("concepts", "cls"),
+        default=HASH.mode,
+        help="'cls' is the baseline that hashes the CLS embedding with the same losses",
+    )
+    beyond = hashing.add_argument_group(
+        "not in the paper (off by default; what each did on ToyBirds is in the README)"
+    )
+    beyond.add_argument(
+        "--concept-depth",
+        type=non_negative_int,
+        default=HASH.concept_depth,
+        help="read the concept tokens after the first N blocks (0: after all blocks)",
+    )
+    beyond.add_argument(
+        "--locality-weight",
+        type=non_negative_float,
+        default=HASH.locality_weight,
+        help="weight of L_loc (0 = off): the code rebuilt from each concept's own "
+        "most-attended patches must still hit its class centre",
+    )
+    beyond.add_argument(
+        "--locality-patches",
+        type=positive_int_at_most(64),
+        default=HASH.locality_patches,
+        help="patches each concept keeps for L_loc",
+    )
+    beyond.add_argument(
+        "--centres-from-local",
+        action="store_true",
+        help="with --locality-weight: only L_loc trains the hash centres; the whole-image code follows them",
+    )
+    beyond.add_argument(
         "--focus-weight",
         type=non_negative_float,
         default=HASH.focus_weight,
-        help="weight of L_focus (not in the paper; 0 = off): the entropy of each concept's attention map",
+        help="weight of L_focus (0 = off): the entropy of each concept's attention map",
     )
-    model.add_argument(
+    beyond.add_argument(
         "--mix-weight",
         type=non_negative_float,
         default=HASH.mix_weight,
-        help="weight of L_mix (not in the paper; 0 = off): on images with a rectangle pasted in from "
+        help="weight of L_mix (0 = off): on images with a rectangle pasted in from "
         "another, each concept's sub-code must be that of the image its attention falls on",
     )
-    model.add_argument(
+    beyond.add_argument(
         "--bit-weight",
         type=non_negative_float,
         default=HASH.bit_weight,
-        help="weight of L_bit (not in the paper; 0 = off): a hinge of margin 1 on every bit towards its "
-        "class centre's sign",
+        help="weight of L_bit (0 = off): a hinge of margin 1 on every bit towards its class centre's sign",
     )
-    model.add_argument(
+    beyond.add_argument(
         "--oracle-centres",
         action="store_true",
         help="diagnostic (ToyBirds, uses part labels): fixed per-part centres, to see what the encoder does "
         "when its targets are part-specific",
     )
-    model.add_argument(
+    beyond.add_argument(
         "--part-phrases",
         metavar="toybirds|FILE.json",
-        help="not in the paper: centres from language alone, one group of phrases per concept "
+        help="centres from language alone, one group of phrases per concept "
         '(JSON {"head": ["a photo of a bird with a red head.", ...], ...}; \'toybirds\': the species parts)',
-    )
-    model.add_argument(
-        "--mode",
-        choices=("concepts", "cls"),
-        default=HASH.mode,
-        help="'cls' is the baseline that hashes the CLS embedding with the same losses",
     )
 
     ceir = train_commands.add_parser("ceir", help="CEIR: concept bottleneck, VAE, clusters")

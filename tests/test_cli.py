@@ -265,6 +265,40 @@ def test_training_flags_default_to_the_config_dataclasses(model):
         assert getattr(args, dest) == getattr(config, name), (model, dest)
 
 
+def test_options_beyond_the_paper_are_grouped_off_and_named_on_home():
+    """`train concepthash --help` lists the options that are not in the paper in their own group; each one is
+    off by default, and a bundle trained with it says so on Home (lens.bundles.beyond_the_paper)."""
+    import argparse
+
+    from core.cli import HASH, build_parser
+    from lens.bundles import beyond_the_paper
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    train = next(a for a in commands.choices["train"]._actions if isinstance(a, argparse._SubParsersAction))
+    group = next(
+        g for g in train.choices["concepthash"]._action_groups if g.title.startswith("not in the paper")
+    )
+    dests = [action.dest for action in group._group_actions]
+    assert {
+        "concept_depth",
+        "locality_weight",
+        "focus_weight",
+        "mix_weight",
+        "bit_weight",
+        "part_phrases",
+    } <= set(dests)
+    fields = {"locality_patches": None}  # a setting of L_loc, not an option of its own
+    for dest in dests:
+        if dest in fields:
+            continue
+        assert not getattr(HASH, dest), dest  # off by default
+        on = {"part_phrases": {"head": ["a"]}}.get(dest, True if isinstance(getattr(HASH, dest), bool) else 2)
+        named = beyond_the_paper(
+            {dest: on, "locality_weight": 1.0} if dest == "centres_from_local" else {dest: on}
+        )
+        assert named, dest
+
+
 def test_the_cli_starts_without_importing_torch():
     """``conceptlens --help`` and argument errors stay fast: the parser reads torch-free config modules."""
     code = "import sys, core.cli; core.cli.build_parser(); print('torch' in sys.modules)"
