@@ -287,9 +287,9 @@ def test_options_beyond_the_paper_are_grouped_off_and_named_on_home():
         "bit_weight",
         "part_phrases",
     } <= set(dests)
-    fields = {"locality_patches": None}  # a setting of L_loc, not an option of its own
+    settings = {"locality_patches"}  # a setting of L_loc, not an option of its own
     for dest in dests:
-        if dest in fields:
+        if dest in settings:
             continue
         assert not getattr(HASH, dest), dest  # off by default
         on = {"part_phrases": {"head": ["a"]}}.get(dest, True if isinstance(getattr(HASH, dest), bool) else 2)
