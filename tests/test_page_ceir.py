@@ -314,6 +314,22 @@ def test_a_new_selection_opens_its_first_image_in_the_one_image_panel(page, toy)
     open_tab(page, MAP)
 
 
+def test_a_selected_image_opens_in_the_one_image_tab_with_a_button(page, toy):
+    open_tab(page, MAP)
+    select_points(page, [3, 8, 11])
+    loaded, clusters = toy[0], toy[2]
+    ids = [str(i) for i in loaded.arrays.get("train_ids", np.arange(len(clusters)))]
+    assert page.selectbox(key="ceir_selected_pick").options == [
+        f"{ids[i]} (cluster {clusters[i]})" for i in (3, 8, 11)
+    ]
+    page.selectbox(key="ceir_selected_pick").set_value(11).run()
+    page.button(key="ceir_selected_open").click().run()
+    assert not page.exception, [e.value for e in page.exception]
+    assert [s.value for s in page.subheader][0] == "One image's concepts"  # the tab opened
+    assert page.selectbox(key="ceir_image").value == 11
+    open_tab(page, MAP)
+
+
 def test_cluster_composition_sits_next_to_the_cluster_table(page, toy):
     loaded = toy[0]
     clusters, labels = loaded.arrays["train_clusters"], loaded.arrays["train_labels"]

@@ -227,8 +227,24 @@ def show_latent_map(train: TrainSet, embedding: np.ndarray) -> None:
         )
 
 
+def open_in_one_image_tab(row: int) -> None:
+    """Button callback: show training image ``row`` in the one-image tab and open that tab."""
+    st.session_state["ceir_image"] = row
+    st.session_state["ceir_tab"] = ONE_IMAGE
+
+
 def show_selection(train: TrainSet, chosen: list[int]) -> None:
     st.subheader(f"Selected images ({len(chosen)})")
+    pick, go_to = st.columns([3, 1], vertical_alignment="bottom")
+    row = pick.selectbox(
+        "One of them, with its concepts and a what-if",
+        chosen,
+        format_func=lambda i: f"{train.ids[i]} (cluster {train.clusters[i]})",
+        key="ceir_selected_pick",
+    )
+    go_to.button(
+        f"Open in '{ONE_IMAGE}'", on_click=open_in_one_image_tab, args=(int(row),), key="ceir_selected_open"
+    )
     pictures = [
         (f"{train.ids[i].rsplit('/', 1)[-1]} · cluster {train.clusters[i]}", train_image(train.split, i))
         for i in chosen[:GRID_CAP]
