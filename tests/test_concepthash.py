@@ -163,6 +163,11 @@ def test_mix_weight_adds_its_term_and_training_lowers_it(backbone):
     assert np.mean(before[-2:]) < np.mean(before[:2])
 
 
+def test_mix_loss_needs_concepts():
+    with pytest.raises(ValueError, match="L_mix follows each concept's attention"):
+        ConceptHashConfig(bits=6, n_concepts=3, mode="cls", mix_weight=1.0)
+
+
 def test_config_rejects_uneven_split():
     with pytest.raises(ValueError, match="cannot be split evenly"):
         ConceptHashConfig(bits=10, n_concepts=3)

@@ -85,6 +85,8 @@ class ConceptHashConfig:
             raise ValueError("bits and concepts must be positive.")
         if self.oracle_centres and self.mode != "concepts":
             raise ValueError("Oracle centres are per concept; they need mode 'concepts'.")
+        if self.mix_weight > 0 and self.mode != "concepts":
+            raise ValueError("L_mix follows each concept's attention; it needs mode 'concepts'.")
         if self.bits % self.n_concepts:
             raise ValueError(
                 f"{self.bits} bits cannot be split evenly over {self.n_concepts} concepts; "
