@@ -33,14 +33,17 @@ def kept(
 
     A value that ``valid`` rejects (say a slider value outside this image's range, kept from another bundle)
     is dropped, so the widget starts from its default. A restored widget is drawn without its
-    ``value``/``index`` default, which the state overrides anyway (Streamlit logs a warning for both).
+    ``value``/``index`` default, which the state overrides anyway (Streamlit logs a warning for both); a
+    widget drawn in the last run keeps all its arguments.
     """
     state = st.session_state
-    if key not in state and SHADOW + key in state:
+    restored = key not in state and SHADOW + key in state
+    if restored:
         state[key] = state[SHADOW + key]
     if valid is not None and key in state and not valid(state[key]):
         del state[key]
-    if key in state:
+        restored = False
+    if restored:
         kwargs = {name: v for name, v in kwargs.items() if name not in ("value", "index")}
     value = widget(*args, key=key, **kwargs)
     state[SHADOW + key] = value
