@@ -114,17 +114,6 @@ def test_bit_loss_hand_computed():
     assert losses.bit_loss(u, centres, torch.tensor([0, 1])).item() == pytest.approx((0 + 1.5 + 1 + 0.5) / 4)
 
 
-def test_bit_weight_adds_its_term(backbone):
-    pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size)
-    labels = torch.tensor([0, 1, 2, 0])
-    hinged, plain = make_model(backbone, bit_weight=3.0), make_model(backbone)
-    t1, t0 = hinged.loss(hinged(pixels), labels), plain.loss(plain(pixels), labels)
-    assert "bit" not in t0
-    expected = losses.bit_loss(hinged(pixels).u, hinged.hash_centres(), labels)
-    assert t1["bit"].item() == pytest.approx(expected.item())
-    assert t1["total"].item() - t0["total"].item() == pytest.approx(3.0 * t1["bit"].item(), rel=1e-4)
-
-
 def test_paste_rectangles_by_hand():
     from core.concepthash.model import paste_rectangles
 
@@ -280,14 +269,22 @@ def test_centres_from_local_lets_only_the_local_code_move_the_centres(backbone):
     assert sum(float(p.grad.abs().sum()) for p in plain.center_mlp.parameters()) > 0
 
 
-def test_focus_weight_adds_its_term(backbone):
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("focus", lambda model, out, labels: losses.focus_loss(out.concept_attention)),
+        ("bit", lambda model, out, labels: losses.bit_loss(out.u, model.hash_centres(), labels)),
+    ],
+)
+def test_an_extra_weight_adds_its_term(backbone, term, expected):
+    """L_focus and L_bit (not in the paper): off by default; on, the term is its loss and adds weight x it."""
     pixels = torch.randn(4, 3, backbone.image_size, backbone.image_size)
     labels = torch.tensor([0, 1, 2, 0])
-    focused, plain = make_model(backbone, focus_weight=2.0), make_model(backbone)
-    t1, t0 = focused.loss(focused(pixels), labels), plain.loss(plain(pixels), labels)
-    assert "focus" not in t0
-    assert t1["focus"].item() == pytest.approx(losses.focus_loss(focused(pixels).concept_attention).item())
-    assert t1["total"].item() - t0["total"].item() == pytest.approx(2.0 * t1["focus"].item(), rel=1e-4)
+    weighted, plain = make_model(backbone, **{f"{term}_weight": 2.0}), make_model(backbone)
+    t1, t0 = weighted.loss(weighted(pixels), labels), plain.loss(plain(pixels), labels)
+    assert term not in t0
+    assert t1[term].item() == pytest.approx(expected(weighted, weighted(pixels), labels).item())
+    assert t1["total"].item() - t0["total"].item() == pytest.approx(2.0 * t1[term].item(), rel=1e-4)
 
 
 def test_csd_weight_changes_the_total(backbone):
