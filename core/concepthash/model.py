@@ -269,11 +269,16 @@ class ConceptHash(nn.Module):
         )
 
     def forward(self, pixels: torch.Tensor, attention_layers: str = "last") -> ConceptHashOutput:
-        out = self.run_tower(pixels, attention_layers=attention_layers)
+        return self.read_out(self.run_tower(pixels, attention_layers=attention_layers))
+
+    def read_out(self, out: ViTOutput, batch_statistics: bool = False) -> ConceptHashOutput:
+        """Codes, concept features and concept->patch attention of one run of the tower; with
+        ``batch_statistics`` the codes are normalised by :meth:`batch_normalised` (running statistics
+        untouched), otherwise by the code's BN layer."""
         n_patches = out.n_patches
         z = out.last_hidden[:, n_patches + 1 :] if self.config.mode == "concepts" else out.last_hidden[:, :1]
-        sub_codes = self.hash_head(z + self.specificity.unsqueeze(0))
-        u = self.bn(sub_codes.flatten(1))
+        sub_codes = self.hash_head(z + self.specificity.unsqueeze(0)).flatten(1)
+        u = self.batch_normalised(sub_codes) if batch_statistics else self.bn(sub_codes)
         last = out.attentions[-1] if out.attentions else None
         concept_attention = None
         if last is not None:
@@ -291,7 +296,11 @@ class ConceptHash(nn.Module):
         out = self.run_tower(pixels.repeat_interleave(n_concepts, dim=0), keep_patches=keep)
         z = out.last_hidden[:, k + 1 :].reshape(len(pixels), n_concepts, n_concepts, -1)
         own = z[:, torch.arange(n_concepts), torch.arange(n_concepts)]  # concept m from its own view
-        sub_codes = self.hash_head(own + self.specificity.unsqueeze(0)).flatten(1)
+        return self.batch_normalised(self.hash_head(own + self.specificity.unsqueeze(0)).flatten(1))
+
+    def batch_normalised(self, sub_codes: torch.Tensor) -> torch.Tensor:
+        """(B, K) codes normalised with this batch's statistics and the code's BN affine, leaving the BN's
+        running statistics untouched (for the extra views of L_loc and L_mix)."""
         return F.batch_norm(sub_codes, None, None, self.bn.weight, self.bn.bias, training=True)
 
     def mix_loss(self, pixels: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -308,14 +317,12 @@ class ConceptHash(nn.Module):
         starts = [torch.randint(0, 1 << 30, (batch,)) % (g - n + 1) for g, n in zip(grid, sizes, strict=True)]
         mixed, inside = paste_rectangles(pixels, perm, grid, starts, sizes)
 
-        out = self.run_tower(mixed, attention_layers="last")
-        n_patches = out.n_patches
-        sub_codes = self.hash_head(out.last_hidden[:, n_patches + 1 :] + self.specificity.unsqueeze(0))
-        u = F.batch_norm(sub_codes.flatten(1), None, None, self.bn.weight, self.bn.bias, training=True)
-        attention = out.attentions[-1].mean(dim=1)[:, n_patches + 1 :, 1 : n_patches + 1].detach()
+        output = self.read_out(self.run_tower(mixed, attention_layers="last"), batch_statistics=True)
+        attention = output.concept_attention.detach()
         share = (attention * inside.flatten(1)[:, None].to(attention.dtype)).sum(-1)
         share = share / attention.sum(-1).clamp_min(1e-12)
-        return losses.mix_loss(u, share, torch.sign(centres[labels]), torch.sign(centres[labels[perm]]))
+        own, other = torch.sign(centres[labels]), torch.sign(centres[labels[perm]])
+        return losses.mix_loss(output.u, share, own, other)
 
     def loss(
         self, output: ConceptHashOutput, labels: torch.Tensor, pixels: torch.Tensor | None = None
@@ -351,7 +358,7 @@ class ConceptHash(nn.Module):
             )
         if cfg.bit_weight > 0:
             terms["bit"] = losses.bit_loss(output.u, targets, labels)
-        if cfg.mix_weight > 0 and cfg.mode == "concepts":
+        if cfg.mix_weight > 0:  # (the config allows it with concept tokens only)
             if pixels is None:
                 raise ValueError("L_mix needs the batch's pixels.")
             terms["mix"] = self.mix_loss(pixels, labels, centers.detach())
