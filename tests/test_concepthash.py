@@ -11,12 +11,12 @@ import torch
 from core.backbones.clip import load_backbone
 from core.concepthash import losses
 from core.concepthash.attention import concept_heatmaps
-from core.concepthash.codes import value_codes
+from core.concepthash.codes import per_part_codes, value_codes
 from core.concepthash.config import read_part_phrases
 from core.concepthash.evaluate import interpretability_metrics, subcode_values
 from core.concepthash.model import ConceptHash, ConceptHashConfig
 from core.data.spec import DataSpec, ToyBirdsSplit
-from core.data.toybirds import PARTS, SPECIES, SPECIES_PARTS, per_part_codes
+from core.data.toybirds import PARTS, SPECIES, SPECIES_PARTS
 
 CLASSES = ["red finch", "blue finch", "green finch"]
 

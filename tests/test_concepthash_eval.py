@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from core.backbones.clip import load_backbone
+from core.concepthash.codes import per_part_codes
 from core.concepthash.evaluate import (
     centre_rule,
     centre_sharing,
@@ -32,7 +33,6 @@ from core.data.toybirds import (
     SPECIES,
     SPECIES_COLOURS,
     SPECIES_PARTS,
-    per_part_codes,
 )
 
 # ---- part swap --------------------------------------------------------------------------------

@@ -37,6 +37,20 @@ def value_codes(values: np.ndarray, bits_per: int) -> np.ndarray:
     return np.where(bits > 0, 1, -1).astype(np.int8).reshape(len(values), -1)
 
 
+def per_part_codes(bits: int, n_concepts: int) -> np.ndarray:
+    """(24, bits) {-1, +1} per-part codes, one row per ToyBirds species (row = species id): the oracle.
+
+    Concept m < 3 spells the colour index (in ``SPECIES_COLOURS``) of species part m in its bits/M
+    bits, little-endian; a value needing more bits than that keeps only its low bits (so colours
+    collide). Concepts from the fourth on are constant (all -1).
+    """
+    from core.data.toybirds import species_part_values
+
+    per = bits // n_concepts
+    low_bits = (1 << min(per, 62)) - 1  # colour indices are < 4: wider sub-codes keep them whole
+    return value_codes(species_part_values(n_concepts) & low_bits, per)
+
+
 def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights of 1-D linear resampling with half-pixel centres (align_corners=False)."""
     position = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, None)

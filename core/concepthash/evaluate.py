@@ -79,7 +79,7 @@ from core.concepthash.arrays import (
     QUERY_IDS,
 )
 from core.concepthash.bundle import load_concepthash
-from core.concepthash.codes import sign_codes, subcode_values
+from core.concepthash.codes import per_part_codes, sign_codes, subcode_values
 from core.concepthash.losses import csd_loss
 from core.concepthash.model import ConceptHash
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
@@ -90,7 +90,6 @@ from core.data.toybirds import (
     SPECIES_PARTS,
     ToyBirdSample,
     patch_coverage,
-    per_part_codes,
     render_counterfactual,
 )
 from core.retrieval import mean_average_precision, pack_codes, precision_at_k

@@ -36,7 +36,7 @@ from torch import nn
 from core.backbones.clip import Backbone
 from core.backbones.vit import ViTOutput, vit_forward
 from core.concepthash import losses
-from core.concepthash.codes import value_codes
+from core.concepthash.codes import per_part_codes, value_codes
 from core.concepthash.config import ConceptHashConfig, bits_per_concept
 
 # Weight names that bundles written before a rename still carry: old name -> current name.
@@ -205,7 +205,7 @@ class ConceptHash(nn.Module):
     @staticmethod
     def oracle_centres(class_names: list[str], config: ConceptHashConfig) -> torch.Tensor:
         """The ToyBirds per-part codes as fixed centres (``oracle_centres``), one row per class."""
-        from core.data.toybirds import SPECIES, per_part_codes
+        from core.data.toybirds import SPECIES
 
         if class_names != [species.name for species in SPECIES]:
             raise ValueError("Oracle centres exist only for the ToyBirds species, in their order.")

@@ -152,20 +152,14 @@ SPECIES: tuple[Species, ...] = _build_species()
 _SPECIES_BY_COLOURS = {tuple(s.colours[p] for p in SPECIES_PARTS): s for s in SPECIES}
 
 
-def per_part_codes(bits: int, n_concepts: int) -> np.ndarray:
-    """(24, bits) {-1, +1} per-part codes, one row per species (row = species id): the oracle.
-
-    Concept m < 3 spells the colour index (in ``SPECIES_COLOURS``) of species part m in its bits/M
-    bits, little-endian; a value needing more bits than that keeps only its low bits (so colours
-    collide). Concepts from the fourth on are constant (all -1).
-    """
-    per = bits // n_concepts
+def species_part_values(n_concepts: int) -> np.ndarray:
+    """(24, n_concepts) int64: for concept m < 3, the colour index (in ``SPECIES_COLOURS``) of species part m
+    of each species (row = species id); 0 for concepts from the fourth on. The values of the per-part oracle
+    codes (``core.concepthash.codes.per_part_codes``)."""
     values = np.zeros((len(SPECIES), n_concepts), dtype=np.int64)
     for m, part in enumerate(SPECIES_PARTS[:n_concepts]):
         values[:, m] = [SPECIES_COLOURS.index(s.colours[part]) for s in SPECIES]
-    shifts = np.arange(per)
-    low_bits = (values[..., None] >> np.minimum(shifts, 8)) & 1  # colour indices < 4: bits from 2 on are 0
-    return np.where(low_bits > 0, 1, -1).astype(np.int8).reshape(len(SPECIES), n_concepts * per)
+    return values
 
 
 def species_with(colours: Mapping[str, str]) -> Species | None:
