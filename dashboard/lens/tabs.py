@@ -8,7 +8,7 @@ value under a second key and gives it back when the tab opens again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import streamlit as st
@@ -16,9 +16,14 @@ import streamlit as st
 SHADOW = "_kept_"  # prefix of the key that holds a widget's value while its tab is closed
 
 
-def lazy_tabs(labels: Sequence[str], key: str) -> dict[str, Any]:
-    """``st.tabs`` that reruns the page on a switch; each tab's ``open`` says whether to draw it now."""
-    return dict(zip(labels, st.tabs(list(labels), key=key, on_change="rerun"), strict=True))
+def lazy_tabs(sections: Mapping[str, Callable[[], object]], key: str) -> None:
+    """One tab per section (label -> the function that draws it), in ``st.tabs`` that reruns the page on a
+    switch; only the open tab's function is called."""
+    tabs = st.tabs(list(sections), key=key, on_change="rerun")
+    for tab, draw in zip(tabs, sections.values(), strict=True):
+        if tab.open:
+            with tab:
+                draw()
 
 
 def kept(

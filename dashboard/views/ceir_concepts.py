@@ -455,20 +455,19 @@ def main() -> None:
         split=split,
     )
 
-    tabs = lazy_tabs([MAP, ONE_IMAGE, CLUSTERS, QUALITY], key="ceir_tab")
-    if tabs[MAP].open:
-        with tabs[MAP]:
-            show_latent_map(train, embedding)
-    if tabs[ONE_IMAGE].open:
-        with tabs[ONE_IMAGE]:
-            show_intervention(train, loaded, show_one_image(train))
-    if tabs[CLUSTERS].open:
-        with tabs[CLUSTERS]:
-            show_clusters(train)
-    if tabs[QUALITY].open:
-        with tabs[QUALITY]:
-            show_metrics(loaded.metrics)
-            show_concept_bank(loaded)
+    def quality() -> None:
+        show_metrics(loaded.metrics)
+        show_concept_bank(loaded)
+
+    lazy_tabs(
+        {
+            MAP: lambda: show_latent_map(train, embedding),
+            ONE_IMAGE: lambda: show_intervention(train, loaded, show_one_image(train)),
+            CLUSTERS: lambda: show_clusters(train),
+            QUALITY: quality,
+        },
+        key="ceir_tab",
+    )
 
 
 main()

@@ -398,19 +398,15 @@ def main() -> None:
     db = Database.of(loaded)
     describe(info, db)
     parts = "Code and parts" if db.cls_baseline else PARTS
-    tabs = lazy_tabs([CODES, IMAGES, SWAP, parts], key="hash_tab")
-    if tabs[CODES].open:
-        with tabs[CODES]:
-            show_bit_matrix(db, loaded.arrays.get(DB_IDS))
-    if tabs[IMAGES].open:
-        with tabs[IMAGES]:
-            show_images(info, loaded, db)
-    if tabs[SWAP].open:
-        with tabs[SWAP]:
-            show_part_swap(info, loaded, db)
-    if tabs[parts].open:
-        with tabs[parts]:
-            show_subcodes_vs_parts(loaded, db)
+    lazy_tabs(
+        {
+            CODES: lambda: show_bit_matrix(db, loaded.arrays.get(DB_IDS)),
+            IMAGES: lambda: show_images(info, loaded, db),
+            SWAP: lambda: show_part_swap(info, loaded, db),
+            parts: lambda: show_subcodes_vs_parts(loaded, db),
+        },
+        key="hash_tab",
+    )
 
 
 main()
