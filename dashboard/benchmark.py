@@ -136,6 +136,11 @@ def _page_errors(app) -> list[str]:
     return [str(e.value) for e in app.exception] + [str(e.value) for e in app.error]
 
 
+def _with_new_errors(app, errors: list[str]) -> list[str]:
+    """``errors`` and those the app shows now that are not among them (each error once over several runs)."""
+    return errors + [e for e in _page_errors(app) if e not in errors]
+
+
 def _timed_run(app) -> float:
     start = time.perf_counter()
     app.run()
@@ -178,13 +183,13 @@ def tab_sets(app) -> list[tuple[str, list[str]]]:
 
 def every_tab(app) -> list[str]:
     """Open every tab of the page's stateful tab sets in turn (each is drawn only when open); the errors
-    of those runs."""
-    errors = []
+    the page shows now and in those runs, each once."""
+    errors = _page_errors(app)
     for key, labels in tab_sets(app):
         for label in labels:
             app.session_state[key] = label
             app.run()
-            errors += [e for e in _page_errors(app) if e not in errors]
+            errors = _with_new_errors(app, errors)
     return errors
 
 
@@ -194,7 +199,7 @@ def _page_timing(page: str, warm_runs: int, timeout: float) -> dict[str, Any]:
     warm = []
     for _ in range(warm_runs):
         warm.append(_timed_run(app))
-        errors += [e for e in _page_errors(app) if e not in errors]
+        errors = _with_new_errors(app, errors)
     return {
         "page": page,
         "first_seconds": first,
@@ -516,7 +521,7 @@ def _memory_child(bundles: str, timeout: float) -> None:
         errors = {}
         for page in pages:  # every tab of every page
             app = _open_page(page, timeout)[0]
-            errors[page] = _page_errors(app) + every_tab(app)
+            errors[page] = every_tab(app)
         _wait_for_background_work(timeout)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"loaded": loaded, "pages": pages, "errors": errors, "self_peak_kib": peak}))
