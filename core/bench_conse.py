@@ -41,8 +41,9 @@ def evaluate(
     backbone: conse.ConSEBackbone, photos: dict[str, Image.Image], expected: dict[str, list[str]]
 ) -> list[Result]:
     """precision@5 for every setting in ``GRID`` (logits and text embeddings computed once)."""
-    concepts = load_bank("general").concepts
-    text = backbone.encode_texts(concepts).cpu()
+    bank = load_bank("general")
+    concepts = bank.concepts
+    text = backbone.encode_texts(bank.prompts()).cpu()
     logits = backbone.logits(backbone.preprocess_images(list(photos.values()))).cpu()
     descriptions = {s: conse.description_embeddings(backbone.text_model, s) for s in GRID["descriptions"]}
     results = []

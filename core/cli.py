@@ -158,6 +158,15 @@ def fraction(text: str) -> float:
     return value
 
 
+def concept_template(text: str) -> str:
+    from core.ceir.concept_bank import ConceptBankError, check_template
+
+    try:
+        return check_template(text, "the template")
+    except ConceptBankError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "toybirds") -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -421,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
         "apart from the bank)",
     )
     ceir_model.add_argument(
+        "--concept-template",
+        type=concept_template,
+        help="the caption each concept is read in by the text tower, with {} for the concept (e.g. "
+        "'a photo of a {}.'; '{}' reads the concept as it is; default: the bank's '# template:' line)",
+    )
+    ceir_model.add_argument(
         "--teacher",
         help="a backbone (as --backbone) whose image and text towers give the concept similarities the "
         "projection learns from --backbone's features, as the paper does (default: --backbone itself)",
@@ -585,6 +600,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             activation_fraction=args.activation,
             include_class_names=args.include_class_names,
             centre_concepts=args.centre_concepts,
+            concept_template=args.concept_template,
             teacher=args.teacher,
             seed=args.seed,
             device=args.device,

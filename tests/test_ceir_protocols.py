@@ -12,6 +12,7 @@ from core.backbones.clip import load_backbone
 from core.ceir.arrays import OOD_REFERENCE
 from core.ceir.bottleneck import ProjectionConfig
 from core.ceir.bundle import image_embeddings
+from core.ceir.concept_bank import ConceptBankError, parse_concepts
 from core.ceir.evaluate import protocol_scores
 from core.ceir.labels import (
     MIN_SHARE,
@@ -21,7 +22,7 @@ from core.ceir.labels import (
     label_images,
     labels_from_similarity,
 )
-from core.ceir.train import CEIRConfig, fit_ceir, with_class_names
+from core.ceir.train import CEIRConfig, fit_ceir, with_bank_template, with_class_names
 from core.ceir.vae import VAEConfig
 from tests.conftest import ROOT
 
@@ -88,6 +89,48 @@ def test_centring_changes_the_teacher_and_is_stored(tiny_backbone):
     plain = fit(tiny_backbone, **off).model.concept_embeddings
     np.testing.assert_allclose(plain.norm(dim=1).numpy(), 1.0, rtol=1e-5)
     assert not torch.allclose(centred, plain)
+
+
+def test_the_teacher_reads_each_concept_in_the_template(tiny_backbone):
+    """The projection learns similarities to the templated captions, and the model stores those texts'
+    embeddings; without a template (None or '{}') the concept text is read as it is."""
+    off = {"class_relevance_fraction": None, "activation_fraction": None, "near_duplicate_fraction": 0.0}
+    template = "a photo of a bird with a {}."
+    fitted = fit(tiny_backbone, concept_template=template, **off).model
+    captions = [template.replace("{}", c) for c in fitted.concepts]
+    expected = torch.nn.functional.normalize(tiny_backbone.encode_texts(captions).float(), dim=-1)
+    torch.testing.assert_close(fitted.concept_embeddings, expected)
+    raw = torch.nn.functional.normalize(tiny_backbone.encode_texts(fitted.concepts).float(), dim=-1)
+    for plain in (None, "{}"):
+        plain_model = fit(tiny_backbone, concept_template=plain, **off).model
+        torch.testing.assert_close(plain_model.concept_embeddings, raw)
+    assert not torch.allclose(expected, raw)
+
+
+def test_the_run_takes_the_bank_template_unless_it_names_its_own():
+    bank = parse_concepts("# template: a photo of a {}.\nred head\nblue wing\n")
+    assert with_bank_template(tiny_config(), bank).concept_template == "a photo of a {}."
+    assert with_bank_template(tiny_config(concept_template="{}"), bank).concept_template == "{}"
+    assert with_bank_template(tiny_config(), parse_concepts("red head\n")).concept_template == "{}"
+    with pytest.raises(ConceptBankError, match="exactly once"):
+        with_bank_template(tiny_config(concept_template="a photo"), bank)
+
+
+def test_labels_from_another_bank_read_its_concepts_in_its_template():
+    """``conceptlens label --concepts FILE`` scores a bank with a template by its captions, and prints the
+    concepts."""
+    seen = []
+
+    class Recording:
+        def encode_texts(self, texts):
+            seen.append(list(texts))
+            return torch.eye(2)
+
+    labeller = SimilarityLabeller(Recording())
+    bank = parse_concepts("# template: a photo of a {}.\nred head\nblue wing\n")
+    (labels,) = labels_from_similarity(labeller, torch.tensor([[0.2, 0.9]]), bank, top_k=5)
+    assert seen == [["a photo of a red head.", "a photo of a blue wing."]]
+    assert [label.concept for label in labels] == ["blue wing", "red head"]
 
 
 def test_transductive_vae_sees_train_and_test(monkeypatch, tiny_backbone):

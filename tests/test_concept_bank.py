@@ -23,9 +23,11 @@ from core.ceir.bank_filters import (
 )
 from core.ceir.concept_bank import (
     MAX_CONCEPT_CHARS,
+    RAW_TEMPLATE,
     SHIPPED_BANKS,
     ConceptBank,
     ConceptBankError,
+    check_template,
     load_bank,
     parse_concepts,
     read_concept_file,
@@ -439,6 +441,37 @@ def _world_concepts(parts: tuple[str, ...], nuisance: bool) -> set[str]:
         if (attribute != "colour" or part in toybirds.NUISANCE_PARTS) == nuisance
         for value in toybirds.ATTRIBUTE_VALUES[part][attribute]
     }
+
+
+def test_a_template_line_sets_the_caption_every_concept_is_read_in():
+    text = "# a comment\n#  template:  a photo of  a {}.\nred head\nblue wing # template: not this\n"
+    bank = parse_concepts(text)
+    assert bank.concepts == ["red head", "blue wing"]
+    assert bank.template == "a photo of a {}."  # whitespace collapsed like a concept's
+    assert bank.prompts() == ["a photo of a red head.", "a photo of a blue wing."]
+    plain = parse_concepts("red head\n# templates are optional\n")
+    assert plain.template == RAW_TEMPLATE and plain.prompts() == ["red head"]
+
+
+BAD_TEMPLATES = ["a photo of a bird", "{} and {}", "a {x} {}", "a {} }", "x" * 200 + " {}"]
+
+
+@pytest.mark.parametrize("template", BAD_TEMPLATES)
+def test_a_bad_template_is_refused_naming_the_line(template):
+    with pytest.raises(ConceptBankError, match="line 2: the template .* exactly once"):
+        parse_concepts(f"red head\n# template: {template}\nblue wing\n", source="bank.txt")
+    with pytest.raises(ConceptBankError, match="exactly once"):
+        check_template(template)
+
+
+def test_toybirds_bank_reads_its_concepts_as_the_clip_was_taught():
+    """The shipped ToyBirds bank puts a species attribute in the same caption as the CLIP's part prompts."""
+    bank = load_bank("toybirds")
+    prompts = dict(zip(bank.concepts, bank.prompts(), strict=True))
+    for part in toybirds.SPECIES_PARTS:
+        for colour in toybirds.PART_VALUES[part]:
+            assert prompts[f"{colour} {part}"] == toybirds.part_value_prompt(part, colour)
+    assert all(load_bank(name).template == RAW_TEMPLATE for name in SHIPPED_BANKS if name != "toybirds")
 
 
 def test_toybirds_bank_covers_every_part_value_pair():

@@ -149,6 +149,27 @@ def test_out_of_range_numbers_are_refused_by_the_parser(flag, value, message, ca
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("template", ["a photo of a bird", "{} {}", "a {x} {}"])
+def test_a_concept_template_without_one_placeholder_is_refused(template, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "train",
+                "ceir",
+                "--backbone",
+                "toyclip-tiny:random",
+                "--out",
+                "x",
+                "--concept-template",
+                template,
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "exactly once" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_run_whose_loss_becomes_nan_stops_and_keeps_the_old_bundle(tmp_path, capsys) -> None:
     good = save_bundle(tmp_path / "good", kind="concepthash", config={"run": 1}, weights={"w": torch.ones(1)})
     before = {p.name: p.read_bytes() for p in good.iterdir()}

@@ -625,3 +625,6 @@ def test_ceir_page_shows_what_the_filters_removed(page, toy):
         assert tables == []
     kept = [c.value for c in page.caption if c.value.startswith("Kept: ")]
     assert kept == ["Kept: " + ", ".join(toy[0].concepts)]
+    template = toy[0].config["concept_bank"]["template"]
+    assert template == "a photo of a bird with a {}."  # the toybirds bank's
+    assert any(f"“{template}”" in c.value for c in page.caption)

@@ -175,6 +175,21 @@ def test_pasted_bank_scores_by_clip_similarity(page, toy):
     assert any("CLIP cosine similarity" in c.value for c in page.caption)
 
 
+def test_a_pasted_bank_with_a_template_scores_its_captions(page, toy):
+    """The page labels like ``conceptlens label``: each concept read in the bank's template line."""
+    text = "# template: a photo of a bird with a {}.\nred head\nblue wing\ngreen body"
+    page.multiselect(key="ow_samples").set_value(["skimage: coffee"])
+    page.selectbox(key="ow_bank").set_value("paste").run()
+    page.text_area(key="ow_bank_text").set_value(text).run()
+    table = labels_frame(page)
+    photo = [("skimage: coffee", view_sample("skimage: coffee"))]
+    templated = label_images(toy, photo, 5, parse_concepts(text, source="pasted list")).images[0].labels
+    plain = label_images(toy, photo, 5, parse_concepts(text.split("\n", 1)[1])).images[0].labels
+    assert table["concept"].tolist() == [label.concept for label in templated]
+    np.testing.assert_allclose(table["score"], [label.score for label in templated], rtol=1e-5)
+    assert [label.score for label in templated] != [label.score for label in plain]
+
+
 def view_sample(label: str) -> Image.Image:
     from lens.uploads import load_sample_photo
 

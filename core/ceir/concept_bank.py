@@ -1,7 +1,9 @@
 """CEIR concept banks: plain-text vocabularies of human-readable concepts, read, parsed and written safely.
 
 A concept bank is a UTF-8 text file with one concept per line.  ``#`` starts a comment (a whole line
-or the tail of a line), blank lines are ignored and runs of whitespace collapse to one space.  Reading
+or the tail of a line), blank lines are ignored and runs of whitespace collapse to one space.  A comment
+line ``# template: a photo of a bird with a {}.`` declares the caption each concept is put in before the
+text tower reads it (``ConceptBank.prompts``); without one the concept text is read as it is.  Reading
 is forgiving where it is safe (a byte-order mark, Windows line endings, case-insensitive duplicates kept
 once) and reports everything it dropped in ``ConceptBank.issues``, so a user sees why a line is missing.
 
@@ -26,6 +28,8 @@ MAX_CONCEPT_CHARS = 60
 MAX_BANK_BYTES = 1_000_000  # a concept bank is a word list; anything larger is almost surely the wrong file
 
 _SHIPPED_PREFIX = "shipped:"
+RAW_TEMPLATE = "{}"  # the concept text as it is
+_TEMPLATE_DIRECTIVE = "template:"
 
 
 class ConceptBankError(ValueError):
@@ -39,9 +43,35 @@ class ConceptBank:
     concepts: list[str]
     source: str
     issues: list[str] = field(default_factory=list)
+    template: str = RAW_TEMPLATE  # the caption each concept is put in for the text tower
 
     def __len__(self) -> int:
         return len(self.concepts)
+
+    def prompts(self) -> list[str]:
+        """The texts the text tower reads: every concept in the bank's template."""
+        return apply_template(self.template, self.concepts)
+
+
+def check_template(template: str, source: str = "The concept template") -> str:
+    """``template`` if it holds ``{}`` exactly once and no other brace; otherwise ``ConceptBankError``."""
+    valid = (
+        isinstance(template, str)
+        and "{}" in template
+        and not any(brace in template.replace("{}", "", 1) for brace in "{}")
+        and len(template) <= 2 * MAX_CONCEPT_CHARS
+    )
+    if not valid:
+        raise ConceptBankError(
+            f"{source} {template!r} must hold '{{}}' exactly once (where the concept goes), no other "
+            f"brace, and at most {2 * MAX_CONCEPT_CHARS} characters."
+        )
+    return template
+
+
+def apply_template(template: str, concepts: Iterable[str]) -> list[str]:
+    """Each concept put in ``template`` ("a photo of a bird with a {}." + "red head")."""
+    return [template.replace("{}", concept) for concept in concepts]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,9 +108,14 @@ def parse_concepts(text: str, *, source: str = "inline", max_chars: int = MAX_CO
     text = text.removeprefix("\ufeff")
     concepts: list[str] = []
     issues: list[str] = []
+    template = RAW_TEMPLATE
     first_seen: dict[str, tuple[int, str]] = {}
     for number, raw in enumerate(_split_lines(text), start=1):
-        line = raw.split("#", 1)[0]
+        line, _, comment = raw.partition("#")
+        if not line.strip() and comment.strip().startswith(_TEMPLATE_DIRECTIVE):
+            declared = " ".join(comment.strip().removeprefix(_TEMPLATE_DIRECTIVE).split())
+            template = check_template(declared, f"Concept bank {source}, line {number}: the template")
+            continue
         bad = _bad_character(line)
         if bad is not None:
             issues.append(f"line {number}: control character U+{ord(bad):04X} in the concept, line dropped")
@@ -105,7 +140,7 @@ def parse_concepts(text: str, *, source: str = "inline", max_chars: int = MAX_CO
         concepts.append(concept)
     if not concepts:
         raise ConceptBankError(f"Concept bank {source} contains no concepts.")
-    return ConceptBank(concepts=concepts, source=source, issues=issues)
+    return ConceptBank(concepts=concepts, source=source, issues=issues, template=template)
 
 
 def _decode(data: bytes, source: str) -> str:

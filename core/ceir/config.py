@@ -87,6 +87,7 @@ class CEIRConfig:
     activation_fraction: float | None = 0.5  # of the bank's 90th-percentile activation lift; None: off
     include_class_names: bool = False
     centre_concepts: bool = False
+    concept_template: str | None = None  # caption a concept is read in ("a photo of a {}."); None: the bank's
     teacher: str | dict | None = None  # backbone whose towers give the concept similarities; None: backbone
     seed: int = 0
     device: str = "auto"

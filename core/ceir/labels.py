@@ -238,7 +238,7 @@ def labels_from_similarity(
 ) -> list[list[ConceptScore]]:
     """Per image: the top-k concepts of another bank by image-text cosine (CLIP or ConSE embeddings);
     a negative cosine (the image is farther from the text than from an unrelated one) is never a label."""
-    text = loaded.backbone.encode_texts(bank.concepts).cpu()
+    text = loaded.backbone.encode_texts(bank.prompts()).cpu()
     similarity = (embeddings @ text.t()).numpy()
     return [
         [

@@ -17,7 +17,7 @@ import numpy as np
 
 from core.ceir.bundle import image_embeddings
 from core.ceir.evaluate import evaluate_arrays
-from core.ceir.train import CEIRConfig, fit_ceir
+from core.ceir.train import CEIRConfig, fit_ceir, with_bank_template
 from core.data.spec import DataSpec, open_split
 from core.progress import no_progress
 from core.results import figure
@@ -29,6 +29,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "class names appended (--include-class-names)": {"include_class_names": True},
     "centred concept text (--centre-concepts)": {"centre_concepts": True},
+    "raw concept text, not the bank's caption template (--concept-template '{}')": {"concept_template": "{}"},
     "no class-relevance or activation filter (--class-relevance 0 --activation 0)": {
         "class_relevance_fraction": None,
         "activation_fraction": None,
@@ -45,6 +46,7 @@ FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("latent ACC, transductive", ("protocols", "transductive", "ceir", "acc")),
     ("raw CLIP ACC, transductive", ("protocols", "transductive", "clip_embedding", "acc")),
     ("label precision", ("labels", "precision")),
+    ("concept precision@5", ("concept_precision_at_5",)),
     ("concepts kept", ("n_concepts",)),
 )
 
@@ -75,7 +77,8 @@ def option_study(
     from core.backbones.clip import load_backbone
     from core.ceir.concept_bank import load_bank
 
-    base = base or CEIRConfig(device="cpu")
+    bank_source = load_bank(bank)
+    base = with_bank_template(base or CEIRConfig(device="cpu"), bank_source)
     backbone = load_backbone(backbone_spec, device="cpu")
     data = data.with_seed(VALIDATION_SEED)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
@@ -83,7 +86,7 @@ def option_study(
         image_embeddings(backbone, train_split, no_progress),
         image_embeddings(backbone, test_split),
     )
-    concepts = load_bank(bank).concepts
+    concepts = bank_source.concepts
     study: dict[str, Any] = {"validation_seed": VALIDATION_SEED, "seeds": list(seeds), "variants": {}}
     for name, changes in (variants or VARIANTS).items():
         log(f"CEIR option study: {name} ...")

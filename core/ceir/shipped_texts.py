@@ -18,7 +18,7 @@ def shipped_text_lists() -> list[tuple[str, list[str]]]:
     """(file-name prefix, texts) of every list whose embeddings ship."""
     style = conse.ConSEConfig.descriptions
     lists = [(f"conse-descriptions-{style}", conse.imagenet_descriptions(style))]
-    return lists + [("conse-texts", load_bank(name).concepts) for name in SHIPPED_BANKS]
+    return lists + [("conse-texts", load_bank(name).prompts()) for name in SHIPPED_BANKS]
 
 
 def write_shipped_texts(folder: Path = conse.SHIPPED_TEXT_DIR) -> list[Path]:

@@ -22,7 +22,7 @@ Steps (CEIR, Cui et al. 2023, on Label-free CBM):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ from core.ceir.bottleneck import (
 )
 from core.ceir.bundle import KIND, image_embeddings
 from core.ceir.clustering import fit_kmeans
-from core.ceir.concept_bank import load_bank
+from core.ceir.concept_bank import RAW_TEMPLATE, ConceptBank, apply_template, check_template, load_bank
 from core.ceir.config import CEIRConfig
 from core.ceir.evaluate import evaluate_arrays
 from core.ceir.explain import contributions_in_batches
@@ -69,7 +69,7 @@ def filter_bank(
     """
     removed: dict[str, dict[str, str]] = {}
     kept, removed["length"] = filters.filter_by_length(concepts)
-    text = backbone.encode_texts(kept).cpu().numpy()
+    text = encode_concepts(backbone, kept, config).cpu().numpy()
 
     def keep(kept_next: list[str]) -> list[str]:
         nonlocal text
@@ -104,17 +104,29 @@ def filter_bank(
     return kept, removed
 
 
+def with_bank_template(config: CEIRConfig, bank: ConceptBank) -> CEIRConfig:
+    """``config`` with its concept template settled: its own if set (checked), else the bank's."""
+    template = bank.template if config.concept_template is None else check_template(config.concept_template)
+    return replace(config, concept_template=template)
+
+
+def encode_concepts(backbone: Backbone, concepts: list[str], config: CEIRConfig) -> torch.Tensor:
+    """Text embeddings of ``concepts``, each read in the run's caption template."""
+    return backbone.encode_texts(apply_template(config.concept_template or RAW_TEMPLATE, concepts))
+
+
 def with_class_names(concepts: list[str], class_names: list[str]) -> list[str]:
     """The bank with every class name appended (the paper's choice), each once whatever its case."""
     seen = {c.casefold() for c in concepts}
     return concepts + [name for name in class_names if name.casefold() not in seen]
 
 
-def concept_text(backbone: Backbone, concepts: list[str], centre: bool) -> torch.Tensor:
-    """(C, D) concept text embeddings; ``centre`` subtracts their mean so each concept scores what sets it
-    apart from the rest of the bank (the shared "a bird" direction otherwise dominates every cosine)."""
-    text = F.normalize(backbone.encode_texts(concepts).cpu().float(), dim=-1)
-    return text - text.mean(dim=0, keepdim=True) if centre else text
+def concept_text(backbone: Backbone, concepts: list[str], config: CEIRConfig) -> torch.Tensor:
+    """(C, D) concept text embeddings; ``config.centre_concepts`` subtracts their mean so each concept scores
+    what sets it apart from the rest of the bank (the shared "a bird" direction otherwise dominates every
+    cosine)."""
+    text = F.normalize(encode_concepts(backbone, concepts, config).cpu().float(), dim=-1)
+    return text - text.mean(dim=0, keepdim=True) if config.centre_concepts else text
 
 
 def fit_bottleneck(
@@ -177,7 +189,7 @@ def fit_ceir(
     concepts, removed = filter_bank(bank, teacher, teacher_train, class_names, config, log)
     if config.include_class_names:
         concepts = with_class_names(concepts, class_names)
-    text = concept_text(teacher, concepts, config.centre_concepts)
+    text = concept_text(teacher, concepts, config)
     concepts, projection, fidelity, columns, removed["fidelity"] = fit_bottleneck(
         concepts, train_embeddings, teacher_similarities(teacher_train, text), config, log, ctx
     )
@@ -251,6 +263,7 @@ def _train_ceir(
     concept_source = load_bank(bank)
     for issue in concept_source.issues:
         log(f"concept bank: {issue}")
+    config = with_bank_template(config, concept_source)
     backbone = load_backbone(backbone_spec, device=device)
     teacher = backbone if config.teacher is None else load_backbone(config.teacher, device=device)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
@@ -303,6 +316,7 @@ def _train_ceir(
         "concept_bank": {
             "source": concept_source.source,
             "n_input": len(concept_source.concepts),
+            "template": config.concept_template,
             "removed": removed,
         },
         "concepts": model.concepts,

@@ -19,6 +19,7 @@ from PIL import Image
 from core.backbones.errors import BackboneOfflineError as BackboneOfflineError
 from core.backbones.names import CONSE_NAME
 from core.ceir.concept_bank import MAX_BANK_BYTES as MAX_BANK_BYTES
+from core.ceir.concept_bank import RAW_TEMPLATE as RAW_TEMPLATE
 from core.ceir.concept_bank import SHIPPED_BANKS as SHIPPED_BANKS
 from core.ceir.concept_bank import ConceptBank, load_bank
 from core.ceir.concept_bank import ConceptBankError as ConceptBankError
@@ -60,7 +61,7 @@ def load_conse() -> Backbone:
 
             backbone = clip.load_backbone(CONSE, device="cpu")
             with one_at_a_time():
-                backbone.encode_texts(load_bank(FALLBACK_BANK).concepts)
+                backbone.encode_texts(load_bank(FALLBACK_BANK).prompts())
                 backbone.encode_images(backbone.preprocess_images([Image.new("RGB", (64, 64))]))
             _conse = backbone
         return _conse
@@ -74,14 +75,19 @@ def similarity_model(backbone: Backbone) -> Any:
 
 
 def label(
-    model: Any, images: Sequence[tuple[str, Image.Image]], top_k: int, bank: Sequence[str] | None, source: str
+    model: Any,
+    images: Sequence[tuple[str, Image.Image]],
+    top_k: int,
+    bank: Sequence[str] | None,
+    source: str,
+    template: str = RAW_TEMPLATE,
 ) -> LabelReport:
-    """Each image's ``top_k`` concept labels by ``model`` from the concepts ``bank`` (read from ``source``),
-    or from the model's own bank when ``bank`` is None. One forward pass at a time in this process: sessions
-    share the model and the machine's cores."""
+    """Each image's ``top_k`` concept labels by ``model`` from the concepts ``bank`` (read from ``source``,
+    each read in ``template``), or from the model's own bank when ``bank`` is None. One forward pass at a time
+    in this process: sessions share the model and the machine's cores."""
     from core.ceir.labels import label_images
 
-    concept_bank = ConceptBank(list(bank), source) if bank is not None else None
+    concept_bank = ConceptBank(list(bank), source, template=template) if bank is not None else None
     return serialised(label_images, model, list(images), top_k, concept_bank)
 
 

@@ -190,9 +190,12 @@ class TrainSet:
 def show_concept_bank(loaded) -> None:
     removed = filter_table(loaded.config)
     concepts = loaded.concepts
-    n_input = (loaded.config.get("concept_bank") or {}).get("n_input", len(concepts) + len(removed))
+    bank = loaded.config.get("concept_bank") or {}
+    n_input = bank.get("n_input", len(concepts) + len(removed))
     with st.expander(f"The concept bank: {len(concepts)} of {n_input} concepts kept", expanded=False):
         st.caption("Kept: " + ", ".join(concepts))
+        if bank.get("template", "{}") != "{}":
+            st.caption(f"The text tower read each concept in the caption “{bank['template']}”.")
         if not removed.empty:
             st.dataframe(removed, hide_index=True, key="ceir_removed")
             download_table(removed, "removed_concepts", key="ceir_dl_removed")

@@ -15,6 +15,7 @@ from lens.labels import (
     CONSE,
     FALLBACK_BANK,
     MAX_BANK_BYTES,
+    RAW_TEMPLATE,
     SHIPPED_BANKS,
     BackboneOfflineError,
     ConceptBank,
@@ -78,6 +79,10 @@ class BankChoice:
     def source(self) -> str:
         return self.bank.source if self.bank is not None else ""
 
+    @property
+    def template(self) -> str:
+        return self.bank.template if self.bank is not None else RAW_TEMPLATE
+
 
 @st.cache_resource(
     show_spinner="Loading CLIP: weights download on first use (offline, it says so within two seconds) ...",
@@ -99,11 +104,12 @@ def cached_labels(
     _model,
     bank: tuple[str, ...] | None,
     bank_source: str,
+    bank_template: str,
     top_k: int,
     image_keys: tuple[tuple[str, str], ...],
     _images,
 ) -> LabelReport:
-    return label(_model, _images, top_k, bank, bank_source)
+    return label(_model, _images, top_k, bank, bank_source, bank_template)
 
 
 def bank_label(option: str) -> str:
@@ -311,6 +317,7 @@ def show_labels(images, model_choice: ModelChoice, bank: BankChoice, top_k: int)
                 model.model,
                 bank.concepts,
                 bank.source,
+                bank.template,
                 top_k,
                 keys,
                 images,
