@@ -193,17 +193,28 @@ def test_out_of_distribution_warning_fires_on_photos_not_on_birds():
     from skimage import data as photos
 
     from core.ceir.bundle import load_ceir
+    from core.ceir.labels import _ood_reference, class_match, neighbour_distance, ood_flags
+    from core.data.samples import load_sample_photo, sample_photo_names
     from core.data.spec import open_split
 
     loaded = load_ceir(SHIPPED, device="cpu")
     birds = open_split(loaded.data.with_seed(123), "test")
     named = [(f"bird{i}", birds.image(i)) for i in range(0, len(birds), 5)]
-    real = ("chelsea", "astronaut", "coffee", "rocket", "camera")
-    named += [(name, Image.fromarray(getattr(photos, name)())) for name in real]
+    real = ["camera", "coins", "page", "moon"] + sample_photo_names()  # every photo the dashboard offers
+    named += [(name, Image.fromarray(getattr(photos, name)())) for name in real[:4]]
+    named += [(name, load_sample_photo(name)) for name in real[4:]]
     report = label_images(loaded, named)
     warned = {image.file for image in report.images if image.warning == OOD_WARNING}
     assert set(real) <= warned
-    assert len(warned - set(real)) <= 2  # at most ~1 % of 48 birds by design
+    assert len(warned - set(real)) <= 2  # ~1 % of 48 birds by design for each of the two tests
+    # the red motorcycle is why the class-match test exists: it sits among the red birds by distance
+    motorcycle = loaded.backbone.encode_images(
+        loaded.backbone.preprocess_images([load_sample_photo("skimage: motorcycle_left")])
+    ).cpu()
+    reference = _ood_reference(loaded)
+    assert neighbour_distance(motorcycle, reference.rows)[0] <= reference.radius
+    assert class_match(motorcycle, reference.class_text)[0] < reference.class_floor
+    assert ood_flags(loaded, motorcycle) == [True]
 
 
 def test_out_of_distribution_test_uses_the_embedding_reference(tiny_backbone):
@@ -211,7 +222,7 @@ def test_out_of_distribution_test_uses_the_embedding_reference(tiny_backbone):
     point far from all of it is flagged; without one it falls back to concept vectors."""
     from types import SimpleNamespace
 
-    from core.ceir.labels import ood_flags
+    from core.ceir.labels import _ood_reference, ood_flags
 
     fitted = fit(tiny_backbone, class_relevance_fraction=None, activation_fraction=None)
     dim = tiny_backbone.embed_dim
@@ -222,9 +233,42 @@ def test_out_of_distribution_test_uses_the_embedding_reference(tiny_backbone):
     far = torch.nn.functional.normalize(-axis + 0.05 * unit_rows(1, dim, 8), dim=-1)
     loaded = SimpleNamespace(model=fitted.model, arrays={OOD_REFERENCE: reference.numpy()})
     assert ood_flags(loaded, torch.cat([near, far])) == [False, False, False, True]
+    assert _ood_reference(loaded).class_text is None  # no classes named: the distance test alone
     assert ood_flags(SimilarityLabeller(tiny_backbone), far) == [
         False
     ]  # no clusters, no reference: no verdict
+
+
+def test_the_class_match_test_flags_an_image_no_class_prompt_fits(tiny_backbone):
+    """Training images that each match one class prompt closely set the floor (the 1st percentile of their
+    best matches); an image turned away from every prompt falls below it. (The case only this test catches,
+    an image among the training images by distance, is the shipped bundle's motorcycle, tested above.)"""
+    from types import SimpleNamespace
+
+    from core.ceir.labels import CLASS_PROMPT, _ood_reference, class_match, ood_flags
+
+    classes = ["azure finch", "ruby wren"]
+    prompts = torch.nn.functional.normalize(
+        tiny_backbone.encode_texts([CLASS_PROMPT.format(c) for c in classes]).float(), dim=-1
+    )
+    assert class_match(torch.eye(prompts.shape[1])[:2], prompts).tolist() == pytest.approx(
+        prompts[:, :2].max(dim=0).values.tolist()
+    )  # the best cosine over the classes, by hand
+    noise = 0.02 * unit_rows(200, prompts.shape[1], 9)
+    reference = torch.nn.functional.normalize(prompts.repeat(100, 1) + noise, dim=-1)
+    fitted = fit(tiny_backbone, class_relevance_fraction=None, activation_fraction=None)
+    loaded = SimpleNamespace(
+        model=fitted.model,
+        arrays={OOD_REFERENCE: reference.numpy()},
+        config={"classes": classes},
+        backbone=tiny_backbone,
+    )
+    found = _ood_reference(loaded)
+    assert found.class_floor == pytest.approx(np.percentile(class_match(reference, prompts), 1.0))
+    between = torch.nn.functional.normalize(prompts.sum(dim=0, keepdim=True), dim=-1)
+    inside = reference[:1]
+    assert ood_flags(loaded, torch.cat([inside, between])) == [False, True]
+    assert class_match(between, prompts)[0] < found.class_floor
 
 
 def test_a_teacher_gives_the_similarities_and_the_backbone_the_features(tiny_backbone):

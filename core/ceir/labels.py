@@ -194,9 +194,41 @@ def ood_radius(reference: torch.Tensor, percentile: float = OOD_PERCENTILE) -> f
     return float(np.percentile(neighbour_distance(reference, reference, exclude_self=True), percentile))
 
 
-def _ood_reference(loaded: LoadedCEIR | SimilarityLabeller) -> tuple[torch.Tensor, float, bool] | None:
-    """(reference rows, radius, whether the rows are image embeddings) of a loaded bundle, worked out on
-    first use and kept on it: every later batch of labels compares with the same rows and radius."""
+CLASS_PROMPT = "a photo of a {}."  # how the class-match test asks the text tower for a class
+
+
+@dataclass(frozen=True)
+class OODReference:
+    """What a bundle's images are compared with: training rows and the neighbour distance ``radius`` that
+    ``OOD_PERCENTILE`` % of them stay within; in embedding space also the class prompts' embeddings and the
+    best class match (``class_floor``) that as many training images reach."""
+
+    rows: torch.Tensor
+    radius: float
+    in_embedding_space: bool
+    class_text: torch.Tensor | None = None
+    class_floor: float = float("-inf")
+
+
+def class_match(embeddings: torch.Tensor, class_text: torch.Tensor) -> np.ndarray:
+    """(N,) each image's best cosine to a class prompt: how well it matches any class the model knows."""
+    with torch.no_grad():
+        return (embeddings.float() @ class_text.float().t()).max(dim=1).values.numpy()
+
+
+def _class_prompts(loaded: LoadedCEIR) -> torch.Tensor | None:
+    """(K, D) unit embeddings of ``CLASS_PROMPT`` for every class of the bundle, or None without classes."""
+    classes = list((getattr(loaded, "config", None) or {}).get("classes") or [])
+    backbone = getattr(loaded, "backbone", None)
+    if not classes or backbone is None:
+        return None
+    text = backbone.encode_texts([CLASS_PROMPT.format(name) for name in classes]).cpu().float()
+    return torch.nn.functional.normalize(text, dim=-1)
+
+
+def _ood_reference(loaded: LoadedCEIR | SimilarityLabeller) -> OODReference | None:
+    """What ``ood_flags`` compares with, worked out on first use and kept on the loaded bundle: every later
+    batch of labels compares with the same rows, radius and class floor."""
     model, arrays = getattr(loaded, "model", None), getattr(loaded, "arrays", {})
     if model is None:
         return None
@@ -207,30 +239,40 @@ def _ood_reference(loaded: LoadedCEIR | SimilarityLabeller) -> tuple[torch.Tenso
         found = None
         if reference is not None and len(reference) >= 2:
             rows = torch.from_numpy(even_subsample(reference))
-            found = (rows, ood_radius(rows), in_embedding_space)
+            found = OODReference(rows, ood_radius(rows), in_embedding_space)
+            class_text = _class_prompts(loaded) if in_embedding_space else None
+            if class_text is not None and class_text.shape[1] == rows.shape[1]:
+                floor = float(np.percentile(class_match(rows, class_text), 100 - OOD_PERCENTILE))
+                found = OODReference(rows, found.radius, True, class_text, floor)
         vars(loaded)["_ood_reference"] = found
     return vars(loaded)["_ood_reference"]
 
 
 def ood_flags(loaded: LoadedCEIR | SimilarityLabeller, embeddings: torch.Tensor) -> list[bool]:
-    """Per image: whether it is farther from its nearest training images than ``OOD_PERCENTILE`` % of the
-    training images are from theirs (all False for a bare backbone).
+    """Per image: whether it is unlike the training images by either of two tests, each passed by
+    ``OOD_PERCENTILE`` % of the training images (all False for a bare backbone).
 
-    Measured on the backbone's image embeddings (the bundle's ``ood_reference`` array, an even subsample of
-    the training embeddings), else on concept vectors (``train_concepts``, for bundles from before that
-    array). Not the distance to the nearest cluster centre, and not concept space when it can be avoided:
-    on the shipped 13-concept ToyBirds model both let a photo of coffee through (its colours read like a
-    bird's), while the embedding test flags every ``skimage`` photo tried and ~1 % of test birds.
+    * far: farther from its nearest training images than the training images are from theirs, on the
+      backbone's image embeddings (the bundle's ``ood_reference`` array, an even subsample of the training
+      embeddings), else on concept vectors (``train_concepts``, for bundles from before that array). Not the
+      distance to the nearest cluster centre, and not concept space when it can be avoided: on the shipped
+      13-concept ToyBirds model both let a photo of coffee through (its colours read like a bird's).
+    * unmatched (embedding space, bundles that name their classes): its best cosine to a class prompt
+      ("a photo of a {class}.") is below what the training images reach (the maximum-concept-matching idea
+      of zero-shot out-of-distribution detection, Ming et al. 2022). A red motorcycle sits among the red
+      ToyBirds by distance, yet matches no species.
     """
     found = _ood_reference(loaded)
     if found is None:
         return [False] * len(embeddings)
-    reference, radius, in_embedding_space = found
     vectors = embeddings
-    if not in_embedding_space:
+    if not found.in_embedding_space:
         with torch.no_grad():
             vectors = loaded.model.concept_vectors(embeddings)
-    return (neighbour_distance(vectors, reference) > radius).tolist()
+    flags = neighbour_distance(vectors, found.rows) > found.radius
+    if found.class_text is not None:
+        flags |= class_match(embeddings, found.class_text) < found.class_floor
+    return flags.tolist()
 
 
 def labels_from_similarity(
