@@ -131,6 +131,33 @@ def test_concept_precision_counts_only_the_species_colours():
     assert concept_precision_at_5(concepts, vectors, split) == pytest.approx(1 / 5)
 
 
+def test_concept_separation_by_hand():
+    """A concept that reads its part scores AUC 1; one that reads only the colour scores high wherever the
+    colour is, so its 'elsewhere' mean equals its 'present' mean and its AUC drops."""
+    from core.ceir.evaluate import concept_separation
+    from core.data.spec import ToyBirdsSplit
+    from core.data.toybirds import SPECIES
+
+    split = ToyBirdsSplit("test", per_class=2, seed=0, image_size=32)  # labels only, nothing rendered
+    birds = [SPECIES[label].colours for label in split.labels]
+    on_part = np.array([2.0 if b["head"] == "red" else -1.0 for b in birds])
+    any_part = np.array([2.0 if "red" in b.values() else -1.0 for b in birds])
+    result = concept_separation(
+        ["red head", "red wing", "webbed feet"], np.stack([on_part, any_part, any_part], 1), split
+    )
+    assert set(result["per_concept"]) == {"red head", "red wing"}  # a distractor has no truth to separate
+    head = result["per_concept"]["red head"]
+    assert head["auc"] == 1.0 and (head["present"], head["elsewhere"], head["absent"]) == (2.0, -1.0, -1.0)
+    wing = result["per_concept"]["red wing"]
+    has_red_wing = np.array([b["wing"] == "red" for b in birds])
+    others_red = np.array([b["wing"] != "red" and "red" in b.values() for b in birds])
+    assert wing["elsewhere"] == wing["present"] == 2.0
+    # AUC by hand: positives all score 2; a negative with red elsewhere ties them (counts 1/2), the rest lose
+    assert wing["auc"] == pytest.approx(1 - 0.5 * others_red.sum() / (~has_red_wing).sum())
+    assert result["min_auc"] == wing["auc"] < 1.0
+    assert concept_separation(["webbed feet"], any_part[:, None], split) == {}
+
+
 def test_eval_reproduces_the_stored_metrics_and_takes_a_seed(bundle, loaded):
     again = evaluate_bundle(str(bundle), device="cpu")
     assert again["acc"] == pytest.approx(loaded.metrics["acc"])
@@ -139,6 +166,9 @@ def test_eval_reproduces_the_stored_metrics_and_takes_a_seed(bundle, loaded):
     )
     assert evaluate_bundle(str(bundle), seed=9, device="cpu")["data"]["seed"] == 9
     assert 0 <= again["ood_warned_share"] <= 0.5  # false alarms on the bundle's own test birds
+    photos = again["ood_photos"]
+    assert photos["n"] >= 7 and 0 <= photos["warned_share"] <= 1  # the real photos shipped in packages
+    assert len(photos["missed"]) == round(photos["n"] * (1 - photos["warned_share"]))
 
 
 # ---- explanations ---------------------------------------------------------------------------------

@@ -4,8 +4,10 @@
   k-means with the model's seed on raw CLIP embeddings and concept vectors, fit on train, test assigned;
 * ``protocols.inductive`` / ``protocols.transductive`` (the paper's: VAE on train + test, k-means fit and
   scored on test), each mean and std over ``KMEANS_SEEDS`` k-means seeds;
-* ``ig_completeness_error``, and on ToyBirds ``concept_precision_at_5`` and ``labels`` (what ``conceptlens
-  label`` prints, scored against the world); ``evaluate_bundle`` adds ``ood_warned_share``.
+* ``ig_completeness_error``, and on ToyBirds ``concept_precision_at_5``, ``concept_separation`` and
+  ``labels`` (what ``conceptlens label`` prints, scored against the world); ``evaluate_bundle`` adds
+  ``ood_warned_share`` (test images the out-of-distribution warning flags) and, on ToyBirds, ``ood_photos``
+  (the real sample photos it flags).
 """
 
 from __future__ import annotations
@@ -43,6 +45,50 @@ def concept_precision_at_5(concepts: list[str], concept_vectors: np.ndarray, spl
         if top:
             shares.append(truth[label, top].mean())
     return float(np.mean(shares)) if shares else 0.0
+
+
+def concept_separation(
+    concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit
+) -> dict[str, Any]:
+    """How cleanly each species-colour concept tells the birds that have it from the others (ToyBirds).
+
+    Per concept such as "red head": the ROC AUC of its score for "the head is red", and its mean score on
+    three groups of images: the part has the colour (``present``), another species part has it
+    (``elsewhere``: a concept that reads colour without its part scores high here), no part has it
+    (``absent``). The summary gives the smallest AUC and each group's mean over the concepts; empty when
+    the model keeps no species-colour concept.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from core.data.toybirds import SPECIES, SPECIES_PARTS
+
+    per_concept: dict[str, dict[str, float]] = {}
+    for j, concept in enumerate(concepts):
+        parsed = toybirds_concept_parts(concept)
+        if parsed is None or parsed[0] not in SPECIES_PARTS or set(parsed[1]) != {"colour"}:
+            continue
+        part, colour = parsed[0], parsed[1]["colour"]
+        birds = [SPECIES[label].colours for label in split.labels]
+        present = np.array([bird[part] == colour for bird in birds])
+        elsewhere = ~present & np.array([colour in bird.values() for bird in birds])
+        absent = ~present & ~elsewhere
+        if present.all() or not present.any():
+            continue
+        scores = concept_vectors[:, j]
+        per_concept[concept] = {
+            "auc": float(roc_auc_score(present, scores)),
+            **{
+                name: float(scores[mask].mean()) if mask.any() else float("nan")
+                for name, mask in (("present", present), ("elsewhere", elsewhere), ("absent", absent))
+            },
+        }
+    if not per_concept:
+        return {}
+    rows = list(per_concept.values())
+    summary = {"min_auc": min(row["auc"] for row in rows)} | {
+        name: float(np.nanmean([row[name] for row in rows])) for name in ("present", "elsewhere", "absent")
+    }
+    return summary | {"per_concept": per_concept}
 
 
 KMEANS_SEEDS = 3  # k-means restarts from this many seeds per protocol; the report gives mean and std
@@ -127,6 +173,7 @@ def evaluate_arrays(
     }
     if isinstance(test_split, ToyBirdsSplit):
         metrics["concept_precision_at_5"] = concept_precision_at_5(model.concepts, z_test.numpy(), test_split)
+        metrics["concept_separation"] = concept_separation(model.concepts, z_test.numpy(), test_split)
         printed = labels_by_share(model.concepts, z_test, contributions, clusters, top_k=5)
         metrics["labels"] = toybirds_label_quality(printed, test_split)
     return metrics
@@ -162,6 +209,21 @@ def add_train_contributions(path: str, device: str = "auto") -> None:
     update_bundle_arrays(path, {TRAIN_CONTRIBUTIONS: contributions})
 
 
+def photo_warnings(loaded) -> dict[str, Any]:
+    """The out-of-distribution warning on the real photos that ship inside installed packages
+    (``core.data.samples``): how many there are, the share warned, and the names of any it let through."""
+    from core.data.samples import sample_photos
+
+    photos = sample_photos()
+    if not photos:
+        return {"n": 0, "warned_share": float("nan"), "missed": []}
+    backbone = loaded.backbone
+    embeddings = backbone.encode_images(backbone.preprocess_images(list(photos.values()))).cpu()
+    flags = ood_flags(loaded, embeddings)
+    missed = [name for name, flagged in zip(photos, flags, strict=True) if not flagged]
+    return {"n": len(photos), "warned_share": float(np.mean(flags)), "missed": missed}
+
+
 def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
     """``conceptlens eval`` for CEIR: ``evaluate_arrays`` (fresh ToyBirds with ``seed``) and the share of
     test images the out-of-distribution warning flags."""
@@ -184,4 +246,6 @@ def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") ->
     )
     # the out-of-distribution warning's false alarms: the share of test images it would flag
     metrics["ood_warned_share"] = float(np.mean(ood_flags(loaded, test_emb)))
+    if isinstance(test_split, ToyBirdsSplit):  # a real photo is unlike any drawn bird: each should be warned
+        metrics["ood_photos"] = photo_warnings(loaded)
     return {"kind": KIND, "bundle": str(loaded.path), "data": data.to_dict(), **metrics}
