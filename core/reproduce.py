@@ -250,6 +250,17 @@ def _hit_rates(loc: dict[str, Any]) -> str:
     return f"{loc['mean_hit_rate']:.3f} ({loc['random_baseline']:.3f} / {loc['oracle_ceiling']:.3f})"
 
 
+def training_totals(results: dict[str, Any]) -> dict[str, tuple[float, int]]:
+    """Per model kind (the word after ``train`` in each step's command): training seconds and bundles."""
+    totals: dict[str, tuple[float, int]] = {}
+    for step in results["steps"].values():
+        words = shlex.split(step["command"])
+        kind = words[words.index("train") + 1] if "train" in words else "other"
+        seconds, count = totals.get(kind, (0.0, 0))
+        totals[kind] = (seconds + float(step["train_seconds"]), count + 1)
+    return totals
+
+
 def render_readme(results: dict[str, Any]) -> str:
     lines = [
         "# Shipped bundles",
@@ -262,6 +273,13 @@ def render_readme(results: dict[str, Any]) -> str:
         "running other work at the time, so read them as upper bounds.",
         "",
         f"Machine: {results['machine']}.",
+        "",
+        "Training time by model, every bundle of the kind together: "
+        + "; ".join(
+            f"{kind} {seconds:.0f} s ({count} bundle{'s' if count > 1 else ''})"
+            for kind, (seconds, count) in training_totals(results).items()
+        )
+        + ".",
         "",
     ]
     for name, step in results["steps"].items():

@@ -92,6 +92,17 @@ def test_option_study_changes_the_defaults_only_for_a_clear_and_trustworthy_win(
     assert "| x | 0.500 ± 0.010 |" in table
 
 
+def test_training_totals_add_up_each_kind():
+    results = {
+        "steps": {
+            "a": {"command": "conceptlens train concepthash --out a", "train_seconds": 100.4},
+            "b": {"command": "conceptlens train concepthash --out b", "train_seconds": 50.2},
+            "c": {"command": "conceptlens train ceir --out c", "train_seconds": 7.0},
+        }
+    }
+    assert reproduce.training_totals(results) == {"concepthash": (pytest.approx(150.6), 2), "ceir": (7.0, 1)}
+
+
 def test_reproduce_only_keeps_the_other_steps(monkeypatch, tmp_path):
     """Rebuilding one bundle keeps the other steps' measured entries in results.json, in shipped order."""
     import json
