@@ -194,6 +194,18 @@ def test_metrics_table_equals_the_bundle_metrics(page, toy):
     assert precision.value == f"{metrics['concept_precision_at_5']:.3f}"
 
 
+def test_quality_tab_shows_how_each_concept_reads_its_part(page, toy):
+    stored = toy[0].metrics["concept_separation"]["per_concept"]
+    assert stored, "the tiny ToyBirds bundle keeps some species-colour concept"
+    open_tab(page, QUALITY)
+    table = next(d.value for d in page.dataframe if "ROC AUC" in d.value.columns)
+    assert table["concept"].tolist() == list(stored)
+    columns = [("ROC AUC", "auc"), ("mean z, present", "present"), ("mean z, elsewhere", "elsewhere")]
+    for column, key in columns:
+        np.testing.assert_allclose(table[column], np.round([stored[c][key] for c in stored], 3))
+    assert view.separation_table({}).empty and view.separation_table({"concept_separation": {}}).empty
+
+
 def test_cluster_table_sizes_match_the_stored_clusters(page, toy):
     clusters = toy[2]
     open_tab(page, CLUSTERS)

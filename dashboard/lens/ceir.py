@@ -146,6 +146,27 @@ def protocols_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+SEPARATION_GROUPS = (
+    ("present", "its part has the colour"),
+    ("elsewhere", "another part has it"),
+    ("absent", "no part has it"),
+)
+
+
+def separation_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per species-colour concept: its ROC AUC and mean z-score on each group of test birds
+    (``concept_separation`` of a ToyBirds bundle; empty for other bundles and older ones)."""
+    per_concept = (metrics.get("concept_separation") or {}).get("per_concept") or {}
+    rows = [
+        {"concept": concept, "ROC AUC": values.get("auc")}
+        | {f"mean z, {name}": values.get(name) for name, _ in SEPARATION_GROUPS}
+        for concept, values in per_concept.items()
+        if isinstance(values, Mapping)
+    ]
+    columns = ["concept", "ROC AUC", *(f"mean z, {name}" for name, _ in SEPARATION_GROUPS)]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def class_names(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
     """Each label's class name (the number itself when the bundle names no such class)."""
     return [classes[int(y)] if 0 <= int(y) < len(classes) else str(int(y)) for y in labels]

@@ -14,6 +14,7 @@ from lens.bundles import require
 from lens.ceir import (
     ARRAYS,
     PROTOCOLS,
+    SEPARATION_GROUPS,
     TRAIN_CLUSTERS,
     TRAIN_CONCEPTS,
     TRAIN_IDS,
@@ -37,6 +38,7 @@ from lens.ceir import (
     protocols_table,
     selected_indices,
     selection_concepts,
+    separation_table,
     slider_bounds,
     slider_start,
     stored_contributions,
@@ -411,6 +413,17 @@ def show_metrics(stored: dict) -> None:
             f"{label_quality['distractor_share']:.3f}",
             help="Of those labels, the share naming something the world never draws (e.g. 'webbed feet').",
         )
+    separation = separation_table(stored)
+    if not separation.empty:
+        st.markdown("**Does each concept read its part?**")
+        st.caption(
+            "Each species-colour concept's score (z-scored) on the test birds, by group: "
+            + " · ".join(f"{name}: {meaning}" for name, meaning in SEPARATION_GROUPS)
+            + ". A concept that reads its part scores high only when present (ROC AUC 1); one that reads the "
+            "colour anywhere also scores high elsewhere."
+        )
+        st.dataframe(separation.round(3), hide_index=True, key="ceir_separation")
+        download_table(separation, "concept_separation", key="ceir_dl_separation")
 
 
 def main() -> None:
