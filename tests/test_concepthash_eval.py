@@ -8,14 +8,16 @@ import torch
 from PIL import Image
 
 from core.backbones.clip import load_backbone
-from core.concepthash.codes import per_part_codes
+from core.concepthash.codes import per_part_codes, value_codes
 from core.concepthash.evaluate import (
     centre_rule,
     centre_sharing,
+    colour_codes,
     encode_with_attention,
     evaluate_model,
     family_conditional_nmi_matrix,
     flip_invariance,
+    leaks_name_the_new_colour,
     localisation_metrics,
     overlap_rule,
     part_swap_flip_rates,
@@ -140,6 +142,53 @@ def test_part_swap_split_by_counterfactual_tells_a_species_lookup_from_a_part_co
         np.testing.assert_array_equal(subset["matrix"], np.eye(3))
     no_novel = part_swap_metrics(*swapped_values(colours, part_code), np.zeros_like(new))
     assert no_novel["by_counterfactual"]["new_combination"]["matrix"] is None
+
+
+def leak_inputs(code, bits_per: int, n: int = 200):
+    """±1 codes of ``n`` random images and of their species-part repaints under ``code`` (colours -> M
+    values), and the colours each repaint painted."""
+    colours = random_colours(n)
+    original, swapped = swapped_values(colours, code)
+    repaints = swapped_colours(colours)
+    painted = [[repaints[p][i][part] for i in range(n)] for p, part in enumerate(SPECIES_PARTS)]
+    swapped_codes = np.stack([value_codes(values, bits_per) for values in swapped[:3]])
+    return value_codes(original, bits_per), swapped_codes, painted, colours
+
+
+def test_a_head_that_reads_the_wing_names_the_new_colour_every_time():
+    def head_reads_wing(c):
+        return [
+            SPECIES_COLOURS.index(c["wing"]),
+            SPECIES_COLOURS.index(c["wing"]),
+            SPECIES_COLOURS.index(c["body"]),
+        ]
+
+    original, swapped, painted, colours = leak_inputs(head_reads_wing, 3)
+    centres = per_part_codes(9, 3)
+    assert {m: part for m, (part, _) in colour_codes(centres, 3).items()} == dict(enumerate(SPECIES_PARTS))
+    result = leaks_name_the_new_colour(original, swapped, painted, centres, 3)
+    assert result["by_pair"]["wing -> concept 0 (head)"] == {"flips": len(colours), "named_new_colour": 1.0}
+    assert result["by_pair"]["body -> concept 0 (head)"]["flips"] == 0
+    assert result["named_new_colour"] == 1.0 and result["flips"] == len(colours)
+
+
+def test_a_leak_to_a_value_no_colour_has_names_nothing():
+    def head_breaks(c):  # follows the wing, but in values 4-7, which are no colour's code (3 bits)
+        return [4 + SPECIES_COLOURS.index(c["wing"]), SPECIES_COLOURS.index(c["wing"]), 0]
+
+    original, swapped, painted, colours = leak_inputs(head_breaks, 3)
+    result = leaks_name_the_new_colour(original, swapped, painted, per_part_codes(9, 3), 3)
+    assert result["by_pair"]["wing -> concept 0 (head)"] == {"flips": len(colours), "named_new_colour": 0.0}
+    assert result["named_new_colour"] == 0.0
+    clean = leaks_name_the_new_colour(*leak_inputs(part_code, 3)[:3], per_part_codes(9, 3), 3)
+    assert clean["flips"] == 0 and np.isnan(clean["named_new_colour"])
+
+
+def test_centres_that_code_no_part_colour_give_no_leak_reading():
+    ids = np.array([[s.id % 4, (s.id // 4) % 4, s.id % 3] for s in SPECIES])  # a species number, not colours
+    centres = value_codes(ids, 2)
+    assert colour_codes(centres, 3) == {}
+    assert leaks_name_the_new_colour(*leak_inputs(part_code, 2)[:3], centres, 3) is None
 
 
 def test_part_swap_compares_sub_codes_bit_by_bit_and_works_for_one_concept():

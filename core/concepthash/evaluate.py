@@ -43,7 +43,10 @@ ToyBirds only (the queries are a :class:`ToyBirdsSplit`):
   unmatched cell (its part, concept and flip rate). ``by_counterfactual`` splits the species-part
   rows by what the repaint makes: another ``trained_species`` (16 of the 72 single-part swaps of
   the 24 species) or a ``new_combination`` of part colours that no species has, so never seen in
-  training; a species lookup table is part-specific on the first and not on the second.
+  training; a species lookup table is part-specific on the first and not on the second. Where the
+  hash centres code each concept's part colour (part-phrase or oracle centres),
+  ``leaks_name_the_new_colour`` says how often a leak (a sub-code flipped by another part's repaint)
+  takes the code of the colour just painted, i.e. the concept read the other part's colour.
 * ``capacity_ceiling``: mAP of the per-part oracle code at the model's code length
   (:func:`per_part_capacity_ceiling`): what a perfect per-part code of this size can reach.
 * ``centre_part_nmi``: M x species-parts NMI, over the 24 species, between the sign pattern of each
@@ -452,17 +455,85 @@ def counterfactual_samples(split: ToyBirdsSplit, part_index: int) -> Iterator[To
 
 
 def part_swap(
-    model: ConceptHash, backbone: Backbone, split: ToyBirdsSplit, query_codes: np.ndarray
+    model: ConceptHash,
+    backbone: Backbone,
+    split: ToyBirdsSplit,
+    query_codes: np.ndarray,
+    centres: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Part-swap matrix of the model: 4 x N counterfactual renders, compared to the query codes."""
+    """Part-swap matrix of the model: 4 x N counterfactual renders, compared to the query codes; with the
+    hash ``centres`` (species order) also ``leaks_name_the_new_colour``."""
     n, m = len(query_codes), model.n_concepts
-    codes, new_combination = [], []
+    codes, new_combination, new_colours = [], [], []
     for p in range(len(PARTS)):
         samples = list(counterfactual_samples(split, p))
         codes.append(encode_images(model, backbone, (sample.image for sample in samples)))
         new_combination.append([sample.species is None for sample in samples])
+        new_colours.append([sample.traits[PARTS[p]]["colour"] for sample in samples])
     swapped = np.stack(codes).reshape(len(PARTS), n, m, -1)
-    return part_swap_metrics(query_codes.reshape(n, m, -1), swapped, np.array(new_combination))
+    result = part_swap_metrics(query_codes.reshape(n, m, -1), swapped, np.array(new_combination))
+    if centres is not None:
+        result["leaks_name_the_new_colour"] = leaks_name_the_new_colour(
+            query_codes, np.stack(codes), new_colours[:N_SPECIES_PARTS], centres, m
+        )
+    return result
+
+
+def colour_codes(centres: np.ndarray, n_concepts: int) -> dict[int, tuple[str, dict[str, int]]]:
+    """For each concept whose slice of the species centres is a function of one species part's colour (as
+    with part-phrase or oracle centres): that part and the sub-code value of each colour."""
+    values = subcode_values(sign_codes(centres), n_concepts)
+    found: dict[int, tuple[str, dict[str, int]]] = {}
+    for m in range(n_concepts):
+        for part in SPECIES_PARTS:
+            table: dict[str, set[int]] = {}
+            for species, value in zip(SPECIES, values[:, m], strict=True):
+                table.setdefault(species.colours[part], set()).add(int(value))
+            codes = {colour: next(iter(v)) for colour, v in table.items() if len(v) == 1}
+            if len(codes) == len(table) and len(set(codes.values())) == len(codes):
+                found[m] = (part, codes)
+                break
+    return found
+
+
+def leaks_name_the_new_colour(
+    original: np.ndarray,
+    swapped: np.ndarray,
+    new_colours: Sequence[Sequence[str]],
+    centres: np.ndarray,
+    n_concepts: int,
+) -> dict[str, Any] | None:
+    """When repainting one species part flips the sub-code of a concept that codes *another* part's colour,
+    how often the new sub-code is the code of the colour just painted: the concept reads the repainted
+    part's colour instead of its own part's. 1 means every leak is that confusion; a flip to one of the
+    other values at random gives about 1/3. None when no concept's centres code a part's colour.
+
+    ``original`` (N, K) and ``swapped`` (parts, N, K) are ±1 codes, ``new_colours[p][i]`` the colour image
+    i got in the repaint of species part p, ``centres`` the hash centres in species order.
+    """
+    codes = colour_codes(centres, n_concepts)
+    if not codes:
+        return None
+    before = subcode_values(np.asarray(original), n_concepts)
+    pairs: dict[str, dict[str, float]] = {}
+    named_total = flips_total = 0
+    for p, painted in enumerate(SPECIES_PARTS):
+        after = subcode_values(np.asarray(swapped[p]), n_concepts)
+        for m, (own, table) in codes.items():
+            if own == painted:
+                continue
+            flipped = before[:, m] != after[:, m]
+            named = sum(int(after[i, m] == table.get(new_colours[p][i], -1)) for i in np.flatnonzero(flipped))
+            pairs[f"{painted} -> concept {m} ({own})"] = {
+                "flips": int(flipped.sum()),
+                "named_new_colour": named / flipped.sum() if flipped.any() else float("nan"),
+            }
+            named_total, flips_total = named_total + named, flips_total + int(flipped.sum())
+    return {
+        "flips": flips_total,
+        "named_new_colour": named_total / flips_total if flips_total else float("nan"),
+        "by_pair": pairs,
+    }
 
 
 def flip_invariance(
@@ -531,11 +602,12 @@ def evaluate_model(
     if isinstance(queries, ToyBirdsSplit):
         grid, m = backbone.grid_size, model.n_concepts
         metrics |= interpretability_metrics(attention, query_codes, queries, grid, m)
-        metrics["part_swap"] = part_swap(model, backbone, queries, query_codes)
+        centres = None
         if model.class_names == [species.name for species in SPECIES]:  # centres in species order
             with torch.no_grad():
                 centres = model.hash_centres().cpu().numpy()
             metrics["centre_part_nmi"] = centre_part_nmi(centres, m)
+        metrics["part_swap"] = part_swap(model, backbone, queries, query_codes, centres)
     arrays = {
         DB_CODES: db_codes,
         DB_LABELS: database.labels.astype(np.int64),
