@@ -857,7 +857,8 @@ def cmd_concepts(args: argparse.Namespace) -> int:
         bank = load_bank(args.bank)
         log_bank_notes(bank)
         print("\n".join(bank.concepts))
-        log(f"{len(bank)} concepts from {bank.source}")
+        read_as = "" if bank.template == "{}" else f", each read as '{bank.template}'"
+        log(f"{len(bank)} concepts from {bank.source}{read_as}")
         return 0
     from core.ceir.llm import generate_bank, settings_from_env
 

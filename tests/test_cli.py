@@ -77,6 +77,18 @@ def test_toybirds_stats_measures_part_sizes_from_the_masks(capsys):
     assert code == 2 and "does not divide" in err and err.count("\n") == 1
 
 
+def test_concepts_show_lists_the_concepts_and_says_the_caption(capsys):
+    code, out, err = run(capsys, "concepts", "show", "toybirds")
+    assert code == 0 and out.splitlines()[:2] == ["red head", "yellow head"]
+    from core.ceir.concept_bank import load_bank
+
+    bank = load_bank("toybirds")
+    assert out.splitlines() == bank.concepts
+    assert f"{len(bank)} concepts from shipped:toybirds, each read as '{bank.template}'" in err
+    code, out, err = run(capsys, "concepts", "show", "general")
+    assert code == 0 and "read as" not in err
+
+
 def test_toybirds_species_lists_every_species(capsys):
     code, out, _ = run(capsys, "toybirds", "species")
     assert code == 0
