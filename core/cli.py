@@ -831,7 +831,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         print(json.dumps({**source, **report.to_dict()}))
     else:
         meaning = scored_by if bank else "share of the image's evidence for its cluster"
-        print(f"# scores: {report.scoring} ({meaning}); bank: {report.bank}")
+        print(f"# scores: {report.scoring} ({meaning}); bank: {report.bank}{report.read_as}")
         for image in report.images:
             found = ", ".join(f"{x.concept} ({x.score:.3f})" for x in image.labels)
             warning = f" (warning: {image.warning})" if image.warning else ""

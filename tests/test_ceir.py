@@ -333,9 +333,15 @@ def test_label_cli_reports_failures_and_exits_non_zero(bundle, mixed_folder, cap
     result = json.loads(out)
     assert len(result["images"]) == 2 and len(result["failed"]) == 2
     assert err.count("skipped:") == 2
+    from core.bundle import read_bundle_config
+    from core.ceir.concept_bank import load_bank
+
+    template = read_bundle_config(bundle)["concept_bank"]["template"]
+    assert result["template"] == template == load_bank("toybirds").template  # the bank's caption
     code = main(["label", str(bundle), str(mixed_folder / "cat.png"), "--device", "cpu"])
     out, _ = capsys.readouterr()
     assert code == 0 and "cat.png:" in out and "contribution" in out
+    assert out.splitlines()[0].endswith(f"each concept read as '{template}'")
 
 
 def test_label_cli_says_why_an_image_has_no_labels(bundle, mixed_folder, capsys, monkeypatch):

@@ -188,6 +188,7 @@ def test_a_pasted_bank_with_a_template_scores_its_captions(page, toy):
     assert table["concept"].tolist() == [label.concept for label in templated]
     np.testing.assert_allclose(table["score"], [label.score for label in templated], rtol=1e-5)
     assert [label.score for label in templated] != [label.score for label in plain]
+    assert any("each concept read as 'a photo of a bird with a {}.'" in c.value for c in page.caption)
 
 
 def view_sample(label: str) -> Image.Image:

@@ -27,7 +27,7 @@ from PIL import Image
 from core.backbones.conse import ConSEBackbone
 from core.ceir import arrays as arr
 from core.ceir.bundle import LoadedCEIR
-from core.ceir.concept_bank import ConceptBank
+from core.ceir.concept_bank import RAW_TEMPLATE, ConceptBank
 from core.ceir.explain import explain
 from core.ceir.model import CEIRModel
 from core.data.images import ImageLoadError, list_image_files, load_image
@@ -82,6 +82,12 @@ class LabelReport:
     bank: str
     images: list[ImageLabels] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
+    template: str = RAW_TEMPLATE  # the caption each concept of the bank was read in
+
+    @property
+    def read_as(self) -> str:
+        """ ", each concept read as '...'" when the bank has a caption template, else nothing."""
+        return "" if self.template == RAW_TEMPLATE else f", each concept read as '{self.template}'"
 
     def candidate_labels(self, limit: int = 20) -> list[dict[str, Any]]:
         """Concepts ranked by how many images carry them as a label."""
@@ -99,6 +105,7 @@ class LabelReport:
         return {
             "scoring": self.scoring,
             "bank": self.bank,
+            "template": self.template,
             "images": [asdict(i) | ({} if i.labels else {"note": self.no_labels_note}) for i in self.images],
             "candidate_labels": self.candidate_labels(),
             "failed": self.failed,
@@ -111,10 +118,11 @@ def _new_report(
     """An empty report that names how its scores are made: contributions with the bundle's own concepts,
     else the image-text cosine of the backbone that embeds the images (a CLIP's, or ConSE's)."""
     if bank is None:
-        source = str(loaded.config.get("concept_bank", {}).get("source", ""))
-        return LabelReport(SCORING_CONTRIBUTION, source, **fields)
+        own = loaded.config.get("concept_bank", {})
+        template = str(own.get("template") or RAW_TEMPLATE)
+        return LabelReport(SCORING_CONTRIBUTION, str(own.get("source", "")), template=template, **fields)
     scoring = SCORING_CONSE if isinstance(loaded.backbone, ConSEBackbone) else SCORING_SIMILARITY
-    return LabelReport(scoring, bank.source, **fields)
+    return LabelReport(scoring, bank.source, template=bank.template, **fields)
 
 
 def _check_bank(loaded: LoadedCEIR | SimilarityLabeller, bank: ConceptBank | None) -> None:

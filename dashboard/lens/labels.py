@@ -132,7 +132,7 @@ def scoring_sentence(report: LabelReport, model_label: str) -> str:
             "each label's score is the model's cosine similarity between the image and the concept text "
             "(CLIP cosine similarity for a CLIP; ConSE's for the offline model); only positive ones count"
         )
-    return f"Labels by {model_label} with the concept bank '{report.bank}': {how}."
+    return f"Labels by {model_label} with the concept bank '{report.bank}'{report.read_as}: {how}."
 
 
 def decode_bank_upload(name: str, data: bytes, max_bytes: int) -> str:
