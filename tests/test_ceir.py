@@ -156,6 +156,12 @@ def test_concept_separation_by_hand():
     assert wing["auc"] == pytest.approx(1 - 0.5 * others_red.sum() / (~has_red_wing).sum())
     assert result["min_auc"] == wing["auc"] < 1.0
     assert concept_separation(["webbed feet"], any_part[:, None], split) == {}
+    red_only = [i for i, b in enumerate(birds) if b["head"] == "red" or "red" not in b.values()]
+    subset = ToyBirdsSplit("test", per_class=2, seed=0, image_size=32)
+    subset.labels = split.labels[red_only]  # no bird with red elsewhere: that group is empty
+    empty_group = concept_separation(["red head"], on_part[red_only, None], subset)
+    assert empty_group["per_concept"]["red head"]["elsewhere"] is None and empty_group["elsewhere"] is None
+    json.dumps(empty_group, allow_nan=False)  # bundles store strict JSON
 
 
 def test_eval_reproduces_the_stored_metrics_and_takes_a_seed(bundle, loaded):

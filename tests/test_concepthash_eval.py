@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -181,7 +183,8 @@ def test_a_leak_to_a_value_no_colour_has_names_nothing():
     assert result["by_pair"]["wing -> concept 0 (head)"] == {"flips": len(colours), "named_new_colour": 0.0}
     assert result["named_new_colour"] == 0.0
     clean = leaks_name_the_new_colour(*leak_inputs(part_code, 3)[:3], per_part_codes(9, 3), 3)
-    assert clean["flips"] == 0 and np.isnan(clean["named_new_colour"])
+    assert clean["flips"] == 0 and clean["named_new_colour"] is None
+    json.dumps(clean, allow_nan=False)  # bundles store strict JSON: a pair with no leak must not be NaN
 
 
 def test_centres_that_code_no_part_colour_give_no_leak_reading():

@@ -78,16 +78,17 @@ def concept_separation(
         per_concept[concept] = {
             "auc": float(roc_auc_score(present, scores)),
             **{
-                name: float(scores[mask].mean()) if mask.any() else float("nan")
+                name: float(scores[mask].mean()) if mask.any() else None  # strict JSON: no NaN
                 for name, mask in (("present", present), ("elsewhere", elsewhere), ("absent", absent))
             },
         }
     if not per_concept:
         return {}
     rows = list(per_concept.values())
-    summary = {"min_auc": min(row["auc"] for row in rows)} | {
-        name: float(np.nanmean([row[name] for row in rows])) for name in ("present", "elsewhere", "absent")
-    }
+    summary: dict[str, Any] = {"min_auc": min(row["auc"] for row in rows)}
+    for name in ("present", "elsewhere", "absent"):
+        values = [row[name] for row in rows if row[name] is not None]
+        summary[name] = float(np.mean(values)) if values else None
     return summary | {"per_concept": per_concept}
 
 
@@ -216,7 +217,7 @@ def photo_warnings(loaded) -> dict[str, Any]:
 
     photos = sample_photos()
     if not photos:
-        return {"n": 0, "warned_share": float("nan"), "missed": []}
+        return {"n": 0, "warned_share": None, "missed": []}
     backbone = loaded.backbone
     embeddings = backbone.encode_images(backbone.preprocess_images(list(photos.values()))).cpu()
     flags = ood_flags(loaded, embeddings)

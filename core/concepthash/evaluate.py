@@ -506,7 +506,8 @@ def leaks_name_the_new_colour(
     """When repainting one species part flips the sub-code of a concept that codes *another* part's colour,
     how often the new sub-code is the code of the colour just painted: the concept reads the repainted
     part's colour instead of its own part's. 1 means every leak is that confusion; a flip to one of the
-    other values at random gives about 1/3. None when no concept's centres code a part's colour.
+    other values at random gives about 1/3 (None where nothing leaked: bundles store strict JSON). None when
+    no concept's centres code a part's colour.
 
     ``original`` (N, K) and ``swapped`` (parts, N, K) are ±1 codes, ``new_colours[p][i]`` the colour image
     i got in the repaint of species part p, ``centres`` the hash centres in species order.
@@ -526,12 +527,12 @@ def leaks_name_the_new_colour(
             named = sum(int(after[i, m] == table.get(new_colours[p][i], -1)) for i in np.flatnonzero(flipped))
             pairs[f"{painted} -> concept {m} ({own})"] = {
                 "flips": int(flipped.sum()),
-                "named_new_colour": named / flipped.sum() if flipped.any() else float("nan"),
+                "named_new_colour": named / flipped.sum() if flipped.any() else None,
             }
             named_total, flips_total = named_total + named, flips_total + int(flipped.sum())
     return {
         "flips": flips_total,
-        "named_new_colour": named_total / flips_total if flips_total else float("nan"),
+        "named_new_colour": named_total / flips_total if flips_total else None,
         "by_pair": pairs,
     }
 
