@@ -787,6 +787,15 @@ def swap_bundles(tiny_bundles, tmp_path_factory) -> tuple[Path, tuple[str, ...]]
         "matched_flip_rate_min": 0.9,
         "largest_off_diagonal": {"part": "tail", "concept": 2, "flip_rate": 0.3},
         "by_counterfactual": BY_COUNTERFACTUAL,
+        "leaks_name_the_new_colour": {
+            "flips": 14,
+            "named_new_colour": 0.5,
+            "by_pair": {
+                "wing -> concept 0 (head)": {"flips": 10, "named_new_colour": 0.6},
+                "body -> concept 0 (head)": {"flips": 4, "named_new_colour": 0.25},
+                "head -> concept 1 (wing)": {"flips": 0, "named_new_colour": None},
+            },
+        },
     }
     write_part_swap(root / "toy-hash-csd", tiny_bundles, swap)
     return root, matched
@@ -862,6 +871,13 @@ def test_hash_codes_page_names_concepts_by_part_swap(dashboard, swap_bundles, mo
     assert "Download part-swap (CSV)" in {b.label for b in app.get("download_button")}
     split = next(frame.value for frame in app.dataframe if "the repaint" in frame.value.columns)
     assert split["largest unmatched flip"].tolist() == [0.0, 0.7]
+    leaks = next(frame.value for frame in app.dataframe if "leak" in frame.value.columns)
+    assert leaks.to_dict("list") == {  # a pair with no leaked flip has nothing to read
+        "leak": ["wing → concept 0 (head)", "body → concept 0 (head)"],
+        "flips": [10, 4],
+        "share naming the new colour": [0.6, 0.25],
+    }
+    assert any("about a third of the time" in c.value for c in app.caption)
     hash_tab(app, TAB_PARTS)
     (chart,) = app.get("plotly_chart")
     assert list(chart_spec(chart)["y"]) == [f"c{m} ≈ {part}" for m, part in enumerate(matched)]

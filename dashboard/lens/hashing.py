@@ -376,6 +376,25 @@ def part_swap_split_table(swap: dict[str, Any]) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
+def leak_reading_table(swap: dict[str, Any]) -> pd.DataFrame | None:
+    """``leaks_name_the_new_colour``, one row per (part repainted, concept coding another part) with at least
+    one leaked flip: how many flips, and the share that took the code of the colour just painted; None when
+    the bundle's centres code no part colour (learned centres) or it was evaluated before the figure."""
+    reading = swap.get("leaks_name_the_new_colour")
+    if not isinstance(reading, dict) or not isinstance(reading.get("by_pair"), dict):
+        return None
+    rows = [
+        {
+            "leak": pair.replace("->", "→"),
+            "flips": int(values.get("flips", 0)),
+            "share naming the new colour": float(values["named_new_colour"]),
+        }
+        for pair, values in reading["by_pair"].items()
+        if isinstance(values, dict) and values.get("flips")
+    ]
+    return pd.DataFrame(rows) if rows else None
+
+
 # Streamlit's front end swaps the colours #000001 … #000099 anywhere in a figure for its theme's colours
 # (they are placeholders in its plotly template), so a scale with one of them (Magma and Inferno start at
 # #000004) would show its darkest cells in a theme colour: a flip rate of 0 drawn pink.

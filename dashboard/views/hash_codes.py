@@ -37,6 +37,7 @@ from lens.hashing import (
     images_by_bit,
     images_by_subcode,
     is_cls_baseline,
+    leak_reading_table,
     localisation_table,
     n_attended,
     nmi_figure,
@@ -351,6 +352,15 @@ def show_part_swap(info, loaded, db: Database) -> None:
             "is part-specific on the first row and not on the second; a part code is on both."
         )
         st.dataframe(split.round(3), hide_index=True, key="hash_swap_split")
+    leaks = None if db.cls_baseline else leak_reading_table(swap)
+    if leaks is not None:
+        st.caption(
+            "These centres give every sub-code value a colour, so a leak can be read: when repainting one "
+            "part flips the sub-code of a concept that codes another part, how often does the new sub-code "
+            "name the colour just painted? Often means the concept reads the repainted part; a random flip "
+            "to one of the other three values names it about a third of the time."
+        )
+        st.dataframe(leaks.round(3), hide_index=True, key="hash_swap_leaks")
 
 
 def show_subcodes_vs_parts(loaded, db: Database) -> None:
