@@ -105,6 +105,12 @@ def test_the_teacher_reads_each_concept_in_the_template(tiny_backbone):
         plain_model = fit(tiny_backbone, concept_template=plain, **off).model
         torch.testing.assert_close(plain_model.concept_embeddings, raw)
     assert not torch.allclose(expected, raw)
+    # appended class names are read as they are, as the paper reads them, not put in the bank's caption
+    named = fit(tiny_backbone, concept_template=template, include_class_names=True, **off).model
+    names = named.concepts[len(fitted.concepts) :]
+    assert names == ["azure finch", "ruby wren", "olive tit"]
+    bare_names = torch.nn.functional.normalize(tiny_backbone.encode_texts(names).float(), dim=-1)
+    torch.testing.assert_close(named.concept_embeddings[len(fitted.concepts) :], bare_names)
 
 
 def test_the_run_takes_the_bank_template_unless_it_names_its_own():

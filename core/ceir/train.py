@@ -22,6 +22,7 @@ Steps (CEIR, Cui et al. 2023, on Label-free CBM):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -110,9 +111,13 @@ def with_bank_template(config: CEIRConfig, bank: ConceptBank) -> CEIRConfig:
     return replace(config, concept_template=template)
 
 
-def encode_concepts(backbone: Backbone, concepts: list[str], config: CEIRConfig) -> torch.Tensor:
-    """Text embeddings of ``concepts``, each read in the run's caption template."""
-    return backbone.encode_texts(apply_template(config.concept_template or RAW_TEMPLATE, concepts))
+def encode_concepts(
+    backbone: Backbone, concepts: list[str], config: CEIRConfig, bare: Sequence[str] = ()
+) -> torch.Tensor:
+    """Text embeddings of ``concepts``, each read in the run's caption template except those in ``bare``
+    (appended class names, read as the paper reads them: as they are)."""
+    template = config.concept_template or RAW_TEMPLATE
+    return backbone.encode_texts([c if c in bare else apply_template(template, [c])[0] for c in concepts])
 
 
 def with_class_names(concepts: list[str], class_names: list[str]) -> list[str]:
@@ -121,11 +126,13 @@ def with_class_names(concepts: list[str], class_names: list[str]) -> list[str]:
     return concepts + [name for name in class_names if name.casefold() not in seen]
 
 
-def concept_text(backbone: Backbone, concepts: list[str], config: CEIRConfig) -> torch.Tensor:
-    """(C, D) concept text embeddings; ``config.centre_concepts`` subtracts their mean so each concept scores
-    what sets it apart from the rest of the bank (the shared "a bird" direction otherwise dominates every
-    cosine)."""
-    text = F.normalize(encode_concepts(backbone, concepts, config).cpu().float(), dim=-1)
+def concept_text(
+    backbone: Backbone, concepts: list[str], config: CEIRConfig, bare: Sequence[str] = ()
+) -> torch.Tensor:
+    """(C, D) concept text embeddings (``bare`` as in :func:`encode_concepts`); ``config.centre_concepts``
+    subtracts their mean so each concept scores what sets it apart from the rest of the bank (the shared
+    "a bird" direction otherwise dominates every cosine)."""
+    text = F.normalize(encode_concepts(backbone, concepts, config, bare).cpu().float(), dim=-1)
     return text - text.mean(dim=0, keepdim=True) if config.centre_concepts else text
 
 
@@ -187,9 +194,11 @@ def fit_ceir(
     """
     seed_everything(config.seed)
     concepts, removed = filter_bank(bank, teacher, teacher_train, class_names, config, log)
+    appended: list[str] = []
     if config.include_class_names:
-        concepts = with_class_names(concepts, class_names)
-    text = concept_text(teacher, concepts, config)
+        appended = with_class_names(concepts, class_names)[len(concepts) :]
+        concepts = concepts + appended
+    text = concept_text(teacher, concepts, config, bare=appended)
     concepts, projection, fidelity, columns, removed["fidelity"] = fit_bottleneck(
         concepts, train_embeddings, teacher_similarities(teacher_train, text), config, log, ctx
     )
