@@ -344,23 +344,28 @@ def show_part_swap(info, loaded, db: Database) -> None:
     download_table(
         swap_table.rename_axis("part repainted").reset_index().round(4), "part-swap", key="hash_swap_csv"
     )
-    split = None if db.cls_baseline else part_swap_split_table(swap)
-    if split is not None:
-        st.caption(
+    if db.cls_baseline:
+        return
+    for table, caption, key in (
+        (
+            part_swap_split_table(swap),
             "Most repaints make a bird no species has (the 24 species use 24 of the 64 colour "
             "combinations), so the model never saw it in training. A code that only looks the species up "
-            "is part-specific on the first row and not on the second; a part code is on both."
-        )
-        st.dataframe(split.round(3), hide_index=True, key="hash_swap_split")
-    leaks = None if db.cls_baseline else leak_reading_table(swap)
-    if leaks is not None:
-        st.caption(
+            "is part-specific on the first row and not on the second; a part code is on both.",
+            "hash_swap_split",
+        ),
+        (
+            leak_reading_table(swap),
             "These centres give every sub-code value a colour, so a leak can be read: when repainting one "
             "part flips the sub-code of a concept that codes another part, how often does the new sub-code "
             "name the colour just painted? Often means the concept reads the repainted part; a random flip "
-            "to one of the other three values names it about a third of the time."
-        )
-        st.dataframe(leaks.round(3), hide_index=True, key="hash_swap_leaks")
+            "to one of the other three values names it about a third of the time.",
+            "hash_swap_leaks",
+        ),
+    ):
+        if table is not None:  # None: the bundle's metrics lack it, or its centres code no part colour
+            st.caption(caption)
+            st.dataframe(table.round(3), hide_index=True, key=key)
 
 
 def show_subcodes_vs_parts(loaded, db: Database) -> None:
