@@ -62,13 +62,13 @@ def concept_separation(
 
     from core.data.toybirds import SPECIES, SPECIES_PARTS
 
+    birds = [SPECIES[label].colours for label in split.labels]
     per_concept: dict[str, dict[str, float]] = {}
     for j, concept in enumerate(concepts):
         parsed = toybirds_concept_parts(concept)
         if parsed is None or parsed[0] not in SPECIES_PARTS or set(parsed[1]) != {"colour"}:
             continue
         part, colour = parsed[0], parsed[1]["colour"]
-        birds = [SPECIES[label].colours for label in split.labels]
         present = np.array([bird[part] == colour for bird in birds])
         elsewhere = ~present & np.array([colour in bird.values() for bird in birds])
         absent = ~present & ~elsewhere

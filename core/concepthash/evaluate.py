@@ -470,11 +470,12 @@ def part_swap(
         codes.append(encode_images(model, backbone, (sample.image for sample in samples)))
         new_combination.append([sample.species is None for sample in samples])
         new_colours.append([sample.traits[PARTS[p]]["colour"] for sample in samples])
-    swapped = np.stack(codes).reshape(len(PARTS), n, m, -1)
+    stacked = np.stack(codes)
+    swapped = stacked.reshape(len(PARTS), n, m, -1)
     result = part_swap_metrics(query_codes.reshape(n, m, -1), swapped, np.array(new_combination))
     if centres is not None:
         result["leaks_name_the_new_colour"] = leaks_name_the_new_colour(
-            query_codes, np.stack(codes), new_colours[:N_SPECIES_PARTS], centres, m
+            query_codes, stacked, new_colours[:N_SPECIES_PARTS], centres, m
         )
     return result
 
@@ -524,7 +525,8 @@ def leaks_name_the_new_colour(
             if own == painted:
                 continue
             flipped = before[:, m] != after[:, m]
-            named = sum(int(after[i, m] == table.get(new_colours[p][i], -1)) for i in np.flatnonzero(flipped))
+            painted_code = np.array([table.get(colour, -1) for colour in new_colours[p]])
+            named = int((flipped & (after[:, m] == painted_code)).sum())
             pairs[f"{painted} -> concept {m} ({own})"] = {
                 "flips": int(flipped.sum()),
                 "named_new_colour": named / flipped.sum() if flipped.any() else None,
