@@ -27,7 +27,7 @@ from PIL import Image
 from core.backbones.conse import ConSEBackbone
 from core.ceir import arrays as arr
 from core.ceir.bundle import LoadedCEIR
-from core.ceir.concept_bank import RAW_TEMPLATE, ConceptBank
+from core.ceir.concept_bank import RAW_TEMPLATE, ConceptBank, template_note
 from core.ceir.explain import explain
 from core.ceir.model import CEIRModel
 from core.data.images import ImageLoadError, list_image_files, load_image
@@ -87,7 +87,7 @@ class LabelReport:
     @property
     def read_as(self) -> str:
         """ ", each concept read as '...'" when the bank has a caption template, else nothing."""
-        return "" if self.template == RAW_TEMPLATE else f", each concept read as '{self.template}'"
+        return template_note(self.template)
 
     def candidate_labels(self, limit: int = 20) -> list[dict[str, Any]]:
         """Concepts ranked by how many images carry them as a label."""
@@ -247,11 +247,15 @@ def _ood_reference(loaded: LoadedCEIR | SimilarityLabeller) -> OODReference | No
         found = None
         if reference is not None and len(reference) >= 2:
             rows = torch.from_numpy(even_subsample(reference))
-            found = OODReference(rows, ood_radius(rows), in_embedding_space)
             class_text = _class_prompts(loaded) if in_embedding_space else None
-            if class_text is not None and class_text.shape[1] == rows.shape[1]:
-                floor = float(np.percentile(class_match(rows, class_text), 100 - OOD_PERCENTILE))
-                found = OODReference(rows, found.radius, True, class_text, floor)
+            if class_text is not None and class_text.shape[1] != rows.shape[1]:
+                class_text = None  # a text tower that does not share the image embedding space
+            floor = (
+                float("-inf")
+                if class_text is None
+                else float(np.percentile(class_match(rows, class_text), 100 - OOD_PERCENTILE))
+            )
+            found = OODReference(rows, ood_radius(rows), in_embedding_space, class_text, floor)
         vars(loaded)["_ood_reference"] = found
     return vars(loaded)["_ood_reference"]
 
