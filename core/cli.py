@@ -851,14 +851,13 @@ def log_bank_notes(bank) -> None:
 
 
 def cmd_concepts(args: argparse.Namespace) -> int:
-    from core.ceir.concept_bank import load_bank, read_concept_file
+    from core.ceir.concept_bank import load_bank, read_concept_file, template_note
 
     if args.concepts_command == "show":
         bank = load_bank(args.bank)
         log_bank_notes(bank)
         print("\n".join(bank.concepts))
-        read_as = "" if bank.template == "{}" else f", each read as '{bank.template}'"
-        log(f"{len(bank)} concepts from {bank.source}{read_as}")
+        log(f"{len(bank)} concepts from {bank.source}{template_note(bank.template)}")
         return 0
     from core.ceir.llm import generate_bank, settings_from_env
 

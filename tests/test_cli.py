@@ -84,7 +84,7 @@ def test_concepts_show_lists_the_concepts_and_says_the_caption(capsys):
 
     bank = load_bank("toybirds")
     assert out.splitlines() == bank.concepts
-    assert f"{len(bank)} concepts from shipped:toybirds, each read as '{bank.template}'" in err
+    assert f"{len(bank)} concepts from shipped:toybirds, each concept read as '{bank.template}'" in err
     code, out, err = run(capsys, "concepts", "show", "general")
     assert code == 0 and "read as" not in err
 

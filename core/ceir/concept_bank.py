@@ -69,6 +69,12 @@ def check_template(template: str, source: str = "The concept template") -> str:
     return template
 
 
+def template_note(template: str) -> str:
+    """ ", each concept read as '<template>'" for a caption template, nothing for the bare concept text (what
+    a listing of the bank or of its labels appends)."""
+    return "" if template == RAW_TEMPLATE else f", each concept read as '{template}'"
+
+
 def apply_template(template: str, concepts: Iterable[str]) -> list[str]:
     """Each concept put in ``template`` ("a photo of a bird with a {}." + "red head")."""
     return [template.replace("{}", concept) for concept in concepts]
