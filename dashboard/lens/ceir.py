@@ -26,6 +26,7 @@ from core.ceir.arrays import TRAIN_CONTRIBUTIONS as TRAIN_CONTRIBUTIONS
 from core.ceir.arrays import TRAIN_IDS as TRAIN_IDS
 from core.ceir.arrays import TRAIN_LABELS as TRAIN_LABELS
 from core.ceir.arrays import TRAIN_LATENTS as TRAIN_LATENTS
+from core.ceir.concept_bank import RAW_TEMPLATE as RAW_TEMPLATE  # a bank read without a caption
 from core.ceir.projection2d import ensure_umap, projection_method
 from core.ceir.reading import (
     ConceptContribution,

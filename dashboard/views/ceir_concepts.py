@@ -14,6 +14,7 @@ from lens.bundles import require
 from lens.ceir import (
     ARRAYS,
     PROTOCOLS,
+    RAW_TEMPLATE,
     SEPARATION_GROUPS,
     TRAIN_CLUSTERS,
     TRAIN_CONCEPTS,
@@ -196,7 +197,7 @@ def show_concept_bank(loaded) -> None:
     n_input = bank.get("n_input", len(concepts) + len(removed))
     with st.expander(f"The concept bank: {len(concepts)} of {n_input} concepts kept", expanded=False):
         st.caption("Kept: " + ", ".join(concepts))
-        if bank.get("template", "{}") != "{}":
+        if bank.get("template", RAW_TEMPLATE) != RAW_TEMPLATE:
             st.caption(f"The text tower read each concept in the caption “{bank['template']}”.")
         if not removed.empty:
             st.dataframe(removed, hide_index=True, key="ceir_removed")
