@@ -116,8 +116,8 @@ def encode_concepts(
 ) -> torch.Tensor:
     """Text embeddings of ``concepts``, each read in the run's caption template except those in ``bare``
     (appended class names, read as the paper reads them: as they are)."""
-    template = config.concept_template or RAW_TEMPLATE
-    return backbone.encode_texts([c if c in bare else apply_template(template, [c])[0] for c in concepts])
+    captions = apply_template(config.concept_template or RAW_TEMPLATE, concepts)
+    return backbone.encode_texts([c if c in bare else t for c, t in zip(concepts, captions, strict=True)])
 
 
 def with_class_names(concepts: list[str], class_names: list[str]) -> list[str]:
