@@ -189,6 +189,13 @@ def test_a_pasted_bank_with_a_template_scores_its_captions(page, toy):
     np.testing.assert_allclose(table["score"], [label.score for label in templated], rtol=1e-5)
     assert [label.score for label in templated] != [label.score for label in plain]
     assert any("each concept read as 'a photo of a bird with a {}.'" in c.value for c in page.caption)
+    page.text_area(key="ow_bank_text").set_value("# template: a photo\nred head").run()
+    assert not page.exception
+    assert [e.value for e in page.error] == [
+        "Concept bank pasted list, line 1: the template 'a photo' must hold '{}' exactly once (where the "
+        "concept goes), no other brace, and at most 120 characters."
+    ]
+    assert not any(d for d in page.dataframe if "image" in d.value.columns)
 
 
 def view_sample(label: str) -> Image.Image:
