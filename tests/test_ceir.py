@@ -111,7 +111,7 @@ def test_pipeline_bundle_has_metrics_baselines_and_arrays(loaded):
 
 def test_concept_precision_counts_only_the_species_colours():
     from core.ceir.concept_bank import load_bank
-    from core.ceir.evaluate import concept_precision_at_5
+    from core.ceir.evaluate import concept_precision_at_5, concept_top5
     from core.data.spec import ToyBirdsSplit
     from core.data.toybirds import SPECIES, SPECIES_PARTS
 
@@ -129,6 +129,25 @@ def test_concept_precision_counts_only_the_species_colours():
     assert concept_precision_at_5(concepts, vectors, split) == pytest.approx(3 / 5)
     vectors[:, nuisance] = 3.0
     assert concept_precision_at_5(concepts, vectors, split) == pytest.approx(1 / 5)
+
+    # what fills the top five: the three true colours, a wrong one and the distractor "red wattle"
+    vectors = np.where(true_rows[split.labels], 2.0, -1.0)
+    wrong = np.array(
+        [concepts.index(f"{'red' if s.colours['head'] != 'red' else 'blue'} head") for s in SPECIES]
+    )
+    vectors[np.arange(len(vectors)), wrong[split.labels]] = 1.0
+    vectors[:, concepts.index("red wattle")] = 0.5
+    top5 = concept_top5(concepts, vectors, split)
+    assert top5 == pytest.approx(
+        {
+            "true": 3 / 5,
+            "wrong_colour": 1 / 5,
+            "distractor": 1 / 5,
+            "nuisance": 0.0,
+            "positives_per_image": 5.0,
+        }
+    )
+    assert concept_precision_at_5(concepts, vectors, split) == top5["true"]
 
 
 def test_concept_separation_by_hand():

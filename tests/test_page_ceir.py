@@ -192,6 +192,14 @@ def test_metrics_table_equals_the_bundle_metrics(page, toy):
     np.testing.assert_allclose(table[["ACC", "NMI", "ARI"]].to_numpy(), np.round(expected, 4))
     precision = next(m for m in page.metric if m.label == "Concept precision@5")
     assert precision.value == f"{metrics['concept_precision_at_5']:.3f}"
+    top5 = metrics["concept_top5"]
+    sentence = next(
+        c.value for c in page.caption if c.value.startswith("What fills each test image's top five")
+    )
+    assert f"{top5['true']:.0%} true species colours" in sentence
+    assert f"{top5['distractor']:.0%} distractors" in sentence
+    assert f"On average {top5['positives_per_image']:.1f} concepts" in sentence
+    assert view.top5_sentence({}) is None and view.top5_sentence({"concept_top5": {"true": 0.5}}) is None
 
 
 def test_quality_tab_shows_how_each_concept_reads_its_part(page, toy):

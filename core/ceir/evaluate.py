@@ -4,8 +4,9 @@
   k-means with the model's seed on raw CLIP embeddings and concept vectors, fit on train, test assigned;
 * ``protocols.inductive`` / ``protocols.transductive`` (the paper's: VAE on train + test, k-means fit and
   scored on test), each mean and std over ``KMEANS_SEEDS`` k-means seeds;
-* ``ig_completeness_error``, and on ToyBirds ``concept_precision_at_5``, ``concept_separation`` and
-  ``labels`` (what ``conceptlens label`` prints, scored against the world); ``evaluate_bundle`` adds
+* ``ig_completeness_error``, and on ToyBirds ``concept_precision_at_5`` (with ``concept_top5``: what fills
+  the top five), ``concept_separation`` and ``labels`` (what ``conceptlens label`` prints, scored against
+  the world); ``evaluate_bundle`` adds
   ``ood_warned_share`` (test images the out-of-distribution warning flags) and, on ToyBirds, ``ood_photos``
   (the real sample photos it flags).
 """
@@ -28,6 +29,37 @@ from core.ceir.vae import VAEConfig, train_vae
 from core.data.spec import ImageSplit, ToyBirdsSplit, open_split
 from core.data.toybirds_concepts import toybirds_concept_parts, toybirds_concept_truth
 
+TOP5_VERDICTS = ("true", "wrong_colour", "distractor", "nuisance")
+
+
+def concept_top5(concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit) -> dict[str, float]:
+    """What each image's top-5 positive concepts are (ToyBirds), as shares averaged over the images with at
+    least one positive concept: ``true`` (a colour of its species' head, wing or body: the precision@5),
+    ``wrong_colour`` (another colour of a species part), ``distractor`` (something the world never draws,
+    such as "red wattle"), ``nuisance`` (the rest: crest, wing pattern, tail); plus ``positives_per_image``,
+    the mean count of positive concepts (a z-score above the training mean)."""
+    from core.data.toybirds import SPECIES
+
+    truth = [[toybirds_concept_truth(c, s) for c in concepts] for s in SPECIES]
+    distractor = [toybirds_concept_parts(c) is None for c in concepts]
+
+    def verdict(label: int, j: int) -> str:
+        if truth[label][j] is not None:
+            return "true" if truth[label][j] else "wrong_colour"
+        return "distractor" if distractor[j] else "nuisance"
+
+    shares = []
+    for vector, label in zip(concept_vectors, split.labels, strict=True):
+        top = [j for j in np.argsort(-vector, kind="stable")[:5] if vector[j] > 0]
+        if top:
+            verdicts = [verdict(int(label), int(j)) for j in top]
+            shares.append([verdicts.count(v) / len(top) for v in TOP5_VERDICTS])
+    mean = np.mean(shares, axis=0) if shares else np.zeros(len(TOP5_VERDICTS))
+    return {
+        **{v: float(x) for v, x in zip(TOP5_VERDICTS, mean, strict=True)},
+        "positives_per_image": float((np.asarray(concept_vectors) > 0).sum(axis=1).mean()),
+    }
+
 
 def concept_precision_at_5(concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit) -> float:
     """Share of each image's top-5 positive concepts that are true attributes of its species (ToyBirds).
@@ -36,15 +68,7 @@ def concept_precision_at_5(concepts: list[str], concept_vectors: np.ndarray, spl
     nuisance concepts (crest, wing pattern, tail) and distractors count as misses. With three true
     concepts per species, an image with five positive concepts scores at most 3/5; one with three scores 1.
     """
-    from core.data.toybirds import SPECIES
-
-    truth = np.array([[toybirds_concept_truth(c, s) is True for c in concepts] for s in SPECIES])
-    shares = []
-    for vector, label in zip(concept_vectors, split.labels, strict=True):
-        top = [i for i in np.argsort(-vector, kind="stable")[:5] if vector[i] > 0]
-        if top:
-            shares.append(truth[label, top].mean())
-    return float(np.mean(shares)) if shares else 0.0
+    return concept_top5(concepts, concept_vectors, split)["true"]
 
 
 def concept_separation(
@@ -173,7 +197,8 @@ def evaluate_arrays(
         "steps": IG_STEPS,
     }
     if isinstance(test_split, ToyBirdsSplit):
-        metrics["concept_precision_at_5"] = concept_precision_at_5(model.concepts, z_test.numpy(), test_split)
+        metrics["concept_top5"] = concept_top5(model.concepts, z_test.numpy(), test_split)
+        metrics["concept_precision_at_5"] = metrics["concept_top5"]["true"]
         metrics["concept_separation"] = concept_separation(model.concepts, z_test.numpy(), test_split)
         printed = labels_by_share(model.concepts, z_test, contributions, clusters, top_k=5)
         metrics["labels"] = toybirds_label_quality(printed, test_split)

@@ -168,6 +168,28 @@ def separation_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+TOP5_KINDS = (
+    ("true", "true species colours"),
+    ("wrong_colour", "another colour of a species part"),
+    ("distractor", "distractors the world never draws"),
+    ("nuisance", "crest, wing pattern or tail"),
+)
+
+
+def top5_sentence(metrics: Mapping[str, Any]) -> str | None:
+    """What fills the test images' top five positive concepts (``concept_top5`` of a ToyBirds bundle), in
+    one sentence; None for other bundles and older ones."""
+    top5 = metrics.get("concept_top5")
+    if not isinstance(top5, Mapping) or not all(isinstance(top5.get(k), int | float) for k, _ in TOP5_KINDS):
+        return None
+    shares = " · ".join(f"{top5[key]:.0%} {meaning}" for key, meaning in TOP5_KINDS)
+    sentence = f"What fills each test image's top five positive concepts: {shares}."
+    positives = top5.get("positives_per_image")
+    if isinstance(positives, int | float):
+        sentence += f" On average {positives:.1f} concepts per image score above their training mean."
+    return sentence
+
+
 def class_names(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
     """Each label's class name (the number itself when the bundle names no such class)."""
     return [classes[int(y)] if 0 <= int(y) < len(classes) else str(int(y)) for y in labels]

@@ -43,6 +43,7 @@ from lens.ceir import (
     slider_bounds,
     slider_start,
     stored_contributions,
+    top5_sentence,
     train_contributions,
     umap_frame,
     unedited,
@@ -414,6 +415,9 @@ def show_metrics(stored: dict) -> None:
             f"{label_quality['distractor_share']:.3f}",
             help="Of those labels, the share naming something the world never draws (e.g. 'webbed feet').",
         )
+    top5 = top5_sentence(stored)
+    if top5:
+        st.caption(top5)
     separation = separation_table(stored)
     if not separation.empty:
         st.markdown("**Does each concept read its part?**")
