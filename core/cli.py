@@ -361,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of L_bit (0 = off): a hinge of margin 1 on every bit towards its class centre's sign",
     )
     beyond.add_argument(
+        "--recolour",
+        type=fraction,
+        default=HASH.recolour,
+        metavar="SHARE",
+        help="with --part-phrases toybirds: this share of training images gets its species colours swapped "
+        "by a random reordering, and its target the same reordering of its class's part values",
+    )
+    beyond.add_argument(
         "--oracle-centres",
         action="store_true",
         help="diagnostic (ToyBirds, uses part labels): fixed per-part centres, to see what the encoder does "
@@ -637,6 +645,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             focus_weight=args.focus_weight,
             mix_weight=args.mix_weight,
             bit_weight=args.bit_weight,
+            recolour=args.recolour,
             centres_from_local=args.centres_from_local,
             center_hidden=args.centre_hidden,
             mode=args.mode,

@@ -7,16 +7,25 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.backbones.clip import load_backbone
 from core.concepthash import losses
 from core.concepthash.attention import concept_heatmaps
-from core.concepthash.codes import per_part_codes, value_codes
+from core.concepthash.codes import combination_index, combination_values, per_part_codes, value_codes
 from core.concepthash.config import read_part_phrases
 from core.concepthash.evaluate import interpretability_metrics, subcode_values
 from core.concepthash.model import ConceptHash, ConceptHashConfig
+from core.data import toybirds
 from core.data.spec import DataSpec, ToyBirdsSplit
-from core.data.toybirds import PARTS, SPECIES, SPECIES_PARTS
+from core.data.toybirds import (
+    COLOUR_PERMUTATIONS,
+    PARTS,
+    SPECIES,
+    SPECIES_COLOURS,
+    SPECIES_PARTS,
+    species_with,
+)
 
 CLASSES = ["red finch", "blue finch", "green finch"]
 
@@ -391,11 +400,9 @@ def test_part_phrase_centres_hold_the_closest_phrase_of_each_group():
             "w1": [0.0, 0.0, -1.0],  # the blue finch (-0.2)
         }
     )
-    centres = ConceptHash.phrase_centres(backbone, ["red finch", "blue finch"], config)
+    values = ConceptHash.phrase_values(backbone, ["red finch", "blue finch"], config)
     # red finch: head h2 (value 2), wing w0 (0); blue finch: head h0 (0), wing w1 (1)
-    torch.testing.assert_close(
-        centres, torch.tensor(value_codes(np.array([[2, 0], [0, 1]]), 2), dtype=torch.float32)
-    )
+    torch.testing.assert_close(values, torch.tensor([[2, 0], [0, 1]]))
 
 
 def test_part_phrases_on_the_shipped_toy_clip_give_the_per_part_codes():
@@ -439,6 +446,121 @@ def test_part_phrases_are_read_from_json_or_named_and_bad_files_get_one_sentence
     ]:
         with pytest.raises(ValueError, match=message):
             read_part_phrases(str(tmp_path / name))
+
+
+def test_combination_index_inverts_combination_values():
+    every = combination_values(4, 3)
+    assert every.shape == (64, 3) and len({tuple(row) for row in every}) == 64
+    np.testing.assert_array_equal(combination_index(every, 4), np.arange(64))
+    torch.testing.assert_close(
+        combination_index(torch.tensor([[1, 2, 3]]), 4), torch.tensor([1 + 2 * 4 + 3 * 16])
+    )
+
+
+def test_recolouring_needs_part_phrases_in_species_colour_order_and_a_share():
+    toybirds_phrases = read_part_phrases("toybirds")
+    assert (
+        ConceptHashConfig(bits=6, n_concepts=3, part_phrases=toybirds_phrases, recolour=0.5).recolour == 0.5
+    )
+    reordered = {part: phrases[::-1] for part, phrases in toybirds_phrases.items()}
+    for overrides in ({}, {"part_phrases": reordered}):
+        with pytest.raises(ValueError, match="name red, yellow, blue, green in that order"):
+            ConceptHashConfig(**({"bits": 6, "n_concepts": 3, "recolour": 0.5} | overrides))
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        ConceptHashConfig(bits=6, n_concepts=3, part_phrases=toybirds_phrases, recolour=1.5)
+
+
+def test_recoloured_targets_follow_the_colour_swap_part_by_part():
+    toy_clip = load_backbone("pretrained/toybirds-clip")
+    config = ConceptHashConfig(bits=6, n_concepts=3, part_phrases=read_part_phrases("toybirds"), recolour=1.0)
+    model = ConceptHash(toy_clip, [s.name for s in SPECIES], config)
+    labels = torch.arange(len(SPECIES))
+    identity = torch.zeros_like(labels)
+    centres, combos, species = model.recoloured_targets(labels, identity)
+    torch.testing.assert_close(centres[combos], model.hash_centres())  # left as it was: its class centre
+    torch.testing.assert_close(species, labels)
+    order = COLOUR_PERMUTATIONS.index((2, 3, 0, 1))  # red <-> blue, yellow <-> green
+    centres, combos, species = model.recoloured_targets(labels, torch.full_like(labels, order))
+    values = subcode_values(centres[combos].numpy().astype(np.int8), 3)
+    for s, row in zip(SPECIES, values, strict=True):
+        swapped = [SPECIES_COLOURS[(2, 3, 0, 1)[SPECIES_COLOURS.index(s.colours[p])]] for p in SPECIES_PARTS]
+        assert [SPECIES_COLOURS[v] for v in row] == swapped
+    expected = [
+        species_with(dict(zip(SPECIES_PARTS, (SPECIES_COLOURS[v] for v in row), strict=True)))
+        for row in values
+    ]
+    assert species.tolist() == [-1 if e is None else SPECIES.index(e) for e in expected]
+    assert (species == -1).any() and (species >= 0).any()
+
+
+def test_recoloured_loss_aims_at_the_swapped_combinations_and_training_lowers_it(backbone):
+    classes = [s.name for s in SPECIES]
+    config = ConceptHashConfig(bits=6, n_concepts=3, part_phrases=read_part_phrases("toybirds"), recolour=1.0)
+    torch.manual_seed(1)
+    model = ConceptHash(backbone, classes, config).train()
+    pixels = torch.randn(8, 3, backbone.image_size, backbone.image_size)
+    labels = torch.tensor([0, 3, 5, 7, 9, 11, 13, 17])
+    orders = torch.tensor([0, 5, 9, 0, 17, 23, 2, 0])
+    output = model(pixels)
+    terms = model.loss(output, labels, pixels, orders)
+    centres, combos, species = model.recoloured_targets(labels, orders)
+    assert terms["clf"].item() == pytest.approx(losses.clf_loss(output.u, centres, combos).item(), rel=1e-5)
+    keep = species >= 0
+    expected_cd = losses.cd_loss(
+        output.concept_features[keep], model.concept_positions, model.class_prototypes, species[keep]
+    )
+    assert terms["cd"].item() == pytest.approx(expected_cd.item(), rel=1e-5)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    history = []
+    for _ in range(12):
+        terms = model.loss(model(pixels), labels, pixels, orders)
+        history.append(terms["clf"].item())
+        optimizer.zero_grad()
+        terms["total"].backward()
+        optimizer.step()
+    assert np.mean(history[-2:]) < np.mean(history[:2])
+
+
+def test_recoloured_training_images_and_the_run_that_records_the_share(tmp_path):
+    from core.concepthash.bundle import load_concepthash
+    from core.concepthash.train import TrainConfig, TrainingImages, train_concepthash
+    from core.data.spec import open_split
+
+    data = DataSpec(image_size=32, train_per_class=2, test_per_class=1)
+    split = open_split(data, "train")
+    as_array = lambda image: np.asarray(image)  # noqa: E731
+    items = [
+        TrainingImages(data, split, 1, True, as_array, recolour=0.5, seed=4)[i] for i in range(len(split))
+    ]
+    plain = TrainingImages(data, split, 1, True, as_array)
+    orders = [order for _, _, order in items]
+    assert 0 < sum(o > 0 for o in orders) < len(orders)  # some recoloured, some not
+    for i, (image, label, order) in enumerate(items):
+        assert label == plain[i][1]
+        expected = toybirds.recolour(Image.fromarray(plain[i][0]), COLOUR_PERMUTATIONS[order])
+        np.testing.assert_array_equal(image, np.asarray(expected) if order else plain[i][0])
+
+    config = ConceptHashConfig(bits=6, n_concepts=3, part_phrases=read_part_phrases("toybirds"), recolour=0.5)
+    out = train_concepthash(
+        "toyclip-tiny:random",
+        data,
+        config,
+        TrainConfig(epochs=1, batch_size=16, device="cpu"),
+        tmp_path / "hash",
+        log=lambda *_: None,
+    )
+    assert load_concepthash(out, device="cpu").config["model"]["recolour"] == 0.5
+    with pytest.raises(ValueError, match="needs ToyBirds data"):
+        train_concepthash(
+            "toyclip-tiny:random",
+            DataSpec(kind="folder", root=str(tmp_path)),
+            config,
+            TrainConfig(epochs=1, device="cpu"),
+            tmp_path / "other",
+            log=lambda *_: None,
+        )
+    assert not (tmp_path / "other").exists()
 
 
 def test_localisation_finds_a_concept_that_points_at_the_head():

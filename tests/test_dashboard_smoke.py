@@ -118,6 +118,11 @@ def test_home_names_options_that_are_not_in_the_paper():
         "centres from part phrases (head, wing)"
     ]
     assert beyond_the_paper({"part_phrases": None}) == []
+    assert beyond_the_paper({"part_phrases": {"head": ["a", "b"]}, "recolour": 0.5}) == [
+        "centres from part phrases (head)",
+        "50% of training birds recoloured",
+    ]
+    assert beyond_the_paper({"recolour": 0.0}) == []
     model = {
         "bits": 6,
         "n_concepts": 3,

@@ -695,3 +695,36 @@ def test_a_spec_from_before_world_versions_is_refused_with_one_sentence() -> Non
     current = DataSpec.from_dict(DataSpec(train_per_class=2).to_dict())
     assert current.world == toybirds.WORLD_VERSION and len(open_split(current, "train")) == 48
     assert DataSpec.from_dict(DataSpec(kind="folder", root="/x").to_dict()).world == toybirds.WORLD_VERSION
+
+
+def test_recolour_swaps_the_species_colours_keeps_their_shading_and_leaves_other_colours() -> None:
+    red, yellow, blue, green = (np.array(COLOURS[c]) for c in SPECIES_COLOURS)
+    offset = np.array([6, -9, 4])
+    pixels = np.array([[red + offset, yellow, blue - offset], [green, COLOURS["orange"], (128, 128, 128)]])
+    image = Image.fromarray(pixels.astype(np.uint8))
+    # red -> blue, yellow -> green, blue -> red, green -> yellow
+    out = np.asarray(toybirds.recolour(image, (2, 3, 0, 1))).astype(int)
+    np.testing.assert_array_equal(out[0], [blue + offset, green, red - offset])
+    np.testing.assert_array_equal(out[1], [yellow, COLOURS["orange"], (128, 128, 128)])
+    assert np.array_equal(np.asarray(toybirds.recolour(image, (0, 1, 2, 3))), pixels.astype(np.uint8))
+    with pytest.raises(ValueError, match="reorders the 4 species colours"):
+        toybirds.recolour(image, (0, 0, 1, 2))
+    assert toybirds.COLOUR_PERMUTATIONS[0] == (0, 1, 2, 3) and len(set(toybirds.COLOUR_PERMUTATIONS)) == 24
+
+
+def test_recolouring_a_bird_is_close_to_drawing_it_in_the_swapped_colours() -> None:
+    """The palette swap, which knows nothing of the parts, paints each part as the renderer would."""
+    order = (1, 2, 3, 0)
+    for index in (3, 40, 77):
+        sample = toybirds.render_sample("train", index, seed=5)
+        swap = {
+            part: SPECIES_COLOURS[order[SPECIES_COLOURS.index(sample.traits[part]["colour"])]]
+            for part in SPECIES_PARTS
+        }
+        drawn = np.asarray(toybirds.render_sample("train", index, seed=5, swap=swap).image, dtype=float)
+        swapped = np.asarray(toybirds.recolour(sample.image, order), dtype=float)
+        before = np.asarray(sample.image, dtype=float)
+        for part in SPECIES_PARTS:
+            mask = sample.masks[part]
+            error, change = np.abs(swapped - drawn)[mask].mean(), np.abs(before - drawn)[mask].mean()
+            assert error < 0.2 * change

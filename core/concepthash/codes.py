@@ -37,6 +37,22 @@ def value_codes(values: np.ndarray, bits_per: int) -> np.ndarray:
     return np.where(bits > 0, 1, -1).astype(np.int8).reshape(len(values), -1)
 
 
+def combination_values(n_values: int, n_concepts: int) -> np.ndarray:
+    """(V^M, M) every combination of M sub-code values below ``n_values``; row i holds the digits of i in
+    base V, concept 0 first (so :func:`combination_index` is its inverse)."""
+    rows = np.arange(n_values**n_concepts)[:, None]
+    return (rows // n_values ** np.arange(n_concepts)) % n_values
+
+
+def combination_index(values: Any, n_values: int) -> Any:
+    """Row of :func:`combination_values` holding ``values`` (..., M): sum of value_m * V^m (arrays or
+    tensors)."""
+    weights = n_values ** np.arange(values.shape[-1])
+    if hasattr(values, "new_tensor"):
+        return (values * values.new_tensor(weights)).sum(-1)
+    return (np.asarray(values) * weights).sum(-1)
+
+
 def per_part_codes(bits: int, n_concepts: int) -> np.ndarray:
     """(24, bits) {-1, +1} per-part codes, one row per ToyBirds species (row = species id): the oracle.
 

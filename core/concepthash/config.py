@@ -6,6 +6,7 @@ Free of PyTorch, so the CLI takes its defaults from here without importing torch
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,12 @@ class ConceptHashConfig:
     # the code of the phrase in group m that the text tower finds closest to the class prompt. No image
     # part labels, but a part vocabulary whose values the class names imply (see read_part_phrases).
     part_phrases: dict[str, list[str]] | None = None
+    # Not in the paper (0 = off; ToyBirds with `part_phrases` listing each part's values in SPECIES_COLOURS
+    # order): this share of training images gets its species colours swapped by a random reordering
+    # (toybirds.recolour, a palette swap), and its centre the same reordering of its class's phrase
+    # values, so birds with colour combinations no species has teach each sub-code to follow its own part.
+    # The loss then compares codes with all value combinations' centres, not the classes' only.
+    recolour: float = 0.0
     class_template: str = "a photo of a {}."
     scale: float = 8.0
     margin: float = 0.2
@@ -94,6 +101,10 @@ class ConceptHashConfig:
             )
         if self.part_phrases is not None:
             self._check_part_phrases()
+        if not 0.0 <= self.recolour <= 1.0:
+            raise ValueError(f"recolour is a share of the training images, in [0, 1]; got {self.recolour}.")
+        if self.recolour > 0:
+            self._check_recolour()
 
     def _check_part_phrases(self) -> None:
         groups = self.part_phrases or {}
@@ -113,6 +124,25 @@ class ConceptHashConfig:
                     f"Part {part!r} has {len(phrases)} phrase(s); a {self.bits_per_concept}-bit sub-code "
                     f"holds 2 to {values} values."
                 )
+
+    def _check_recolour(self) -> None:
+        from core.data.toybirds import SPECIES_COLOURS
+
+        groups = self.part_phrases or {}
+        aligned = groups and all(
+            len(phrases) == len(SPECIES_COLOURS)
+            and all(
+                re.search(rf"\b{colour}\b", phrase)
+                for colour, phrase in zip(SPECIES_COLOURS, phrases, strict=True)
+            )
+            for phrases in groups.values()
+        )
+        if not aligned:
+            raise ValueError(
+                "Recolouring swaps the ToyBirds species colours in the image and in the targets; it needs "
+                f"part phrases that name {', '.join(SPECIES_COLOURS)} in that order for every part "
+                "(--part-phrases toybirds)."
+            )
 
     @property
     def bits_per_concept(self) -> int:

@@ -54,6 +54,8 @@ def cd_loss(
     """
     z = concept_features + concept_positions.unsqueeze(0)
     batch, n_concepts, _ = z.shape
+    if batch == 0:  # (a batch with no image of a class, as recolouring can leave)
+        return z.sum() + class_prototypes.sum() * 0
     cos = cosine_logits(z.reshape(batch * n_concepts, -1), class_prototypes)
     return margin_cosine_loss(cos, labels.repeat_interleave(n_concepts), scale, margin)
 

@@ -36,7 +36,7 @@ from torch import nn
 from core.backbones.clip import Backbone
 from core.backbones.vit import ViTOutput, vit_forward
 from core.concepthash import losses
-from core.concepthash.codes import per_part_codes, value_codes
+from core.concepthash.codes import combination_index, combination_values, per_part_codes, value_codes
 from core.concepthash.config import ConceptHashConfig, bits_per_concept
 
 # Weight names that bundles written before a rename still carry: old name -> current name.
@@ -174,11 +174,17 @@ class ConceptHash(nn.Module):
         if text_features is None:
             text_features = self.class_text_features(backbone, self.class_names, config)
         self.register_buffer("text_features", text_features.float())
+        # (C, M) the phrase each class's sub-codes hold (part phrases only); the centres are their codes
+        self.class_values = (
+            self.phrase_values(backbone, self.class_names, config) if config.part_phrases else None
+        )
         self.fixed_centres = (
             self.oracle_centres(self.class_names, config)
             if config.oracle_centres
-            else self.phrase_centres(backbone, self.class_names, config)
-            if config.part_phrases
+            else torch.from_numpy(
+                value_codes(self.class_values.numpy(), config.bits_per_concept).astype("float32")
+            )
+            if self.class_values is not None
             else None
         )
         self.center_mlp = (
@@ -212,9 +218,9 @@ class ConceptHash(nn.Module):
         return torch.from_numpy(per_part_codes(config.bits, config.n_concepts).astype("float32"))
 
     @staticmethod
-    def phrase_centres(backbone: Backbone, class_names: list[str], config: ConceptHashConfig) -> torch.Tensor:
-        """Centres from language (``part_phrases``): sub-code m of class c holds the index of the phrase of
-        group m whose text embedding is closest (cosine) to the class prompt's, one row per class."""
+    def phrase_values(backbone: Backbone, class_names: list[str], config: ConceptHashConfig) -> torch.Tensor:
+        """Centres from language (``part_phrases``): (C, M) sub-code m of class c holds the index of the
+        phrase of group m whose text embedding is closest (cosine) to the class prompt's."""
         with torch.no_grad():
             prompts = [config.class_template.format(name) for name in class_names]
             classes = F.normalize(backbone.encode_texts(prompts).float(), dim=-1)
@@ -222,8 +228,32 @@ class ConceptHash(nn.Module):
                 (classes @ F.normalize(backbone.encode_texts(phrases).float(), dim=-1).T).argmax(dim=1)
                 for phrases in (config.part_phrases or {}).values()
             ]
-        codes = value_codes(torch.stack(values, dim=1).cpu().numpy(), config.bits_per_concept)
-        return torch.from_numpy(codes.astype("float32"))
+        return torch.stack(values, dim=1).cpu()
+
+    def recoloured_targets(
+        self, labels: torch.Tensor, permutations: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Targets of images recoloured by ``config.recolour``: (centres of every value combination (V^M, K),
+        each image's row among them, its class or -1 when no class has that combination).
+
+        ``permutations`` (B,) indexes ``toybirds.COLOUR_PERMUTATIONS``; image b's sub-code m must hold
+        permutation[class_values[label_b, m]] (phrase k of every group names species colour k, which the
+        config checks), so an image left as it was (the identity, index 0) keeps its class's values.
+        """
+        from core.data.toybirds import COLOUR_PERMUTATIONS
+
+        if self.class_values is None:
+            raise ValueError("Recoloured targets need centres from part phrases.")
+        device = labels.device
+        n_values, n_concepts = len(COLOUR_PERMUTATIONS[0]), self.n_concepts
+        orders = torch.tensor(COLOUR_PERMUTATIONS, device=device)[permutations]  # (B, V)
+        values = torch.gather(orders, 1, self.class_values.to(device)[labels])  # (B, M)
+        combos = combination_index(values, n_values)
+        every = combination_values(n_values, n_concepts)
+        centres = torch.from_numpy(value_codes(every, self.config.bits_per_concept).astype("float32"))
+        species = torch.full((len(every),), -1, dtype=torch.long)
+        species[combination_index(self.class_values, n_values)] = torch.arange(len(self.class_values))
+        return centres.to(device), combos, species.to(device)[combos]
 
     @property
     def depth(self) -> int | None:
@@ -325,11 +355,22 @@ class ConceptHash(nn.Module):
         return losses.mix_loss(output.u, share, own, other)
 
     def loss(
-        self, output: ConceptHashOutput, labels: torch.Tensor, pixels: torch.Tensor | None = None
+        self,
+        output: ConceptHashOutput,
+        labels: torch.Tensor,
+        pixels: torch.Tensor | None = None,
+        permutations: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Every loss term and the weighted total (L_loc needs the batch's ``pixels``)."""
+        """Every loss term and the weighted total (L_loc needs the batch's ``pixels``). With
+        ``permutations`` (``config.recolour``: how each image was recoloured) the code terms aim at the
+        recoloured images' value combinations and L_cd sees only the images whose combination is a class."""
         cfg = self.config
         centers = self.hash_centres()
+        classes, features = labels, output.concept_features
+        if permutations is not None:
+            centers, labels, species = self.recoloured_targets(labels, permutations)
+            keep = species >= 0
+            classes, features = species[keep], features[keep]
         # With centres_from_local the whole-image code follows the centres but does not move them: only L_loc
         # (local views, each concept seeing its own patches) shapes them.
         targets = centers.detach() if cfg.centres_from_local and cfg.locality_weight > 0 else centers
@@ -337,12 +378,7 @@ class ConceptHash(nn.Module):
             "clf": losses.clf_loss(output.u, targets, labels, cfg.scale, cfg.margin),
             "quan": losses.quan_loss(output.u, targets, labels, cfg.scale, cfg.margin),
             "cd": losses.cd_loss(
-                output.concept_features,
-                self.concept_positions,
-                self.class_prototypes,
-                labels,
-                cfg.scale,
-                cfg.margin,
+                features, self.concept_positions, self.class_prototypes, classes, cfg.scale, cfg.margin
             ),
         }
         if output.concept_attention is not None:

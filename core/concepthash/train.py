@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
@@ -70,21 +71,45 @@ def train_augmentation() -> transforms.Compose:
 
 
 class TrainingImages(Dataset):
-    """Images and labels of one epoch: a window of the ToyBirds stream, or a fixed train split."""
+    """Images and labels of one epoch: a window of the ToyBirds stream, or a fixed train split.
 
-    def __init__(self, data: DataSpec, split: ImageSplit, epoch: int, stream: bool, transform) -> None:
-        self.data, self.split, self.transform = data, split, transform
+    With ``recolour`` > 0 (ToyBirds) each item also says how its image was recoloured: an index into
+    ``toybirds.COLOUR_PERMUTATIONS``, drawn from (``seed``, epoch, item) so a resumed run redraws it.
+    """
+
+    def __init__(
+        self,
+        data: DataSpec,
+        split: ImageSplit,
+        epoch: int,
+        stream: bool,
+        transform,
+        recolour: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.data, self.split, self.transform, self.epoch = data, split, transform, epoch
         self.start = epoch * len(split) if stream and data.kind == "toybirds" else None
+        self.recolour, self.seed = recolour, seed
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         if self.start is None:
-            return self.transform(self.split.image(int(i))), int(self.split.labels[int(i)])
-        index = self.start + int(i)
-        sample = toybirds.render_sample("train", index, seed=self.data.seed, image_size=self.data.image_size)
-        return self.transform(sample.image), toybirds.species_of_index(index)
+            image, label = self.split.image(int(i)), int(self.split.labels[int(i)])
+        else:
+            index = self.start + int(i)
+            image = toybirds.render_sample(
+                "train", index, seed=self.data.seed, image_size=self.data.image_size
+            ).image
+            label = toybirds.species_of_index(index)
+        if self.recolour <= 0:
+            return self.transform(image), label
+        rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+        order = int(rng.integers(len(toybirds.COLOUR_PERMUTATIONS))) if rng.random() < self.recolour else 0
+        if order:
+            image = toybirds.recolour(image, toybirds.COLOUR_PERMUTATIONS[order])
+        return self.transform(image), label, order
 
 
 def training_batches(
@@ -94,11 +119,13 @@ def training_batches(
     preprocess,
     config: TrainConfig,
     ctx: DistContext | None = None,
+    recolour: float = 0.0,
 ) -> DataLoader:
-    """The shuffled, augmented batches of one epoch (this rank's slices of them under torchrun)."""
+    """The shuffled, augmented batches of one epoch (this rank's slices of them under torchrun); with
+    ``recolour`` each batch also carries how its images were recoloured (``TrainingImages``)."""
     augment = train_augmentation() if config.augment else None
     transform = transforms.Compose([augment, preprocess]) if augment is not None else preprocess
-    images = TrainingImages(data, split, epoch, config.stream, transform)
+    images = TrainingImages(data, split, epoch, config.stream, transform, recolour, config.seed)
     return epoch_loader(images, config.batch_size, config.seed, epoch, config.workers, ctx=ctx)
 
 
@@ -140,6 +167,8 @@ def _train_concepthash(
 ) -> Path:
     from core.concepthash.evaluate import evaluate_model
 
+    if model_config.recolour > 0 and data.kind != "toybirds":
+        raise ValueError("Recolouring swaps the ToyBirds species colours; it needs ToyBirds data.")
     out = prepare_output(out_dir, resume, overwrite)
     device = ctx.device
     mixed = MixedPrecision.resolve(train_config.precision, device)
@@ -170,9 +199,9 @@ def _train_concepthash(
     )
 
     def step(batch):
-        pixels, labels = batch
+        pixels, *targets = batch  # labels, and with recolouring how each image was recoloured
         with mixed.autocast():
-            terms = trained(pixels.to(device), labels.to(device))
+            terms = trained(pixels.to(device), *(t.to(device) for t in targets))
         return terms["total"], global_terms(terms, ctx)
 
     started = time.perf_counter()
@@ -184,7 +213,7 @@ def _train_concepthash(
         lr=train_config.lr,
         warmup_steps=warmup,
         batches=lambda epoch: training_batches(
-            data, train_split, epoch, backbone.preprocess, train_config, ctx
+            data, train_split, epoch, backbone.preprocess, train_config, ctx, model_config.recolour
         ),
         step=step,
         history=history,
@@ -222,10 +251,10 @@ def _train_concepthash(
 
 
 def concepthash_loss(
-    model: ConceptHash, pixels: torch.Tensor, labels: torch.Tensor
+    model: ConceptHash, pixels: torch.Tensor, labels: torch.Tensor, permutations: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """The loss terms of one batch (``total`` among them)."""
-    return model.loss(model(pixels), labels, pixels)
+    """The loss terms of one batch (``total`` among them); ``permutations`` with recolouring."""
+    return model.loss(model(pixels), labels, pixels, permutations)
 
 
 def global_terms(terms: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import colorsys
 import csv
 import functools
+import itertools
 import math
 import os
 import re
@@ -572,6 +573,29 @@ def _twig_op(rng: np.random.Generator, canvas: int) -> _Op:
         pts = pts[:, ::-1].copy()  # vertical instead of horizontal
     width = rng.uniform(0.012, 0.025) * canvas
     return _Op(pts, (int(rgb[0]), int(rgb[1]), int(rgb[2])), _LABEL_NONE, width=width)
+
+
+# Every reordering of the four species colours, the identity first: what ``recolour`` may apply.
+COLOUR_PERMUTATIONS: tuple[tuple[int, ...], ...] = tuple(itertools.permutations(range(len(SPECIES_COLOURS))))
+RECOLOUR_TOLERANCE = 40.0  # RGB distance to a species colour within which a pixel counts as that colour
+
+
+def recolour(image: Image.Image, permutation: tuple[int, ...] | list[int]) -> Image.Image:
+    """``image`` with its species colours swapped: every pixel within ``RECOLOUR_TOLERANCE`` of species
+    colour k (``SPECIES_COLOURS`` order) is repainted in colour ``permutation[k]``, keeping its offset from
+    the palette (the lighting). A palette swap over the whole picture: it needs the four colours, not where
+    the parts are (clutter painted in a bird colour changes too; edge pixels that blend two colours stay)."""
+    order = [int(k) for k in permutation]
+    if sorted(order) != list(range(len(SPECIES_COLOURS))):
+        raise ValueError(f"A recolouring reorders the {len(SPECIES_COLOURS)} species colours; got {order}.")
+    palette = np.array([COLOURS[c] for c in SPECIES_COLOURS], dtype=np.float32)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    distance = np.linalg.norm(pixels[:, :, None, :] - palette, axis=-1)
+    nearest = distance.argmin(axis=-1)
+    near = distance.min(axis=-1) <= RECOLOUR_TOLERANCE
+    shift = palette[order] - palette  # colour k moves by palette[permutation[k]] - palette[k]
+    out = np.where(near[..., None], pixels + shift[nearest], pixels)
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,6 +105,8 @@ def beyond_the_paper(model: dict[str, Any]) -> list[str]:
         named.append("oracle centres (diagnostic: part labels)")
     if model.get("part_phrases"):
         named.append(f"centres from part phrases ({', '.join(model['part_phrases'])})")
+    if model.get("recolour"):
+        named.append(f"{model['recolour']:.0%} of training birds recoloured")
     return named
 
 
