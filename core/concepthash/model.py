@@ -22,7 +22,9 @@ Layout (names follow the paper):
 Options that are not in the paper, all off by default and measured in the README: ``concept_depth``
 (read the concept tokens after the first N blocks: :attr:`ConceptHash.depth`), L_loc
 (:meth:`ConceptHash.local_codes`: each concept re-encodes only its most-attended patches; its batch
-statistics are per process under torchrun), L_focus (attention entropy) and ``centres_from_local``.
+statistics are per process under torchrun), L_focus (attention entropy) and ``centres_from_local``;
+with centres from part phrases, recolouring (:meth:`ConceptHash.recoloured_targets`: birds whose species
+colours were swapped aim at the same swap of their class's part values).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ images (train indices ``e*N .. (e+1)*N - 1``), rendered in a DataLoader worker; 
 train split that serves as the retrieval database.  Other data sets repeat their train split.
 
 Augmentation is geometric only (flip, small rotation, shift and scale): ToyBirds species are
-colours, so the colour operations of TrivialAugmentWide would change the label.
+colours, so the colour operations of TrivialAugmentWide would change the label. The one colour
+operation, ``ConceptHashConfig.recolour`` (not in the paper), changes the target with the colours.
 """
 
 from __future__ import annotations
