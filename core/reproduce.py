@@ -67,18 +67,21 @@ def shipped_steps(out: str = "pretrained", quick: bool = False) -> list[Step]:
     runs = shipped_runs()
     sizes = runs["quick" if quick else "full"]
 
-    def expand(argv: list[str]) -> tuple[str, ...]:
+    def expand(argv: list[str], size: str) -> tuple[str, ...]:
         out_argv: list[str] = []
         for token in argv:
             if token == "@common":
                 out_argv += runs["common"]["argv"]
             elif token == "@size":
-                out_argv += sizes[argv[1]]
+                out_argv += sizes[size]
             else:
                 out_argv.append(token.format(out=out, clip=f"{out}/toybirds-clip"))
         return tuple(out_argv)
 
-    return [Step(step["name"], step["description"], expand(step["argv"])) for step in runs["step"]]
+    return [
+        Step(step["name"], step["description"], expand(step["argv"], step.get("size", step["argv"][1])))
+        for step in runs["step"]
+    ]
 
 
 def seed_variant(step: Step, seed: int, seed_dir: str) -> Step:

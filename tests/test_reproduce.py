@@ -19,6 +19,19 @@ def test_seed_variant_changes_only_the_training_seed_and_the_output():
     assert variant.argv[variant.argv.index("--seed") + 1] == "2"
 
 
+def test_a_step_that_names_its_size_gets_that_size_once_and_the_quick_one_in_a_smoke_test():
+    full, quick = (
+        next(s for s in reproduce.shipped_steps(quick=q) if s.name == "toybirds-concepthash-parts")
+        for q in (False, True)
+    )
+    runs = reproduce.shipped_runs()
+    assert full.argv.count("--epochs") == 1 and full.argv[full.argv.index("--epochs") + 1] == "120"
+    assert full.argv[full.argv.index("--epochs") + 1] == runs["full"]["concepthash_long"][1]
+    assert quick.argv.count("--epochs") == 1 and quick.argv[quick.argv.index("--epochs") + 1] == "1"
+    plain = next(s for s in reproduce.shipped_steps() if s.name == "toybirds-concepthash-csd")
+    assert plain.argv[plain.argv.index("--epochs") + 1] == runs["full"]["concepthash"][1]
+
+
 def _result(map_value: float, matched: float) -> dict:
     return {
         "map": map_value,
