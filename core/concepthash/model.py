@@ -189,6 +189,9 @@ class ConceptHash(nn.Module):
             if self.class_values is not None
             else None
         )
+        # recolouring (whose config check guarantees part phrases of the four colours): the centres of every
+        # value combination and the class each is (-1: none), made once
+        self.combinations = self.combination_targets(self.class_values) if config.recolour > 0 else None
         self.center_mlp = (
             nn.Sequential(
                 nn.Linear(text_features.shape[1], config.center_hidden),
@@ -232,6 +235,18 @@ class ConceptHash(nn.Module):
             ]
         return torch.stack(values, dim=1).cpu()
 
+    def combination_targets(self, class_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V^M, K) the centre of every combination of the V species colours' values and (V^M,) the class
+        each combination is, -1 for none (the targets of recoloured images)."""
+        from core.data.toybirds import COLOUR_PERMUTATIONS
+
+        n_values = len(COLOUR_PERMUTATIONS[0])
+        every = combination_values(n_values, self.n_concepts)
+        centres = torch.from_numpy(value_codes(every, self.config.bits_per_concept).astype("float32"))
+        species = torch.full((len(every),), -1, dtype=torch.long)
+        species[combination_index(class_values, n_values)] = torch.arange(len(class_values))
+        return centres, species
+
     def recoloured_targets(
         self, labels: torch.Tensor, permutations: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -244,17 +259,13 @@ class ConceptHash(nn.Module):
         """
         from core.data.toybirds import COLOUR_PERMUTATIONS
 
-        if self.class_values is None:
-            raise ValueError("Recoloured targets need centres from part phrases.")
+        if self.combinations is None:
+            raise ValueError("Recoloured targets need a model configured to recolour (with part phrases).")
+        centres, species = self.combinations
         device = labels.device
-        n_values, n_concepts = len(COLOUR_PERMUTATIONS[0]), self.n_concepts
         orders = torch.tensor(COLOUR_PERMUTATIONS, device=device)[permutations]  # (B, V)
         values = torch.gather(orders, 1, self.class_values.to(device)[labels])  # (B, M)
-        combos = combination_index(values, n_values)
-        every = combination_values(n_values, n_concepts)
-        centres = torch.from_numpy(value_codes(every, self.config.bits_per_concept).astype("float32"))
-        species = torch.full((len(every),), -1, dtype=torch.long)
-        species[combination_index(self.class_values, n_values)] = torch.arange(len(self.class_values))
+        combos = combination_index(values, len(COLOUR_PERMUTATIONS[0]))
         return centres.to(device), combos, species.to(device)[combos]
 
     @property
