@@ -6,9 +6,8 @@
   scored on test), each mean and std over ``KMEANS_SEEDS`` k-means seeds;
 * ``ig_completeness_error``, and on ToyBirds ``concept_precision_at_5`` (with ``concept_top5``: what fills
   the top five), ``concept_separation`` and ``labels`` (what ``conceptlens label`` prints, scored against
-  the world); ``evaluate_bundle`` adds
-  ``ood_warned_share`` (test images the out-of-distribution warning flags) and, on ToyBirds, ``ood_photos``
-  (the real sample photos it flags).
+  the world); ``evaluate_bundle`` adds ``ood_warned_share`` (test images the out-of-distribution warning
+  flags) and, on ToyBirds, ``ood_photos`` (the real sample photos it flags).
 """
 
 from __future__ import annotations
