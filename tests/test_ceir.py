@@ -144,10 +144,47 @@ def test_concept_precision_counts_only_the_species_colours():
             "wrong_colour": 1 / 5,
             "distractor": 1 / 5,
             "nuisance": 0.0,
+            "present_per_image": 5.0,
             "positives_per_image": 5.0,
         }
     )
     assert concept_precision_at_5(concepts, vectors, split) == top5["true"]
+    # presence thresholds above the wrong colour and the distractor leave the three true ones
+    thresholds = np.zeros(len(concepts))
+    thresholds[concepts.index("red wattle")] = 0.6
+    thresholds[wrong] = 1.2
+    present = concept_top5(concepts, vectors, split, thresholds)
+    assert present["true"] == pytest.approx(1.0) and present["present_per_image"] == pytest.approx(3.0)
+    assert present["positives_per_image"] == pytest.approx(5.0)
+    assert concept_precision_at_5(concepts, vectors, split, thresholds) == present["true"]
+
+
+def test_precision_references_oracle_passes_and_family_only_fails():
+    """The metric can fail: concept vectors that know the species reach precision 1, ones that read only the
+    body colour (the family) wherever it is fall far below the goal of 0.7."""
+    from core.ceir.concept_bank import load_bank
+    from core.ceir.evaluate import precision_references, reference_vectors
+    from core.data.spec import ToyBirdsSplit
+    from core.data.toybirds import SPECIES
+
+    train = ToyBirdsSplit("train", per_class=2, seed=0, image_size=32)  # labels only, nothing rendered
+    test = ToyBirdsSplit("test", per_class=1, seed=0, image_size=32)
+    concepts = load_bank("toybirds").concepts
+    references = precision_references(concepts, train, test)
+    assert references["oracle"] == pytest.approx(1.0)
+    # by hand: the family-only reading names the body colour on all three parts, ties broken in bank order
+    # (head, wing, body): of those, the body is always true, the head and wing when they share its colour
+    expected = np.mean(
+        [
+            (1 + (s.colours["head"] == s.colours["body"]) + (s.colours["wing"] == s.colours["body"])) / 3
+            for s in (SPECIES[label] for label in test.labels)
+        ]
+    )
+    assert references["family_only"] == pytest.approx(expected) and references["family_only"] < 0.6
+    family = reference_vectors(concepts, [0], "family_only")[0]  # red head, wing and body
+    assert [concepts[j] for j in np.flatnonzero(family)] == ["red head", "red wing", "red body"]
+    with pytest.raises(ValueError, match="Unknown reference"):
+        reference_vectors(concepts, [0], "random")
 
 
 def test_concept_separation_by_hand():

@@ -12,6 +12,7 @@ import torch
 
 from core.ceir.bundle import load_ceir
 from core.ceir.explain import explain, intervene
+from core.ceir.presence import otsu_threshold
 from core.ceir.reading import ConceptContribution, top_contributions
 from lens import ceir as view
 
@@ -196,9 +197,19 @@ def test_metrics_table_equals_the_bundle_metrics(page, toy):
     sentence = next(
         c.value for c in page.caption if c.value.startswith("What fills each test image's top five")
     )
+    assert sentence.startswith("What fills each test image's top five present concepts")
     assert f"{top5['true']:.0%} true species colours" in sentence
     assert f"{top5['distractor']:.0%} distractors" in sentence
-    assert f"On average {top5['positives_per_image']:.1f} concepts" in sentence
+    assert f"On average {top5['present_per_image']:.1f} concepts per image are present" in sentence
+    assert f"would be {metrics['concept_precision_at_5_above_mean']:.3f}" in sentence
+    references = metrics["concept_precision_references"]
+    assert f"an oracle (the species' own colours) scores {references['oracle']:.3f}" in precision.help
+    # a bundle evaluated before presence thresholds keeps its sentence about the training mean
+    old = {"concept_top5": {k: top5[k] for k in ("true", "wrong_colour", "distractor", "nuisance")}}
+    old["concept_top5"]["positives_per_image"] = 4.8
+    assert view.top5_sentence(old).startswith("What fills each test image's top five positive concepts")
+    assert "4.8 concepts per image score above their training mean" in view.top5_sentence(old)
+    assert view.references_note({}) == ""
     assert view.top5_sentence({}) is None and view.top5_sentence({"concept_top5": {"true": 0.5}}) is None
 
 
@@ -246,6 +257,17 @@ def test_bar_chart_shows_the_chosen_image_contributions(page, toy, index):
         decode(bars["x"]), [c.contribution for c in expected][::-1], rtol=1e-4, atol=1e-6
     )
     assert any(label.startswith("NOT ") for label in bars["y"]) == any(c.activation < 0 for c in expected)
+    # the concepts present in the image: above Otsu's cut of their training scores (never below the mean)
+    thresholds = np.array([max(0.0, otsu_threshold(vectors[:, j])) for j in range(vectors.shape[1])])
+    present = sorted(
+        (j for j in range(len(thresholds)) if vectors[index, j] > thresholds[j]),
+        key=lambda j: -vectors[index, j],
+    )
+    caption = next(c.value for c in page.caption if "presence threshold" in c.value)
+    if present:
+        assert caption.endswith(", ".join(loaded.concepts[j] for j in present) + ".")
+    else:
+        assert caption == "No concept is above its presence threshold in this image."
 
 
 def test_sliders_intervene_on_the_top_concepts(page, toy):

@@ -24,6 +24,7 @@ from core.ceir.clustering import clustering_scores, evaluate_clusterings
 from core.ceir.explain import IG_STEPS, completeness_error, contributions_in_batches, explain
 from core.ceir.labels import ConceptScore, labels_by_share, ood_flags
 from core.ceir.model import CEIRModel
+from core.ceir.presence import presence_thresholds
 from core.ceir.vae import VAEConfig, train_vae
 from core.data.spec import ImageSplit, ToyBirdsSplit, open_split
 from core.data.toybirds_concepts import toybirds_concept_parts, toybirds_concept_truth
@@ -31,14 +32,20 @@ from core.data.toybirds_concepts import toybirds_concept_parts, toybirds_concept
 TOP5_VERDICTS = ("true", "wrong_colour", "distractor", "nuisance")
 
 
-def concept_top5(concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit) -> dict[str, float]:
-    """What each image's top-5 positive concepts are (ToyBirds), as shares averaged over the images with at
-    least one positive concept: ``true`` (a colour of its species' head, wing or body: the precision@5),
-    ``wrong_colour`` (another colour of a species part), ``distractor`` (something the world never draws,
-    such as "red wattle"), ``nuisance`` (the rest: crest, wing pattern, tail); plus ``positives_per_image``,
-    the mean count of positive concepts (a z-score above the training mean)."""
+def concept_top5(
+    concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit, thresholds=None
+) -> dict[str, float]:
+    """What each image's top-5 present concepts are (ToyBirds): the five highest above their ``thresholds``
+    (per concept, :func:`~core.ceir.presence.presence_thresholds`; None: 0, the training mean), as shares
+    averaged over the images with at least one: ``true`` (a colour of its species' head, wing or body: the
+    precision@5), ``wrong_colour`` (another colour of a species part), ``distractor`` (something the world
+    never draws, such as "red wattle"), ``nuisance`` (the rest: crest, wing pattern, tail); plus
+    ``present_per_image``, the mean count of concepts above their thresholds, and ``positives_per_image``,
+    above the training mean."""
     from core.data.toybirds import SPECIES
 
+    vectors = np.asarray(concept_vectors, dtype=np.float64)
+    margins = vectors - (np.zeros(len(concepts)) if thresholds is None else np.asarray(thresholds))
     truth = [[toybirds_concept_truth(c, s) for c in concepts] for s in SPECIES]
     distractor = [toybirds_concept_parts(c) is None for c in concepts]
 
@@ -48,26 +55,68 @@ def concept_top5(concepts: list[str], concept_vectors: np.ndarray, split: ToyBir
         return "distractor" if distractor[j] else "nuisance"
 
     shares = []
-    for vector, label in zip(concept_vectors, split.labels, strict=True):
-        top = [j for j in np.argsort(-vector, kind="stable")[:5] if vector[j] > 0]
+    for margin, vector, label in zip(margins, vectors, split.labels, strict=True):
+        top = [j for j in np.argsort(-vector, kind="stable") if margin[j] > 0][:5]
         if top:
             verdicts = [verdict(int(label), int(j)) for j in top]
             shares.append([verdicts.count(v) / len(top) for v in TOP5_VERDICTS])
     mean = np.mean(shares, axis=0) if shares else np.zeros(len(TOP5_VERDICTS))
     return {
         **{v: float(x) for v, x in zip(TOP5_VERDICTS, mean, strict=True)},
-        "positives_per_image": float((np.asarray(concept_vectors) > 0).sum(axis=1).mean()),
+        "present_per_image": float((margins > 0).sum(axis=1).mean()),
+        "positives_per_image": float((vectors > 0).sum(axis=1).mean()),
     }
 
 
-def concept_precision_at_5(concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit) -> float:
-    """Share of each image's top-5 positive concepts that are true attributes of its species (ToyBirds).
+def reference_vectors(concepts: list[str], labels, kind: str) -> np.ndarray:
+    """(N, C) concept vectors that know each image's species (ToyBirds), to show what precision@5 can tell
+    apart: ``oracle`` scores 1 exactly for the species' own part colours; ``family_only`` scores 1 for every
+    part-colour concept in the colour of the body (the family), the reading of a model that sees the body
+    colour and not where a colour is; everything else scores 0."""
+    from core.data.toybirds import SPECIES, SPECIES_PARTS
+
+    parsed = [toybirds_concept_parts(c) for c in concepts]
+    rows = []
+    for label in labels:
+        species = SPECIES[int(label)]
+        if kind == "oracle":
+            rows.append([toybirds_concept_truth(c, species) is True for c in concepts])
+        elif kind == "family_only":
+            rows.append(
+                [
+                    p is not None
+                    and p[0] in SPECIES_PARTS
+                    and set(p[1]) == {"colour"}
+                    and p[1]["colour"] == species.colours["body"]
+                    for p in parsed
+                ]
+            )
+        else:
+            raise ValueError(f"Unknown reference {kind!r}: choose 'oracle' or 'family_only'.")
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(concepts))
+
+
+def precision_references(concepts: list[str], train: ToyBirdsSplit, test: ToyBirdsSplit) -> dict[str, float]:
+    """Precision@5 of the :func:`reference_vectors` (oracle and counterfeit), their presence thresholds fit
+    on their own train vectors as the model's are: the figure's best case and one that should fail."""
+    references = {}
+    for kind in ("oracle", "family_only"):
+        thresholds = presence_thresholds(reference_vectors(concepts, train.labels, kind))
+        vectors = reference_vectors(concepts, test.labels, kind)
+        references[kind] = concept_top5(concepts, vectors, test, thresholds)["true"]
+    return references
+
+
+def concept_precision_at_5(
+    concepts: list[str], concept_vectors: np.ndarray, split: ToyBirdsSplit, thresholds=None
+) -> float:
+    """Share of each image's top-5 present concepts that are true attributes of its species (ToyBirds).
 
     The true attributes are the species' head, wing and body colours (``toybirds_concept_truth``);
     nuisance concepts (crest, wing pattern, tail) and distractors count as misses. With three true
-    concepts per species, an image with five positive concepts scores at most 3/5; one with three scores 1.
+    concepts per species, an image with five present concepts scores at most 3/5; one with three scores 1.
     """
-    return concept_top5(concepts, concept_vectors, split)["true"]
+    return concept_top5(concepts, concept_vectors, split, thresholds)["true"]
 
 
 def concept_separation(
@@ -196,8 +245,15 @@ def evaluate_arrays(
         "steps": IG_STEPS,
     }
     if isinstance(test_split, ToyBirdsSplit):
-        metrics["concept_top5"] = concept_top5(model.concepts, z_test.numpy(), test_split)
+        thresholds = presence_thresholds(z_train.numpy())
+        metrics["concept_top5"] = concept_top5(model.concepts, z_test.numpy(), test_split, thresholds)
         metrics["concept_precision_at_5"] = metrics["concept_top5"]["true"]
+        metrics["concept_top5_above_mean"] = concept_top5(model.concepts, z_test.numpy(), test_split)
+        metrics["concept_precision_at_5_above_mean"] = metrics["concept_top5_above_mean"]["true"]
+        if isinstance(train_split, ToyBirdsSplit):
+            metrics["concept_precision_references"] = precision_references(
+                model.concepts, train_split, test_split
+            )
         metrics["concept_separation"] = concept_separation(model.concepts, z_test.numpy(), test_split)
         printed = labels_by_share(model.concepts, z_test, contributions, clusters, top_k=5)
         metrics["labels"] = toybirds_label_quality(printed, test_split)

@@ -27,6 +27,8 @@ from core.ceir.arrays import TRAIN_IDS as TRAIN_IDS
 from core.ceir.arrays import TRAIN_LABELS as TRAIN_LABELS
 from core.ceir.arrays import TRAIN_LATENTS as TRAIN_LATENTS
 from core.ceir.concept_bank import RAW_TEMPLATE as RAW_TEMPLATE  # a bank read without a caption
+from core.ceir.presence import presence_thresholds as presence_thresholds
+from core.ceir.presence import present_concepts
 from core.ceir.projection2d import ensure_umap, projection_method
 from core.ceir.reading import (
     ConceptContribution,
@@ -177,17 +179,55 @@ TOP5_KINDS = (
 
 
 def top5_sentence(metrics: Mapping[str, Any]) -> str | None:
-    """What fills the test images' top five positive concepts (``concept_top5`` of a ToyBirds bundle), in
-    one sentence; None for other bundles and older ones."""
+    """What fills the test images' top five present concepts (``concept_top5`` of a ToyBirds bundle), in
+    one sentence, with the precision@5 of the old zero point (the training mean) where the bundle stores it;
+    None for other bundles and older ones."""
     top5 = metrics.get("concept_top5")
     if not isinstance(top5, Mapping) or not all(isinstance(top5.get(k), int | float) for k, _ in TOP5_KINDS):
         return None
     shares = " · ".join(f"{top5[key]:.0%} {meaning}" for key, meaning in TOP5_KINDS)
-    sentence = f"What fills each test image's top five positive concepts: {shares}."
+    present = top5.get("present_per_image")
+    if not isinstance(present, int | float):  # stored before presence thresholds: above the training mean
+        sentence = f"What fills each test image's top five positive concepts: {shares}."
+        positives = top5.get("positives_per_image")
+        if isinstance(positives, int | float):
+            sentence += f" On average {positives:.1f} concepts per image score above their training mean."
+        return sentence
+    sentence = (
+        f"What fills each test image's top five present concepts: {shares}. On average {present:.1f} "
+        "concepts per image are present (above their presence threshold)"
+    )
+    above_mean = metrics.get("concept_precision_at_5_above_mean")
     positives = top5.get("positives_per_image")
-    if isinstance(positives, int | float):
-        sentence += f" On average {positives:.1f} concepts per image score above their training mean."
-    return sentence
+    if isinstance(above_mean, int | float) and isinstance(positives, int | float):
+        sentence += (
+            f"; {positives:.1f} score above their training mean, and counting those the precision@5 "
+            f"would be {above_mean:.3f}"
+        )
+    return sentence + "."
+
+
+def references_note(metrics: Mapping[str, Any]) -> str:
+    """What the precision@5 of its references (``concept_precision_references``) is, as a sentence starting
+    with a space; empty when the bundle stores none."""
+    references = metrics.get("concept_precision_references")
+    if not isinstance(references, Mapping):
+        return ""
+    oracle, family = references.get("oracle"), references.get("family_only")
+    if not isinstance(oracle, int | float) or not isinstance(family, int | float):
+        return ""
+    return (
+        f" On the same images an oracle (the species' own colours) scores {oracle:.3f}, and concepts that "
+        f"read only the body colour, wherever it is, {family:.3f}."
+    )
+
+
+def presence_sentence(concepts: list[str], vector: np.ndarray, thresholds: np.ndarray) -> str:
+    """Which concepts one image's vector has above their presence thresholds, highest first, in a sentence."""
+    present = present_concepts(vector, thresholds, concepts)
+    if not present:
+        return "No concept is above its presence threshold in this image."
+    return "Present in this image (above each concept's presence threshold): " + ", ".join(present) + "."
 
 
 def class_names(labels: np.ndarray, classes: Sequence[str]) -> list[str]:

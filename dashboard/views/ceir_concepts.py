@@ -36,7 +36,10 @@ from lens.ceir import (
     latent_map,
     latent_map_method,
     metrics_table,
+    presence_sentence,
+    presence_thresholds,
     protocols_table,
+    references_note,
     selected_indices,
     selection_concepts,
     separation_table,
@@ -184,6 +187,7 @@ class TrainSet:
     classes: list[str]
     ids: list[str]
     contributions: np.ndarray  # (N, C) each concept's contribution to the image's cluster
+    presence: np.ndarray  # (C,) each concept's presence threshold, from the train vectors
     centres: np.ndarray | None  # (k, latent_dim) cluster centres, None when only the model can give them
     split: Any  # the images, or None when they cannot be read here
 
@@ -288,6 +292,11 @@ def show_one_image(train: TrainSet) -> int:
         left.image(picture, caption=ids[index], width=160)
     left.metric("Cluster", int(clusters[index]))
     vector, contributions = train.vectors[index], train.contributions[index]
+    st.caption(
+        presence_sentence(train.concepts, vector, train.presence),
+        help="A concept is present when its score is above its presence threshold: Otsu's cut of the "
+        "concept's scores on the training images (where they split into two groups), never below their mean.",
+    )
     bars = contribution_bars(image_contributions_table(train.concepts, vector, contributions, k=TOP_K))
     with right:
         st.plotly_chart(bars, key="ceir_bars")
@@ -398,9 +407,11 @@ def show_metrics(stored: dict) -> None:
             "Concept precision@5",
             f"{precision:.3f}",
             help=(
-                "Share of each test image's top-5 positive concepts that are true attributes of its species "
-                "(its head, wing and body colours). A species has three, so with five positive concepts the "
-                "best is 0.6."
+                "Share of each test image's top-5 present concepts that are true attributes of its species "
+                "(its head, wing and body colours). A concept is present when it scores above its presence "
+                "threshold: Otsu's cut of its scores on the training images, never below their mean. A "
+                "species has three true concepts, so with five present the best is 0.6."
+                + references_note(stored)
             ),
         )
     if isinstance(label_quality.get("precision"), int | float):
@@ -472,6 +483,7 @@ def main() -> None:
         classes=list(loaded.config.get("classes") or []),
         ids=[str(i) for i in loaded.arrays.get(TRAIN_IDS, np.arange(len(vectors)))],
         contributions=contributions,
+        presence=presence_thresholds(vectors),
         centres=cached_centres(info.path, mtime),
         split=split,
     )
