@@ -444,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
         "'a photo of a {}.'; '{}' reads the concept as it is; default: the bank's '# template:' line)",
     )
     ceir_model.add_argument(
+        "--kmeans-restarts",
+        type=positive_int,
+        default=CEIR.kmeans_restarts,
+        help="k-means++ starts k-means keeps the best of, for the stored clusters and every clustering the "
+        "evaluation scores (lower it on large data sets)",
+    )
+    ceir_model.add_argument(
         "--teacher",
         help="a backbone (as --backbone) whose image and text towers give the concept similarities the "
         "projection learns from --backbone's features, as the paper does (default: --backbone itself)",
@@ -610,6 +617,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             centre_concepts=args.centre_concepts,
             concept_template=args.concept_template,
             teacher=args.teacher,
+            kmeans_restarts=args.kmeans_restarts,
             seed=args.seed,
             device=args.device,
             half=args.half,

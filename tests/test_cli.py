@@ -127,6 +127,21 @@ def test_toybirds_species_lists_every_species(capsys):
             ">= 0",
         ),
         (["train", "concepthash", "--out", "x"], "--backbone"),
+        (
+            [
+                "train",
+                "ceir",
+                "--backbone",
+                "b",
+                "--concepts",
+                "toybirds",
+                "--out",
+                "x",
+                "--kmeans-restarts",
+                "0",
+            ],
+            "positive",
+        ),
         (["eval"], "bundle"),
     ],
 )
@@ -258,6 +273,7 @@ def _flag_fields():
             "near_duplicate_fraction": (CEIR, "near_duplicate_fraction"),
             "class_relevance": (CEIR, "class_relevance_fraction"),
             "activation": (CEIR, "activation_fraction"),
+            "kmeans_restarts": (CEIR, "kmeans_restarts"),
         },
     }
 

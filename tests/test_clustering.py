@@ -137,6 +137,21 @@ def test_fit_kmeans_labels_are_nearest_centres_and_inertia_adds_up():
     assert result.inertia == pytest.approx((distances_to_centers(x, result.centers).min(axis=1) ** 2).sum())
 
 
+def test_more_restarts_reach_the_best_objective_from_every_seed():
+    """Twelve blobs: one k-means++ start lands in a worse local optimum from some seeds; the best of 50 starts
+    reaches the same lowest objective from every seed, and never a higher one than a single start."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([c + rng.normal(scale=0.5, size=(15, 2)) for c in rng.normal(size=(12, 2)) * 4])
+    one = np.array([fit_kmeans(x, 12, seed=s, n_init=1)[1].inertia for s in range(10)])
+    many = np.array([fit_kmeans(x, 12, seed=s, n_init=50)[1].inertia for s in range(10)])
+    assert (one > many.min() * 1.01).any()
+    np.testing.assert_allclose(many, many.min())
+    assert (many <= one + 1e-9).all()
+    labels = np.repeat(np.arange(12), 15)
+    scores = [evaluate_clusterings({"x": (x, x)}, labels, 12, seed=s, restarts=50)["x"] for s in range(3)]
+    assert scores[1] == pytest.approx(scores[0]) and scores[2] == pytest.approx(scores[0])
+
+
 @pytest.mark.parametrize("k", [0, 11])
 def test_fit_kmeans_rejects_bad_k(k):
     with pytest.raises(ValueError, match=f"k={k} for 10 samples"):

@@ -121,13 +121,18 @@ def distances_to_centers(x, centers) -> np.ndarray:
 
 
 def evaluate_clusterings(
-    features: dict[str, tuple[np.ndarray, np.ndarray]], y_test: np.ndarray, k: int, seed: int = 0
+    features: dict[str, tuple[np.ndarray, np.ndarray]],
+    y_test: np.ndarray,
+    k: int,
+    seed: int = 0,
+    restarts: int = 10,
 ) -> dict[str, dict[str, float]]:
     """Score k-means on several representations side by side.
 
     ``features`` maps a name (e.g. "ceir", "clip_embedding", "concepts") to (train features,
     test features). For each, k-means is fitted on the train features, the test features go to
-    their nearest centre, and ACC / NMI / ARI are computed against ``y_test``.
+    their nearest centre, and ACC / NMI / ARI are computed against ``y_test``. k-means keeps the best of
+    ``restarts`` k-means++ starts.
     """
     labels = _labels(y_test, "y_test")
     scores: dict[str, dict[str, float]] = {}
@@ -137,6 +142,6 @@ def evaluate_clusterings(
             raise ValueError(
                 f"The '{name}' test features have {len(test_features)} rows but y_test has {len(labels)}."
             )
-        _, fit = fit_kmeans(_features(train, f"The '{name}' train features"), k, seed=seed)
+        _, fit = fit_kmeans(_features(train, f"The '{name}' train features"), k, seed=seed, n_init=restarts)
         scores[name] = clustering_scores(labels, assign_clusters(test_features, fit.centers))
     return scores

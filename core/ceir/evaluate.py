@@ -21,6 +21,7 @@ from core.bundle import update_bundle_arrays
 from core.ceir.arrays import TRAIN_CLUSTERS, TRAIN_CONCEPTS, TRAIN_CONTRIBUTIONS
 from core.ceir.bundle import KIND, image_embeddings, load_ceir
 from core.ceir.clustering import clustering_scores, evaluate_clusterings
+from core.ceir.config import CEIRConfig
 from core.ceir.explain import IG_STEPS, completeness_error, contributions_in_batches, explain
 from core.ceir.labels import ConceptScore, labels_by_share, ood_flags
 from core.ceir.model import CEIRModel
@@ -177,11 +178,15 @@ def _mean_std(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def protocol_scores(
-    features: dict[str, tuple[np.ndarray, np.ndarray]], labels: np.ndarray, k: int, seeds: list[int]
+    features: dict[str, tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray,
+    k: int,
+    seeds: list[int],
+    restarts: int = 10,
 ) -> dict[str, dict[str, float]]:
-    """Per representation, ACC / NMI / ARI of k-means fit on the first array and scored on the second,
-    as mean and std over the k-means ``seeds``."""
-    runs = [evaluate_clusterings(features, labels, k, seed=seed) for seed in seeds]
+    """Per representation, ACC / NMI / ARI of k-means (best of ``restarts`` starts) fit on the first array
+    and scored on the second, as mean and std over the k-means ``seeds``."""
+    runs = [evaluate_clusterings(features, labels, k, seed=seed, restarts=restarts) for seed in seeds]
     return {name: _mean_std([run[name] for run in runs]) for name in features}
 
 
@@ -193,6 +198,7 @@ def evaluate_arrays(
     train_emb: torch.Tensor,
     test_emb: torch.Tensor,
     seed: int = 0,
+    kmeans_restarts: int = CEIRConfig.kmeans_restarts,
 ) -> dict[str, Any]:
     """Clustering of the test split under both protocols, each beside the raw-CLIP and concept baselines.
 
@@ -202,7 +208,8 @@ def evaluate_arrays(
     * ``protocols.transductive`` (the paper's): a VAE trained on train + test concept vectors, k-means fit and
       scored on the test split, for every representation.
 
-    Concept vectors and latents are derived from the embeddings by the trained model itself.
+    Concept vectors and latents are derived from the embeddings by the trained model itself; every k-means
+    keeps the best of ``kmeans_restarts`` starts.
     """
     with torch.no_grad():
         z_train, z_test = model.concept_vectors(train_emb), model.concept_vectors(test_emb)
@@ -213,7 +220,11 @@ def evaluate_arrays(
     clip = (train_emb.numpy(), test_emb.numpy())
     concepts = (z_train.numpy(), z_test.numpy())
     metrics["baselines"] = evaluate_clusterings(
-        {"clip_embedding": clip, "concepts": concepts}, labels, model.n_clusters, seed=seed
+        {"clip_embedding": clip, "concepts": concepts},
+        labels,
+        model.n_clusters,
+        seed=seed,
+        restarts=kmeans_restarts,
     )
     seeds = [seed + i for i in range(KMEANS_SEEDS)]
     latents = (latent_train.numpy(), latent_test.numpy())
@@ -228,9 +239,10 @@ def evaluate_arrays(
         "concepts": (concepts[1], concepts[1]),
     }
     metrics["protocols"] = {
-        "inductive": protocol_scores(inductive, labels, model.n_clusters, seeds),
-        "transductive": protocol_scores(transductive, labels, model.n_clusters, seeds),
+        "inductive": protocol_scores(inductive, labels, model.n_clusters, seeds, kmeans_restarts),
+        "transductive": protocol_scores(transductive, labels, model.n_clusters, seeds, kmeans_restarts),
         "kmeans_seeds": seeds,
+        "kmeans_restarts": kmeans_restarts,
     }
     metrics["n_train"], metrics["n_test"], metrics["n_concepts"] = (
         len(train_split),
@@ -315,15 +327,17 @@ def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") ->
         image_embeddings(loaded.backbone, train_split),
         image_embeddings(loaded.backbone, test_split),
     )
-    seed = int(loaded.config.get("ceir", {}).get("seed", 0))
+    settings = loaded.config.get("ceir", {})
+    seed = int(settings.get("seed", 0))
     metrics = evaluate_arrays(
         loaded.model,
-        VAEConfig.from_dict(loaded.config.get("ceir", {}).get("vae", {})),
+        VAEConfig.from_dict(settings.get("vae", {})),
         train_split,
         test_split,
         train_emb,
         test_emb,
         seed=seed,
+        kmeans_restarts=int(settings.get("kmeans_restarts", CEIRConfig.kmeans_restarts)),
     )
     # the out-of-distribution warning's false alarms: the share of test images it would flag
     metrics["ood_warned_share"] = float(np.mean(ood_flags(loaded, test_emb)))

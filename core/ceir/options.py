@@ -103,7 +103,16 @@ def option_study(
                 log=lambda *_: None,
             )
             runs.append(
-                evaluate_arrays(fitted.model, config.vae, train_split, test_split, train_emb, test_emb, seed)
+                evaluate_arrays(
+                    fitted.model,
+                    config.vae,
+                    train_split,
+                    test_split,
+                    train_emb,
+                    test_emb,
+                    seed,
+                    config.kmeans_restarts,
+                )
             )
         study["variants"][name] = {
             label: {

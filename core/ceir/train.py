@@ -228,7 +228,7 @@ def fit_ceir(
     model.eval()
     with torch.no_grad():
         latent_train = model.latent(z_train)
-    _, kmeans = fit_kmeans(latent_train.numpy(), k, seed=config.seed)
+    _, kmeans = fit_kmeans(latent_train.numpy(), k, seed=config.seed, n_init=config.kmeans_restarts)
     model.cluster_centers.copy_(torch.from_numpy(kmeans.centers).float())
     return FittedCEIR(model, removed, fidelity, history)
 
@@ -306,7 +306,14 @@ def _train_ceir(
     seconds = time.perf_counter() - started
 
     metrics = evaluate_arrays(
-        model, config.vae, train_split, test_split, train_emb, test_emb, seed=config.seed
+        model,
+        config.vae,
+        train_split,
+        test_split,
+        train_emb,
+        test_emb,
+        seed=config.seed,
+        kmeans_restarts=config.kmeans_restarts,
     )
     arrays = {
         arr.TRAIN_CONCEPTS: z_train.numpy().astype(np.float32),
