@@ -54,6 +54,7 @@ def tiny_bundles(tmp_path_factory) -> Path:
         projection=ProjectionConfig(steps=100, eval_every=25),
         vae=VAEConfig(epochs=2, latent_dim=4, hidden_dims=(32, 16), batch_size=16),
         device="cpu",
+        kmeans_restarts=10,  # tiny data: a few starts suffice, and tests stay quick
     )
     train_ceir(str(clip), data, "toybirds", ceir, root / "toy-ceir", log=_quiet)
     return root

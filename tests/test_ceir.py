@@ -35,6 +35,7 @@ TINY_CONFIG = CEIRConfig(
     projection=ProjectionConfig(steps=150, eval_every=25),
     vae=VAEConfig(epochs=4, latent_dim=6, hidden_dims=(32, 16), batch_size=16),
     device="cpu",
+    kmeans_restarts=10,  # tiny data: a few starts suffice, and tests stay quick
 )
 
 

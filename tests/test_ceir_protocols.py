@@ -50,6 +50,7 @@ def tiny_config(**changes) -> CEIRConfig:
         projection=ProjectionConfig(steps=60, eval_every=20, fidelity_cutoff=-1.0),  # keep every concept
         vae=VAEConfig(epochs=3, latent_dim=4, hidden_dims=(16,), batch_size=16),
         device="cpu",
+        kmeans_restarts=10,  # tiny data: a few starts suffice, and tests stay quick
         **changes,
     )
 

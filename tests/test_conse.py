@@ -270,7 +270,7 @@ def test_train_ceir_on_a_photo_folder_with_conse(backbone, tmp_path, capsys):
     out = tmp_path / "ceir"
     args = ["train", "ceir", "--backbone", conse.CONSE_NAME, "--data", f"folder:{folder}"]
     args += ["--concepts", str(bank), "--out", str(out), "--epochs", "3", "--projection-steps", "30"]
-    args += ["--latent-dim", "4", "--fidelity-cutoff", "0", "--device", "cpu"]
+    args += ["--latent-dim", "4", "--fidelity-cutoff", "0", "--device", "cpu", "--kmeans-restarts", "10"]
     args += ["--activation", "0", "--class-relevance", "0", "--near-duplicate-fraction", "0"]  # keep the bank
     assert main(args) == 0
     config = json.loads((out / "config.json").read_text())

@@ -114,7 +114,7 @@ def test_two_process_ceir_training_matches_one_process(tmp_path) -> None:
     data = ["--data", "toybirds", "--train-per-class", "4", "--test-per-class", "1", "--image-size", "32"]
     flags = ["--backbone", "toyclip-tiny:random", "--concepts", "toybirds", *data, "--epochs", "3",
              "--batch-size", "16", "--projection-steps", "60", "--latent-dim", "4",
-             "--device", "cpu"]  # fmt: skip
+             "--device", "cpu", "--kmeans-restarts", "10"]  # fmt: skip
     one = tmp_path / "one"
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
