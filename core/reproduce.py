@@ -42,6 +42,7 @@ SEED_STUDY_FIGURES["ceir"] = (
     ("label precision", ("labels", "precision")),
     ("labels that are distractors", ("labels", "distractor_share")),
     ("concept precision@5", ("concept_precision_at_5",)),
+    ("concept precision@5, zero point at the mean", ("concept_precision_at_5_above_mean",)),
 )
 
 
@@ -372,6 +373,17 @@ def ceir_rows(test: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
     label_rows = (("precision", "printed labels that are true"), ("distractor_share", "... distractors"))
     for key, title in label_rows:
         rows.append(f"| {title} | {test['labels'][key]:.3f} | {fresh['labels'][key]:.3f} |")
+    top5_rows = (
+        (("concept_precision_at_5_above_mean",), "concept precision@5, zero point at the training mean"),
+        (("concept_precision_references", "oracle"), "... of an oracle (the species' own colours)"),
+        (("concept_precision_references", "family_only"), "... of a counterfeit that reads the body colour"),
+    )
+    for path, title in top5_rows:
+        try:
+            values = [figure(result, path) for result in (test, fresh)]
+        except KeyError:  # evaluated before these figures existed
+            continue
+        rows.append(f"| {title} | {values[0]:.3f} | {values[1]:.3f} |")
     ig, fig = test["ig_completeness_error"], fresh["ig_completeness_error"]
     rows.append(
         f"| IG completeness error, median / p95 ({ig['steps']} steps) | "

@@ -191,6 +191,8 @@ def test_metrics_table_equals_the_bundle_metrics(page, toy):
         ],
     ]
     np.testing.assert_allclose(table[["ACC", "NMI", "ARI"]].to_numpy(), np.round(expected, 4))
+    restarts = metrics["protocols"]["kmeans_restarts"]
+    assert any(f"each the best of {restarts} k-means++ starts" in m.value for m in page.markdown)
     precision = next(m for m in page.metric if m.label == "Concept precision@5")
     assert precision.value == f"{metrics['concept_precision_at_5']:.3f}"
     top5 = metrics["concept_top5"]

@@ -70,6 +70,8 @@ def _ceir_result(latent: float) -> dict:
         "protocols": {"inductive": protocol, "transductive": protocol},
         "labels": {"precision": 0.9, "distractor_share": 0.0},
         "concept_precision_at_5": 0.6,
+        "concept_precision_at_5_above_mean": 0.5,
+        "ig_completeness_error": {"median": 0.001, "p95": 0.004, "steps": 64},
     }
 
 
@@ -86,6 +88,15 @@ def test_seed_study_gives_ceir_its_own_figures(monkeypatch, tmp_path):
     table = "\n".join(reproduce.render_seed_study(study))
     assert "| bundle | latent ACC, inductive | raw CLIP ACC, inductive |" in table
     assert "| toybirds-ceir | 0.920 ± 0.035 | 0.950 ± 0.000 |" in table
+
+
+def test_ceir_rows_put_precision_beside_its_references_when_measured():
+    fresh = _ceir_result(0.9) | {"concept_precision_references": {"oracle": 1.0, "family_only": 0.528}}
+    rows = reproduce.ceir_rows(fresh, fresh)
+    assert "| concept precision@5, zero point at the training mean | 0.500 | 0.500 |" in rows
+    assert "| ... of a counterfeit that reads the body colour | 0.528 | 0.528 |" in rows
+    older = reproduce.ceir_rows(_ceir_result(0.9), _ceir_result(0.9))  # evaluated before the references
+    assert not any("counterfeit" in row for row in older) and any("zero point" in row for row in older)
 
 
 def test_option_study_changes_the_defaults_only_for_a_clear_and_trustworthy_win():

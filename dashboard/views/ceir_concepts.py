@@ -395,7 +395,9 @@ def show_metrics(stored: dict) -> None:
         download_table(metrics, "clustering_metrics", key="ceir_dl_metrics")
     protocols = protocols_table(stored)
     if not protocols.empty:
-        st.markdown("**Both protocols, mean ± std over k-means seeds**")
+        restarts = (stored.get("protocols") or {}).get("kmeans_restarts")
+        best_of = f", each the best of {restarts} k-means++ starts" if isinstance(restarts, int) else ""
+        st.markdown(f"**Both protocols, mean ± std over k-means seeds{best_of}**")
         st.caption(" · ".join(f"{name}: {meaning}" for name, meaning in PROTOCOLS))
         st.dataframe(protocols, hide_index=True, key="ceir_protocols")
         download_table(protocols, "clustering_protocols", key="ceir_dl_protocols")
