@@ -433,9 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ceir_model.add_argument(
         "--centre-concepts",
-        action="store_true",
-        help="subtract the mean concept text embedding before the cosine (each concept scores what sets it "
-        "apart from the bank)",
+        action=argparse.BooleanOptionalAction,
+        default=CEIR.centre_concepts,
+        help="subtract the mean concept text embedding before the cosine, so each concept scores what sets "
+        "it apart from the bank (not in the paper; on by default, chosen on a validation seed; "
+        "--no-centre-concepts reads the concepts as the paper does)",
     )
     ceir_model.add_argument(
         "--concept-template",

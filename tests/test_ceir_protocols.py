@@ -87,15 +87,26 @@ def test_class_names_are_appended_only_with_the_flag(tiny_backbone):
 def test_centring_changes_the_teacher_and_is_stored(tiny_backbone):
     off = {"class_relevance_fraction": None, "activation_fraction": None, "near_duplicate_fraction": 0.0}
     centred = fit(tiny_backbone, centre_concepts=True, **off).model.concept_embeddings
-    plain = fit(tiny_backbone, **off).model.concept_embeddings
+    plain = fit(tiny_backbone, centre_concepts=False, **off).model.concept_embeddings
     np.testing.assert_allclose(plain.norm(dim=1).numpy(), 1.0, rtol=1e-5)
     assert not torch.allclose(centred, plain)
 
 
+def test_centring_one_concept_is_refused_in_a_sentence(tiny_backbone):
+    from core.ceir.train import concept_text
+
+    with pytest.raises(ValueError, match="needs at least two concepts, and 1 remain"):
+        concept_text(tiny_backbone, ["red head"], tiny_config())
+    single = concept_text(tiny_backbone, ["red head"], tiny_config(centre_concepts=False))
+    assert single.shape[0] == 1 and single.norm() > 0.99
+
+
 def test_the_teacher_reads_each_concept_in_the_template(tiny_backbone):
     """The projection learns similarities to the templated captions, and the model stores those texts'
-    embeddings; without a template (None or '{}') the concept text is read as it is."""
+    embeddings; without a template (None or '{}') the concept text is read as it is (uncentred here, so
+    the stored embeddings are the text tower's own)."""
     off = {"class_relevance_fraction": None, "activation_fraction": None, "near_duplicate_fraction": 0.0}
+    off["centre_concepts"] = False
     template = "a photo of a bird with a {}."
     fitted = fit(tiny_backbone, concept_template=template, **off).model
     captions = [template.replace("{}", c) for c in fitted.concepts]

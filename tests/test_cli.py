@@ -274,6 +274,7 @@ def _flag_fields():
             "class_relevance": (CEIR, "class_relevance_fraction"),
             "activation": (CEIR, "activation_fraction"),
             "kmeans_restarts": (CEIR, "kmeans_restarts"),
+            "centre_concepts": (CEIR, "centre_concepts"),
         },
     }
 

@@ -135,6 +135,12 @@ def test_home_names_options_that_are_not_in_the_paper():
         "bit_weight": 0.5,
         "oracle_centres": True,
     }
+    ceir = {"kind": "ceir", "concepts": ["a", "b"], "ceir": {"n_clusters": 4, "centre_concepts": True}}
+    assert describe_bundle(Path("/b/c"), ceir).summary.startswith(
+        "2 concepts, k=4, concept text centred (not in the paper); backbone"
+    )
+    ceir["ceir"] |= {"centre_concepts": False, "include_class_names": True}
+    assert describe_bundle(Path("/b/c"), ceir).summary.startswith("2 concepts, k=4, class names appended;")
     summary = describe_bundle(Path("/b/x"), {"kind": "concepthash", "model": model}).summary
     assert summary.startswith(
         "6 bits, 3 concepts, L_csd×1.0, language-guided, read after block 2, L_loc×1.0, centres from L_loc, "

@@ -86,7 +86,7 @@ class CEIRConfig:
     class_relevance_fraction: float | None = 0.5  # of the bank's 90th-percentile class spread; None: off
     activation_fraction: float | None = 0.5  # of the bank's 90th-percentile activation lift; None: off
     include_class_names: bool = False
-    centre_concepts: bool = False
+    centre_concepts: bool = True  # not in the paper; the option study on the validation seed chose it
     concept_template: str | None = None  # caption a concept is read in ("a photo of a {}."); None: the bank's
     teacher: str | dict | None = None  # backbone whose towers give the concept similarities; None: backbone
     # k-means restarts for the stored clusters and every clustering the evaluation scores: on validation

@@ -28,7 +28,7 @@ VALIDATION_SEED = 7
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "class names appended (--include-class-names)": {"include_class_names": True},
-    "centred concept text (--centre-concepts)": {"centre_concepts": True},
+    "concept text not centred (--no-centre-concepts)": {"centre_concepts": False},
     "raw concept text, not the bank's caption template (--concept-template '{}')": {"concept_template": "{}"},
     "no class-relevance or activation filter (--class-relevance 0 --activation 0)": {
         "class_relevance_fraction": None,

@@ -127,9 +127,13 @@ def _describe_concepthash(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _describe_ceir(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    metrics = config.get("metrics", {})
-    summary = f"{len(config.get('concepts', []))} concepts, k={config.get('ceir', {}).get('n_clusters')}"
-    return summary, {"ACC": metrics.get("acc"), "NMI": metrics.get("nmi")}
+    metrics, settings = config.get("metrics", {}), config.get("ceir", {})
+    parts = [f"{len(config.get('concepts', []))} concepts", f"k={settings.get('n_clusters')}"]
+    if settings.get("include_class_names"):
+        parts.append("class names appended")
+    if settings.get("centre_concepts"):
+        parts.append("concept text centred (not in the paper)")
+    return ", ".join(parts), {"ACC": metrics.get("acc"), "NMI": metrics.get("nmi")}
 
 
 def _describe_clip(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
