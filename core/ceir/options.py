@@ -34,7 +34,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "class_relevance_fraction": None,
         "activation_fraction": None,
     },
-    "VAE latent 16": {"vae.latent_dim": 16},
+    "VAE latent 32": {"vae.latent_dim": 32},
     "VAE latent 8": {"vae.latent_dim": 8},
     "VAE 300 epochs": {"vae.epochs": 300},
 }
