@@ -4,9 +4,11 @@
   k-means with the model's seed on raw CLIP embeddings and concept vectors, fit on train, test assigned;
 * ``protocols.inductive`` / ``protocols.transductive`` (the paper's: VAE on train + test, k-means fit and
   scored on test), each mean and std over ``KMEANS_SEEDS`` k-means seeds;
-* ``ig_completeness_error``, and on ToyBirds ``concept_precision_at_5`` (with ``concept_top5``: what fills
-  the top five), ``concept_separation`` and ``labels`` (what ``conceptlens label`` prints, scored against
-  the world); ``evaluate_bundle`` adds ``ood_warned_share`` (test images the out-of-distribution warning
+* ``ig_completeness_error``, and on ToyBirds ``concept_precision_at_5`` (of the top five present concepts,
+  :mod:`core.ceir.presence`; with ``concept_top5``: what fills them; ``concept_precision_at_5_above_mean``
+  with the training mean as zero point; ``concept_precision_references``: an oracle and a counterfeit),
+  ``concept_separation`` and ``labels`` (what ``conceptlens label`` prints, scored against the world);
+  ``evaluate_bundle`` adds ``ood_warned_share`` (test images the out-of-distribution warning
   flags) and, on ToyBirds, ``ood_photos`` (the real sample photos it flags).
 """
 
