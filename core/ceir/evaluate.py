@@ -30,7 +30,11 @@ from core.ceir.model import CEIRModel
 from core.ceir.presence import presence_thresholds
 from core.ceir.vae import VAEConfig, train_vae
 from core.data.spec import ImageSplit, ToyBirdsSplit, open_split
-from core.data.toybirds_concepts import toybirds_concept_parts, toybirds_concept_truth
+from core.data.toybirds_concepts import (
+    toybirds_concept_parts,
+    toybirds_concept_truth,
+    toybirds_species_colour,
+)
 
 TOP5_VERDICTS = ("true", "wrong_colour", "distractor", "nuisance")
 
@@ -76,24 +80,16 @@ def reference_vectors(concepts: list[str], labels, kind: str) -> np.ndarray:
     apart: ``oracle`` scores 1 exactly for the species' own part colours; ``family_only`` scores 1 for every
     part-colour concept in the colour of the body (the family), the reading of a model that sees the body
     colour and not where a colour is; everything else scores 0."""
-    from core.data.toybirds import SPECIES, SPECIES_PARTS
+    from core.data.toybirds import SPECIES
 
-    parsed = [toybirds_concept_parts(c) for c in concepts]
+    colours = [toybirds_species_colour(c) for c in concepts]
     rows = []
     for label in labels:
         species = SPECIES[int(label)]
         if kind == "oracle":
             rows.append([toybirds_concept_truth(c, species) is True for c in concepts])
         elif kind == "family_only":
-            rows.append(
-                [
-                    p is not None
-                    and p[0] in SPECIES_PARTS
-                    and set(p[1]) == {"colour"}
-                    and p[1]["colour"] == species.colours["body"]
-                    for p in parsed
-                ]
-            )
+            rows.append([named is not None and named[1] == species.colours["body"] for named in colours])
         else:
             raise ValueError(f"Unknown reference {kind!r}: choose 'oracle' or 'family_only'.")
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(concepts))
@@ -135,15 +131,15 @@ def concept_separation(
     """
     from sklearn.metrics import roc_auc_score
 
-    from core.data.toybirds import SPECIES, SPECIES_PARTS
+    from core.data.toybirds import SPECIES
 
     birds = [SPECIES[label].colours for label in split.labels]
     per_concept: dict[str, dict[str, float]] = {}
     for j, concept in enumerate(concepts):
-        parsed = toybirds_concept_parts(concept)
-        if parsed is None or parsed[0] not in SPECIES_PARTS or set(parsed[1]) != {"colour"}:
+        named = toybirds_species_colour(concept)
+        if named is None:
             continue
-        part, colour = parsed[0], parsed[1]["colour"]
+        part, colour = named
         present = np.array([bird[part] == colour for bird in birds])
         elsewhere = ~present & np.array([colour in bird.values() for bird in birds])
         absent = ~present & ~elsewhere

@@ -65,6 +65,15 @@ def toybirds_concept_parts(concept: str) -> tuple[str, dict[str, str]] | None:
     return part, named
 
 
+def toybirds_species_colour(concept: str) -> tuple[str, str] | None:
+    """(part, colour) of a concept that names only the colour of a species part, such as "blue wing" ->
+    ``("wing", "blue")``; None for anything else (nuisance, distractors, "red crested head")."""
+    parsed = toybirds_concept_parts(concept)
+    if parsed is None or parsed[0] not in toybirds.SPECIES_PARTS or set(parsed[1]) != {"colour"}:
+        return None
+    return parsed[0], parsed[1]["colour"]
+
+
 def toybirds_concept_truth(concept: str, species: toybirds.Species | int | str) -> bool | None:
     """Whether ``concept`` is true of a ToyBirds species (species-level ground truth).
 
@@ -75,10 +84,5 @@ def toybirds_concept_truth(concept: str, species: toybirds.Species | int | str) 
     value the world never gives that part, such as "purple head" or "striped head".
     """
     bird = _resolve_species(species)
-    parsed = toybirds_concept_parts(concept)
-    if parsed is None:
-        return None
-    part, named = parsed
-    if part not in toybirds.SPECIES_PARTS or set(named) != {"colour"}:
-        return None
-    return bird.part_label(part) == named["colour"]
+    named = toybirds_species_colour(concept)
+    return None if named is None else bird.part_label(named[0]) == named[1]
