@@ -92,13 +92,19 @@ def test_centring_changes_the_teacher_and_is_stored(tiny_backbone):
     assert not torch.allclose(centred, plain)
 
 
-def test_centring_one_concept_is_refused_in_a_sentence(tiny_backbone):
-    from core.ceir.train import concept_text
-
-    with pytest.raises(ValueError, match="needs at least two concepts, and 1 remain"):
-        concept_text(tiny_backbone, ["red head"], tiny_config())
-    single = concept_text(tiny_backbone, ["red head"], tiny_config(centre_concepts=False))
-    assert single.shape[0] == 1 and single.norm() > 0.99
+def test_one_concept_never_reaches_the_centring(tiny_backbone):
+    """Centring one concept would leave a zero text embedding; the bank filters refuse such a bank first."""
+    embeddings = unit_rows(48, tiny_backbone.embed_dim, 0)
+    with pytest.raises(ValueError, match="Only 1 concepts survive the bank filters; CEIR needs at least 2"):
+        fit_ceir(
+            ["red head"],
+            ["azure finch", "ruby wren"],
+            embeddings,
+            tiny_backbone,
+            embeddings,
+            tiny_config(class_relevance_fraction=None, activation_fraction=None),
+            log=lambda *_: None,
+        )
 
 
 def test_the_teacher_reads_each_concept_in_the_template(tiny_backbone):

@@ -132,11 +132,6 @@ def concept_text(
     """(C, D) concept text embeddings (``bare`` as in :func:`encode_concepts`); ``config.centre_concepts``
     subtracts their mean so each concept scores what sets it apart from the rest of the bank (the shared
     "a bird" direction otherwise dominates every cosine)."""
-    if config.centre_concepts and len(concepts) < 2:
-        raise ValueError(
-            f"Centring the concept text needs at least two concepts, and {len(concepts)} remain; train with "
-            "--no-centre-concepts or a larger concept bank."
-        )
     text = F.normalize(encode_concepts(backbone, concepts, config, bare).cpu().float(), dim=-1)
     return text - text.mean(dim=0, keepdim=True) if config.centre_concepts else text
 
