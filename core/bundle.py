@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # torch is imported where weights are saved or loaded: findin
     import torch  # (the dashboard's sidebar and Home page) stays free of its seconds-long import
 
 from core import __version__
-from core.atomic import swap_folder_into_place
+from core.atomic import give_normal_modes, swap_folder_into_place
 from core.data.images import os_reason
 
 FORMAT_VERSION = 1
@@ -458,13 +458,18 @@ def _writer_running(pid: int) -> bool:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool) -> None:
-    """Run ``write(tmp)`` in a fresh ``.tmp-`` sibling, then move it to ``path``; on failure remove it."""
+    """Run ``write(tmp)`` in a fresh ``.tmp-`` sibling, then move it to ``path``; on failure remove it.
+
+    Every file gets the mode a plain ``open`` would give under the umask (safetensors writes 0600), so a
+    bundle in a shared folder is as readable as its ``config.json``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_save(path)
     tmp = _sibling(path, ".tmp-")
     tmp.mkdir()
     try:
         write(tmp)
+        give_normal_modes(tmp)
         _fsync_dir(tmp)
         _install(tmp, path, overwrite)
     except BaseException:

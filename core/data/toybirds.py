@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.atomic import swap_folder_into_place
+from core.atomic import give_normal_modes, swap_folder_into_place
 
 WORLD_VERSION = 2  # bump when the drawing or the species table changes; bundles record it
 
@@ -939,6 +939,7 @@ def render_to_disk(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         _write_folder(tmp, split, count, seed, image_size, progress)
+        give_normal_modes(tmp)  # mkdtemp made it 0700; a data folder is for sharing
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         old.rmdir()  # a fresh name for the old folder, free for the rename
         swap_folder_into_place(tmp, out, old)
