@@ -1,6 +1,7 @@
 """The ``conceptlens`` command line (also ``python -m core``).
 
     conceptlens toybirds render --out DIR [--split train --count 240 --seed 0 --image-size 64]
+    conceptlens toybirds render --out ROOT --layout folder --split train,test   (ROOT/<split>/<species>/)
     conceptlens toybirds species
     conceptlens train clip --data toybirds --out DIR
     conceptlens train concepthash --backbone B --data D --bits K --concepts M --csd-weight W --out DIR
@@ -234,10 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
     birds = commands.add_parser("toybirds", help="the procedural ToyBirds world")
     birds_commands = birds.add_subparsers(dest="toybirds_command", required=True)
     render = birds_commands.add_parser(
-        "render", help="render images, part masks and metadata.csv to a folder"
+        "render",
+        help="render images, part masks and metadata.csv, or class folders that --data folder: reads",
     )
     render.add_argument("--out", required=True, type=Path)
-    render.add_argument("--split", default="train")
+    render.add_argument(
+        "--split",
+        default="train",
+        help="the split to render; with --layout folder also several, comma-separated (train,test)",
+    )
+    render.add_argument(
+        "--layout",
+        choices=("images", "folder"),
+        default="images",
+        help="images: OUT/images/ + masks/ + metadata.csv (default); folder: OUT/<split>/<species name>/ "
+        "with no masks, which --data folder:OUT reads once train and test are both there",
+    )
     render.add_argument("--count", type=positive_int, default=240)
     render.add_argument("--seed", type=seed_int, default=0)
     render.add_argument("--image-size", type=positive_int_at_most(MAX_IMAGE_SIZE), default=64)
@@ -565,16 +578,45 @@ def cmd_toybirds(args: argparse.Namespace) -> int:
         )
         print(json.dumps(toybirds.part_statistics(samples, args.patch_size), indent=2))
         return 0
-    out = toybirds.render_to_disk(
-        args.out,
-        args.split,
-        args.count,
-        seed=args.seed,
-        image_size=args.image_size,
-        progress=TqdmProgress("render"),
-        overwrite=args.overwrite,
-    )
-    log(f"Wrote {args.count} {args.split} images with part masks and metadata.csv to {out}")
+    if args.layout == "images":
+        out = toybirds.render_to_disk(
+            args.out,
+            args.split,
+            args.count,
+            seed=args.seed,
+            image_size=args.image_size,
+            progress=TqdmProgress("render"),
+            overwrite=args.overwrite,
+        )
+        log(f"Wrote {args.count} {args.split} images with part masks and metadata.csv to {out}")
+        return 0
+    return render_class_folders(args)
+
+
+def render_class_folders(args: argparse.Namespace) -> int:
+    """``toybirds render --layout folder``: OUT/<split>/<species name>/ for each split asked for."""
+    from core.data import toybirds
+
+    splits = [split.strip() for split in args.split.split(",")]
+    if len(set(splits)) != len(splits):
+        raise ValueError(f"--split {args.split} names a split twice; name each split once.")
+    for split in splits:
+        out = toybirds.render_to_disk(
+            args.out,
+            split,
+            args.count,
+            seed=args.seed,
+            image_size=args.image_size,
+            progress=TqdmProgress(f"render {split}"),
+            overwrite=args.overwrite,
+            layout="folder",
+        )
+        log(f"Wrote {args.count} {split} images in one folder per species to {out}")
+    if (args.out / "train").is_dir() and (args.out / "test").is_dir():
+        log(f"Train with --data folder:{args.out}")
+    else:
+        missing = "test" if (args.out / "train").is_dir() else "train"
+        log(f"Render --split {missing} into {args.out} too: --data folder: needs train/ and test/ there.")
     return 0
 
 

@@ -644,6 +644,67 @@ def test_render_to_disk_leaves_nothing_when_interrupted(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_folder_layout_is_read_by_the_folder_reader(tmp_path: Path) -> None:
+    from core.data.readers import read_image_folder
+    from core.data.spec import DataSpec, open_split
+
+    root = tmp_path / "birds"
+    assert render_to_disk(root, "train", 30, seed=4, image_size=32, layout="folder") == root / "train"
+    assert render_to_disk(root, "test", 26, seed=4, image_size=32, layout="folder") == root / "test"
+    assert sorted(p.name for p in root.iterdir()) == ["test", "train"], "temporary folder left behind"
+    names = sorted(species.name for species in SPECIES)
+    for split, count in (("train", 30), ("test", 26)):
+        images = read_image_folder(root, split)
+        assert images.classes == names, "every species has its folder, even with fewer images than species"
+        assert len(images.paths) == count
+        indices = set()
+        for path, label in zip(images.paths, images.labels, strict=True):
+            index = int(path.stem.removeprefix(f"{split}_"))
+            sample = render_sample(split, index, seed=4, image_size=32)
+            assert names[label] == sample.species_name == path.parent.name
+            with Image.open(path) as image:
+                assert image.tobytes() == sample.image.tobytes()
+            indices.add(index)
+        assert indices == set(range(count))
+    opened = open_split(DataSpec(kind="folder", root=str(root)), "test")
+    assert len(opened) == 26 and opened.classes == names
+    sample = render_sample("test", 7, seed=4, image_size=32)
+    position = next(i for i in range(len(opened)) if opened.image_id(i).endswith("test_000007.png"))
+    assert opened.classes[opened.labels[position]] == sample.species_name
+    assert np.array_equal(np.asarray(opened.image(position)), np.asarray(sample.image))
+    with open(root / "test" / "metadata.csv", newline="", encoding="utf-8") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["index"] == "7")
+    assert row["file"] == f"{sample.species_name}/test_000007.png" and (root / "test" / row["file"]).is_file()
+
+
+def test_folder_layout_keeps_other_splits_and_refuses_a_rendered_split(tmp_path: Path) -> None:
+    root = tmp_path / "birds"
+    render_to_disk(root, "train", 2, image_size=32, layout="folder")
+    render_to_disk(root, "test", 2, image_size=32, layout="folder")
+    with pytest.raises(ValueError, match="not empty"):
+        render_to_disk(root, "test", 3, image_size=32, layout="folder")
+    render_to_disk(root, "test", 3, image_size=32, layout="folder", overwrite=True)
+    assert len(list((root / "train").rglob("*.png"))) == 2
+    assert len(list((root / "test").rglob("*.png"))) == 3
+    flat = tmp_path / "flat"
+    render_to_disk(flat, "train", 1, image_size=32)
+    with pytest.raises(ValueError, match="images/"):
+        render_to_disk(flat, "test", 1, image_size=32, layout="folder")
+    with pytest.raises(ValueError, match="Layout 'grid' is unknown"):
+        render_to_disk(tmp_path / "other", "train", 1, layout="grid")
+    assert not (tmp_path / "other").exists()
+
+
+def test_cli_renders_train_and_test_class_folders_in_one_call(tmp_path: Path) -> None:
+    from core.cli import main
+
+    root = tmp_path / "birds"
+    args = ["toybirds", "render", "--out", str(root), "--layout", "folder", "--split", "train,test"]
+    assert main([*args, "--count", "3", "--image-size", "32"]) == 0
+    assert sorted(p.name for p in root.iterdir()) == ["test", "train"]
+    assert len(list((root / "test").rglob("*.png"))) == 3
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -885,6 +885,10 @@ def _metadata_row(sample: ToyBirdSample, file: str) -> dict[str, object]:
     return row
 
 
+LAYOUTS: tuple[str, ...] = ("images", "folder")
+"""``images``: images/, masks/ and metadata.csv; ``folder``: SPLIT/<species name>/, as ``--data folder:``."""
+
+
 def _write_folder(
     root: Path,
     split: str,
@@ -893,7 +897,7 @@ def _write_folder(
     image_size: int,
     progress: Callable[[int, int], None] | None,
 ) -> None:
-    """Render ``count`` samples into the (new, empty) folder ``root``."""
+    """Render ``count`` samples into the (new, empty) folder ``root``: images/, masks/, metadata.csv."""
     (root / "images").mkdir()
     (root / "masks").mkdir()
     with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
@@ -910,6 +914,34 @@ def _write_folder(
                 progress(index + 1, count)
 
 
+def _write_class_folders(
+    root: Path,
+    split: str,
+    count: int,
+    seed: int,
+    image_size: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Render ``count`` samples into the (new, empty) split folder ``root``: one sub-folder per species.
+
+    Every species gets its folder even when ``count`` is too small to fill it, so a train and a test folder
+    rendered apart list the same classes. No masks (this is the layout of a researcher's own photos);
+    ``metadata.csv`` beside the class folders keeps the ground truth, with paths relative to ``root``.
+    """
+    for species in SPECIES:
+        (root / species.name).mkdir()
+    with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(METADATA_COLUMNS))
+        writer.writeheader()
+        for index in range(count):
+            sample = render_sample(split, index, seed, image_size)
+            file = f"{sample.species_name}/{split}_{index:06d}.png"
+            sample.image.save(root / file)
+            writer.writerow(_metadata_row(sample, file))
+            if progress is not None:
+                progress(index + 1, count)
+
+
 def render_to_disk(
     out_dir: str | os.PathLike[str],
     split: str,
@@ -918,27 +950,47 @@ def render_to_disk(
     image_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    layout: str = "images",
 ) -> Path:
-    """Write ``count`` samples of ``split`` as an image folder with masks and ``metadata.csv``.
+    """Write ``count`` samples of ``split`` to disk and return the folder written.
 
-    Layout: ``images/{split}_{index:06d}.png``, ``masks/{split}_{index:06d}_{part}.png`` (0/255,
-    mode L) and ``metadata.csv``.  The folder is rendered in a temporary sibling and renamed into
-    place, so a crash never leaves a half-written data set under ``out_dir``.  An existing
-    non-empty ``out_dir`` is refused unless ``overwrite`` is true.
+    ``layout="images"`` (the default) writes ``out_dir`` itself: ``images/{split}_{index:06d}.png``,
+    ``masks/{split}_{index:06d}_{part}.png`` (0/255, mode L) and ``metadata.csv``; an existing non-empty
+    ``out_dir`` is refused unless ``overwrite`` is true.
+
+    ``layout="folder"`` writes ``out_dir/{split}/<species name>/{split}_{index:06d}.png`` and
+    ``out_dir/{split}/metadata.csv``, the class-folder layout ``--data folder:out_dir`` reads once both a
+    ``train`` and a ``test`` split are rendered into the same ``out_dir``; other splits already there are
+    kept, an existing non-empty ``out_dir/{split}`` is refused unless ``overwrite`` is true.
+
+    Either way the folder is rendered in a temporary sibling and renamed into place, so a crash never leaves
+    a half-written data set.
     """
     _split_code(split)
     count = _check_int("count", count, 0)
     seed = _check_int("seed", seed, 0)
     _check_int("image_size", image_size, _MIN_IMAGE_SIZE)
+    if layout not in LAYOUTS:
+        raise ValueError(f"Layout {layout!r} is unknown; use one of {', '.join(LAYOUTS)}.")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"Output path {out} exists and is not a directory.")
+    write = _write_folder
+    if layout == "folder":
+        if out.is_dir() and ((out / "images").is_dir() or (out / "metadata.csv").exists()):
+            raise ValueError(
+                f"Output directory {out} holds an images/ + metadata.csv rendering; choose another folder "
+                f"for the class-folder layout."
+            )
+        out, write = out / split, _write_class_folders
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"Output path {out} exists and is not a directory.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"Output directory {out} is not empty; pass overwrite=True to replace it.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_folder(tmp, split, count, seed, image_size, progress)
+        write(tmp, split, count, seed, image_size, progress)
         give_normal_modes(tmp)  # mkdtemp made it 0700; a data folder is for sharing
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         old.rmdir()  # a fresh name for the old folder, free for the rename
