@@ -690,8 +690,9 @@ def test_concept_attention_page_database_image(dashboard, loaded):
     cls = loaded.config["classes"][5]
     app.selectbox(key="attn_class").set_value(cls).run()
     members = np.flatnonzero(labels == 5).tolist()
-    assert app.select_slider(key="attn_index").options == [f"#{i}" for i in members]
-    app.select_slider(key="attn_index").set_value(members[-1]).run()
+    ids = loaded.arrays["db_ids"]
+    assert app.selectbox(key="attn_index").options == [f"#{i} · #{str(ids[i])[-6:]}" for i in members]
+    app.selectbox(key="attn_index").set_value(members[-1]).run()
     assert not app.exception, [e.value for e in app.exception]
     code = hashing.format_code(codes[members[-1]], 3)
     assert f"**#{members[-1]} · {cls}** — code `{code}`" in markdown_text(app)
@@ -995,7 +996,7 @@ def test_concept_attention_counterfactual_panel(dashboard, swap_bundles, loaded,
     # a repaint that flips a sub-code ...
     index, part, value = first_flipping_repaint(loaded)
     if index != 0:
-        app.select_slider(key="attn_index").set_value(index).run()
+        app.selectbox(key="attn_index").set_value(index).run()
     app.radio(key="attn_cf_part").set_value(part).run()
     app.selectbox(key=f"attn_cf_colour_{index}_{part}").set_value(value).run()
     changes = check(index, part, value)

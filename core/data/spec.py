@@ -140,8 +140,8 @@ class ToyBirdsSplit:
 class FileSplit:
     """Adapter giving the readers' ``LabeledImages`` the ``ImageSplit`` interface."""
 
-    def __init__(self, images: Any) -> None:
-        self._images = images
+    def __init__(self, images: Any, root: str | None = None) -> None:
+        self._images, self._root = images, root
         self.name, self.split = images.name, images.split
         self.classes, self.labels = list(images.classes), np.asarray(images.labels, dtype=np.int64)
 
@@ -152,8 +152,12 @@ class FileSplit:
         return self._images.image(int(i))
 
     def image_id(self, i: int) -> str:
+        """A file's path relative to the data root (``core.data.stored`` opens it by that id); for in-memory
+        data (CIFAR) the name, split and row of the fixed official array."""
         if self._images.paths:
-            return str(self._images.paths[int(i)])
+            from core.data.stored import file_image_id
+
+            return file_image_id(self._images.paths[int(i)], self._root)
         return f"{self.name}/{self.split}/{int(i):06d}"
 
 
@@ -168,7 +172,7 @@ def open_split(spec: DataSpec, split: str) -> ImageSplit:
     from core.data import readers
 
     if spec.kind == "cub200":
-        return FileSplit(readers.read_cub200(spec.root, split))
+        return FileSplit(readers.read_cub200(spec.root, split), spec.root)
     if spec.kind == "folder":
         images = readers.read_image_folder(spec.root, split, seed=spec.seed)
         if len(images.classes) < 2:
@@ -176,5 +180,5 @@ def open_split(spec: DataSpec, split: str) -> ImageSplit:
                 f"Image folder {spec.root} has one class ({images.classes[0]}); training and evaluation need "
                 "at least two class sub-folders."
             )
-        return FileSplit(images)
+        return FileSplit(images, spec.root)
     return FileSplit(readers.read_cifar(spec.root, spec.kind, split, download=spec.download))

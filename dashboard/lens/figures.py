@@ -137,6 +137,18 @@ def mask_overlay(
     return Image.fromarray(np.where(m, base * (1 - opacity) + tint * opacity, base).astype(np.uint8))
 
 
+# Width (px) a full-width grid may fill: the main column of the wide layout beside the sidebar in a 1024 px
+# window; a grid inside half the page passes half of it. Streamlit's columns share their container equally
+# with a 1 rem (16 px) gap, and an image wider than its column runs into the next one.
+GRID_ROOM = 680
+COLUMN_GAP = 16
+
+
+def grid_columns(wanted: int, width: int, room: int = GRID_ROOM) -> int:
+    """How many tiles of ``width`` px go in a row: ``wanted``, or fewer where they would not fit ``room``."""
+    return max(1, min(int(wanted), (int(room) + COLUMN_GAP) // (int(width) + COLUMN_GAP)))
+
+
 def image_grid(
     items: Sequence[tuple[str, Image.Image]],
     columns: int = 6,
@@ -145,9 +157,13 @@ def image_grid(
     scale: str | None = None,
     key: str | None = None,
     label: str | None = None,
+    room: int = GRID_ROOM,
 ) -> None:
-    """Images with captions in rows of ``columns``; with ``download`` (a file name) a button ``label`` for the
-    grid as one labelled PNG (with the colour scale titled ``scale`` when the tiles are heatmap overlays)."""
+    """Images with captions in rows of at most ``columns``, and never more than fit side by side in ``room``
+    pixels (so tiles do not overlap however many concepts there are); with ``download`` (a file name) a button
+    ``label`` for the grid as one labelled PNG (with the colour scale titled ``scale`` when the tiles are
+    heatmap overlays)."""
+    columns = grid_columns(columns, width, room)
     for start in range(0, len(items), columns):
         cols = st.columns(columns)
         for col, (caption, image) in zip(cols, items[start : start + columns], strict=False):

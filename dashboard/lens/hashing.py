@@ -21,6 +21,7 @@ from plotly.colors import get_colorscale
 
 from core.concepthash.arrays import DB_ATTENTION
 from core.concepthash.arrays import DB_IDS as DB_IDS  # the pages read the optional image ids by it
+from core.concepthash.arrays import QUERY_IDS as QUERY_IDS  # and the test images' ids
 from core.concepthash.codes import sign_codes, subcode_values, upsample_maps
 from core.concepthash.config import bits_per_concept  # K/M, shared with the model's config
 from lens.inference import one_at_a_time

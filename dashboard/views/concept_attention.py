@@ -28,9 +28,17 @@ from lens.counterfactual import (
     subcode_changes,
     verdict,
 )
-from lens.data import data_json, open_data_split
-from lens.figures import ATTENTION_SCALE, image_grid, mask_overlay, overlay, show_colour_scale
+from lens.data import bundle_images, missing_tile, picture
+from lens.figures import (
+    ATTENTION_SCALE,
+    grid_columns,
+    image_grid,
+    mask_overlay,
+    overlay,
+    show_colour_scale,
+)
 from lens.hashing import (
+    DB_IDS,
     METHODS,
     bits_per_concept,
     center_square,
@@ -67,6 +75,8 @@ def picked_heatmaps(info, loaded, picked: Picked, method: str) -> np.ndarray:
         stored = stored_heatmaps(loaded, [picked.index])
         if stored is not None:
             return stored[0]
+    if picked.image is None:
+        raise ValueError(f"{picked.missing} The {method} maps need the image itself")
     return image_heatmaps(loaded, picked.image, info.path, info.mtime, picked.key, method)
 
 
@@ -112,13 +122,14 @@ class Naming:
 class Picked:
     """The image the page looks at: a database image or an upload."""
 
-    image: Image.Image
+    image: Image.Image | None  # None: a database image its stored id no longer finds (``missing`` says why)
     code: np.ndarray  # its ±1 code
     key: str  # the cache key of its heatmaps
     title: str
     index: int | None = None  # its row in the database; None for an upload
-    split: Any = None  # the database split it comes from
+    images: Any = None  # the database images, by the ids the bundle stores (core.data.stored.StoredImages)
     masks: dict[str, np.ndarray] | None = None  # its ToyBirds part masks, when the data has them
+    missing: str | None = None  # why the image cannot be shown (its stored code and attention still are)
 
 
 @dataclass(frozen=True)
@@ -134,14 +145,17 @@ class Attention:
 
 
 def pick_database_image(info, loaded) -> Picked | None:
-    """A database image picked by class and index, or None after a message."""
+    """A database image picked by class and row (found by the id the bundle stores), or None after a
+    message."""
     codes, labels = loaded.db_codes, loaded.db_labels
     class_names = list(loaded.config.get("classes") or [])
     try:
-        split = open_data_split(data_json(loaded.data), "train")
+        images, note = bundle_images(loaded, "train", DB_IDS)
     except (ValueError, OSError) as exc:
         st.error(f"The database images of '{info.name}' cannot be opened: {exc}")
         return None
+    if note:
+        st.caption(note)
     left, right = st.columns([1, 2])
     chosen = left.selectbox("Class", [ALL, *class_names], key="attn_class", on_change=reset_index)
     in_class = labels == class_names.index(chosen) if chosen != ALL else np.ones(len(codes), dtype=bool)
@@ -150,19 +164,26 @@ def pick_database_image(info, loaded) -> Picked | None:
         st.warning(f"The database has no image of class '{chosen}'.")
         return None
     index = int(
-        right.select_slider(
-            "Database image", [int(i) for i in candidates], key="attn_index", format_func=lambda i: f"#{i}"
+        right.selectbox(
+            f"Database image ({len(candidates)}; type to search by name)",
+            [int(i) for i in candidates],
+            key="attn_index",
+            format_func=lambda i: f"#{i} · {images.name(i)}",
         )
     )
     label = labels[index]
+    image, missing = picture(images, index)
+    if missing:
+        st.warning(missing)
     return Picked(
-        image=split.image(index),
+        image=image,
         code=codes[index],
-        key=f"db-{index}",
+        key=f"db-{images.ids[index]}",
         title=f"#{index} · {class_names[label] if label < len(class_names) else label}",
         index=index,
-        split=split,
-        masks=split.sample(index).masks if loaded.data.has_parts and hasattr(split, "sample") else None,
+        images=images,
+        masks=images.sample(index).masks if loaded.data.has_parts and image is not None else None,
+        missing=missing,
     )
 
 
@@ -210,7 +231,8 @@ def show_attention(info, loaded, picked: Picked, naming: Naming) -> Attention | 
         st.error(f"The attention maps of '{title}' could not be computed: {exc}")
         return None
 
-    shown = model_view(picked.image, 2 * SHOWN)  # twice the shown size: crisp on high-density screens
+    # Twice the shown size: crisp on high-density screens; a grey tile where the stored id finds no image.
+    shown = model_view(picked.image if picked.image is not None else missing_tile(2 * SHOWN), 2 * SHOWN)
     groups = code_groups(code, n_concepts)
     overlays = [overlay(shown, heat[m], opacity) for m in range(n_concepts)]
     items = [("image", shown)]
@@ -293,7 +315,7 @@ def show_repaint(info, loaded, picked: Picked, attention: Attention, naming: Nam
             else ""
         )
     )
-    current = picked.split.sample(index).part_values
+    current = picked.images.sample(index).part_values
     pick = st.columns([1, 1])
     part = pick[0].radio("Repaint the", list(PARTS), horizontal=True, key="attn_cf_part")
     value = pick[1].selectbox(
@@ -312,7 +334,7 @@ def show_repaint(info, loaded, picked: Picked, attention: Attention, naming: Nam
         )
         return
     try:
-        cf = redraw(loaded, info.path, info.mtime, index, part, value)
+        cf = redraw(loaded, info.path, info.mtime, picked.images.toybirds_index(index), part, value)
         cf_heat = image_heatmaps(
             loaded,
             cf.redrawn.image,
@@ -350,18 +372,25 @@ def show_repaint(info, loaded, picked: Picked, attention: Attention, naming: Nam
     flipped = {c.concept for c in changes if c.flipped}
     label = (lambda m: "CLS token") if cls_baseline else (lambda m: concept_label(m, names))
     shown, heat, opacity = attention.shown, attention.heat, attention.opacity
-    rows = [(f"before · {label(m)}", overlay(shown, heat[m], opacity)) for m in range(n_concepts)]
-    rows += [
+    before = [(f"before · {label(m)}", overlay(shown, heat[m], opacity)) for m in range(n_concepts)]
+    after = [
         (
             f"after · {label(m)}" + (" · ⟲ flipped" if m in flipped else ""),
             overlay(redrawn, cf_heat[m], opacity),
         )
         for m in range(n_concepts)
     ]
+    columns = max(n_concepts, 2)
+    if grid_columns(columns, SHOWN) < columns:
+        # More concepts than fit in a row: each concept's before and after side by side, pairs wrapping.
+        rows = [tile for pair in zip(before, after, strict=True) for tile in pair]
+        columns = max(2, grid_columns(columns, SHOWN) // 2 * 2)
+    else:
+        rows = before + after
     st.markdown(f"**{method_label} attention before and after the repaint**")
     image_grid(
         rows,
-        columns=n_concepts if n_concepts > 1 else 2,
+        columns=columns,
         width=SHOWN,
         download=f"repaint-{attention.stem}-{part}-{value}-{METHODS[method_label]}",
         scale=ATTENTION_SCALE,

@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from lens.bundles import require
-from lens.data import data_json, open_data_split
+from lens.data import bundle_images, picture
 from lens.figures import (
     ATTENTION_SCALE,
     download_figure,
@@ -65,23 +65,27 @@ CODES, IMAGES, SWAP, PARTS = "Codes", "Images that turn it on", "Part swap", "Su
 
 
 @st.cache_data(show_spinner="Computing attention maps ...", max_entries=64)
-def database_heatmaps(_loaded, _split, path: str, mtime: float, indices: tuple[int, ...]) -> np.ndarray:
+def database_heatmaps(_loaded, _images, path: str, mtime: float, indices: tuple[int, ...]) -> np.ndarray:
     """Last-layer heatmaps (B, M, H, W) of database images, cached per bundle version and image set: from the
-    attention the bundle stores, else (an older bundle) computed by the model."""
+    attention the bundle stores, else (an older bundle) computed by the model from the images its ids name."""
     stored = stored_heatmaps(_loaded, indices)
     if stored is not None:
         return stored
-    return heatmaps_for(_loaded, [_split.image(i) for i in indices], "last")
+    return heatmaps_for(_loaded, [_images.image(i) for i in indices], "last")
 
 
 def draw_grid(
-    split, indices, heat: dict, concept: int | None, names: list[str], labels, download: str
+    images, indices, heat: dict, concept: int | None, names: list[str], labels, download: str
 ) -> None:
-    """Database images with captions, each with the concept's attention on top when ``concept`` is set, and a
-    button for them as one labelled PNG named ``download``."""
-    items, cut = [], []
+    """Database images (found by the ids the bundle stores) with captions, each with the concept's attention
+    on top when ``concept`` is set, and a button for them as one labelled PNG named ``download``; an image
+    that cannot be found is a grey tile, and the grid says why below it."""
+    items, cut, missing = [], [], []
     for i in (int(i) for i in indices):
-        image = display_image(split.image(i), TILE)
+        found, problem = picture(images, i, TILE)
+        if problem:
+            missing.append(problem)
+        image = display_image(found, TILE)
         if concept is not None:
             image = overlay(image, heat[i][concept], 0.45)
         label = int(labels[i])
@@ -99,6 +103,14 @@ def draw_grid(
     )
     if cut:
         st.caption(" · ".join(cut))
+    show_missing(missing)
+
+
+def show_missing(problems: list[str]) -> None:
+    """One warning for the tiles whose image could not be found: how many, and the first reason."""
+    if problems:
+        more = f" ({len(problems) - 1} more like it in this grid)" if len(problems) > 1 else ""
+        st.warning(problems[0] + more)
 
 
 @dataclass(frozen=True)
@@ -200,10 +212,12 @@ def show_images(info, loaded, db: Database) -> None:
     """The images that turn a bit, or a sub-code value, on."""
     st.subheader("Which images turn it on")
     try:
-        split = open_data_split(data_json(loaded.data), "train")
+        images, note = bundle_images(loaded, "train", DB_IDS)
     except (ValueError, OSError) as exc:
         st.error(f"The database images of '{info.name}' cannot be opened: {exc}")
         return
+    if note:
+        st.caption(note)
     codes, labels, names, per = db.codes, db.labels, db.names, db.per
     bit_names, n_images, class_names = db.bit_names, db.n_images, db.class_names
     pick = (
@@ -260,7 +274,7 @@ def show_images(info, loaded, db: Database) -> None:
     heat = {}
     if attend and shown:
         try:
-            maps = database_heatmaps(loaded, split, info.path, info.mtime, shown)
+            maps = database_heatmaps(loaded, images, info.path, info.mtime, shown)
             heat = dict(zip(shown, maps, strict=True))
         except (ValueError, RuntimeError) as exc:
             st.error(f"The attention maps could not be computed: {exc}")
@@ -281,7 +295,7 @@ def show_images(info, loaded, db: Database) -> None:
                 if len(chosen) == 0:
                     st.info(f"No database image has {bit_names[bit]} {side.split()[0]}.")
                 draw_grid(
-                    split,
+                    images,
                     chosen,
                     heat,
                     overlaid,
@@ -301,7 +315,7 @@ def show_images(info, loaded, db: Database) -> None:
             count = len(groups[value])
             st.markdown(f"**value {value}** · bits `{subcode_bits(value, per)}` · {count} images")
             draw_grid(
-                split, chosen, heat, overlaid, class_names, labels, f"c{concept}-value{value}-sample{seed}"
+                images, chosen, heat, overlaid, class_names, labels, f"c{concept}-value{value}-sample{seed}"
             )
 
 

@@ -20,7 +20,7 @@ import streamlit as st
 from PIL import Image
 
 from lens.bundles import available, no_bundle_message, open_bundle
-from lens.data import data_json, open_data_split
+from lens.data import bundle_images, data_json, missing_tile, open_data_split, picture
 from lens.figures import (
     ATTENTION_SCALE,
     download_png,
@@ -30,7 +30,7 @@ from lens.figures import (
     overlay,
     show_colour_scale,
 )
-from lens.hashing import DB_IDS, concept_label, concept_names, is_cls_baseline, model_view
+from lens.hashing import DB_IDS, QUERY_IDS, concept_label, concept_names, is_cls_baseline, model_view
 from lens.retrieval import (
     data_mismatch,
     default_pair,
@@ -59,7 +59,7 @@ class Query:
     """The image both models search with."""
 
     key: str  # cache key of its code and heatmaps
-    image: Image.Image
+    image: Image.Image | None  # None: a test image its stored id no longer finds (its stored code works)
     class_name: str | None  # None for an upload: its results are not marked correct or not
     caption: str
     index: int | None = None  # a test image: its index in the test split of ``data``; None for an upload
@@ -102,6 +102,11 @@ def query_code_and_heatmaps(info, loaded, query: Query, method: str) -> tuple[np
         stored = stored_query(loaded, query.index, query.image_id)
     if stored is not None and method == "last":
         return stored
+    if query.image is None:
+        raise ValueError(
+            "the query's image file is missing, and this model "
+            + ("keeps no stored code for it" if stored is None else f"needs the image for the {method} maps")
+        )
     code, heatmaps = _encode_query(info.path, info.mtime, query.key, method, loaded.loaded(), query.image)
     return (code if stored is None else stored[0]), heatmaps
 
@@ -165,33 +170,60 @@ def pick_query(info_a) -> Query | None:
         digest = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
         image.thumbnail((256, 256))
         return Query(f"upload:{digest}", image, None, f"query: {name} (uploaded)")
-    try:
-        data = data_json(info_a.config.get("data", {}))
-        split = open_data_split(data, "test")
-    except (ValueError, OSError) as exc:
-        st.error(f"The test split of '{info_a.name}' could not be opened: {exc}")
+    loaded_a = open_bundle(info_a)
+    if loaded_a is None:
         return None
-    _forget_out_of_range("ret_query", 0, len(split) - 1)
+    try:
+        data = data_json(loaded_a.data)
+        images, note = bundle_images(loaded_a, "test", QUERY_IDS)
+    except (ValueError, OSError) as exc:
+        st.error(f"The test images of '{info_a.name}' could not be opened: {exc}")
+        return None
+    if note:
+        st.caption(note)
+    last = len(images) - 1
+    _forget_out_of_range("ret_query", 0, last)
     index = int(
         st.number_input(
             "Test image index",
             0,
-            len(split) - 1,
+            last,
             0,
             key="ret_query",
-            help=f"0 to {len(split) - 1}, from the test split of {info_a.name}'s data.",
+            help=f"0 to {last}, from the test split of {info_a.name}'s data.",
         )
     )
-    query_class = split.classes[int(split.labels[index])]
+    image, missing = picture(images, index)
+    if missing:
+        st.warning(missing)
+    query_class = test_class(data, images.ids[index])
     return Query(
-        f"test:{data}:{index}",
-        split.image(index),
+        f"test:{data}:{images.ids[index]}",
+        image,
         query_class,
-        f"query: {query_class}",
+        f"query: {images.name(index)}" + (f" · {query_class}" if query_class else ""),
         index=index,
-        image_id=split.image_id(index),
+        image_id=images.ids[index],
         data=data,
     )
+
+
+def test_class(data: str, image_id: str) -> str | None:
+    """The class of the test image ``image_id`` in today's data, found by its id (None when the data cannot
+    be read here or no longer holds it: the results are then not marked right or wrong)."""
+    try:
+        split = open_data_split(data, "test")
+    except (ValueError, OSError):
+        return None
+    row = test_rows(data, len(split)).get(image_id)
+    return None if row is None else split.classes[int(split.labels[row])]
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def test_rows(data: str, count: int) -> dict[str, int]:
+    """Each test image's row in today's test split of ``data``, by id."""
+    split = open_data_split(data, "test")
+    return {split.image_id(i): i for i in range(len(split))}
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -213,14 +245,21 @@ def run_model(info, loaded, query: Query, k: int, method: str) -> Results | None
     return Results(table, [int(i) for i in hits["index"]], heatmaps, code)
 
 
-def database_images(info, n_db: int, indices: list[int]) -> list[Image.Image] | None:
+def database_images(loaded, indices: list[int], side: int) -> list[Image.Image] | None:
+    """The database images at ``indices``, found by the ids the bundle stores (grey tiles, and one warning,
+    for those no longer found); None when the bundle's data cannot be opened here at all."""
     try:
-        split = open_data_split(data_json(info.config.get("data", {})), "train")
+        images, note = bundle_images(loaded, "train", DB_IDS)
     except (ValueError, OSError):
         return None
-    if len(split) != n_db:
-        return None
-    return [split.image(i) for i in indices]
+    if note:
+        st.caption(note)
+    found = [picture(images, i, side) for i in indices]
+    problems = [problem for _, problem in found if problem]
+    if problems:
+        more = f" ({len(problems) - 1} more like it)" if len(problems) > 1 else ""
+        st.warning(problems[0] + more)
+    return [image for image, _ in found]
 
 
 def draw_results(column, side: str, info, loaded, table, hits_index: list[int]) -> None:
@@ -230,7 +269,7 @@ def draw_results(column, side: str, info, loaded, table, hits_index: list[int]) 
         precision = precision_of(table)
         note = "" if precision is None else f"; {precision:.0%} of these {len(table)} share the query's class"
         st.caption(f"{info.summary}{note}")
-        images = database_images(info, len(loaded.db_codes), hits_index)
+        images = database_images(loaded, hits_index, THUMB)
         captions = [
             result_caption(int(r), int(d), c)
             for r, d, c in zip(table["rank"], table["distance"], table["correct"], strict=True)
@@ -263,7 +302,7 @@ def draw_ties(column, side: str, info, loaded, code: np.ndarray, k: int) -> None
         n_db = len(loaded.db_codes)
         db_ids = loaded.arrays.get(DB_IDS, [str(i) for i in range(n_db)])
         shown = [int(i) for i in group[:MAX_TIE_SHOWN]]
-        images = database_images(info, n_db, shown)
+        images = database_images(loaded, shown, 72)
         if images is None:
             st.warning(f"The database images of '{info.name}' are not available here; the CSV lists them.")
         else:
@@ -327,7 +366,8 @@ def main() -> None:
         )
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="ret_opacity")
     with view:
-        st.image(thumbnail(query.image, 160), caption=query.caption, width=160)
+        shown = query.image if query.image is not None else missing_tile(160)
+        st.image(thumbnail(shown, 160), caption=query.caption, width=160)
 
     results = [run_model(info, model, query, k, method) for info, model in zip(pair, loaded, strict=True)]
     if any(result is None for result in results):
@@ -362,7 +402,8 @@ def main() -> None:
 
     st.subheader("Concept heatmaps for the query")
     for side, column, info, result in zip("ab", st.columns(2), pair, results, strict=True):
-        draw_heatmaps(column, side, info, query.image, result.heatmaps, opacity)
+        image = query.image if query.image is not None else missing_tile(280)
+        draw_heatmaps(column, side, info, image, result.heatmaps, opacity)
     show_colour_scale()
 
 
