@@ -70,7 +70,7 @@ def test_images_by_bit_splits_on_and_off():
         hashing.images_by_bit(CODES, 4)
 
 
-def test_images_by_bit_sample_is_balanced_across_classes_and_seeded():
+def test_images_by_bit_sample_follows_the_classes_and_is_seeded():
     codes = np.ones((12, 2), dtype=np.int8)
     labels = np.repeat([0, 1, 2], 4)
     for n, per_class in ((3, 1), (6, 2)):
@@ -81,6 +81,39 @@ def test_images_by_bit_sample_is_balanced_across_classes_and_seeded():
     assert same.tolist() == hashing.images_by_bit(codes, 0, n=6, seed=1, labels=labels)[0].tolist()
     draws = {tuple(hashing.images_by_bit(codes, 0, n=6, seed=s, labels=labels)[0]) for s in range(6)}
     assert len(draws) > 1, "another seed draws another sample"
+
+
+def test_a_sample_shows_what_the_population_is():
+    """220 images of class 0 and 20 of class 1: 12 drawn are 11 and 1 (a class-balanced sample gave 6 and 6,
+    showing the outlier class as if it were half of them)."""
+    labels = np.repeat([0, 1], [220, 20])
+    for seed in range(5):
+        sample = hashing.proportional_sample(np.arange(240), labels, 12, seed)
+        assert np.bincount(labels[sample], minlength=2).tolist() == [11, 1]
+        assert labels[sample[0]] == 0, "the larger class first"
+        assert len(set(sample.tolist())) == 12
+    # 1:1:1 with 4 to draw: one class gets the spare image, by largest remainder with ties at random
+    labels = np.repeat([0, 1, 2], 5)
+    counts = [
+        np.bincount(labels[hashing.proportional_sample(np.arange(15), labels, 4, s)], minlength=3)
+        for s in range(8)
+    ]
+    assert all(sorted(c.tolist()) == [1, 1, 2] for c in counts)
+    assert len({int(np.argmax(c)) for c in counts}) > 1, "the spare image does not always go to one class"
+    assert hashing.proportional_sample(np.arange(3), np.zeros(3, dtype=int), 10).tolist() != []
+    assert len(hashing.proportional_sample(np.arange(3), np.zeros(3, dtype=int), 10)) == 3
+
+
+def test_subcode_value_table_by_hand():
+    # concept 1's bits (b0, b1) of CODES: #0 -> 3, #1 -> 1, #2 -> 2, #3 -> 1, #4 -> 0
+    table = hashing.subcode_value_table(CODES, np.array([0, 1, 1, 0, 1]), 1, 2, ["red", "blue"])
+    assert table["value"].tolist() == [1, 0, 2, 3], "most images first, then by value"
+    first = table.iloc[0]
+    assert (first["bits"], first["images"], first["classes"]) == ("10", 2, 2)
+    assert first["share"] == pytest.approx(2 / 5) and first["majority share"] == pytest.approx(0.5)
+    assert first["majority class"] == "red", "ties go to the lower class index"
+    assert table.iloc[1]["majority class"] == "blue"
+    assert hashing.subcode_value_label(first) == "value 1 · 10 · 2 images · mostly red (50%)"
 
 
 def test_images_by_subcode_and_bit_strings():
@@ -624,6 +657,10 @@ def test_hash_codes_page(dashboard, loaded):
     app.selectbox(key="hash_subcode").set_value(2).run()
     assert not app.exception, [e.value for e in app.exception]
     groups = hashing.images_by_subcode(codes, 2, 3)
+    table = hashing.subcode_value_table(codes, labels, 2, 3, loaded.config["classes"])
+    picker = app.multiselect(key="hash_values_2")
+    assert picker.options == [hashing.subcode_value_label(row) for _, row in table.iterrows()]
+    assert len(picker.options) == len(groups), "only the values some image has"
     text = markdown_text(app)
     for value, members in groups.items():
         assert f"**value {value}** · bits `{hashing.subcode_bits(value, 2)}` · {len(members)} images" in text

@@ -86,39 +86,85 @@ def bit_matrix_order(codes: np.ndarray, labels: np.ndarray, mode: str) -> np.nda
     return np.lexsort(keys)
 
 
-def balanced_sample(indices: np.ndarray, labels: np.ndarray | None, n: int, seed: int = 0) -> np.ndarray:
-    """Up to ``n`` of ``indices``, spread over classes: one random image per class in turn.
+def proportional_sample(indices: np.ndarray, labels: np.ndarray | None, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` of ``indices``, each class in proportion to its share of them, so a sample shows what the
+    whole group is: a class of 230 in 240 fills nearly all of it, one of 3 rarely appears.
 
-    Classes are visited in a random order each round, so a small sample does not always favour
-    the same classes. ``labels`` is indexed by image index; without labels the sample is uniform.
-    """
+    Each class gets ``n`` × its share, rounded by largest remainders (equal remainders in random order);
+    images are drawn at random within a class, and the sample lists the larger classes first. Seeded: the same
+    ``seed`` gives the same sample. ``labels`` is indexed by image index; without labels the sample is
+    uniform."""
     indices = np.asarray(indices, dtype=np.int64)
     rng = np.random.default_rng(seed)
     if n <= 0 or len(indices) == 0:
         return np.zeros(0, dtype=np.int64)
     if labels is None:
         return rng.permutation(indices)[:n]
+    of_index = np.asarray(labels)[indices]
+    classes, counts = np.unique(of_index, return_counts=True)
+    n = min(n, len(indices))
+    quota = counts * n / len(indices)
+    take = np.floor(quota).astype(np.int64)
+    by_remainder = np.lexsort((rng.random(len(classes)), -(quota - take)))
+    take[by_remainder[: n - int(take.sum())]] += 1
+    larger_first = np.argsort(-counts, kind="stable")
+    picked = [rng.permutation(indices[of_index == classes[c]])[: take[c]] for c in larger_first]
+    return np.concatenate(picked).astype(np.int64)
+
+
+def subcode_value_table(
+    codes: np.ndarray, labels: np.ndarray, concept: int, n_concepts: int, class_names: Sequence[str]
+) -> pd.DataFrame:
+    """One row per sub-code value that occurs for ``concept``, most frequent first: the value, its bits (b0
+    first), how many database images have it and their share, how many classes they come from, and the
+    majority class with its share of the value's images."""
+    groups = images_by_subcode(codes, concept, n_concepts)
+    per = bits_per_concept(np.asarray(codes).shape[1], n_concepts)
     labels = np.asarray(labels)
-    groups = [rng.permutation(indices[labels[indices] == c]).tolist() for c in np.unique(labels[indices])]
-    picked: list[int] = []
-    while len(picked) < n and any(groups):
-        for g in rng.permutation(len(groups)):
-            if groups[g] and len(picked) < n:
-                picked.append(groups[g].pop())
-    return np.array(picked, dtype=np.int64)
+    rows = []
+    for value, members in groups.items():
+        classes, counts = np.unique(labels[members], return_counts=True)
+        top = int(np.argmax(counts))
+        majority = int(classes[top])
+        name = class_names[majority] if 0 <= majority < len(class_names) else str(majority)
+        rows.append(
+            {
+                "value": value,
+                "bits": subcode_bits(value, per),
+                "images": len(members),
+                "share": len(members) / len(labels),
+                "classes": len(classes),
+                "majority class": name,
+                "majority share": counts[top] / len(members),
+            }
+        )
+    table = pd.DataFrame(rows, columns=SUBCODE_COLUMNS)
+    return table.sort_values(["images", "value"], ascending=[False, True], ignore_index=True)
+
+
+SUBCODE_COLUMNS = ["value", "bits", "images", "share", "classes", "majority class", "majority share"]
+
+
+def subcode_value_label(row: pd.Series) -> str:
+    """A picker line for a populated sub-code value: ``value 37 · 10100100 · 312 images · mostly X (40%)``."""
+    return (
+        f"value {row['value']} · {row['bits']} · {row['images']} images · "
+        f"mostly {row['majority class']} ({row['majority share']:.0%})"
+    )
 
 
 def images_by_bit(
     codes: np.ndarray, bit: int, n: int = 12, seed: int = 0, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A sample of up to ``n`` images with the bit on (+1) and up to ``n`` with it off (-1)."""
+    """A sample of up to ``n`` images with the bit on (+1) and up to ``n`` with it off (-1), each drawn in
+    proportion to its classes (:func:`proportional_sample`)."""
     codes = _check_codes(codes)
     if not 0 <= bit < codes.shape[1]:
         raise ValueError(f"Bit {bit} does not exist; the codes have bits 0 to {codes.shape[1] - 1}.")
     on = codes[:, bit] > 0
     return (
-        balanced_sample(np.flatnonzero(on), labels, n, seed),
-        balanced_sample(np.flatnonzero(~on), labels, n, seed),
+        proportional_sample(np.flatnonzero(on), labels, n, seed),
+        proportional_sample(np.flatnonzero(~on), labels, n, seed),
     )
 
 

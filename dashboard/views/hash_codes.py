@@ -19,12 +19,12 @@ from lens.figures import (
     download_table,
     image_grid,
     overlay,
+    share_bars,
     show_colour_scale,
 )
 from lens.hashing import (
     DB_IDS,
     SORT_MODES,
-    balanced_sample,
     bit_labels,
     bit_matrix_figure,
     bit_matrix_order,
@@ -47,15 +47,18 @@ from lens.hashing import (
     part_swap_split_table,
     part_swap_summary,
     part_swap_table,
+    proportional_sample,
     stored_heatmaps,
     subcode_bits,
+    subcode_value_label,
+    subcode_value_table,
     tile_caption,
 )
 from lens.tabs import kept, lazy_tabs
 
 SAMPLE = 12  # images per side (bit on / off)
 PER_VALUE = 6  # images per sub-code value
-MAX_VALUES = 16  # sub-code values drawn (the most frequent ones)
+FIRST_VALUES = 4  # sub-code values drawn at first (the most frequent ones); the picker offers every other
 TILE = 112  # px
 SORT_LABELS = {"class": "By class", "code": "By code", "original": "Original order"}
 REEVALUATE = "conceptlens eval BUNDLE --store"  # evaluates the bundle again and stores every metric in it
@@ -267,9 +270,19 @@ def show_images(info, loaded, db: Database) -> None:
             format_func=lambda m: f"{concept_label(m, names)} (bits c{m}·b0 … c{m}·b{per - 1})",
         )
         groups = images_by_subcode(codes, concept, db.n_concepts)
-        values = sorted(sorted(groups, key=lambda v: (-len(groups[v]), v))[:MAX_VALUES])
-        samples = {v: balanced_sample(groups[v], labels, PER_VALUE, seed) for v in values}
-
+        table = subcode_value_table(codes, labels, concept, db.n_concepts, class_names)
+        lines = {int(row["value"]): subcode_value_label(row) for _, row in table.iterrows()}
+        values = kept(
+            st.multiselect,
+            f"Values to show ({len(groups)} of {2**per} occur; most frequent first)",
+            list(lines),
+            default=list(lines)[:FIRST_VALUES],
+            format_func=lines.get,
+            key=f"hash_values_{concept}",
+            valid=lambda chosen: all(v in lines for v in chosen),
+            help="Only values some database image has are offered; type to search by value, bits or class.",
+        )
+        samples = {v: proportional_sample(groups[v], labels, PER_VALUE, seed) for v in values}
     shown = tuple(int(i) for chosen in samples.values() for i in chosen)
     heat = {}
     if attend and shown:
@@ -290,7 +303,7 @@ def show_images(info, loaded, db: Database) -> None:
             with column:
                 st.markdown(
                     f"**{bit_names[bit]} {side}** — {counts[side]} of {n_images} images "
-                    f"(a sample of {len(chosen)}, balanced across classes)"
+                    f"(a random sample of {len(chosen)}, drawn in proportion to their classes)"
                 )
                 if len(chosen) == 0:
                     st.info(f"No database image has {bit_names[bit]} {side.split()[0]}.")
@@ -307,13 +320,25 @@ def show_images(info, loaded, db: Database) -> None:
         st.markdown(
             f"**{concept_label(concept, names).capitalize()}**: {len(groups)} of {2**per} possible "
             "sub-code values occur. "
-            "Bits are listed b0 first; the value reads them with b0 as the lowest bit."
+            "Bits are listed b0 first; the value reads them with b0 as the lowest bit. Each value's images "
+            f"are a random sample of up to {PER_VALUE}, drawn in proportion to the classes that have it."
         )
-        if len(groups) > MAX_VALUES:
-            st.caption(f"Showing the {MAX_VALUES} most frequent values.")
+        with st.expander(f"Every value that occurs ({len(table)}), with its images and majority class"):
+            st.dataframe(
+                table,
+                hide_index=True,
+                column_config=share_bars("share", "share of database")
+                | share_bars("majority share", "majority"),
+                key=f"hash_value_table_{concept}",
+            )
+            download_table(table, f"subcode-values-c{concept}", key=f"hash_values_csv_{concept}")
+        if not values:
+            st.info("Pick one or more values above to see their images.")
         for value, chosen in samples.items():
-            count = len(groups[value])
-            st.markdown(f"**value {value}** · bits `{subcode_bits(value, per)}` · {count} images")
+            st.markdown(
+                f"**value {value}** · bits `{subcode_bits(value, per)}` · {len(groups[value])} images "
+                f"· {lines[value].split(' · ', 3)[3]}"
+            )
             draw_grid(
                 images, chosen, heat, overlaid, class_names, labels, f"c{concept}-value{value}-sample{seed}"
             )
