@@ -183,6 +183,49 @@ def test_bit_matrix_figure():
     ]
 
 
+def test_bit_frequency_figure_by_hand():
+    # CODES rows #0..#4, LABELS: class of each; bit 0 of class a (#0, #2) and b (#1, #3, #4)
+    fig = hashing.bit_frequency_figure(CODES, LABELS, 2, ["a", "b"], {0: "wing"})
+    heat = fig.data[0]
+    labels = np.asarray(LABELS)
+    expected = [(CODES[labels == c] > 0).mean(axis=0) for c in (0, 1)]
+    assert np.allclose(np.asarray(heat.z), expected)
+    assert list(heat.y) == ["a", "b"] and list(heat.x) == ["c0·b0", "c0·b1", "c1·b0", "c1·b1"]
+    assert np.asarray(heat.customdata)[:, 0].tolist() == np.bincount(LABELS).tolist()
+    assert [a.text for a in fig.layout.annotations] == ["<b>c0 ≈ wing</b>"]
+
+
+def test_64_bit_codes_are_labelled_by_concept_and_classes_are_separated():
+    rng = np.random.default_rng(0)
+    codes = np.where(rng.random((30, 64)) < 0.5, 1, -1).astype(np.int8)
+    labels = np.repeat([2, 0, 1], 10)
+    order = hashing.bit_matrix_order(codes, labels, "class")
+    fig = hashing.bit_matrix_figure(
+        codes, labels, order, 8, ["a", "b", "c"], {3: "head"}, class_boundaries=True
+    )
+    axis = fig.layout.xaxis
+    assert list(axis.ticktext) == ["c0", "c1", "c2", "c3 ≈ head", "c4", "c5", "c6", "c7"]
+    assert list(axis.tickvals) == [3.5 + 8 * m for m in range(8)], "the middle of each 8-bit sub-code"
+    assert not fig.layout.annotations, "no titles printed over the labels"
+    lines = [shape for shape in fig.layout.shapes if shape.y0 == shape.y1]
+    assert sorted(line.y0 for line in lines) == [9.5, 19.5], "one line between each pair of classes"
+    unsorted = hashing.bit_matrix_figure(
+        codes, labels, np.arange(30)[::-1], 8, ["a", "b", "c"], class_boundaries=True
+    )
+    assert len([s for s in unsorted.layout.shapes if s.y0 == s.y1]) == 2  # reversed blocks are still blocks
+    mixed = hashing.bit_matrix_figure(
+        codes,
+        labels,
+        hashing.bit_matrix_order(codes, labels, "code"),
+        8,
+        ["a", "b", "c"],
+        class_boundaries=True,
+    )
+    assert not [s for s in mixed.layout.shapes if s.y0 == s.y1], (
+        "rows that do not run class by class: no lines"
+    )
+
+
 # --- concept naming and the part-swap matrix ------------------------------------------------------
 
 SWAP = {

@@ -556,14 +556,16 @@ def bit_matrix_figure(
     n_concepts: int,
     class_names: Sequence[str],
     names: dict[int, str] | None = None,
+    class_boundaries: bool = False,
 ) -> go.Figure:
-    """Plotly heatmap of the codes (rows in ``order``, 1 = bit on), with separators between concepts.
+    """Plotly heatmap of the codes (rows in ``order``, 1 = bit on), with separators between concepts, and with
+    ``class_boundaries`` a line between classes (when the rows run class by class).
 
     With ``names`` (concept -> matched part) each concept's columns are titled ``c0 ≈ head``.
     """
     codes = _check_codes(codes)
     n, n_bits = codes.shape
-    per = bits_per_concept(n_bits, n_concepts)
+    bits_per_concept(n_bits, n_concepts)  # refuses a code length the concepts do not divide
     rows = (codes[order] > 0).astype(np.int8)
     # One label per row (not per cell) keeps the figure small for large databases; hover shows it.
     rows_named = [
@@ -588,23 +590,100 @@ def bit_matrix_figure(
             hovertemplate="%{y}<br>%{x} = %{z}<extra></extra>",
         )
     )
-    for m in range(1, n_concepts):
-        fig.add_vline(x=m * per - 0.5, line_width=3, line_color="#e63946")
-    for m in sorted(names or {}):
-        fig.add_annotation(
-            x=m * per + (per - 1) / 2,
-            y=1.0,
-            yref="paper",
-            yshift=38,
-            text=f"<b>{concept_label(m, names or {}, short=True)}</b>",
-            showarrow=False,
-        )
+    if class_boundaries and len(order) and runs_class_by_class(labels, order):
+        _class_boundaries(fig, np.asarray(labels)[order])
+    _concept_columns(fig, n_bits, n_concepts, names)
     fig.update_yaxes(
         autorange="reversed", type="category", showticklabels=False, title=f"{n} database images"
     )
-    fig.update_xaxes(side="top", tickangle=0)
-    top = 90 if names else 60  # room for the concept titles above the bit labels
+    top = 90 if names and n_bits <= MAX_BIT_TICKS else 60  # room for the concept titles above the bit labels
     fig.update_layout(height=min(900, max(320, 4 * n + 80)), margin={"l": 40, "r": 10, "t": top, "b": 10})
+    return fig
+
+
+MAX_BIT_TICKS = 24  # more bits than this are labelled by concept ("c3 ≈ head"), one label per sub-code
+BOUNDARY_CLASSES = 200  # class boundaries are drawn for at most this many class blocks
+
+
+def runs_class_by_class(labels: np.ndarray, order: np.ndarray) -> bool:
+    """Whether the rows in ``order`` run class by class (each class one block), so boundaries can be drawn."""
+    ordered = np.asarray(labels)[order]
+    starts = np.count_nonzero(ordered[1:] != ordered[:-1]) + 1
+    return starts == len(np.unique(ordered)) and starts <= BOUNDARY_CLASSES
+
+
+def _class_boundaries(fig: go.Figure, ordered_labels: np.ndarray) -> None:
+    """A thin line between consecutive class blocks of the rows."""
+    for row in np.flatnonzero(ordered_labels[1:] != ordered_labels[:-1]) + 1:
+        fig.add_hline(y=float(row) - 0.5, line_width=1, line_color="rgba(255,255,255,0.85)")
+
+
+def _concept_columns(fig: go.Figure, n_bits: int, n_concepts: int, names: dict[int, str] | None) -> None:
+    """Separators between the concepts' sub-codes and their titles. Up to :data:`MAX_BIT_TICKS` bits, every
+    column keeps its bit label and named concepts get a title above; beyond, one label per concept at the
+    middle of its sub-code replaces the bit labels, which would run together (hover still names each bit)."""
+    per = bits_per_concept(n_bits, n_concepts)
+    for m in range(1, n_concepts):
+        fig.add_vline(x=m * per - 0.5, line_width=3, line_color="#e63946")
+    if n_bits > MAX_BIT_TICKS:
+        fig.update_xaxes(
+            tickmode="array",
+            tickvals=[m * per + (per - 1) / 2 for m in range(n_concepts)],
+            ticktext=[concept_label(m, names or {}, short=True) for m in range(n_concepts)],
+        )
+    else:
+        for m in sorted(names or {}):
+            fig.add_annotation(
+                x=m * per + (per - 1) / 2,
+                y=1.0,
+                yref="paper",
+                yshift=38,
+                text=f"<b>{concept_label(m, names or {}, short=True)}</b>",
+                showarrow=False,
+            )
+    fig.update_xaxes(side="top", tickangle=0)
+
+
+def bit_frequency_figure(
+    codes: np.ndarray,
+    labels: np.ndarray,
+    n_concepts: int,
+    class_names: Sequence[str],
+    names: dict[int, str] | None = None,
+) -> go.Figure:
+    """Classes x bits: the share of each class's database images that have the bit on — one row per class
+    that occurs (in class order), however many images there are; a bit that tells classes apart is bright
+    for some rows and dark for others."""
+    codes = _check_codes(codes)
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    share = np.stack([(codes[labels == c] > 0).mean(axis=0) for c in classes]) if len(classes) else codes[:0]
+    counts = np.bincount(np.searchsorted(classes, labels), minlength=len(classes))
+    rows = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in classes.tolist()]
+    fig = go.Figure(
+        go.Heatmap(
+            z=share,
+            x=bit_labels(codes.shape[1], n_concepts),
+            y=rows,
+            customdata=np.repeat(counts[:, None], codes.shape[1], axis=1),
+            zmin=0,
+            zmax=1,
+            colorscale=[[0.0, "#2b2d42"], [1.0, "#f4d35e"]],
+            colorbar={"title": "share on", "tickformat": ".0%", "len": 0.4},
+            xgap=1,
+            hovertemplate="%{y} (%{customdata} images)<br>%{x} on in %{z:.0%}<extra></extra>",
+        )
+    )
+    _concept_columns(fig, codes.shape[1], n_concepts, names)
+    fig.update_yaxes(
+        autorange="reversed",
+        type="category",
+        showticklabels=len(rows) <= 40,
+        title=f"{len(rows)} classes",
+    )
+    top = 90 if names and codes.shape[1] <= MAX_BIT_TICKS else 60
+    height = min(1400, max(320, (18 if len(rows) <= 40 else 6) * len(rows) + 100))
+    fig.update_layout(height=height, margin={"l": 40, "r": 10, "t": top, "b": 10})
     return fig
 
 

@@ -25,6 +25,7 @@ from lens.figures import (
 from lens.hashing import (
     DB_IDS,
     SORT_MODES,
+    bit_frequency_figure,
     bit_labels,
     bit_matrix_figure,
     bit_matrix_order,
@@ -60,6 +61,9 @@ SAMPLE = 12  # images per side (bit on / off)
 PER_VALUE = 6  # images per sub-code value
 FIRST_VALUES = 4  # sub-code values drawn at first (the most frequent ones); the picker offers every other
 TILE = 112  # px
+PER_CLASS, EVERY_IMAGE = "Per class", "Every image"
+RAW_ROWS_FIRST = 2000  # a database larger than this opens on the per-class view
+PAGE_ROWS = 2000  # rows of the every-image matrix drawn at once
 SORT_LABELS = {"class": "By class", "code": "By code", "original": "Original order"}
 REEVALUATE = "conceptlens eval BUNDLE --store"  # evaluates the bundle again and stores every metric in it
 # The page's tabs; a visit draws the open one only (the bit matrix, at first), so it is ready sooner.
@@ -193,22 +197,61 @@ def describe(info, db: Database) -> None:
 def show_bit_matrix(db: Database, ids) -> None:
     st.subheader("The database codes")
     codes, labels = db.codes, db.labels
-    mode = kept(
-        st.radio, "Sort rows", SORT_MODES, format_func=SORT_LABELS.get, horizontal=True, key="hash_sort"
+    views = [PER_CLASS, EVERY_IMAGE]
+    view = kept(
+        st.radio,
+        "Show",
+        views,
+        index=0 if db.n_images > RAW_ROWS_FIRST else 1,
+        horizontal=True,
+        key="hash_matrix_view",
+        help=f"Per class reads at any size; every image's code is drawn {PAGE_ROWS} rows at a time.",
     )
-    order = bit_matrix_order(codes, labels, mode)
-    matrix = bit_matrix_figure(codes, labels, order, db.n_concepts, db.class_names, db.names)
-    st.plotly_chart(matrix, key="hash_matrix")
-    st.caption(
-        "Yellow = on (+1), dark = off (−1); red lines separate the concepts' sub-codes. "
-        "Hover a cell for the image and its class."
-    )
-    download_figure(matrix, "bit-matrix", key="hash_matrix_html")
-    download_table(
-        codes_table(codes, labels, order, db.class_names, db.bit_names, ids),
-        "database_codes",
-        key="hash_codes_csv",
-    )
+    if view == PER_CLASS:
+        matrix = bit_frequency_figure(codes, labels, db.n_concepts, db.class_names, db.names)
+        st.plotly_chart(matrix, key="hash_matrix_classes")
+        st.caption(
+            "Each row is one class: the share of its database images with each bit on (yellow = all, dark = "
+            "none); red lines separate the concepts' sub-codes. A bit that tells classes apart is bright in "
+            "some rows and dark in others. Hover a cell for the class, its image count and the share."
+        )
+        download_figure(matrix, "bit-frequency-per-class", key="hash_matrix_classes_html")
+    else:
+        mode = kept(
+            st.radio, "Sort rows", SORT_MODES, format_func=SORT_LABELS.get, horizontal=True, key="hash_sort"
+        )
+        order = bit_matrix_order(codes, labels, mode)
+        shown = order
+        if len(order) > PAGE_ROWS:
+            pages = -(-len(order) // PAGE_ROWS)
+            page = kept(
+                st.number_input,
+                f"Rows, {PAGE_ROWS} at a time (page 1 to {pages})",
+                min_value=1,
+                max_value=pages,
+                value=1,
+                key="hash_matrix_page",
+                valid=lambda p: 1 <= p <= pages,
+            )
+            shown = order[(page - 1) * PAGE_ROWS : page * PAGE_ROWS]
+            st.caption(
+                f"Rows {(page - 1) * PAGE_ROWS + 1} to {(page - 1) * PAGE_ROWS + len(shown)} of {len(order)}."
+            )
+        matrix = bit_matrix_figure(
+            codes, labels, shown, db.n_concepts, db.class_names, db.names, class_boundaries=mode == "class"
+        )
+        st.plotly_chart(matrix, key="hash_matrix")
+        st.caption(
+            "Yellow = on (+1), dark = off (−1); red lines separate the concepts' sub-codes"
+            + ("; white lines separate the classes" if mode == "class" else "")
+            + ". Hover a cell for the image and its class."
+        )
+        download_figure(matrix, "bit-matrix", key="hash_matrix_html")
+        download_table(
+            codes_table(codes, labels, order, db.class_names, db.bit_names, ids),
+            "database_codes",
+            key="hash_codes_csv",
+        )
 
 
 def show_images(info, loaded, db: Database) -> None:
