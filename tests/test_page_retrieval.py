@@ -18,9 +18,12 @@ import pytest
 
 from core.retrieval import pack_codes
 from lens.retrieval import (
+    class_key,
+    data_differences,
     data_mismatch,
     default_pair,
     first_tie_group,
+    knows_class,
     metrics_table,
     precision_of,
     result_caption,
@@ -147,7 +150,46 @@ def test_default_pair_falls_back_to_the_first_bundles():
 def test_data_mismatch_names_both_data_sets():
     assert data_mismatch(info("a", 1.0).config, info("b", 0.0).config) is None
     message = data_mismatch(info("a", 1.0, seed=0).config, info("b", 0.0, seed=7).config)
-    assert "seed 0" in message and "seed 7" in message
+    assert "seed: 0 vs 7" in message
+
+
+def test_data_comparison_names_what_differs_and_nothing_else():
+    """Two ToyBirds bundles that differ only in images per class read "toybirds (seed 0, 64 px) vs toybirds
+    (seed 0, 64 px)" before: the sentence must say what differs."""
+    base = {"kind": "toybirds", "seed": 0, "image_size": 64, "train_per_class": 40, "test_per_class": 10}
+    assert data_differences({"data": base}, {"data": dict(base)}) == []
+    more = {"data": base | {"train_per_class": 170}}
+    assert data_differences({"data": base}, more) == ["train images per class: 40 vs 170"]
+    assert "train images per class: 40 vs 170" in data_mismatch({"data": base}, more)
+    older = {"data": {k: v for k, v in base.items() if k != "test_per_class"}}  # filled in: the default 10
+    assert data_differences({"data": base}, older) == []
+    folder = {"data": {"kind": "folder", "root": "/data/birds"}}
+    assert data_differences({"data": base}, folder) == ["data set: toybirds vs folder"]
+    assert data_differences(folder, {"data": {"kind": "folder", "root": "/data/cars"}}) == [
+        "folder: /data/birds vs /data/cars"
+    ]
+    assert (
+        data_differences(folder, {"data": {"kind": "folder", "root": "/data/birds", "image_size": 224}}) == []
+    )
+
+
+def test_class_names_compare_across_naming_styles():
+    assert class_key("024.Red_faced_Cormorant") == class_key("red faced cormorant") == "red faced cormorant"
+    assert class_key("Red faced  Cormorant") == "red faced cormorant"
+    assert class_key("Cormorant 2") == "cormorant 2", "a number at the end is part of the name"
+    assert knows_class(["001.Black_footed_Albatross", "024.Red_faced_Cormorant"], "red faced cormorant")
+    assert not knows_class(["azure sparrow"], "red faced cormorant") and not knows_class(["x"], None)
+
+
+def test_results_of_a_model_that_does_not_know_the_query_class_are_not_marked_wrong():
+    hits = pd.DataFrame({"rank": [1, 2], "index": [0, 1], "distance": [0, 3]})
+    cub = ["001.Black_footed_Albatross", "024.Red_faced_Cormorant"]
+    table = results_table("b", hits, ["x", "y"], [1, 0], cub, "red faced cormorant")
+    assert table["correct"].tolist() == [True, False], "the same species named the CUB way"
+    other = results_table(
+        "b", hits, ["x", "y"], [1, 0], ["azure sparrow", "ebony pipit"], "red faced cormorant"
+    )
+    assert other["correct"].isna().all() and precision_of(other) is None
 
 
 def test_metrics_table_copies_the_stored_metrics():
@@ -436,7 +478,7 @@ def test_models_with_different_data_get_a_warning(tiny_bundles, tmp_path, monkey
     assert not app.warning
     app.selectbox(key="ret_model_b").set_value(str(other)).run()
     assert not app.exception
-    assert len(app.warning) == 1 and "seed 0" in app.warning[0].value and "seed 7" in app.warning[0].value
+    assert len(app.warning) == 1 and "seed: 0 vs 7" in app.warning[0].value
     assert [len(c) for c in result_columns(app)] == [app.slider(key="ret_k").value] * 2
 
 

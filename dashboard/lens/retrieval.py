@@ -21,6 +21,7 @@ from PIL import Image
 
 from core.concepthash.arrays import QUERY_ATTENTION, QUERY_CODES, QUERY_IDS
 from core.concepthash.codes import sign_codes
+from core.data import DataSpec
 from core.retrieval import hamming_distances, hamming_topk, pack_codes
 from lens.hashing import heatmaps_of_stored, n_attended
 
@@ -103,15 +104,65 @@ def data_label(config: Mapping[str, Any]) -> str:
     return f"{kind} at {data.get('root')}"
 
 
+# What makes two bundles' data the same images, by data kind: ToyBirds is drawn from its seed, size, counts
+# and world version; a folder is read from its root (split by seed when it has no train/ and test/).
+SAME_DATA_FIELDS = {
+    "toybirds": ("seed", "image_size", "train_per_class", "test_per_class", "world"),
+    "folder": ("root", "seed"),
+}
+FIELD_NAMES = {
+    "kind": "data set",
+    "root": "folder",
+    "seed": "seed",
+    "image_size": "image size",
+    "train_per_class": "train images per class",
+    "test_per_class": "test images per class",
+    "world": "ToyBirds world",
+}
+
+
+def data_differences(config_a: Mapping[str, Any], config_b: Mapping[str, Any]) -> list[str]:
+    """What differs between two bundles' data, as ``"seed: 0 vs 7"`` items (empty when they are the same
+    images): the data set, then what makes its images for that kind (:data:`SAME_DATA_FIELDS`; other kinds
+    by their root). Stored specs are read with the defaults a spec fills in, so an older bundle that lacks a
+    field compares as the spec it stands for."""
+    a, b = _spec_dict(config_a), _spec_dict(config_b)
+    if a.get("kind") != b.get("kind"):
+        return [f"data set: {a.get('kind')} vs {b.get('kind')}"]
+    fields = SAME_DATA_FIELDS.get(str(a.get("kind")), ("root",))
+    return [f"{FIELD_NAMES[f]}: {a.get(f)} vs {b.get(f)}" for f in fields if a.get(f) != b.get(f)]
+
+
+def _spec_dict(config: Mapping[str, Any]) -> dict[str, Any]:
+    data = dict(config.get("data") or {})
+    try:
+        return DataSpec.from_dict(data).to_dict()
+    except (ValueError, TypeError):
+        return data
+
+
 def data_mismatch(config_a: Mapping[str, Any], config_b: Mapping[str, Any]) -> str | None:
-    """One warning sentence when two bundles were trained on different data, else None."""
-    if config_a.get("data") == config_b.get("data"):
+    """One warning sentence naming what differs when two bundles were trained on different data, else
+    None."""
+    differences = data_differences(config_a, config_b)
+    if not differences:
         return None
     return (
-        f"The two models use different data ({data_label(config_a)} vs {data_label(config_b)}): "
-        "the query comes from model A's test split and each model searches its own database, "
-        "so the comparison is not like for like."
+        f"The two models use different data ({'; '.join(differences)}): the query comes from model A's "
+        "test split and each model searches its own database, so the comparison is not like for like."
     )
+
+
+def class_key(name: Any) -> str:
+    """A class name as compared across data sets: a number prefix ("024."), underscores, case and spacing
+    do not count, so CUB's "024.Red_faced_Cormorant" is the same class as "red faced cormorant"."""
+    text = re.sub(r"^\s*\d+\s*[._-]\s*", "", str(name))
+    return " ".join(text.replace("_", " ").lower().split())
+
+
+def knows_class(classes: Sequence[str], query_class: str | None) -> bool:
+    """Whether a model's classes include the query's (by :func:`class_key`): then its results are marked."""
+    return query_class is not None and class_key(query_class) in {class_key(c) for c in classes}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,17 +277,19 @@ def results_table(
 ) -> pd.DataFrame:
     """The hits of one model as rows of :data:`RESULT_COLUMNS`.
 
-    ``correct`` is True when the database image's class name equals ``query_class`` and missing
-    (``pd.NA``) for a query of unknown class (an upload).
+    ``correct`` is True when the database image's class is the query's (compared by :func:`class_key`, so the
+    same species named the CUB way and the plain way agree), and missing (``pd.NA``) when that cannot be
+    told: a query of unknown class (an upload), or a model none of whose classes is the query's (another data
+    set) — never a ✗ for a class the model could not have known.
     """
     index = hits["index"].to_numpy()
     names = [
         str(classes[int(db_labels[i])]) if int(db_labels[i]) < len(classes) else str(db_labels[i])
         for i in index
     ]
-    correct = pd.array(
-        [None if query_class is None else name == query_class for name in names], dtype="boolean"
-    )
+    markable = knows_class(classes, query_class)
+    wanted = class_key(query_class) if markable else None
+    correct = pd.array([class_key(name) == wanted if markable else None for name in names], dtype="boolean")
     return pd.DataFrame(
         {
             "rank": hits["rank"].to_numpy(),

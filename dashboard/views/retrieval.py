@@ -36,6 +36,7 @@ from lens.retrieval import (
     default_pair,
     encode_query,
     first_tie_group,
+    knows_class,
     metrics_table,
     pack_codes,
     precision_of,
@@ -262,13 +263,19 @@ def database_images(loaded, indices: list[int], side: int) -> list[Image.Image] 
     return [image for image, _ in found]
 
 
-def draw_results(column, side: str, info, loaded, table, hits_index: list[int]) -> None:
+def draw_results(column, side: str, info, loaded, table, hits_index: list[int], query: Query) -> None:
     """Model ``side`` ("a" or "b", part of every widget key: both sides may show the same bundle)."""
     with column:
         st.subheader(info.name)
         precision = precision_of(table)
         note = "" if precision is None else f"; {precision:.0%} of these {len(table)} share the query's class"
         st.caption(f"{info.summary}{note}")
+        wanted = query.class_name
+        if wanted is not None and not knows_class(info.config.get("classes") or [], wanted):
+            st.info(
+                f"'{info.name}' has no class named like the query's ('{wanted}'): it was trained on other "
+                "classes, so its results are not marked right or wrong."
+            )
         images = database_images(loaded, hits_index, THUMB)
         captions = [
             result_caption(int(r), int(d), c)
@@ -374,7 +381,7 @@ def main() -> None:
         return
     st.subheader(f"Top {k} results")
     for side, column, info, model, result in zip("ab", st.columns(2), pair, loaded, results, strict=True):
-        draw_results(column, side, info, model, result.table, result.indices)
+        draw_results(column, side, info, model, result.table, result.indices, query)
     both = pd.concat([result.table for result in results], ignore_index=True)
     with st.expander("Results as a table"):
         st.dataframe(both, hide_index=True, width="stretch")
