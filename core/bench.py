@@ -6,6 +6,8 @@
     conceptlens bench dashboard [--bundles pretrained --warm-runs 5 --uploads 3 --no-browser]
     conceptlens bench memory    [--bundles pretrained]
     conceptlens bench load      [--bundles pretrained --sessions 8 --photos 3]
+    conceptlens bench make-bundle --out DIR [--kind concepthash --bits 64 --concepts 8 --classes 200
+                                --images 20000 | --kind ceir --concepts-bank general --n-concepts 400]
 
 These are measurements, not tests: every sub-command prints a plain-text table on stdout and writes
 the numbers, the settings and the machine (cores, CPU model, library versions) to ``--json-out``
@@ -22,6 +24,10 @@ Two choices keep the numbers honest:
   keeps their flags and runs ``dashboard/benchmark.py`` (next to ``core`` in the source checkout) in a
   child process, whose output streams through and whose exit status becomes ours. ``core`` itself
   knows nothing of the dashboard's code or the web framework it uses.
+
+``make-bundle`` is not a measurement but what the dashboard benchmarks measure at scale: a synthetic bundle
+of a researcher's size (:mod:`core.synthetic`), written in seconds; its table gives the time of each step.
+Pass its folder to ``bench dashboard --bundles`` (a single bundle's folder is a folder of one bundle).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from core.retrieval.approximate import (
 )
 from core.retrieval.hamming import HammingIndex, hamming_topk, pack_codes
 from core.settings import from_args
+from core.synthetic import SyntheticBundleConfig, add_make_bundle_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD_SCRIPT = REPO_ROOT / "dashboard" / "benchmark.py"  # runs the dashboard and memory benchmarks
@@ -732,6 +739,12 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
         benches.add_parser("memory", help="peak RSS of loading every bundle and rendering every page")
     )
     add_load_flags(benches.add_parser("load", help="several browser sessions upload photos at once"))
+
+    make = benches.add_parser(
+        "make-bundle", help="write a synthetic bundle at a researcher's scale (a real model, drawn arrays)"
+    )
+    add_make_bundle_flags(make)
+    _json_out(make, "make-bundle")
     return bench
 
 
@@ -746,9 +759,31 @@ def _encoding(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return result, encoding_table(result)
 
 
+def _make_bundle(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from core.synthetic import make_bundle
+
+    config = from_args(SyntheticBundleConfig, args)
+    made = make_bundle(config)
+    result = {
+        "benchmark": "make-bundle",
+        "machine": machine_info(),
+        "settings": {**asdict(config), "out": str(config.out), "data_out": str(config.data_out)},
+        "bundle": str(made.bundle),
+        "data_root": None if made.data_root is None else str(made.data_root),
+        "seconds": made.seconds,
+        "metrics": made.metrics,
+    }
+    where = f"Synthetic {config.kind} bundle {made.bundle}" + (
+        f", images in {made.data_root}" if made.data_root else " (ToyBirds ids)"
+    )
+    table = format_table(["step", "seconds"], [[step, sec] for step, sec in made.seconds.items()])
+    return result, f"{where}\n\n{table}"
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], str]]] = {
     "retrieval": _retrieval,
     "encoding": _encoding,
+    "make-bundle": _make_bundle,
 }
 
 

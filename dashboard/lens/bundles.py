@@ -206,6 +206,8 @@ def describe_bundle(path: Path, config: dict[str, Any]) -> BundleInfo:
     summary, headline = view.describe(config)
     backbone = backbone_label(config.get("backbone", {})) if view.on_backbone else "—"
     summary = f"{summary}; backbone {backbone}; data {data_label}"
+    if config.get("synthetic"):  # written by `conceptlens bench make-bundle`: drawn arrays, not training
+        summary += "; synthetic (bench make-bundle)"
     headline = {k: v for k, v in headline.items() if isinstance(v, int | float)}
     return BundleInfo(str(path), kind, path.name, summary, headline, config)
 
