@@ -359,6 +359,12 @@ def test_flipped_subcodes_of_a_hand_made_pair():
     ]
     with pytest.raises(ValueError, match="side must be"):
         counterfactual.code_html(changes, "left")
+    table = counterfactual.changes_table(changes)
+    assert table.values.tolist() == [
+        ["concept 0 ≈ head", "head", "10", "10", ""],
+        ["concept 1 ≈ wing", "wing", "11", "01", "b0"],
+        ["concept 2 ≈ body", "body", "00", "01", "b1"],
+    ]
     evil = counterfactual.subcode_changes(before, after, 3, {0: "<b>head</b>"})
     assert "<b>" not in counterfactual.code_html(evil, "after"), "part names are escaped"
     assert (
@@ -1056,6 +1062,8 @@ def test_concept_attention_counterfactual_panel(dashboard, swap_bundles, loaded,
         assert counterfactual.species_line(original, redrawn, part) in text
         held, sentence = counterfactual.verdict(changes, part)
         assert [e.value for e in (app.success if held else app.warning)] == [sentence]
+        shown = next(frame.value for frame in app.dataframe if "flipped bits" in frame.value.columns)
+        assert shown.equals(counterfactual.changes_table(changes)), "the verdict per concept"
         captions = [c for c, _ in images(app)]
         assert f"Original · {original.species_name}" in captions
         assert f"Redrawn: {part} {original.part_values[part]} → {value} · {redrawn.species_name}" in captions

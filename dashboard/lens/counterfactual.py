@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from core.data.toybirds import (
     NUISANCE_PARTS,
@@ -117,6 +118,24 @@ def flipped_line(changes: list[SubcodeChange]) -> str:
         for c in flipped
     )
     return f"**Flipped: {listed}**"
+
+
+def changes_table(changes: list[SubcodeChange]) -> pd.DataFrame:
+    """The repaint's verdict per concept, one row each: its name, matched part, sub-code before and after, and
+    which bits flipped (empty when none) — readable for 8–16 concepts, where a row of code boxes wraps."""
+    return pd.DataFrame(
+        [
+            {
+                "concept": change.name,
+                "matched part": change.part or "—",
+                "before": change.before,
+                "after": change.after,
+                "flipped bits": ", ".join(f"b{j}" for j in change.flipped_bits),
+            }
+            for change in changes
+        ],
+        columns=["concept", "matched part", "before", "after", "flipped bits"],
+    )
 
 
 def verdict(changes: list[SubcodeChange], part: str, cls_baseline: bool = False) -> tuple[bool, str]:

@@ -20,6 +20,7 @@ from lens.bundles import require
 from lens.counterfactual import (
     PARTS,
     Counterfactual,
+    changes_table,
     code_html,
     colour_choices,
     counterfactual,
@@ -368,6 +369,7 @@ def show_repaint(info, loaded, picked: Picked, attention: Attention, naming: Nam
     st.markdown(flipped_line(changes))
     as_claimed, sentence = verdict(changes, part, cls_baseline)
     (st.success if as_claimed else st.warning)(sentence)
+    st.dataframe(changes_table(changes), hide_index=True, key="attn_cf_table")
 
     flipped = {c.concept for c in changes if c.flipped}
     label = (lambda m: "CLS token") if cls_baseline else (lambda m: concept_label(m, names))
