@@ -10,16 +10,23 @@ centre, score the assignment against the test labels.
   as wrong; with fewer, the unmatched classes do.
 * NMI: normalised mutual information (arithmetic mean normalisation, scikit-learn's default).
 * ARI: adjusted Rand index.
+
+k-means runs its restarts in batches (about :data:`REPORTS_PER_FIT` per fit, one generator shared by all
+batches, the best kept with scikit-learn's own rule) so that a fit of hundreds of restarts reports progress;
+the starts and the result are those of one ``KMeans(n_init=restarts)`` call.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from core.progress import Progress, no_progress
 
 _CHUNK_ELEMENTS = 2**22  # rows x centres x dims handled at once in the distance computation
 
@@ -81,18 +88,51 @@ def _features(x, name: str) -> np.ndarray:
     return array
 
 
-def fit_kmeans(x: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> tuple[KMeans, KMeansResult]:
-    """Fit scikit-learn k-means (k-means++ starts, ``n_init`` restarts, seeded) on ``x`` (N, D)."""
+REPORTS_PER_FIT = 30  # a fit with many restarts reports progress about this many times
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two labellings split the samples the same way, whatever the cluster numbers."""
+    pairs = np.unique(np.stack([a, b], axis=1), axis=0)
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+def fit_kmeans(
+    x: np.ndarray, k: int, seed: int = 0, n_init: int = 10, progress: Progress = no_progress
+) -> tuple[KMeans, KMeansResult]:
+    """Fit scikit-learn k-means (k-means++ starts, ``n_init`` restarts, seeded) on ``x`` (N, D).
+
+    ``progress(done, n_init)`` hears the restarts done, a batch of them at a time. Every batch draws its
+    starts from one generator seeded with ``seed``, so the starts are those of ``KMeans(n_init=n_init,
+    random_state=seed)``; a later batch's best replaces the best so far, as scikit-learn decides between
+    restarts, only when its inertia is lower and its clustering differs.
+    """
     features = _features(x, "x")
     if not 1 <= int(k) <= len(features):
         raise ValueError(f"k-means needs 1 <= k <= number of samples, got k={k} for {len(features)} samples.")
-    model = KMeans(n_clusters=int(k), random_state=seed, n_init=n_init).fit(features)
+    if int(n_init) < 1:
+        raise ValueError(f"k-means needs at least one restart, got n_init={n_init}.")
+    generator = np.random.RandomState(seed)
+    per_batch = max(1, math.ceil(n_init / REPORTS_PER_FIT))
+    best: KMeans | None = None
+    done = 0
+    while done < n_init:
+        batch = min(per_batch, n_init - done)
+        model = KMeans(n_clusters=int(k), random_state=generator, n_init=batch).fit(features)
+        if best is None or (
+            model.inertia_ < best.inertia_ and not _same_partition(model.labels_, best.labels_)
+        ):
+            best = model
+        done += batch
+        progress(done, n_init)
+    best.random_state = seed  # the generator it drew from is spent; the seed says how to draw it again
+    best.n_init = n_init
     result = KMeansResult(
-        labels=np.asarray(model.labels_, dtype=np.int64),
-        centers=np.asarray(model.cluster_centers_),
-        inertia=float(model.inertia_),
+        labels=np.asarray(best.labels_, dtype=np.int64),
+        centers=np.asarray(best.cluster_centers_),
+        inertia=float(best.inertia_),
     )
-    return model, result
+    return best, result
 
 
 def _squared_distances(x, centers) -> np.ndarray:
@@ -126,22 +166,36 @@ def evaluate_clusterings(
     k: int,
     seed: int = 0,
     restarts: int = 10,
+    progress: Progress = no_progress,
 ) -> dict[str, dict[str, float]]:
     """Score k-means on several representations side by side.
 
     ``features`` maps a name (e.g. "ceir", "clip_embedding", "concepts") to (train features,
     test features). For each, k-means is fitted on the train features, the test features go to
     their nearest centre, and ACC / NMI / ARI are computed against ``y_test``. k-means keeps the best of
-    ``restarts`` k-means++ starts.
+    ``restarts`` k-means++ starts; ``progress`` counts the restarts of all the fits together.
     """
     labels = _labels(y_test, "y_test")
     scores: dict[str, dict[str, float]] = {}
-    for name, (train, test) in features.items():
+    total = restarts * len(features)
+    for i, (name, (train, test)) in enumerate(features.items()):
         test_features = _features(test, f"The '{name}' test features")
         if len(test_features) != len(labels):
             raise ValueError(
                 f"The '{name}' test features have {len(test_features)} rows but y_test has {len(labels)}."
             )
-        _, fit = fit_kmeans(_features(train, f"The '{name}' train features"), k, seed=seed, n_init=restarts)
+        _, fit = fit_kmeans(
+            _features(train, f"The '{name}' train features"),
+            k,
+            seed=seed,
+            n_init=restarts,
+            progress=offset_progress(progress, i * restarts, total),
+        )
         scores[name] = clustering_scores(labels, assign_clusters(test_features, fit.centers))
     return scores
+
+
+def offset_progress(progress: Progress, before: int, total: int) -> Progress:
+    """A callback for one part of a longer count: ``(done, _)`` reaches ``progress`` as ``(before + done,
+    total)``."""
+    return lambda done, _total: progress(before + done, total)

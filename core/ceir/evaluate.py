@@ -22,7 +22,7 @@ import torch
 from core.bundle import update_bundle_arrays
 from core.ceir.arrays import TRAIN_CLUSTERS, TRAIN_CONCEPTS, TRAIN_CONTRIBUTIONS
 from core.ceir.bundle import KIND, image_embeddings, load_ceir
-from core.ceir.clustering import clustering_scores, evaluate_clusterings
+from core.ceir.clustering import clustering_scores, evaluate_clusterings, offset_progress
 from core.ceir.config import CEIRConfig
 from core.ceir.explain import IG_STEPS, completeness_error, contributions_in_batches, explain
 from core.ceir.labels import ConceptScore, labels_by_share, ood_flags
@@ -35,6 +35,7 @@ from core.data.toybirds_concepts import (
     toybirds_concept_truth,
     toybirds_species_colour,
 )
+from core.progress import PhaseClock, Progress, no_progress
 
 TOP5_VERDICTS = ("true", "wrong_colour", "distractor", "nuisance")
 
@@ -164,6 +165,12 @@ def concept_separation(
 
 
 KMEANS_SEEDS = 3  # k-means restarts from this many seeds per protocol; the report gives mean and std
+EVALUATION_PHASES = (  # what evaluate_arrays names, in order, for a progress callback that listens
+    "evaluation: k-means, inductive",
+    "evaluation: transductive VAE",
+    "evaluation: k-means, transductive",
+    "evaluation: explanations",
+)
 
 
 def _mean_std(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -175,17 +182,45 @@ def _mean_std(runs: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
+def protocol_runs(
+    features: dict[str, tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray,
+    k: int,
+    seeds: list[int],
+    restarts: int = 10,
+    progress: Progress = no_progress,
+) -> list[dict[str, dict[str, float]]]:
+    """One :func:`~core.ceir.clustering.evaluate_clusterings` per k-means seed; ``progress`` counts the
+    restarts of every fit together."""
+    per_seed = restarts * len(features)
+    return [
+        evaluate_clusterings(
+            features,
+            labels,
+            k,
+            seed=seed,
+            restarts=restarts,
+            progress=offset_progress(progress, i * per_seed, per_seed * len(seeds)),
+        )
+        for i, seed in enumerate(seeds)
+    ]
+
+
+def _summary(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {name: _mean_std([run[name] for run in runs]) for name in runs[0]}
+
+
 def protocol_scores(
     features: dict[str, tuple[np.ndarray, np.ndarray]],
     labels: np.ndarray,
     k: int,
     seeds: list[int],
     restarts: int = 10,
+    progress: Progress = no_progress,
 ) -> dict[str, dict[str, float]]:
     """Per representation, ACC / NMI / ARI of k-means (best of ``restarts`` starts) fit on the first array
     and scored on the second, as mean and std over the k-means ``seeds``."""
-    runs = [evaluate_clusterings(features, labels, k, seed=seed, restarts=restarts) for seed in seeds]
-    return {name: _mean_std([run[name] for run in runs]) for name in features}
+    return _summary(protocol_runs(features, labels, k, seeds, restarts, progress))
 
 
 def evaluate_arrays(
@@ -197,18 +232,22 @@ def evaluate_arrays(
     test_emb: torch.Tensor,
     seed: int = 0,
     kmeans_restarts: int = CEIRConfig.kmeans_restarts,
+    clock: PhaseClock | None = None,
 ) -> dict[str, Any]:
     """Clustering of the test split under both protocols, each beside the raw-CLIP and concept baselines.
 
     * top level (``acc``, ``nmi``, ``ari``) and ``baselines``: the model as shipped (its stored centres) and
       k-means with the model's seed on the baselines, fit on train and assigned on test;
-    * ``protocols.inductive``: the same, with k-means refit on the train features from ``KMEANS_SEEDS`` seeds;
+    * ``protocols.inductive``: the same, with k-means refit on the train features from ``KMEANS_SEEDS`` seeds
+      (the first of which is the model's: the baselines are that seed's fits, not fitted twice);
     * ``protocols.transductive`` (the paper's): a VAE trained on train + test concept vectors, k-means fit and
       scored on the test split, for every representation.
 
     Concept vectors and latents are derived from the embeddings by the trained model itself; every k-means
-    keeps the best of ``kmeans_restarts`` starts.
+    keeps the best of ``kmeans_restarts`` starts. ``clock`` names and times the phases (``evaluation: ...``)
+    and carries the progress callback; without one the evaluation is silent.
     """
+    clock = clock or PhaseClock()
     with torch.no_grad():
         z_train, z_test = model.concept_vectors(train_emb), model.concept_vectors(test_emb)
         latent_train, latent_test = model.latent(z_train), model.latent(z_test)
@@ -217,28 +256,37 @@ def evaluate_arrays(
     metrics: dict[str, Any] = dict(clustering_scores(labels, predicted))
     clip = (train_emb.numpy(), test_emb.numpy())
     concepts = (z_train.numpy(), z_test.numpy())
-    metrics["baselines"] = evaluate_clusterings(
-        {"clip_embedding": clip, "concepts": concepts},
-        labels,
-        model.n_clusters,
-        seed=seed,
-        restarts=kmeans_restarts,
-    )
     seeds = [seed + i for i in range(KMEANS_SEEDS)]
     latents = (latent_train.numpy(), latent_test.numpy())
     inductive = {"ceir": latents, "clip_embedding": clip, "concepts": concepts}
-    both = torch.cat([z_train, z_test])
-    vae, _ = train_vae(both, VAEConfig.from_dict(vae_config.to_dict() | {"seed": seed}), log=lambda *_: None)
-    with torch.no_grad():
-        transductive_latent = vae.encode(z_test)[0].numpy()
+    k = model.n_clusters
+    with clock.phase(
+        "evaluation: k-means, inductive",
+        f"Evaluating: k-means on train, {len(seeds)} seeds x {len(inductive)} representations x "
+        f"{kmeans_restarts} restarts ...",
+    ) as progress:
+        inductive_runs = protocol_runs(inductive, labels, k, seeds, kmeans_restarts, progress)
+    metrics["baselines"] = {name: inductive_runs[0][name] for name in ("clip_embedding", "concepts")}
+    with clock.phase(
+        "evaluation: transductive VAE", "Evaluating: the transductive VAE on train + test ..."
+    ) as progress:
+        both = torch.cat([z_train, z_test])
+        vae_settings = VAEConfig.from_dict(vae_config.to_dict() | {"seed": seed})
+        vae, _ = train_vae(both, vae_settings, progress=progress, log=lambda *_: None)
+        with torch.no_grad():
+            transductive_latent = vae.encode(z_test)[0].numpy()
     transductive = {
         "ceir": (transductive_latent, transductive_latent),
         "clip_embedding": (clip[1], clip[1]),
         "concepts": (concepts[1], concepts[1]),
     }
+    with clock.phase(
+        "evaluation: k-means, transductive", "Evaluating: k-means on test (transductive) ..."
+    ) as progress:
+        transductive_runs = protocol_runs(transductive, labels, k, seeds, kmeans_restarts, progress)
     metrics["protocols"] = {
-        "inductive": protocol_scores(inductive, labels, model.n_clusters, seeds, kmeans_restarts),
-        "transductive": protocol_scores(transductive, labels, model.n_clusters, seeds, kmeans_restarts),
+        "inductive": _summary(inductive_runs),
+        "transductive": _summary(transductive_runs),
         "kmeans_seeds": seeds,
         "kmeans_restarts": kmeans_restarts,
     }
@@ -247,8 +295,29 @@ def evaluate_arrays(
         len(test_split),
         len(model.concepts),
     )
+    with clock.phase(
+        "evaluation: explanations", "Evaluating: explanations of the test images ..."
+    ) as progress:
+        metrics.update(_explanation_metrics(model, train_split, test_split, z_train, z_test, progress))
+    return metrics
+
+
+def _explanation_metrics(
+    model: CEIRModel,
+    train_split: ImageSplit,
+    test_split: ImageSplit,
+    z_train: torch.Tensor,
+    z_test: torch.Tensor,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """Integrated Gradients' completeness error on the test split and, on ToyBirds, the concept and label
+    metrics of the module docstring; ``progress`` counts the three steps."""
+    metrics: dict[str, Any] = {}
+    progress(0, 3)
     contributions, clusters = explain(model, z_test)
+    progress(1, 3)
     error = completeness_error(model, z_test, clusters, contributions)
+    progress(2, 3)
     metrics["ig_completeness_error"] = {
         "median": float(np.median(error)),
         "p95": float(np.percentile(error, 95)),
@@ -267,6 +336,7 @@ def evaluate_arrays(
         metrics["concept_separation"] = concept_separation(model.concepts, z_test.numpy(), test_split)
         printed = labels_by_share(model.concepts, z_test, contributions, clusters, top_k=5)
         metrics["labels"] = toybirds_label_quality(printed, test_split)
+    progress(3, 3)
     return metrics
 
 
@@ -315,16 +385,26 @@ def photo_warnings(loaded) -> dict[str, Any]:
     return {"n": len(photos), "warned_share": float(np.mean(flags)), "missed": missed}
 
 
-def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
+def evaluate_bundle(
+    path: str,
+    seed: int | None = None,
+    device: str = "auto",
+    progress: Progress = no_progress,
+    log=None,
+) -> dict[str, Any]:
     """``conceptlens eval`` for CEIR: ``evaluate_arrays`` (fresh ToyBirds with ``seed``) and the share of
-    test images the out-of-distribution warning flags."""
+    test images the out-of-distribution warning flags. ``progress`` hears each phase (see
+    :class:`~core.progress.PhaseClock`), ``log`` gets one line as each starts."""
+    clock = PhaseClock(progress, log)
     loaded = load_ceir(path, device=device)
     data = loaded.data if seed is None else loaded.data.with_seed(seed)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
-    train_emb, test_emb = (
-        image_embeddings(loaded.backbone, train_split),
-        image_embeddings(loaded.backbone, test_split),
-    )
+    message = f"Embedding {len(train_split)} train and {len(test_split)} test images ..."
+    with clock.phase("embedding", message):
+        train_emb, test_emb = (
+            image_embeddings(loaded.backbone, train_split, clock.progress),
+            image_embeddings(loaded.backbone, test_split, clock.progress),
+        )
     settings = loaded.config.get("ceir", {})
     seed = int(settings.get("seed", 0))
     metrics = evaluate_arrays(
@@ -336,6 +416,7 @@ def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") ->
         test_emb,
         seed=seed,
         kmeans_restarts=int(settings.get("kmeans_restarts", CEIRConfig.kmeans_restarts)),
+        clock=clock,
     )
     # the out-of-distribution warning's false alarms: the share of test images it would flag
     metrics["ood_warned_share"] = float(np.mean(ood_flags(loaded, test_emb)))

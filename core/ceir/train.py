@@ -17,11 +17,16 @@ Steps (CEIR, Cui et al. 2023, on Label-free CBM):
    the nearest centre. ``evaluate_arrays`` scores this inductive protocol and the paper's transductive
    one (VAE on train + test, k-means fit and scored on test), each with raw-CLIP and concept-vector
    baselines and mean +- std over k-means seeds.
+6. Every train image's concept contributions to its cluster (Integrated Gradients), stored for the app.
+
+Each step is a named phase (:data:`PHASES`, then the evaluation's ``evaluation: ...`` phases): the progress
+callback hears its name before its first ``(done, total)``, the log gets one line, and the bundle records
+``train.seconds`` (the wall time of the whole call, evaluation included, up to writing the bundle) and
+``train.phase_seconds`` (each phase's share of it).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,7 +56,7 @@ from core.ceir.model import CEIRModel
 from core.ceir.vae import train_vae
 from core.data.spec import DataSpec, open_split
 from core.distributed import DistContext, distributed_run, main_rank_only
-from core.progress import Progress, no_progress
+from core.progress import PhaseClock, Progress, no_progress
 from core.runtime import seed_everything
 from core.training import checkpoint_path, prepare_output
 
@@ -143,11 +148,12 @@ def fit_bottleneck(
     config: CEIRConfig,
     log=print,
     ctx: DistContext | None = None,
+    progress: Progress = no_progress,
 ) -> tuple[list[str], torch.nn.Linear, np.ndarray, list[int], dict[str, str]]:
     """Fit the projection from ``train_embeddings`` onto the ``teacher`` similarities, drop low-fidelity
     concepts and refit on the rest. Returns the kept concepts, the projection, their fidelity, their columns
     in ``teacher`` and why the others went."""
-    result = train_projection(train_embeddings, teacher, config.projection, ctx=ctx)
+    result = train_projection(train_embeddings, teacher, config.projection, progress=progress, ctx=ctx)
     kept, removed = filters.filter_by_fidelity(concepts, result.fidelity, config.projection.fidelity_cutoff)
     if len(kept) < 2:
         raise ValueError(
@@ -157,8 +163,29 @@ def fit_bottleneck(
     index = [concepts.index(c) for c in kept]
     if len(kept) < len(concepts):
         log(f"Fidelity cut-off {config.projection.fidelity_cutoff}: kept {len(kept)}/{len(concepts)}; refit.")
-        result = train_projection(train_embeddings, teacher[:, index], config.projection, ctx=ctx)
+        result = train_projection(
+            train_embeddings, teacher[:, index], config.projection, progress=progress, ctx=ctx
+        )
     return kept, result.projection, result.fidelity, index, removed
+
+
+PHASES = ("embedding", "concept bank", "projection", "vae", "k-means", "contributions")
+CONTRIBUTION_ROWS_PER_REPORT = 1024  # train images explained between two progress reports
+
+
+def train_contributions(
+    model: CEIRModel, concept_vectors: np.ndarray, clusters: np.ndarray, progress: Progress = no_progress
+) -> np.ndarray:
+    """(N, C) contributions of every train image's concepts to its cluster, as
+    :func:`~core.ceir.explain.contributions_in_batches` computes them (whole batches of it, the same numbers),
+    reporting ``progress(rows done, N)`` every :data:`CONTRIBUTION_ROWS_PER_REPORT` rows."""
+    n = len(concept_vectors)
+    parts = []
+    for start in range(0, n, CONTRIBUTION_ROWS_PER_REPORT):
+        stop = min(n, start + CONTRIBUTION_ROWS_PER_REPORT)
+        parts.append(contributions_in_batches(model, concept_vectors[start:stop], clusters[start:stop]))
+        progress(stop, n)
+    return np.concatenate(parts) if parts else contributions_in_batches(model, concept_vectors, clusters)
 
 
 @dataclass
@@ -184,40 +211,50 @@ def fit_ceir(
     progress: Progress = no_progress,
     log=print,
     ctx: DistContext | None = None,
+    clock: PhaseClock | None = None,
 ) -> FittedCEIR:
     """Steps 2-5 on embeddings already computed: filters, projection, z-scores, VAE and k-means centres.
 
     ``train_embeddings`` are the features the model will take; ``teacher`` and ``teacher_train`` (the same
     backbone and tensor unless a teacher is configured) give the concept similarities it learns. Under
     torchrun (``ctx``) the projection and the VAE train on each rank's slice of every batch; the filters
-    and k-means are cheap and deterministic, so every rank runs them alike.
+    and k-means are cheap and deterministic, so every rank runs them alike. ``clock`` (default: one on
+    ``progress`` and ``log``) names and times the phases ``concept bank``, ``projection``, ``vae`` and
+    ``k-means``.
     """
+    clock = clock or PhaseClock(progress, log)
     seed_everything(config.seed)
-    concepts, removed = filter_bank(bank, teacher, teacher_train, class_names, config, log)
-    appended: list[str] = []
-    if config.include_class_names:
-        appended = with_class_names(concepts, class_names)[len(concepts) :]
-        concepts = concepts + appended
-    text = concept_text(teacher, concepts, config, bare=appended)
-    concepts, projection, fidelity, columns, removed["fidelity"] = fit_bottleneck(
-        concepts, train_embeddings, teacher_similarities(teacher_train, text), config, log, ctx
-    )
+    with clock.phase("concept bank", f"Filtering the concept bank ({len(bank)} concepts) ...") as bar:
+        bar(0, 2)
+        concepts, removed = filter_bank(bank, teacher, teacher_train, class_names, config, log)
+        bar(1, 2)
+        appended: list[str] = []
+        if config.include_class_names:
+            appended = with_class_names(concepts, class_names)[len(concepts) :]
+            concepts = concepts + appended
+        text = concept_text(teacher, concepts, config, bare=appended)
+        bar(2, 2)
+    with clock.phase("projection", f"Training the concept projection ({len(concepts)} concepts) ...") as bar:
+        concepts, projection, fidelity, columns, removed["fidelity"] = fit_bottleneck(
+            concepts, train_embeddings, teacher_similarities(teacher_train, text), config, log, ctx, bar
+        )
     text = text[columns]
     with torch.no_grad():
         raw_train = projection(train_embeddings)
     zscore = ZScore.fit(raw_train)
     z_train = zscore(raw_train)
     fit_idx, val_idx = split_holdout(len(z_train), config.projection.val_fraction, config.seed)
-    vae, history = train_vae(
-        z_train[fit_idx],
-        config.vae,
-        x_val=z_train[val_idx],
-        checkpoint=checkpoint,
-        resume=resume,
-        progress=progress,
-        log=log,
-        ctx=ctx,
-    )
+    with clock.phase("vae", f"Training the VAE ({config.vae.epochs} epochs) ...") as bar:
+        vae, history = train_vae(
+            z_train[fit_idx],
+            config.vae,
+            x_val=z_train[val_idx],
+            checkpoint=checkpoint,
+            resume=resume,
+            progress=bar,
+            log=log,
+            ctx=ctx,
+        )
     k = config.n_clusters or len(class_names)
     model = CEIRModel(train_embeddings.shape[1], concepts, config.vae, k, text_dim=text.shape[1])
     model.projection.load_state_dict(projection.state_dict())
@@ -228,7 +265,11 @@ def fit_ceir(
     model.eval()
     with torch.no_grad():
         latent_train = model.latent(z_train)
-    _, kmeans = fit_kmeans(latent_train.numpy(), k, seed=config.seed, n_init=config.kmeans_restarts)
+    restarts = config.kmeans_restarts
+    with clock.phase(
+        "k-means", f"k-means: {k} clusters, {restarts} restarts on the train latents ..."
+    ) as bar:
+        _, kmeans = fit_kmeans(latent_train.numpy(), k, seed=config.seed, n_init=restarts, progress=bar)
     model.cluster_centers.copy_(torch.from_numpy(kmeans.centers).float())
     return FittedCEIR(model, removed, fidelity, history)
 
@@ -267,6 +308,7 @@ def _train_ceir(
     progress: Progress,
     log,
 ) -> Path:
+    clock = PhaseClock(progress, log)  # the recorded seconds count from here
     out = prepare_output(out_dir, resume, overwrite)
     device = ctx.device
     concept_source = load_bank(bank)
@@ -276,13 +318,13 @@ def _train_ceir(
     backbone = load_backbone(backbone_spec, device=device)
     teacher = backbone if config.teacher is None else load_backbone(config.teacher, device=device)
     train_split, test_split = open_split(data, "train"), open_split(data, "test")
-    started = time.perf_counter()
-    log(f"Embedding {len(train_split)} train and {len(test_split)} test images ...")
-    train_emb, test_emb = (
-        image_embeddings(backbone, train_split, progress),
-        image_embeddings(backbone, test_split),
-    )
-    teacher_train = train_emb if teacher is backbone else image_embeddings(teacher, train_split)
+    message = f"Embedding {len(train_split)} train and {len(test_split)} test images ..."
+    with clock.phase("embedding", message) as bar:
+        train_emb, test_emb = (
+            image_embeddings(backbone, train_split, bar),
+            image_embeddings(backbone, test_split, bar),
+        )
+        teacher_train = train_emb if teacher is backbone else image_embeddings(teacher, train_split, bar)
     fitted = fit_ceir(
         concept_source.concepts,
         list(train_split.classes),
@@ -295,6 +337,7 @@ def _train_ceir(
         progress=progress,
         log=log,
         ctx=ctx,
+        clock=clock,
     )
     if not ctx.is_main:
         return out  # rank 0 evaluates and writes the bundle
@@ -303,8 +346,9 @@ def _train_ceir(
         z_train = model.concept_vectors(train_emb)
         latent_train = model.latent(z_train)
         clusters_train = model.assign(latent_train).numpy().astype(np.int64)
-    seconds = time.perf_counter() - started
-
+    message = f"Concept contributions of the {len(train_split)} train images (Integrated Gradients) ..."
+    with clock.phase("contributions", message) as bar:
+        contributions = train_contributions(model, z_train.numpy(), clusters_train, bar)
     metrics = evaluate_arrays(
         model,
         config.vae,
@@ -314,6 +358,7 @@ def _train_ceir(
         test_emb,
         seed=config.seed,
         kmeans_restarts=config.kmeans_restarts,
+        clock=clock,
     )
     arrays = {
         arr.TRAIN_CONCEPTS: z_train.numpy().astype(np.float32),
@@ -321,7 +366,7 @@ def _train_ceir(
         arr.TRAIN_CLUSTERS: clusters_train,
         arr.TRAIN_LABELS: train_split.labels.astype(np.int64),
         arr.TRAIN_IDS: np.array([train_split.image_id(i) for i in range(len(train_split))]),
-        arr.TRAIN_CONTRIBUTIONS: contributions_in_batches(model, z_train.numpy(), clusters_train),
+        arr.TRAIN_CONTRIBUTIONS: contributions,
         arr.CONCEPT_FIDELITY: fidelity.astype(np.float32),
         arr.OOD_REFERENCE: even_subsample(train_emb.numpy()),  # for the out-of-distribution warning
     }
@@ -338,9 +383,14 @@ def _train_ceir(
         "concepts": model.concepts,
         "classes": list(train_split.classes),
         "ceir": config.to_dict() | {"n_clusters": model.n_clusters},
-        "train": {"seconds": round(seconds, 1), "vae_history": vae_history},
+        "train": {
+            "seconds": round(clock.elapsed(), 1),
+            "phase_seconds": clock.rounded(),
+            "vae_history": vae_history,
+        },
         "metrics": metrics,
     }
+    log(f"Trained and evaluated in {clock.elapsed():.0f} s; writing the bundle to {out} ...")
     save_bundle(
         out,
         kind=KIND,

@@ -95,6 +95,7 @@ from core.data.toybirds import (
     patch_coverage,
     render_counterfactual,
 )
+from core.progress import PhaseClock, Progress, no_progress
 from core.retrieval import mean_average_precision, pack_codes, precision_at_k
 
 PRECISION_KS = (1, 5, 10)
@@ -432,17 +433,24 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def encode_images(
-    model: ConceptHash, backbone: Backbone, images: Iterable[Image.Image], batch_size: int = 128
+    model: ConceptHash,
+    backbone: Backbone,
+    images: Iterable[Image.Image],
+    batch_size: int = 128,
+    encoded: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """(N, K) sign codes of PIL images, preprocessed and encoded ``batch_size`` at a time.
 
     Uses the same forward pass as the query codes (:func:`encode_with_attention`), so a code
-    differs from a query's only because the image does.
+    differs from a query's only because the image does. ``encoded(n)`` hears the number of images encoded
+    so far after each batch (the images may be a generator: the total is the caller's to know).
     """
-    codes = [
-        encode_with_attention(model, backbone.preprocess_images(batch), batch_size)[0]
-        for batch in _batches(images, batch_size)
-    ]
+    codes, done = [], 0
+    for batch in _batches(images, batch_size):
+        codes.append(encode_with_attention(model, backbone.preprocess_images(batch), batch_size)[0])
+        done += len(batch)
+        if encoded is not None:
+            encoded(done)
     return np.concatenate(codes) if codes else np.zeros((0, model.config.bits), dtype=np.int8)
 
 
@@ -460,14 +468,17 @@ def part_swap(
     split: ToyBirdsSplit,
     query_codes: np.ndarray,
     centres: np.ndarray | None = None,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Part-swap matrix of the model: 4 x N counterfactual renders, compared to the query codes; with the
-    hash ``centres`` (species order) also ``leaks_name_the_new_colour``."""
+    hash ``centres`` (species order) also ``leaks_name_the_new_colour``. ``progress`` counts the renders
+    encoded."""
     n, m = len(query_codes), model.n_concepts
     codes, new_combination, new_colours = [], [], []
     for p in range(len(PARTS)):
         samples = list(counterfactual_samples(split, p))
-        codes.append(encode_images(model, backbone, (sample.image for sample in samples)))
+        report = _counted(progress, p * n, len(PARTS) * n)
+        codes.append(encode_images(model, backbone, (sample.image for sample in samples), encoded=report))
         new_combination.append([sample.species is None for sample in samples])
         new_colours.append([sample.traits[PARTS[p]]["colour"] for sample in samples])
     stacked = np.stack(codes)
@@ -539,12 +550,22 @@ def leaks_name_the_new_colour(
     }
 
 
+def _counted(progress: Progress, before: int, total: int) -> Callable[[int], None]:
+    """``encoded(n)`` for one part of a longer count: ``progress(before + n, total)``."""
+    return lambda done: progress(before + done, total)
+
+
 def flip_invariance(
-    model: ConceptHash, backbone: Backbone, split: ImageSplit, query_codes: np.ndarray
+    model: ConceptHash,
+    backbone: Backbone,
+    split: ImageSplit,
+    query_codes: np.ndarray,
+    progress: Progress = no_progress,
 ) -> float:
     """Share of query images whose full code is unchanged when the image is mirrored left-right."""
     mirrored = (ImageOps.mirror(split.image(i)) for i in range(len(split)))
-    return float(np.mean((encode_images(model, backbone, mirrored) == query_codes).all(axis=1)))
+    codes = encode_images(model, backbone, mirrored, encoded=_counted(progress, 0, len(split)))
+    return float(np.mean((codes == query_codes).all(axis=1)))
 
 
 # ---- the whole evaluation ---------------------------------------------------------------------
@@ -552,16 +573,31 @@ def flip_invariance(
 
 @torch.no_grad()
 def encode_with_attention(
-    model: ConceptHash, pixels: torch.Tensor, batch_size: int = 128
+    model: ConceptHash, pixels: torch.Tensor, batch_size: int = 128, progress: Progress = no_progress
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Binary codes (N, K) and last-layer concept->patch attention (N, M, P)."""
+    """Binary codes (N, K) and last-layer concept->patch attention (N, M, P); ``progress`` counts images."""
     model.eval()
     codes, attention = [], []
     for start in range(0, len(pixels), batch_size):
         out = model(pixels[start : start + batch_size].to(model.backbone.device), attention_layers="last")
         codes.append(sign_codes(out.u.cpu()))
         attention.append(out.concept_attention.cpu().numpy())
+        progress(min(start + batch_size, len(pixels)), len(pixels))
     return np.concatenate(codes), np.concatenate(attention)
+
+
+@torch.no_grad()
+def encode_codes(
+    model: ConceptHash, pixels: torch.Tensor, batch_size: int = 128, progress: Progress = no_progress
+) -> np.ndarray:
+    """Binary codes (N, K) by :meth:`ConceptHash.encode`, ``batch_size`` images at a time (its own batch size,
+    so the same numbers), with ``progress`` counting images."""
+    model.eval()
+    codes = []
+    for start in range(0, len(pixels), batch_size):
+        codes.append(sign_codes(model.encode(pixels[start : start + batch_size], batch_size)))
+        progress(min(start + batch_size, len(pixels)), len(pixels))
+    return np.concatenate(codes) if codes else np.zeros((0, model.config.bits), dtype=np.int8)
 
 
 def train_database_map(
@@ -577,45 +613,71 @@ def train_database_map(
     return float(mean_average_precision(queries.labels, train_database.labels, query_packed, db_packed))
 
 
+EVALUATION_PHASES = (  # what evaluate_model names, in order (the last only on ToyBirds)
+    "evaluation: database",
+    "evaluation: queries",
+    "evaluation: flip invariance",
+    "evaluation: part swaps",
+)
+
+
 def evaluate_model(
     model: ConceptHash,
     backbone: Backbone,
     database: ImageSplit,
     queries: ImageSplit,
     train_database: ImageSplit | None = None,
+    clock: PhaseClock | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """All metrics, and the arrays a bundle caches for the dashboard (the database's codes, labels, ids and
     attention; the queries' codes, ids and attention).
 
     ``train_database`` is the model's own training database when it differs from ``database``
     (a reseeded evaluation); None means ``database`` is it, so ``map_train_database`` = ``map``.
+    ``clock`` names and times the phases (:data:`EVALUATION_PHASES`) and carries the progress callback;
+    without one the evaluation is silent.
     """
-    db_pixels = backbone.preprocess_split(database)
-    db_codes = sign_codes(model.encode(db_pixels))
-    query_codes, attention = encode_with_attention(model, backbone.preprocess_split(queries))
-    metrics = retrieval_metrics(db_codes, database.labels, query_codes, queries.labels)
-    metrics["map_train_database"] = (
-        metrics["map"]
-        if train_database is None
-        else train_database_map(model, backbone, train_database, queries, query_codes)
-    )
+    clock = clock or PhaseClock()
+    message = f"Evaluating: encoding the {len(database)} database images (codes, then attention) ..."
+    with clock.phase("evaluation: database", message) as progress:
+        db_pixels = backbone.preprocess_split(database, progress=progress)
+        n = len(database)
+        db_codes = encode_codes(model, db_pixels, progress=lambda done, _: progress(done, 2 * n))
+        _, db_attention = encode_with_attention(
+            model, db_pixels, progress=lambda done, _: progress(n + done, 2 * n)
+        )
+        del db_pixels
+    message = f"Evaluating: encoding the {len(queries)} queries and ranking the database ..."
+    with clock.phase("evaluation: queries", message) as progress:
+        query_pixels = backbone.preprocess_split(queries, progress=progress)
+        query_codes, attention = encode_with_attention(model, query_pixels, progress=progress)
+        metrics = retrieval_metrics(db_codes, database.labels, query_codes, queries.labels)
+        metrics["map_train_database"] = (
+            metrics["map"]
+            if train_database is None
+            else train_database_map(model, backbone, train_database, queries, query_codes)
+        )
     metrics["n_database"], metrics["n_queries"] = len(database), len(queries)
-    metrics["flip_invariance"] = flip_invariance(model, backbone, queries, query_codes)
+    message = "Evaluating: flip invariance (every query mirrored) ..."
+    with clock.phase("evaluation: flip invariance", message) as progress:
+        metrics["flip_invariance"] = flip_invariance(model, backbone, queries, query_codes, progress)
     metrics |= centre_metrics(model)
     if isinstance(queries, ToyBirdsSplit):
-        grid, m = backbone.grid_size, model.n_concepts
-        metrics |= interpretability_metrics(attention, query_codes, queries, grid, m)
-        centres = None
-        if model.class_names == [species.name for species in SPECIES]:  # centres in species order
-            with torch.no_grad():
-                centres = model.hash_centres().cpu().numpy()
-            metrics["centre_part_nmi"] = centre_part_nmi(centres, m)
-        metrics["part_swap"] = part_swap(model, backbone, queries, query_codes, centres)
+        message = f"Evaluating: part swaps ({len(PARTS)} x {len(queries)} counterfactual renders) ..."
+        with clock.phase("evaluation: part swaps", message) as progress:
+            grid, m = backbone.grid_size, model.n_concepts
+            metrics |= interpretability_metrics(attention, query_codes, queries, grid, m)
+            centres = None
+            if model.class_names == [species.name for species in SPECIES]:  # centres in species order
+                with torch.no_grad():
+                    centres = model.hash_centres().cpu().numpy()
+                metrics["centre_part_nmi"] = centre_part_nmi(centres, m)
+            metrics["part_swap"] = part_swap(model, backbone, queries, query_codes, centres, progress)
     arrays = {
         DB_CODES: db_codes,
         DB_LABELS: database.labels.astype(np.int64),
         DB_IDS: np.array([database.image_id(i) for i in range(len(database))]),
-        DB_ATTENTION: attention_grid(encode_with_attention(model, db_pixels)[1], backbone.grid_size),
+        DB_ATTENTION: attention_grid(db_attention, backbone.grid_size),
         **query_arrays(queries, query_codes, attention, backbone.grid_size),
     }
     return metrics, arrays
@@ -649,11 +711,18 @@ def add_view_arrays(path: str, device: str = "auto") -> None:
     update_bundle_arrays(path, arrays | {DB_ATTENTION: attention_grid(db_attention, grid)})
 
 
-def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
+def evaluate_bundle(
+    path: str,
+    seed: int | None = None,
+    device: str = "auto",
+    progress: Progress = no_progress,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """``conceptlens eval`` for ConceptHash: metrics on the bundle's data (fresh ToyBirds with ``seed``).
 
     With ``seed`` the train and test splits are drawn afresh; ``map_train_database`` then ranks the
-    fresh queries against the bundle's own (stored, not reseeded) training split.
+    fresh queries against the bundle's own (stored, not reseeded) training split. ``progress`` and ``log``
+    hear each phase of :func:`evaluate_model`.
     """
     loaded = load_concepthash(path, device=device)
     data: DataSpec = loaded.data if seed is None else loaded.data.with_seed(seed)
@@ -664,5 +733,6 @@ def evaluate_bundle(path: str, seed: int | None = None, device: str = "auto") ->
         open_split(data, "train"),
         open_split(data, "test"),
         train_database=own_train,
+        clock=PhaseClock(progress, log),
     )
     return {"kind": "concepthash", "bundle": str(loaded.path), "data": data.to_dict(), **metrics}
