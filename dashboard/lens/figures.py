@@ -137,10 +137,11 @@ def mask_overlay(
     return Image.fromarray(np.where(m, base * (1 - opacity) + tint * opacity, base).astype(np.uint8))
 
 
-# Width (px) a full-width grid may fill: the main column of the wide layout beside the sidebar in a 1024 px
-# window; a grid inside half the page passes half of it. Streamlit's columns share their container equally
-# with a 1 rem (16 px) gap, and an image wider than its column runs into the next one.
-GRID_ROOM = 680
+# Width (px) a full-width grid plans for: the content column of the wide layout beside the sidebar in a
+# 1280 px window; a grid inside half the page passes half of it. Streamlit's columns share their container
+# equally with a 1 rem (16 px) gap; an image of a fixed width wider than its column runs into the next one,
+# so grid tiles fill their column instead (narrower windows get smaller tiles, never overlapping ones).
+GRID_ROOM = 820
 COLUMN_GAP = 16
 
 
@@ -159,15 +160,15 @@ def image_grid(
     label: str | None = None,
     room: int = GRID_ROOM,
 ) -> None:
-    """Images with captions in rows of at most ``columns``, and never more than fit side by side in ``room``
-    pixels (so tiles do not overlap however many concepts there are); with ``download`` (a file name) a button
-    ``label`` for the grid as one labelled PNG (with the colour scale titled ``scale`` when the tiles are
-    heatmap overlays)."""
+    """Images with captions in rows of at most ``columns``, and no more than tiles of about ``width`` px fit
+    side by side in ``room`` px; each tile fills its column, so tiles never overlap however many concepts
+    there are or however narrow the window. With ``download`` (a file name) a button ``label`` for the grid
+    as one labelled PNG (with the colour scale titled ``scale`` when the tiles are heatmap overlays)."""
     columns = grid_columns(columns, width, room)
     for start in range(0, len(items), columns):
         cols = st.columns(columns)
         for col, (caption, image) in zip(cols, items[start : start + columns], strict=False):
-            col.image(image, caption=caption, width=width)
+            col.image(image, caption=caption, width="stretch")
     if download and items:
         download_png(
             partial(labelled_grid, list(items), columns, scale=scale), download, key=key, label=label

@@ -15,6 +15,7 @@ from lens.bundles import require
 from lens.data import bundle_images, picture
 from lens.figures import (
     ATTENTION_SCALE,
+    GRID_ROOM,
     download_figure,
     download_table,
     image_grid,
@@ -82,7 +83,14 @@ def database_heatmaps(_loaded, _images, path: str, mtime: float, indices: tuple[
 
 
 def draw_grid(
-    images, indices, heat: dict, concept: int | None, names: list[str], labels, download: str
+    images,
+    indices,
+    heat: dict,
+    concept: int | None,
+    names: list[str],
+    labels,
+    download: str,
+    room: int = GRID_ROOM,
 ) -> None:
     """Database images (found by the ids the bundle stores) with captions, each with the concept's attention
     on top when ``concept`` is set, and a button for them as one labelled PNG named ``download``; an image
@@ -104,6 +112,8 @@ def draw_grid(
     image_grid(
         items,
         columns=6 if len(items) > 4 else 4,
+        width=TILE,
+        room=room,
         download=download,
         scale=None if concept is None else ATTENTION_SCALE,
         key=f"hash_png_{download}",
@@ -358,6 +368,7 @@ def show_images(info, loaded, db: Database) -> None:
                     class_names,
                     labels,
                     f"bit-{bit}-{side.split()[0]}-sample{seed}",
+                    room=GRID_ROOM // 2,  # the on and off grids share the page
                 )
     else:
         st.markdown(
