@@ -771,12 +771,14 @@ def _make_bundle(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         "bundle": str(made.bundle),
         "data_root": None if made.data_root is None else str(made.data_root),
         "seconds": made.seconds,
+        "cpu_seconds": made.cpu_seconds,
         "metrics": made.metrics,
     }
     where = f"Synthetic {config.kind} bundle {made.bundle}" + (
         f", images in {made.data_root}" if made.data_root else " (ToyBirds ids)"
     )
-    table = format_table(["step", "seconds"], [[step, sec] for step, sec in made.seconds.items()])
+    rows = [[step, seconds, made.cpu_seconds[step]] for step, seconds in made.seconds.items()]
+    table = format_table(["step", "seconds", "CPU seconds"], rows)
     return result, f"{where}\n\n{table}"
 
 

@@ -238,3 +238,21 @@ def test_the_command_writes_a_bundle_and_its_timings(tmp_path, capsys):
     assert again == 2 and "already exists" in capsys.readouterr().err  # never over a bundle unasked
     flags.append("--overwrite")
     assert main(["bench", "make-bundle", "--out", str(out), "--json-out", str(report), *flags]) == 0
+
+
+def test_worker_processes_write_the_same_images(tmp_path, monkeypatch):
+    import core.synthetic as synthetic
+
+    def write(name: str) -> dict[str, bytes]:
+        config = synthetic.SyntheticBundleConfig(out=tmp_path / name, classes=3, images=30, queries=6)
+        data = synthetic.plan_data(config)
+        rng = np.random.default_rng(0)
+        offsets = {"train": synthetic.image_offsets(30, 64, rng), "test": synthetic.image_offsets(6, 64, rng)}
+        synthetic.write_image_folder(data, config, offsets, _quiet)
+        return {str(p.relative_to(data.root)): p.read_bytes() for p in data.root.rglob("*.png")}
+
+    here = write("here")
+    monkeypatch.setattr(synthetic, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(synthetic, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(synthetic, "_workers", lambda: 2)
+    assert write("workers") == here and len(here) == 36
