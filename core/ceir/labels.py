@@ -4,7 +4,9 @@ With the bundle's own concept bank, an image's labels are the concepts that cont
 to its cluster (Integrated Gradients, see :mod:`core.ceir.explain`) among those it actually
 shows (activation above the train mean). The score is the concept's *share* of the image's positive
 evidence for its cluster (its contribution over the sum of all positive contributions), so scores read
-the same way across images; a concept below ``MIN_SHARE`` is not a label. An image that lies farther from
+the same way across images; a concept that carries too small a share is not a label (``label_share``: the
+smaller of ``MIN_SHARE`` and twice an even split's share, so the rule holds for a bank of 13 concepts and
+of 400 alike). An image that lies farther from
 its nearest training images than ``OOD_PERCENTILE`` % of the training images do gets ``OOD_WARNING``
 (``ood_flags``).
 With another bank (``concepts=``) the trained projection does not apply, so the score is the CLIP
@@ -51,13 +53,18 @@ class SimilarityLabeller:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-MIN_SHARE = 0.1  # a label carries at least this share of the image's positive evidence for its cluster
+MIN_SHARE = 0.1  # a share of the image's positive evidence for its cluster that always makes a label
+EVEN_SHARE_FACTOR = 2  # ... and so does this many times an even split's share (see ``label_share``)
 OOD_PERCENTILE = 99.0
 OOD_WARNING = "this image looks unlike the images this model was trained on; its labels are unreliable"
 # Why an image has no label: with the bundle's own bank only concepts the image shows more than an average
-# training image, and that carry MIN_SHARE of its cluster evidence, count as labels; an image can have none.
+# training image, and that carry ``label_share`` of its cluster evidence, count as labels; an image can have
+# none. "Either ... or": a label needs one of the two shares, so no label means neither.
+_TIMES = {2: "twice", 3: "three times"}.get(EVEN_SHARE_FACTOR, f"{EVEN_SHARE_FACTOR} times")
 NO_LABELS = (
-    f"no concept above the training mean carries {MIN_SHARE:.0%} of the evidence for this image's cluster"
+    f"no concept above the training mean carries either {MIN_SHARE:.0%} of the evidence for this image's "
+    f"cluster or {_TIMES} an even share of it ({EVEN_SHARE_FACTOR}/n, where n concepts carry positive "
+    "evidence)"
 )
 NO_SIMILAR = "no concept of the bank has a positive similarity to this image"
 
@@ -137,11 +144,32 @@ def _embed(loaded: LoadedCEIR | SimilarityLabeller, images: list[Image.Image]) -
     return loaded.backbone.encode_images(loaded.backbone.preprocess_images(images)).cpu()
 
 
+def label_share(n_positive: int, min_share: float = MIN_SHARE, factor: float = EVEN_SHARE_FACTOR) -> float:
+    """The share of an image's positive evidence for its cluster that a concept needs to be a label, when
+    ``n_positive`` concepts carry positive evidence: the smaller of ``min_share`` and ``factor / n_positive``.
+
+    A label is a concept that stands out from the rest of the image's evidence, and a fixed share cannot say
+    that at every bank size: with the 13 concepts of the shipped ToyBirds model the strongest concept of a
+    test image carries about 17-37 % of its evidence, but with 331 (the ``general`` bank on ToyBirds) the
+    evidence spreads over about 190 concepts, the strongest carries about 2-5 %, and a fixed 10 % leaves every
+    image without a label. The yardstick that moves with the bank is what an even split would give each
+    concept, 1 / ``n_positive``; a concept carrying ``factor`` (2) times that carries clearly more than its
+    part. A concept that carries ``min_share`` (10 %) of all the evidence stands out at any size, so the rule
+    never asks for more: with up to ``factor / min_share`` (20) positive concepts it is the old fixed 10 %,
+    and a small bank's labels stay as they were (the shipped ToyBirds model has 7-13 positive concepts per
+    test image). Counting the concepts that carry evidence, not the bank, keeps the yardstick honest when many
+    concepts of a large bank say nothing about an image. The callers' ``top_k`` still caps the labels.
+    """
+    if n_positive < 1:
+        return min_share
+    return min(min_share, factor / n_positive)
+
+
 def contribution_labels(
     model: CEIRModel, embeddings: torch.Tensor, top_k: int, min_share: float = MIN_SHARE
 ) -> list[tuple[list[ConceptScore], int]]:
     """Per image: up to ``top_k`` concepts it shows (activation above the train mean) that carry at least
-    ``min_share`` of its positive evidence for its cluster, scored by that share; and the cluster."""
+    ``label_share`` of its positive evidence for its cluster, scored by their share; and the cluster."""
     with torch.no_grad():
         vectors = model.concept_vectors(embeddings)
     contributions, clusters = explain(model, vectors)
@@ -150,19 +178,22 @@ def contribution_labels(
 
 def labels_by_share(
     concepts: list[str],
-    vectors: torch.Tensor,
-    contributions: torch.Tensor,
-    clusters: torch.Tensor,
+    vectors: torch.Tensor | np.ndarray,
+    contributions: torch.Tensor | np.ndarray,
+    clusters: torch.Tensor | np.ndarray,
     top_k: int,
     min_share: float = MIN_SHARE,
+    factor: float = EVEN_SHARE_FACTOR,
 ) -> list[tuple[list[ConceptScore], int]]:
     """``contribution_labels`` from concept vectors and their explanations (``explain``) already at hand."""
     result = []
     for vector, contribution, cluster in zip(
-        vectors.numpy(), contributions.numpy(), clusters.tolist(), strict=True
+        np.asarray(vectors), np.asarray(contributions), np.asarray(clusters).tolist(), strict=True
     ):
-        share = contribution / max(float(contribution[contribution > 0].sum()), 1e-12)
-        eligible = [i for i in np.argsort(-share, kind="stable") if vector[i] > 0 and share[i] >= min_share]
+        positive = contribution > 0
+        share = contribution / max(float(contribution[positive].sum()), 1e-12)
+        needed = label_share(int(positive.sum()), min_share, factor)
+        eligible = [i for i in np.argsort(-share, kind="stable") if vector[i] > 0 and share[i] >= needed]
         result.append(([ConceptScore(concepts[i], float(share[i])) for i in eligible[:top_k]], cluster))
     return result
 

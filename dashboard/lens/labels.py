@@ -119,13 +119,14 @@ def candidates_table(report: LabelReport, limit: int = 20) -> pd.DataFrame:
 
 def scoring_sentence(report: LabelReport, model_label: str) -> str:
     """Which model and which scoring produced the labels, in one sentence."""
-    from core.ceir.labels import MIN_SHARE, SCORING_CONTRIBUTION
+    from core.ceir.labels import EVEN_SHARE_FACTOR, MIN_SHARE, SCORING_CONTRIBUTION
 
     if report.scoring == SCORING_CONTRIBUTION:
         how = (
             "each label's score is its share of the image's evidence for its CEIR cluster (its contribution, "
             "activation × integrated gradient, over the sum of the positive ones), among the concepts the "
-            f"image shows; concepts under {MIN_SHARE:.0%} are not labels"
+            f"image shows; a label carries {MIN_SHARE:.0%} of the evidence or {EVEN_SHARE_FACTOR}/n of it "
+            "when n concepts share it (the smaller of the two, so a large bank gets labels too)"
         )
     else:
         how = (
