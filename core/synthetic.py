@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.bundle import check_save_target, save_bundle
+from core.bundle import check_save_target, read_bundle_config, save_bundle
 from core.ceir import arrays as ceir_arrays
 from core.ceir.concept_bank import apply_template, load_bank
 from core.ceir.config import CEIRConfig, VAEConfig
@@ -146,8 +146,13 @@ class SyntheticBundleConfig:
             self._check_concepthash()
         else:
             self._check_ceir()
-        if (self.out / "config.json").is_file() and not self.overwrite:
-            raise ValueError(f"The bundle {self.out} already exists; pass --overwrite to replace it.")
+        if (self.out / "config.json").is_file():
+            if not self.overwrite:
+                raise ValueError(f"The bundle {self.out} already exists; pass --overwrite to replace it.")
+            if not _is_synthetic(self.out):
+                raise ValueError(
+                    f"{self.out} holds a bundle this command did not make; choose another --out."
+                )
         check_save_target(self.out, self.overwrite)
         if self.data == "folder":
             check_data_target(self.data_out, self.overwrite)
@@ -174,6 +179,13 @@ class SyntheticBundleConfig:
             raise ValueError(f"--latent-dim must be at least 1, got {self.latent_dim}.")
         if self.images < 4:
             raise ValueError("CEIR needs at least 4 --images (the projection holds some out).")
+
+
+def _is_synthetic(bundle: Path) -> bool:
+    try:
+        return isinstance(read_bundle_config(bundle).get("synthetic"), dict)
+    except ValueError:  # unreadable or invalid: not ours to replace
+        return False
 
 
 def check_data_target(path: Path, overwrite: bool) -> None:

@@ -256,3 +256,18 @@ def test_worker_processes_write_the_same_images(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "CHUNK_ROWS", 7)
     monkeypatch.setattr(synthetic, "_workers", lambda: 2)
     assert write("workers") == here and len(here) == 36
+
+
+def test_overwrite_never_replaces_a_trained_bundle(tmp_path, capsys):
+    import shutil
+
+    from core.cli import main
+
+    trained = tmp_path / "trained"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "pretrained" / "toybirds-concepthash-csd", trained)
+    before = (trained / "config.json").read_bytes()
+    code = main(
+        ["bench", "make-bundle", "--out", str(trained), "--overwrite", "--json-out", str(tmp_path / "r")]
+    )
+    assert code == 2 and "did not make" in capsys.readouterr().err
+    assert (trained / "config.json").read_bytes() == before and not (tmp_path / "trained-data").exists()
