@@ -266,10 +266,18 @@ def test_bar_chart_shows_the_chosen_image_contributions(page, toy, index):
         key=lambda j: -vectors[index, j],
     )
     caption = next(c.value for c in page.caption if "presence threshold" in c.value)
+    shown = present[: view.PRESENT_SHOWN]
     if present:
-        assert caption.endswith(", ".join(loaded.concepts[j] for j in present) + ".")
+        assert caption.endswith(", ".join(loaded.concepts[j] for j in shown) + ".")
     else:
         assert caption == "No concept is above its presence threshold in this image."
+    # more than the sentence names: all of them in a table, on demand
+    tables = [d.value for d in page.dataframe if "above it by" in d.value.columns]
+    if len(present) > view.PRESENT_SHOWN:
+        assert f"{len(present)} concepts, the {view.PRESENT_SHOWN} highest: " in caption
+        assert [table["concept"].tolist() for table in tables] == [[loaded.concepts[j] for j in present]]
+    else:
+        assert tables == []
 
 
 def test_sliders_intervene_on_the_top_concepts(page, toy):

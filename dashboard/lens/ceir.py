@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -207,6 +208,55 @@ def top5_sentence(metrics: Mapping[str, Any]) -> str | None:
     return sentence + "."
 
 
+def _share(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class LabelQuality:
+    """What the labels ``conceptlens label`` prints for a ToyBirds bundle's test images are worth (the
+    bundle's ``labels`` metrics): shares of the printed labels, None when no label was printed (a share of
+    nothing is no precision), and the share of images left without one (None for bundles evaluated before it
+    was measured)."""
+
+    true_share: float | None
+    distractor_share: float | None
+    unlabelled_share: float | None
+
+
+def label_quality(metrics: Mapping[str, Any]) -> LabelQuality | None:
+    """The stored label quality, or None for a bundle that stores none."""
+    stored = metrics.get("labels")
+    if not isinstance(stored, Mapping):
+        return None
+    unlabelled = _share(stored.get("unlabelled_share"))
+    if unlabelled is not None and unlabelled >= 1:
+        return LabelQuality(None, None, unlabelled)
+    quality = LabelQuality(
+        _share(stored.get("precision")), _share(stored.get("distractor_share")), unlabelled
+    )
+    return None if quality == LabelQuality(None, None, None) else quality
+
+
+def unlabelled_sentence(metrics: Mapping[str, Any]) -> str | None:
+    """The share of test images left without a label, in a sentence; None when every image got one or the
+    bundle does not say."""
+    quality = label_quality(metrics)
+    if quality is None or not quality.unlabelled_share:
+        return None
+    n = metrics.get("n_test")
+    images = f"the {n} test images" if isinstance(n, int) and n > 0 else "the test images"
+    if quality.unlabelled_share >= 1:
+        return (
+            f"100% of {images} are unlabelled: `conceptlens label` printed no label for any of them, so "
+            "there are no printed labels to count as true or as distractors."
+        )
+    return (
+        f"{quality.unlabelled_share:.0%} of {images} are unlabelled (no concept carried enough of the "
+        "evidence for its cluster); the shares of true and distractor labels count the others' labels."
+    )
+
+
 def references_note(metrics: Mapping[str, Any]) -> str:
     """What the precision@5 of its references (``concept_precision_references``) is, as a sentence starting
     with a space; empty when the bundle stores none."""
@@ -222,12 +272,40 @@ def references_note(metrics: Mapping[str, Any]) -> str:
     )
 
 
-def presence_sentence(concepts: list[str], vector: np.ndarray, thresholds: np.ndarray) -> str:
-    """Which concepts one image's vector has above their presence thresholds, highest first, in a sentence."""
+PRESENT_SHOWN = 8  # present concepts the one-image sentence names; a large bank's others wait in a table
+
+
+def presence_sentence(
+    concepts: list[str], vector: np.ndarray, thresholds: np.ndarray, shown: int = PRESENT_SHOWN
+) -> str:
+    """Which concepts one image's vector has above their presence thresholds, highest score first (the order
+    the concept precision@5 reads them in), in a sentence: all of them, or the first ``shown`` and how many
+    there are (a 400-concept bank can show 150 in one image)."""
     present = present_concepts(vector, thresholds, concepts)
     if not present:
         return "No concept is above its presence threshold in this image."
-    return "Present in this image (above each concept's presence threshold): " + ", ".join(present) + "."
+    start = "Present in this image (above each concept's presence threshold): "
+    if len(present) <= shown:
+        return start + ", ".join(present) + "."
+    return start + f"{len(present)} concepts, the {shown} highest: " + ", ".join(present[:shown]) + "."
+
+
+def present_table(concepts: list[str], vector: np.ndarray, thresholds: np.ndarray) -> pd.DataFrame:
+    """Every concept present in one image (the sentence's order): its score, its presence threshold and how
+    far above the threshold it is, all z-scores."""
+    scores = np.asarray(vector, dtype=np.float64)
+    cuts = np.asarray(thresholds, dtype=np.float64)
+    index = {name: j for j, name in enumerate(concepts)}
+    rows = [
+        {
+            "concept": name,
+            "score": scores[index[name]],
+            "threshold": cuts[index[name]],
+            "above it by": scores[index[name]] - cuts[index[name]],
+        }
+        for name in present_concepts(vector, thresholds, concepts)
+    ]
+    return pd.DataFrame(rows, columns=["concept", "score", "threshold", "above it by"])
 
 
 def class_names(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
@@ -370,9 +448,22 @@ def cluster_composition(clusters: np.ndarray, labels: np.ndarray, classes: Seque
     return pd.DataFrame(rows, columns=["cluster", "size", "majority species", "purity", "species"])
 
 
-def intervention_concepts(contributions: np.ndarray, k: int = 5) -> list[int]:
-    """Indices of one image's ``k`` concepts with the largest |contribution| (the ones worth editing)."""
-    return [int(i) for i in np.argsort(-np.abs(contributions), kind="stable")[:k]]
+def intervention_concepts(contributions: np.ndarray, k: int | None = 5) -> list[int]:
+    """Indices of one image's ``k`` concepts with the largest |contribution| (the ones worth editing first);
+    every concept in that order when ``k`` is None (what the intervention's picker offers)."""
+    order = np.argsort(-np.abs(contributions), kind="stable")
+    return [int(i) for i in (order if k is None else order[:k])]
+
+
+def intervention_choice(concepts: Sequence[str], contributions: np.ndarray, i: int) -> str:
+    """How the intervention's picker names concept ``i``: the concept and its contribution to the image's
+    cluster."""
+    return f"{concepts[i]} ({float(contributions[i]):+.3f})"
+
+
+def in_rows(items: Sequence[Any], per_row: int) -> list[list[Any]]:
+    """``items`` cut into rows of at most ``per_row`` (sliders that wrap instead of shrinking)."""
+    return [list(items[start : start + per_row]) for start in range(0, len(items), per_row)]
 
 
 def slider_bounds(activation: float, limit: float = 3.0) -> tuple[float, float]:

@@ -13,6 +13,7 @@ from plotly.colors import qualitative
 from lens.bundles import require
 from lens.ceir import (
     ARRAYS,
+    PRESENT_SHOWN,
     PROTOCOLS,
     RAW_TEMPLATE,
     SEPARATION_GROUPS,
@@ -31,13 +32,17 @@ from lens.ceir import (
     file_safe,
     filter_table,
     image_contributions_table,
+    in_rows,
     intervention,
+    intervention_choice,
     intervention_concepts,
+    label_quality,
     latent_map,
     latent_map_method,
     metrics_table,
     presence_sentence,
     presence_thresholds,
+    present_table,
     protocols_table,
     references_note,
     selected_indices,
@@ -50,14 +55,17 @@ from lens.ceir import (
     train_contributions,
     umap_frame,
     unedited,
+    unlabelled_sentence,
 )
 from lens.data import data_json, open_data_split
 from lens.figures import download_figure, download_table, image_grid, share_bars
-from lens.tabs import kept, lazy_tabs
+from lens.tabs import SHADOW, kept, lazy_tabs
 
 GRID_CAP = 24  # selected images shown at most
 TOP_K = 10  # bars in the per-image chart
-N_EDITABLE = 5  # sliders in the intervention panel
+N_EDITABLE = 5  # sliders the intervention panel starts with: the image's top contributors
+MAX_EDITABLE = 10  # concepts a person can pick to edit at once
+SLIDERS_PER_ROW = 5
 COLOURS = qualitative.Dark24 + qualitative.Light24
 # The page's tabs; a visit draws the open one only (the map alone, at first), so it is ready sooner.
 MAP, ONE_IMAGE, CLUSTERS, QUALITY = "Latent map", "One image: concepts and what-if", "Clusters", "Quality"
@@ -303,6 +311,11 @@ def show_one_image(train: TrainSet) -> int:
         help="A concept is present when its score is above its presence threshold: Otsu's cut of the "
         "concept's scores on the training images (where they split into two groups), never below their mean.",
     )
+    present = present_table(train.concepts, vector, train.presence)
+    if len(present) > PRESENT_SHOWN:
+        with st.expander(f"All {len(present)} concepts present in this image"):
+            st.dataframe(present.round(3), hide_index=True, key="ceir_present")
+            download_table(present, f"present_concepts_{file_safe(ids[index])}", key="ceir_dl_present")
     bars = contribution_bars(image_contributions_table(train.concepts, vector, contributions, k=TOP_K))
     with right:
         st.plotly_chart(bars, key="ceir_bars")
@@ -319,12 +332,33 @@ def show_one_image(train: TrainSet) -> int:
     return index
 
 
+def pick_editable(train: TrainSet, index: int) -> list[int]:
+    """The concepts of the bank a person chose to edit in image ``index`` (its top contributors at first);
+    any concept can be picked, the strongest contributors are offered first."""
+    contributions = train.contributions[index]
+    options = intervention_concepts(contributions, None)
+    key = f"ceir_iv_pick_{index}"
+    if key not in st.session_state and SHADOW + key not in st.session_state:
+        st.session_state[key] = options[:N_EDITABLE]
+    return kept(
+        st.multiselect,
+        f"Concepts to edit (any of the {len(options)}; type to search)",
+        options,
+        key=key,
+        format_func=lambda i: intervention_choice(train.concepts, contributions, i),
+        max_selections=MAX_EDITABLE,
+        valid=lambda picked: isinstance(picked, list) and all(i in range(len(options)) for i in picked),
+        help="Listed by how much each concept contributes to the image's cluster, largest first (the number "
+        f"in parentheses); the panel starts with the top {N_EDITABLE}.",
+    )
+
+
 def show_intervention(train: TrainSet, loaded, index: int) -> None:
-    """Sliders for the image's top concepts and where the edited image lands: untouched, from the bundle's
-    arrays; edited, by the model (loaded then)."""
+    """Sliders for the concepts picked (the image's top contributors at first) and where the edited image
+    lands: untouched, from the bundle's arrays; edited, by the model (loaded then)."""
     st.subheader("What if? Edit the image's top concepts")
     vector = train.vectors[index]
-    editable = intervention_concepts(train.contributions[index], N_EDITABLE)
+    editable = pick_editable(train, index)
     prefix = f"ceir_iv_{index}_"
 
     def reset_sliders() -> None:
@@ -334,20 +368,22 @@ def show_intervention(train: TrainSet, loaded, index: int) -> None:
             st.session_state[f"{prefix}{i}"] = slider_start(float(vector[i]))
 
     values = {}
-    slider_columns = st.columns(len(editable))
-    for column, i in zip(slider_columns, editable, strict=True):
-        low, high = slider_bounds(float(vector[i]))
-        values[i] = kept(
-            column.slider,
-            train.concepts[i],
-            low,
-            high,
-            value=slider_start(float(vector[i])),
-            step=0.05,
-            key=f"{prefix}{i}",
-            valid=lambda v, low=low, high=high: isinstance(v, int | float) and low <= v <= high,
-            help="z-score: 0 is the training average",
-        )
+    if not editable:
+        st.info("Pick one or more concepts above to edit them.")
+    for row in in_rows(editable, SLIDERS_PER_ROW):
+        for column, i in zip(st.columns(SLIDERS_PER_ROW), row, strict=False):
+            low, high = slider_bounds(float(vector[i]))
+            values[i] = kept(
+                column.slider,
+                train.concepts[i],
+                low,
+                high,
+                value=slider_start(float(vector[i])),
+                step=0.05,
+                key=f"{prefix}{i}",
+                valid=lambda v, low=low, high=high: isinstance(v, int | float) and low <= v <= high,
+                help="z-score: 0 is the training average",
+            )
     st.button("Reset the sliders", on_click=reset_sliders, key="ceir_iv_reset")
     edits = edits_from_sliders(editable, vector, values)
     if edits or train.centres is None:
@@ -408,8 +444,7 @@ def show_metrics(stored: dict) -> None:
         st.dataframe(protocols, hide_index=True, key="ceir_protocols")
         download_table(protocols, "clustering_protocols", key="ceir_dl_protocols")
     precision = stored.get("concept_precision_at_5")
-    label_quality = stored.get("labels") or {}
-    columns = st.columns(3)
+    columns = st.columns(4)
     if isinstance(precision, int | float):
         columns[0].metric(
             "Concept precision@5",
@@ -422,18 +457,31 @@ def show_metrics(stored: dict) -> None:
                 + references_note(stored)
             ),
         )
-    if isinstance(label_quality.get("precision"), int | float):
+    quality = label_quality(stored)
+    if quality is not None and quality.true_share is not None:
         columns[1].metric(
             "Printed labels that are true",
-            f"{label_quality['precision']:.3f}",
+            f"{quality.true_share:.3f}",
             help="Of the labels `conceptlens label` prints for the test images, the share that are true "
             "species attributes.",
         )
+    if quality is not None and quality.distractor_share is not None:
         columns[2].metric(
             "Printed labels that are distractors",
-            f"{label_quality['distractor_share']:.3f}",
+            f"{quality.distractor_share:.3f}",
             help="Of those labels, the share naming something the world never draws (e.g. 'webbed feet').",
         )
+    if quality is not None and quality.unlabelled_share is not None:
+        columns[3].metric(
+            "Test images without a label",
+            f"{quality.unlabelled_share:.0%}",
+            help="The share of test images for which `conceptlens label` prints no label.",
+        )
+    unlabelled = unlabelled_sentence(stored)
+    if unlabelled and quality is not None and quality.true_share is None:
+        st.warning(unlabelled)  # no label printed at all: say it plainly, not as a precision of 0
+    elif unlabelled:
+        st.caption(unlabelled)
     top5 = top5_sentence(stored)
     if top5:
         st.caption(top5)
