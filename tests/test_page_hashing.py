@@ -712,7 +712,7 @@ def test_hash_codes_page(dashboard, loaded):
     assert len(picker.options) == len(groups), "only the values some image has"
     text = markdown_text(app)
     for value, members in groups.items():
-        assert f"**value {value}** · bits `{hashing.subcode_bits(value, 2)}` · {len(members)} images" in text
+        assert f"**value {value}** · bits `{hashing.subcode_bits(value, 2)}` · {len(members)} image" in text
     assert len(images(app)) == sum(min(6, len(m)) for m in groups.values())
     assert "on (+1)" not in text
 

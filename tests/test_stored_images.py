@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from core.data import DataSpec, open_split
-from core.data.stored import MissingImage, StoredImages, display_name, file_image_id
+from core.data.spec import file_image_id
+from core.data.stored import MissingImage, StoredImages, display_name
 from core.data.toybirds import render_sample
 
 CLASSES = ("Red_bird", "Blue_bird", "Green_bird")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
+from pathlib import Path, PurePath
 from typing import Any, Protocol
 
 import numpy as np
@@ -155,10 +156,21 @@ class FileSplit:
         """A file's path relative to the data root (``core.data.stored`` opens it by that id); for in-memory
         data (CIFAR) the name, split and row of the fixed official array."""
         if self._images.paths:
-            from core.data.stored import file_image_id
-
             return file_image_id(self._images.paths[int(i)], self._root)
         return f"{self.name}/{self.split}/{int(i):06d}"
+
+
+def file_image_id(path: str | Path, root: str | Path | None) -> str:
+    """The id stored for an image file: its path relative to the data root (POSIX separators), so a bundle
+    names its images the same way on every machine and wherever the data folder is; the whole path when the
+    file lies outside the root."""
+    path = PurePath(path)
+    if root is not None:
+        try:
+            return path.relative_to(PurePath(root)).as_posix()
+        except ValueError:
+            pass
+    return path.as_posix() if not path.is_absolute() else str(path)
 
 
 def open_split(spec: DataSpec, split: str) -> ImageSplit:

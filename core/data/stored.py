@@ -41,19 +41,6 @@ class MissingImage(ValueError):
     """A stored id whose image cannot be shown: the file is gone, unreadable, or names no image."""
 
 
-def file_image_id(path: str | Path, root: str | Path | None) -> str:
-    """The id stored for an image file: its path relative to the data root (POSIX separators), so a bundle
-    names its images the same way on every machine and wherever the data folder is; the whole path when the
-    file lies outside the root."""
-    path = PurePath(path)
-    if root is not None:
-        try:
-            return path.relative_to(PurePath(root)).as_posix()
-        except ValueError:
-            pass
-    return path.as_posix() if not path.is_absolute() else str(path)
-
-
 def display_name(image_id: str, limit: int = NAME_CHARS) -> str:
     """A short name for an id in captions, pickers and file names: ToyBirds ``#000123``; a file its last two
     path parts (class folder and file), keeping the end when that is still too long."""

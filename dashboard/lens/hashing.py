@@ -148,7 +148,7 @@ SUBCODE_COLUMNS = ["value", "bits", "images", "share", "classes", "majority clas
 def subcode_value_label(row: pd.Series) -> str:
     """A picker line for a populated sub-code value: ``value 37 · 10100100 · 312 images · mostly X (40%)``."""
     return (
-        f"value {row['value']} · {row['bits']} · {row['images']} images · "
+        f"value {row['value']} · {row['bits']} · {row['images']} image{'s' if row['images'] != 1 else ''} · "
         f"mostly {row['majority class']} ({row['majority share']:.0%})"
     )
 

@@ -390,8 +390,7 @@ def show_images(info, loaded, db: Database) -> None:
             st.info("Pick one or more values above to see their images.")
         for value, chosen in samples.items():
             st.markdown(
-                f"**value {value}** · bits `{subcode_bits(value, per)}` · {len(groups[value])} images "
-                f"· {lines[value].split(' · ', 3)[3]}"
+                f"**value {value}** · bits `{subcode_bits(value, per)}` · {lines[value].split(' · ', 2)[2]}"
             )
             draw_grid(
                 images, chosen, heat, overlaid, class_names, labels, f"c{concept}-value{value}-sample{seed}"
