@@ -112,7 +112,9 @@ def retrieval_metrics(
 ) -> dict[str, Any]:
     """``map`` (mAP@all) and ``precision_at`` (P@k) of the queries ranked against the database."""
     db_packed, query_packed = pack_codes(db_codes), pack_codes(query_codes)
-    precision = precision_at_k(query_labels, db_labels, query_packed, db_packed, ks=PRECISION_KS)
+    # a small database (a few images per class of one's own folder) has no P@10: only the k it can rank
+    ks = [k for k in PRECISION_KS if k <= len(db_codes)]
+    precision = precision_at_k(query_labels, db_labels, query_packed, db_packed, ks=ks)
     return {
         "map": float(mean_average_precision(query_labels, db_labels, query_packed, db_packed)),
         "precision_at": {str(k): float(v) for k, v in precision.items()},
