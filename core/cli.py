@@ -186,9 +186,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str | None = "t
 
 
 def data_spec_from(args: argparse.Namespace):
+    from dataclasses import replace
+
     from core.data.spec import DataSpec
 
-    return DataSpec.parse(
+    spec = DataSpec.parse(
         args.data,
         train_per_class=args.train_per_class,
         test_per_class=args.test_per_class,
@@ -196,6 +198,9 @@ def data_spec_from(args: argparse.Namespace):
         image_size=args.image_size,
         download=args.download or None,
     )
+    # The bundle stores the root: relative to today's working directory, it would find no image from another
+    # one (the dashboard, `conceptlens eval` started elsewhere).
+    return replace(spec, root=str(Path(spec.root).expanduser().absolute())) if spec.root else spec
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunSettings) -> None:
