@@ -418,6 +418,11 @@ def main() -> None:
         show_part_masks(picked.masks, attention)
         if picked.index is not None:
             show_repaint(info, loaded, picked, attention, naming)
+    elif picked.index is not None and not loaded.data.has_parts:
+        st.info(
+            "Part masks and repainting one part of the bird: this needs ToyBirds, whose birds come with a "
+            "mask per part and can be redrawn; this bundle's data has neither."
+        )
 
 
 main()
