@@ -1,14 +1,15 @@
 """A fixed 2-D map of CEIR latents for plotting: UMAP with a fixed random state, computed once and cached.
 
 ``umap_2d`` embeds latents with umap-learn (seeded, so the same latents always give the same map).
-``ensure_umap`` returns a bundle's map, computing it only the first time: it is stored in the bundle
-as the cached array ``train_umap`` (atomic rewrite through :func:`core.bundle.update_bundle_arrays`),
-or, when the bundle folder cannot be written (e.g. shipped read-only), in
+``ensure_umap`` returns a bundle's map, computing it only the first time: it is stored in the bundle as the
+cached array ``train_umap`` (atomic rewrite through :func:`core.bundle.update_bundle_arrays`), or, when the
+bundle folder cannot be written (e.g. shipped read-only), in
 ``~/.cache/conceptlens/umap/<hash of path, modification time and parameters>.npy``.
 
 umap-learn imports numba, and its first fit in a process compiles code (seconds), so it is imported
 lazily and the exact nearest neighbours are computed with scikit-learn, which skips numba's
-nearest-neighbour compilation.
+nearest-neighbour compilation. ``known_map`` returns a map only if it is already made, so a page can show
+a quick PCA stand-in for a large bundle (above ``MAX_WAITED_POINTS`` latents) instead of waiting a minute.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ UMAP_ARRAY, LATENTS_ARRAY = TRAIN_UMAP, TRAIN_LATENTS
 DEFAULT_SEED = 0
 DEFAULT_NEIGHBORS = 15
 MIN_UMAP_POINTS = 5  # below this UMAP has no neighbourhood graph worth the name: PCA instead
+# Above this many latents a map is not computed while a page waits (20,000 took ~1 min on 2 cores): CEIR
+# training stores it, and a page shows the PCA map until someone asks for the UMAP one.
+MAX_WAITED_POINTS = 3000
 
 
 def projection_method(n_points: int) -> str:
@@ -178,23 +182,36 @@ def _bundle_writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
 
-def ensure_umap(bundle_path: str | os.PathLike) -> np.ndarray:
-    """The (N, 2) map of a bundle's ``train_latents``: cached in the bundle, else on disk, else computed.
-
-    A cached map whose shape does not match the latents (stale) is recomputed.
-    """
-    path = Path(bundle_path)
+def _bundle_latents(path: Path) -> dict[str, np.ndarray]:
     read_bundle_config(path)  # a clear error for a missing or broken bundle
     arrays = _read_bundle_arrays(path, (LATENTS_ARRAY, UMAP_ARRAY))
     if LATENTS_ARRAY not in arrays:
         raise BundleError(f"Bundle {path} has no cached '{LATENTS_ARRAY}' array to map; train it again.")
+    return arrays
+
+
+def known_map(bundle_path: str | os.PathLike) -> np.ndarray | None:
+    """The bundle's (N, 2) map if it is already made — stored in the bundle or in the disk cache — else
+    None; never computes one. A map whose shape does not match the latents (stale) does not count."""
+    path = Path(bundle_path)
+    arrays = _bundle_latents(path)
     n_points = len(arrays[LATENTS_ARRAY])
     if _fits(arrays.get(UMAP_ARRAY), n_points):
         return arrays[UMAP_ARRAY].astype(np.float32)
-    cached = _load_disk_cache(disk_cache_file(path), n_points)
-    if cached is not None:
-        return cached
-    embedding = umap_2d(arrays[LATENTS_ARRAY], DEFAULT_SEED, DEFAULT_NEIGHBORS)
+    return _load_disk_cache(disk_cache_file(path), n_points)
+
+
+def ensure_umap(bundle_path: str | os.PathLike) -> np.ndarray:
+    """The (N, 2) map of a bundle's ``train_latents``: cached in the bundle, else on disk, else computed
+    (and then stored in the bundle, or on disk for a bundle that cannot be written).
+
+    A cached map whose shape does not match the latents (stale) is recomputed.
+    """
+    path = Path(bundle_path)
+    known = known_map(path)
+    if known is not None:
+        return known
+    embedding = umap_2d(_bundle_latents(path)[LATENTS_ARRAY], DEFAULT_SEED, DEFAULT_NEIGHBORS)
     if _bundle_writable(path):
         try:
             update_bundle_arrays(path, {UMAP_ARRAY: embedding})

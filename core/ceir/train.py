@@ -53,6 +53,7 @@ from core.ceir.evaluate import evaluate_arrays
 from core.ceir.explain import contributions_in_batches
 from core.ceir.labels import even_subsample
 from core.ceir.model import CEIRModel
+from core.ceir.projection2d import DEFAULT_NEIGHBORS, DEFAULT_SEED, MAX_WAITED_POINTS, umap_2d
 from core.ceir.vae import train_vae
 from core.data.spec import DataSpec, open_split
 from core.distributed import DistContext, distributed_run, main_rank_only
@@ -360,7 +361,11 @@ def _train_ceir(
         kmeans_restarts=config.kmeans_restarts,
         clock=clock,
     )
-    arrays = {
+    arrays = {}
+    if len(train_split) > MAX_WAITED_POINTS:  # smaller maps are made on first view, in seconds
+        with clock.phase("2-d map", f"A UMAP map of the {len(train_split)} latents for the dashboard ..."):
+            arrays[arr.TRAIN_UMAP] = umap_2d(latent_train.numpy(), DEFAULT_SEED, DEFAULT_NEIGHBORS)
+    arrays |= {
         arr.TRAIN_CONCEPTS: z_train.numpy().astype(np.float32),
         arr.TRAIN_LATENTS: latent_train.numpy().astype(np.float32),
         arr.TRAIN_CLUSTERS: clusters_train,

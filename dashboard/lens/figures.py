@@ -223,3 +223,17 @@ def download_figure(fig, name: str, key: str | None = None) -> None:
     """
     html = partial(figure_html, fig)
     _download_button(f"Download {name} (HTML)", html, f"{name}.html", "text/html", key or f"html-{name}")
+
+
+def distinct_colours(n: int, base: Sequence[str] = ()) -> list[str]:
+    """``n`` colours, none repeated: ``base`` (a qualitative palette) while it lasts, else ``n`` hues spread
+    round the colour wheel by the golden angle, at three alternating lightnesses, so neighbouring classes of
+    a 200-class map differ and no two share a colour."""
+    if n <= len(base):
+        return list(base[:n])
+    colours = []
+    for i in range(n):
+        hue = (i * 137.508) % 360
+        lightness = (42, 58, 32)[i % 3]
+        colours.append(f"hsl({hue:.1f},{70 if i % 2 else 85}%,{lightness}%)")
+    return colours
