@@ -372,7 +372,8 @@ def test_a_selected_image_opens_in_the_one_image_tab_with_a_button(page, toy):
     loaded, clusters = toy[0], toy[2]
     ids = [str(i) for i in loaded.arrays.get("train_ids", np.arange(len(clusters)))]
     assert page.selectbox(key="ceir_selected_pick").options == [
-        f"{ids[i]} (cluster {clusters[i]})" for i in (3, 8, 11)
+        f"#{ids[i][-6:]} (cluster {clusters[i]})"
+        for i in (3, 8, 11)  # short names of the stored ids
     ]
     page.selectbox(key="ceir_selected_pick").set_value(11).run()
     page.button(key="ceir_selected_open").click().run()

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from core.data import DataSpec, ImageSplit, open_split
 from core.data.stored import MissingImage, StoredImages
+from core.data.stored import display_name as display_name  # short names of ids, for the pages
 
 
 def data_json(data: DataSpec | Mapping[str, Any]) -> str:

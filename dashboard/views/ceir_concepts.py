@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.colors import qualitative
 
 from lens.bundles import require
 from lens.ceir import (
@@ -17,6 +16,7 @@ from lens.ceir import (
     PROTOCOLS,
     RAW_TEMPLATE,
     SEPARATION_GROUPS,
+    STAND_IN,
     TRAIN_CLUSTERS,
     TRAIN_CONCEPTS,
     TRAIN_IDS,
@@ -38,13 +38,13 @@ from lens.ceir import (
     intervention_concepts,
     label_quality,
     latent_map,
-    latent_map_method,
     metrics_table,
     presence_sentence,
     presence_thresholds,
     present_table,
     protocols_table,
     references_note,
+    scatter,
     selected_indices,
     selection_concepts,
     separation_table,
@@ -57,7 +57,7 @@ from lens.ceir import (
     unedited,
     unlabelled_sentence,
 )
-from lens.data import data_json, open_data_split
+from lens.data import bundle_images, display_name, picture
 from lens.figures import download_figure, download_table, image_grid, share_bars
 from lens.tabs import SHADOW, kept, lazy_tabs
 
@@ -66,14 +66,19 @@ TOP_K = 10  # bars in the per-image chart
 N_EDITABLE = 5  # sliders the intervention panel starts with: the image's top contributors
 MAX_EDITABLE = 10  # concepts a person can pick to edit at once
 SLIDERS_PER_ROW = 5
-COLOURS = qualitative.Dark24 + qualitative.Light24
 # The page's tabs; a visit draws the open one only (the map alone, at first), so it is ready sooner.
+UMAP_ASKED = "ceir_umap_asked_"  # + bundle path: the person asked for the UMAP map of a large bundle
 MAP, ONE_IMAGE, CLUSTERS, QUALITY = "Latent map", "One image: concepts and what-if", "Clusters", "Quality"
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def cached_umap(path: str, mtime: float) -> np.ndarray:
-    return latent_map(path)
+def cached_map(path: str, mtime: float, _latents: np.ndarray, compute: bool) -> tuple[np.ndarray, str]:
+    return latent_map(path, _latents, compute)
+
+
+def ask_for_umap(path: str) -> None:
+    """Button callback: make the UMAP map of this bundle on the next run."""
+    st.session_state[UMAP_ASKED + path] = True
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -98,50 +103,15 @@ def cached_centres(path: str, mtime: float) -> np.ndarray | None:
         return None
 
 
-def train_image(split, index: int):
-    """A train image, or None when the data behind the bundle cannot be read here."""
-    if split is None:
+def train_image(images, index: int):
+    """Train image ``index``, found by the id the bundle stores, or None (and the reason under it) when the
+    data behind the bundle cannot be read here or no longer holds it."""
+    if images is None:
         return None
-    try:
-        return split.image(index)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def scatter(frame, colour: str):
-    """The latent map, one trace per value of ``colour`` (so the legend toggles it); each point carries its
-    row, id, cluster and true label as customdata (its row first: ``selected_indices`` reads it).
-
-    Built from graph objects, not plotly express: the same figure about four times faster (profiled), and
-    the page draws it on every visit."""
-    order = sorted(frame[colour].unique(), key=lambda v: (len(v), v))  # "cluster 2" before "cluster 10"
-    groups = frame.groupby(colour, sort=False).indices
-    custom = frame[["index", "id", "cluster", "true label"]].to_numpy(dtype=object)
-    xs, ys = frame["x"].to_numpy(), frame["y"].to_numpy()
-    fig = go.Figure()
-    for n, value in enumerate(order):
-        rows = groups[value]
-        fig.add_trace(
-            go.Scatter(
-                x=xs[rows],
-                y=ys[rows],
-                mode="markers",
-                name=str(value),
-                marker={"size": 7, "opacity": 0.85, "color": COLOURS[n % len(COLOURS)]},
-                customdata=custom[rows],
-                hovertemplate="id=%{customdata[1]}<br>cluster=%{customdata[2]}<br>"
-                "true label=%{customdata[3]}<extra></extra>",
-            )
-        )
-    fig.update_layout(
-        height=520,
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
-        dragmode="lasso",
-        legend_title_text=colour,
-        xaxis_title="UMAP 1",
-        yaxis_title="UMAP 2",
-    )
-    return fig
+    image, problem = picture(images, index)
+    if problem:
+        st.caption(problem)
+    return image
 
 
 def contribution_bars(table):
@@ -203,7 +173,7 @@ class TrainSet:
     contributions: np.ndarray  # (N, C) each concept's contribution to the image's cluster
     presence: np.ndarray  # (C,) each concept's presence threshold, from the train vectors
     centres: np.ndarray | None  # (k, latent_dim) cluster centres, None when only the model can give them
-    split: Any  # the images, or None when they cannot be read here
+    images: Any  # the images, by the ids the bundle stores (core.data.stored.StoredImages), or None
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -223,14 +193,21 @@ def show_concept_bank(loaded) -> None:
             download_table(removed, "removed_concepts", key="ceir_dl_removed")
 
 
-def show_latent_map(train: TrainSet, embedding: np.ndarray) -> None:
+def show_latent_map(train: TrainSet, embedding: np.ndarray, method: str, path: str) -> None:
     """The map of the training latents, with the images and shared concepts of a selection in it."""
     st.subheader("The latent space")
     colour = kept(st.radio, "Colour by", ["cluster", "true label"], horizontal=True, key="ceir_colour")
     st.caption(
-        f"{latent_map_method(len(train))} of the {len(train)} training latents (fixed random state). Drag a "
-        "box or lasso to select images; their shared concepts appear below."
+        f"{method} of the {len(train)} training latents (fixed random state). Drag a box or lasso to select "
+        "images; their shared concepts appear below."
     )
+    if method == STAND_IN:
+        st.button(
+            f"Make the UMAP map ({len(train)} points: about a minute on 2 cores, once; the bundle keeps it)",
+            on_click=ask_for_umap,
+            args=(path,),
+            key="ceir_make_umap",
+        )
     figure = scatter(umap_frame(embedding, train.clusters, train.labels, train.classes, train.ids), colour)
     event = st.plotly_chart(
         figure, on_select="rerun", selection_mode=("points", "box", "lasso"), key="ceir_umap"
@@ -264,16 +241,21 @@ def show_selection(train: TrainSet, chosen: list[int]) -> None:
     row = pick.selectbox(
         "One of them, with its concepts and a what-if",
         chosen,
-        format_func=lambda i: f"{train.ids[i]} (cluster {train.clusters[i]})",
+        format_func=lambda i: f"{display_name(train.ids[i])} (cluster {train.clusters[i]})",
         key="ceir_selected_pick",
     )
     go_to.button(
         f"Open in '{ONE_IMAGE}'", on_click=open_in_one_image_tab, args=(int(row),), key="ceir_selected_open"
     )
+    shown = chosen[:GRID_CAP]
+    found = [picture(train.images, i, 90) if train.images is not None else (None, None) for i in shown]
     pictures = [
-        (f"{train.ids[i].rsplit('/', 1)[-1]} · cluster {train.clusters[i]}", train_image(train.split, i))
-        for i in chosen[:GRID_CAP]
+        (f"{display_name(train.ids[i]).rsplit('/', 1)[-1]} · cluster {train.clusters[i]}", image)
+        for i, (image, _) in zip(shown, found, strict=True)
     ]
+    problems = [problem for _, problem in found if problem]
+    if problems:
+        st.warning(problems[0] + (f" ({len(problems) - 1} more like it)" if len(problems) > 1 else ""))
     image_grid(
         [(caption, image) for caption, image in pictures if image is not None],
         columns=8,
@@ -296,14 +278,15 @@ def show_one_image(train: TrainSet) -> int:
     st.subheader("One image's concepts")
     ids, clusters = train.ids, train.clusters
     rows = zip(ids, class_names(train.labels, train.classes), clusters, strict=True)
-    names = [f"{image} — {label} (cluster {cluster})" for image, label, cluster in rows]
+    names = [f"{display_name(image)} — {label} (cluster {cluster})" for image, label, cluster in rows]
     index = kept(
         st.selectbox, "Image", list(range(len(train))), key="ceir_image", format_func=names.__getitem__
     )
     left, right = st.columns([1, 3])
-    picture = train_image(train.split, index)
-    if picture is not None:
-        left.image(picture, caption=ids[index], width=160)
+    with left:
+        shown = train_image(train.images, index)
+    if shown is not None:
+        left.image(shown, caption=display_name(ids[index]), width=160)
     left.metric("Cluster", int(clusters[index]))
     vector, contributions = train.vectors[index], train.contributions[index]
     st.caption(
@@ -315,7 +298,9 @@ def show_one_image(train: TrainSet) -> int:
     if len(present) > PRESENT_SHOWN:
         with st.expander(f"All {len(present)} concepts present in this image"):
             st.dataframe(present.round(3), hide_index=True, key="ceir_present")
-            download_table(present, f"present_concepts_{file_safe(ids[index])}", key="ceir_dl_present")
+            download_table(
+                present, f"present_concepts_{file_safe(display_name(ids[index]))}", key="ceir_dl_present"
+            )
     bars = contribution_bars(image_contributions_table(train.concepts, vector, contributions, k=TOP_K))
     with right:
         st.plotly_chart(bars, key="ceir_bars")
@@ -325,10 +310,10 @@ def show_one_image(train: TrainSet) -> int:
         )
     download_table(
         image_contributions_table(train.concepts, vector, contributions),
-        f"contributions_{file_safe(ids[index])}",
+        f"contributions_{file_safe(display_name(ids[index]))}",
         key="ceir_dl_contrib",
     )
-    download_figure(bars, f"top_concepts_{file_safe(ids[index])}", key="ceir_dl_bars_html")
+    download_figure(bars, f"top_concepts_{file_safe(display_name(ids[index]))}", key="ceir_dl_bars_html")
     return index
 
 
@@ -402,7 +387,7 @@ def show_intervention(train: TrainSet, loaded, index: int) -> None:
     distances = distances_table(after.distances, before.cluster, after.cluster)
     distance_chart = distance_bars(distances)
     st.plotly_chart(distance_chart, key="ceir_distances")
-    name = file_safe(train.ids[index])
+    name = file_safe(display_name(train.ids[index]))
     download_table(distances, f"intervention_distances_{name}", key="ceir_dl_distances")
     download_figure(distance_chart, f"intervention_distances_{name}", key="ceir_dl_distances_html")
 
@@ -515,9 +500,11 @@ def main() -> None:
 
     vectors = loaded.arrays[TRAIN_CONCEPTS].astype(np.float32)
     clusters = loaded.arrays[TRAIN_CLUSTERS].astype(np.int64)
+    latents = loaded.arrays[TRAIN_LATENTS].astype(np.float32)
+    asked = bool(st.session_state.get(UMAP_ASKED + info.path))
     with st.spinner(f"Computing the 2-D map of {len(vectors)} latents (first time only) ..."):
         try:
-            embedding = cached_umap(info.path, info.mtime)
+            embedding, method = cached_map(info.path, info.mtime, latents, asked)
         except (ValueError, OSError) as exc:
             st.error(f"The 2-D map of '{info.name}' could not be computed: {exc}")
             return
@@ -526,14 +513,16 @@ def main() -> None:
     if contributions is None:  # a bundle saved before bundles stored them
         contributions = cached_contributions(info.path, mtime, loaded.model, vectors, clusters)
     try:
-        split = open_data_split(data_json(loaded.data), "train")
+        images, note = bundle_images(loaded, "train", TRAIN_IDS)
+        if note:
+            st.caption(note)
     except (OSError, ValueError):
-        split = None
+        images = None
         st.warning("The training images behind this bundle cannot be read here, so no pictures are shown.")
     train = TrainSet(
         concepts=loaded.concepts,
         vectors=vectors,
-        latents=loaded.arrays[TRAIN_LATENTS].astype(np.float32),
+        latents=latents,
         clusters=clusters,
         labels=loaded.arrays[TRAIN_LABELS].astype(np.int64),
         classes=list(loaded.config.get("classes") or []),
@@ -541,7 +530,7 @@ def main() -> None:
         contributions=contributions,
         presence=cached_presence(info.path, mtime, vectors),
         centres=cached_centres(info.path, mtime),
-        split=split,
+        images=images,
     )
 
     def quality() -> None:
@@ -550,7 +539,7 @@ def main() -> None:
 
     lazy_tabs(
         {
-            MAP: lambda: show_latent_map(train, embedding),
+            MAP: lambda: show_latent_map(train, embedding, method, info.path),
             ONE_IMAGE: lambda: show_intervention(train, loaded, show_one_image(train)),
             CLUSTERS: lambda: show_clusters(train),
             QUALITY: quality,
