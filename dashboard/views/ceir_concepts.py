@@ -405,7 +405,13 @@ def show_clusters(train: TrainSet) -> None:
             composition,
             hide_index=True,
             key="ceir_composition",
-            column_config=share_bars("purity", "purity"),
+            # purity before the names: 200 long class names must not push it out of view
+            column_order=["cluster", "size", "purity", "majority species", "species"],
+            column_config=share_bars("purity", "purity")
+            | {
+                "majority species": st.column_config.TextColumn("majority species", width="medium"),
+                "species": st.column_config.TextColumn("species", width="large"),
+            },
         )
         st.caption("Species in each training cluster; purity is the share of its most common species.")
         download_table(composition, "cluster_composition", key="ceir_dl_composition")
