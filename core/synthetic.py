@@ -56,7 +56,7 @@ from core.concepthash import arrays as hash_arrays
 from core.concepthash.config import ConceptHashConfig
 from core.data import toybirds
 from core.data.spec import DataSpec
-from core.retrieval import mean_average_precision, pack_codes, precision_at_k
+from core.retrieval import retrieval_metrics
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +73,6 @@ SYNTHETIC_NOTE = (
 DATA_MARKER = "MADE-BY-CONCEPTLENS.txt"  # in a data folder this module wrote, so --overwrite may replace it
 KINDS = ("concepthash", "ceir")
 DATA_CHOICES = ("folder", "toybirds")
-PRECISION_KS = (1, 5, 10)
 IG_STEPS = 8  # Integrated-Gradients steps of the stored contributions (training uses 64; same integral)
 
 
@@ -504,19 +503,6 @@ def attention_blobs(
     blobs = np.exp(-dist / (2 * sigma[None, :, None, None] ** 2)) + 0.02
     mass = rng.uniform(0.8, 0.95, size=(n, concepts, 1, 1))
     return (blobs / blobs.sum(axis=(2, 3), keepdims=True) * mass).astype(np.float16)
-
-
-def retrieval_metrics(
-    db_codes: np.ndarray, db_labels: np.ndarray, query_codes: np.ndarray, query_labels: np.ndarray
-) -> dict[str, Any]:
-    """mAP@all and precision@k of the query codes ranked against the database codes (``core.retrieval``)."""
-    db_packed, query_packed = pack_codes(db_codes), pack_codes(query_codes)
-    ks = [k for k in PRECISION_KS if k <= len(db_codes)]
-    precision = precision_at_k(query_labels, db_labels, query_packed, db_packed, ks=ks)
-    return {
-        "map": float(mean_average_precision(query_labels, db_labels, query_packed, db_packed)),
-        "precision_at": {str(k): float(v) for k, v in precision.items()},
-    }
 
 
 def bird_shift(

@@ -106,7 +106,7 @@ def test_bundles_hold_a_vit_b32_at_224_px_on_the_folder(bundles, folder):
 
 def test_a_database_smaller_than_ten_images_is_scored_at_the_ks_it_has():
     """A folder with a few images per class: P@10 of an 8-image database failed the whole evaluation."""
-    from core.concepthash.evaluate import retrieval_metrics
+    from core.retrieval import retrieval_metrics
 
     rng = np.random.default_rng(0)
     codes = np.where(rng.random((8, BITS)) > 0.5, 1, -1).astype(np.int8)

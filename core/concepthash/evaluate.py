@@ -96,29 +96,14 @@ from core.data.toybirds import (
     render_counterfactual,
 )
 from core.progress import PhaseClock, Progress, no_progress
-from core.retrieval import mean_average_precision, pack_codes, precision_at_k
+from core.retrieval import mean_average_precision, pack_codes, retrieval_metrics
 
-PRECISION_KS = (1, 5, 10)
 N_SPECIES_PARTS = len(SPECIES_PARTS)  # the first rows of every parts matrix (PARTS starts with them)
 if PARTS[:N_SPECIES_PARTS] != SPECIES_PARTS:
     raise ImportError("ToyBirds PARTS must start with SPECIES_PARTS: the part matrices rely on it.")
 
 
 # ---- retrieval --------------------------------------------------------------------------------
-
-
-def retrieval_metrics(
-    db_codes: np.ndarray, db_labels: np.ndarray, query_codes: np.ndarray, query_labels: np.ndarray
-) -> dict[str, Any]:
-    """``map`` (mAP@all) and ``precision_at`` (P@k) of the queries ranked against the database."""
-    db_packed, query_packed = pack_codes(db_codes), pack_codes(query_codes)
-    # a small database (a few images per class of one's own folder) has no P@10: only the k it can rank
-    ks = [k for k in PRECISION_KS if k <= len(db_codes)]
-    precision = precision_at_k(query_labels, db_labels, query_packed, db_packed, ks=ks)
-    return {
-        "map": float(mean_average_precision(query_labels, db_labels, query_packed, db_packed)),
-        "precision_at": {str(k): float(v) for k, v in precision.items()},
-    }
 
 
 def per_part_capacity_ceiling(bits: int, n_concepts: int) -> float:

@@ -9,7 +9,12 @@ from core.retrieval.hamming import (
     ranking_by_hamming,
     unpack_codes,
 )
-from core.retrieval.metrics import average_precision, mean_average_precision, precision_at_k
+from core.retrieval.metrics import (
+    average_precision,
+    mean_average_precision,
+    precision_at_k,
+    retrieval_metrics,
+)
 
 __all__ = [
     "BACKENDS",
@@ -21,5 +26,6 @@ __all__ = [
     "pack_codes",
     "precision_at_k",
     "ranking_by_hamming",
+    "retrieval_metrics",
     "unpack_codes",
 ]

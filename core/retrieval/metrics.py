@@ -147,3 +147,23 @@ def precision_at_k(
         for k in hits:
             hits[k] += float(cumulative[:, k - 1].sum()) / k
     return {k: value / n_queries for k, value in hits.items()}
+
+
+PRECISION_KS = (1, 5, 10)
+
+
+def retrieval_metrics(
+    db_codes: np.ndarray, db_labels: np.ndarray, query_codes: np.ndarray, query_labels: np.ndarray
+) -> dict:
+    """``map`` (mAP@all) and ``precision_at`` (P@k for k in :data:`PRECISION_KS`) of ±1 query codes ranked
+    by Hamming distance against ±1 database codes. A small database (a few images per class of one's own
+    folder) has no P@10: only the k it can rank are scored."""
+    from core.retrieval.hamming import pack_codes
+
+    db_packed, query_packed = pack_codes(db_codes), pack_codes(query_codes)
+    ks = [k for k in PRECISION_KS if k <= len(db_codes)]
+    precision = precision_at_k(query_labels, db_labels, query_packed, db_packed, ks=ks)
+    return {
+        "map": float(mean_average_precision(query_labels, db_labels, query_packed, db_packed)),
+        "precision_at": {str(k): float(v) for k, v in precision.items()},
+    }
