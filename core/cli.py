@@ -751,7 +751,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "--store keeps the metrics of the bundle's own data; "
             "scores on fresh samples (--seed) are not stored."
         )
-    result = evaluate_any(args.bundle, seed=args.seed, device=args.device)
+    result = evaluate_any(
+        args.bundle, seed=args.seed, device=args.device, progress=TqdmProgress("eval"), log=log
+    )
     if args.store:
         store_metrics(args.bundle, result)
         log(f"Stored the metrics in {args.bundle / 'config.json'}.")

@@ -22,13 +22,25 @@ class Kind:
     name: str
     summary: str
     loader: str  # "module:function" taking (path, device="auto") -> the loaded model
-    evaluator: str  # "module:function" taking (path, seed=None, device="auto") -> metrics dict
+    # "module:function" taking (path, seed=None, device="auto", progress=..., log=...) -> metrics dict
+    evaluator: str
 
     def load(self, bundle: str | Path, device: str = "auto") -> Any:
         return _function(self.loader)(str(bundle), device=device)
 
-    def evaluate(self, bundle: str | Path, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
-        return _function(self.evaluator)(str(bundle), seed=seed, device=device)
+    def evaluate(
+        self,
+        bundle: str | Path,
+        seed: int | None = None,
+        device: str = "auto",
+        progress: Any = None,
+        log: Any = None,
+    ) -> dict[str, Any]:
+        """The evaluator's metrics; ``progress`` (``progress(done, total)``, told each phase's name where it
+        takes one) and ``log`` (one line per phase) are passed on when given, so a long evaluation is never
+        silent."""
+        extra = {name: value for name, value in (("progress", progress), ("log", log)) if value is not None}
+        return _function(self.evaluator)(str(bundle), seed=seed, device=device, **extra)
 
 
 def _function(name: str) -> Any:
@@ -76,9 +88,11 @@ def load_any(bundle: str | Path, device: str = "auto") -> Any:
     return kind_of(bundle).load(bundle, device=device)
 
 
-def evaluate_any(bundle: str | Path, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
+def evaluate_any(
+    bundle: str | Path, seed: int | None = None, device: str = "auto", progress: Any = None, log: Any = None
+) -> dict[str, Any]:
     """Evaluate a bundle of any kind; the kind is read from the bundle."""
-    return kind_of(bundle).evaluate(bundle, seed=seed, device=device)
+    return kind_of(bundle).evaluate(bundle, seed=seed, device=device, progress=progress, log=log)
 
 
 # What an evaluator's report says about the run rather than measures: not stored as metrics.

@@ -384,3 +384,17 @@ def test_eval_store_writes_the_bundles_own_metrics_and_nothing_else(tmp_path, ca
     assert not {"kind", "bundle", "data"} & set(metrics), "what the report says about the run is not a metric"
     assert (clip_dir / "weights.safetensors").read_bytes() == weights
     assert "Stored the metrics" in err
+
+
+@pytest.mark.parametrize("name", ["toy-ceir", "toy-hash-csd"])
+def test_eval_names_its_phases_on_stderr_and_prints_only_json_on_stdout(tiny_bundles, capsys, name):
+    """An evaluation of a large bundle takes minutes: it must not be silent, and --json must stay parseable."""
+    from core.ceir.evaluate import EVALUATION_PHASES as CEIR_PHASES
+    from core.concepthash.evaluate import EVALUATION_PHASES as HASH_PHASES
+
+    code, out, err = run(capsys, "eval", str(tiny_bundles / name), "--json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(out)["kind"] == ("ceir" if name == "toy-ceir" else "concepthash")
+    phases = CEIR_PHASES if name == "toy-ceir" else HASH_PHASES
+    named = [phase for phase in phases if phase in err]
+    assert named, f"no phase named on stderr: {err[-500:]}"

@@ -109,8 +109,14 @@ def clip_report(backbone: Backbone, data: DataSpec, progress: Progress = no_prog
     }
 
 
-def evaluate_clip_bundle(path: str, seed: int | None = None, device: str = "auto") -> dict[str, Any]:
-    """``conceptlens eval`` for a CLIP bundle: the :func:`clip_report` on its test split (or ``seed``)."""
+def evaluate_clip_bundle(
+    path: str, seed: int | None = None, device: str = "auto", progress: Any = None, log: Any = None
+) -> dict[str, Any]:
+    """``conceptlens eval`` for a CLIP bundle: the :func:`clip_report` on its test split (or ``seed``). A
+    ToyBirds CLIP's report takes seconds: ``progress`` and ``log`` are accepted like every evaluator's and
+    only ``log`` is told what runs."""
+    if log is not None:
+        log("Evaluating the CLIP bundle (zero-shot, part values, text cosines, linear probe) ...")
     bundle = load_bundle(path, kind=KIND, load_arrays=False)
     data = DataSpec.from_dict(bundle.section("data"))
     if seed is not None:
