@@ -388,7 +388,7 @@ def test_eval_store_writes_the_bundles_own_metrics_and_nothing_else(tmp_path, ca
 
 @pytest.mark.parametrize("name", ["toy-ceir", "toy-hash-csd"])
 def test_eval_names_its_phases_on_stderr_and_prints_only_json_on_stdout(tiny_bundles, capsys, name):
-    """An evaluation of a large bundle takes minutes: it must not be silent, and --json must stay parseable."""
+    """Evaluating a large bundle takes minutes: it must not be silent, and --json must stay parseable."""
     from core.ceir.evaluate import EVALUATION_PHASES as CEIR_PHASES
     from core.concepthash.evaluate import EVALUATION_PHASES as HASH_PHASES
 
