@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from itertools import permutations
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -383,3 +384,66 @@ def table_for_display(table: pd.DataFrame) -> pd.DataFrame:
         ):
             shown[column] = [v if isinstance(v, str) else ("" if pd.isna(v) else f"{v:.4g}") for v in values]
     return shown
+
+
+# --------------------------------------------------------------------------------------------------
+# code stores (conceptlens encode)
+# --------------------------------------------------------------------------------------------------
+
+
+def store_problem(store: Any, bundle_path: str) -> str | None:
+    """Why the model at ``bundle_path`` cannot search ``store`` (one sentence), or None when it can: the
+    store must hold ConceptHash codes written by that very bundle (another model's codes mean other bits)."""
+    if store.kind != "concepthash" or "codes" not in store.manifest.get("arrays", {}):
+        return f"The store {store.root} holds {store.kind} arrays, not ConceptHash codes."
+    written_by = str(store.manifest.get("bundle", ""))
+    if Path(written_by).resolve() != Path(bundle_path).resolve():
+        return (
+            f"The store {store.root} was encoded by {Path(written_by).name or 'another bundle'}, not by "
+            f"{Path(bundle_path).name}: its codes cannot be compared with this model's."
+        )
+    if len(store) == 0:
+        return f"The store {store.root} has no encoded images yet."
+    return None
+
+
+def store_results(store: Any, code: np.ndarray, k: int) -> pd.DataFrame:
+    """The store's top ``k`` for one ±1 query code by exact Hamming distance (ties by row), with each row's
+    image id (a path relative to the encoded folder)."""
+    rows, distances = store.search(_packed_query(code), min(k, len(store)))
+    ids = store.ids
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, rows.shape[1] + 1),
+            "store row": rows[0],
+            "image": [ids[int(r)] for r in rows[0]],
+            "distance": distances[0],
+        }
+    )
+
+
+def open_code_store(path: str | Path) -> Any:
+    """A ``conceptlens encode`` store opened for reading (:class:`core.retrieval.store.CodeStore`)."""
+    from core.retrieval.store import CodeStore
+
+    return CodeStore(path)
+
+
+def store_stamp(path: Path) -> float:
+    """When the store at ``path`` last changed (its manifest or shard list): the key of its cached opening."""
+    try:
+        return max(p.stat().st_mtime for p in (path / "manifest.json", path / "shards") if p.exists())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def store_image(folder: Path, name: str, side: int) -> tuple[Image.Image, str | None]:
+    """A store's image by its file name (relative to the encoded folder) through the safe loader, or a grey
+    tile of ``side`` px and the sentence why not."""
+    from core.data.images import load_image
+    from lens.data import missing_tile
+
+    try:
+        return load_image(folder / name), None
+    except (OSError, ValueError) as exc:
+        return missing_tile(side), f"'{name}' cannot be shown: {exc}"

@@ -9,6 +9,7 @@ loading a model; the models load for an upload, the rollout heatmaps, or a bundl
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,7 @@ import streamlit as st
 from PIL import Image
 
 from lens.bundles import available, no_bundle_message, open_bundle
-from lens.data import bundle_images, data_json, missing_tile, open_data_split, picture
+from lens.data import bundle_images, data_json, display_name, missing_tile, open_data_split, picture
 from lens.figures import (
     ATTENTION_SCALE,
     download_png,
@@ -38,11 +39,16 @@ from lens.retrieval import (
     first_tie_group,
     knows_class,
     metrics_table,
+    open_code_store,
     pack_codes,
     precision_of,
     result_caption,
     results_table,
     search,
+    store_image,
+    store_problem,
+    store_results,
+    store_stamp,
     stored_query,
     table_for_display,
     tie_sentence,
@@ -344,6 +350,55 @@ def draw_heatmaps(column, side: str, info, image: Image.Image, heatmaps: np.ndar
         )
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def open_store(path: str, stamp: float):
+    """A code store opened once per version (``stamp``: :func:`store_stamp`): shard lists and ids read, the
+    codes memory-mapped shard by shard when searched."""
+    return open_code_store(path)
+
+
+def draw_store_search(info, result, k: int) -> None:
+    """Model A's query code searched over a `conceptlens encode` store (any size: memory-mapped shards)."""
+    st.subheader("Search a code store")
+    st.caption(
+        "A store written by `conceptlens encode BUNDLE --data folder:DIR --out STORE` with model A holds the "
+        "codes of a whole collection (a million images is fine: each shard is memory-mapped and searched in "
+        "turn, exactly). Its top results are shown from the store's own file list."
+    )
+    typed = st.text_input("Store folder", key="ret_store", placeholder="/data/photos-store")
+    if not typed or not typed.strip():
+        return
+    path = Path(typed.strip()).expanduser()
+    try:
+        store = open_store(str(path), store_stamp(path))
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        st.error(f"'{path}' cannot be opened as a code store: {exc}")
+        return
+    problem = store_problem(store, info.path)
+    if problem:
+        st.error(problem)
+        return
+    started = time.perf_counter()
+    table = store_results(store, result.code, k)
+    seconds = time.perf_counter() - started
+    folder = Path(str(store.manifest.get("folder", "")))
+    st.caption(
+        f"Top {len(table)} of {len(store):,} codes in {seconds:.2f} s"
+        + ("" if store.complete else " (the store is not finished: its complete shards only)")
+        + f"; images from {folder}."
+    )
+    found = [store_image(folder, name, THUMB) for name in table["image"]]
+    missing = [problem for _, problem in found if problem]
+    if missing:
+        st.warning(missing[0] + (f" ({len(missing) - 1} more like it)" if len(missing) > 1 else ""))
+    captions = [
+        f"#{r} · d={d} · {display_name(i)}"
+        for r, d, i in zip(table["rank"], table["distance"], table["image"], strict=True)
+    ]
+    image_grid(list(zip(captions, [image for image, _ in found], strict=True)), columns=8, width=THUMB)
+    download_table(table, "store_results", key="ret_store_csv")
+
+
 def main() -> None:
     st.title("Retrieval: with vs without L_csd")
     st.markdown(
@@ -406,6 +461,8 @@ def main() -> None:
         "patch's rate."
     )
     download_table(metrics, "retrieval_metrics", key="ret_metrics_csv")
+
+    draw_store_search(pair[0], results[0], k)
 
     st.subheader("Concept heatmaps for the query")
     for side, column, info, result in zip("ab", st.columns(2), pair, results, strict=True):
