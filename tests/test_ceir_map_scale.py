@@ -56,6 +56,8 @@ def test_a_large_bundle_opens_on_its_pca_map_and_makes_the_umap_one_on_request(
     chart = app.get("plotly_chart")[0]
     xs = np.concatenate([decoded(trace["x"]) for trace in json.loads(chart.proto.spec)["data"]])
     assert np.allclose(np.sort(xs), np.sort(pca_2d(latents)[:, 0]), atol=1e-5), "the PCA map is drawn"
+    layout = json.loads(chart.proto.spec)["layout"]
+    assert layout["xaxis"]["title"]["text"] == "PC 1", "its axes say what the map is"
     assert known_map(bundle) is None, "opening the page computed no UMAP"
 
     app.button(key="ceir_make_umap").click().run()

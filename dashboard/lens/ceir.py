@@ -544,9 +544,10 @@ COLOURS = qualitative.Dark24 + qualitative.Light24
 WEBGL_POINTS = 5000  # a map with more points is drawn with WebGL (SVG slows the browser down)
 
 
-def scatter(frame, colour: str):
+def scatter(frame, colour: str, axes: str = "UMAP"):
     """The latent map, one trace per value of ``colour`` (so the legend toggles it); each point carries its
-    row, id, cluster and true label as customdata (its row first: ``selected_indices`` reads it).
+    row, id, cluster and true label as customdata (its row first: ``selected_indices`` reads it). ``axes``
+    names the map's axes ("UMAP 1", or "PC 1" for the principal components).
 
     Built from graph objects, not plotly express: the same figure about four times faster (profiled), and
     the page draws it on every visit."""
@@ -577,7 +578,7 @@ def scatter(frame, colour: str):
         margin={"l": 10, "r": 10, "t": 10, "b": 10},
         dragmode="lasso",
         legend_title_text=colour,
-        xaxis_title="UMAP 1",
-        yaxis_title="UMAP 2",
+        xaxis_title=f"{axes} 1",
+        yaxis_title=f"{axes} 2",
     )
     return fig

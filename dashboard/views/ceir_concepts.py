@@ -208,7 +208,8 @@ def show_latent_map(train: TrainSet, embedding: np.ndarray, method: str, path: s
             args=(path,),
             key="ceir_make_umap",
         )
-    figure = scatter(umap_frame(embedding, train.clusters, train.labels, train.classes, train.ids), colour)
+    frame = umap_frame(embedding, train.clusters, train.labels, train.classes, train.ids)
+    figure = scatter(frame, colour, axes="PC" if method.startswith("PCA") else "UMAP")
     event = st.plotly_chart(
         figure, on_select="rerun", selection_mode=("points", "box", "lasso"), key="ceir_umap"
     )
