@@ -52,6 +52,10 @@ def test_memory_mapped_search_equals_in_memory_search(tmp_path, n_bits: int, k: 
     np.testing.assert_array_equal(dist, expected_dist)
     assert isinstance(next(store.arrays("codes")), np.memmap)
     assert store.ids[rows[0, 0]] == f"img{expected_rows[0, 0]}.png"
+    assert store.ids_at(rows[0]) == [store.ids[r] for r in rows[0]], "across shards, the empty one too"
+    assert store.ids_at([0, 36, 37, 137, 138, 199]) == [store.ids[r] for r in (0, 36, 37, 137, 138, 199)]
+    with pytest.raises(IndexError, match="Row 200 is not in the store"):
+        store.ids_at([200])
     np.testing.assert_array_equal(store.load("codes"), db)
 
 
@@ -60,7 +64,11 @@ def test_incomplete_shards_are_not_searched(tmp_path) -> None:
     (tmp_path / "store" / "shards" / "00001.json").unlink()  # shard 1 was killed before its marker
     store = CodeStore(tmp_path / "store")
     assert store.manifest["complete_shards"] == [0, 2] and not store.complete
-    assert len(store) == 20 and store.ids[10] == "img20.png"
+    assert (
+        len(store) == 20
+        and store.ids[10] == "img20.png"
+        and store.ids_at([9, 10]) == ["img9.png", "img20.png"]
+    )
 
 
 @pytest.fixture(scope="module")

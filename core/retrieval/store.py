@@ -158,6 +158,18 @@ class CodeStore:
     def ids(self) -> list[str]:
         return [image_id for shard in self.shards for image_id in shard.ids]
 
+    def ids_at(self, rows) -> list[str]:
+        """The image ids of database ``rows`` (as :meth:`search` returns them), found shard by shard without
+        listing every id of the store (a million of them on each search would cost more than the search)."""
+        ends = np.cumsum([len(shard) for shard in self.shards])
+        found = []
+        for row in (int(r) for r in np.asarray(rows).reshape(-1)):
+            if not 0 <= row < (ends[-1] if len(ends) else 0):
+                raise IndexError(f"Row {row} is not in the store {self.root} ({len(self)} rows).")
+            shard = int(np.searchsorted(ends, row, side="right"))
+            found.append(self.shards[shard].ids[row - (int(ends[shard - 1]) if shard else 0)])
+        return found
+
     def arrays(self, name: str) -> Iterator[np.ndarray]:
         """The ``name`` array of every complete shard, memory-mapped, in row order."""
         if name not in self.manifest["arrays"]:

@@ -411,12 +411,11 @@ def store_results(store: Any, code: np.ndarray, k: int) -> pd.DataFrame:
     """The store's top ``k`` for one ±1 query code by exact Hamming distance (ties by row), with each row's
     image id (a path relative to the encoded folder)."""
     rows, distances = store.search(_packed_query(code), min(k, len(store)))
-    ids = store.ids
     return pd.DataFrame(
         {
             "rank": np.arange(1, rows.shape[1] + 1),
             "store row": rows[0],
-            "image": [ids[int(r)] for r in rows[0]],
+            "image": store.ids_at(rows[0]),
             "distance": distances[0],
         }
     )
