@@ -361,11 +361,7 @@ def _train_ceir(
         kmeans_restarts=config.kmeans_restarts,
         clock=clock,
     )
-    arrays = {}
-    if len(train_split) > MAX_WAITED_POINTS:  # smaller maps are made on first view, in seconds
-        with clock.phase("2-d map", f"A UMAP map of the {len(train_split)} latents for the dashboard ..."):
-            arrays[arr.TRAIN_UMAP] = umap_2d(latent_train.numpy(), DEFAULT_SEED, DEFAULT_NEIGHBORS)
-    arrays |= {
+    arrays = {
         arr.TRAIN_CONCEPTS: z_train.numpy().astype(np.float32),
         arr.TRAIN_LATENTS: latent_train.numpy().astype(np.float32),
         arr.TRAIN_CLUSTERS: clusters_train,
@@ -375,6 +371,9 @@ def _train_ceir(
         arr.CONCEPT_FIDELITY: fidelity.astype(np.float32),
         arr.OOD_REFERENCE: even_subsample(train_emb.numpy()),  # for the out-of-distribution warning
     }
+    if len(train_split) > MAX_WAITED_POINTS:  # smaller maps are made on first view, in seconds
+        with clock.phase("2-d map", f"A UMAP map of the {len(train_split)} latents for the dashboard ..."):
+            arrays[arr.TRAIN_UMAP] = umap_2d(latent_train.numpy(), DEFAULT_SEED, DEFAULT_NEIGHBORS)
     bundle_config = {
         "backbone": backbone.reference,
         **({} if teacher is backbone else {"teacher": teacher.reference}),
