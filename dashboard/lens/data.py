@@ -80,3 +80,12 @@ def picture(images: StoredImages, row: int, side: int | None = None) -> tuple[Im
         return (missing_tile(side) if side else None), str(exc)
     except OSError as exc:
         return (missing_tile(side) if side else None), f"Image '{images.ids[row]}' cannot be read: {exc}"
+
+
+def show_missing(problems: list[str | None], where: str = "") -> None:
+    """One warning for the images that could not be shown (``problems``: one sentence or None per image):
+    the first reason, and how many more there are ``where`` (e.g. " in this grid")."""
+    problems = [problem for problem in problems if problem]
+    if problems:
+        more = f" ({len(problems) - 1} more like it{where})" if len(problems) > 1 else ""
+        st.warning(problems[0] + more)

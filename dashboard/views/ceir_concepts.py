@@ -57,7 +57,7 @@ from lens.ceir import (
     unedited,
     unlabelled_sentence,
 )
-from lens.data import bundle_images, display_name, picture
+from lens.data import bundle_images, display_name, picture, show_missing
 from lens.figures import download_figure, download_table, image_grid, share_bars
 from lens.tabs import SHADOW, kept, lazy_tabs
 
@@ -254,9 +254,7 @@ def show_selection(train: TrainSet, chosen: list[int]) -> None:
         (f"{display_name(train.ids[i]).rsplit('/', 1)[-1]} · cluster {train.clusters[i]}", image)
         for i, (image, _) in zip(shown, found, strict=True)
     ]
-    problems = [problem for _, problem in found if problem]
-    if problems:
-        st.warning(problems[0] + (f" ({len(problems) - 1} more like it)" if len(problems) > 1 else ""))
+    show_missing([problem for _, problem in found])
     image_grid(
         [(caption, image) for caption, image in pictures if image is not None],
         columns=8,

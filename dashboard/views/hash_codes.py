@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from lens.bundles import require
-from lens.data import bundle_images, picture
+from lens.data import bundle_images, picture, show_missing
 from lens.figures import (
     ATTENTION_SCALE,
     GRID_ROOM,
@@ -120,14 +120,7 @@ def draw_grid(
     )
     if cut:
         st.caption(" · ".join(cut))
-    show_missing(missing)
-
-
-def show_missing(problems: list[str]) -> None:
-    """One warning for the tiles whose image could not be found: how many, and the first reason."""
-    if problems:
-        more = f" ({len(problems) - 1} more like it in this grid)" if len(problems) > 1 else ""
-        st.warning(problems[0] + more)
+    show_missing(missing, " in this grid")
 
 
 @dataclass(frozen=True)

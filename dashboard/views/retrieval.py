@@ -21,7 +21,15 @@ import streamlit as st
 from PIL import Image
 
 from lens.bundles import available, no_bundle_message, open_bundle
-from lens.data import bundle_images, data_json, display_name, missing_tile, open_data_split, picture
+from lens.data import (
+    bundle_images,
+    data_json,
+    display_name,
+    missing_tile,
+    open_data_split,
+    picture,
+    show_missing,
+)
 from lens.figures import (
     ATTENTION_SCALE,
     download_png,
@@ -262,10 +270,7 @@ def database_images(loaded, indices: list[int], side: int) -> list[Image.Image] 
     if note:
         st.caption(note)
     found = [picture(images, i, side) for i in indices]
-    problems = [problem for _, problem in found if problem]
-    if problems:
-        more = f" ({len(problems) - 1} more like it)" if len(problems) > 1 else ""
-        st.warning(problems[0] + more)
+    show_missing([problem for _, problem in found])
     return [image for image, _ in found]
 
 
@@ -388,9 +393,7 @@ def draw_store_search(info, result, k: int) -> None:
         + f"; images from {folder}."
     )
     found = [store_image(folder, name, THUMB) for name in table["image"]]
-    missing = [problem for _, problem in found if problem]
-    if missing:
-        st.warning(missing[0] + (f" ({len(missing) - 1} more like it)" if len(missing) > 1 else ""))
+    show_missing([problem for _, problem in found])
     captions = [
         f"#{r} · d={d} · {display_name(i)}"
         for r, d, i in zip(table["rank"], table["distance"], table["image"], strict=True)
