@@ -167,14 +167,41 @@ def vit_forward(
 
 def attention_rollout(attentions: Sequence[torch.Tensor], residual_weight: float = 0.5) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema, 2020): head-averaged attention with the residual
-    path added, row-normalised and multiplied through the layers. Returns (B, T, T)."""
+    path added, row-normalised and multiplied through the layers. Returns (B, T, T) over the tokens
+    of the last layer.
+
+    Tokens may join the sequence late (ConceptHash's ``concept_blocks``: the concept tokens are appended
+    after the CLS and patch tokens before a later block), so a layer may see more tokens than the one
+    before it; new tokens are always the last ones. Rule: a token that joins at layer k starts as itself,
+    so the rollout through layers 0 .. k-1 gets an identity row and column for it (it carries nothing of
+    the image yet, and no earlier token carries anything of it). From layer k on, its attention to the
+    patches brings in their rollout so far, exactly as for the tokens that were there from the start.
+    This equals the plain rollout of layers in which the late tokens had been present all along, attending
+    only to themselves and attended by no one.
+    """
     rollout = None
     for probs in attentions:
         a = probs.mean(dim=1)
-        eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+        tokens = a.shape[-1]
+        eye = torch.eye(tokens, dtype=a.dtype, device=a.device)
         a = residual_weight * eye + (1.0 - residual_weight) * a
         a = a / a.sum(dim=-1, keepdim=True)
+        if rollout is not None and rollout.shape[-1] != tokens:
+            rollout = _with_new_tokens(rollout, tokens)
         rollout = a if rollout is None else a @ rollout
     if rollout is None:
         raise ValueError("Attention rollout needs at least one layer of attention.")
     return rollout
+
+
+def _with_new_tokens(rollout: torch.Tensor, tokens: int) -> torch.Tensor:
+    """The (B, T, T) rollout grown to (B, tokens, tokens): identity rows and columns for the new tokens."""
+    before = rollout.shape[-1]
+    if tokens < before:
+        raise ValueError(
+            f"A layer's attention covers {tokens} tokens after one that covered {before}; "
+            "tokens may join the sequence, never leave it."
+        )
+    grown = torch.eye(tokens, dtype=rollout.dtype, device=rollout.device).repeat(rollout.shape[0], 1, 1)
+    grown[:, :before, :before] = rollout
+    return grown

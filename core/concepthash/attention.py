@@ -4,8 +4,12 @@ Two readings of the same model:
 
 * ``last``: the last block's attention from each concept token to the patch tokens, averaged
   over heads (the map L_csd acts on);
-* ``rollout``: attention rollout through every block (residual path included), which also
-  counts how patches reached the concept token through earlier layers.
+* ``rollout``: attention rollout through every block the model runs (residual path included),
+  which also counts how patches reached the concept token through earlier layers. With
+  ``concept_depth`` that is the first ``concept_depth`` blocks; with ``concept_blocks`` the concept
+  tokens join only the last blocks, and the blocks before cover the CLS and patch tokens alone: a
+  concept token starts as itself where it joins and gathers the patches' rollout through its
+  attention from then on (:func:`core.backbones.vit.attention_rollout` states the rule).
 """
 
 from __future__ import annotations

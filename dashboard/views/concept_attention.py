@@ -223,13 +223,17 @@ def show_attention(info, loaded, picked: Picked, naming: Naming) -> Attention | 
         horizontal=True,
         key="attn_method",
         help="Last layer: the concept token's attention in the final block (what "
-        "L_csd acts on). Rollout: attention propagated through every block.",
+        "L_csd acts on). Rollout: attention propagated through every block the model runs; concept tokens "
+        "that join only the last blocks start where they join.",
     )
     opacity = controls[1].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="attn_opacity")
     try:
         heat = picked_heatmaps(info, loaded, picked, METHODS[method_label])
-    except (ValueError, RuntimeError) as exc:
+    except ValueError as exc:
         st.error(f"The attention maps of '{title}' could not be computed: {exc}")
+        return None
+    except RuntimeError:  # PyTorch's own failure: its message names tensor shapes, not what went wrong here
+        st.error(f"The model could not compute the {method_label.lower()} attention maps of '{title}'.")
         return None
 
     # Twice the shown size: crisp on high-density screens; a grey tile where the stored id finds no image.

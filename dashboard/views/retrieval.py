@@ -252,6 +252,9 @@ def run_model(info, loaded, query: Query, k: int, method: str) -> Results | None
     except ValueError as exc:
         st.error(f"'{info.name}' could not search with this query: {exc}")
         return None
+    except RuntimeError:  # PyTorch's own failure: its message names tensor shapes, not what went wrong here
+        st.error(f"'{info.name}' could not compute the query's code or its {method} heatmaps.")
+        return None
     n_db = len(loaded.db_codes)
     db_ids = loaded.arrays.get(DB_IDS, [str(i) for i in range(n_db)])
     table = results_table(
@@ -427,7 +430,8 @@ def main() -> None:
             ["last", "rollout"],
             key="ret_method",
             horizontal=True,
-            help="last: the last layer's concept-token attention; rollout: through all layers.",
+            help="last: the last layer's concept-token attention; rollout: through every block the model "
+            "runs (concept tokens that join only the last blocks start where they join).",
         )
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="ret_opacity")
     with view:
