@@ -148,22 +148,10 @@ def test_image_helpers():
 
 
 def test_tables_from_metrics():
-    metrics = {
-        "subcode_part_nmi": {"parts": ["head", "tail"], "matrix": [[0.5, 0.1], [0.2, 0.9]]},
-        "localization": {
-            "concepts": [
-                {"concept": 1, "part": "tail", "hit_rate": 0.8, "random": 0.1},
-                {"concept": 0, "part": "head", "hit_rate": 0.6, "random": 0.2},
-            ]
-        },
-    }
+    metrics = {"subcode_part_nmi": {"parts": ["head", "tail"], "matrix": [[0.5, 0.1], [0.2, 0.9]]}}
     nmi = hashing.nmi_table(metrics)
     assert nmi.to_dict("list") == {"concept": ["c0", "c1"], "head": [0.5, 0.2], "tail": [0.1, 0.9]}
-    local = hashing.localisation_table(metrics)
-    assert local["concept"].tolist() == ["c0", "c1"] and local["part"].tolist() == ["head", "tail"]
-    assert local["hit rate"].tolist() == [0.6, 0.8] and local["random baseline"].tolist() == [0.2, 0.1]
-    assert hashing.concept_parts(metrics) == {1: "tail", 0: "head"}
-    assert hashing.nmi_table({}) is None and hashing.localisation_table({}) is None
+    assert hashing.nmi_table({}) is None and hashing.naming_table({}) is None
 
 
 def test_bit_matrix_figure():
@@ -260,12 +248,14 @@ BY_COUNTERFACTUAL = {  # species-part repaints split by what they make (core.con
 LOCALISED = {"localization": {"concepts": [{"concept": 0, "part": "head", "hit_rate": 0.5, "random": 0.1}]}}
 
 
-def test_concepts_are_named_by_the_part_swap_matching_first():
+def test_concepts_are_named_by_the_part_swap_matching_only():
     names, source = hashing.concept_names({"part_swap": SWAP, **LOCALISED})
     assert names == {0: "wing", 1: "body", 2: "head"} and source == "part swap"
-    # a bundle evaluated before part_swap: the localisation matching names the concepts
-    assert hashing.concept_names(LOCALISED) == ({0: "head"}, "localisation")
-    assert hashing.concept_names({"part_swap": {**SWAP, "matched": []}, **LOCALISED})[0] == {0: "head"}
+    # a bundle evaluated before part_swap: nothing names its concepts (the localisation matching never does)
+    assert hashing.concept_names(LOCALISED) == ({}, None)
+    assert hashing.concept_names({"part_swap": {**SWAP, "matched": []}, **LOCALISED})[0] == names, (
+        "the matching comes from the matrix"
+    )
     assert hashing.concept_names({}) == ({}, None)
     # the CLS baseline has no concepts to name, whatever its metrics say
     assert hashing.concept_names({"part_swap": SWAP, **LOCALISED}, cls_baseline=True) == ({}, None)
@@ -274,8 +264,13 @@ def test_concepts_are_named_by_the_part_swap_matching_first():
     assert hashing.concept_label(3, names) == "concept 3"
     nmi = hashing.nmi_table({"subcode_part_nmi": {"parts": ["head"], "matrix": [[0.1], [0.2], [0.3]]}}, names)
     assert nmi["concept"].tolist() == ["c0 ≈ wing", "c1 ≈ body", "c2 ≈ head"]
-    assert hashing.localisation_table(LOCALISED, cls_baseline=True)["concept"].tolist() == ["CLS token"]
-    assert hashing.localisation_table(LOCALISED, names=names)["concept"].tolist() == ["c0 ≈ wing"]
+    cls = {"part_swap": {"parts": SWAP["parts"], "matrix": [[0.7], [0.6], [0.8], [0.2]]}}
+    assert hashing.naming_table(cls, cls_baseline=True)["concept"].tolist() == [hashing.WHOLE_CODE]
+    assert hashing.naming_table({"part_swap": SWAP})["concept"].tolist() == [
+        "c0 ≈ wing",
+        "c1 ≈ body",
+        "c2 ≈ head",
+    ]
 
 
 def test_part_swap_table_summary_and_figure():
@@ -673,8 +668,16 @@ def test_hash_codes_page(dashboard, loaded):
         )
     hash_tab(app, TAB_PARTS)
     assert np.allclose(chart_z(app.get("plotly_chart")[0]), loaded.metrics["subcode_part_nmi"]["matrix"])
-    local = next(frame.value for frame in app.dataframe if "concept" in frame.value.columns)
-    assert local["part"].tolist() == [c["part"] for c in loaded.metrics["localization"]["concepts"]]
+    if swap is None:
+        assert any("No concept is named" in i.value for i in app.info)
+    else:  # the concepts' names with both scores, read at the part-swap matching
+        from core.concepthash.naming import concept_parts
+
+        local = next(frame.value for frame in app.dataframe if "hit rate" in frame.value.columns)
+        named = concept_parts(loaded.metrics)
+        assert local["matched part"].tolist() == [c.part for c in named]
+        assert local["hit rate"].tolist() == pytest.approx([c.hit_rate for c in named], abs=5e-4)
+        assert local["flip rate"].tolist() == pytest.approx([c.flip_rate for c in named], abs=5e-4)
     assert {b.label for b in app.get("download_button")} >= {
         "Download subcode-part-nmi (CSV)",
         "Download subcode-part-nmi (HTML)",
@@ -855,16 +858,23 @@ def write_part_swap(bundle: Path, tiny_bundles: Path, swap: dict | None) -> None
 @pytest.fixture(scope="module")
 def swap_bundles(tiny_bundles, tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
     """A copy of toy-hash-csd whose part_swap matching (returned, by concept) differs from its
-    localisation matching, so the pages can only name concepts this way by reading part_swap."""
+    localisation matching, so the pages can only name concepts this way by reading part_swap; its stored
+    hit rates are set so that each concept also points at its matched part more often than chance."""
     import itertools
     import shutil
 
     root = tmp_path_factory.mktemp("swap")
     shutil.copytree(tiny_bundles / "toy-hash-csd", root / "toy-hash-csd")
     config = json.loads((root / "toy-hash-csd" / "config.json").read_text(encoding="utf-8"))
-    localised = hashing.concept_parts(config["metrics"])
+    localised = {int(c["concept"]): c["part"] for c in config["metrics"]["localization"]["concepts"]}
     matched = next(p for p in itertools.permutations(("head", "wing", "body")) if p[0] != localised.get(0))
     parts = ["head", "wing", "body", "tail"]
+    config["metrics"]["localization"] |= {
+        "parts": parts,
+        "hit_rates": [[0.5 if matched[m] == part else 0.0 for part in parts] for m in range(3)],
+        "random_rates": [0.1] * len(parts),
+    }
+    (root / "toy-hash-csd" / "config.json").write_text(json.dumps(config), encoding="utf-8")
     matrix = [[0.9 if matched[m] == part else 0.1 * (m + 1) for m in range(3)] for part in parts]
     swap = {
         "parts": parts,
@@ -1015,9 +1025,6 @@ def test_hash_codes_page_for_a_bundle_that_predates_part_swap(dashboard, tiny_bu
 
     shutil.copytree(tiny_bundles / "toy-hash-csd", tmp_path / "old-hash")
     write_part_swap(tmp_path / "old-hash", tiny_bundles, None)
-    localised = hashing.concept_parts(
-        json.loads((tmp_path / "old-hash" / "config.json").read_text())["metrics"]
-    )
     monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(tmp_path))
     app = dashboard("hash_codes")
     assert not app.exception, [e.value for e in app.exception]
@@ -1026,12 +1033,9 @@ def test_hash_codes_page_for_a_bundle_that_predates_part_swap(dashboard, tiny_bu
     assert len(notes) == 1 and f"conceptlens eval {tmp_path / 'old-hash'} --store" in notes[0]
     assert app.get("plotly_chart") == [], "no part-swap chart"
     assert len(hash_tab(app, TAB_PARTS).get("plotly_chart")) == 1, "the NMI chart"
-    # the concepts are still named, by the localisation matching
-    assert localised and any(
-        "this bundle predates the part-swap metric" in c.value
-        and ", ".join(hashing.concept_label(m, localised) for m in range(3)) in c.value
-        for c in app.caption
-    )
+    # only the part swap names concepts: none is named here, not even by the localisation matching
+    assert any("No concept is named" in i.value and "--store" in i.value for i in app.info)
+    assert not [c.value for c in app.caption if "≈" in c.value]
 
 
 def test_concept_attention_counterfactual_panel(dashboard, swap_bundles, loaded, monkeypatch):
@@ -1131,7 +1135,7 @@ def test_cls_baseline_is_not_shown_as_concepts(dashboard, cls_bundles, monkeypat
     hash_tab(app, "Code and parts")
     assert not [t for t in page_text(app) if "≈" in t], "no concept is named"
     assert list(chart_spec(app.get("plotly_chart")[0])["y"]) == ["whole code"]
-    assert app.dataframe[0].value["concept"].tolist() == ["CLS token"]
+    assert app.dataframe[0].value["concept"].tolist() == [hashing.WHOLE_CODE]  # its scores, named nothing
     hash_tab(app, TAB_IMAGES)
     assert not [t for t in page_text(app) if "≈" in t], "no concept is named"
     assert "hash_pick" not in [r.key for r in app.radio], "no sub-codes to look at"

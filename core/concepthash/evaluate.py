@@ -22,7 +22,9 @@ ToyBirds only (the queries are a :class:`ToyBirdsSplit`):
   averaged) is a *hit* for a part when the centre pixel of that patch lies on the part's mask
   (centre rule) or when the part's mask covers any pixel of the patch (overlap rule). Concepts
   are matched one-to-one to the three species parts by Hungarian assignment on the hit-rate
-  matrix (the matrix over all four parts is reported too). Per part, ``random`` is the hit rate
+  matrix (the matrix over all four parts is reported too): the best the attention can do, a score,
+  not the concepts' names (those come from the part swap, :mod:`core.concepthash.naming`, which reads
+  this matrix at the part-swap matching). Per part, ``random`` is the hit rate
   of a uniformly random patch and ``oracle`` the hit rate of the best patch, i.e. the share of
   images in which some patch satisfies the rule at all (the ceiling any concept can reach).
 * ``diversity``: mean pairwise cosine between the concepts' attention maps (the L_csd value on
@@ -38,7 +40,8 @@ ToyBirds only (the queries are a :class:`ToyBirdsSplit`):
   the wing here, against 0.04 in the plain matrix.
 * ``part_swap``: parts x concepts matrix, the probability that concept m's sub-code changes when
   only part p's colour is changed (counterfactual render of the same scene). Concepts are
-  matched to species parts by Hungarian assignment maximising the flip rate; a per-part code
+  matched to species parts by Hungarian assignment maximising the flip rate (the one matching that
+  names concepts everywhere, with the chance rule of :mod:`core.concepthash.naming`); a per-part code
   gives 1 on the matching and 0 everywhere else; ``largest_off_diagonal`` is the largest
   unmatched cell (its part, concept and flip rate). ``by_counterfactual`` splits the species-part
   rows by what the repaint makes: another ``trained_species`` (16 of the 72 single-part swaps of
@@ -85,6 +88,7 @@ from core.concepthash.bundle import load_concepthash
 from core.concepthash.codes import per_part_codes, sign_codes, subcode_values
 from core.concepthash.losses import csd_loss
 from core.concepthash.model import ConceptHash
+from core.concepthash.naming import match_species_parts
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
 from core.data.toybirds import (
     PART_VALUES,
@@ -151,21 +155,6 @@ def centre_part_nmi(centres: np.ndarray, n_concepts: int) -> dict[str, Any]:
         "matched_mean": float(matrix[parts, concepts].mean()),
         "largest_off_diagonal": off[2] if off is not None else 0.0,
     }
-
-
-def match_species_parts(
-    matrix: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, tuple[int, int, float] | None]:
-    """Concepts (columns) matched one-to-one to the species parts (the first rows) by Hungarian assignment
-    maximising the matrix, and the largest unmatched cell of the whole matrix as (row, column, value),
-    None when every cell is matched."""
-    parts, concepts = linear_sum_assignment(matrix[:N_SPECIES_PARTS], maximize=True)
-    off = np.array(matrix, dtype=float)
-    off[parts, concepts] = -np.inf
-    if not np.isfinite(off).any():
-        return parts, concepts, None
-    p, m = np.unravel_index(int(np.argmax(off)), off.shape)
-    return parts, concepts, (int(p), int(m), float(off[p, m]))
 
 
 # ---- localisation -----------------------------------------------------------------------------

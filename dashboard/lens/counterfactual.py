@@ -25,7 +25,7 @@ from core.data.toybirds import (
     render_counterfactual,
     render_sample,
 )
-from lens.hashing import WHOLE_CODE, bits_per_concept, concept_label, encode_images
+from lens.hashing import NO_PART, WHOLE_CODE, bits_per_concept, concept_label, encode_images
 
 
 def colour_choices(part: str, current: Mapping[str, str]) -> list[str]:
@@ -61,7 +61,8 @@ def subcode_changes(
     names: Mapping[int, str],
     cls_baseline: bool = False,
 ) -> list[SubcodeChange]:
-    """One :class:`SubcodeChange` per concept, named by the part it is matched to.
+    """One :class:`SubcodeChange` per concept, named by ``names`` (:func:`lens.hashing.concept_names`); a
+    concept named "no part" stands for no part in the verdict.
 
     The CLS baseline has one group, its whole code, named as such and matched to no part.
     """
@@ -78,9 +79,14 @@ def subcode_changes(
             SubcodeChange(m, WHOLE_CODE, None, bits(before, m), bits(after, m)) for m in range(n_concepts)
         ]
     return [
-        SubcodeChange(m, concept_label(m, dict(names)), names.get(m), bits(before, m), bits(after, m))
+        SubcodeChange(m, concept_label(m, dict(names)), _part(names.get(m)), bits(before, m), bits(after, m))
         for m in range(n_concepts)
     ]
+
+
+def _part(name: str | None) -> str | None:
+    """The part a concept's name stands for: none for "no part"."""
+    return None if name in (None, NO_PART) else name
 
 
 _GROUP = "font-family:monospace;padding:2px 7px;margin-right:4px;border-radius:5px;white-space:nowrap;"
@@ -169,8 +175,8 @@ def _verdict(changes: list[SubcodeChange], part: str, cls_baseline: bool) -> tup
     own = [c for c in changes if c.part == part]
     if not own:
         if not flipped:
-            return False, f"No sub-code flipped, and no concept is matched to the {part}."
-        return False, f"No concept is matched to the {part}; {names} flipped."
+            return False, f"No sub-code flipped, and no concept is named after the {part}."
+        return False, f"No concept is named after the {part}; {names} flipped."
     others = [c for c in flipped if c.part != part]
     own_names = ", ".join(c.name for c in own)
     if all(c.flipped for c in own) and not others:

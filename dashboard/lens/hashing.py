@@ -24,6 +24,8 @@ from core.concepthash.arrays import DB_IDS as DB_IDS  # the pages read the optio
 from core.concepthash.arrays import QUERY_IDS as QUERY_IDS  # and the test images' ids
 from core.concepthash.codes import sign_codes, subcode_values, upsample_maps
 from core.concepthash.config import bits_per_concept  # K/M, shared with the model's config
+from core.concepthash.naming import NO_PART as NO_PART  # the name of a concept no better than chance
+from core.concepthash.naming import concept_parts
 from lens.inference import one_at_a_time
 
 SORT_MODES = ("class", "code", "original")
@@ -294,12 +296,6 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(small.resize(size, Image.Resampling.NEAREST)) > 127
 
 
-def concept_parts(metrics: dict[str, Any]) -> dict[int, str]:
-    """Concept -> the ToyBirds part it was matched to by the localisation metric (empty without parts)."""
-    concepts = metrics.get("localization", {}).get("concepts", [])
-    return {int(c["concept"]): str(c["part"]) for c in concepts}
-
-
 WHOLE_CODE = "whole code"  # how the CLS baseline's single group of bits is named on every page
 
 
@@ -320,19 +316,53 @@ def part_swap(metrics: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def concept_names(metrics: dict[str, Any], cls_baseline: bool = False) -> tuple[dict[int, str], str | None]:
-    """Concept -> the part it stands for, and which matching named it.
+    """Concept -> its name (a species part, or ``no part``), and which matching named it ("part swap").
 
-    The part-swap matching (the part whose colour change flips the concept's sub-code) comes first;
-    bundles evaluated before it fall back to the localisation matching (the part the concept's
-    attention points at). The CLS baseline has no concepts, so nothing is named.
+    Every page names concepts with this, from :func:`core.concepthash.naming.concept_parts`: the part-swap
+    matching, with "no part" for a concept that does no better than chance. A bundle without a part-swap
+    matrix names none (its localisation table never names concepts). The CLS baseline has no concepts.
     """
     if cls_baseline:
         return {}, None
-    swap = part_swap(metrics)
-    if swap and swap.get("matched"):
-        return {int(c["concept"]): str(c["part"]) for c in swap["matched"]}, "part swap"
-    names = concept_parts(metrics)
-    return names, ("localisation" if names else None)
+    named = concept_parts(metrics)
+    return {c.concept: c.name for c in named}, ("part swap" if named else None)
+
+
+NAMING_RULE = (
+    "A concept is named after the part it is matched to (one part per concept, matched by flip rate) only "
+    "when it beats chance on both scores: its sub-code flips more often when that part is repainted than "
+    "when any other part is (the tail included), and its most-attended patch lands on that part more often "
+    "than a random patch does. Otherwise it reads '≈ no part'."
+)
+
+
+NAMING_SCORES = ("flip rate", "largest other flip", "hit rate", "random patch")  # None is shown as empty
+
+
+def naming_table(metrics: dict[str, Any], cls_baseline: bool = False) -> pd.DataFrame | None:
+    """One row per concept: the part the flip-rate matching gives it, both scores side by side (its flip rate
+    against its largest flip for another repaint, its pointing-game hit rate against a random patch's) and
+    the name that follows (:data:`NAMING_RULE`); None without a part-swap matrix. The CLS baseline's one row
+    is its whole code, with the scores and no name (it has no concepts)."""
+    named = concept_parts(metrics)
+    if not named:
+        return None
+    names = {c.concept: c.name for c in named}
+    rows = []
+    for c in named:
+        row = {
+            "concept": WHOLE_CODE if cls_baseline else concept_label(c.concept, names, short=True),
+            "matched part": c.part or "—",
+            "flip rate": c.flip_rate,
+            "largest other flip": c.other_flip_rate,
+            "when repainting": c.other_part or "—",
+            "hit rate": c.hit_rate,
+            "random patch": c.random_rate,
+        }
+        if not cls_baseline:
+            row["why no part"] = c.why_no_part
+        rows.append(row)
+    return pd.DataFrame(rows).astype({k: float for k in NAMING_SCORES})
 
 
 def concept_label(m: int, names: dict[int, str], short: bool = False) -> str:
@@ -344,7 +374,8 @@ def concept_label(m: int, names: dict[int, str], short: bool = False) -> str:
 def part_swap_table(
     swap: dict[str, Any], names: dict[int, str], cls_baseline: bool = False
 ) -> tuple[pd.DataFrame, list[tuple[int, int]]]:
-    """Parts x concepts flip probabilities as a table, and the (row, column) cells of matched pairs.
+    """Parts x concepts flip probabilities as a table, and the (row, column) cells of each concept named
+    after a part (by :func:`concept_names`; a concept named "no part" has none).
 
     Rows are the parts (species parts and the nuisance tail), columns the concepts named by
     :func:`concept_label`; the CLS baseline's single column is its whole code.
@@ -360,11 +391,7 @@ def part_swap_table(
         cells: list[tuple[int, int]] = []
     else:
         columns = [concept_label(m, names) for m in range(matrix.shape[1])]
-        cells = [
-            (parts.index(str(c["part"])), int(c["concept"]))
-            for c in swap.get("matched", [])
-            if str(c["part"]) in parts and 0 <= int(c["concept"]) < matrix.shape[1]
-        ]
+        cells = [(parts.index(name), m) for m, name in names.items() if name in parts and m < matrix.shape[1]]
     return pd.DataFrame(matrix, index=parts, columns=columns), cells
 
 
@@ -521,32 +548,6 @@ def nmi_table(
     )
     table.insert(0, "concept", rows)
     return table
-
-
-def localisation_table(
-    metrics: dict[str, Any], cls_baseline: bool = False, names: dict[int, str] | None = None
-) -> pd.DataFrame | None:
-    """Concept -> matched part, pointing-game hit rate and the part's random baseline, or None.
-
-    With ``names`` a concept reads ``c0 ≈ wing`` (its part-swap name), so a concept that looks at
-    one part but flips with another shows both. For the CLS baseline the one row is the CLS
-    token's attention, not a concept.
-    """
-    concepts = metrics.get("localization", {}).get("concepts")
-    if not concepts:
-        return None
-    rows = [
-        {
-            "concept": "CLS token"
-            if cls_baseline
-            else concept_label(int(c["concept"]), names or {}, short=True),
-            "part": c["part"],
-            "hit rate": c["hit_rate"],
-            "random baseline": c["random"],
-        }
-        for c in sorted(concepts, key=lambda c: c["concept"])
-    ]
-    return pd.DataFrame(rows)
 
 
 def bit_matrix_figure(

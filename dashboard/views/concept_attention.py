@@ -109,8 +109,8 @@ class Naming:
 
     n_concepts: int
     cls_baseline: bool  # one code from the CLS token: no concepts, no sub-codes
-    names: dict[int, str]  # concept -> the part it is matched to (empty when none is)
-    named_by: str | None  # "part swap", or how else the parts were matched
+    names: dict[int, str]  # concept -> its part or "no part" (lens.hashing.concept_names; empty: unnamed)
+    named_by: str | None  # "part swap", the one matching that names concepts; None when none is named
 
     @classmethod
     def of(cls, loaded) -> Naming:
@@ -271,12 +271,8 @@ def show_attention(info, loaded, picked: Picked, naming: Naming) -> Attention | 
             f"{method_label} attention of each concept token (bright = attended), with its sub-code bits "
             f"b0…b{per - 1}"
             + (
-                "; '≈ part' names the part the concept is matched to "
-                + (
-                    "(the part whose colour change flips its sub-code)."
-                    if naming.named_by == "part swap"
-                    else "(the part its attention points at on the test images)."
-                )
+                "; '≈ part' names the part whose colour change flips its sub-code, '≈ no part' a concept "
+                "that does no better than chance (Hash codes → Part swap gives both scores)."
                 if names
                 else "."
             )

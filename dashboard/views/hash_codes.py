@@ -25,6 +25,7 @@ from lens.figures import (
 )
 from lens.hashing import (
     DB_IDS,
+    NAMING_RULE,
     SORT_MODES,
     bit_frequency_figure,
     bit_labels,
@@ -40,8 +41,8 @@ from lens.hashing import (
     images_by_subcode,
     is_cls_baseline,
     leak_reading_table,
-    localisation_table,
     n_attended,
+    naming_table,
     nmi_figure,
     nmi_table,
     part_swap,
@@ -132,8 +133,8 @@ class Database:
     class_names: list[str]
     n_concepts: int
     cls_baseline: bool  # one code from the CLS token: no concepts, no sub-codes
-    names: dict[int, str]  # concept -> the part it is matched to (empty when none is)
-    named_by: str | None  # "part swap", or how else the parts were matched
+    names: dict[int, str]  # concept -> its part or "no part" (lens.hashing.concept_names; empty: unnamed)
+    named_by: str | None  # "part swap", the one matching that names concepts; None when none is named
     bit_names: list[str]
 
     @classmethod
@@ -183,12 +184,8 @@ def describe(info, db: Database) -> None:
             f"**{info.name}**: {n_images} database images, {n_bits} bits = {n_concepts} concepts × {db.per} "
             "bits. Bit `c1·b0` is the first bit of concept 1's sub-code; a bit is *on* when it is +1."
             + (
-                " Concepts are named by the part they are matched to"
-                + (
-                    " (the part whose colour change flips their sub-code; see the *Part swap* tab): "
-                    if db.named_by == "part swap"
-                    else " (the part their attention points at; this bundle predates the part-swap metric): "
-                )
+                " Concepts are named by the part whose colour change flips their sub-code, or '≈ no part' "
+                "when they do no better than chance (the *Part swap* tab gives both scores): "
                 + ", ".join(concept_label(m, names) for m in range(n_concepts))
                 + "."
                 if names
@@ -416,8 +413,8 @@ def show_part_swap(info, loaded, db: Database) -> None:
         st.caption(
             "Each test bird is redrawn with one part's colour changed and nothing else; a cell is the "
             "probability that the concept's sub-code flips when that part (row) is repainted. A concept that "
-            "stands for one part is bright in its part's row (outlined: the matching) and dark elsewhere, "
-            "and the nuisance tail should flip nothing."
+            "stands for one part is bright in its part's row (outlined: the part it is named after) and dark "
+            "elsewhere, and the nuisance tail should flip nothing."
         )
     swap_table, matched = part_swap_table(swap, db.names, db.cls_baseline)
     swap_figure = part_swap_figure(swap_table, matched)
@@ -431,6 +428,7 @@ def show_part_swap(info, loaded, db: Database) -> None:
     )
     if db.cls_baseline:
         return
+    show_naming(loaded.metrics, "hash_swap_names")
     for table, caption, key in (
         (
             part_swap_split_table(swap),
@@ -477,17 +475,33 @@ def show_subcodes_vs_parts(loaded, db: Database) -> None:
         st.plotly_chart(nmi, key="hash_nmi")
         download_table(table.round(4), "subcode-part-nmi", key="hash_nmi_csv")
         download_figure(nmi, "subcode-part-nmi", key="hash_nmi_html")
-    local = localisation_table(loaded.metrics, cls_baseline, names if db.named_by == "part swap" else None)
-    if local is not None:
-        with right:
-            st.markdown(
-                "**Localisation** (pointing game: is the CLS token's most-attended patch on the part?)"
-                if cls_baseline
-                else "**Localisation** (pointing game: is the concept's most-attended patch on the part? "
-                "*part* is the part its attention is matched to)"
-            )
-            st.dataframe(local.round(3), hide_index=True)
-            download_table(local.round(4), "localisation", key="hash_local_csv")
+    with right:
+        if cls_baseline:
+            local = naming_table(loaded.metrics, cls_baseline=True)
+            if local is not None:
+                st.markdown(
+                    "**Part swap and localisation** of the whole code: the part whose repaint flips it most, "
+                    "and how often the CLS token's most-attended patch lands on that part"
+                )
+                st.dataframe(local.round(3), hide_index=True, key="hash_local")
+                download_table(local.round(4), "localisation", key="hash_local_csv")
+        else:
+            show_naming(loaded.metrics, "hash_local")
+
+
+def show_naming(metrics: dict, key: str) -> None:
+    """The concepts' names, both scores side by side (flip rate, hit rate), and the rule that names them."""
+    table = naming_table(metrics)
+    if table is None:
+        st.info(
+            "No concept is named: this bundle stores no part-swap matrix, and only the part swap names "
+            f"concepts (`{REEVALUATE}` computes it)."
+        )
+        return
+    st.markdown("**What each concept is named, and why**")
+    st.caption(NAMING_RULE)
+    st.dataframe(table.round(3), hide_index=True, key=key)
+    download_table(table.round(4), "concept-names", key=f"{key}_csv")
 
 
 def main() -> None:
