@@ -755,8 +755,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.bundle, seed=args.seed, device=args.device, progress=TqdmProgress("eval"), log=log
     )
     if args.store:
+        from core.ood import add_ood_reference
+
         store_metrics(args.bundle, result)
         log(f"Stored the metrics in {args.bundle / 'config.json'}.")
+        if add_ood_reference(args.bundle, device=args.device):  # bundles saved before they held it
+            log(f"Stored the out-of-distribution check's reference embeddings in {args.bundle}.")
     if args.json:
         print(json.dumps(result))
     else:
@@ -767,6 +771,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     from core.distributed import is_main_process
     from core.encode import EncodeConfig, encode_folder
+    from core.ood import store_ood_lines
 
     config = EncodeConfig(shard_size=args.shard_size, batch_size=args.batch_size, device=args.device)
     manifest = encode_folder(
@@ -781,6 +786,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
             f"({len(manifest['failed'])} unreadable files listed in its manifest); this run encoded "
             f"{now} images in {seconds:.1f} s ({now / seconds:.1f} images/s)."
         )
+        for line in store_ood_lines(args.out):  # each flagged file by name, then how many
+            log(line)
     return 0
 
 

@@ -58,9 +58,29 @@ class BundleEncoder:
     kind: str
     layout: dict[str, dict[str, Any]]  # array name -> {"dtype", "columns"}
     extra: dict[str, Any]  # manifest fields of this kind (e.g. n_bits)
+    ood: Any = None  # the bundle's out-of-distribution check (core.ood.OODTest); None: it cannot tell
 
     def encode(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def check_ood(self) -> None:
+        """Record per image whether the out-of-distribution check (core.ood) flags it, where the bundle can
+        tell (``ood_check`` in the manifest says whether it could)."""
+        from core.ood import OOD_ARRAY, ood_test
+
+        self.ood = ood_test(self.loaded)
+        self.extra = {**self.extra, "ood_check": self.ood is not None}
+        if self.ood is not None:
+            self.layout = {**self.layout, OOD_ARRAY: {"dtype": "uint8", "columns": 1}}
+
+    def ood_flags(self, images: list[Image.Image], embeddings: torch.Tensor | None = None) -> dict[str, Any]:
+        """The ``ood`` column of these images (1: flagged), or nothing when the bundle cannot tell."""
+        from core.ood import OOD_ARRAY, embed_images
+
+        if self.ood is None:
+            return {}
+        embeddings = embed_images(self.loaded.backbone, images) if embeddings is None else embeddings
+        return {OOD_ARRAY: self.ood.flags(embeddings).astype(np.uint8)[:, None]}
 
 
 class ConceptHashEncoder(BundleEncoder):
@@ -74,12 +94,13 @@ class ConceptHashEncoder(BundleEncoder):
         bits = self.loaded.model.config.bits
         self.layout = {"codes": {"dtype": "uint64", "columns": math.ceil(bits / 64)}}
         self.extra = {"n_bits": bits}
+        self.check_ood()
 
     def encode(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
         from core.concepthash.evaluate import encode_images
 
         codes = encode_images(self.loaded.model, self.loaded.backbone, images, self.batch_size)
-        return {"codes": pack_codes(codes)}
+        return {"codes": pack_codes(codes), **self.ood_flags(images)}
 
 
 class CEIREncoder(BundleEncoder):
@@ -95,6 +116,7 @@ class CEIREncoder(BundleEncoder):
             "latents": {"dtype": "float32", "columns": int(model.cluster_centers.shape[1])},
         }
         self.extra = {"concepts": list(model.concepts)}
+        self.check_ood()
 
     @torch.no_grad()
     def encode(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
@@ -104,6 +126,7 @@ class CEIREncoder(BundleEncoder):
         return {
             "concepts": vectors.numpy().astype(np.float32),
             "latents": model.latent(vectors).numpy().astype(np.float32),
+            **self.ood_flags(images, embeddings),
         }
 
 

@@ -59,6 +59,12 @@ ToyBirds only (the queries are a :class:`ToyBirdsSplit`):
   oracle: 1 on the matching, 0.04 elsewhere, what the 24 species' part colours share). Centres
   learned from class names need not be so, and where they are not, no image encoder can be
   part-specific without missing its centres.
+
+Out of distribution (every data set; :mod:`core.ood`, the check the dashboard and ``conceptlens encode`` run):
+
+* ``ood_warned_share``: the share of query (test) images the out-of-distribution check flags, its false
+  alarms on held-out images of the training distribution (about 1 % by its calibration);
+  ``ood_photos`` (ToyBirds): the real sample photos it flags (``n``, ``warned_share``, ``missed``).
 """
 
 from __future__ import annotations
@@ -98,6 +104,15 @@ from core.data.toybirds import (
     ToyBirdSample,
     patch_coverage,
     render_counterfactual,
+)
+from core.ood import (
+    OOD_REFERENCE,
+    OODTest,
+    class_prompts,
+    even_subsample,
+    photo_flags,
+    reference_rows,
+    usable_reference,
 )
 from core.progress import PhaseClock, Progress, no_progress
 from core.retrieval import mean_average_precision, pack_codes, retrieval_metrics
@@ -604,12 +619,15 @@ def evaluate_model(
     queries: ImageSplit,
     train_database: ImageSplit | None = None,
     clock: PhaseClock | None = None,
+    ood_reference: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """All metrics, and the arrays a bundle caches for the dashboard (the database's codes, labels, ids and
-    attention; the queries' codes, ids and attention).
+    attention; the queries' codes, ids and attention; the out-of-distribution check's reference rows).
 
     ``train_database`` is the model's own training database when it differs from ``database``
     (a reseeded evaluation); None means ``database`` is it, so ``map_train_database`` = ``map``.
+    ``ood_reference``: the training images' backbone embeddings the out-of-distribution check compares with
+    (:mod:`core.ood`); None: the database's, which are the training images when ``train_database`` is None.
     ``clock`` names and times the phases (:data:`EVALUATION_PHASES`) and carries the progress callback;
     without one the evaluation is silent.
     """
@@ -622,6 +640,8 @@ def evaluate_model(
         _, db_attention = encode_with_attention(
             model, db_pixels, progress=lambda done, _: progress(n + done, 2 * n)
         )
+        if ood_reference is None:
+            ood_reference = even_subsample(backbone.encode_images(db_pixels).cpu().numpy())
         del db_pixels
     message = f"Evaluating: encoding the {len(queries)} queries and ranking the database ..."
     with clock.phase("evaluation: queries", message) as progress:
@@ -633,6 +653,10 @@ def evaluate_model(
             if train_database is None
             else train_database_map(model, backbone, train_database, queries, query_codes)
         )
+        ood = OODTest.calibrate(ood_reference, class_prompts(backbone, model.class_names))
+        metrics["ood_warned_share"] = float(np.mean(ood.flags(backbone.encode_images(query_pixels))))
+        if isinstance(queries, ToyBirdsSplit):  # a real photo is unlike any drawn bird: flag every one
+            metrics["ood_photos"] = photo_flags(ood, backbone)
     metrics["n_database"], metrics["n_queries"] = len(database), len(queries)
     message = "Evaluating: flip invariance (every query mirrored) ..."
     with clock.phase("evaluation: flip invariance", message) as progress:
@@ -655,6 +679,7 @@ def evaluate_model(
         DB_IDS: np.array([database.image_id(i) for i in range(len(database))]),
         DB_ATTENTION: attention_grid(db_attention, backbone.grid_size),
         **query_arrays(queries, query_codes, attention, backbone.grid_size),
+        OOD_REFERENCE: ood_reference,
     }
     return metrics, arrays
 
@@ -698,11 +723,15 @@ def evaluate_bundle(
 
     With ``seed`` the train and test splits are drawn afresh; ``map_train_database`` then ranks the
     fresh queries against the bundle's own (stored, not reseeded) training split. ``progress`` and ``log``
-    hear each phase of :func:`evaluate_model`.
+    hear each phase of :func:`evaluate_model`. The out-of-distribution check compares with the reference the
+    bundle stores, else with its own training split (what ``conceptlens eval --store`` then stores).
     """
     loaded = load_concepthash(path, device=device)
     data: DataSpec = loaded.data if seed is None else loaded.data.with_seed(seed)
     own_train = None if seed is None else open_split(loaded.data, "train")
+    reference = usable_reference(loaded)
+    if reference is None and own_train is not None:
+        reference = reference_rows(loaded.backbone, own_train)
     metrics, _ = evaluate_model(
         loaded.model,
         loaded.backbone,
@@ -710,5 +739,6 @@ def evaluate_bundle(
         open_split(data, "test"),
         train_database=own_train,
         clock=PhaseClock(progress, log),
+        ood_reference=reference,
     )
     return {"kind": "concepthash", "bundle": str(loaded.path), "data": data.to_dict(), **metrics}

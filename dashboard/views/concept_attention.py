@@ -4,7 +4,8 @@ ToyBirds, what happens to the code when one part of that very bird is repainted.
 Concepts are named by the part they are matched to ("concept 1 ≈ wing"); the CLS baseline has one
 attention map (the CLS token's) and one code, and is shown as such. A database image is drawn from the
 bundle's arrays (its code, and its last-layer attention where the bundle stores it); the model is loaded only
-for an upload, the rollout method, a bundle without stored attention, or the repaint panel once asked."""
+for an upload, the rollout method, a bundle without stored attention, or the repaint panel once asked. An
+upload that looks unlike the training images gets the out-of-distribution warning (lens.ood)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ from lens.hashing import (
     resize_mask,
     stored_heatmaps,
 )
+from lens.ood import show_upload_check, upload_verdict
 from lens.uploads import IMAGE_TYPES, read_uploads, show_errors
 
 SHOWN = 192  # display size (px) of the image and its overlays
@@ -210,6 +212,8 @@ def pick_upload(info, loaded) -> Picked | None:
     except (ValueError, RuntimeError) as exc:
         st.error(f"The model could not encode '{name}': {exc}")
         return None
+    verdict = upload_verdict(info, loaded, image, key)
+    show_upload_check(name, [(info, verdict)], "its code and the concept heatmaps below are unreliable")
     return Picked(image=image, code=code, key=key, title=name)
 
 

@@ -4,6 +4,7 @@ Each model encodes the query, searches its own stored database codes by Hamming 
 shows its top k; below come both models' stored metrics and their concept heatmaps for the query. A test
 image's code and last-layer heatmaps come from the arrays each bundle stores, so the page draws without
 loading a model; the models load for an upload, the rollout heatmaps, or a bundle saved without those arrays.
+An upload that looks unlike a model's training images gets the out-of-distribution warning (lens.ood).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from lens.figures import (
     show_colour_scale,
 )
 from lens.hashing import DB_IDS, QUERY_IDS, concept_label, concept_names, is_cls_baseline, model_view
+from lens.ood import show_upload_check, upload_verdict
 from lens.retrieval import (
     data_mismatch,
     default_pair,
@@ -80,6 +82,7 @@ class Query:
     index: int | None = None  # a test image: its index in the test split of ``data``; None for an upload
     image_id: str | None = None  # that test image's id
     data: str | None = None  # the data spec (lens.data.data_json) whose test split holds it
+    upload: str | None = None  # an upload's file name (the out-of-distribution check runs on it)
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ def pick_query(info_a) -> Query | None:
         name, image = images[0]
         digest = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
         image.thumbnail((256, 256))
-        return Query(f"upload:{digest}", image, None, f"query: {name} (uploaded)")
+        return Query(f"upload:{digest}", image, None, f"query: {name} (uploaded)", upload=name)
     loaded_a = open_bundle(info_a)
     if loaded_a is None:
         return None
@@ -441,6 +444,10 @@ def main() -> None:
     results = [run_model(info, model, query, k, method) for info, model in zip(pair, loaded, strict=True)]
     if any(result is None for result in results):
         return
+    if query.upload is not None:
+        pairs = zip(pair, loaded, strict=True)
+        verdicts = [(info, upload_verdict(info, model, query.image, query.key)) for info, model in pairs]
+        show_upload_check(query.upload, verdicts, "its codes, nearest images and heatmaps are unreliable")
     st.subheader(f"Top {k} results")
     for side, column, info, model, result in zip("ab", st.columns(2), pair, loaded, results, strict=True):
         draw_results(column, side, info, model, result.table, result.indices, query)
