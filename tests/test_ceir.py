@@ -382,11 +382,15 @@ def test_label_with_another_bank_uses_clip_similarity(loaded, mixed_folder):
     from core.ceir.concept_bank import parse_concepts
 
     bank = parse_concepts("cat\ncoffee cup\nrocket\nsnow\n", source="inline")
-    report = label_paths(loaded, [mixed_folder / "cat.png"], top_k=2, bank=bank)
+    # the scores themselves, with the abstention switched off (the tiny model fits no bank to a photo)
+    report = label_paths(loaded, [mixed_folder / "cat.png"], top_k=2, bank=bank, fit_percentile=None)
     assert report.scoring == SCORING_SIMILARITY
     labels = report.images[0].labels
     assert len(labels) == 2 and {label.concept for label in labels} <= set(bank.concepts)
     assert labels[0].score >= labels[1].score
+    # with it, a label must beat the image's threshold
+    (image,) = label_paths(loaded, [mixed_folder / "cat.png"], top_k=2, bank=bank).images
+    assert [x.concept for x in image.labels] == [x.concept for x in labels if x.score > image.threshold]
 
 
 def test_label_cli_reports_failures_and_exits_non_zero(bundle, mixed_folder, capsys):

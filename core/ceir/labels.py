@@ -10,9 +10,14 @@ of 400 alike). An image that lies farther from
 its nearest training images than ``OOD_PERCENTILE`` % of the training images do gets ``OOD_WARNING``
 (``ood_flags``).
 With another bank (``concepts=``) the trained projection does not apply, so the score is the CLIP
-similarity between the image and the concept text, only positive similarities count, and the report says
-so. Over a set of images, how often each concept appears among the per-image labels gives the candidate
-labels for the set.
+similarity between the image and the concept text, and the report says so; a concept is a label only when
+it scores above the image's calibrated threshold (:mod:`core.ceir.label_fit`: the 99th percentile of the
+image's scores against a fixed reference vocabulary), so a bank that does not fit an image gives it no label
+(``NO_FIT``).
+With the bundle's own bank the calibration is the bundle's: concepts above the training mean, and an image
+the out-of-distribution test flags gets no label, since its concept vector is unlike any it was trained on.
+Over a set of images, how often each concept appears among the per-image labels gives the candidate labels
+for the set; flagged images are left out of them unless asked (``candidate_labels(include_flagged=True)``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from core.ceir import arrays as arr
 from core.ceir.bundle import LoadedCEIR
 from core.ceir.concept_bank import RAW_TEMPLATE, ConceptBank, template_note
 from core.ceir.explain import explain
+from core.ceir.label_fit import FIT_PERCENTILE, fit_thresholds, reference_scores
 from core.ceir.model import CEIRModel
 from core.data.images import ImageLoadError, list_image_files, load_image
 from core.progress import Progress, no_progress
@@ -67,6 +73,18 @@ NO_LABELS = (
     "evidence)"
 )
 NO_SIMILAR = "no concept of the bank has a positive similarity to this image"
+NO_FIT = "no concept of this bank fits this image"
+
+
+def no_fit_note(threshold: float, percentile: float) -> str:
+    """Why an image has no label from a bank scored by similarity: no concept clears its threshold."""
+    return (
+        f"{NO_FIT} (no concept scores above {threshold:.3f}, the {percentile:g}th percentile of its scores "
+        "against the reference vocabulary)"
+    )
+
+
+NO_FIT_OOD = f"{NO_FIT} (it is unlike the images the model and its concepts were calibrated on)"
 
 
 @dataclass
@@ -80,7 +98,9 @@ class ImageLabels:
     file: str
     labels: list[ConceptScore]
     cluster: int | None = None
-    warning: str | None = None
+    warning: str | None = None  # set when the out-of-distribution test flags the image
+    note: str | None = None  # why there is no label, when there is none
+    threshold: float | None = None  # the score a label had to beat (similarity scoring, see label_fit)
 
 
 @dataclass
@@ -90,31 +110,82 @@ class LabelReport:
     images: list[ImageLabels] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     template: str = RAW_TEMPLATE  # the caption each concept of the bank was read in
+    fit_percentile: float | None = FIT_PERCENTILE  # the abstention rule's percentile; None: switched off
 
     @property
     def read_as(self) -> str:
         """ ", each concept read as '...'" when the bank has a caption template, else nothing."""
         return template_note(self.template)
 
-    def candidate_labels(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Concepts ranked by how many images carry them as a label."""
-        counts = Counter(label.concept for image in self.images for label in image.labels)
-        total = max(1, len(self.images))
+    @property
+    def flagged(self) -> list[ImageLabels]:
+        """The images the out-of-distribution test flagged."""
+        return [image for image in self.images if image.warning]
+
+    def summarised(self, include_flagged: bool = False) -> list[ImageLabels]:
+        """The images a batch summary counts: those not flagged, or all of them when ``include_flagged``."""
+        return [image for image in self.images if include_flagged or not image.warning]
+
+    def candidate_labels(self, limit: int = 20, include_flagged: bool = False) -> list[dict[str, Any]]:
+        """Concepts ranked by how many of the summarised images (``summarised``) carry them as a label; the
+        share is over those images."""
+        images = self.summarised(include_flagged)
+        counts = Counter(label.concept for image in images for label in image.labels)
+        total = max(1, len(images))
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
         return [{"concept": c, "count": n, "share": n / total} for c, n in ranked]
 
     @property
+    def fit_rule(self) -> str:
+        """How a concept earned its place as a label in this report, in one sentence (lower case)."""
+        if self.fit_percentile is None:
+            return "abstention is switched off: every image gets its top scores, fitting or not"
+        if self.scoring == SCORING_CONTRIBUTION:
+            return (
+                "an image flagged as unlike the training images gets no label, since the bank's calibration "
+                "(training means, evidence shares) does not cover it"
+            )
+        return (
+            f"a concept is a label only if it scores above {self.fit_percentile:g} % of the image's scores "
+            "against a reference vocabulary (the shipped banks' concepts outside this bank); if none does, "
+            "the image gets no label"
+        )
+
+    def summary_note(self, include_flagged: bool = False, how_to_include: str = "") -> str | None:
+        """What the batch summary leaves out, in one sentence (None when it counts every image);
+        ``how_to_include`` names the switch that counts flagged images too."""
+        flagged = len(self.flagged)
+        if not flagged:
+            return None
+        if include_flagged:
+            return f"the {flagged} flagged image(s) are counted too, though their labels are unreliable"
+        switch = f" ({how_to_include})" if how_to_include else ""
+        if flagged == len(self.images):
+            return f"every image was flagged as unlike the training images, so none is counted{switch}"
+        return (
+            f"{flagged} of {len(self.images)} images were flagged as unlike the training images and are "
+            f"left out{switch}"
+        )
+
+    @property
     def no_labels_note(self) -> str:
-        """Why an image of this report has no label."""
+        """Why an image of this report has no label, when the image does not say (``ImageLabels.note``)."""
         return NO_LABELS if self.scoring == SCORING_CONTRIBUTION else NO_SIMILAR
 
-    def to_dict(self) -> dict[str, Any]:
+    def note_for(self, image: ImageLabels) -> str:
+        """Why ``image`` has no label."""
+        return image.note or self.no_labels_note
+
+    def to_dict(self, include_flagged: bool = False) -> dict[str, Any]:
         return {
             "scoring": self.scoring,
             "bank": self.bank,
             "template": self.template,
-            "images": [asdict(i) | ({} if i.labels else {"note": self.no_labels_note}) for i in self.images],
-            "candidate_labels": self.candidate_labels(),
+            "fit_percentile": self.fit_percentile,
+            "images": [asdict(i) | ({} if i.labels else {"note": self.note_for(i)}) for i in self.images],
+            "candidate_labels": self.candidate_labels(include_flagged=include_flagged),
+            "candidate_labels_include_flagged": include_flagged,
+            "flagged": len(self.flagged),
             "failed": self.failed,
         }
 
@@ -319,20 +390,38 @@ def ood_flags(loaded: LoadedCEIR | SimilarityLabeller, embeddings: torch.Tensor)
 
 
 def labels_from_similarity(
-    loaded: LoadedCEIR | SimilarityLabeller, embeddings: torch.Tensor, bank: ConceptBank, top_k: int
+    loaded: LoadedCEIR | SimilarityLabeller,
+    embeddings: torch.Tensor,
+    bank: ConceptBank,
+    top_k: int,
+    thresholds: np.ndarray | None = None,
 ) -> list[list[ConceptScore]]:
     """Per image: the top-k concepts of another bank by image-text cosine (CLIP or ConSE embeddings);
-    a negative cosine (the image is farther from the text than from an unrelated one) is never a label."""
+    a negative cosine (the image is farther from the text than from an unrelated one) is never a label, and
+    neither is a score at or below the image's entry of ``thresholds`` (see :func:`similarity_thresholds`)."""
     text = loaded.backbone.encode_texts(bank.prompts()).cpu()
     similarity = (embeddings @ text.t()).numpy()
+    floors = np.zeros(len(similarity)) if thresholds is None else np.maximum(np.asarray(thresholds), 0)
     return [
         [
             ConceptScore(bank.concepts[i], float(row[i]))
             for i in np.argsort(-row, kind="stable")[:top_k]
-            if row[i] > 0
+            if row[i] > floor
         ]
-        for row in similarity
+        for row, floor in zip(similarity, floors, strict=True)
     ]
+
+
+def similarity_thresholds(
+    loaded: LoadedCEIR | SimilarityLabeller,
+    embeddings: torch.Tensor,
+    bank: ConceptBank,
+    percentile: float = FIT_PERCENTILE,
+) -> np.ndarray:
+    """(N,) the score each image's labels from ``bank`` must beat: the ``percentile`` of its scores against
+    the reference vocabulary in the bank's template (:mod:`core.ceir.label_fit`)."""
+    scores = reference_scores(loaded.backbone, embeddings, bank.concepts, bank.template)
+    return fit_thresholds(scores, percentile)
 
 
 def label_images(
@@ -342,27 +431,31 @@ def label_images(
     bank: ConceptBank | None = None,
     report: LabelReport | None = None,
     batch_size: int = 64,
+    fit_percentile: float | None = FIT_PERCENTILE,
 ) -> LabelReport:
     """Label already-loaded images (e.g. uploads in the dashboard).
 
     An image that cannot be labelled (e.g. a shape the model cannot take) is added to ``report.failed`` and
     the others are still labelled; if no image at all could be labelled, the first error is raised.
+    ``fit_percentile`` None switches the abstention off (every image gets its top-k positive scores, and
+    a flagged image its own-bank labels): for studying the scores, not for showing them as labels.
     """
     if top_k < 1:
         raise ValueError(f"--top must be at least 1, not {top_k}.")
     _check_bank(loaded, bank)
     if report is None:
         report = _new_report(loaded, bank)
+    report.fit_percentile = fit_percentile
     labelled_before, first_error = len(report.images), None
     for start in range(0, len(named_images), batch_size):
         chunk = named_images[start : start + batch_size]
         try:
-            _label_chunk(loaded, chunk, top_k, bank, report)
+            _label_chunk(loaded, chunk, top_k, bank, report, fit_percentile)
         except _LABEL_ERRORS:
             # One image must not cost the others their labels: label the chunk one image at a time.
             for named in chunk:
                 try:
-                    _label_chunk(loaded, [named], top_k, bank, report)
+                    _label_chunk(loaded, [named], top_k, bank, report, fit_percentile)
                 except _LABEL_ERRORS as exc:
                     first_error = first_error or exc
                     report.failed.append({"file": named[0], "error": _label_error(named[0], exc)})
@@ -388,6 +481,7 @@ def _label_chunk(
     top_k: int,
     bank: ConceptBank | None,
     report: LabelReport,
+    fit_percentile: float | None = FIT_PERCENTILE,
 ) -> None:
     embeddings = _embed(loaded, [image for _, image in chunk])
     warnings = [OOD_WARNING if far else None for far in ood_flags(loaded, embeddings)]
@@ -395,12 +489,22 @@ def _label_chunk(
         for (name, _), (labels, cluster), warning in zip(
             chunk, labels_from_contributions(loaded, embeddings, top_k), warnings, strict=True
         ):
-            report.images.append(ImageLabels(name, labels, cluster, warning))
-    else:
-        for (name, _), labels, warning in zip(
-            chunk, labels_from_similarity(loaded, embeddings, bank, top_k), warnings, strict=True
-        ):
-            report.images.append(ImageLabels(name, labels, warning=warning))
+            if warning and fit_percentile is not None:  # the bundle's calibration does not cover this image
+                report.images.append(ImageLabels(name, [], cluster, warning, NO_FIT_OOD))
+            else:
+                report.images.append(ImageLabels(name, labels, cluster, warning))
+        return
+    thresholds = None
+    if fit_percentile is not None:
+        thresholds = similarity_thresholds(loaded, embeddings, bank, fit_percentile)
+    for n, ((name, _), labels, warning) in enumerate(
+        zip(chunk, labels_from_similarity(loaded, embeddings, bank, top_k, thresholds), warnings, strict=True)
+    ):
+        threshold = None if thresholds is None else float(thresholds[n])
+        note = None
+        if threshold is not None and not labels:
+            note = no_fit_note(max(threshold, 0.0), fit_percentile)
+        report.images.append(ImageLabels(name, labels, warning=warning, note=note, threshold=threshold))
 
 
 def label_paths(
@@ -409,6 +513,7 @@ def label_paths(
     top_k: int = 5,
     bank: ConceptBank | None = None,
     progress: Progress = no_progress,
+    fit_percentile: float | None = FIT_PERCENTILE,
 ) -> LabelReport:
     """Label image files and folders (recursively). Files that fail to load and folders that cannot be read
     are reported in ``failed`` and skipped."""
@@ -425,7 +530,7 @@ def label_paths(
         except ImageLoadError as exc:
             report.failed.append({"file": str(path), "error": str(exc)})
         if len(good) == 64 or n == len(files):
-            label_images(loaded, good, top_k, bank, report)
+            label_images(loaded, good, top_k, bank, report, fit_percentile=fit_percentile)
             good = []
         progress(n, len(files))
     return report
