@@ -9,7 +9,7 @@
     conceptlens eval BUNDLE [--json] [--seed S]
     conceptlens encode BUNDLE --data folder:DIR --out STORE [--shard-size N] [--resume]
     conceptlens index STORE [--kind ivf|hnsw]
-    conceptlens label [BUNDLE] PATH... [--top K] [--json] [--concepts BANK] [--model M]
+    conceptlens label [BUNDLE] PATH... [--top K] [--json] [--concepts BANK] [--model M] [--include-flagged]
     conceptlens concepts show BANK | conceptlens concepts generate --classes FILE --out BANK
     conceptlens reproduce [--out pretrained] [--overwrite]
     conceptlens bench retrieval|encoding|dashboard|memory|load
@@ -563,6 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"without a bundle: {DEFAULT_LABEL_MODEL} (offline, the default) or a CLIP spec NAME:TAG",
     )
     label.add_argument("--json", action="store_true", help="print one JSON object")
+    label.add_argument(
+        "--include-flagged",
+        action="store_true",
+        help="count images flagged as unlike the training images in the candidate labels (default: left out)",
+    )
     label.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_verbose_argument(label)
     add_bench_parser(commands)
@@ -903,18 +908,22 @@ def cmd_label(args: argparse.Namespace) -> int:
     for failure in report.failed:
         log(f"skipped: {printable(failure['error'])}")
     if args.json:
-        print(json.dumps({**source, **report.to_dict()}))
+        print(json.dumps({**source, **report.to_dict(include_flagged=args.include_flagged)}))
     else:
         meaning = scored_by if bank else "share of the image's evidence for its cluster"
         print(f"# scores: {report.scoring} ({meaning}); bank: {report.bank}{report.read_as}")
+        print(f"# {report.fit_rule}")
         for image in report.images:
             found = ", ".join(f"{x.concept} ({x.score:.3f})" for x in image.labels)
             warning = f" (warning: {image.warning})" if image.warning else ""
-            print(f"{printable(image.file)}: {found or report.no_labels_note}{warning}")
+            print(f"{printable(image.file)}: {found or report.note_for(image)}{warning}")
         if len(report.images) > 1:
+            candidates = report.candidate_labels(include_flagged=args.include_flagged)
+            left_out = report.summary_note(args.include_flagged, "--include-flagged counts them")
             print(
                 "candidate labels: "
-                + ", ".join(f"{c['concept']} ({c['count']})" for c in report.candidate_labels())
+                + (", ".join(f"{c['concept']} ({c['count']})" for c in candidates) or "none")
+                + (f" ({left_out})" if left_out else "")
             )
     return 1 if report.failed else 0
 
