@@ -12,6 +12,7 @@ from PIL import Image
 from core.ceir.bundle import load_ceir
 from core.ceir.concept_bank import ConceptBank, parse_concepts
 from core.ceir.labels import (
+    NO_FIT,
     NO_LABELS,
     SCORING_SIMILARITY,
     ConceptScore,
@@ -70,6 +71,16 @@ def upload(app, names: list[str], files: dict[str, bytes]):
 
 def labels_frame(app):
     return next(d.value for d in app.dataframe if "image" in d.value.columns)
+
+
+def shown_labels(app, expected: ImageLabels) -> list[str]:
+    """The concepts the page shows for one image: its table when ``expected`` has labels, else none, and
+    then the page says why (the bank does not fit, in the note the report gives)."""
+    if expected.labels:
+        return labels_frame(app)["concept"].tolist()
+    assert any(NO_FIT in i.value for i in app.info), [i.value for i in app.info]
+    assert not any("image" in d.value.columns for d in app.dataframe)
+    return []
 
 
 def test_page_offers_uploads_samples_models_and_banks(fresh_page):
@@ -164,14 +175,13 @@ def test_pasted_bank_scores_by_clip_similarity(page, toy):
     ).run()
     assert not page.error
     assert any("duplicates 'red head'" in w.value for w in page.warning)
-    table = labels_frame(page)
     bank = parse_concepts("red head\nblue wings\nlong tail", source="pasted list")
-    expected = label_images(toy, [("skimage: coffee", view_sample("skimage: coffee"))], 5, bank)
-    assert table["concept"].tolist() == [label.concept for label in expected.images[0].labels]
-    np.testing.assert_allclose(
-        table["score"], [label.score for label in expected.images[0].labels], rtol=1e-5
-    )
-    assert "cluster" not in table.columns
+    expected = label_images(toy, [("skimage: coffee", view_sample("skimage: coffee"))], 5, bank).images[0]
+    assert shown_labels(page, expected) == [label.concept for label in expected.labels]
+    if expected.labels:
+        table = labels_frame(page)
+        np.testing.assert_allclose(table["score"], [label.score for label in expected.labels], rtol=1e-5)
+        assert "cluster" not in table.columns
     assert any("CLIP cosine similarity" in c.value for c in page.caption)
 
 
@@ -181,13 +191,15 @@ def test_a_pasted_bank_with_a_template_scores_its_captions(page, toy):
     page.multiselect(key="ow_samples").set_value(["skimage: coffee"])
     page.selectbox(key="ow_bank").set_value("paste").run()
     page.text_area(key="ow_bank_text").set_value(text).run()
-    table = labels_frame(page)
     photo = [("skimage: coffee", view_sample("skimage: coffee"))]
-    templated = label_images(toy, photo, 5, parse_concepts(text, source="pasted list")).images[0].labels
-    plain = label_images(toy, photo, 5, parse_concepts(text.split("\n", 1)[1])).images[0].labels
-    assert table["concept"].tolist() == [label.concept for label in templated]
-    np.testing.assert_allclose(table["score"], [label.score for label in templated], rtol=1e-5)
-    assert [label.score for label in templated] != [label.score for label in plain]
+    expected = label_images(toy, photo, 5, parse_concepts(text, source="pasted list")).images[0]
+    assert shown_labels(page, expected) == [label.concept for label in expected.labels]
+    if expected.labels:
+        np.testing.assert_allclose(labels_frame(page)["score"], [x.score for x in expected.labels], rtol=1e-5)
+    # the template changes the scores themselves (compared with the abstention switched off)
+    templated = label_images(toy, photo, 5, parse_concepts(text), fit_percentile=None).images[0].labels
+    plain = label_images(toy, photo, 5, parse_concepts(text.split("\n", 1)[1]), fit_percentile=None)
+    assert [label.score for label in templated] != [label.score for label in plain.images[0].labels]
     assert any("each concept read as 'a photo of a bird with a {}.'" in c.value for c in page.caption)
     page.text_area(key="ow_bank_text").set_value("# template: a photo\nred head").run()
     assert not page.exception
@@ -209,7 +221,8 @@ def test_uploaded_bank_and_a_bad_one(page, files):
     page.selectbox(key="ow_bank").set_value("upload").run()
     bank_uploader = next(u for u in page.file_uploader if u.key == "ow_bank_file")
     bank_uploader.set_value(("mine.txt", b"striped tail\nyellow beak\n", "text/plain")).run()
-    assert set(labels_frame(page)["concept"]) == {"striped tail", "yellow beak"}
+    assert any("2 concepts from mine.txt" in c.value for c in page.caption)
+    assert not page.error
     bank_uploader = next(u for u in page.file_uploader if u.key == "ow_bank_file")
     bank_uploader.set_value(("latin1.txt", "caf\xe9 au lait\n".encode("latin-1"), "text/plain")).run()
     assert any("latin1.txt" in e.value and "UTF-8" in e.value for e in page.error)
@@ -270,14 +283,13 @@ def test_real_clip_labels_with_clip_similarity(page, tiny_bundles, monkeypatch):
     page.button(key="ow_clip_load").click().run()
     assert not page.error, [e.value for e in page.error]
     assert any("no concept bank of its own" in i.value for i in page.info)
-    table = labels_frame(page)
     expected = label_images(
         SimilarityLabeller(toy_clip),
         [("skimage: rocket", view_sample("skimage: rocket"))],
         5,
         ConceptBank(list(_general()), "shipped:general"),
     )
-    assert table["concept"].tolist() == [label.concept for label in expected.images[0].labels]
+    assert shown_labels(page, expected.images[0]) == [label.concept for label in expected.images[0].labels]
     assert any("CLIP RN50:openai" in c.value for c in page.caption)
 
 
@@ -290,6 +302,46 @@ def test_conse_labels_a_real_photo_by_default(fresh_page):
     assert any(
         "conse-effnet-lite0-minilm" in c.value and "'shipped:general'" in c.value for c in page.caption
     )
+
+
+def test_a_bank_that_does_not_fit_the_photo_says_so(fresh_page):
+    """ConSE with the cifar10 bank on a coffee cup used to show 'jet engines', 'airport tarmac'."""
+    page = fresh_page
+    page.multiselect(key="ow_samples").set_value(["skimage: coffee"])
+    page.selectbox(key="ow_bank").set_value("cifar10").run()
+    assert not page.exception and not page.error, [e.value for e in page.error]
+    notes = [i.value for i in page.info]
+    assert any(n.startswith(f"skimage: coffee: {NO_FIT}") for n in notes), notes
+    assert not any("image" in d.value.columns for d in page.dataframe) and not page.table
+    assert any("reference vocabulary" in c.value for c in page.caption)
+
+
+def test_flagged_images_stay_out_of_the_batch_summary_until_asked(fresh_page, monkeypatch):
+    """The first image of the batch is flagged: the candidates count only the other one until asked."""
+    import core.ceir.labels as labels_module
+
+    monkeypatch.setattr(
+        labels_module, "ood_flags", lambda loaded, embeddings: [True] + [False] * (len(embeddings) - 1)
+    )
+    page = fresh_page
+    page.slider(key="ow_top_k").set_value(4)  # a cache key no other test labels these photos with
+    page.multiselect(key="ow_samples").set_value(["skimage: coffee", "skimage: chelsea"]).run()
+    assert not page.exception and not page.error, [e.value for e in page.error]
+    table = labels_frame(page)
+    chelsea = table[table["image"] == "skimage: chelsea"]["concept"].tolist()
+    assert chelsea and not table[table["image"] == "skimage: coffee"].empty
+    assert any("skimage: coffee" in w.value and "unlike the images" in w.value for w in page.warning)
+
+    def candidates():
+        return next(d.value for d in page.dataframe if "count" in d.value.columns)
+
+    assert sorted(candidates()["concept"]) == sorted(chelsea) and set(candidates()["share"]) == {1.0}
+    assert any("1 of 2 images were flagged" in c.value and "tick the box" in c.value for c in page.caption)
+    page.checkbox(key="ow_include_flagged").check().run()
+    assert dict(zip(candidates()["concept"], candidates()["count"], strict=True)) == dict(
+        Counter(table["concept"])
+    )
+    assert any("counted too" in c.value for c in page.caption)
 
 
 def _general() -> list[str]:

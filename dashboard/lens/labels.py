@@ -112,9 +112,11 @@ def labels_table(report: LabelReport) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def candidates_table(report: LabelReport, limit: int = 20) -> pd.DataFrame:
-    """Candidate labels of a batch: concepts by how many images carry them."""
-    return pd.DataFrame(report.candidate_labels(limit), columns=["concept", "count", "share"])
+def candidates_table(report: LabelReport, limit: int = 20, include_flagged: bool = False) -> pd.DataFrame:
+    """Candidate labels of a batch: concepts by how many images carry them (flagged images only when
+    ``include_flagged``; the share is over the images counted)."""
+    rows = report.candidate_labels(limit, include_flagged=include_flagged)
+    return pd.DataFrame(rows, columns=["concept", "count", "share"])
 
 
 def scoring_sentence(report: LabelReport, model_label: str) -> str:
@@ -133,7 +135,11 @@ def scoring_sentence(report: LabelReport, model_label: str) -> str:
             "each label's score is the model's cosine similarity between the image and the concept text "
             "(CLIP cosine similarity for a CLIP; ConSE's for the offline model); only positive ones count"
         )
-    return f"Labels by {model_label} with the concept bank '{report.bank}'{report.read_as}: {how}."
+    rule = report.fit_rule
+    return (
+        f"Labels by {model_label} with the concept bank '{report.bank}'{report.read_as}: {how}. "
+        f"{rule[0].upper()}{rule[1:]}."
+    )
 
 
 def decode_bank_upload(name: str, data: bytes, max_bytes: int) -> str:

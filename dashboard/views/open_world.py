@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from lens.bundles import available, load_model
+from lens.bundles import available, load_model, usable
 from lens.figures import download_table, share_bars
 from lens.labels import (
     CONSE,
@@ -153,6 +153,8 @@ def choose_model() -> ModelChoice | None:
         return choose_conse()
     if choice != REAL_CLIP:
         info = bundles[choice]
+        if not usable(info):  # a damaged bundle is named when chosen, not after the first upload
+            return None
 
         def load_ceir() -> Model | None:
             loaded = load_model(info)
@@ -278,7 +280,7 @@ def show_results(report: LabelReport, images) -> None:
         if warning:
             right.warning(f"{name}: {warning}.")
         if rows.empty and name in labelled:
-            right.info(f"{name}: {report.no_labels_note}.")
+            right.info(f"{name}: {report.note_for(labelled[name])}.")
         else:
             right.table(rows.round({"score": 3}).set_index("rank"))  # a few rows: a plain table draws fastest
     if len(images) > SHOWN_IMAGES:
@@ -290,18 +292,34 @@ def show_results(report: LabelReport, images) -> None:
     st.dataframe(table, hide_index=True, key="ow_labels")
     download_table(table, "concept_labels", key="ow_dl_labels")
     if len(report.images) > 1:
-        st.subheader("Candidate labels for the batch")
-        candidates = candidates_table(report)
-        st.caption("How many of the images carry each concept among their top labels.")
-        # One table with bars (no chart beside it: the same numbers, and no charting library for the browser
-        # to load on a page that is otherwise tables and images).
-        st.dataframe(
-            candidates,
-            hide_index=True,
-            key="ow_candidates",
-            column_config=share_bars("share", "share of the images"),
-        )
-        download_table(candidates, "candidate_labels", key="ow_dl_candidates")
+        show_candidates(report)
+
+
+def show_candidates(report: LabelReport) -> None:
+    """The batch summary: concepts by how many images carry them, flagged images left out unless asked."""
+    st.subheader("Candidate labels for the batch")
+    include = bool(report.flagged) and st.checkbox(
+        "Count the images flagged as unlike the training images too",
+        key="ow_include_flagged",
+        help="Their labels are unreliable, so the batch summary leaves them out unless you ask.",
+    )
+    left_out = report.summary_note(include, "tick the box above to count them")
+    if left_out:
+        st.caption(left_out[0].upper() + left_out[1:] + ".")
+    candidates = candidates_table(report, include_flagged=include)
+    if candidates.empty:
+        st.info("No counted image has a label, so there are no candidate labels to rank.")
+        return
+    st.caption("How many of the counted images carry each concept among their labels.")
+    # One table with bars (no chart beside it: the same numbers, and no charting library for the browser
+    # to load on a page that is otherwise tables and images).
+    st.dataframe(
+        candidates,
+        hide_index=True,
+        key="ow_candidates",
+        column_config=share_bars("share", "share of the counted images"),
+    )
+    download_table(candidates, "candidate_labels", key="ow_dl_candidates")
 
 
 def show_labels(images, model_choice: ModelChoice, bank: BankChoice, top_k: int) -> None:
