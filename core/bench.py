@@ -630,7 +630,20 @@ def add_dashboard_flags(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip the server-side (in-process) timings",
     )
+    parser.add_argument(
+        "--pages",
+        type=_page_names,
+        default="",
+        help="only these pages, by file name without .py, comma-separated (e.g. hash_codes,retrieval; "
+        "default every page)",
+    )
     _json_out(parser, "dashboard")
+
+
+def _page_names(text: str) -> str:
+    """``--pages``: page names without .py, comma-separated and tidied (kept a string, so the flag passes
+    unchanged to the benchmark's own process; empty: every page)."""
+    return ",".join(n.strip().removesuffix(".py") for n in text.split(",") if n.strip())
 
 
 def add_load_flags(parser: argparse.ArgumentParser) -> None:
@@ -800,7 +813,7 @@ def script_command(args: argparse.Namespace) -> list[str]:
         value, flag = getattr(args, name), name.replace("_", "-")
         if isinstance(value, bool):
             flags += [] if value else [f"--no-{flag}"]
-        else:
+        elif value != "":  # an empty text flag (``--pages`` not given) is left at the script's default
             flags.append(f"--{flag}={value}")
     return [sys.executable, str(DASHBOARD_SCRIPT), args.bench_command, *flags]
 

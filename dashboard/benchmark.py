@@ -45,7 +45,9 @@ if importlib.util.find_spec("core") is None:  # a source checkout that was not p
 from browser import (  # noqa: E402 (the dashboard folder, next to this file)
     FLOOR_APP,
     StreamlitServer,
+    act_timed,
     check_browser,
+    choose,
     click_timed,
     cpu_seconds,
     launch,
@@ -84,6 +86,54 @@ MEMORY_CHILD = "memory-child"  # the hidden sub-command the memory benchmark mea
 # --------------------------------------------------------------------------------------------------
 # dashboard: page render times and upload-to-labels latency
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """A main interaction a person has on a page, timed in the browser: in the page's tab ``tab`` (None: a
+    page without tabs), set the widget with ``key`` (a ``browser.choose`` kind) to the choices in turn, one
+    per warm run (a select's choice is how many places down the list it moves; a radio's the option's
+    place; a number's the value)."""
+
+    page: str  # the page file's stem
+    name: str
+    key: str
+    kind: str
+    choices: tuple[int, ...]
+    tab: str | None = None
+    # untimed (key, kind, choice) steps that bring the widget onto the page when it is not there yet
+    prepare: tuple[tuple[str, str, int], ...] = ()
+
+
+INTERACTIONS = (
+    Interaction("hash_codes", "every image's code", "hash_matrix_view", "radio", (1, 0), tab="Codes"),
+    Interaction("hash_codes", "pick a bit", "hash_bit", "select", (9, 9, 9), tab="Images that turn it on"),
+    Interaction(
+        "hash_codes", "look at a sub-code", "hash_pick", "radio", (1, 0), tab="Images that turn it on"
+    ),
+    Interaction(
+        "hash_codes",
+        "add a sub-code value",
+        "hash_values_0",
+        "multiselect",
+        (2, 2, 2),
+        tab="Images that turn it on",
+        prepare=(("hash_pick", "radio", 1),),
+    ),
+    Interaction("concept_attention", "pick an image", "attn_index", "select", (25, 25, 25)),
+    Interaction("concept_attention", "pick a class", "attn_class", "select", (3, 3, 3)),
+    Interaction("retrieval", "pick a query", "ret_query", "number", (7, 12, 19)),
+    Interaction("retrieval", "pick model B", "ret_model_b", "select", (1, 1, 1)),
+    Interaction("ceir_concepts", "colour the map", "ceir_colour", "radio", (1, 0), tab="Latent map"),
+    Interaction(
+        "ceir_concepts",
+        "pick an image",
+        "ceir_image",
+        "select",
+        (12, 12, 12),
+        tab="One image: concepts and what-if",
+    ),
+)
 
 _PAGE_CALL = re.compile(r"""st\.Page\(\s*["']([^"']+\.py)["']""")
 
@@ -268,6 +318,7 @@ class DashboardBenchConfig:
     browser: bool = True
     server_side: bool = True
     settle: float = 0.0  # seconds on Home before the warm visits (0: at once)
+    pages: str = ""  # page file stems to time, comma-separated (empty: every page)
 
     def __post_init__(self) -> None:
         if not 0 <= self.settle <= 600:
@@ -284,23 +335,29 @@ def bench_dashboard(config: DashboardBenchConfig, progress: Callable[[str], None
     """Every page in a real browser (first visit after a restart, warm visits) and on the server (first
     and warm render in one process), and upload-to-labels latency on the server."""
     found = _check_bundles_folder(config.bundles)
-    pages = dashboard_pages()
+    every = dashboard_pages()
+    wanted = {name for name in config.pages.split(",") if name}
+    unknown = sorted(wanted - {Path(p).stem for p in every})
+    if unknown:
+        known = ", ".join(Path(p).stem for p in every)
+        raise ValueError(f"No dashboard page is called {', '.join(unknown)}; the pages are {known}.")
+    timed = [p for p in every if not wanted or Path(p).stem in wanted]
     server: dict[str, dict[str, Any]] = {}
     upload = {"available": False, "reason": "--uploads 0"}
     if config.server_side:
         with _BundlesEnv(config.bundles):
-            for page in pages:
+            for page in timed:
                 progress(f"dashboard (server side): {page} ...")
                 server[page] = _page_timing(page, config.warm_runs, config.timeout)
             if config.uploads:
                 progress(f"dashboard: {config.uploads} upload(s) on the open-world page ...")
-                upload = _upload_latency(pages, config.uploads, config.timeout)
+                upload = _upload_latency(every, config.uploads, config.timeout)
             _wait_for_background_work(config.timeout)
     browser: dict[str, Any] = {"available": False, "reason": "--no-browser"}
     if config.browser:
-        browser = browser_timings(pages, config, progress)
+        browser = browser_timings(every, config, progress, timed)
     by_page = {r["page"]: r for r in browser.get("rows", [])}
-    rows = [{"page": page, **server.get(page, {}), **{"browser": by_page.get(page)}} for page in pages]
+    rows = [{"page": page, **server.get(page, {}), **{"browser": by_page.get(page)}} for page in timed]
     return {
         "benchmark": "dashboard",
         "machine": machine_info(LIBRARIES),
@@ -320,7 +377,11 @@ def bench_dashboard(config: DashboardBenchConfig, progress: Callable[[str], None
             f"{config.warm_runs}"
             + (f", after {config.settle:g} s on Home" if config.settle else ", right after the first visit")
             + "); tab switch = on a page in tabs, which draws the open tab only, a click on each other tab "
-            "and back to the first (median; blank for a page without tabs)",
+            "and back to the first (median; blank for a page without tabs); interactions = the page's main "
+            "choices (benchmark.INTERACTIONS: a bit, a sub-code value, an image, a query, a model), each "
+            f"{config.warm_runs} times, seconds from the choice to the page ready (the table's column: the "
+            "slowest median); server peak MiB = the page's own fresh server's peak resident memory (VmHWM) "
+            "after all its visits",
             "server first = the page's first render in a fresh AppTest session (models cached in this "
             "process stay loaded across pages); server warm = median of reruns",
         ],
@@ -351,8 +412,10 @@ def _browser_row(page: str, times: dict[str, Any], memory: dict[str, Any], excep
         "click_ready_seconds": [r for _, r in times["click"]],
         "reload_ready_seconds": [r for _, r in times["reload"]],
         "tab_ready_seconds": [r for _, r in times["tab"]],
+        "interactions": times.get("interactions", []),
         "exceptions_shown": exceptions,
         "server_rss_mib": memory["rss_mib"],
+        "server_peak_rss_mib": memory["peak_rss_mib"],
     }
 
 
@@ -368,7 +431,7 @@ async def _time_page_in_browser(
     from playwright.async_api import async_playwright
 
     away = pages[1] if page == pages[0] else pages[0]
-    times: dict[str, Any] = {"click": [], "reload": [], "tab": []}
+    times: dict[str, Any] = {"click": [], "reload": [], "tab": [], "interactions": []}
     with StreamlitServer(config.bundles, log_dir / f"{Path(page).stem}.log") as server:
         url = _page_url(server.url, page, pages)
         async with async_playwright() as playwright:
@@ -395,10 +458,45 @@ async def _time_page_in_browser(
                 n_tabs = await tabs.count()
                 for i in [*range(1, n_tabs), 0] if n_tabs > 1 else []:
                     times["tab"].append(await click_timed(tab, tabs.nth(i), config.timeout))
+                times["interactions"] = await _interactions(tab, page, config)
             finally:
                 await chromium.close()
         memory = server.memory()
     return _browser_row(page, times, memory, exceptions)
+
+
+async def _interactions(tab, page: str, config: DashboardBenchConfig) -> list[dict[str, Any]]:
+    """Each of the page's :data:`INTERACTIONS`, ``config.warm_runs`` times; its ready seconds, or why it
+    could not be timed (the widget is not on the page with these bundles, or choosing in it ran nothing)."""
+    found = []
+    for act in (a for a in INTERACTIONS if a.page == Path(page).stem):
+        row: dict[str, Any] = {"interaction": act.name, "tab": act.tab, "ready_seconds": [], "problem": None}
+        try:
+            if act.tab is not None:
+                label = tab.locator("[data-testid='stMain'] [role='tab']", has_text=act.tab).first
+                if await label.count() and await label.get_attribute("aria-selected") != "true":
+                    await click_timed(tab, label, config.timeout)
+            present = tab.locator(f"[data-testid='stMain'] .st-key-{act.key}")
+            for key, kind, choice in act.prepare if not await present.count() else ():
+
+                async def step(key=key, kind=kind, choice=choice) -> None:
+                    await choose(tab, key, kind, choice)
+
+                await act_timed(tab, step, config.timeout, f"preparing {act.name}")
+            if not await present.count():
+                raise ValueError("its widget is not on the page with these bundles")
+            for run in range(config.warm_runs):
+                choice = act.choices[run % len(act.choices)]
+
+                async def do(act=act, choice=choice) -> None:
+                    await choose(tab, act.key, act.kind, choice)
+
+                row["ready_seconds"].append((await act_timed(tab, do, config.timeout, act.name))[1])
+        except ValueError as exc:
+            row["problem"] = str(exc)
+        row["ready_median_seconds"] = _median(row["ready_seconds"])
+        found.append(row)
+    return found
 
 
 async def _first_visit_from_home(page: str, pages: list[str], config: DashboardBenchConfig, log_dir: Path):
@@ -424,7 +522,10 @@ def _nav_link(tab, url: str):
 
 
 def browser_timings(
-    pages: list[str], config: DashboardBenchConfig, progress: Callable[[str], None] = log
+    pages: list[str],
+    config: DashboardBenchConfig,
+    progress: Callable[[str], None] = log,
+    timed: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Every page's browser timings (see :func:`bench_dashboard`); unavailable, with the reason, without
     Chromium or playwright."""
@@ -434,7 +535,7 @@ def browser_timings(
         return {"available": False, "reason": str(exc)}
     log_dir = Path(tempfile.mkdtemp(prefix="conceptlens-bench-"))
     rows = []
-    for page in pages:
+    for page in pages if timed is None else timed:
         progress(f"dashboard (browser): {page}, fresh server ...")
         row = asyncio.run(_time_page_in_browser(page, pages, config, log_dir))
         if page != pages[0]:
@@ -467,6 +568,10 @@ def dashboard_table(result: dict[str, Any]) -> str:
                 _seconds(b.get("click_ready_median_seconds")),
                 _seconds(b.get("reload_ready_median_seconds")),
                 _seconds(b.get("tab_ready_median_seconds")),
+                _seconds(
+                    max((i["ready_median_seconds"] or 0 for i in b.get("interactions", [])), default=None)
+                ),
+                None if b.get("server_peak_rss_mib") is None else round(b["server_peak_rss_mib"]),
                 _seconds(r.get("first_seconds")),
                 _seconds(r.get("warm_median_seconds")),
                 "; ".join(r.get("errors", []))[:60],
@@ -480,12 +585,23 @@ def dashboard_table(result: dict[str, Any]) -> str:
         "warm click",
         "warm reload",
         "tab switch",
+        "slowest interaction",
+        "server peak MiB",
         "server first",
         "server warm",
         "errors",
     ]
     table = format_table(headers, rows)
     lines = [head, "", table, ""]
+    acts = [
+        [r["page"], i["interaction"], _seconds(i["ready_median_seconds"]), (i["problem"] or "")[:70]]
+        for r in result["rows"]
+        for i in (r.get("browser") or {}).get("interactions", [])
+    ]
+    if acts:
+        headers = ["page", "interaction", "ready (median)", "not timed because"]
+        lines += ["Interactions in the browser (seconds from the choice to the page ready)", ""]
+        lines += [format_table(headers, acts), ""]
     if not result["browser"].get("available"):
         lines.append(f"browser timings: not available ({result['browser']['reason']})")
     upload = result["upload"]

@@ -53,7 +53,8 @@ TIMING_SCRIPT = """
   const ready = () => {
     const m = main();
     if (!cl.ran || state() !== "notRunning" || !m || !shown(m, "h1")) return false;
-    if (m.querySelector("[data-testid='stSpinner'], [data-stale='true']")) return false;
+    const waiting = "[data-testid='stSpinner'], [data-testid='stSkeleton'], [data-stale='true']";
+    if (m.querySelector(waiting)) return false;
     for (const chart of m.querySelectorAll("[data-testid='stPlotlyChart']"))
       if (!chart.querySelector(".main-svg")) return false;
     for (const image of m.querySelectorAll("img")) if (!image.complete) return false;
@@ -88,9 +89,17 @@ TIMING_SCRIPT = """
   };
 })();
 """
-READ_TIMES = (
-    "() => window.__cl && window.__cl.ready !== null ? [window.__cl.feedback, window.__cl.ready] : null"
-)
+# [feedback, ready] once ready; "idle" when ``grace`` ms passed since the mark and no run began (an action
+# that ran nothing: a click before the widget listened, an option already chosen); else null.
+READ_TIMES = """(grace) => {
+  const cl = window.__cl;
+  if (!cl) return null;
+  if (cl.ready !== null) return [cl.feedback, cl.ready];
+  if (grace && cl.started === null && performance.now() - cl.mark > grace) return "idle";
+  return null;
+}"""
+# seconds an action may take to start a script run (a busy server starts late) before it counts as lost
+NO_RUN_GRACE = 15.0
 
 PAGE_STATE = """() => ({
   script: document.querySelector("[data-testid='stApp']")?.getAttribute("data-test-script-state"),
@@ -232,16 +241,22 @@ async def new_context(browser):
     return context
 
 
-async def wait_ready(page, timeout: float) -> tuple[float, float]:
-    """(feedback, ready) in seconds, as stamped by :data:`TIMING_SCRIPT` once the page is ready."""
+async def wait_ready(page, timeout: float, grace: float | None = None) -> tuple[float, float] | None:
+    """(feedback, ready) in seconds, as stamped by :data:`TIMING_SCRIPT` once the page is ready; None when
+    ``grace`` seconds passed since the mark without a script run starting."""
     from playwright.async_api import TimeoutError as PlaywrightTimeout
 
     try:
-        handle = await page.wait_for_function(READ_TIMES, timeout=timeout * 1000, polling=20)
+        handle = await page.wait_for_function(
+            READ_TIMES, arg=(grace or 0) * 1000, timeout=timeout * 1000, polling=20
+        )
     except PlaywrightTimeout:
         state = await page.evaluate(PAGE_STATE)
         raise ValueError(f"{page.url} was not ready within {timeout:g} s (page state: {state}).") from None
-    feedback, ready = await handle.json_value()
+    found = await handle.json_value()
+    if found == "idle":
+        return None
+    feedback, ready = found
     return (None if feedback is None else feedback / 1000), ready / 1000
 
 
@@ -251,8 +266,48 @@ async def open_timed(page, url: str, timeout: float) -> tuple[float, float]:
     return await wait_ready(page, timeout)
 
 
+async def act_timed(
+    page, action, timeout: float, what: str = "the action", grace: float = NO_RUN_GRACE
+) -> tuple[float, float]:
+    """Seconds from ``action()`` (an async callable: a click, a choice in a widget) to feedback and to the
+    page ready again. An action that starts no script run within ``grace`` seconds is done once more (the
+    widget may not have been listening yet); ValueError naming ``what`` if it again runs nothing."""
+    for _ in range(2):
+        await page.evaluate("() => window.__clRestart()")
+        await action()
+        times = await wait_ready(page, timeout, grace=grace)
+        if times is not None:
+            return times
+    raise ValueError(f"{what} on {page.url} started no script run, twice.")
+
+
 async def click_timed(page, link, timeout: float) -> tuple[float, float]:
-    """Click ``link`` (in-app navigation, no page load); seconds from the click to feedback and ready."""
-    await page.evaluate("() => window.__clRestart()")
-    await link.click()
-    return await wait_ready(page, timeout)
+    """Click ``link`` (in-app navigation, a tab, a button); seconds from the click to feedback and ready."""
+    return await act_timed(page, link.click, timeout, what="a click")
+
+
+def widget(page, key: str):
+    """The element of the widget drawn with ``key`` (Streamlit gives its container the class st-key-KEY)."""
+    return page.locator(f"[data-testid='stMain'] .st-key-{key}").first
+
+
+async def choose(page, key: str, kind: str, option: int) -> None:
+    """Choose in the widget with ``key`` as a person would: ``kind`` "select" (open the list, move down
+    ``option`` places, Enter), "multiselect" (the same, adding the ``option``-th offered value, then close the
+    list), "radio" (click the ``option``-th choice) or "number" (type ``option`` and Enter)."""
+    box = widget(page, key)
+    if kind in ("select", "multiselect"):
+        await box.locator("[role='combobox']").first.click()
+        for _ in range(option):
+            await page.keyboard.press("ArrowDown")
+        await page.keyboard.press("Enter")
+        if kind == "multiselect":
+            await page.keyboard.press("Escape")
+    elif kind == "radio":
+        await box.locator("[role='radiogroup'] label").nth(option).click()
+    elif kind == "number":
+        field = box.locator("input").first
+        await field.fill(str(option))
+        await field.press("Enter")
+    else:
+        raise ValueError(f"Unknown widget kind {kind!r}: choose select, multiselect, radio or number.")

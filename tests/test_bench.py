@@ -364,6 +364,7 @@ def test_conceptlens_bench_passes_every_flag_to_the_script(tmp_path, monkeypatch
     "argv",
     [
         ["dashboard", "--warm-runs", "2", "--uploads", "0", "--settle", "15", "--no-server-side"],
+        ["dashboard", "--pages", "hash_codes, retrieval.py", "--no-browser"],
         ["memory", "--timeout", "30"],
         ["load", "--sessions", "3", "--photos", "1"],
     ],
@@ -555,3 +556,73 @@ def test_a_click_is_ready_only_after_its_run_not_at_a_late_element_of_the_old_pa
             page.wait_for_function(ready, timeout=2000)
         finally:
             chromium.close()
+
+
+def test_every_timed_interaction_names_a_widget_and_a_tab_its_page_has(board):
+    """Each of the dashboard benchmark's interactions (and its preparing steps) names a widget key its page
+    draws and, where it gives one, a tab label of that page's tabs: a renamed widget fails here, not an hour
+    into a benchmark."""
+    for act in board.INTERACTIONS:
+        source = (board.HERE / "views" / f"{act.page}.py").read_text()
+        for key in (act.key, *(step[0] for step in act.prepare)):
+            stem = key.rstrip("0123456789")  # hash_values_0 is drawn as f"hash_values_{concept}"
+            assert f'"{key}"' in source or f'key=f"{stem}{{' in source, (act.page, key)
+        if act.tab is not None:
+            assert f'"{act.tab}"' in source, (act.page, act.tab)
+        assert act.kind in ("select", "multiselect", "radio", "number") and act.choices
+
+
+@pytest.mark.browser
+def test_choices_in_widgets_are_timed_and_a_choice_that_runs_nothing_is_named(board, tiny_bundles, tmp_path):
+    """``browser.choose`` moves a select down the list, types a number and clicks a radio in a real
+    Streamlit page, ``act_timed`` times each to the page ready, and choosing what is already chosen is
+    reported as a run that never started instead of waiting for the time limit."""
+    import asyncio
+
+    from browser import StreamlitServer, act_timed, choose, launch, new_context, open_timed, widget
+
+    from tests.test_browser import require_browser
+
+    require_browser()
+
+    async def scenario(url: str) -> dict:
+        from playwright.async_api import async_playwright
+
+        found = {}
+        async with async_playwright() as playwright:
+            chromium = await launch(playwright)
+            try:
+                page = await (await new_context(chromium)).new_page()
+                await open_timed(page, f"{url}/concept_attention", 120)
+                field = widget(page, "attn_index").locator("input").first
+                found["image before"] = await field.input_value()
+                found["image times"] = await act_timed(
+                    page, lambda: choose(page, "attn_index", "select", 3), 60
+                )
+                found["image after"] = await field.input_value()
+                await open_timed(page, f"{url}/retrieval", 120)
+                found["query times"] = await act_timed(
+                    page, lambda: choose(page, "ret_query", "number", 5), 60
+                )
+                found["query after"] = await widget(page, "ret_query").locator("input").first.input_value()
+                found["radio times"] = await act_timed(
+                    page, lambda: choose(page, "ret_source", "radio", 1), 60
+                )
+                try:
+                    await act_timed(
+                        page, lambda: choose(page, "ret_source", "radio", 1), 60, "again", grace=2
+                    )
+                except ValueError as exc:
+                    found["again"] = str(exc)
+            finally:
+                await chromium.close()
+        return found
+
+    with StreamlitServer(tiny_bundles, tmp_path / "server.log") as server:
+        found = asyncio.run(scenario(server.url))
+    assert found["image before"].startswith("#0 ") and found["image after"].startswith("#3 "), found
+    assert found["query after"] == "5"
+    for name in ("image times", "query times", "radio times"):
+        feedback, ready = found[name]
+        assert 0 < ready < 60
+    assert "started no script run" in found.get("again", ""), found
