@@ -171,12 +171,18 @@ class TrainSet:
     classes: list[str]
     ids: list[str]
     contributions: np.ndarray  # (N, C) each concept's contribution to the image's cluster
-    presence: np.ndarray  # (C,) each concept's presence threshold, from the train vectors
     centres: np.ndarray | None  # (k, latent_dim) cluster centres, None when only the model can give them
     images: Any  # the images, by the ids the bundle stores (core.data.stored.StoredImages), or None
+    source: tuple[str, float]  # the bundle's path and stamp, which key the presence thresholds' cache
 
     def __len__(self) -> int:
         return len(self.vectors)
+
+    @property
+    def presence(self) -> np.ndarray:
+        """(C,) each concept's presence threshold, from the train vectors: computed when a tab first asks
+        (the map tab, opened first, does not), then cached for the bundle's version."""
+        return cached_presence(*self.source, self.vectors)
 
 
 def show_concept_bank(loaded) -> None:
@@ -533,9 +539,9 @@ def main() -> None:
         classes=list(loaded.config.get("classes") or []),
         ids=[str(i) for i in loaded.arrays.get(TRAIN_IDS, np.arange(len(vectors)))],
         contributions=contributions,
-        presence=cached_presence(info.path, mtime, vectors),
         centres=cached_centres(info.path, mtime),
         images=images,
+        source=(info.path, mtime),
     )
 
     def quality() -> None:
