@@ -115,3 +115,32 @@ def test_no_page_needs_the_models_code_to_draw():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.stdout.split()[-2:] == ["False", "False"], out.stderr[-2000:]
+
+
+def test_a_pages_imports_are_read_without_building_an_ast(monkeypatch):
+    """``page_modules`` runs in every session's thread beside Streamlit's own parse of a page; Python 3.11.7
+    crashes when two threads build AST objects at once, so it must not call ``ast.parse``. It lists what the
+    parse would: top-level absolute imports in order, ``as`` names and relative imports left out."""
+    import ast
+
+    from lens import startup
+
+    pages = sorted((ROOT / "dashboard").rglob("*.py"))
+
+    def by_ast(page):
+        found = []
+        for node in ast.parse(page.read_text()).body:
+            if isinstance(node, ast.Import):
+                found += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found += [] if node.module == "__future__" else [node.module]
+        return list(dict.fromkeys(found))
+
+    expected = {page: by_ast(page) for page in pages}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("page_modules built an AST")
+
+    monkeypatch.setattr(ast, "parse", refuse)
+    assert {page: startup.page_modules(page) for page in pages} == expected
+    assert any("lens.hashing" in found for found in expected.values())

@@ -11,12 +11,13 @@ thread for its labelling code and ConSE once it is drawn (``then`` steps).
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import importlib
+import io
 import os
 import sys
 import threading
+import tokenize
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -41,23 +42,49 @@ _failed: dict[str, str] = {}  # module -> why it did not import (the page's own 
 
 
 def page_modules(page: Path) -> list[str]:
-    """The modules a page file imports at its top level, in order (``[]`` if it cannot be read)."""
+    """The modules a page file imports at its top level, in order (``[]`` if it cannot be read).
+
+    Read with the tokenizer, not ``ast.parse``: Python 3.11 up to 3.11.7 fails ("SystemError: AST
+    constructor recursion depth mismatch") when two threads build AST objects at once, and Streamlit parses a
+    page (its "magic") in one session's thread while another session's thread asks for this list.
+    """
     try:
-        tree = ast.parse(page.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
+        source = page.read_text(encoding="utf-8")
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (OSError, SyntaxError, ValueError, tokenize.TokenError):
         return []
     found: list[str] = []
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            found += [alias.name for alias in node.names]
-        elif (
-            isinstance(node, ast.ImportFrom)
-            and node.module
-            and not node.level
-            and node.module != "__future__"
-        ):
-            found.append(node.module)
+    statement: list[tokenize.TokenInfo] = []
+    for token in tokens:
+        if statement and token.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+            found += _imported(statement)
+            statement = []
+        elif token.type in (tokenize.NL, tokenize.COMMENT):
+            continue
+        elif statement or (token.type == tokenize.NAME and token.start[1] == 0 and token.string in IMPORTS):
+            statement.append(token)
     return list(dict.fromkeys(found))
+
+
+IMPORTS = ("import", "from")
+
+
+def _imported(statement: list[tokenize.TokenInfo]) -> list[str]:
+    """The absolute modules one top-level ``import a.b, c as d`` or ``from a.b import x`` statement names."""
+    words = [t.string for t in statement if t.string not in ("(", ")")]
+    if words[0] == "from":
+        module = "".join(words[1 : words.index("import")]) if "import" in words else ""
+        return [] if not module or module.startswith(".") or module == "__future__" else [module]
+    names, current, renamed = [], "", False
+    for word in [*words[1:], ","]:
+        if word == ",":
+            names += [current] if current else []
+            current, renamed = "", False
+        elif word == "as":
+            renamed = True
+        elif not renamed:
+            current += word
+    return names
 
 
 NO_WARM_UP = "CONCEPTLENS_NO_WARM_UP"  # set (the tests do) to skip the ``then`` steps of start_imports
