@@ -122,7 +122,8 @@ INTERACTIONS = (
     ),
     Interaction("concept_attention", "pick an image", "attn_index", "select", (25, 25, 25)),
     Interaction("concept_attention", "pick a class", "attn_class", "select", (3, 3, 3)),
-    Interaction("retrieval", "pick a query", "ret_query", "number", (7, 12, 19)),
+    Interaction("retrieval", "pick a query", "ret_query", "select", (7, 7, 7)),
+    Interaction("retrieval", "pick a query's class", "ret_class", "select", (2, 2, 2)),
     Interaction("retrieval", "pick model B", "ret_model_b", "select", (1, 1, 1)),
     Interaction("ceir_concepts", "colour the map", "ceir_colour", "radio", (1, 0), tab="Latent map"),
     Interaction(

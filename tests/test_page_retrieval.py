@@ -321,7 +321,7 @@ def test_page_compares_the_csd_pair_side_by_side(dashboard, tiny_bundles):
     assert [len(c) for c in result_columns(app)] == [3, 3]
     assert len(app.dataframe[0].value) == 6
 
-    app.number_input(key="ret_query").set_value(5).run()
+    app.selectbox(key="ret_query").set_value(5).run()
     assert shown_hits(app, "toy-hash-csd") == expected_hits(tiny_bundles / "toy-hash-csd", 5, 3)
 
 

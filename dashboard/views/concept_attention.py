@@ -58,10 +58,10 @@ from lens.hashing import (
     stored_heatmaps,
 )
 from lens.ood import show_upload_check, upload_verdict
+from lens.picker import pick_image
 from lens.uploads import IMAGE_TYPES, read_uploads, show_errors
 
 SHOWN = 192  # display size (px) of the image and its overlays
-ALL = "All classes"
 REPAINT_ASKED = "attn_cf_asked"  # set once the person asks for the repaint panel (it runs the model)
 
 
@@ -93,11 +93,6 @@ def upload_code(_loaded, _image, path: str, mtime: float, image_key: str) -> np.
 def redraw(_loaded, path: str, mtime: float, index: int, part: str, value: str) -> Counterfactual:
     """Database bird ``index`` redrawn with ``part`` in ``value``, and both codes (per bundle version)."""
     return counterfactual(_loaded, index, part, value)
-
-
-def reset_index() -> None:
-    """A new class starts at its first image (the old index may not belong to it)."""
-    st.session_state.pop("attn_index", None)
 
 
 def ask_for_repaint() -> None:
@@ -159,21 +154,11 @@ def pick_database_image(info, loaded) -> Picked | None:
         return None
     if note:
         st.caption(note)
-    left, right = st.columns([1, 2])
-    chosen = left.selectbox("Class", [ALL, *class_names], key="attn_class", on_change=reset_index)
-    in_class = labels == class_names.index(chosen) if chosen != ALL else np.ones(len(codes), dtype=bool)
-    candidates = np.flatnonzero(in_class)
-    if len(candidates) == 0:
-        st.warning(f"The database has no image of class '{chosen}'.")
-        return None
-    index = int(
-        right.selectbox(
-            f"Database image ({len(candidates)}; type to search by name)",
-            [int(i) for i in candidates],
-            key="attn_index",
-            format_func=lambda i: f"#{i} · {images.name(i)}",
-        )
+    index = pick_image(
+        images, labels, class_names, key="attn_index", class_key="attn_class", what="database image"
     )
+    if index is None:
+        return None
     label = labels[index]
     image, missing = picture(images, index)
     if missing:

@@ -42,6 +42,7 @@ from lens.figures import (
 )
 from lens.hashing import DB_IDS, QUERY_IDS, concept_label, concept_names, is_cls_baseline, model_view
 from lens.ood import show_upload_check, upload_verdict
+from lens.picker import pick_image
 from lens.retrieval import (
     data_mismatch,
     default_pair,
@@ -199,18 +200,18 @@ def pick_query(info_a) -> Query | None:
         return None
     if note:
         st.caption(note)
-    last = len(images) - 1
-    _forget_out_of_range("ret_query", 0, last)
-    index = int(
-        st.number_input(
-            "Test image index",
-            0,
-            last,
-            0,
-            key="ret_query",
-            help=f"0 to {last}, from the test split of {info_a.name}'s data.",
-        )
+    labels, classes = query_labels(data, info_a.path, info_a.mtime, images.ids)
+    index = pick_image(
+        images,
+        labels,
+        classes,
+        key="ret_query",
+        class_key="ret_class",
+        what="test image",
+        help=f"From the test split of {info_a.name}'s data, as the bundle stored it.",
     )
+    if index is None:
+        return None
     image, missing = picture(images, index)
     if missing:
         st.warning(missing)
@@ -235,6 +236,20 @@ def test_class(data: str, image_id: str) -> str | None:
         return None
     row = test_rows(data, len(split)).get(image_id)
     return None if row is None else split.classes[int(split.labels[row])]
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def query_labels(data: str, path: str, mtime: float, _ids) -> tuple[np.ndarray | None, list[str]]:
+    """Each stored query's class in today's test split (-1 where it no longer holds the id) and the class
+    names, for the picker's class filter; (None, []) when the data cannot be read here."""
+    try:
+        split = open_data_split(data, "test")
+    except (ValueError, OSError):
+        return None, []
+    rows = test_rows(data, len(split))
+    found = [rows.get(str(image_id)) for image_id in _ids]
+    labels = np.array([-1 if row is None else int(split.labels[row]) for row in found], dtype=np.int64)
+    return labels, list(split.classes)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
