@@ -148,7 +148,10 @@ def test_cli_label_labels_the_good_files_and_names_each_refused_one(tmp_path: Pa
         str(folder / "a-astronaut.png"),
         str(folder / "d-grey.png"),
     ]
-    assert all(len(image["labels"]) == 5 for image in report["images"])
+    # each was scored: up to five labels, or (a tiny random model fits no bank to a photo) why there are none
+    assert all(len(image["labels"]) <= 5 for image in report["images"])
+    assert all(image["labels"] or "fits this image" in image["note"] for image in report["images"])
+    assert all(image["threshold"] is not None for image in report["images"])
     assert [failure["file"] for failure in report["failed"]] == [
         str(folder / "b-wide.png"),
         str(folder / "c-tall.png"),
@@ -189,7 +192,8 @@ def test_one_image_the_model_cannot_take_does_not_cost_the_others_their_labels()
     bank = ConceptBank(["a", "b", "c"], "test bank")
     named = [("one.png", Image.new("RGB", (8, 8))), ("bad.png", Image.new("RGB", (7, 8)))]
     named.append(("two.png", Image.new("RGB", (9, 8))))
-    report = label_images(SimilarityLabeller(_PickyBackbone()), named, top_k=2, bank=bank)
+    picky = SimilarityLabeller(_PickyBackbone())
+    report = label_images(picky, named, top_k=2, bank=bank, fit_percentile=None)  # no vocabulary to embed
     assert [image.file for image in report.images] == ["one.png", "two.png"]
     assert all(len(image.labels) == 2 for image in report.images)
     assert report.failed == [
