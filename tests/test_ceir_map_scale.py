@@ -125,3 +125,38 @@ def test_a_map_of_many_points_is_drawn_with_webgl_in_one_colour_per_class(n, gl)
     assert len(figure.data) == 200 and len({trace.marker.color for trace in figure.data}) == 200
     rows = np.sort(np.concatenate([np.asarray(t.customdata)[:, 0] for t in figure.data]).astype(int))
     assert rows.tolist() == list(range(n)), "every point once, carrying its row"
+
+
+def test_a_big_map_draws_a_fixed_sample_in_proportion_to_each_colour():
+    from lens.ceir import map_rows
+
+    colours = np.array(["cluster 0"] * 9000 + ["cluster 1"] * 900 + ["cluster 2"] * 100)
+    rows = map_rows(colours, every=False, limit=1000)
+    assert len(rows) == len(set(rows.tolist())) == 1000 and np.all(np.diff(rows) > 0)
+    counts = {c: int((colours[rows] == c).sum()) for c in np.unique(colours)}
+    assert counts == {"cluster 0": 900, "cluster 1": 90, "cluster 2": 10}, counts
+    assert map_rows(colours, every=False, limit=1000).tolist() == rows.tolist(), "the same sample each run"
+    assert map_rows(colours, every=True, limit=1000).tolist() == list(range(10000))
+    assert map_rows(colours[:800], every=False, limit=1000).tolist() == list(range(800))
+
+
+def test_the_page_draws_a_sample_of_a_big_map_and_every_point_on_request(synthetic_ceir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    import lens.ceir
+    from tests.conftest import HOME
+
+    monkeypatch.setattr(lens.ceir, "DRAWN_POINTS", 100)  # the fixture's 240 points count as a big map
+    monkeypatch.setenv("CONCEPTLENS_BUNDLES", str(synthetic_ceir.parent))
+    app = AppTest.from_file(str(HOME), default_timeout=180).run()
+    app.switch_page("views/ceir_concepts.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+
+    def drawn() -> int:
+        chart = json.loads(app.get("plotly_chart")[0].proto.spec)
+        return sum(len(decoded(trace["x"])) for trace in chart["data"])
+
+    assert drawn() == 100
+    assert any(c.value.startswith("Showing 100 of 240 points") for c in app.caption)
+    app.toggle(key="ceir_every_point").set_value(True).run()
+    assert drawn() == 240 and not any(c.value.startswith("Showing") for c in app.caption)

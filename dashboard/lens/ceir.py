@@ -41,6 +41,7 @@ from core.ceir.reading import (
     read_cluster_centres,
     top_contributions,
 )
+from core.sampling import proportional_sample
 from lens.figures import distinct_colours
 
 # Order and names of the rows of the clustering metrics table (keys as stored in bundle metrics).
@@ -542,6 +543,22 @@ def distances_table(distances: np.ndarray, original: int, edited: int) -> pd.Dat
 
 COLOURS = qualitative.Dark24 + qualitative.Light24
 WEBGL_POINTS = 5000  # a map with more points is drawn with WebGL (SVG slows the browser down)
+DRAWN_POINTS = 4000  # a larger map draws a sample this big unless asked for every point
+
+
+def map_is_sampled(n_points: int) -> bool:
+    """Whether a map of ``n_points`` draws a sample unless asked for every point."""
+    return n_points > DRAWN_POINTS
+
+
+def map_rows(colours: np.ndarray, every: bool, limit: int | None = None) -> np.ndarray:
+    """The rows the map draws, in order: all of them when ``every`` or when there are no more than ``limit``
+    (default :data:`DRAWN_POINTS`), else a fixed sample of ``limit`` in proportion to each colour's share
+    (``core.sampling``), so the map shows every cluster or class at its size."""
+    n, limit = len(colours), DRAWN_POINTS if limit is None else limit
+    if every or n <= limit:
+        return np.arange(n)
+    return np.sort(proportional_sample(np.arange(n), np.asarray(colours), limit, seed=0))
 
 
 def scatter(frame, colour: str, axes: str = "UMAP"):

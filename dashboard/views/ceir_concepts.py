@@ -38,6 +38,8 @@ from lens.ceir import (
     intervention_concepts,
     label_quality,
     latent_map,
+    map_is_sampled,
+    map_rows,
     metrics_table,
     presence_sentence,
     presence_thresholds,
@@ -215,7 +217,16 @@ def show_latent_map(train: TrainSet, embedding: np.ndarray, method: str, path: s
             key="ceir_make_umap",
         )
     frame = umap_frame(embedding, train.clusters, train.labels, train.classes, train.ids)
-    figure = scatter(frame, colour, axes="PC" if method.startswith("PCA") else "UMAP")
+    every = not map_is_sampled(len(frame)) or st.toggle(
+        f"Draw all {len(frame):,} points (slower to draw and select in the browser)", key="ceir_every_point"
+    )
+    rows = map_rows(frame[colour].to_numpy(), every)
+    if len(rows) < len(frame):
+        st.caption(
+            f"Showing {len(rows):,} of {len(frame):,} points: a fixed sample in proportion to the size of "
+            f"each {colour}. A box or lasso selects among the points shown."
+        )
+    figure = scatter(frame.iloc[rows], colour, axes="PC" if method.startswith("PCA") else "UMAP")
     event = st.plotly_chart(
         figure, on_select="rerun", selection_mode=("points", "box", "lasso"), key="ceir_umap"
     )
