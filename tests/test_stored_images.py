@@ -217,3 +217,56 @@ def test_retrieval_finds_the_query_by_its_stored_id(folder_bundle, tmp_path, mon
     captions = [caption for image in app.get("image") for caption in image.captions]
     assert "query: Blue_bird/img_001.png · Blue_bird" in captions  # the stored query 0
     assert not any("aaa_new" in caption for caption in captions)
+
+
+# ------------------------------------------------------------------------------ files edited in place
+
+
+def test_a_file_edited_in_place_is_refused_by_its_fingerprint_and_an_unchanged_one_opens(tmp_path):
+    from core.data.stored import file_print, split_prints
+
+    write_folder(tmp_path / "data", {"train": 2, "test": 1})
+    spec = DataSpec(kind="folder", root=str(tmp_path / "data"))
+    split = open_split(spec, "train")
+    ids = [split.image_id(i) for i in range(len(split))]
+    prints = split_prints(split)
+    assert prints.dtype == np.int64 and prints.shape == (len(ids),) and np.all(prints != 0)
+    assert prints[1] == file_print((tmp_path / "data" / ids[1]).read_bytes())
+    assert len(set(prints.tolist())) == len(ids), "every file differs, and so does its fingerprint"
+    assert (
+        split_prints(open_split(DataSpec(image_size=32, train_per_class=1, test_per_class=1), "train"))
+        is None
+    )
+
+    edited = tmp_path / "data" / ids[1]
+    Image.new("RGB", (32, 32), (250, 250, 0)).save(edited)  # same path, another picture
+    images = StoredImages(spec, "train", ids, prints)
+    with pytest.raises(MissingImage, match="changed since the bundle was made"):
+        images.image(1)
+    assert np.array_equal(pixels(images.image(0)), pixels(Image.open(tmp_path / "data" / ids[0])))
+    unrecorded = prints.copy()
+    unrecorded[1] = 0  # "not recorded": shown as it is today
+    assert np.array_equal(
+        pixels(StoredImages(spec, "train", ids, unrecorded).image(1)), np.full((32, 32, 3), 250) * [1, 1, 0]
+    )
+    with pytest.raises(ValueError, match="fingerprints"):
+        StoredImages(spec, "train", ids, prints[:-1])
+
+
+def test_concept_attention_refuses_a_database_file_edited_since_the_bundle_was_made(
+    folder_bundle, tmp_path, monkeypatch
+):
+    """The folder bundle stores its files' fingerprints beside their ids; database row 0's file, repainted in
+    place, is named instead of being drawn beside row 0's stored code."""
+    from core.bundle import read_bundle_arrays
+
+    data, bundles = relocated(folder_bundle, tmp_path)
+    arrays = read_bundle_arrays(bundles / "folder-hash")
+    assert arrays["db_prints"].shape == arrays["db_ids"].shape
+    assert arrays["query_prints"].shape == arrays["query_ids"].shape
+    Image.new("RGB", (32, 32), (250, 250, 0)).save(data / "train" / "Blue_bird" / "img_001.png")
+    app = run_page(bundles, "concept_attention", monkeypatch)
+    assert not app.exception and not app.error
+    warning = " ".join(w.value for w in app.warning)
+    assert "train/Blue_bird/img_001.png" in warning and "changed since the bundle was made" in warning
+    assert "code `" in texts(app)  # the stored code is still drawn

@@ -56,6 +56,7 @@ from core.ceir.model import CEIRModel
 from core.ceir.projection2d import DEFAULT_NEIGHBORS, DEFAULT_SEED, MAX_WAITED_POINTS, umap_2d
 from core.ceir.vae import train_vae
 from core.data.spec import DataSpec, open_split
+from core.data.stored import prints_key, split_prints
 from core.distributed import DistContext, distributed_run, main_rank_only
 from core.progress import PhaseClock, Progress, no_progress
 from core.runtime import seed_everything
@@ -371,6 +372,9 @@ def _train_ceir(
         arr.CONCEPT_FIDELITY: fidelity.astype(np.float32),
         arr.OOD_REFERENCE: even_subsample(train_emb.numpy()),  # for the out-of-distribution warning
     }
+    prints = split_prints(train_split)  # files' fingerprints: a file edited in place is then noticed
+    if prints is not None:
+        arrays[prints_key(arr.TRAIN_IDS)] = prints
     if len(train_split) > MAX_WAITED_POINTS:  # smaller maps are made on first view, in seconds
         with clock.phase("2-d map", f"A UMAP map of the {len(train_split)} latents for the dashboard ..."):
             arrays[arr.TRAIN_UMAP] = umap_2d(latent_train.numpy(), DEFAULT_SEED, DEFAULT_NEIGHBORS)

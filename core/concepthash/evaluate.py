@@ -96,6 +96,7 @@ from core.concepthash.losses import csd_loss
 from core.concepthash.model import ConceptHash
 from core.concepthash.naming import match_species_parts
 from core.data.spec import DataSpec, ImageSplit, ToyBirdsSplit, open_split
+from core.data.stored import prints_key, split_prints
 from core.data.toybirds import (
     PART_VALUES,
     PARTS,
@@ -681,6 +682,10 @@ def evaluate_model(
         **query_arrays(queries, query_codes, attention, backbone.grid_size),
         OOD_REFERENCE: ood_reference,
     }
+    for key, split in ((DB_IDS, database), (QUERY_IDS, queries)):  # a file edited in place is then noticed
+        prints = split_prints(split)
+        if prints is not None:
+            arrays[prints_key(key)] = prints
     return metrics, arrays
 
 

@@ -152,6 +152,10 @@ class FileSplit:
     def image(self, i: int) -> Image.Image:
         return self._images.image(int(i))
 
+    def file_paths(self) -> list[str] | None:
+        """Each row's file, or None for in-memory data (CIFAR)."""
+        return [str(p) for p in self._images.paths] if self._images.paths else None
+
     def image_id(self, i: int) -> str:
         """A file's path relative to the data root (``core.data.stored`` opens it by that id); for in-memory
         data (CIFAR) the name, split and row of the fixed official array."""

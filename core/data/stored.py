@@ -11,16 +11,25 @@ image than row ``i`` of the bundle. :class:`StoredImages` opens each row's image
 
 A row whose file is gone, unreadable or outside the data root raises :class:`MissingImage` with one sentence
 naming it; the caller still has the row's stored code, attention and concepts and shows them.
+
+A file edited in place keeps its id, so bundles made from files also store each file's fingerprint (the
+first 8 bytes of its BLAKE2b digest, as an int64, beside the ids: ``db_prints`` beside ``db_ids``, see
+:func:`prints_key`). A file whose fingerprint no longer matches is not shown either: its picture would sit
+beside another picture's code. 0 means "not recorded" (a file that could not be read when the bundle was
+made); drawn and array data sets need none.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from core.data import toybirds
@@ -53,15 +62,43 @@ def display_name(image_id: str, limit: int = NAME_CHARS) -> str:
     return name if len(name) <= limit else "…" + name[-(limit - 1) :]
 
 
+def prints_key(ids_key: str) -> str:
+    """The array holding the fingerprints of the files an id array names (``db_ids`` -> ``db_prints``)."""
+    return ids_key.removesuffix("_ids") + "_prints"
+
+
+def file_print(data: bytes) -> int:
+    """A file's fingerprint: the first 8 bytes of the BLAKE2b digest of its bytes, as a non-zero int64."""
+    value = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+    return value or 1  # 0 stands for "not recorded"
+
+
+def split_prints(split: Any) -> np.ndarray | None:
+    """(N,) int64 fingerprints of a split's files, row by row (0 for one that cannot be read); None for a
+    split that is drawn or read from fixed arrays (ToyBirds, CIFAR): their ids alone say what an image is."""
+    paths = split.file_paths() if hasattr(split, "file_paths") else None
+    if not paths:
+        return None
+    prints = np.zeros(len(paths), dtype=np.int64)
+    for row, path in enumerate(paths):
+        with contextlib.suppress(OSError):
+            prints[row] = file_print(Path(path).read_bytes())
+    return prints
+
+
 class StoredImages:
     """The images behind one of a bundle's id arrays, opened by id.
 
     ``spec`` is the bundle's data spec, ``split`` the split the ids come from (``train`` for the database and
     CEIR's training images, ``test`` for queries), ``ids`` the stored ids, one per row."""
 
-    def __init__(self, spec: DataSpec, split: str, ids: Sequence[Any]) -> None:
+    def __init__(self, spec: DataSpec, split: str, ids: Sequence[Any], prints: Any = None) -> None:
+        """``prints``: the files' fingerprints the bundle stores (:func:`split_prints`), or None."""
         self.spec, self.split = spec, split
         self.ids = [str(i) for i in ids]
+        self.prints = None if prints is None else np.asarray(prints, dtype=np.int64)
+        if self.prints is not None and self.prints.shape != (len(self.ids),):
+            raise ValueError(f"{len(self.ids)} image ids come with {self.prints.shape} fingerprints.")
         self._arrays: Any = None  # the opened CIFAR split, for array ids
 
     def __len__(self) -> int:
@@ -83,6 +120,16 @@ class StoredImages:
                 f"Image '{image_id}' is no longer in the data folder {self.spec.root}: the folder changed or "
                 "moved since the bundle was made (its stored code, attention and concepts are still shown)."
             )
+        if self.prints is not None and self.prints[int(row)] != 0:
+            try:
+                changed = file_print(path.read_bytes()) != self.prints[int(row)]
+            except OSError as exc:
+                raise MissingImage(f"Image '{image_id}' can no longer be read: {exc}") from exc
+            if changed:
+                raise MissingImage(
+                    f"Image '{image_id}' changed since the bundle was made (the file is not the one it "
+                    "encoded), so it is not shown beside the stored code, attention and concepts."
+                )
         try:
             return load_image(path)
         except ImageLoadError as exc:

@@ -19,7 +19,7 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from core.data import DataSpec, ImageSplit, open_split
-from core.data.stored import MissingImage, StoredImages
+from core.data.stored import MissingImage, StoredImages, prints_key
 from core.data.stored import display_name as display_name  # short names of ids, for the pages
 
 
@@ -40,8 +40,10 @@ def open_data_split(spec_json: str, split: str) -> ImageSplit:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _stored_images(spec_json: str, split: str, path: str, mtime: float, key: str, _ids: Any) -> StoredImages:
-    return StoredImages(DataSpec.from_dict(json.loads(spec_json)), split, list(_ids))
+def _stored_images(
+    spec_json: str, split: str, path: str, mtime: float, key: str, _ids: Any, _prints: Any = None
+) -> StoredImages:
+    return StoredImages(DataSpec.from_dict(json.loads(spec_json)), split, list(_ids), _prints)
 
 
 def bundle_images(loaded: Any, split: str, key: str) -> tuple[StoredImages, str | None]:
@@ -53,7 +55,8 @@ def bundle_images(loaded: Any, split: str, key: str) -> tuple[StoredImages, str 
     ids = loaded.arrays.get(key)
     spec_json = data_json(loaded.data)
     if ids is not None:
-        return _stored_images(spec_json, split, info.path, info.mtime, key, ids), None
+        prints = loaded.arrays.get(prints_key(key))  # files' fingerprints, where the bundle keeps them
+        return _stored_images(spec_json, split, info.path, info.mtime, key, ids, prints), None
     today = open_data_split(spec_json, split)
     positional = [today.image_id(i) for i in range(len(today))]
     note = (
