@@ -459,8 +459,9 @@ def show_metrics(stored: dict) -> None:
             help=(
                 "Share of each test image's top-5 present concepts that are true attributes of its species "
                 "(its head, wing and body colours). A concept is present when it scores above its presence "
-                "threshold: Otsu's cut of its scores on the training images, never below their mean. A "
-                "species has three true concepts, so with five present the best is 0.6."
+                "threshold: Otsu's cut of its scores on the training images, never below their mean. An "
+                "image with fewer than five present concepts is scored on those it has, so the best is 1.0; "
+                "with five present, three true ones give 0.6."
                 + references_note(stored)
             ),
         )
