@@ -13,9 +13,11 @@ A bundle holds
 Writes are atomic: everything goes into a ``.tmp-`` sibling directory, is fsynced, then renamed into place,
 so a crash never leaves a half-written bundle at the target path; a process killed between the two renames of
 a replacement leaves hidden copies that the next load, save or listing restores (see
-:func:`recover_interrupted_save`). Loading validates kind, format version, the backbone reference, files and
-the shapes of the cached arrays (the :class:`ArrayLayout` the kind's loader passes), and raises
-:class:`BundleError` with one sentence naming the bundle and what is wrong.
+:func:`recover_interrupted_save`). Loading validates kind, format version, the backbone reference, and then
+everything the :class:`~core.validate.ArrayLayout` the kind's loader passes declares (config numbers, cached
+arrays, finite weights: :func:`core.validate.check_bundle`), and raises :class:`BundleError` with one sentence
+naming the bundle and what is wrong. The layout and :class:`BundleError` live in :mod:`core.validate`, below
+this module, and are imported from either.
 
 Rule for ``config.json`` values (strict JSON): numpy scalars become Python numbers, numpy arrays and tensors
 become (nested) lists, tuples become lists, paths become strings, and non-finite floats (NaN, +inf, -inf)
@@ -52,54 +54,32 @@ if TYPE_CHECKING:  # torch is imported where weights are saved or loaded: findin
 from core import __version__
 from core.atomic import give_normal_modes, swap_folder_into_place
 from core.data.images import os_reason
+from core.validate import (  # what a bundle holds and its checks; BundleError and the layout live there
+    ARRAYS_FILE,
+    CONFIG_FILE,
+    MADE_BY,
+    NO_ARRAYS,
+    STRINGS_FILE,
+    UNREADABLE,
+    WEIGHTS_FILE,
+    ArrayLayout,
+    BundleError,
+    HeaderProblem,
+    check_bundle,
+    name_list,
+    read_string_arrays,
+    require_arrays,
+    safetensors_header,
+)
 
 FORMAT_VERSION = 1
 KINDS = ("clip", "concepthash", "ceir")
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
-ARRAYS_FILE = "arrays.safetensors"
-STRINGS_FILE = "arrays.json"
 
 _RESERVED_KEYS = ("kind", "format_version")
 _WRITTEN_KEYS = ("created", "versions")
 _NUMERIC_KINDS = "biuf"  # numpy dtype kinds safetensors can hold: bool, int, unsigned, float
 _LOAD_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
 _MAX_LISTED = 8
-_MADE_BY = "`conceptlens train ...`"
-
-Dims = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class ArrayLayout:
-    """The cached arrays of one kind (declared by the kind's own ``bundle`` module), checked on load.
-
-    ``shapes``: name -> dims, where "rows" is one length shared by every array of the table and other names
-    are sizes that ``sizes`` reads from config.json; names ending in ``_ids`` hold strings. ``required``:
-    the arrays the kind's loader cannot work without. Other names in a bundle are not checked.
-    """
-
-    shapes: Mapping[str, Dims]
-    required: tuple[str, ...] = ()
-    sizes: Callable[[dict], dict[str, int]] = lambda config: {}
-
-
-NO_ARRAYS = ArrayLayout({})
-
-
-def nested_value(config: Mapping, *keys: str) -> Any:
-    """``config[k1][k2]...``, or None where a level is missing or not a JSON object (hand-edited files)."""
-    value: Any = config
-    for key in keys:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
-
-
-class BundleError(ValueError):
-    """A bundle cannot be written or read; the message names the bundle and what to do."""
 
 
 @dataclass
@@ -131,16 +111,7 @@ class Bundle:
 
     def require_arrays(self) -> None:
         """Raise BundleError unless every cached array the loader needs (``layout.required``) is present."""
-        _require_arrays(self.path, self.arrays, self.layout)
-
-
-def _require_arrays(path: Path, arrays: Mapping[str, np.ndarray], layout: ArrayLayout) -> None:
-    missing = [name for name in layout.required if name not in arrays]
-    if missing:
-        raise BundleError(
-            f"Bundle {path} lacks the cached arrays {_name_list(missing)} (saving was interrupted "
-            f"or a file was removed); train it again with {_MADE_BY}."
-        )
+        require_arrays(self.path, self.arrays, self.layout)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -502,14 +473,14 @@ def read_bundle_config(path: str | os.PathLike) -> dict:
     if not exists:
         raise BundleError(f"Bundle {path} does not exist.")
     if not is_dir:
-        raise BundleError(f"Bundle {path} is a file, but a bundle is a directory made by {_MADE_BY}.")
+        raise BundleError(f"Bundle {path} is a file, but a bundle is a directory made by {MADE_BY}.")
     if not has_config:
         raise BundleError(
-            f"{path} is not a bundle: it has no {CONFIG_FILE} (a bundle is a directory made by {_MADE_BY})."
+            f"{path} is not a bundle: it has no {CONFIG_FILE} (a bundle is a directory made by {MADE_BY})."
         )
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         raise BundleError(f"Bundle {path} has an invalid {CONFIG_FILE} ({error}).") from error
     if not isinstance(config, dict):
         raise BundleError(f"Bundle {path} has an invalid {CONFIG_FILE}: it is not a JSON object.")
@@ -543,7 +514,7 @@ def _validate_config(path: Path, config: dict) -> None:
         if problem:
             raise BundleError(
                 f"Bundle {path} has an unusable backbone reference {json.dumps(config['backbone'])} in its "
-                f"{CONFIG_FILE}: {problem}; train it again with {_MADE_BY}."
+                f"{CONFIG_FILE}: {problem}; train it again with {MADE_BY}."
             )
 
 
@@ -574,69 +545,26 @@ def load_bundle(
     layout: ArrayLayout = NO_ARRAYS,
 ) -> Bundle:
     """Load and validate a bundle; ``kind`` (one or several) says which kinds the caller can use, ``layout``
-    how its cached arrays must look."""
+    what it must hold (:func:`core.validate.check_bundle`: config numbers, cached arrays, finite weights)."""
     path = Path(path)
     wanted = _wanted_kinds(kind)
     config = read_bundle_config(path)
     if wanted is not None and config["kind"] not in wanted:
         needed = " or ".join(f"'{k}'" for k in wanted)
         raise BundleError(f"Bundle {path} is a '{config['kind']}' bundle, but a {needed} bundle is needed.")
+    check_bundle(path, config, layout, arrays=load_arrays)
     weights = _load_weights(path)
     arrays = _load_arrays(path) if load_arrays else {}
-    _check_array_layout(path, config, arrays, layout)
     return Bundle(path=path, config=config, weights=weights, arrays=arrays, layout=layout)
 
 
 def read_bundle_arrays(path: str | os.PathLike, layout: ArrayLayout = NO_ARRAYS) -> dict[str, np.ndarray]:
-    """A bundle's cached arrays, checked against ``layout`` (the required ones present), without its weights
-    (nor PyTorch): what a page needs to draw a bundle before, or without, loading its model."""
+    """A bundle's cached arrays, validated against ``layout`` like a full load (the required ones present),
+    without its weights (nor PyTorch): what a page needs to draw a bundle before, or without, loading its
+    model."""
     path = Path(path)
-    config = read_bundle_config(path)
-    arrays = _load_arrays(path)
-    _check_array_layout(path, config, arrays, layout)
-    _require_arrays(path, arrays, layout)
-    return arrays
-
-
-def _check_array_layout(
-    path: Path, config: dict, arrays: Mapping[str, np.ndarray], layout: ArrayLayout
-) -> None:
-    """Raise BundleError when a cached array of ``layout`` has the wrong shape or type, is empty, or has
-    another length than the arrays it shares rows with."""
-    sizes = {name: value for name, value in layout.sizes(config).items() if isinstance(value, int)}
-    rows: tuple[str, int] | None = None
-    again = f"train it again with {_MADE_BY}"
-    for name, dims in layout.shapes.items():
-        array = arrays.get(name)
-        if array is None:
-            continue
-        if (array.dtype.kind == "U") != name.endswith("_ids"):
-            wanted = "strings" if name.endswith("_ids") else "numbers"
-            raise BundleError(
-                f"Bundle {path} has a cached array '{name}' that does not hold {wanted}; {again}."
-            )
-        if array.ndim != len(dims):
-            raise BundleError(
-                f"Bundle {path} has a cached array '{name}' of shape {array.shape}, but it must have "
-                f"{len(dims)} dimension{'s' if len(dims) > 1 else ''}; {again}."
-            )
-        for dim, actual in zip(dims, array.shape, strict=True):
-            if dim == "rows":
-                if actual == 0:
-                    raise BundleError(f"Bundle {path} has an empty cached array '{name}'; {again}.")
-                if rows is not None and actual != rows[1]:
-                    raise BundleError(
-                        f"Bundle {path} has cached arrays of different lengths ('{rows[0]}' has {rows[1]} "
-                        f"rows, '{name}' has {actual}); {again}."
-                    )
-                rows = rows or (name, actual)
-                continue
-            expected = dim if isinstance(dim, int) else sizes.get(dim)
-            if expected is not None and actual != expected:
-                raise BundleError(
-                    f"Bundle {path} has a cached array '{name}' of shape {array.shape}, which does not fit "
-                    f"its {dim} ({expected}); {again}."
-                )
+    check_bundle(path, read_bundle_config(path), layout)
+    return _load_arrays(path)
 
 
 def _wanted_kinds(kind: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -686,27 +614,11 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
             raise BundleError(
                 f"Bundle {path} has a corrupt or truncated {ARRAYS_FILE} ({error}); save it again."
             ) from error
-    for name, values in _read_string_arrays(path).items():
+    for name, values in read_string_arrays(path).items():
         if name in arrays:
             raise BundleError(f"Bundle {path} stores array '{name}' twice ({ARRAYS_FILE}, {STRINGS_FILE}).")
         arrays[name] = np.array(values, dtype=str) if values else np.zeros(0, dtype="<U1")
     return arrays
-
-
-def _read_string_arrays(path: Path) -> dict[str, list[str]]:
-    file = path / STRINGS_FILE
-    if not file.is_file():
-        return {}
-    try:
-        content = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise BundleError(f"Bundle {path} has a corrupt {STRINGS_FILE} ({error}); save it again.") from error
-    valid = isinstance(content, dict) and all(
-        isinstance(values, list) and all(isinstance(v, str) for v in values) for values in content.values()
-    )
-    if not valid:
-        raise BundleError(f"Bundle {path} has a corrupt {STRINGS_FILE}: it must map names to string lists.")
-    return content
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -728,9 +640,6 @@ def find_broken_bundles(root: str | os.PathLike) -> list[tuple[Path, str]]:
     saying why; a UI shows these instead of silently dropping them. :func:`is_unreadable` tells the two
     apart."""
     return sorted((path, error) for path, error in _candidates(root) if error is not None)
-
-
-UNREADABLE = "cannot be read"
 
 
 def is_unreadable(error: str) -> bool:
@@ -777,23 +686,12 @@ def check_bundle_files(path: str | os.PathLike) -> None:
 def _safetensors_problem(file: Path) -> str | None:
     """Why a safetensors file cannot be complete, from its header and size alone (None when it can be)."""
     try:
-        with open(file, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            head = handle.read(8)
-            header_length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 0 < header_length <= size - 8:
-                return "no valid header"
-            header = json.loads(handle.read(header_length))
+        safetensors_header(file)
     except OSError as error:
         return f"it {UNREADABLE}: {os_reason(error)}"
-    except (UnicodeDecodeError, ValueError):
-        return "the header is not valid JSON"
-    try:
-        ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
-        return "the header does not describe tensors"
-    expected = 8 + header_length + max(ends, default=0)
-    return None if size == expected else f"{size:,} bytes where the header describes {expected:,}"
+    except HeaderProblem as problem:
+        return str(problem)
+    return None
 
 
 def _walk_bundles(directory: Path, depth: int) -> Iterator[tuple[Path, str | None]]:
@@ -840,31 +738,38 @@ def _walk_bundles(directory: Path, depth: int) -> Iterator[tuple[Path, str | Non
 
 def check_shapes(
     weights: Mapping[str, torch.Tensor],
-    expected: Mapping[str, Sequence[int]],
+    expected: Mapping[str, Sequence[int] | torch.Tensor],
     *,
     path: str | os.PathLike | None = None,
 ) -> None:
-    """Raise BundleError listing missing keys, unexpected keys and shape mismatches (weights vs model)."""
+    """Raise BundleError listing missing keys, unexpected keys, shape mismatches and (where ``expected``
+    holds the model's own tensors, e.g. its ``state_dict()``) whole numbers where the model has floating-point
+    ones or the other way round."""
     problems = []
     missing = [name for name in expected if name not in weights]
     unexpected = [name for name in weights if name not in expected]
     if missing:
-        problems.append(f"missing weights {_name_list(missing)}")
+        problems.append(f"missing weights {name_list(missing)}")
     if unexpected:
-        problems.append(f"unexpected weights {_name_list(unexpected)}")
-    mismatched = [
-        f"weights '{name}' has shape {tuple(weights[name].shape)} but the model expects {tuple(shape)}"
-        for name, shape in ((n, tuple(int(s) for s in expected[n])) for n in expected if n in weights)
-        if tuple(weights[name].shape) != shape
-    ]
+        problems.append(f"unexpected weights {name_list(unexpected)}")
+    mismatched = []
+    for name in (n for n in expected if n in weights):
+        stored, wanted = weights[name], expected[name]
+        shape = tuple(int(s) for s in (wanted.shape if hasattr(wanted, "shape") else wanted))
+        if tuple(stored.shape) != shape:
+            mismatched.append(
+                f"weights '{name}' has shape {tuple(stored.shape)} but the model expects {shape}"
+            )
+        elif (
+            hasattr(wanted, "is_floating_point") and stored.is_floating_point() != wanted.is_floating_point()
+        ):
+            numbers = "floating-point" if wanted.is_floating_point() else "whole"
+            mismatched.append(
+                f"weights '{name}' holds {stored.dtype} but the model expects {numbers} numbers"
+            )
     problems.extend(mismatched[:_MAX_LISTED])
     if len(mismatched) > _MAX_LISTED:
-        problems.append(f"{len(mismatched) - _MAX_LISTED} more shape mismatches")
+        problems.append(f"{len(mismatched) - _MAX_LISTED} more mismatches")
     if problems:
         where = f"Bundle {path} does not fit" if path is not None else "The weights do not fit"
         raise BundleError(f"{where} the model: {'; '.join(problems)}.")
-
-
-def _name_list(names: list[str]) -> str:
-    shown = ", ".join(f"'{n}'" for n in names[:_MAX_LISTED])
-    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")

@@ -2,9 +2,12 @@
 
 ``conceptlens eval``, ``conceptlens reproduce``, the dashboard benchmark and the tests look the kind up here
 instead of writing their own ``if kind == ...`` chain. ``core.bundle`` (a lower layer) knows only the kind
-names, to validate ``config.json``; what a kind's cached arrays look like its own ``bundle`` module declares
-(an ``ArrayLayout`` its loader passes to ``load_bundle``). Loaders and evaluators are named as
-``module:function`` and imported only when used, so reading this table costs nothing (no PyTorch).
+names, to validate ``config.json``; what a kind's bundles hold (cached arrays, their values, config numbers)
+its own module declares in an ``ArrayLayout``, named here as ``layout``: the kind's loader passes it to
+``load_bundle``, the dashboard to ``read_bundle_arrays``, and :func:`check_any` checks any bundle with it,
+so every bundle is validated by one function (``core.validate.check_bundle``) whoever opens it. Loaders,
+evaluators and layouts are named as ``module:name`` and imported only when used, so reading this table costs
+nothing (no PyTorch).
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.bundle import ArrayLayout
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,31 @@ class Kind:
     loader: str  # "module:function" taking (path, device="auto") -> the loaded model
     # "module:function" taking (path, seed=None, device="auto", progress=..., log=...) -> metrics dict
     evaluator: str
+    layout: str  # "module:NAME" of the ArrayLayout its bundles are validated against (PyTorch-free module)
+
+    def arrays(self) -> ArrayLayout:
+        """What this kind's bundles hold (:class:`core.bundle.ArrayLayout`)."""
+        return _function(self.layout)
+
+    def check(self, bundle: str | Path) -> None:
+        """Raise BundleError (one sentence) unless the bundle holds what this kind declares, and the clip
+        bundle it names as its backbone (when that is found) what a clip bundle must; cached per version of
+        the files."""
+        from core.backbones.layout import backbone_bundle_of
+        from core.bundle import BundleError, read_bundle_config
+        from core.validate import check_bundle
+
+        config = read_bundle_config(Path(bundle))
+        check_bundle(bundle, config, self.arrays())
+        backbone = backbone_bundle_of(config, bundle) if self.name != "clip" else None
+        if backbone is not None:
+            found = read_bundle_config(backbone)["kind"]
+            if found != "clip":
+                raise BundleError(
+                    f"Bundle {bundle} names {backbone} as its backbone, but that is a '{found}' bundle, "
+                    "not a 'clip' one."
+                )
+            KINDS["clip"].check(backbone)
 
     def load(self, bundle: str | Path, device: str = "auto") -> Any:
         return _function(self.loader)(str(bundle), device=device)
@@ -56,18 +87,21 @@ KINDS: dict[str, Kind] = {
             "an image-text backbone trained on ToyBirds",
             "core.backbones.clip:load_backbone",
             "core.backbones.evaluate_clip:evaluate_clip_bundle",
+            "core.backbones.layout:CLIP_LAYOUT",
         ),
         Kind(
             "concepthash",
             "ConceptHash: concept tokens -> sub-codes",
             "core.concepthash.bundle:load_concepthash",
             "core.concepthash.evaluate:evaluate_bundle",
+            "core.concepthash.arrays:ARRAYS",
         ),
         Kind(
             "ceir",
             "CEIR: concept bottleneck -> VAE latent -> clusters",
             "core.ceir.bundle:load_ceir",
             "core.ceir.evaluate:evaluate_bundle",
+            "core.ceir.arrays:ARRAYS",
         ),
     )
 }
@@ -81,6 +115,12 @@ def kind_of(bundle: str | Path) -> Kind:
     if name not in KINDS:
         raise ValueError(f"'{name}' bundles are not known to this version of ConceptLens.")
     return KINDS[name]
+
+
+def check_any(bundle: str | Path) -> None:
+    """Validate a bundle of any kind against its kind's layout (config numbers, cached arrays, weights):
+    BundleError with one sentence naming the file, the array or key and what was expected."""
+    kind_of(bundle).check(bundle)
 
 
 def load_any(bundle: str | Path, device: str = "auto") -> Any:

@@ -102,7 +102,13 @@ def test_ceir_weights_sized_for_another_backbone_are_refused(tmp_path: Path) -> 
         "concepts": model.concepts,
         "ceir": {"vae": {"latent_dim": 2, "hidden_dims": [4]}},
     }
-    path = save_bundle(tmp_path / "c", kind="ceir", config=config, weights=model.state_dict())
+    arrays = {  # the cached arrays every CEIR bundle holds, so the load gets as far as the backbone
+        "train_concepts": np.zeros((4, 3), np.float32),
+        "train_latents": np.zeros((4, 2), np.float32),
+        "train_clusters": np.zeros(4, np.int64),
+        "train_labels": np.zeros(4, np.int64),
+    }
+    path = save_bundle(tmp_path / "c", kind="ceir", config=config, weights=model.state_dict(), arrays=arrays)
     with pytest.raises(BundleError, match=r"embeddings of 16 numbers.*gives 32"):
         load_ceir(path, device="cpu")
 

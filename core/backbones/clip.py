@@ -16,6 +16,7 @@ transforms), like ``open_clip.create_model_and_transforms``.
 from __future__ import annotations
 
 import json
+import pickle
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -205,31 +206,33 @@ def load_backbone(
 
 
 def _resolve_bundle_path(path: str, relative_to: str | Path | None) -> Path:
-    candidates = [Path(path)]
-    if relative_to is not None and not Path(path).is_absolute():
-        base = Path(relative_to)
-        candidates += [base.parent / Path(path).name, base.parent / path]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise BackboneError(
-        f"The backbone bundle '{path}' was not found; pass --backbone with the directory of a "
-        "'clip' bundle (e.g. pretrained/toybirds-clip)."
-    )
+    from core.backbones.layout import find_backbone_bundle
+
+    found = find_backbone_bundle(path, relative_to)
+    if found is None:
+        raise BackboneError(
+            f"The backbone bundle '{path}' was not found; pass --backbone with the directory of a "
+            "'clip' bundle (e.g. pretrained/toybirds-clip)."
+        )
+    return found
 
 
 def _load_bundle_backbone(path: Path) -> Backbone:
-    from core.bundle import load_bundle
+    from core.backbones.layout import CLIP_LAYOUT
+    from core.bundle import check_shapes, load_bundle
 
-    bundle = load_bundle(path, kind="clip", load_arrays=False)
+    bundle = load_bundle(path, kind="clip", load_arrays=False, layout=CLIP_LAYOUT)  # sizes checked
     config = bundle.section("backbone")
-    model, preprocess, tokenizer = build_clip(config)
-    missing, unexpected = model.load_state_dict(bundle.weights, strict=False)
-    if missing or unexpected:
+    try:
+        model, preprocess, tokenizer = build_clip(config)
+    except (AssertionError, TypeError, ValueError, RuntimeError) as exc:  # open_clip's own checks of a config
+        detail = textwrap.shorten(str(exc) or type(exc).__name__, 160, placeholder=" …").rstrip(".")
         raise BackboneError(
-            f"The CLIP bundle {path} does not fit its config: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}."
-        )
+            f"The CLIP bundle {path} has a 'backbone' section in its config.json that open_clip cannot build "
+            f"a model from ({detail}); copy it again or train it again with `conceptlens train clip`."
+        ) from None
+    check_shapes(bundle.weights, model.state_dict(), path=path)
+    model.load_state_dict(bundle.weights)
     return Backbone(model, preprocess, tokenizer, {"bundle": str(path)}, config.get("preprocess_cfg", {}))
 
 
@@ -253,6 +256,22 @@ def _load_named_backbone(name: str, pretrained: str | None, init_seed: int = 0) 
             backbone = _load_open_clip(name, None)
     backbone.reference = {"name": name, "pretrained": None, "init_seed": init_seed}
     return backbone
+
+
+def unsafe_checkpoint(file: str) -> str:
+    """The sentence for a local checkpoint that is neither safetensors nor loadable with ``weights_only``
+    (a pickle that would run code on load, or no PyTorch file at all), with the one command that converts it
+    where the person trusts it."""
+    target = Path(file).with_suffix(".safetensors")
+    command = (
+        f"python -c \"import torch, safetensors.torch as s; c = torch.load('{file}', weights_only=False); "
+        f"s.save_file({{k: v.clone() for k, v in c.get('state_dict', c).items()}}, '{target}')\""
+    )
+    return (
+        f"The checkpoint {file} is neither a safetensors file nor a PyTorch file that loads with "
+        f"weights_only=True (it is a pickle that would run code when loaded, or not a checkpoint at all), so "
+        f"ConceptLens does not open it; if you trust it, convert it once with `{command}` and pass {target}."
+    )
 
 
 def _load_open_clip(name: str, pretrained: str | None) -> Backbone:
@@ -279,7 +298,9 @@ def _load_open_clip(name: str, pretrained: str | None) -> Backbone:
             raise BackboneOfflineError(problem)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+        if local_file and isinstance(exc, pickle.UnpicklingError | EOFError):
+            raise BackboneError(unsafe_checkpoint(pretrained)) from None
         where = "the checkpoint file" if local_file else "the download"
         detail = textwrap.shorten(str(exc), 200, placeholder=" …").rstrip(".")  # cut between words
         hint = "" if local_file else "; downloads need internet on first use"

@@ -117,7 +117,9 @@ def evaluate_clip_bundle(
     only ``log`` is told what runs."""
     if log is not None:
         log("Evaluating the CLIP bundle (zero-shot, part values, text cosines, linear probe) ...")
-    bundle = load_bundle(path, kind=KIND, load_arrays=False)
+    from core.backbones.layout import CLIP_LAYOUT
+
+    bundle = load_bundle(path, kind=KIND, load_arrays=False, layout=CLIP_LAYOUT)
     data = DataSpec.from_dict(bundle.section("data"))
     if seed is not None:
         data = data.with_seed(seed)

@@ -34,17 +34,23 @@ def image_embeddings(backbone: Backbone, split: ImageSplit, progress: Progress =
 
 def load_ceir(path: str | Path, device: str = "auto") -> LoadedCEIR:
     """Load a CEIR bundle and its backbone."""
-    bundle = load_bundle(path, kind=KIND, layout=ARRAYS)
+    bundle = load_bundle(path, kind=KIND, layout=ARRAYS)  # validated: config numbers, arrays, weights
     concepts = list(bundle.config.get("concepts") or [])
     settings = bundle.section("ceir")
     vae_config = VAEConfig.from_dict(settings.get("vae", {}))
     weights = bundle.weights
-    if "cluster_centers" not in weights or "projection.weight" not in weights:
-        raise ValueError(f"The bundle {bundle.path} lacks CEIR weights (projection, cluster centres).")
+    matrices = ("cluster_centers", "projection.weight", "concept_embeddings")  # the last one is optional
+    if any(weights.get(name) is None for name in matrices[:2]) or any(
+        name in weights and weights[name].ndim != 2 for name in matrices
+    ):
+        raise BundleError(
+            f"Bundle {bundle.path} lacks CEIR weights: 'projection.weight', 'cluster_centers' (and "
+            "'concept_embeddings' where present) must be matrices (2-D) in its weights.safetensors."
+        )
     embed_dim = weights["projection.weight"].shape[1]
     text_dim = weights["concept_embeddings"].shape[1] if "concept_embeddings" in weights else embed_dim
     model = CEIRModel(embed_dim, concepts, vae_config, int(weights["cluster_centers"].shape[0]), text_dim)
-    check_shapes(weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, path=bundle.path)
+    check_shapes(weights, model.state_dict(), path=bundle.path)
     model.load_state_dict(weights)
     model.eval()
     backbone = load_backbone(

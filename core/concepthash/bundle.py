@@ -21,8 +21,7 @@ class LoadedConceptHash(LoadedBundle[ConceptHash], DatabaseArrays):
 
 def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHash:
     """Load a ConceptHash bundle with its backbone (found by the reference the bundle stores)."""
-    bundle = load_bundle(path, kind=KIND, layout=ARRAYS)
-    bundle.require_arrays()
+    bundle = load_bundle(path, kind=KIND, layout=ARRAYS)  # validated: config numbers, arrays, weights
     model_config = ConceptHashConfig.from_dict(bundle.section("model"))
     classes = list(bundle.config.get("classes") or [])
     backbone = load_backbone(
@@ -35,7 +34,7 @@ def load_concepthash(path: str | Path, device: str = "auto") -> LoadedConceptHas
         )
     model = ConceptHash(backbone, classes, model_config, text_features=text_features)
     weights = current_weight_names(bundle.weights)
-    check_shapes(weights, {k: tuple(v.shape) for k, v in model.state_dict().items()}, path=bundle.path)
+    check_shapes(weights, model.state_dict(), path=bundle.path)
     model.load_state_dict(weights)
     model.to(backbone.device).eval()
     data = DataSpec.from_dict(bundle.section("data"))
