@@ -7,6 +7,11 @@ pages read the choice from ``st.session_state``. Models are loaded once per proc
 (``st.cache_resource``) keyed on path and modification time; a page gets a :class:`LazyBundle`, which reads
 config and cached arrays without PyTorch and loads the model the first time the page asks for it, so a page
 that can draw from the arrays draws at once after a restart.
+
+Every bundle is validated by its kind's layout (``core.kinds``, ``core.validate``): its config numbers when
+it is listed (a damaged one is listed last, with the sentence saying what is wrong, and its config is not
+read further), its arrays and weights when a page opens it. A page that would use a damaged bundle says so in
+one ``st.error``; the other bundles stay usable.
 """
 
 from __future__ import annotations
@@ -20,8 +25,6 @@ from typing import Any
 import streamlit as st
 
 from core.bundle import (
-    NO_ARRAYS,
-    ArrayLayout,
     find_broken_bundles,
     find_bundles,
     is_unreadable,
@@ -29,11 +32,10 @@ from core.bundle import (
     read_bundle_arrays,
     read_bundle_config,
 )
-from core.ceir.arrays import ARRAYS as CEIR_ARRAYS
-from core.concepthash.arrays import ARRAYS as HASH_ARRAYS
 from core.concepthash.arrays import DatabaseArrays
 from core.data import DataSpec
 from core.kinds import KINDS
+from core.validate import check_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "pretrained"
@@ -51,6 +53,7 @@ class BundleInfo:
     summary: str
     metrics: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     config: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    problem: str | None = None  # why the bundle cannot be used (its config failed validation), one sentence
 
     @property
     def mtime(self) -> float:
@@ -177,7 +180,6 @@ class KindView:
     load: Callable[[str, float], Any] | None = None
     rank: Callable[[dict[str, Any]], tuple] = lambda config: ()  # order in the picker, before the name
     on_backbone: bool = True  # trained on a backbone, which the description names
-    arrays: ArrayLayout = NO_ARRAYS  # the cached arrays a page reads before (or without) loading the model
 
 
 # In the order Home lists the kinds and the sidebar draws the pickers.
@@ -188,17 +190,21 @@ KIND_VIEWS: dict[str, KindView] = {
         "ConceptHash model",
         _load_concepthash,
         _published_first,
-        arrays=HASH_ARRAYS,
     ),
-    "ceir": KindView("bundle_ceir", _describe_ceir, "CEIR model", _load_ceir, arrays=CEIR_ARRAYS),
+    "ceir": KindView("bundle_ceir", _describe_ceir, "CEIR model", _load_ceir),
     "clip": KindView("bundle_clip", _describe_clip, on_backbone=False),
 }
 
 
 def describe_bundle(path: Path, config: dict[str, Any]) -> BundleInfo:
-    """One-line summary and headline metrics of a bundle, from its config only."""
+    """One-line summary and headline metrics of a bundle, from its config only; a config that fails its
+    kind's validation gives a bundle that says why in its ``problem`` and keeps nothing else of it."""
     kind = config["kind"]
     view = KIND_VIEWS[kind]
+    try:
+        check_config(path, config, KINDS[kind].arrays())
+    except ValueError as exc:
+        return BundleInfo(str(path), kind, path.name, f"cannot be used: {exc}", {}, {"kind": kind}, str(exc))
     data = config.get("data", {})
     data_label = data.get("kind", "?")
     if data_label == "toybirds":
@@ -255,9 +261,11 @@ def list_broken(roots: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def default_rank(info: BundleInfo) -> tuple:
-    """Order in the pickers: the kind's own order first (ConceptHash: the method as published before ablations
-    and baselines), then by name."""
-    return KIND_VIEWS[info.kind].rank(info.config), info.name
+    """Order in the pickers: usable bundles first, in the kind's own order (ConceptHash: the method as
+    published before ablations and baselines), then by name."""
+    if info.problem is not None:  # a damaged bundle is never the default
+        return (True,), info.name
+    return (False, *KIND_VIEWS[info.kind].rank(info.config)), info.name
 
 
 def available(kind: str) -> list[BundleInfo]:
@@ -328,10 +336,26 @@ def load_model(info: BundleInfo):
     if loader is None:
         st.error(f"'{info.name}' is a {info.kind} bundle; this page needs a ConceptHash or CEIR model.")
         return None
+    if info.problem is not None:
+        return _cannot_load(info, ValueError(info.problem))
     try:
         return loader(info.path, info.mtime)
     except (ValueError, OSError) as exc:
         return _cannot_load(info, exc)
+
+
+def usable(info: BundleInfo) -> bool:
+    """Whether a bundle passes its kind's validation (config, arrays, weights and its clip backbone; once
+    per version of the files), else False after one st.error sentence saying what is wrong. For a page that
+    loads the model only later (on an upload), so a damaged bundle is named as soon as it is chosen."""
+    try:
+        if info.problem is not None:
+            raise ValueError(info.problem)
+        KINDS[info.kind].check(info.path)
+    except (ValueError, OSError) as exc:
+        _cannot_load(info, exc)
+        return False
+    return True
 
 
 def _cannot_load(info: BundleInfo, exc: Exception) -> None:
@@ -340,7 +364,8 @@ def _cannot_load(info: BundleInfo, exc: Exception) -> None:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _read_arrays(path: str, mtime: float, kind: str) -> dict:
-    return read_bundle_arrays(path, KIND_VIEWS[kind].arrays)
+    KINDS[kind].check(path)  # the bundle and its clip backbone, once per version of their files
+    return read_bundle_arrays(path, KINDS[kind].arrays())
 
 
 class LazyBundle(DatabaseArrays):
@@ -392,8 +417,8 @@ def require(kind: str) -> tuple[BundleInfo | None, LazyBundle | None]:
 def open_bundle(info: BundleInfo) -> LazyBundle | None:
     """A bundle as a :class:`LazyBundle` (its arrays read and checked, its model not loaded yet), or None
     after one st.error sentence saying what is wrong."""
-    if KIND_VIEWS[info.kind].load is None:
-        load_model(info)  # says the bundle is of a kind no page loads
+    if KIND_VIEWS[info.kind].load is None or info.problem is not None:
+        load_model(info)  # says the bundle is of a kind no page loads, or what is wrong with it
         return None
     try:
         return LazyBundle(info, _read_arrays(info.path, info.mtime, info.kind))
