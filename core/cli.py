@@ -783,12 +783,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
         args.bundle, args.data, args.out, config, resume=args.resume, progress=TqdmProgress("encode"), log=log
     )
     if is_main_process():
-        for failure in manifest["failed"]:
+        skipped = [*manifest.get("skipped", []), *manifest["failed"]]
+        for failure in skipped:
             log(f"skipped: {printable(failure['error'])}")
         seconds, now = manifest["seconds"], manifest["encoded_now"]
         log(
             f"Wrote {manifest['rows']} encodings in {len(manifest['complete_shards'])} shards to {args.out} "
-            f"({len(manifest['failed'])} unreadable files listed in its manifest); this run encoded "
+            f"({len(skipped)} files skipped, each named above and in its manifest); this run encoded "
             f"{now} images in {seconds:.1f} s ({now / seconds:.1f} images/s)."
         )
         for line in store_ood_lines(args.out):  # each flagged file by name, then how many
@@ -863,14 +864,21 @@ def holds_config(path: Path) -> bool:
 
 
 def check_some_images(paths: list[Path]) -> None:
-    """Refuse folders without a single image (and no unreadable part) before a model is loaded."""
-    from core.data.images import IMAGE_EXTENSIONS, list_image_files
+    """Refuse folders without a single image (and no unreadable part) before a model is loaded; the files
+    that are there and are not images are named in the sentence."""
+    from core.data.images import IMAGE_EXTENSIONS, FolderReadError, list_image_files
 
-    unreadable = []
-    if not list_image_files(paths, on_error=unreadable.append) and not unreadable:
-        where = ", ".join(str(p) for p in paths)
-        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise ValueError(f"No images found in {where} (looked for {kinds} files).")
+    skipped = []
+    if list_image_files(paths, on_error=skipped.append) or any(
+        isinstance(e, FolderReadError) for e in skipped
+    ):
+        return
+    where = ", ".join(str(p) for p in paths)
+    kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+    shown = ", ".join(f"'{printable(error.source_name)}'" for error in skipped[:5])
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    others = f"; the {len(skipped)} other files there ({shown}{more}) are not images" if skipped else ""
+    raise ValueError(f"No images found in {where} (looked for {kinds} files){others}.")
 
 
 def cmd_label(args: argparse.Namespace) -> int:
@@ -907,6 +915,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     report = label_paths(loaded, paths, top_k=args.top, bank=bank, progress=TqdmProgress("label"))
     for failure in report.failed:
         log(f"skipped: {printable(failure['error'])}")
+    if report.failed:  # every file given is labelled or named above with the reason
+        log(f"Labelled {len(report.images)} images; skipped {len(report.failed)} (each named above).")
     if args.json:
         print(json.dumps({**source, **report.to_dict(include_flagged=args.include_flagged)}))
     else:

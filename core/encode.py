@@ -151,8 +151,15 @@ def parse_folder(data: str) -> Path:
 def plan_store(
     out: Path, folder: Path, bundle: str | Path, encoder: BundleEncoder, config: EncodeConfig, resume: bool
 ) -> dict[str, Any]:
-    """Write the store's plan (rank 0), or check that the store at ``out`` has the same plan (resume)."""
-    files = [path.relative_to(folder).as_posix() for path in list_image_files([folder])]
+    """Write the store's plan (rank 0), or check that the store at ``out`` has the same plan (resume). Files
+    of the folder that are not images to open (a FIFO, another kind of file, an unreadable sub-folder) are
+    listed in the plan's ``skipped``, each with the reason, so every file is accounted for."""
+    skipped: list[dict[str, str]] = []
+
+    def skip(error: ImageLoadError) -> None:
+        skipped.append({"file": error.source_name, "error": str(error)})
+
+    files = [path.relative_to(folder).as_posix() for path in list_image_files([folder], on_error=skip)]
     if not files:
         raise ValueError(f"No images found in {folder}.")
     manifest = {
@@ -166,6 +173,7 @@ def plan_store(
         "n_shards": math.ceil(len(files) / config.shard_size),
         "arrays": encoder.layout,
         **encoder.extra,
+        "skipped": skipped,
     }
     if (out / MANIFEST_FILE).exists():
         if not resume:

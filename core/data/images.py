@@ -162,8 +162,10 @@ def list_image_files(
     extension, so that :func:`load_image` can tell the user what is wrong with it. Duplicates are dropped,
     first occurrence wins. A path that does not exist raises :class:`ImageLoadError`.
 
-    A folder that cannot be read (no permission, an odd ``/proc`` entry) is skipped; ``on_error`` receives
-    a :class:`FolderReadError` naming it (without ``on_error`` it is skipped silently).
+    Whatever is skipped is told to ``on_error`` (without it, skipped silently), so a command can account for
+    every file it was given: a folder that cannot be read (no permission, an odd ``/proc`` entry) as a
+    :class:`FolderReadError`, and every other file of a walked folder that is not kept (a FIFO, device or
+    socket; a file that is not an image by its extension; a hidden file) as a :class:`SkippedFile`.
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
@@ -183,6 +185,14 @@ def list_image_files(
         else:
             raise ImageLoadError(str(raw), "no such file or folder")
     return list(dict.fromkeys(found))
+
+
+class SkippedFile(ImageLoadError):
+    """A file of a walked folder that is not an image to open; the message names it and says why."""
+
+    def __init__(self, source_name: str, reason: str) -> None:
+        ValueError.__init__(self, f"Cannot open image '{source_name}': {reason}; it was skipped.")
+        self.source_name = source_name
 
 
 class FolderReadError(ImageLoadError):
@@ -209,19 +219,40 @@ def _images_in_folder(folder: Path, recursive: bool, report: Callable[[ImageLoad
     files: list[Path] = []
     for current, dirnames, filenames in os.walk(folder, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        for filename in filenames:
-            wanted = not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_EXTENSIONS
-            if wanted and not _special_file(Path(current) / filename):
-                files.append(Path(current) / filename)
+        for filename in sorted(filenames):
+            path = Path(current) / filename
+            reason = _not_an_image(path)
+            if reason is None:
+                files.append(path)
+            else:
+                report(SkippedFile(str(path), reason))
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _special_file(path: Path) -> bool:
-    """Whether ``path`` is a FIFO, device or socket: never an image, and reading a FIFO would block."""
+def _not_an_image(path: Path) -> str | None:
+    """Why a file found in a folder is not opened as an image (None when it is one to open)."""
+    if path.name.startswith("."):
+        return "it is a hidden file"
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"it is not an image (its name does not end in {', '.join(sorted(IMAGE_EXTENSIONS))})"
+    special = _special_file(path)
+    return f"it is a {special}, not a regular file" if special else None
+
+
+def _special_file(path: Path) -> str | None:
+    """What ``path`` is when it is a FIFO, device or socket (never an image, and reading a FIFO would block),
+    else None."""
     try:
-        return not stat.S_ISREG(path.stat().st_mode)
+        mode = path.stat().st_mode
     except OSError:
-        return False  # loading it reports why it cannot be read
+        return None  # loading it reports why it cannot be read
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device or other special file"
 
 
 def _source_label(source: object, name: str | None) -> str:
