@@ -13,6 +13,7 @@ from core.retrieval.metrics import (
     average_precision,
     mean_average_precision,
     precision_at_k,
+    query_average_precisions,
     retrieval_metrics,
 )
 
@@ -25,6 +26,7 @@ __all__ = [
     "mean_average_precision",
     "pack_codes",
     "precision_at_k",
+    "query_average_precisions",
     "ranking_by_hamming",
     "retrieval_metrics",
     "unpack_codes",

@@ -109,14 +109,35 @@ def mean_average_precision(
         raise ValueError("query_packed is empty; mAP needs at least one query.")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int | np.integer) or top < 1):
         raise ValueError(f"top must be None (mAP@all) or a positive integer, got {top!r}.")
+    aps = query_average_precisions(
+        query_labels, db_labels, query_packed, db_packed, top=top, batch_size=batch_size
+    )
+    return float(aps.sum()) / n_queries
+
+
+def query_average_precisions(
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    query_packed: np.ndarray,
+    db_packed: np.ndarray,
+    *,
+    top: int | None = None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """(Q,) each query's AP@all (``top=None``) or AP@top: the numbers :func:`mean_average_precision`
+    averages, for pages that compare models query by query."""
+    query_packed, db_packed = _check_pair(query_packed, db_packed)
+    n_queries, n_db = query_packed.shape[0], db_packed.shape[0]
+    query_labels, db_labels = _check_labels(query_labels, db_labels, n_queries, n_db)
+    batch_size = _check_batch_size(batch_size)
     # the full ranking of a pass is (rows, N) int64: cap the rows so a pass stays near 300 MB
-    rows = batch_size if top is not None else min(batch_size, max(1, _MAX_RANKED_ELEMENTS // n_db))
-    total = 0.0
+    rows = batch_size if top is not None else min(batch_size, max(1, _MAX_RANKED_ELEMENTS // max(n_db, 1)))
+    aps = np.zeros(n_queries, dtype=np.float64)
     for lo in range(0, n_queries, rows):
         hi = min(lo + rows, n_queries)
         ranked = _ranked_relevance(query_labels[lo:hi], db_labels, query_packed[lo:hi], db_packed, top)
-        total += float(average_precision(ranked).sum())
-    return total / n_queries
+        aps[lo:hi] = average_precision(ranked)
+    return aps
 
 
 def precision_at_k(

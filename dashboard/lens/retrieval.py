@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.concepthash.arrays import QUERY_ATTENTION, QUERY_CODES, QUERY_IDS
+from core.concepthash.arrays import QUERY_ATTENTION, QUERY_IDS
+from core.concepthash.arrays import QUERY_CODES as QUERY_CODES  # the page reads the stored test codes by it
 from core.concepthash.codes import sign_codes
 from core.data import DataSpec
-from core.retrieval import hamming_distances, hamming_topk, pack_codes
+from core.retrieval import hamming_distances, hamming_topk, pack_codes, query_average_precisions
 from lens.hashing import heatmaps_of_stored, n_attended
 
 RESULT_COLUMNS = ["rank", "model", "database id", "distance", "correct", "class"]
@@ -446,3 +447,97 @@ def store_image(folder: Path, name: str, side: int) -> tuple[Image.Image, str | 
         return load_image(folder / name), None
     except (OSError, ValueError) as exc:
         return missing_tile(side), f"'{name}' cannot be shown: {exc}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# two models, query by query
+# ---------------------------------------------------------------------------------------------------------
+
+TIE_RULE = (
+    "Both models rank their database by Hamming distance and break ties by the smaller database index (the "
+    "same rule for both, and the one their stored mAP uses), so within a tie group the order says nothing "
+    "about how alike the images are."
+)
+
+
+def stored_query_aps(
+    db_codes: np.ndarray, db_labels: np.ndarray, query_codes: np.ndarray, query_labels: np.ndarray
+) -> np.ndarray:
+    """(Q,) each stored test query's AP@all against the stored database; NaN for a query whose class is not
+    known today (label -1)."""
+    known = np.asarray(query_labels) >= 0
+    aps = np.full(len(query_codes), np.nan)
+    if known.any():
+        aps[known] = query_average_precisions(
+            np.asarray(query_labels)[known],
+            np.asarray(db_labels, dtype=np.int64),
+            pack_codes(sign_codes(np.asarray(query_codes)[known])),
+            pack_codes(sign_codes(np.asarray(db_codes))),
+        )
+    return aps
+
+
+def aligned(values: np.ndarray, ids: Sequence[str], by: Sequence[str]) -> np.ndarray:
+    """``values`` (one per id of ``ids``) reordered to the ids ``by``; NaN where ``ids`` lacks one (model B's
+    per-query figures lined up with model A's queries)."""
+    where = {str(i): n for n, i in enumerate(ids)}
+    return np.array([values[where[str(i)]] if str(i) in where else np.nan for i in by], dtype=np.float64)
+
+
+def first_wrong_rank(table: pd.DataFrame) -> int | None:
+    """The rank of a results table's first result of another class (None when every shown one is right, or
+    when the query's class is not known)."""
+    marks = table["correct"].tolist()
+    if any(pd.isna(mark) for mark in marks):
+        return None
+    wrong = [int(rank) for rank, mark in zip(table["rank"], marks, strict=True) if not mark]
+    return wrong[0] if wrong else None
+
+
+def only_in(table_a: pd.DataFrame, table_b: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The database ids in A's top k and not in B's, and those in B's and not in A's, each in rank order."""
+    ids_a, ids_b = [str(i) for i in table_a["database id"]], [str(i) for i in table_b["database id"]]
+    return [i for i in ids_a if i not in set(ids_b)], [i for i in ids_b if i not in set(ids_a)]
+
+
+def class_ap_table(
+    aps_a: np.ndarray, aps_b: np.ndarray, labels: np.ndarray, classes: Sequence[str], names: tuple[str, str]
+) -> pd.DataFrame:
+    """Per class of the test queries: how many, each model's mean AP and B − A, the classes where the models
+    differ most first."""
+    rows = []
+    labels = np.asarray(labels)
+    for c in sorted(set(labels.tolist()) - {-1}):
+        mine = labels == c
+        a, b = float(np.nanmean(aps_a[mine])), float(np.nanmean(aps_b[mine]))
+        rows.append(
+            {"class": classes[c], "queries": int(mine.sum()), names[0]: a, names[1]: b, "B − A": b - a}
+        )
+    table = pd.DataFrame(rows, columns=["class", "queries", names[0], names[1], "B − A"])
+    return table.reindex(table["B − A"].abs().sort_values(ascending=False, kind="stable").index).reset_index(
+        drop=True
+    )
+
+
+def failures_table(
+    aps_a: np.ndarray,
+    aps_b: np.ndarray,
+    names: Sequence[str],
+    classes_of: Sequence[str],
+    models: tuple[str, str],
+    n: int = 20,
+) -> pd.DataFrame:
+    """The ``n`` test queries with the lowest AP under either model (the lower of the two first), with both
+    APs; ``row`` is the query's row among model A's stored queries."""
+    worst = np.fmin(aps_a, aps_b)
+    order = [int(i) for i in np.argsort(np.where(np.isnan(worst), np.inf, worst), kind="stable")[:n]]
+    order = [i for i in order if not np.isnan(worst[i])]
+    return pd.DataFrame(
+        {
+            "row": order,
+            "query": [names[i] for i in order],
+            "class": [classes_of[i] for i in order],
+            models[0]: [aps_a[i] for i in order],
+            models[1]: [aps_b[i] for i in order],
+        }
+    )

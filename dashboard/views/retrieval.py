@@ -42,14 +42,22 @@ from lens.figures import (
 )
 from lens.hashing import DB_IDS, QUERY_IDS, concept_label, concept_names, is_cls_baseline, model_view
 from lens.ood import show_upload_check, upload_verdict
+from lens.picker import ALL as ALL_CLASSES
 from lens.picker import pick_image
 from lens.retrieval import (
+    QUERY_CODES,
+    TIE_RULE,
+    aligned,
+    class_ap_table,
     data_mismatch,
     default_pair,
     encode_query,
+    failures_table,
     first_tie_group,
+    first_wrong_rank,
     knows_class,
     metrics_table,
+    only_in,
     open_code_store,
     pack_codes,
     precision_of,
@@ -61,6 +69,7 @@ from lens.retrieval import (
     store_results,
     store_stamp,
     stored_query,
+    stored_query_aps,
     table_for_display,
     tie_sentence,
     tie_table,
@@ -423,6 +432,88 @@ def draw_store_search(info, result, k: int) -> None:
     download_table(table, "store_results", key="ret_store_csv")
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def query_aps(path: str, mtime: float, data: str, _loaded, _labels: np.ndarray) -> np.ndarray:
+    """Each of the bundle's stored test queries' AP@all (NaN where its class is unknown today)."""
+    arrays = _loaded.arrays
+    return stored_query_aps(_loaded.db_codes, _loaded.db_labels, arrays[QUERY_CODES], _labels)
+
+
+def draw_comparison(pair, loaded, results: list[Results], query: Query, k: int) -> None:
+    """How the two models differ: on this query (AP, first wrong rank, what only one of them returns), per
+    class of the test queries, and the queries where either does worst (each can be opened)."""
+    st.subheader("How the two models differ")
+    st.caption(TIE_RULE)
+    names = tuple(info.name for info in pair)
+    columns = (f"A: {names[0]}", f"B: {names[1]}")  # the same model may be on both sides
+    a_only, b_only = only_in(results[0].table, results[1].table)
+    stats = st.columns(4)
+    for n, (info, result) in enumerate(zip(pair, results, strict=True)):
+        wrong = first_wrong_rank(result.table)
+        precision = precision_of(result.table)
+        stats[2 * n].metric(f"{info.name}: P@{k}", "—" if precision is None else f"{precision:.2f}")
+        text = "—" if query.class_name is None else ("none in the top k" if wrong is None else str(wrong))
+        stats[2 * n + 1].metric("first wrong rank", text)
+    st.markdown(
+        f"**Only in {names[0]}'s top {k}:** {', '.join(map(display_name, a_only)) or 'none'}  \n"
+        f"**Only in {names[1]}'s top {k}:** {', '.join(map(display_name, b_only)) or 'none'}"
+    )
+    if query.data is None:
+        return
+    stored = [model.arrays.get(QUERY_IDS) for model in loaded]
+    if any(
+        ids is None or model.arrays.get(QUERY_CODES) is None
+        for ids, model in zip(stored, loaded, strict=True)
+    ):
+        st.info(
+            "Per-query figures need the test codes each bundle stores; re-evaluate with "
+            "`conceptlens eval BUNDLE --store`."
+        )
+        return
+    labels, classes = query_labels(query.data, pair[0].path, pair[0].mtime, stored[0])
+    if labels is None:
+        st.info(
+            "The per-class and failure tables need the test images' classes; the data cannot be read here."
+        )
+        return
+    labels_b, _ = query_labels(query.data, pair[1].path, pair[1].mtime, stored[1])
+    aps = [
+        query_aps(info.path, info.mtime, query.data, model, lab)
+        for info, model, lab in zip(pair, loaded, (labels, labels_b), strict=True)
+    ]
+    aps_a, aps_b = aps[0], aligned(aps[1], [str(i) for i in stored[1]], [str(i) for i in stored[0]])
+    if query.image_id is not None and query.index is not None:
+        this = [aps_a[query.index], aps_b[query.index]]
+        line = " · ".join(
+            f"{name}: {'—' if np.isnan(v) else f'{v:.3f}'}" for name, v in zip(names, this, strict=True)
+        )
+        st.markdown(f"**AP of this query over the whole database** — {line}")
+    with st.expander("Per class: each model's mean AP over the test queries, largest differences first"):
+        table = class_ap_table(aps_a, aps_b, labels, classes, columns)
+        st.dataframe(table, hide_index=True, width="stretch", key="ret_class_ap")
+        download_table(table, "retrieval_class_ap", key="ret_class_ap_csv")
+    with st.expander("Failures: the test queries either model answers worst"):
+        shown = [display_name(i) for i in stored[0]]
+        of_class = [classes[c] if 0 <= c < len(classes) else "?" for c in labels]
+        failures = failures_table(aps_a, aps_b, shown, of_class, columns)
+        st.dataframe(failures.drop(columns="row"), hide_index=True, width="stretch", key="ret_failures")
+        if len(failures):
+            row = st.selectbox(
+                "Open one as the query",
+                failures["row"].tolist(),
+                format_func=lambda r: f"{shown[r]} ({of_class[r]})",
+                key="ret_failure_pick",
+            )
+            st.button("Search with it", on_click=open_query, args=(int(row),), key="ret_failure_open")
+
+
+def open_query(row: int) -> None:
+    """Button callback: make stored test query ``row`` the page's query (every class, so it is listed)."""
+    st.session_state["ret_source"] = "Test image"
+    st.session_state["ret_class"] = ALL_CLASSES
+    st.session_state["ret_query"] = row
+
+
 def main() -> None:
     st.title("Retrieval: with vs without L_csd")
     st.markdown(
@@ -470,6 +561,8 @@ def main() -> None:
     with st.expander("Results as a table"):
         st.dataframe(both, hide_index=True, width="stretch")
     download_table(both, "retrieval_results", key="ret_csv")
+
+    draw_comparison(pair, loaded, results, query, k)
 
     st.subheader("Ties: how many database images share each distance")
     st.caption(
