@@ -184,6 +184,11 @@ def _strings(kind: str, how: str, name: str, edit: Callable[[dict], None]) -> Da
     return Damage(f"{kind}/{name}/{how}", kind, name, "arrays.json", lambda b: _edit_strings(b, edit))
 
 
+def _fingerprints(name: str, table: str) -> Callable[[dict], None]:
+    """Add files' fingerprints (the shipped ToyBirds bundles have none) one row short of ``table``."""
+    return lambda arrays: arrays.update({name: np.ones(len(arrays[table]) - 1, dtype=np.int64)})
+
+
 def _rows(minus: int = 1) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
     return lambda shape: (shape[0] - minus, *shape[1:])
 
@@ -222,6 +227,8 @@ def array_damage() -> list[Damage]:
         _arrays(h, "short", "query_codes", _reshape("query_codes", _rows())),
         _arrays(h, "three", "query_codes", _poke("query_codes", 3)),
         _arrays(h, "inf", "query_attention", _poke("query_attention", -np.inf)),
+        _arrays(h, "short", "db_prints", _fingerprints("db_prints", "db_codes")),
+        _arrays(h, "short", "query_prints", _fingerprints("query_prints", "query_codes")),
         _strings(h, "short", "db_ids", lambda s: s.update(db_ids=s["db_ids"][:-1])),
         _strings(h, "long", "query_ids", lambda s: s.update(query_ids=[*s["query_ids"], "x"])),
         Damage(f"{h}/db_ids/numbers", h, "db_ids", "arrays.safetensors", _ids_as_numbers("db_ids")),
@@ -254,6 +261,7 @@ def array_damage() -> list[Damage]:
         _arrays(c, "nan", "ood_reference", _poke("ood_reference", np.nan)),
         _arrays(c, "rank", "ood_reference", _reshape("ood_reference", _flat)),
         _arrays(c, "width", "ood_reference", _reshape("ood_reference", _width(-1))),
+        _arrays(c, "short", "train_prints", _fingerprints("train_prints", "train_concepts")),
         _strings(c, "short", "train_ids", lambda s: s.update(train_ids=s["train_ids"][:-1])),
         Damage(f"{c}/train_ids/numbers", c, "train_ids", "arrays.safetensors", _ids_as_numbers("train_ids")),
     ]

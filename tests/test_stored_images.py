@@ -270,3 +270,16 @@ def test_concept_attention_refuses_a_database_file_edited_since_the_bundle_was_m
     warning = " ".join(w.value for w in app.warning)
     assert "train/Blue_bird/img_001.png" in warning and "changed since the bundle was made" in warning
     assert "code `" in texts(app)  # the stored code is still drawn
+
+
+def test_the_fingerprint_arrays_are_declared_beside_their_ids_so_a_bundle_load_checks_their_length():
+    from core.ceir import arrays as ceir_arrays
+    from core.concepthash import arrays as hash_arrays
+    from core.data.stored import prints_key
+
+    for layout, ids in (
+        (hash_arrays.ARRAYS, hash_arrays.DB_IDS),
+        (hash_arrays.ARRAYS, hash_arrays.QUERY_IDS),
+        (ceir_arrays.ARRAYS, ceir_arrays.TRAIN_IDS),
+    ):
+        assert layout.shapes[prints_key(ids)] == layout.shapes[ids]

@@ -31,6 +31,7 @@ TRAIN_CONCEPTS, TRAIN_LATENTS, TRAIN_CLUSTERS, TRAIN_LABELS = (
 TRAIN_IDS, TRAIN_UMAP, CONCEPT_FIDELITY = "train_ids", "train_umap", "concept_fidelity"
 TRAIN_CONTRIBUTIONS = "train_contributions"
 OOD_REFERENCE = "ood_reference"  # train image embeddings the out-of-distribution warning compares with
+TRAIN_PRINTS = "train_prints"  # files' fingerprints beside their ids (core.data.stored.prints_key)
 
 
 def _array_sizes(config: dict) -> dict:
@@ -81,6 +82,7 @@ ARRAYS = ArrayLayout(
         TRAIN_CLUSTERS: ("rows",),
         TRAIN_LABELS: ("rows",),
         TRAIN_IDS: ("rows",),
+        TRAIN_PRINTS: ("rows",),
         TRAIN_UMAP: ("rows", 2),
         TRAIN_CONTRIBUTIONS: ("rows", "concepts"),
         CONCEPT_FIDELITY: ("concepts",),

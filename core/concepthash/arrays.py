@@ -102,6 +102,9 @@ DB_CODES, DB_LABELS, DB_IDS, DB_ATTENTION = "db_codes", "db_labels", "db_ids", "
 # before it have none; the page then encodes the query).
 QUERY_CODES, QUERY_IDS, QUERY_ATTENTION = "query_codes", "query_ids", "query_attention"
 
+# Files' fingerprints beside their ids (core.data.stored.prints_key), in bundles made from image files.
+DB_PRINTS, QUERY_PRINTS = "db_prints", "query_prints"
+
 # Both tables, checked on every load (core.validate): codes are ±1, class ids name a class of config.json's
 # list, attention is finite and has the same patch grid in both tables.
 ARRAYS = ArrayLayout(
@@ -110,9 +113,11 @@ ARRAYS = ArrayLayout(
         DB_LABELS: ("rows",),
         DB_IDS: ("rows",),
         DB_ATTENTION: ("rows", "attended", "grid_h", "grid_w"),
+        DB_PRINTS: ("rows",),
         QUERY_CODES: ("query_rows", "bits"),
         QUERY_IDS: ("query_rows",),
         QUERY_ATTENTION: ("query_rows", "attended", "grid_h", "grid_w"),
+        QUERY_PRINTS: ("query_rows",),
     },
     required=(DB_CODES, DB_LABELS),
     sizes=_sizes,

@@ -461,8 +461,7 @@ def show_metrics(stored: dict) -> None:
                 "(its head, wing and body colours). A concept is present when it scores above its presence "
                 "threshold: Otsu's cut of its scores on the training images, never below their mean. An "
                 "image with fewer than five present concepts is scored on those it has, so the best is 1.0; "
-                "with five present, three true ones give 0.6."
-                + references_note(stored)
+                "with five present, three true ones give 0.6." + references_note(stored)
             ),
         )
     quality = label_quality(stored)
