@@ -122,9 +122,20 @@ def test_a_map_of_many_points_is_drawn_with_webgl_in_one_colour_per_class(n, gl)
     )
     figure = scatter(frame, "true label")
     assert {trace.type for trace in figure.data} == {"scattergl" if gl else "scatter"}
-    assert len(figure.data) == 200 and len({trace.marker.color for trace in figure.data}) == 200
-    rows = np.sort(np.concatenate([np.asarray(t.customdata)[:, 0] for t in figure.data]).astype(int))
+    # 200 classes: one trace coloured point by point (200 traces took Chromium seconds), no legend
+    (trace,) = figure.data
+    assert figure.layout.showlegend is False
+    colour_of_class = {}
+    for label, point_colour in zip(frame["true label"], trace.marker.color, strict=True):
+        assert colour_of_class.setdefault(label, point_colour) == point_colour, "one colour per class"
+    assert len(set(colour_of_class.values())) == 200, "and none shared"
+    rows = np.sort(np.asarray(trace.customdata)[:, 0].astype(int))
     assert rows.tolist() == list(range(n)), "every point once, carrying its row"
+    clusters = scatter(frame, "cluster")  # 5 clusters: a trace each, so the legend toggles them
+    assert len(clusters.data) == 5 and len({t.marker.color for t in clusters.data}) == 5
+    assert sorted(
+        np.concatenate([np.asarray(t.customdata)[:, 0] for t in clusters.data]).astype(int)
+    ) == list(range(n))
 
 
 def test_a_big_map_draws_a_fixed_sample_in_proportion_to_each_colour():

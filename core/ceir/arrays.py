@@ -51,7 +51,7 @@ CEIR_NUMBERS: dict[str, Number] = {
     "ceir.projection.val_fraction": SHARE,
     "ceir.projection.eval_every": size(10**9),
     "ceir.projection.patience": size(10**6),
-    "ceir.projection.fidelity_cutoff": SHARE,
+    "ceir.projection.fidelity_cutoff": Number(-1, 1),  # a cosine: -1 keeps every concept
     "ceir.projection.seed": SEED,
     "ceir.vae.latent_dim": size(65536),
     "ceir.vae.hidden_dims[]": size(65536),
