@@ -39,6 +39,13 @@ from core.ceir.explain import explain
 from core.ceir.label_fit import FIT_PERCENTILE, fit_thresholds, reference_scores
 from core.ceir.model import CEIRModel
 from core.data.images import ImageLoadError, list_image_files, load_image
+
+# The out-of-distribution check's pieces are core.ood's, shared with ConceptHash bundles.
+from core.ood import OOD_NEIGHBOURS as OOD_NEIGHBOURS
+from core.ood import OOD_REFERENCE_ROWS as OOD_REFERENCE_ROWS
+from core.ood import class_match as class_match
+from core.ood import even_subsample as even_subsample
+from core.ood import neighbour_distance as neighbour_distance
 from core.progress import Progress, no_progress
 
 SCORING_CONTRIBUTION = "ceir-contribution"
@@ -276,29 +283,6 @@ def labels_from_contributions(
     return contribution_labels(loaded.model, embeddings, top_k)
 
 
-OOD_NEIGHBOURS = 5
-OOD_REFERENCE_ROWS = 2000  # training images the distance is measured against (an even subsample beyond this)
-
-
-def neighbour_distance(
-    vectors: torch.Tensor, reference: torch.Tensor, k: int = OOD_NEIGHBOURS, exclude_self: bool = False
-) -> np.ndarray:
-    """(N,) mean Euclidean distance from each row of ``vectors`` to its ``k`` nearest ``reference`` rows
-    (``exclude_self``: ``vectors`` is ``reference`` and a row is not its own neighbour)."""
-    with torch.no_grad():
-        distances = torch.cdist(vectors.float(), reference.float())
-        if exclude_self:
-            distances.fill_diagonal_(float("inf"))
-        k = min(k, distances.shape[1] - int(exclude_self))
-        return distances.topk(k, dim=1, largest=False).values.mean(dim=1).numpy()
-
-
-def even_subsample(rows: np.ndarray, limit: int = OOD_REFERENCE_ROWS) -> np.ndarray:
-    """All of ``rows``, or ``limit`` of them evenly spaced (deterministic)."""
-    rows = np.asarray(rows, dtype=np.float32)
-    return rows[np.linspace(0, len(rows) - 1, limit).astype(int)] if len(rows) > limit else rows
-
-
 def ood_radius(reference: torch.Tensor, percentile: float = OOD_PERCENTILE) -> float:
     """The neighbour distance that ``percentile`` % of the training images stay within."""
     return float(np.percentile(neighbour_distance(reference, reference, exclude_self=True), percentile))
@@ -318,12 +302,6 @@ class OODReference:
     in_embedding_space: bool
     class_text: torch.Tensor | None = None
     class_floor: float = float("-inf")
-
-
-def class_match(embeddings: torch.Tensor, class_text: torch.Tensor) -> np.ndarray:
-    """(N,) each image's best cosine to a class prompt: how well it matches any class the model knows."""
-    with torch.no_grad():
-        return (embeddings.float() @ class_text.float().t()).max(dim=1).values.numpy()
 
 
 def _class_prompts(loaded: LoadedCEIR) -> torch.Tensor | None:
