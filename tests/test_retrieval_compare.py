@@ -87,8 +87,9 @@ def test_failures_are_the_queries_with_the_lowest_ap_under_either_model():
 
 
 def test_the_page_shows_this_querys_ap_and_opens_a_failure_as_the_query(dashboard, tiny_bundles):
-    """The query's AP on the page is the brute-force AP of the stored codes with today's test labels; the
-    failures list is sorted by the lower AP, and "Search with it" makes that query the page's query."""
+    """The query's AP on the page is the brute-force AP of the stored codes with today's test labels; asked
+    for, the failures list is sorted by the lower AP, and "Search with it" makes that query the page's
+    query."""
     import json
 
     from core.bundle import read_bundle_arrays
@@ -109,9 +110,25 @@ def test_the_page_shows_this_querys_ap_and_opens_a_failure_as_the_query(dashboar
     assert any(s.value == "How the two models differ" for s in app.subheader)
     line = next(m.value for m in app.markdown if m.value.startswith("**AP of this query"))
     assert f"toy-hash-csd: {expected:.3f}" in line, (line, expected)
+    assert not [d for d in app.dataframe if list(d.value.columns[:2]) == ["query", "class"]], "asked for only"
+    app.toggle(key="ret_compare_all").set_value(True).run()
+    assert not app.exception, [e.value for e in app.exception]
     failures = next(d.value for d in app.dataframe if list(d.value.columns[:2]) == ["query", "class"])
     assert len(failures) > 0 and failures.iloc[:, 2:].min(axis=1).is_monotonic_increasing
     worst = app.selectbox(key="ret_failure_pick").value
     app.button(key="ret_failure_open").click().run()
     assert not app.exception, [e.value for e in app.exception]
     assert app.selectbox(key="ret_query").value == worst
+
+
+def test_one_querys_ap_matches_its_class_by_name_and_is_none_for_a_class_the_model_lacks():
+    from lens.retrieval import query_ap
+
+    rng = np.random.default_rng(5)
+    db = rng.choice([-1, 1], size=(40, 8))
+    labels = rng.integers(0, 3, 40)
+    code = rng.choice([-1, 1], size=8)
+    classes = ["001.Red_Bird", "002.Blue_Bird", "003.Green_Bird"]
+    assert query_ap(code, db, labels, classes, "blue bird") == pytest.approx(brute_ap(db, labels, code, 1))
+    assert query_ap(code, db, labels, classes, "purple bird") is None
+    assert query_ap(code, db, labels, classes, None) is None

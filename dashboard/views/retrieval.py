@@ -61,6 +61,7 @@ from lens.retrieval import (
     open_code_store,
     pack_codes,
     precision_of,
+    query_ap,
     result_caption,
     results_table,
     search,
@@ -458,7 +459,18 @@ def draw_comparison(pair, loaded, results: list[Results], query: Query, k: int) 
         f"**Only in {names[0]}'s top {k}:** {', '.join(map(display_name, a_only)) or 'none'}  \n"
         f"**Only in {names[1]}'s top {k}:** {', '.join(map(display_name, b_only)) or 'none'}"
     )
-    if query.data is None:
+    this = [
+        query_ap(result.code, model.db_codes, model.db_labels, model_classes(model), query.class_name)
+        for model, result in zip(loaded, results, strict=True)
+    ]
+    line = " · ".join(
+        f"{name}: {'—' if v is None else f'{v:.3f}'}" for name, v in zip(names, this, strict=True)
+    )
+    st.markdown(f"**AP of this query over the whole database** — {line}")
+    if query.data is None or not st.toggle(
+        "Compare the models over every test query (per class and the failures; computed once per bundle)",
+        key="ret_compare_all",
+    ):
         return
     stored = [model.arrays.get(QUERY_IDS) for model in loaded]
     if any(
@@ -482,29 +494,28 @@ def draw_comparison(pair, loaded, results: list[Results], query: Query, k: int) 
         for info, model, lab in zip(pair, loaded, (labels, labels_b), strict=True)
     ]
     aps_a, aps_b = aps[0], aligned(aps[1], [str(i) for i in stored[1]], [str(i) for i in stored[0]])
-    if query.image_id is not None and query.index is not None:
-        this = [aps_a[query.index], aps_b[query.index]]
-        line = " · ".join(
-            f"{name}: {'—' if np.isnan(v) else f'{v:.3f}'}" for name, v in zip(names, this, strict=True)
+    st.markdown("**Per class**: each model's mean AP over the test queries, largest differences first")
+    table = class_ap_table(aps_a, aps_b, labels, classes, columns)
+    st.dataframe(table, hide_index=True, width="stretch", key="ret_class_ap")
+    download_table(table, "retrieval_class_ap", key="ret_class_ap_csv")
+    st.markdown("**Failures**: the test queries either model answers worst")
+    shown = [display_name(i) for i in stored[0]]
+    of_class = [classes[c] if 0 <= c < len(classes) else "?" for c in labels]
+    failures = failures_table(aps_a, aps_b, shown, of_class, columns)
+    st.dataframe(failures.drop(columns="row"), hide_index=True, width="stretch", key="ret_failures")
+    if len(failures):
+        row = st.selectbox(
+            "Open one as the query",
+            failures["row"].tolist(),
+            format_func=lambda r: f"{shown[r]} ({of_class[r]})",
+            key="ret_failure_pick",
         )
-        st.markdown(f"**AP of this query over the whole database** — {line}")
-    with st.expander("Per class: each model's mean AP over the test queries, largest differences first"):
-        table = class_ap_table(aps_a, aps_b, labels, classes, columns)
-        st.dataframe(table, hide_index=True, width="stretch", key="ret_class_ap")
-        download_table(table, "retrieval_class_ap", key="ret_class_ap_csv")
-    with st.expander("Failures: the test queries either model answers worst"):
-        shown = [display_name(i) for i in stored[0]]
-        of_class = [classes[c] if 0 <= c < len(classes) else "?" for c in labels]
-        failures = failures_table(aps_a, aps_b, shown, of_class, columns)
-        st.dataframe(failures.drop(columns="row"), hide_index=True, width="stretch", key="ret_failures")
-        if len(failures):
-            row = st.selectbox(
-                "Open one as the query",
-                failures["row"].tolist(),
-                format_func=lambda r: f"{shown[r]} ({of_class[r]})",
-                key="ret_failure_pick",
-            )
-            st.button("Search with it", on_click=open_query, args=(int(row),), key="ret_failure_open")
+        st.button("Search with it", on_click=open_query, args=(int(row),), key="ret_failure_open")
+
+
+def model_classes(model) -> list[str]:
+    """A loaded bundle's class names (config.json's list)."""
+    return list(model.config.get("classes") or [])
 
 
 def open_query(row: int) -> None:
