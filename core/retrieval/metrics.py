@@ -101,18 +101,12 @@ def mean_average_precision(
     Queries are processed ``batch_size`` at a time (fewer for mAP@all on databases over ~130k codes, so
     that the full rankings of one pass stay bounded).
     """
-    query_packed, db_packed = _check_pair(query_packed, db_packed)
-    n_queries, n_db = query_packed.shape[0], db_packed.shape[0]
-    query_labels, db_labels = _check_labels(query_labels, db_labels, n_queries, n_db)
-    batch_size = _check_batch_size(batch_size)
-    if n_queries == 0:
-        raise ValueError("query_packed is empty; mAP needs at least one query.")
-    if top is not None and (isinstance(top, bool) or not isinstance(top, int | np.integer) or top < 1):
-        raise ValueError(f"top must be None (mAP@all) or a positive integer, got {top!r}.")
     aps = query_average_precisions(
         query_labels, db_labels, query_packed, db_packed, top=top, batch_size=batch_size
     )
-    return float(aps.sum()) / n_queries
+    if len(aps) == 0:
+        raise ValueError("query_packed is empty; mAP needs at least one query.")
+    return float(aps.sum()) / len(aps)
 
 
 def query_average_precisions(
@@ -130,6 +124,8 @@ def query_average_precisions(
     n_queries, n_db = query_packed.shape[0], db_packed.shape[0]
     query_labels, db_labels = _check_labels(query_labels, db_labels, n_queries, n_db)
     batch_size = _check_batch_size(batch_size)
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int | np.integer) or top < 1):
+        raise ValueError(f"top must be None (mAP@all) or a positive integer, got {top!r}.")
     # the full ranking of a pass is (rows, N) int64: cap the rows so a pass stays near 300 MB
     rows = batch_size if top is not None else min(batch_size, max(1, _MAX_RANKED_ELEMENTS // max(n_db, 1)))
     aps = np.zeros(n_queries, dtype=np.float64)
