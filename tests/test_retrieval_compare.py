@@ -17,18 +17,13 @@ from lens.retrieval import (
     only_in,
     stored_query_aps,
 )
+from tests.test_retrieval import reference_ap
 
 
 def brute_ap(db: np.ndarray, db_labels: np.ndarray, query: np.ndarray, label: int) -> float:
     """AP by hand: rank by Hamming distance (ties: smaller index first), mean precision at relevant ranks."""
     distances = [(int((row != query).sum()), i) for i, row in enumerate(db)]
-    relevant = [db_labels[i] == label for _, i in sorted(distances)]
-    hits, total = 0, 0.0
-    for rank, rel in enumerate(relevant, start=1):
-        if rel:
-            hits += 1
-            total += hits / rank
-    return total / hits if hits else 0.0
+    return reference_ap([db_labels[i] == label for _, i in sorted(distances)])
 
 
 def test_per_query_ap_is_brute_force_and_its_mean_is_the_stored_map():
