@@ -124,6 +124,9 @@ def test_one_querys_ap_matches_its_class_by_name_and_is_none_for_a_class_the_mod
     labels = rng.integers(0, 3, 40)
     code = rng.choice([-1, 1], size=8)
     classes = ["001.Red_Bird", "002.Blue_Bird", "003.Green_Bird"]
-    assert query_ap(code, db, labels, classes, "blue bird") == pytest.approx(brute_ap(db, labels, code, 1))
-    assert query_ap(code, db, labels, classes, "purple bird") is None
-    assert query_ap(code, db, labels, classes, None) is None
+    packed = pack_codes(db)
+    assert query_ap(code, packed, labels, classes, "blue bird") == pytest.approx(
+        brute_ap(db, labels, code, 1)
+    )
+    assert query_ap(code, packed, labels, classes, "purple bird") is None
+    assert query_ap(code, packed, labels, classes, None) is None

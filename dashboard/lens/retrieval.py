@@ -479,22 +479,19 @@ def stored_query_aps(
 
 def query_ap(
     code: np.ndarray,
-    db_codes: np.ndarray,
+    db_packed: np.ndarray,
     db_labels: np.ndarray,
     classes: Sequence[str],
     query_class: str | None,
 ) -> float | None:
-    """One query's AP@all over a model's database (its class matched by :func:`class_key`); None when the
-    query's class is unknown or not one of the model's."""
+    """One ±1 query code's AP@all over a model's packed database codes (the ones :func:`search` ranks), its
+    class matched by :func:`class_key`; None when the query's class is unknown or not one of the model's."""
     keys = [class_key(c) for c in classes]
     if query_class is None or class_key(query_class) not in keys:
         return None
     label = np.array([keys.index(class_key(query_class))])
     found = query_average_precisions(
-        label,
-        np.asarray(db_labels, dtype=np.int64),
-        pack_codes(sign_codes(np.asarray(code)[None, :])),
-        pack_codes(sign_codes(np.asarray(db_codes))),
+        label, np.asarray(db_labels, dtype=np.int64), _packed_query(code), db_packed
     )
     return float(found[0])
 

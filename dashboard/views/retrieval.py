@@ -460,8 +460,14 @@ def draw_comparison(pair, loaded, results: list[Results], query: Query, k: int) 
         f"**Only in {names[1]}'s top {k}:** {', '.join(map(display_name, b_only)) or 'none'}"
     )
     this = [
-        query_ap(result.code, model.db_codes, model.db_labels, model_classes(model), query.class_name)
-        for model, result in zip(loaded, results, strict=True)
+        query_ap(
+            result.code,
+            _packed_db(info.path, info.mtime, model.db_codes),  # the packed codes the search ranked
+            model.db_labels,
+            model_classes(model),
+            query.class_name,
+        )
+        for info, model, result in zip(pair, loaded, results, strict=True)
     ]
     line = " · ".join(
         f"{name}: {'—' if v is None else f'{v:.3f}'}" for name, v in zip(names, this, strict=True)
