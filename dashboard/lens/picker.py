@@ -9,7 +9,6 @@ tile's button, the list and the page's own code agree on one image.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
@@ -22,14 +21,6 @@ THUMBS = 24  # thumbnails on one page of the browser
 THUMB_SIDE = 96
 
 
-@dataclass(frozen=True)
-class Choice:
-    """The rows a class filter leaves (``rows``, in order) and the class chosen (None: every class)."""
-
-    rows: np.ndarray
-    chosen: str | None
-
-
 def filter_rows(labels: np.ndarray | None, class_names: Sequence[str], chosen: str | None) -> np.ndarray:
     """The rows of class ``chosen`` (every row when None or when the labels are unknown), in order."""
     n = 0 if labels is None else len(labels)
@@ -38,10 +29,14 @@ def filter_rows(labels: np.ndarray | None, class_names: Sequence[str], chosen: s
     return np.flatnonzero(np.asarray(labels) == list(class_names).index(chosen))
 
 
+def page_count(n_rows: int, per_page: int = THUMBS) -> int:
+    """How many pages of ``per_page`` thumbnails ``n_rows`` rows fill (at least one)."""
+    return max(1, -(-n_rows // per_page))
+
+
 def thumbnail_page(rows: np.ndarray, page: int, per_page: int = THUMBS) -> np.ndarray:
     """The ``page``-th (from 0) run of ``per_page`` rows, clamped to the last page."""
-    pages = max(1, -(-len(rows) // per_page))
-    page = min(max(page, 0), pages - 1)
+    page = min(max(page, 0), page_count(len(rows), per_page) - 1)
     return rows[page * per_page : (page + 1) * per_page]
 
 
@@ -67,9 +62,11 @@ def pick_image(
         chosen = left.selectbox(
             "Class", [ALL, *present], key=class_key, on_change=lambda: state.pop(key, None)
         )
-    rows = filter_rows(labels, class_names, None if chosen in (None, ALL) else chosen)
-    if labels is None:
-        rows = np.arange(n)
+    rows = (
+        np.arange(n)
+        if labels is None
+        else filter_rows(labels, class_names, None if chosen == ALL else chosen)
+    )
     if len(rows) == 0:
         st.warning(f"No {what} is of class '{chosen}'.")
         return None
@@ -90,7 +87,7 @@ def pick_image(
 
 def show_thumbnails(images, rows: np.ndarray, key: str) -> None:
     """One page of ``rows``' thumbnails, each with a button that makes it the chosen row of ``key``."""
-    pages = max(1, -(-len(rows) // THUMBS))
+    pages = page_count(len(rows))
     page = 0
     if pages > 1:
         page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}_page")) - 1
