@@ -120,18 +120,19 @@ class StoredImages:
                 f"Image '{image_id}' is no longer in the data folder {self.spec.root}: the folder changed or "
                 "moved since the bundle was made (its stored code, attention and concepts are still shown)."
             )
+        source: Path | bytes = path
         if self.prints is not None and self.prints[int(row)] != 0:
             try:
-                changed = file_print(path.read_bytes()) != self.prints[int(row)]
+                source = path.read_bytes()  # read once: fingerprinted, then decoded
             except OSError as exc:
                 raise MissingImage(f"Image '{image_id}' can no longer be read: {exc}") from exc
-            if changed:
+            if file_print(source) != self.prints[int(row)]:
                 raise MissingImage(
                     f"Image '{image_id}' changed since the bundle was made (the file is not the one it "
                     "encoded), so it is not shown beside the stored code, attention and concepts."
                 )
         try:
-            return load_image(path)
+            return load_image(source, name=str(path))
         except ImageLoadError as exc:
             raise MissingImage(f"Image '{image_id}' can no longer be read: {exc}") from exc
 
