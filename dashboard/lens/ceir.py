@@ -572,7 +572,6 @@ def scatter(frame, colour: str, axes: str = "UMAP"):
     Built from graph objects, not plotly express: the same figure about four times faster (profiled), and
     the page draws it on every visit."""
     order = sorted(frame[colour].unique(), key=lambda v: (len(v), v))  # "cluster 2" before "cluster 10"
-    groups = frame.groupby(colour, sort=False).indices
     custom = frame[["index", "id", "cluster", "true label"]].to_numpy(dtype=object)
     xs, ys = frame["x"].to_numpy(), frame["y"].to_numpy()
     colours = distinct_colours(len(order), COLOURS)  # 200 classes: 200 colours, none repeated
@@ -580,33 +579,33 @@ def scatter(frame, colour: str, axes: str = "UMAP"):
     trace = go.Scattergl if many else go.Scatter
     hover = "id=%{customdata[1]}<br>cluster=%{customdata[2]}<br>true label=%{customdata[3]}<extra></extra>"
     marker = {"size": 4 if many else 7, "opacity": 0.85}
-    fig = go.Figure()
     if len(order) > MAX_LEGEND:  # one trace, a colour per point: 200 traces take seconds to draw
         colour_of = dict(zip(order, colours, strict=True))
         points = [colour_of[v] for v in frame[colour]]
-        fig.add_trace(
-            trace(
-                x=xs,
-                y=ys,
-                mode="markers",
-                marker=marker | {"color": points},
-                customdata=custom,
-                hovertemplate=hover,
-            )
+        one = trace(
+            x=xs,
+            y=ys,
+            mode="markers",
+            marker=marker | {"color": points},
+            customdata=custom,
+            hovertemplate=hover,
         )
-        fig.update_layout(showlegend=False)
-    for n, value in enumerate(order if len(order) <= MAX_LEGEND else ()):
-        rows = groups[value]
-        fig.add_trace(
-            trace(
-                x=xs[rows],
-                y=ys[rows],
-                mode="markers",
-                name=str(value),
-                marker=marker | {"color": colours[n]},
-                customdata=custom[rows],
-                hovertemplate=hover,
-            )
+        fig = go.Figure(one, layout={"showlegend": False})
+    else:
+        groups = frame.groupby(colour, sort=False).indices
+        fig = go.Figure(
+            [
+                trace(
+                    x=xs[groups[value]],
+                    y=ys[groups[value]],
+                    mode="markers",
+                    name=str(value),
+                    marker=marker | {"color": colours[n]},
+                    customdata=custom[groups[value]],
+                    hovertemplate=hover,
+                )
+                for n, value in enumerate(order)
+            ]
         )
     fig.update_layout(
         height=520,
