@@ -93,7 +93,7 @@ class Interaction:
     """A main interaction a person has on a page, timed in the browser: in the page's tab ``tab`` (None: a
     page without tabs), set the widget with ``key`` (a ``browser.choose`` kind) to the choices in turn, one
     per warm run (a select's choice is how many places down the list it moves; a radio's the option's
-    place; a number's the value)."""
+    place)."""
 
     page: str  # the page file's stem
     name: str

@@ -294,7 +294,7 @@ def widget(page, key: str):
 async def choose(page, key: str, kind: str, option: int) -> None:
     """Choose in the widget with ``key`` as a person would: ``kind`` "select" (open the list, move down
     ``option`` places, Enter), "multiselect" (the same, adding the ``option``-th offered value, then close the
-    list), "radio" (click the ``option``-th choice) or "number" (type ``option`` and Enter)."""
+    list) or "radio" (click the ``option``-th choice)."""
     box = widget(page, key)
     if kind in ("select", "multiselect"):
         await box.locator("[role='combobox']").first.click()
@@ -305,9 +305,5 @@ async def choose(page, key: str, kind: str, option: int) -> None:
             await page.keyboard.press("Escape")
     elif kind == "radio":
         await box.locator("[role='radiogroup'] label").nth(option).click()
-    elif kind == "number":
-        field = box.locator("input").first
-        await field.fill(str(option))
-        await field.press("Enter")
     else:
-        raise ValueError(f"Unknown widget kind {kind!r}: choose select, multiselect, radio or number.")
+        raise ValueError(f"Unknown widget kind {kind!r}: choose select, multiselect or radio.")
